@@ -1,0 +1,247 @@
+"""The simulated device of one rank: memory, compute clock, links and trace.
+
+Every rank owns exactly one :class:`Device`. Nothing here is a process global: the
+in-process backend runs several ranks as threads of one Python process, so the device
+that the autograd engine charges FLOPs and activation bytes to is the one *activated in
+the current thread* (``with device: ...``), held in a :mod:`contextvars` variable that each
+thread sees separately.
+
+Time is simulated and deterministic. Each device has named *streams* (``"compute"``,
+``"comm"``, ``"h2d"`` …), each with its own "busy until" time, like CUDA streams: work on
+one stream runs after the previous work on that stream, and two streams overlap. The
+compute stream advances by ``flops / spec.flops``; the comm stream by ``α + bytes/β``
+per message (Hockney's model, as in Thakur, Rabenseifner & Gropp 2005).
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import json
+
+from .memory import MemoryTracker
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSpec:
+    """Numbers that define a simulated accelerator and its links.
+
+    ``flops`` is the sustained dense matmul rate (FLOP/s) of the training precision,
+    ``alpha`` the per-message latency (s), ``beta`` the link bandwidth (bytes/s) between
+    two ranks, ``host_bandwidth`` the host↔device (PCIe) bandwidth used by offload.
+    """
+
+    name: str
+    memory: float            # bytes of device memory
+    flops: float             # FLOP/s
+    alpha: float             # s per message
+    beta: float              # bytes/s per link
+    host_memory: float = 512e9
+    host_bandwidth: float = 25e9
+    host_flops: float = 1e12
+
+    def message_time(self, nbytes: int) -> float:
+        """Hockney cost of one message: α + n/β."""
+        return self.alpha + nbytes / self.beta
+
+
+PRESETS = {
+    # A100 SXM: 312 TFLOP/s bf16 dense, NVLink3 ~300 GB/s per direction, ~PCIe4 x16 host link
+    "A100-80GB-NVLink": DeviceSpec("A100-80GB-NVLink", 80e9, 312e12, 5e-6, 300e9, 1e12, 25e9, 2e12),
+    "A100-40GB-NVLink": DeviceSpec("A100-40GB-NVLink", 40e9, 312e12, 5e-6, 300e9, 1e12, 25e9, 2e12),
+    # H100 SXM: ~989 TFLOP/s bf16 dense, NVLink4 ~450 GB/s per direction, PCIe5 host link
+    "H100-80GB-NVLink": DeviceSpec("H100-80GB-NVLink", 80e9, 989e12, 4e-6, 450e9, 1e12, 50e9, 3e12),
+    # A 16 GB consumer card on PCIe, no NVLink: the "why does DP run out of memory" device.
+    "V100-16GB-PCIe": DeviceSpec("V100-16GB-PCIe", 16e9, 112e12, 10e-6, 12e9, 256e9, 12e9, 1e12),
+    # A laptop-sized toy: small enough that the demo's tiny GPT hits out-of-memory.
+    "laptop": DeviceSpec("laptop", 4e9, 1e12, 20e-6, 10e9, 16e9, 10e9, 2e11),
+}
+
+
+def get_spec(spec: "str | dict | DeviceSpec | None" = None) -> DeviceSpec:
+    """A :class:`DeviceSpec` from a preset name, a dict of explicit numbers, or a spec."""
+    if spec is None:
+        return PRESETS["A100-80GB-NVLink"]
+    if isinstance(spec, DeviceSpec):
+        return spec
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ValueError(f"unknown device preset {spec!r}; choose one of {sorted(PRESETS)} "
+                             f"or give explicit numbers {{'memory', 'flops', 'alpha', 'beta'}}")
+        return PRESETS[spec]
+    if isinstance(spec, dict):
+        base = PRESETS[spec.get("preset", "A100-80GB-NVLink")]
+        fields = {f.name for f in dataclasses.fields(DeviceSpec)}
+        unknown = set(spec) - fields - {"preset"}
+        if unknown:
+            raise ValueError(f"unknown device key(s) {sorted(unknown)}; known: {sorted(fields | {'preset'})}")
+        values = {k: v for k, v in spec.items() if k != "preset"}
+        for k, v in values.items():
+            if k != "name" and not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"device.{k} must be a positive number, got {v!r}")
+        return dataclasses.replace(base, **{"name": "custom", **values})
+    raise TypeError(f"device must be a preset name, a dict or a DeviceSpec, not {type(spec).__name__}")
+
+
+class Clock:
+    """Per-stream simulated time of one rank. Streams are created on first use at t=0."""
+
+    def __init__(self, trace: "Trace"):
+        self.streams: dict[str, float] = {"compute": 0.0, "comm": 0.0}
+        self.trace = trace
+
+    def now(self, stream: str = "compute") -> float:
+        return self.streams.setdefault(stream, 0.0)
+
+    def run(self, stream: str, duration: float, name: str, cat: str = "compute",
+            start_after: float = 0.0, args: dict | None = None) -> tuple[float, float]:
+        """Occupy ``stream`` for ``duration`` seconds, starting no earlier than ``start_after``.
+
+        Returns (start, end) and records a trace event.
+        """
+        start = max(self.now(stream), start_after)
+        end = start + duration
+        self.streams[stream] = end
+        self.trace.complete(name, cat, stream, start, end, args)
+        return start, end
+
+    def wait(self, stream: str, until: float) -> float:
+        """Make ``stream`` wait until time ``until`` (an event/stream synchronisation)."""
+        t = max(self.now(stream), until)
+        self.streams[stream] = t
+        return t
+
+    def sync(self) -> float:
+        """Synchronise all streams to the latest one (a device-wide barrier)."""
+        t = max(self.streams.values())
+        for s in self.streams:
+            self.streams[s] = t
+        return t
+
+    @property
+    def time(self) -> float:
+        return max(self.streams.values())
+
+
+class Trace:
+    """Chrome / Perfetto trace events of one rank (``ph: "X"`` complete events)."""
+
+    def __init__(self, rank: int = 0, enabled: bool = True):
+        self.rank = rank
+        self.enabled = enabled
+        self.events: list[dict] = []
+
+    def complete(self, name, cat, stream, start, end, args=None):
+        if self.enabled:
+            ev = {"name": name, "cat": cat, "ph": "X", "pid": self.rank, "tid": stream,
+                  "ts": start * 1e6, "dur": (end - start) * 1e6}
+            if args:
+                ev["args"] = args
+            self.events.append(ev)
+
+    def instant(self, name, stream, t, args=None):
+        if self.enabled:
+            self.events.append({"name": name, "ph": "i", "s": "t", "pid": self.rank,
+                                "tid": stream, "ts": t * 1e6, "args": args or {}})
+
+
+def export_chrome_trace(traces, path) -> dict:
+    """Write one or more ranks' traces as a Chrome trace-event JSON file.
+
+    Open it in https://ui.perfetto.dev or chrome://tracing: one process per rank, one
+    thread (track) per stream. Simulated seconds become microseconds.
+    """
+    traces = [t.trace if isinstance(t, Device) else t for t in (traces if isinstance(traces, (list, tuple)) else [traces])]
+    events = []
+    for tr in traces:
+        events.append({"name": "process_name", "ph": "M", "pid": tr.rank, "args": {"name": f"rank {tr.rank}"}})
+        events.extend(tr.events)
+    doc = {"traceEvents": events, "displayTimeUnit": "ms"}
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return doc
+
+
+_current: contextvars.ContextVar["Device | None"] = contextvars.ContextVar("minidist_device", default=None)
+
+
+def current_device() -> "Device | None":
+    """The device activated in this thread (``with device:``), or None."""
+    return _current.get()
+
+
+class Device:
+    """One rank's simulated accelerator: memory pool, host pool, streams, FLOPs, trace.
+
+    Use it as a context manager to make the autograd engine charge its FLOPs and
+    saved activations to it::
+
+        dev = Device("A100-80GB-NVLink", rank=0)
+        with dev:
+            loss.backward()
+        dev.memory.peak, dev.flops, dev.clock.time
+    """
+
+    def __init__(self, spec: "str | dict | DeviceSpec | None" = None, rank: int = 0,
+                 trace: bool = True, memory_capacity: float | None = None):
+        self.spec = get_spec(spec)
+        self.rank = rank
+        self.trace = Trace(rank, enabled=trace)
+        self.clock = Clock(self.trace)
+        cap = self.spec.memory if memory_capacity is None else memory_capacity
+        self.memory = MemoryTracker(cap, f"rank {rank} ({self.spec.name})", lambda: self.clock.now("compute"))
+        self.host = MemoryTracker(self.spec.host_memory, f"rank {rank} host", lambda: self.clock.now("compute"))
+        self.flops = 0            # every counted FLOP, all ops
+        self.matmul_flops = 0     # the part done by matmuls (what 6·N·D counts)
+        self.flops_by_op: dict[str, int] = {}
+        # autograd's saved-for-backward registry: id(root array) -> [refcount, handle, array]
+        self._saved: dict[int, list] = {}
+        self._tokens: list = []
+
+    # -- context --------------------------------------------------------------------------
+    def __enter__(self) -> "Device":
+        self._tokens.append(_current.set(self))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _current.reset(self._tokens.pop())
+
+    # -- compute --------------------------------------------------------------------------
+    def compute(self, name: str, flops: int, matmul: bool = False, stream: str = "compute",
+                flops_per_s: float | None = None) -> tuple[float, float]:
+        """Charge ``flops`` of op ``name`` to this device and advance its compute stream."""
+        self.flops += flops
+        if matmul:
+            self.matmul_flops += flops
+        self.flops_by_op[name] = self.flops_by_op.get(name, 0) + flops
+        return self.clock.run(stream, flops / (flops_per_s or self.spec.flops), name, "compute")
+
+    # -- activations saved by autograd ----------------------------------------------------
+    def save_for_backward(self, arrays) -> list[int]:
+        """Account arrays kept alive for backward under "activations", each buffer once."""
+        keys = []
+        for a in arrays:
+            root = a
+            while root.base is not None and isinstance(root.base, type(a)):
+                root = root.base
+            key = id(root)
+            entry = self._saved.get(key)
+            if entry is None:
+                handle = self.memory.alloc(root.nbytes, "activations")
+                self._saved[key] = [1, handle, root]
+            else:
+                entry[0] += 1
+            keys.append(key)
+        return keys
+
+    def release_saved(self, keys) -> None:
+        for key in keys:
+            entry = self._saved[key]
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.memory.free(entry[1])
+                del self._saved[key]
+
+    def summary(self) -> dict:
+        return {"rank": self.rank, "device": self.spec.name, "flops": self.flops,
+                "sim_time": self.clock.time, "memory": self.memory.summary(),
+                "host_memory": self.host.summary()}
