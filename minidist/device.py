@@ -195,6 +195,9 @@ class Device:
         self.flops_by_op: dict[str, int] = {}
         # autograd's saved-for-backward registry: id(root array) -> [refcount, handle, array]
         self._saved: dict[int, list] = {}
+        # ids of parameter arrays placed here: already counted under "parameters", so a
+        # view of one saved for backward (the tied LM head's wteᵀ) is not an activation
+        self.param_arrays: set[int] = set()
         self._tokens: list = []
 
     # -- context --------------------------------------------------------------------------
@@ -224,6 +227,8 @@ class Device:
             while root.base is not None and isinstance(root.base, type(a)):
                 root = root.base
             key = id(root)
+            if key in self.param_arrays:
+                continue
             entry = self._saved.get(key)
             if entry is None:
                 handle = self.memory.alloc(root.nbytes, "activations")

@@ -1,0 +1,143 @@
+"""The whole estimate for one minidist / DeepSpeed-style training config.
+
+:func:`estimate` reads the keys of a ``python -m minidist.train`` config (SPEC §9) and
+returns, as a JSON-able dict, every analytic figure for one step of that run: parameters,
+model-state and activation memory per device, communication per rank, FLOPs, pipeline
+bubble and an ideal step time on the config's device. Train reports put it beside the
+measured numbers.
+
+Keys read (anything else is ignored here; the trainer validates the config)::
+
+    model {n_layer, n_embd, n_head, vocab_size, block_size, bias}
+    train_micro_batch_size_per_gpu, gradient_accumulation_steps
+    zero_optimization {stage, offload_optimizer {device}}
+    fp16 {enabled}, bf16 {enabled}, optimizer {type}
+    parallel {tensor, pipeline, schedule, micro_batches, virtual_stages, sequence_parallel}
+    data {seq_len}, activation_checkpointing, device
+
+Missing keys fall back to :data:`DEFAULTS`, and the names of those that did are listed in
+``defaults_used`` so that a report never hides an assumption. ``activation_checkpointing``
+may be "none"/"selective"/"full", a bool (True = full), or a dict with a ``mode`` key (or
+DeepSpeed's form, whose presence means full checkpointing of each block).
+"""
+from __future__ import annotations
+
+from ..device import get_spec
+
+from .activations import activation_memory
+from .comm import comm_volume
+from .flops import gpt2_param_count, training_flops
+from .memory import model_state_memory
+from .pipeline import normalize_schedule, peak_in_flight, pipeline_bubble
+
+DEFAULTS = {
+    "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 4, "model.vocab_size": 65,
+    "model.block_size": 64, "model.bias": True,
+    "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+    "zero_optimization.stage": 0, "optimizer.type": "adamw",
+    "parallel.tensor": 1, "parallel.pipeline": 1, "parallel.schedule": "1f1b",
+    "parallel.virtual_stages": 1, "parallel.sequence_parallel": False,
+    "device": "A100-80GB-NVLink",
+}
+
+
+def _get(config: dict, dotted: str, used: list):
+    node = config
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            used.append(dotted)
+            return DEFAULTS[dotted]
+        node = node[key]
+    return node
+
+
+def _checkpointing(value) -> str:
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "full"
+    if isinstance(value, str):
+        return value.lower()
+    if isinstance(value, dict):
+        if "mode" in value:
+            return str(value["mode"]).lower()
+        if "enabled" in value:
+            return "full" if value["enabled"] else "none"
+        return "full" if value else "none"
+    raise ValueError(f"activation_checkpointing must be a mode name, a bool or a dict, not {value!r}")
+
+
+def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
+    """Analytic figures for one training step of ``config`` on ``world_size`` ranks.
+
+    ``mfu`` scales the device's peak FLOP/s for the step-time estimate (1.0 = the ideal,
+    which is also what minidist's simulated clock charges).
+    """
+    used: list = []
+    L = int(_get(config, "model.n_layer", used))
+    h = int(_get(config, "model.n_embd", used))
+    a = int(_get(config, "model.n_head", used))
+    V = int(_get(config, "model.vocab_size", used))
+    T = int(_get(config, "model.block_size", used))
+    bias = bool(_get(config, "model.bias", used))
+    data = config.get("data") or {}
+    seq = int(data.get("seq_len") or T)
+    b = int(_get(config, "train_micro_batch_size_per_gpu", used))
+    accum = int(_get(config, "gradient_accumulation_steps", used))
+    zero = config.get("zero_optimization") or {}
+    stage = int(_get(config, "zero_optimization.stage", used))
+    offload = str((zero.get("offload_optimizer") or {}).get("device", "none")).lower() in ("cpu", "nvme")
+    precision = ("bf16" if (config.get("bf16") or {}).get("enabled")
+                 else "fp16" if (config.get("fp16") or {}).get("enabled") else "fp32")
+    optimizer = str(_get(config, "optimizer.type", used)).lower()
+    tp = int(_get(config, "parallel.tensor", used))
+    pp = int(_get(config, "parallel.pipeline", used))
+    sp = bool(_get(config, "parallel.sequence_parallel", used))
+    schedule = normalize_schedule(_get(config, "parallel.schedule", used))
+    v = int(_get(config, "parallel.virtual_stages", used))
+    m = int((config.get("parallel") or {}).get("micro_batches") or accum)
+    checkpointing = _checkpointing(config.get("activation_checkpointing"))
+    device = config.get("device", DEFAULTS["device"])
+    if "device" not in config:
+        used.append("device")
+
+    if world_size % (tp * pp):
+        raise ValueError(f"world size {world_size} is not divisible by tensor x pipeline = {tp * pp}; "
+                         f"change parallel.tensor/parallel.pipeline or the world size")
+    dp = world_size // (tp * pp)
+    # micro-batches each rank runs per optimizer step: the pipeline's m, else the accumulation
+    micro_batches = m if pp > 1 else accum
+
+    count = gpt2_param_count(L, h, V, T, bias)
+    params = count["total"]
+    states = model_state_memory(params, dp, stage, precision, optimizer, offload, tp, pp)
+    in_flight = peak_in_flight(schedule, pp, micro_batches, v) if pp > 1 else 1.0
+    act = activation_memory(seq, b, h, a, L, tp, sp, checkpointing,
+                            4 if precision == "fp32" else 2, pp, in_flight, vocab=V)
+    comm = comm_volume(params, dp, stage, precision, tp, pp, layers=L, hidden=h, seq=seq,
+                       micro_batch=b, micro_batches=micro_batches, sp=sp,
+                       checkpointing=checkpointing, v=v if schedule == "interleaved" else 1)
+    tokens = b * seq * micro_batches * dp               # tokens per optimizer step, all ranks
+    flops = training_flops(params, tokens, L, h, seq, checkpointing)
+    spec = get_spec(device)
+    compute_s = flops["flops"] / world_size / (spec.flops * mfu)
+    bubble = pipeline_bubble(schedule, pp, micro_batches, v) if pp > 1 else None
+    step_s = compute_s * (1 + bubble["bubble_relative"]) if bubble else compute_s
+    return {
+        "world_size": world_size, "dp": dp, "tp": tp, "pp": pp,
+        "inputs": {"n_layer": L, "n_embd": h, "n_head": a, "vocab_size": V, "block_size": T,
+                   "seq_len": seq, "micro_batch": b, "micro_batches": micro_batches,
+                   "zero_stage": stage, "offload": offload, "precision": precision,
+                   "optimizer": optimizer, "checkpointing": checkpointing,
+                   "schedule": schedule, "sequence_parallel": sp, "device": spec.name},
+        "defaults_used": used,
+        "params": count,
+        "model_states": states,
+        "activations": act,
+        "memory_per_device": states["total"] + act["total"],
+        "comm": comm,
+        "flops": flops,
+        "pipeline": bubble,
+        "time": {"compute_s_per_step": compute_s, "step_s_with_bubble": step_s,
+                 "dp_comm_s_per_step": comm["dp_bytes"] / spec.beta, "mfu": mfu},
+    }

@@ -1,0 +1,149 @@
+"""Modules: parameter containers with torch.nn's interface (Module, Linear, LayerNorm, …)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from .tensor import Parameter, Tensor
+
+
+class Module:
+    """Base class: attributes that are Parameters or Modules are registered by name."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def named_parameters(self, prefix: str = ""):
+        """(name, parameter) pairs, each shared parameter once (first name wins, as torch)."""
+        seen = set()
+        for name, p in self._named_parameters_all(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _named_parameters_all(self, prefix):
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m._named_parameters_all(f"{prefix}{name}.")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Every parameter by its full name (tied ones under each name), as copies."""
+        return OrderedDict((n, p.data.copy()) for n, p in self._named_parameters_all(""))
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        own = dict(self._named_parameters_all(""))
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name, value in state.items():
+            if name in own:
+                if own[name].shape != np.shape(value):
+                    raise ValueError(f"load_state_dict: {name} has shape {own[name].shape}, "
+                                     f"checkpoint has {np.shape(value)}")
+                own[name].data[...] = value
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parameters():
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad[...] = 0
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+
+class ModuleList(Module):
+    def __init__(self, modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+
+def _rng(rng):
+    return rng if rng is not None else np.random.default_rng(0)
+
+
+class Linear(Module):
+    """y = x @ W + b with W stored (in_features, out_features), initialised N(0, std²)."""
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, std=0.02, dtype=np.float32):
+        super().__init__()
+        self.weight = Parameter(_rng(rng).normal(0.0, std, (in_features, out_features)).astype(dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class LayerNorm(Module):
+    def __init__(self, n, bias=True, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        self.eps = eps
+        self.weight = Parameter(np.ones(n, dtype=dtype))
+        self.bias = Parameter(np.zeros(n, dtype=dtype)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class Embedding(Module):
+    def __init__(self, num_embeddings, embedding_dim, rng=None, std=0.02, dtype=np.float32):
+        super().__init__()
+        self.weight = Parameter(_rng(rng).normal(0.0, std, (num_embeddings, embedding_dim)).astype(dtype))
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight)
+
+
+class Dropout(Module):
+    """Dropout with its own seeded generator, so every run draws the same masks."""
+
+    def __init__(self, p=0.0, seed=0):
+        super().__init__()
+        self.p = p
+        self.rng = np.random.default_rng(seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.p, self.training, self.rng)

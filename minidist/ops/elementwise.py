@@ -1,0 +1,100 @@
+"""Elementwise arithmetic and math with NumPy broadcasting, forward beside backward."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import Tensor, as_tensor, make_result
+
+
+def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum ``g`` over the axes that broadcasting expanded, back to ``shape``."""
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(i + extra for i, s in enumerate(shape) if s == 1 and g.shape[i + extra] != 1)
+    g = g.sum(axis=axes, keepdims=True) if axes else g
+    return g.reshape(shape)
+
+
+def _binary(a, b):
+    a, b = as_tensor(a), as_tensor(b)
+    # Python/NumPy scalars take the tensor's dtype (float32 stays float32).
+    if a.data.ndim == 0 and not a.requires_grad and b.data.dtype.kind == "f":
+        a = Tensor(a.data.astype(b.data.dtype))
+    if b.data.ndim == 0 and not b.requires_grad and a.data.dtype.kind == "f":
+        b = Tensor(b.data.astype(a.data.dtype))
+    return a, b
+
+
+def add(a, b) -> Tensor:
+    a, b = _binary(a, b)
+    out = a.data + b.data
+
+    def backward(g, needs):
+        return (unbroadcast(g, a.shape) if needs[0] else None,
+                unbroadcast(g, b.shape) if needs[1] else None)
+    return make_result(out, (a, b), backward, "add", flops=out.size)
+
+
+def sub(a, b) -> Tensor:
+    a, b = _binary(a, b)
+    out = a.data - b.data
+
+    def backward(g, needs):
+        return (unbroadcast(g, a.shape) if needs[0] else None,
+                unbroadcast(-g, b.shape) if needs[1] else None)
+    return make_result(out, (a, b), backward, "sub", flops=out.size)
+
+
+def mul(a, b) -> Tensor:
+    a, b = _binary(a, b)
+    out = a.data * b.data
+
+    def backward(g, needs):
+        return (unbroadcast(g * b.data, a.shape) if needs[0] else None,
+                unbroadcast(g * a.data, b.shape) if needs[1] else None)
+    saved = [t.data for t, other in ((a, b), (b, a)) if other.requires_grad and not t.is_param]
+    return make_result(out, (a, b), backward, "mul", saved=saved, flops=out.size)
+
+
+def div(a, b) -> Tensor:
+    a, b = _binary(a, b)
+    out = a.data / b.data
+
+    def backward(g, needs):
+        ga = unbroadcast(g / b.data, a.shape) if needs[0] else None
+        gb = unbroadcast(-g * out / b.data, b.shape) if needs[1] else None
+        return ga, gb
+    return make_result(out, (a, b), backward, "div", saved=[b.data] + ([out] if b.requires_grad else []),
+                       flops=out.size)
+
+
+def neg(a) -> Tensor:
+    a = as_tensor(a)
+    return make_result(-a.data, (a,), lambda g, needs: (-g,), "neg", flops=a.size)
+
+
+def pow(a, p: float) -> Tensor:
+    a = as_tensor(a)
+    out = a.data ** p
+
+    def backward(g, needs):
+        return (g * p * a.data ** (p - 1),)
+    return make_result(out, (a,), backward, "pow", saved=[a.data], flops=a.size)
+
+
+def exp(a) -> Tensor:
+    a = as_tensor(a)
+    out = np.exp(a.data)
+    return make_result(out, (a,), lambda g, needs: (g * out,), "exp", saved=[out], flops=a.size)
+
+
+def log(a) -> Tensor:
+    a = as_tensor(a)
+    return make_result(np.log(a.data), (a,), lambda g, needs: (g / a.data,), "log", saved=[a.data], flops=a.size)
+
+
+def tanh(a) -> Tensor:
+    a = as_tensor(a)
+    out = np.tanh(a.data)
+    return make_result(out, (a,), lambda g, needs: (g * (1 - out * out),), "tanh", saved=[out], flops=a.size)

@@ -1,0 +1,91 @@
+"""Matrix products: ``matmul`` and ``linear``, with input and weight gradients apart.
+
+For ``y = x @ W (+ b)`` the backward is two independent matmuls:
+
+* input gradient  ``dx = dy @ Wᵀ``   — needed *now* by the previous layer (pipeline ``B``);
+* weight gradient ``dW = xᵀ @ dy``   — needed only by the optimizer step (pipeline ``W``).
+
+Zero-bubble schedules (Qi et al. 2023, "Zero Bubble Pipeline Parallelism") run them at
+different times; :func:`linear_input_grad` and :func:`linear_weight_grad` are the two
+halves, and :meth:`minidist.Tensor.backward` with ``defer_weight_grad=True`` calls them apart.
+FLOPs: a (m×k)·(k×n) product costs 2·m·n·k.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import Tensor, as_tensor, make_result
+from .elementwise import unbroadcast
+
+
+def linear_input_grad(dy: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """dx = dy @ Wᵀ for W stored (in, out)."""
+    return dy @ weight.T
+
+
+def linear_weight_grad(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """dW = xᵀ @ dy with the leading (batch, time) axes folded into one: (in, out)."""
+    return x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+
+
+def _charge(name, flops):
+    from ..device import current_device
+    dev = current_device()
+    if dev is not None:
+        dev.compute(name, int(flops), matmul=True)
+
+
+def linear(x, weight, bias=None) -> Tensor:
+    """y = x @ W + b, with W of shape (in_features, out_features) (nanoGPT/Conv1D layout)."""
+    x, weight = as_tensor(x), as_tensor(weight)
+    if x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"linear: input has {x.shape[-1]} features but weight is {weight.shape} "
+                         f"(in_features, out_features)")
+    x2 = x.data.reshape(-1, x.shape[-1])                       # (B*T, in)
+    out = x2 @ weight.data                                     # (B*T, out)
+    if bias is not None:
+        bias = as_tensor(bias)
+        out += bias.data
+    out = out.reshape(*x.shape[:-1], weight.shape[1])           # (..., out)
+    m, k, n = x2.shape[0], weight.shape[0], weight.shape[1]
+
+    def backward(g, needs):
+        g2 = g.reshape(-1, n)
+        gx = gw = gb = None
+        if needs[0]:
+            _charge("linear.dx", 2 * m * n * k)
+            gx = linear_input_grad(g2, weight.data).reshape(x.shape)
+        if needs[1]:
+            _charge("linear.dW", 2 * m * n * k)
+            gw = linear_weight_grad(x2, g2)
+        if bias is not None and needs[2]:
+            gb = g2.sum(axis=0)
+        return gx, gw, gb
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    saved = [x.data] if weight.requires_grad and not x.is_param else []
+    return make_result(out, parents, backward, "linear", saved=saved, flops=2 * m * n * k, matmul=True)
+
+
+def matmul(a, b) -> Tensor:
+    """NumPy ``@`` with broadcasting of batch axes (e.g. attention's (B, nh, T, hs) products)."""
+    a, b = as_tensor(a), as_tensor(b)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"matmul needs operands with at least 2 dims, got {a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
+                         f"({a.shape[-1]} != {b.shape[-2]})")
+    out = a.data @ b.data
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = out.size // (m * n)
+
+    def backward(g, needs):
+        ga = gb = None
+        if needs[0]:
+            _charge("matmul.da", 2 * batch * m * n * k)
+            ga = unbroadcast(g @ np.swapaxes(b.data, -1, -2), a.shape)
+        if needs[1]:
+            _charge("matmul.db", 2 * batch * m * n * k)
+            gb = unbroadcast(np.swapaxes(a.data, -1, -2) @ g, b.shape)
+        return ga, gb
+    saved = [t.data for t, other in ((a, b), (b, a)) if other.requires_grad and not t.is_param]
+    return make_result(out, (a, b), backward, "matmul", saved=saved, flops=2 * batch * m * n * k, matmul=True)

@@ -1,0 +1,43 @@
+"""Layer normalisation (Ba et al. 2016) over the last axis, forward beside backward."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import Tensor, as_tensor, make_result
+
+
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, statistics over the last axis."""
+    x = as_tensor(x)
+    if weight is None and bias is not None:
+        raise ValueError("layer_norm: bias without weight is not supported")
+    if weight is not None and weight.shape != x.shape[-1:]:
+        raise ValueError(f"layer_norm: weight shape {weight.shape} != normalised shape {x.shape[-1:]}")
+    mu = x.data.mean(axis=-1, keepdims=True)
+    xc = x.data - mu
+    var = (xc * xc).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)                          # (..., 1)
+    xhat = xc * rstd                                         # (..., C)
+    y = xhat * weight.data if weight is not None else xhat.copy()
+    if bias is not None:
+        y += bias.data
+    lead = tuple(range(x.ndim - 1))
+
+    def backward(g, needs):
+        gx = gw = gb = None
+        if needs[0]:
+            gh = g * weight.data if weight is not None else g
+            # dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))
+            gx = rstd * (gh - gh.mean(axis=-1, keepdims=True)
+                         - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
+        if weight is not None and needs[1]:
+            gw = (g * xhat).sum(axis=lead)
+        if bias is not None and needs[2]:
+            gb = g.sum(axis=lead)
+        return gx, gw, gb
+    parents = [x] + [t for t in (weight, bias) if t is not None]
+
+    def backward_parents(g, needs):
+        gx, gw, gb = backward(g, list(needs) + [False] * (3 - len(needs)))
+        return (gx, gw, gb)[:len(parents)]
+    return make_result(y, parents, backward_parents, "layer_norm", saved=[xhat, rstd], flops=8 * x.size)

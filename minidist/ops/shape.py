@@ -1,0 +1,67 @@
+"""Shape ops: reshape, transpose, indexing/slicing, split, concat. No FLOPs, no saved data."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import Tensor, as_tensor, make_result
+
+
+def reshape(a, shape) -> Tensor:
+    a = as_tensor(a)
+    out = a.data.reshape(shape)
+    return make_result(out, (a,), lambda g, needs: (g.reshape(a.shape),), "reshape")
+
+
+def transpose(a, dim0: int, dim1: int) -> Tensor:
+    """Swap two axes (``torch.transpose``)."""
+    a = as_tensor(a)
+    return make_result(np.swapaxes(a.data, dim0, dim1), (a,),
+                       lambda g, needs: (np.swapaxes(g, dim0, dim1),), "transpose")
+
+
+def getitem(a, idx) -> Tensor:
+    """Basic and advanced indexing; the gradient scatters back (adding on repeats)."""
+    a = as_tensor(a)
+    if isinstance(idx, Tensor):
+        idx = idx.data
+    out = a.data[idx]
+
+    def backward(g, needs):
+        ga = np.zeros_like(a.data)
+        np.add.at(ga, idx, g)
+        return (ga,)
+    return make_result(out, (a,), backward, "getitem")
+
+
+def split(a, split_size: int, axis: int = -1) -> list[Tensor]:
+    """Split into chunks of ``split_size`` along ``axis`` (``torch.split``)."""
+    a = as_tensor(a)
+    n = a.shape[axis]
+    bounds = list(range(0, n, split_size))
+    outs = []
+    for start in bounds:
+        sl = [slice(None)] * a.ndim
+        sl[axis] = slice(start, min(start + split_size, n))
+        outs.append(_slice(a, tuple(sl)))
+    return outs
+
+
+def _slice(a: Tensor, sl: tuple) -> Tensor:
+    def backward(g, needs):
+        ga = np.zeros_like(a.data)
+        ga[sl] = g
+        return (ga,)
+    return make_result(a.data[sl], (a,), backward, "slice")
+
+
+def concat(tensors, axis: int = -1) -> Tensor:
+    tensors = [as_tensor(t) for t in tensors]
+    out = np.concatenate([t.data for t in tensors], axis=axis)
+    cuts = np.cumsum([t.shape[axis] for t in tensors])[:-1]
+
+    def backward(g, needs):
+        return tuple(np.split(g, cuts, axis=axis))
+    return make_result(out, tensors, backward, "concat")
+
+
+cat = concat

@@ -1,0 +1,184 @@
+"""Optimizers: SGD (momentum), Adam, AdamW, LAMB — with PyTorch's hyper-parameter names.
+
+Each optimizer splits into two parts so that ZeRO can shard it:
+
+* ``init_state(shape, dtype)`` — the state arrays one parameter (or one flat shard) needs;
+* ``update(param, grad, state, group)`` — the in-place update of *arrays*.
+
+:meth:`Optimizer.step` applies them to whole parameters; ZeRO applies the very same
+functions to the flat shard a rank owns (Rajbhandari et al. 2020). State arrays are
+charged to the parameter's device under "optimizer_states" (K bytes per parameter:
+Adam keeps m and v, 8 bytes in fp32; with mixed precision the fp32 master copy adds 4 → K=12).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .memory import nbytes
+
+
+class Optimizer:
+    defaults: dict = {}
+    shardable = True   # False when the update needs whole-tensor norms (LAMB)
+
+    def __init__(self, params, **hyper):
+        unknown = set(hyper) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown hyper-parameter(s) {sorted(unknown)}; "
+                            f"known: {sorted(self.defaults)}")
+        group = {**self.defaults, **hyper}
+        self._check(group)
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        self.param_groups = [{"params": params, **group}]
+        self.state: dict[int, dict] = {}        # id(param) -> {"step": int, name: ndarray}
+        self._handles: dict[int, list] = {}
+
+    def _check(self, group):
+        if group["lr"] < 0:
+            raise ValueError(f"optimizer lr must be >= 0, got {group['lr']}")
+
+    # -- the two halves ---------------------------------------------------------------------
+    def init_state(self, shape, dtype=np.float32) -> dict:
+        raise NotImplementedError
+
+    def update(self, param: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+    # -- whole-parameter driver -----------------------------------------------------------
+    def state_for(self, p) -> dict:
+        st = self.state.get(id(p))
+        if st is None:
+            st = self.state[id(p)] = self.init_state(p.shape, p.dtype)
+            dev = getattr(p, "device", None)
+            if dev is not None:
+                self._handles[id(p)] = [dev.memory.alloc(nbytes(a), "optimizer_states", f"{p.name}.{k}")
+                                        for k, a in st.items() if isinstance(a, np.ndarray)]
+        return st
+
+    def step(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.update(p.data, p.grad, self.state_for(p), group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad[...] = 0
+
+    def state_bytes(self) -> int:
+        return sum(nbytes(a) for st in self.state.values() for a in st.values() if isinstance(a, np.ndarray))
+
+    @property
+    def lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        for g in self.param_groups:
+            g["lr"] = value
+
+
+class SGD(Optimizer):
+    """SGD with momentum as PyTorch: buf = μ·buf + (1-dampening)·g (buf = g at first), p -= lr·buf."""
+
+    defaults = {"lr": 1e-2, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False}
+
+    def init_state(self, shape, dtype=np.float32):
+        st = {"step": 0}
+        if self.param_groups[0]["momentum"]:
+            st["momentum_buffer"] = np.zeros(shape, dtype)
+        return st
+
+    def update(self, param, grad, state, group):
+        g = grad + group["weight_decay"] * param if group["weight_decay"] else grad
+        mu = group["momentum"]
+        if mu:
+            buf = state["momentum_buffer"]
+            if state["step"] == 0:
+                buf[...] = g
+            else:
+                buf *= mu
+                buf += (1 - group["dampening"]) * g
+            g = g + mu * buf if group["nesterov"] else buf
+        state["step"] += 1
+        param -= group["lr"] * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction; ``weight_decay`` is L2 added to the grad."""
+
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+    decoupled = False
+
+    def _check(self, group):
+        super()._check(group)
+        b1, b2 = group["betas"]
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ValueError(f"betas must be in [0, 1), got {group['betas']}")
+
+    def init_state(self, shape, dtype=np.float32):
+        return {"step": 0, "exp_avg": np.zeros(shape, dtype), "exp_avg_sq": np.zeros(shape, dtype)}
+
+    def _direction(self, param, grad, state, group):
+        """Advance m, v and return the bias-corrected Adam direction m̂ / (√v̂ + ε)."""
+        b1, b2 = group["betas"]
+        wd = group["weight_decay"]
+        g = grad + wd * param if (wd and not self.decoupled) else grad
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        denom = np.sqrt(v / (1 - b2 ** t)) + group["eps"]
+        return (m / (1 - b1 ** t)) / denom
+
+    def update(self, param, grad, state, group):
+        d = self._direction(param, grad, state, group)
+        if self.decoupled and group["weight_decay"]:
+            param *= 1 - group["lr"] * group["weight_decay"]
+        param -= group["lr"] * d
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019): p ← p·(1 - lr·wd) - lr·m̂/(√v̂+ε)."""
+
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+    decoupled = True
+
+
+class LAMB(Adam):
+    """LAMB (You et al. 2019): the Adam direction plus decoupled decay, scaled per tensor by
+    the trust ratio ‖p‖ / ‖r‖. Needs whole-tensor norms, so it is not shardable by ZeRO."""
+
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0}
+    shardable = False
+
+    def update(self, param, grad, state, group):
+        r = self._direction(param, grad, state, group)
+        if group["weight_decay"]:
+            r = r + group["weight_decay"] * param
+        w_norm, r_norm = float(np.linalg.norm(param)), float(np.linalg.norm(r))
+        trust = w_norm / r_norm if w_norm > 0 and r_norm > 0 else 1.0
+        param -= group["lr"] * trust * r
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "lamb": LAMB}
+
+
+def build(name: str, params, **hyper) -> Optimizer:
+    """An optimizer from a DeepSpeed-style ``optimizer.type`` name (case-insensitive)."""
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"optimizer.type {name!r} is not supported; choose one of "
+                         f"{sorted(k.capitalize() if k != 'adamw' else 'AdamW' for k in OPTIMIZERS)}")
+    if "betas" in hyper:
+        hyper["betas"] = tuple(hyper["betas"])
+    return OPTIMIZERS[key](params, **hyper)

@@ -1,0 +1,326 @@
+"""Tensor and reverse-mode autograd, vectorised (micrograd's idea over NumPy arrays).
+
+A :class:`Tensor` wraps an ndarray. Every op (see :mod:`minidist.ops`) computes its
+output eagerly and, when gradients are wanted, attaches a :class:`Node` holding the
+op's parents and a ``backward(grad, needs)`` closure written right beside the forward.
+``needs[i]`` says whether parent *i* wants a gradient (PyTorch's ``needs_input_grad``):
+this is what lets :meth:`Tensor.backward` split an op's backward into the part that
+produces input gradients (``B``) and the part that produces weight gradients (``W``),
+which zero-bubble pipeline schedules run at different times (Qi et al. 2023).
+
+Memory: arrays an op keeps for backward are charged to the current rank's device under
+"activations" and released as soon as backward has consumed the node, so the activation
+curve of a training step rises through forward and falls back to zero through backward.
+"""
+from __future__ import annotations
+
+import contextvars
+
+import numpy as np
+
+from .device import current_device
+from .memory import nbytes
+
+_grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("minidist_grad", default=True)
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled.get()
+
+
+class no_grad:
+    """Context manager (and decorator) that disables graph recording, like ``torch.no_grad``."""
+
+    def __enter__(self):
+        self._token = _grad_enabled.set(False)
+
+    def __exit__(self, *exc):
+        _grad_enabled.reset(self._token)
+
+    def __call__(self, fn):
+        def wrapper(*a, **k):
+            with no_grad():
+                return fn(*a, **k)
+        return wrapper
+
+
+class Node:
+    """The record one op leaves in the graph: parents, backward closure, saved bytes."""
+
+    __slots__ = ("parents", "backward", "name", "device", "saved_keys")
+
+    def __init__(self, parents, backward, name, device, saved_keys):
+        self.parents = parents
+        self.backward = backward
+        self.name = name
+        self.device = device
+        self.saved_keys = saved_keys
+
+    def release(self):
+        """Drop what was saved for backward (and its activation bytes)."""
+        if self.device is not None and self.saved_keys:
+            self.device.release_saved(self.saved_keys)
+        self.saved_keys = ()
+        self.backward = None
+
+
+class Tensor:
+    """An ndarray with an optional gradient and a link to the op that produced it."""
+
+    is_param = False
+    __array_priority__ = 1000  # so ndarray OP Tensor dispatches to Tensor's reflected op
+
+    def __init__(self, data, requires_grad: bool = False, name: str | None = None):
+        if isinstance(data, Tensor):
+            data = data.data
+        arr = np.asarray(data)
+        if arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float32)
+        elif arr.dtype.kind in "iub" and requires_grad:
+            raise TypeError("only floating-point tensors can require gradients")
+        elif not isinstance(data, np.ndarray) and arr.dtype == np.float64:
+            arr = arr.astype(np.float32)  # Python floats/lists default to float32, like torch
+        self.data = arr
+        self._grad = None
+        self.requires_grad = requires_grad
+        self._ctx: Node | None = None
+        self.name = name
+        self._hooks = None
+
+    # -- gradient storage -------------------------------------------------------------------
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` each time backward has finished accumulating this leaf's grad
+        (torch's hook of the same name; DDP launches bucket all-reduces from it)."""
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+        return hook
+
+    def _accumulate(self, g):
+        if g.shape != self.data.shape:
+            raise RuntimeError(f"gradient shape {g.shape} does not match tensor shape {self.data.shape}"
+                               f"{' for ' + self.name if self.name else ''}")
+        if self._grad is None:
+            self.grad = np.array(g, dtype=self.data.dtype, copy=True)
+        else:
+            self._grad += g
+        for hook in self._hooks or ():
+            hook(self)
+
+    # -- conveniences ---------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+
+    def numpy(self):
+        return self.data
+
+    def item(self):
+        return self.data.item()
+
+    def detach(self) -> "Tensor":
+        return Tensor(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({np.array2string(self.data, precision=4, threshold=8)}{grad})"
+
+    # -- autograd ---------------------------------------------------------------------------
+    def backward(self, grad=None, defer_weight_grad: bool = False, retain_graph: bool = False):
+        """Reverse-mode autograd from this tensor.
+
+        ``grad`` is the upstream gradient (required unless the tensor is a scalar): a
+        pipeline stage starts backward from its output with the gradient received from the
+        next stage. With ``defer_weight_grad=True`` only input gradients are computed now
+        (the zero-bubble ``B`` pass); the returned :class:`WeightGradWork` computes the
+        parameters' gradients when ``.run()`` is called (the ``W`` pass).
+        """
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError("grad can be implicitly created only for scalar outputs; "
+                                   f"pass grad= with shape {self.data.shape}")
+            grad = np.ones_like(self.data)
+        grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.data.dtype)
+        if grad.shape != self.data.shape:
+            raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.data.shape}")
+        if not self.requires_grad:
+            raise RuntimeError("tensor does not require grad and has no grad_fn")
+        grads = {id(self): grad}
+        deferred = []
+        for t in _topological_order(self):
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            node = t._ctx
+            if node is None:
+                if t.requires_grad:
+                    t._accumulate(g)
+                continue
+            if node.backward is None:
+                raise RuntimeError("trying to backward through the graph a second time; "
+                                   "pass retain_graph=True the first time")
+            needs = [isinstance(p, Tensor) and p.requires_grad for p in node.parents]
+            later = [n and defer_weight_grad and p.is_param for n, p in zip(needs, node.parents)]
+            now = [n and not w for n, w in zip(needs, later)]
+            if any(now):
+                for p, pg in zip(node.parents, node.backward(g, now)):
+                    if pg is not None and isinstance(p, Tensor) and p.requires_grad:
+                        prev = grads.get(id(p))
+                        grads[id(p)] = pg if prev is None else prev + pg
+            if any(later):
+                deferred.append((node, g, later))
+            elif not retain_graph:
+                node.release()
+                t._ctx = None
+        return WeightGradWork(deferred) if defer_weight_grad else None
+
+    # -- operators (defined in minidist.ops; bound here so x + y works) --------------------
+    def __add__(self, o): return _F.add(self, o)
+    def __radd__(self, o): return _F.add(o, self)
+    def __sub__(self, o): return _F.sub(self, o)
+    def __rsub__(self, o): return _F.sub(o, self)
+    def __mul__(self, o): return _F.mul(self, o)
+    def __rmul__(self, o): return _F.mul(o, self)
+    def __truediv__(self, o): return _F.div(self, o)
+    def __rtruediv__(self, o): return _F.div(o, self)
+    def __neg__(self): return _F.neg(self)
+    def __pow__(self, p): return _F.pow(self, p)
+    def __matmul__(self, o): return _F.matmul(self, o)
+    def __rmatmul__(self, o): return _F.matmul(o, self)
+    def __getitem__(self, idx): return _F.getitem(self, idx)
+    def reshape(self, *shape): return _F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+    view = reshape
+    def transpose(self, a, b): return _F.transpose(self, a, b)
+    def sum(self, axis=None, keepdims=False): return _F.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _F.mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _F.max(self, axis, keepdims)
+    def exp(self): return _F.exp(self)
+    def log(self): return _F.log(self)
+    def tanh(self): return _F.tanh(self)
+    def split(self, size, axis=-1): return _F.split(self, size, axis)
+    @property
+    def T(self): return _F.transpose(self, -1, -2)
+
+
+class Parameter(Tensor):
+    """A trainable leaf tensor (``torch.nn.Parameter``). Created inside ``with device:``,
+    its bytes are charged to that device's "parameters", and its gradient's to "gradients".
+    ``dtype_tag`` names an emulated storage format ("fp16", "bf16"…) for the accounting."""
+
+    is_param = True
+
+    def __init__(self, data, requires_grad: bool = True, name: str | None = None):
+        super().__init__(data, requires_grad=requires_grad, name=name)
+        self.dtype_tag = None
+        self.device = None
+        self._param_handle = None
+        self._grad_handle = None
+        dev = current_device()
+        if dev is not None:
+            self.place(dev)
+
+    def place(self, device, category: str = "parameters"):
+        """Charge this parameter's bytes to ``device`` (move it "onto the GPU")."""
+        self.unplace()
+        self.device = device
+        self._param_handle = device.memory.alloc(nbytes(self.data, self.dtype_tag), category, self.name or "")
+        device.param_arrays.add(id(self.data))
+        if self._grad is not None:
+            self._grad_handle = device.memory.alloc(nbytes(self._grad, self.dtype_tag), "gradients", self.name or "")
+
+    def unplace(self):
+        """Release this parameter's (and its gradient's) bytes from its device."""
+        if self.device is not None:
+            self.device.memory.free(self._param_handle)
+            self.device.memory.free(self._grad_handle)
+            self.device.param_arrays.discard(id(self.data))
+        self.device = self._param_handle = self._grad_handle = None
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if self.device is not None:
+            self.device.memory.free(self._grad_handle)
+            self._grad_handle = None
+            if value is not None:
+                self._grad_handle = self.device.memory.alloc(nbytes(value, self.dtype_tag), "gradients", self.name or "")
+        self._grad = value
+
+
+class WeightGradWork:
+    """The deferred weight-gradient (``W``) pass of a ``backward(defer_weight_grad=True)``."""
+
+    def __init__(self, deferred):
+        self.deferred = deferred
+
+    def run(self):
+        sums: dict[int, tuple[Tensor, np.ndarray]] = {}
+        for node, g, later in self.deferred:
+            for p, pg in zip(node.parents, node.backward(g, later)):
+                if pg is not None and p.is_param:
+                    prev = sums.get(id(p))
+                    sums[id(p)] = (p, pg if prev is None else prev[1] + pg)
+            node.release()
+        for p, g in sums.values():
+            p._accumulate(g)
+        self.deferred = []
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors reachable from ``root``, each after every tensor that consumes it."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        if t._ctx is not None:
+            for p in t._ctx.parents:
+                if isinstance(p, Tensor) and p.requires_grad and id(p) not in visited:
+                    stack.append((p, False))
+    order.reverse()
+    return order
+
+
+def as_tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def make_result(data, parents, backward, name, saved=(), flops=0, matmul=False) -> Tensor:
+    """Wrap an op's output; charge its FLOPs and, if recording, its saved arrays.
+
+    ``saved`` lists the arrays the backward closure keeps alive. Parameters (leaves) are
+    not activations and are skipped by passing only intermediate arrays here.
+    """
+    dev = current_device()
+    if dev is not None and flops:
+        dev.compute(name, int(flops), matmul)
+    out = Tensor(data)
+    if _grad_enabled.get() and any(isinstance(p, Tensor) and p.requires_grad for p in parents):
+        out.requires_grad = True
+        keys = dev.save_for_backward(saved) if dev is not None and saved else ()
+        out._ctx = Node(tuple(parents), backward, name, dev, keys)
+    return out
+
+
+from . import functional as _F  # noqa: E402  (ops need Tensor defined first)
