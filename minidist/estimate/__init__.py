@@ -18,7 +18,11 @@ Quick check against the ZeRO paper (7.5B parameters, 64 GPUs, Adam, mixed precis
     >>> [round(model_state_memory(7.5e9, dp=64, stage=s)["total"] / 1e9, 1) for s in range(4)]
     [120.0, 31.4, 16.6, 1.9]
 """
-from .activations import activation_memory, layer_activation_bytes, layer_activation_terms
+from .activations import (
+    activation_memory,
+    layer_activation_bytes,
+    layer_activation_terms,
+)
 from .comm import comm_volume
 from .config import estimate
 from .flops import gpt2_param_count, training_flops, training_time
@@ -26,7 +30,16 @@ from .memory import bytes_per_param, model_state_memory
 from .pipeline import peak_in_flight, pipeline_bubble
 
 __all__ = [
-    "activation_memory", "layer_activation_bytes", "layer_activation_terms", "comm_volume",
-    "estimate", "gpt2_param_count", "training_flops", "training_time", "bytes_per_param",
-    "model_state_memory", "peak_in_flight", "pipeline_bubble",
+    "activation_memory",
+    "bytes_per_param",
+    "comm_volume",
+    "estimate",
+    "gpt2_param_count",
+    "layer_activation_bytes",
+    "layer_activation_terms",
+    "model_state_memory",
+    "peak_in_flight",
+    "pipeline_bubble",
+    "training_flops",
+    "training_time",
 ]

@@ -23,7 +23,6 @@ DeepSpeed's form, whose presence means full checkpointing of each block).
 from __future__ import annotations
 
 from ..device import get_spec
-
 from .activations import activation_memory
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops

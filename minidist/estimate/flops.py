@@ -29,7 +29,6 @@ Chowdhery et al. 2022) is the fraction of peak a real run sustains, typically 0.
 from __future__ import annotations
 
 from ..device import get_spec
-
 from .activations import CHECKPOINTING
 
 

@@ -59,14 +59,14 @@ def peak_in_flight(schedule: str, p: int, m: int, v: int = 1) -> float:
         return 1.0
     if schedule == "gpipe":
         return float(m)                         # all forwards before any backward
-    if schedule == "interleaved":
+    if schedule == "interleaved" and v > 1:
         # Megatron warm-up on rank 0: (v−1)·p + 2(p−1) chunk forwards + 1 in steady state,
         # each chunk L/(p·v) layers  ->  p + (p−1)/v stage-micro-batches.
         chunks = min((v - 1) * p + 2 * (p - 1) + 1, v * m)
         return chunks / v
     if schedule == "zb-h2":
         return float(min(2 * p - 1, m))
-    return float(min(p, m))                      # 1f1b, zb-h1, zb-v
+    return float(min(p, m))                      # 1f1b (= interleaved with v=1), zb-h1, zb-v
 
 
 def pipeline_bubble(schedule: str, p: int, m: int, v: int = 1, t_f: float = 1.0,

@@ -1,0 +1,258 @@
+"""Command line of the analytic calculator: ``python -m minidist.estimate``.
+
+Examples::
+
+    python -m minidist.estimate --params 7.5B --dp 64 --zero all            # the ZeRO paper
+    python -m minidist.estimate --params 7.5B --dp 64 --zero all --offload  # + host bytes
+    python -m minidist.estimate --layers 96 --hidden 12288 --heads 96 --seq 2048 \\
+        --vocab 50257 --tp 8 --pp 8 --dp 16 --zero 1 --checkpointing selective \\
+        --tokens 300B --gpu A100-80GB-NVLink --mfu 0.4                       # GPT-3 175B
+    python -m minidist.estimate --params 350M --dp 8 --zero 2 --json        # machine-readable
+
+Every number printed is also in ``--json``. Bytes use decimal units (GB = 1e9 bytes), as
+the ZeRO paper does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from ..device import PRESETS
+from .activations import CHECKPOINTING, activation_memory
+from .comm import comm_volume
+from .flops import gpt2_param_count, training_flops, training_time
+from .memory import OPTIMIZERS, bytes_per_param, model_state_memory
+from .pipeline import SCHEDULES, peak_in_flight, pipeline_bubble
+
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+_NUMBER = re.compile(r"^\s*(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*([kmbgt]?)\s*$", re.IGNORECASE)
+
+
+def parse_count(text: str) -> float:
+    """'7.5B' -> 7.5e9, '350M' -> 3.5e8, '1.2T', '7.5e9', '125k'. Raises ArgumentTypeError."""
+    match = _NUMBER.match(str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text!r} as a count: write a number such as 7.5e9, or a number "
+            f"with a suffix K, M, B or T (7.5B, 350M, 1.2T)")
+    value = float(match.group(1) + (match.group(2) or "")) * _SUFFIX[match.group(3).lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r} (e.g. 1, 8, 64)")
+    return value
+
+
+def _zero(text: str):
+    if str(text).lower() == "all":
+        return "all"
+    if text not in ("0", "1", "2", "3"):
+        raise argparse.ArgumentTypeError(f"invalid ZeRO stage {text!r}: use 0, 1, 2, 3 or all")
+    return int(text)
+
+
+def _mfu(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r} (typical 0.3-0.55)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m minidist.estimate",
+        usage="%(prog)s (--params N | --layers L --hidden H --vocab V) [options]",
+        description="Analytic memory, communication, FLOP, bubble and time estimates for "
+                    "distributed Transformer training (ZeRO, Megatron, Korthikanti et al.).")
+    p.add_argument("--params", type=parse_count, help="parameters Ψ: 7.5e9, 7.5B, 350M, 1.2T "
+                   "(default: derived from --layers/--hidden/--vocab with the GPT-2 count)")
+    p.add_argument("--dp", type=_positive_int, default=1, help="data-parallel degree N_d (default 1)")
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree (default 1)")
+    p.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel degree (default 1)")
+    p.add_argument("--zero", type=_zero, default="all", help="ZeRO stage 0-3 or 'all' (default all)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16",
+                   help="training precision; fp16/bf16 = mixed precision with fp32 master weights")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="default adam (K=12 mixed)")
+    p.add_argument("--offload", action="store_true", help="ZeRO-Offload: optimizer on the host")
+    p.add_argument("--json", action="store_true", help="print the same numbers as JSON")
+    shape = p.add_argument_group("model shape (refines activation and FLOP figures)")
+    shape.add_argument("--layers", type=_positive_int, help="Transformer layers L")
+    shape.add_argument("--hidden", type=_positive_int, help="hidden size h")
+    shape.add_argument("--heads", type=_positive_int, help="attention heads a")
+    shape.add_argument("--seq", type=_positive_int, help="sequence length s (also the context T)")
+    shape.add_argument("--micro-batch", type=_positive_int, default=1, help="micro-batch size b (default 1)")
+    shape.add_argument("--vocab", type=_positive_int, help="vocabulary size V")
+    shape.add_argument("--sp", action="store_true", help="sequence parallelism with --tp")
+    shape.add_argument("--checkpointing", choices=CHECKPOINTING, default="none",
+                       help="activation recomputation (default none)")
+    pipe = p.add_argument_group("pipeline and time")
+    pipe.add_argument("--schedule", choices=SCHEDULES, default="1f1b", help="pipeline schedule (default 1f1b)")
+    pipe.add_argument("--micro-batches", type=_positive_int,
+                      help="micro-batches per step m (default 4*pp with --pp > 1, else 1)")
+    pipe.add_argument("--virtual-stages", type=_positive_int, default=1, help="v for interleaved 1F1B")
+    pipe.add_argument("--gpu", choices=sorted(PRESETS), default="A100-80GB-NVLink", help="device preset")
+    pipe.add_argument("--tokens", type=parse_count, help="training tokens D for total FLOPs and time (e.g. 300B)")
+    pipe.add_argument("--mfu", type=_mfu, default=0.4, help="model FLOPs utilisation (default 0.4)")
+    return p
+
+
+def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Consistency errors that name the flag and the fix, as argparse errors."""
+    if a.params is None and not (a.layers and a.hidden and a.vocab):
+        p.error("give --params (e.g. --params 7.5B) or the model shape --layers, --hidden and --vocab")
+    if a.hidden and a.heads and a.hidden % a.heads:
+        p.error(f"--hidden {a.hidden} is not divisible by --heads {a.heads}: choose heads that divide hidden")
+    if a.heads and a.heads % a.tp:
+        p.error(f"--heads {a.heads} is not divisible by --tp {a.tp}: choose a tensor-parallel degree that divides heads")
+    if a.layers and a.layers % a.pp:
+        p.error(f"--layers {a.layers} is not divisible by --pp {a.pp}: choose a pipeline degree that divides layers")
+    if a.schedule == "interleaved" and a.pp > 1 and a.micro_batches % a.pp:
+        p.error(f"--schedule interleaved needs --micro-batches divisible by --pp {a.pp} (got {a.micro_batches})")
+
+
+def compute(a: argparse.Namespace) -> dict:
+    """Every figure for parsed arguments, as a JSON-able dict (what --json prints)."""
+    derived = None
+    if a.layers and a.hidden and a.vocab:
+        derived = gpt2_param_count(a.layers, a.hidden, a.vocab, a.seq or 0)
+    params = a.params if a.params is not None else derived["total"]
+    stages = [0, 1, 2, 3] if a.zero == "all" else [a.zero]
+    shape = bool(a.layers and a.hidden and a.seq)
+    m = a.micro_batches
+    n_gpus = a.dp * a.tp * a.pp
+    out = {"inputs": {k: v for k, v in vars(a).items() if k != "json"},
+           "params": params, "params_from_shape": derived,
+           "bytes_per_param": bytes_per_param(a.precision, a.optimizer), "n_gpus": n_gpus}
+    out["model_states"] = [model_state_memory(params, a.dp, s, a.precision, a.optimizer, a.offload,
+                                              a.tp, a.pp) for s in stages]
+    out["comm"] = [comm_volume(params, a.dp, s, a.precision, a.tp, a.pp, layers=a.layers,
+                               hidden=a.hidden, seq=a.seq, micro_batch=a.micro_batch,
+                               micro_batches=m, sp=a.sp, checkpointing=a.checkpointing,
+                               v=a.virtual_stages if a.schedule == "interleaved" else 1)
+                   for s in stages]
+    in_flight = peak_in_flight(a.schedule, a.pp, m, a.virtual_stages) if a.pp > 1 else 1.0
+    out["activations"] = None
+    if shape and a.heads:
+        out["activations"] = {
+            mode: activation_memory(a.seq, a.micro_batch, a.hidden, a.heads, a.layers, a.tp, a.sp,
+                                    mode, 4 if a.precision == "fp32" else 2, a.pp, in_flight, a.vocab)
+            for mode in CHECKPOINTING}
+    step_tokens = a.micro_batch * (a.seq or 0) * m * a.dp
+    kw = {"layers": a.layers, "hidden": a.hidden, "seq": a.seq, "checkpointing": a.checkpointing}
+    out["flops_per_step"] = training_flops(params, step_tokens, **kw) if a.seq else None
+    out["flops_total"] = out["time"] = None
+    if a.tokens:
+        out["flops_total"] = training_flops(params, a.tokens, **kw)
+        out["time"] = training_time(out["flops_total"]["flops"], n_gpus, a.gpu, a.mfu)
+    # every schedule side by side; interleaved with --virtual-stages, or v=2 to show its effect
+    v_shown = a.virtual_stages if a.virtual_stages > 1 else 2
+    out["pipeline"] = [pipeline_bubble(s, a.pp, m, v_shown if s == "interleaved" else 1)
+                       for s in SCHEDULES if s != "interleaved" or m % a.pp == 0] if a.pp > 1 else None
+    return out
+
+
+def fmt_bytes(n: float | None) -> str:
+    """Decimal units, one decimal place: 31406250000 -> '31.4 GB' (the ZeRO paper's rounding)."""
+    if n is None:
+        return "-"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(r: dict) -> str:
+    """The human-readable report of :func:`compute`'s dict."""
+    a, b = r["inputs"], r["bytes_per_param"]
+    title = (f"minidist.estimate: {r['params'] / 1e9:.3g}B parameters on {r['n_gpus']} devices "
+             f"(dp={a['dp']} tp={a['tp']} pp={a['pp']}), {a['precision']} + {a['optimizer']}: "
+             f"{b['parameters']}+{b['gradients']}+K bytes/param with K={b['K']}")
+    legend = ("Model states per device (Rajbhandari et al. 2020, ZeRO §5); DP comm = bytes each "
+              "rank sends per step for gradients/parameters")
+    if a["offload"]:
+        legend += "; optimizer step on the host (ZeRO-Offload)"
+    out = [title, "", legend]
+    head = ["stage", "parameters", "gradients", "optimizer", "total/device"]
+    head += ["host/rank"] if a["offload"] else []
+    rows = [head + ["DP comm/rank/step"]]
+    for ms, c in zip(r["model_states"], r["comm"]):
+        row = [str(ms["stage"]), fmt_bytes(ms["parameters"]), fmt_bytes(ms["gradients"]),
+               fmt_bytes(ms["optimizer_states"]), fmt_bytes(ms["total"])]
+        row += [fmt_bytes(ms["host"])] if a["offload"] else []
+        rows.append(row + [fmt_bytes(c["dp_bytes"])])
+    out.append(_table(rows))
+    if r["params_from_shape"]:
+        out.append(f"(parameters from the GPT-2 count 12Lh^2 + 13Lh + (V+s)h + 2h = {r['params']:,.0f})")
+    c = r["comm"][0]
+    if c["tp_bytes"] is not None and (a["tp"] > 1 or a["pp"] > 1):
+        out.append(f"tensor-parallel traffic/rank/step: {fmt_bytes(c['tp_bytes'])}; "
+                   f"pipeline send/recv/rank/step: {fmt_bytes(c['pp_bytes'])}")
+    if r["activations"]:
+        acts = r["activations"]
+        first = acts["none"]
+        out += ["", f"Activations per device (Korthikanti et al. 2022), s={a['seq']} b={a['micro_batch']} "
+                f"h={a['hidden']} a={a['heads']}, {first['layers_per_stage']} layers/stage x "
+                f"{first['in_flight_micro_batches']:g} micro-batches in flight"
+                + (", sequence parallel" if a["sp"] else "")]
+        rows = [["checkpointing", "per layer", "per device"]
+                + [f"+ZeRO-{ms['stage']} states" for ms in r["model_states"]]]
+        for mode, act in acts.items():
+            mark = " <-" if mode == a["checkpointing"] else ""
+            rows.append([mode + mark, fmt_bytes(act["per_layer"]), fmt_bytes(act["total"])]
+                        + [fmt_bytes(act["total"] + ms["total"]) for ms in r["model_states"]])
+        out.append(_table(rows))
+    elif not (a["layers"] and a["hidden"] and a["seq"] and a["heads"]):
+        out += ["", "(give --layers --hidden --heads --seq for activation memory)"]
+    if r["flops_per_step"]:
+        f = r["flops_per_step"]
+        out += ["", (f"FLOPs per step ({f['tokens']:.3g} tokens): 6ND = {f['flops_6nd']:.3g}, "
+                     f"with attention and {a['checkpointing']} recompute = {f['flops']:.3g}")]
+    if r["flops_total"]:
+        f, t = r["flops_total"], r["time"]
+        out += ["", (f"Training on {f['tokens']:.3g} tokens: 6ND = {f['flops_6nd']:.3g} FLOPs, "
+                     f"8ND = {f['flops_8nd']:.3g}, counted = {f['flops']:.3g}"),
+                (f"time on {t['n_gpus']} x {t['gpu']} at MFU {t['mfu']:g}: {t['days']:.2f} days "
+                 f"({t['hours']:.1f} h)")]
+    if r["pipeline"]:
+        out += ["", f"Pipeline bubble, p={a['pp']} m={r['pipeline'][0]['m']} (T_F=T_B=T_W):"]
+        rows = [["schedule", "bubble/step", "bubble/ideal", "peak in flight"]]
+        for pb in r["pipeline"]:
+            mark = " <-" if pb["schedule"] == a["schedule"] else ""
+            name = pb["schedule"] + (f" (v={pb['v']})" if pb["schedule"] == "interleaved" else "")
+            rows.append([name + mark, f"{pb['bubble_fraction']:.1%}",
+                         f"{pb['bubble_relative']:.3f}", f"{pb['peak_in_flight']:g}"])
+        out.append(_table(rows))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.micro_batches is None:
+        args.micro_batches = 4 * args.pp if args.pp > 1 else 1
+    _check_shape(parser, args)
+    try:
+        result = compute(args)
+    except ValueError as err:              # anything the formulas reject, as a usage error
+        parser.error(str(err))
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
