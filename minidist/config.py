@@ -1,0 +1,163 @@
+"""The DeepSpeed-style JSON configuration: defaults, validation, clear errors.
+
+Every key has a default, so ``{}`` is a valid config. A key minidist does not know, or a
+value of the wrong type or range, raises :class:`ConfigError` naming the full key path
+(``zero_optimization.stage``) and how to fix it — before any rank starts training, so
+every rank fails the same way and none hangs.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+
+DEFAULTS = {
+    "train_micro_batch_size_per_gpu": 8,
+    "gradient_accumulation_steps": 1,
+    "train_batch_size": None,            # DeepSpeed: micro × accumulation × data-parallel degree
+    "gradient_clipping": 0.0,
+    "steps": 50,
+    "seed": 0,
+    "eval_interval": 0,                  # 0: evaluate only at the end
+    "eval_iters": 4,
+    "optimizer": {"type": "AdamW", "params": {}},
+    "fp16": {"enabled": False, "loss_scale": 0.0, "initial_scale_power": 16, "loss_scale_window": 1000,
+             "hysteresis": 2, "min_loss_scale": 1.0},
+    "bf16": {"enabled": False},
+    "zero_optimization": {"stage": 0, "overlap_comm": False, "reduce_bucket_size": 500_000_000,
+                          "allgather_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000,
+                          "offload_optimizer": {"device": "none"}},
+    "activation_checkpointing": {"granularity": "none"},
+    "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
+              "dropout": 0.0, "bias": True},
+    "data": {"dataset": "english", "seq_len": 32},
+    "parallel": {"tensor": 1, "pipeline": 1, "schedule": "1f1b", "micro_batches": None, "virtual_stages": 1},
+    "device": "A100-80GB-NVLink",
+    "distillation": None,
+}
+
+# keys whose value is free-form (checked by the component that uses it)
+_FREE = {"optimizer.params", "device", "distillation"}
+
+_CHOICES = {
+    "zero_optimization.stage": (0, 1, 2, 3),
+    "zero_optimization.offload_optimizer.device": ("none", "cpu"),
+    "activation_checkpointing.granularity": ("none", "selective", "full"),
+    "parallel.schedule": ("naive", "gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zb_v"),
+}
+
+_POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps",
+                  "eval_iters", "zero_optimization.reduce_bucket_size",
+                  "zero_optimization.allgather_bucket_size", "zero_optimization.stage3_prefetch_bucket_size",
+                  "fp16.loss_scale_window", "fp16.hysteresis", "parallel.tensor", "parallel.pipeline",
+                  "parallel.virtual_stages", "data.seq_len"}
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid. ``key`` is the full path."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        path = prefix + key
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys here: {sorted(defaults)}"
+            raise ConfigError(path, f"unknown key{hint}")
+        if isinstance(defaults[key], dict) and path not in _FREE:
+            if not isinstance(value, dict):
+                raise ConfigError(path, f"expected an object with keys {sorted(defaults[key])}, got {value!r}")
+            out[key] = _merge(defaults[key], value, path + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
+    for key, default in defaults.items():
+        path, value = prefix + key, cfg[key]
+        if path in _FREE or default is None and value is None:
+            continue
+        if isinstance(default, dict):
+            _check_types(value, default, path + ".")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(path, f"expected true or false, got {value!r}")
+        elif isinstance(default, (int, float)) or default is None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(path, f"expected a number, got {value!r}")
+            if path in _POSITIVE_INTS and (value != int(value) or value <= 0):
+                raise ConfigError(path, f"must be a positive integer, got {value!r}")
+            if value < 0:
+                raise ConfigError(path, f"must not be negative, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        if path in _CHOICES and value not in _CHOICES[path]:
+            raise ConfigError(path, f"{value!r} is not supported; choose one of {list(_CHOICES[path])}")
+
+
+def load_config(config: "dict | str | None" = None, world_size: int = 1) -> dict:
+    """Validate ``config`` (a dict, a JSON path, or None) and return it with every default filled."""
+    if config is None:
+        config = {}
+    if isinstance(config, str):
+        try:
+            with open(config) as f:
+                config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError("<file>", f"{config} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ConfigError("<root>", f"the config must be a JSON object, got {type(config).__name__}")
+    cfg = _merge(DEFAULTS, config)
+    _check_types(cfg, DEFAULTS)
+    _check_consistency(cfg, world_size)
+    return cfg
+
+
+def _check_consistency(cfg: dict, world_size: int) -> None:
+    par = cfg["parallel"]
+    mp = par["tensor"] * par["pipeline"]
+    if world_size % mp:
+        raise ConfigError("parallel", f"world size {world_size} is not divisible by tensor × pipeline = {mp}; "
+                                      f"use a world size that is a multiple of {mp}")
+    if mp > 1:
+        raise ConfigError("parallel", "tensor and pipeline parallelism are not available yet in this "
+                                      "version; set parallel.tensor and parallel.pipeline to 1")
+    dp = world_size // mp
+    m = cfg["model"]
+    if m["n_embd"] % m["n_head"]:
+        raise ConfigError("model.n_head", f"n_embd {m['n_embd']} is not divisible by n_head {m['n_head']}")
+    if cfg["data"]["seq_len"] > m["block_size"]:
+        raise ConfigError("data.seq_len", f"{cfg['data']['seq_len']} exceeds model.block_size "
+                                          f"{m['block_size']}; raise block_size or lower seq_len")
+    tbs = cfg["train_batch_size"]
+    expect = cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * dp
+    if tbs is not None and tbs != expect:
+        raise ConfigError("train_batch_size", f"{tbs} != train_micro_batch_size_per_gpu × "
+                                              f"gradient_accumulation_steps × data-parallel degree = {expect}")
+    if cfg["fp16"]["enabled"] and cfg["bf16"]["enabled"]:
+        raise ConfigError("fp16.enabled", "fp16 and bf16 cannot both be enabled; pick one")
+    if cfg["fp16"]["enabled"] or cfg["bf16"]["enabled"]:
+        raise ConfigError("fp16.enabled" if cfg["fp16"]["enabled"] else "bf16.enabled",
+                          "mixed-precision training is not available yet in this version")
+    zero = cfg["zero_optimization"]
+    if zero["offload_optimizer"]["device"] == "cpu" and zero["stage"] == 0:
+        raise ConfigError("zero_optimization.offload_optimizer.device",
+                          "offload needs ZeRO stage 1, 2 or 3 (DeepSpeed's ZeRO-Offload); set zero_optimization.stage")
+    if zero["stage"] > 0 or world_size > 1:
+        raise ConfigError("zero_optimization.stage" if zero["stage"] else "world_size",
+                          "data parallelism and ZeRO are not available yet in this version; "
+                          "run on one rank with stage 0")
+    if cfg["activation_checkpointing"]["granularity"] != "none":
+        raise ConfigError("activation_checkpointing.granularity",
+                          "activation checkpointing is not available yet in this version; use 'none'")
+    if cfg["distillation"] not in (None, {}):
+        raise ConfigError("distillation", "distillation is not available yet in this version")
+    if cfg["optimizer"]["type"].lower() not in ("sgd", "adam", "adamw", "lamb"):
+        raise ConfigError("optimizer.type", f"{cfg['optimizer']['type']!r} is not supported; "
+                                            f"choose SGD, Adam, AdamW or LAMB")
