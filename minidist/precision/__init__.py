@@ -1,0 +1,48 @@
+"""Number formats and mixed-precision helpers (SPEC §7).
+
+* :mod:`.formats` — fp32 / fp16 / bf16 / fp8_e4m3 / fp8_e5m2 described by their bit fields;
+* :mod:`.quantize` — round-to-nearest-even casts written with integer bit manipulation;
+* :mod:`.bits` — teaching views: a value's fields, a table of ranges, lost precision;
+* :mod:`.loss_scaler` — static and dynamic loss scaling with DeepSpeed's semantics.
+"""
+from .bits import (
+    BitView,
+    PrecisionLoss,
+    decompose,
+    format_table,
+    format_table_text,
+    precision_loss_example,
+)
+from .formats import FORMATS, Format, get_format
+from .loss_scaler import (
+    FP16_DEFAULTS,
+    DynamicLossScaler,
+    LossScaleAtMinimumError,
+    LossScaleEvent,
+    StaticLossScaler,
+    from_config,
+    has_overflow,
+)
+from .quantize import from_bits, quantize, to_bits
+
+__all__ = [
+    "FORMATS",
+    "FP16_DEFAULTS",
+    "BitView",
+    "DynamicLossScaler",
+    "Format",
+    "LossScaleAtMinimumError",
+    "LossScaleEvent",
+    "PrecisionLoss",
+    "StaticLossScaler",
+    "decompose",
+    "format_table",
+    "format_table_text",
+    "from_bits",
+    "from_config",
+    "get_format",
+    "has_overflow",
+    "precision_loss_example",
+    "quantize",
+    "to_bits",
+]
