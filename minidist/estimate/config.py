@@ -16,9 +16,11 @@ Keys read (anything else is ignored here; the trainer validates the config)::
     data {seq_len}, activation_checkpointing, device
 
 Missing keys fall back to :data:`DEFAULTS`, and the names of those that did are listed in
-``defaults_used`` so that a report never hides an assumption. ``activation_checkpointing``
-may be "none"/"selective"/"full", a bool (True = full), or a dict with a ``mode`` key (or
-DeepSpeed's form, whose presence means full checkpointing of each block).
+``defaults_used`` so that a report never hides an assumption (they mirror
+:mod:`minidist.config`'s defaults, but a trainer should pass its filled-in config).
+``activation_checkpointing`` may be "none"/"selective"/"full", a bool (True = full), or a
+dict with a ``granularity`` (minidist) or ``mode`` key; any other non-empty dict (DeepSpeed's
+form) means full checkpointing of each block.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .pipeline import normalize_schedule, peak_in_flight, pipeline_bubble
 DEFAULTS = {
     "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 4, "model.vocab_size": 65,
     "model.block_size": 64, "model.bias": True,
-    "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+    "data.seq_len": 32, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
     "zero_optimization.stage": 0, "optimizer.type": "adamw",
     "parallel.tensor": 1, "parallel.pipeline": 1, "parallel.schedule": "1f1b",
     "parallel.virtual_stages": 1, "parallel.sequence_parallel": False,
@@ -43,7 +45,7 @@ DEFAULTS = {
 def _get(config: dict, dotted: str, used: list):
     node = config
     for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
+        if not isinstance(node, dict) or node.get(key) is None:     # absent or "decide later"
             used.append(dotted)
             return DEFAULTS[dotted]
         node = node[key]
@@ -58,8 +60,9 @@ def _checkpointing(value) -> str:
     if isinstance(value, str):
         return value.lower()
     if isinstance(value, dict):
-        if "mode" in value:
-            return str(value["mode"]).lower()
+        for key in ("granularity", "mode"):       # minidist's key, and a common alias
+            if key in value:
+                return str(value[key]).lower()
         if "enabled" in value:
             return "full" if value["enabled"] else "none"
         return "full" if value else "none"
@@ -79,8 +82,7 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     V = int(_get(config, "model.vocab_size", used))
     T = int(_get(config, "model.block_size", used))
     bias = bool(_get(config, "model.bias", used))
-    data = config.get("data") or {}
-    seq = int(data.get("seq_len") or T)
+    seq = int(_get(config, "data.seq_len", used))
     b = int(_get(config, "train_micro_batch_size_per_gpu", used))
     accum = int(_get(config, "gradient_accumulation_steps", used))
     zero = config.get("zero_optimization") or {}
