@@ -32,6 +32,16 @@ def log_softmax(x, axis: int = -1) -> Tensor:
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
+def _gelu_tanh(xd: np.ndarray) -> np.ndarray:
+    """tanh(√(2/π)·(x + 0.044715·x³)), computed in place in one temporary."""
+    t = xd * xd
+    t *= xd
+    t *= 0.044715
+    t += xd
+    t *= _GELU_C
+    return np.tanh(t, out=t)
+
+
 def gelu(x) -> Tensor:
     """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — Hendrycks & Gimpel 2016, GPT-2's form.
 
@@ -39,13 +49,25 @@ def gelu(x) -> Tensor:
     """
     x = as_tensor(x)
     xd = x.data
-    inner = _GELU_C * (xd + 0.044715 * xd * xd * xd)
-    y = 0.5 * xd * (1.0 + np.tanh(inner))
+    y = _gelu_tanh(xd)
+    y += 1.0
+    y *= xd
+    y *= 0.5
 
     def backward(g, needs):
-        t = np.tanh(_GELU_C * (xd + 0.044715 * xd * xd * xd))
-        dt = _GELU_C * (1.0 + 3 * 0.044715 * xd * xd)
-        return (g * (0.5 * (1.0 + t) + 0.5 * xd * (1.0 - t * t) * dt),)
+        t = _gelu_tanh(xd)
+        dinner = xd * xd                                   # d(inner)/dx = √(2/π)·(1 + 3·0.044715·x²)
+        dinner *= 3 * 0.044715 * _GELU_C
+        dinner += _GELU_C
+        d = t * t                                          # 0.5·x·(1 - t²)·dinner + 0.5·(1 + t)
+        np.subtract(1.0, d, out=d)
+        d *= xd
+        d *= dinner
+        t += 1.0
+        d += t
+        d *= 0.5
+        d *= g
+        return (d,)
     return make_result(y, (x,), backward, "gelu", saved=[xd], flops=12 * x.size)
 
 
