@@ -1,0 +1,147 @@
+"""minidist.dist: ranks, point-to-point messages, and every collective built on them.
+
+Two backends share one interface (:class:`~minidist.dist.comm.Communicator`):
+
+* in-process — ``dist.spawn(fn, world_size=4)`` runs ``fn(comm)`` on 4 thread ranks;
+* MPI — under ``mpirun -n 4 python prog.py``, ``dist.init()`` returns the world
+  communicator over mpi4py (imported only then) and ``dist.run_main(fn)`` runs ``fn(comm)``
+  and brings the whole job down if any rank raises.
+
+Collectives are plain functions of a communicator (torch.distributed names)::
+
+    dist.broadcast(comm, x, root=0, algorithm="binomial")
+    dist.reduce(comm, x, root=0, op="sum", algorithm="binomial")
+    dist.all_reduce(comm, x, op="sum", algorithm="ring")
+    dist.reduce_scatter(comm, x, op="sum", algorithm="ring")   # my chunk of ceil(n/p)
+    dist.all_gather(comm, chunk, algorithm="ring")             # flattened, rank order
+    dist.scatter(comm, chunks, root=0); dist.gather(comm, x, root=0)   # (p, ...) blocks
+    dist.all_to_all(comm, chunks); dist.barrier(comm)
+    dist.algorithms("all_reduce")     # ['rabenseifner', 'recursive_doubling', ...]
+
+Every collective also takes ``async_op``, ``stream``, ``wire_dtype``/``bytes_per_element``
+and ``tag``; its messages are in ``comm.log`` and its analytic α-β cost in :mod:`.cost`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from . import all_gather as _ag
+from . import all_reduce as _ar
+from . import all_to_all as _a2a
+from . import broadcast as _bc
+from . import reduce as _rd
+from . import reduce_scatter as _rs
+from . import scatter_gather as _sg
+from .all_gather import all_gather
+from .all_reduce import all_reduce
+from .all_to_all import all_to_all, barrier
+from .broadcast import broadcast
+from .comm import Communicator, Request, Work
+from .errors import (
+    CollectiveMismatchError,
+    CommError,
+    CommTimeoutError,
+    PeerFailedError,
+)
+from .inproc import InProcessComm, single_rank_comm, spawn
+from .log import CollectiveRecord, MessageEntry, MessageLog
+from .ops import REDUCE_OPS
+from .reduce import reduce
+from .reduce_scatter import reduce_scatter
+from .scatter_gather import gather, scatter
+
+ALGORITHMS = {
+    "broadcast": _bc.ALGORITHMS, "reduce": _rd.ALGORITHMS, "all_reduce": _ar.ALGORITHMS,
+    "reduce_scatter": _rs.ALGORITHMS, "all_gather": _ag.ALGORITHMS,
+    "scatter": _sg.SCATTER_ALGORITHMS, "gather": _sg.GATHER_ALGORITHMS,
+    "all_to_all": _a2a.ALGORITHMS, "barrier": _a2a.BARRIER_ALGORITHMS,
+}
+COLLECTIVES = {"broadcast": broadcast, "reduce": reduce, "all_reduce": all_reduce,
+               "reduce_scatter": reduce_scatter, "all_gather": all_gather, "scatter": scatter,
+               "gather": gather, "all_to_all": all_to_all, "barrier": barrier}
+OPS = tuple(REDUCE_OPS)
+
+
+def algorithms(name: str) -> list[str]:
+    """Names of the algorithms of collective ``name``, e.g. ``algorithms("all_reduce")``."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown collective {name!r}; choose one of {sorted(ALGORITHMS)}")
+    return sorted(ALGORITHMS[name])
+
+
+_LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+def is_mpi_launch() -> bool:
+    """True when this process was started by mpirun/mpiexec (checked without importing MPI)."""
+    return any(v in os.environ for v in _LAUNCH_VARS)
+
+
+def init(device=None, timeout: float = 60.0, debug: bool = False):
+    """The MPI world communicator when launched under mpirun, else ``None``."""
+    if not is_mpi_launch():
+        return None
+    from .mpi import MPIComm  # imports mpi4py, which initialises MPI
+
+    return MPIComm.world(device=device, timeout=timeout, debug=debug)
+
+
+def run_main(fn, *args, device=None, timeout: float = 60.0, debug: bool = False, **kwargs):
+    """Run ``fn(comm, *args, **kwargs)`` as the program's main, on every rank.
+
+    Under mpirun: on the MPI world; if a rank raises, its error is printed to stderr with
+    its rank and the whole job is aborted (``MPI.COMM_WORLD.Abort(1)``) — never a hang.
+    Without mpirun: on a world of one in-process rank.
+    """
+    comm = init(device=device, timeout=timeout, debug=debug)
+    if comm is None:
+        comm = single_rank_comm(device, timeout, debug)
+        with comm.device:
+            return fn(comm, *args, **kwargs)
+    try:
+        with comm.device:
+            return fn(comm, *args, **kwargs)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        sys.stderr.write(f"[minidist] rank {comm.rank} of {comm.size} failed:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(1)
+
+
+__all__ = [
+    "ALGORITHMS",
+    "COLLECTIVES",
+    "OPS",
+    "CollectiveMismatchError",
+    "CollectiveRecord",
+    "CommError",
+    "CommTimeoutError",
+    "Communicator",
+    "InProcessComm",
+    "MessageEntry",
+    "MessageLog",
+    "PeerFailedError",
+    "Request",
+    "Work",
+    "algorithms",
+    "all_gather",
+    "all_reduce",
+    "all_to_all",
+    "barrier",
+    "broadcast",
+    "gather",
+    "init",
+    "is_mpi_launch",
+    "reduce",
+    "reduce_scatter",
+    "run_main",
+    "scatter",
+    "single_rank_comm",
+    "spawn",
+]

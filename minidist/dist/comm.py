@@ -1,0 +1,331 @@
+"""The communicator: the one interface both backends implement, and what they share.
+
+A rank talks to others only through **point-to-point** messages — ``send``/``recv`` and
+their non-blocking twins ``isend``/``irecv`` + ``wait`` — plus ``rank``, ``size`` and
+``split``. Every collective in :mod:`minidist.dist` is written on top of these, exactly as
+MPICH writes MPI_Allreduce on top of MPI_Send/MPI_Recv.
+
+This base class owns everything that must be identical on both backends:
+
+* **simulated time** (Hockney's α-β model, as in Thakur, Rabenseifner & Gropp 2005): a
+  send starts at the sender's comm-stream time ``t`` and keeps the link busy until it
+  arrives at ``t + α + n/β``; a receive completes at ``max(own comm time, arrival)``. The
+  arrival time travels *with* the message, so the receiver needs no global clock.
+  Each rank has one outgoing port (its sends queue behind each other) and may receive
+  while it sends (full duplex).
+* **the message log** (:mod:`minidist.dist.log`) and one trace event per message;
+* **collective calls** (:meth:`Communicator.collective`): the debug-mode check that all
+  ranks entered the same collective, the "issued by the compute stream" start time, and
+  the :class:`Work` handle that lets compute wait for the simulated completion.
+
+Backends (:mod:`.inproc`, :mod:`.mpi`) only move ``(array, Header)`` pairs.
+Tags: plain ``send``/``recv`` use the caller's tag (0 ≤ tag < 16384); collectives use
+``COLL_TAG + tag`` so they can never be confused with a pipeline's activations.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+
+import numpy as np
+
+from ..memory import DTYPE_BYTES
+from .errors import CollectiveMismatchError
+from .log import CollectiveRecord, MessageEntry
+
+COLL_TAG = 1 << 14            # collectives' messages use COLL_TAG + tag
+CTRL_TAG = (1 << 15) - 1      # debug signatures and split: never logged, never timed
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What travels with every payload: its simulated timing and who sent it from where."""
+
+    t_start: float
+    arrival: float
+    nbytes: int
+    op: str
+    algorithm: str
+    step: int
+
+
+class Request:
+    """Handle of a non-blocking send or receive; ``wait()`` returns the received array."""
+
+    def __init__(self, finish):
+        self._finish = finish
+        self._done = False
+        self._value = None
+
+    def wait(self):
+        if not self._done:
+            self._value = self._finish()
+            self._done, self._finish = True, None
+        return self._value
+
+
+class Work:
+    """Handle of a collective started with ``async_op=True`` (torch.distributed's Work).
+
+    The data is computed eagerly; only *simulated* time is deferred: ``wait()`` makes the
+    rank's compute stream wait until the collective's completion time on the comm stream.
+    """
+
+    def __init__(self, result, completion_time: float, device):
+        self.result = result
+        self.completion_time = completion_time
+        self._device = device
+
+    def wait(self):
+        self._device.clock.wait("compute", self.completion_time)
+        return self.result
+
+    def is_completed(self) -> bool:
+        return True
+
+
+class CollectiveCall:
+    """State of one collective in progress on one rank: labels for the log, current step."""
+
+    def __init__(self, comm, op, algorithm, stream, bytes_per_element, tag, phase="", nested=False):
+        self.comm, self.op, self.algorithm, self.stream = comm, op, algorithm, stream
+        self.bytes_per_element, self.tag, self.phase, self.nested = bytes_per_element, tag, phase, nested
+        self.step = 0
+        self.t_start = self.t_end = comm.device.clock.now(stream)
+
+    def result(self, out, async_op: bool = False):
+        """Return ``out`` after making compute wait (blocking) or as a :class:`Work` (async)."""
+        if self.nested:
+            return out
+        work = Work(out, self.t_end, self.comm.device)
+        return work if async_op else work.wait()
+
+
+class Communicator:
+    """A group of ranks that can exchange messages. Subclasses implement the transport."""
+
+    backend = "base"
+
+    def __init__(self, rank, size, device, log, world_ranks, timeout=60.0, debug=False):
+        self.rank, self.size, self.device, self.log = rank, size, device, log
+        self.timeout, self.debug = float(timeout), bool(debug)
+        self._world_ranks = list(world_ranks)
+        self._coll: CollectiveCall | None = None
+        self._posted: dict[tuple, list] = {}      # (source, wire tag) -> receives not yet completed
+
+    def world_rank(self, r: int | None = None) -> int:
+        """World rank of this communicator's rank ``r`` (default: this rank)."""
+        return self._world_ranks[self.rank if r is None else r]
+
+    @property
+    def call(self) -> CollectiveCall | None:
+        """The collective in progress on this rank (algorithms set ``call.step``)."""
+        return self._coll
+
+    @property
+    def group(self) -> tuple:
+        return tuple(self._world_ranks)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} rank {self.rank}/{self.size} world ranks {self.group}>"
+
+    # -- point-to-point -------------------------------------------------------------------
+    def send(self, x, dest: int, tag: int = 0) -> None:
+        self.isend(x, dest, tag).wait()
+
+    def recv(self, source: int, tag: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+        """Receive an array from ``source``. Shape and dtype travel with the message on both
+        backends; give ``out`` (a contiguous array of the right size) to receive in place."""
+        return self.irecv(source, tag, out).wait()
+
+    def sendrecv(self, x, dest: int, source: int, tag: int = 0, out=None) -> np.ndarray:
+        """Send to ``dest`` and receive from ``source`` at once (MPI_Sendrecv)."""
+        req = self.isend(x, dest, tag)   # posted first so that two neighbours never wait on each other
+        y = self.recv(source, tag, out)
+        req.wait()
+        return y
+
+    def isend(self, x, dest: int, tag: int = 0) -> Request:
+        self._check_peer(dest)
+        x = np.ascontiguousarray(x)
+        call, clock = self._coll, self.device.clock
+        stream = call.stream if call else "comm"
+        if call is None:     # a plain send is issued by the compute stream: it starts after it
+            clock.wait("comm", clock.now("compute"))
+        bpe = call.bytes_per_element if call else None
+        nbytes = int(x.size * bpe) if bpe else int(x.nbytes)
+        t0 = clock.now(stream)
+        t1 = t0 + self.device.spec.message_time(nbytes)
+        clock.wait(stream, t1)           # one outgoing port: the next send starts after this one
+        labels = self._labels("send")
+        header = Header(t0, t1, nbytes, labels[0], labels[1], labels[2])
+        self._record("send", dest, nbytes, t0, t1, tag, labels)
+        self.device.trace.complete(f"send {nbytes}B -> {self.world_rank(dest)}", "comm", stream, t0, t1,
+                                   {"op": labels[0], "algorithm": labels[1], "step": labels[2]})
+        finish = self._post_send(x, dest, self._wire_tag(tag), header)
+        return Request(finish)
+
+    def irecv(self, source: int, tag: int = 0, out: np.ndarray | None = None) -> Request:
+        self._check_peer(source)
+        call, labels = self._coll, self._labels("recv")   # the labels of the step that posted it
+        key = (source, self._wire_tag(tag))
+        line = self._posted.setdefault(key, [])
+        raw = self._post_recv(source, key[1], out, not line,
+                              lambda h: self._check_header(h, source, call, labels))
+
+        def finish():
+            # receives from one peer with one tag complete in posting order (MPI's non-overtaking rule)
+            while line[0] is not req:
+                line[0].wait()
+            line.pop(0)
+            payload, header = raw()
+            return self._complete_recv(payload, header, source, tag, call, labels)
+
+        req = Request(finish)
+        line.append(req)
+        return req
+
+    def _check_header(self, header: Header, source, call, labels):
+        """Called by the backend as soon as a header arrives, before the payload is read."""
+        if call is not None and (header.op, header.algorithm) != (call.op, call.algorithm):
+            raise CollectiveMismatchError(
+                f"rank {self.world_rank()} is in {call.op}(algorithm={call.algorithm!r}) step {labels[2]} "
+                f"but received from rank {self.world_rank(source)} a message of "
+                f"{header.op}(algorithm={header.algorithm!r}) step {header.step}: the ranks called "
+                f"different collectives. Rerun with debug=True for a report of every rank.")
+
+    def _complete_recv(self, payload, header: Header, source, tag, call, labels):
+        clock = self.device.clock
+        stream = call.stream if call else "comm"
+        t_end = clock.wait(stream, header.arrival)   # a receive cannot complete before the data arrives
+        self._record("recv", source, header.nbytes, header.t_start, t_end, tag, labels)
+        if call is None:     # a plain recv: the compute stream needs the data
+            clock.wait("compute", t_end)
+        return payload
+
+    def _labels(self, direction):
+        c = self._coll
+        if c is None:
+            return (direction, "p2p", 0, "")
+        return (c.op, c.algorithm, c.step, c.phase)
+
+    def _record(self, direction, peer, nbytes, t0, t1, tag, labels):
+        op, algorithm, step, phase = labels
+        self.log.add(MessageEntry(self.world_rank(), op, algorithm, step, phase, direction,
+                                  self.world_rank(peer), nbytes, t0, t1, tag))
+
+    def _wire_tag(self, tag: int) -> int:
+        if not 0 <= tag < COLL_TAG:
+            raise ValueError(f"tag must be in [0, {COLL_TAG}), got {tag}")
+        return tag + COLL_TAG if self._coll is not None else tag
+
+    def _check_peer(self, r):
+        if not (isinstance(r, (int, np.integer)) and 0 <= r < self.size):
+            raise ValueError(f"peer rank {r!r} is not in this communicator of size {self.size}")
+        if r == self.rank:
+            raise ValueError(f"rank {self.rank} cannot send to or receive from itself")
+
+    def _describe_wait(self, peer: int, verb: str) -> str:
+        c = self._coll
+        where = f"in {c.op}(algorithm={c.algorithm!r}) step {c.step}" if c else "in a plain send/recv"
+        return (f"rank {self.world_rank()} timed out after {self.timeout:g} s waiting to {verb} rank "
+                f"{self.world_rank(peer)} {where} (communicator of world ranks {list(self.group)}). "
+                f"A rank probably skipped, reordered or never reached this call; "
+                f"rerun with debug=True to check that all ranks call the same collectives.")
+
+    # -- sub-communicators ----------------------------------------------------------------
+    def split(self, color, key: int = 0) -> Communicator | None:
+        """Collective: ranks with the same ``color`` form a new communicator, ordered by
+        ``(key, old rank)`` (MPI_Comm_split). ``color=None`` joins none and returns None.
+        The new communicator shares this rank's device and message log."""
+        pairs = self._exchange_objects((color, key))
+        if color is None:
+            self._make_split(None, [])
+            return None
+        members = sorted((k, r) for r, (c, k) in enumerate(pairs) if c == color)
+        return self._make_split(color, [r for _, r in members])
+
+    # -- collectives ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def collective(self, op, algorithm, x=None, *, root=None, reduce_op=None, stream="comm",
+                   wire_dtype=None, bytes_per_element=None, tag=0):
+        """Context of one collective call: labels its messages, times it, checks it (debug)."""
+        outer = self._coll
+        if outer is not None:   # a collective composed of others, e.g. ring all-reduce
+            call = CollectiveCall(self, outer.op, outer.algorithm, outer.stream,
+                                  outer.bytes_per_element, outer.tag, phase=op, nested=True)
+            self._coll = call
+            try:
+                yield call
+            finally:
+                self._coll = outer
+                call.t_end = self.device.clock.now(call.stream)
+            return
+        if wire_dtype is not None:
+            bytes_per_element = DTYPE_BYTES[wire_dtype]
+        if self.debug:
+            self._check_same_collective(op, algorithm, x, root, reduce_op)
+        clock = self.device.clock
+        # issued by the compute stream: the first message leaves when both streams are free
+        clock.wait(stream, clock.now("compute"))
+        call = CollectiveCall(self, op, algorithm, stream, bytes_per_element, tag)
+        mark = self.log.mark()
+        self._coll = call
+        try:
+            yield call
+        finally:
+            self._coll = None
+        call.t_end = clock.now(stream)
+        done = self.log.since(mark)
+        self.log.collectives.append(CollectiveRecord(
+            self.world_rank(), op, algorithm, self.group, call.t_start, call.t_end,
+            done.bytes_sent(), done.bytes_received(), len(done.messages())))
+        self.device.trace.complete(f"{op}[{algorithm}]", "comm", stream, call.t_start, call.t_end,
+                                   {"bytes_sent": done.bytes_sent(), "group": list(self.group)})
+
+    def _check_same_collective(self, op, algorithm, x, root, reduce_op):
+        shape = None if x is None else tuple(np.shape(x))
+        dtype = None if x is None else str(np.asarray(x).dtype)
+        mine = (op, algorithm, shape, dtype, root, reduce_op)
+        sigs = self._exchange_objects(mine)
+        if all(s == mine for s in sigs):
+            return
+        ranks_of = collections.defaultdict(list)
+        for r, s in enumerate(sigs):
+            ranks_of[s].append(self.world_rank(r))
+        common = max(ranks_of, key=lambda s: len(ranks_of[s]))
+
+        def show(s):
+            return (f"{s[0]}(algorithm={s[1]!r}, shape={s[2]}, dtype={s[3]}"
+                    + (f", root={s[4]}" if s[4] is not None else "")
+                    + (f", op={s[5]!r}" if s[5] is not None else "") + ")")
+
+        lines = [f"world rank(s) {ranks_of[s]} called {show(s)}" for s in ranks_of if s != common]
+        raise CollectiveMismatchError(
+            f"collective mismatch on the communicator of world ranks {list(self.group)}: "
+            + "; ".join(lines) + f"; but world rank(s) {ranks_of[common]} called {show(common)}")
+
+    def _exchange_objects(self, obj) -> list:
+        """Every rank's ``obj`` in rank order (control traffic: not logged, not timed)."""
+        reqs = [self._send_object(obj, r) for r in range(self.size) if r != self.rank]
+        out = [obj if r == self.rank else self._recv_object(r) for r in range(self.size)]
+        for wait in reqs:
+            wait()
+        return out
+
+    # -- what a backend implements --------------------------------------------------------
+    def _post_send(self, x, dest, wire_tag, header):        # -> finish() -> None
+        raise NotImplementedError
+
+    def _post_recv(self, source, wire_tag, out, first_in_line, on_header):  # -> finish() -> (array, Header)
+        raise NotImplementedError
+
+    def _send_object(self, obj, dest):                     # -> finish() -> None
+        raise NotImplementedError
+
+    def _recv_object(self, source):
+        raise NotImplementedError
+
+    def _make_split(self, color, members):
+        raise NotImplementedError
