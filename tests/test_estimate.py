@@ -253,7 +253,11 @@ def simulate(orders, p, tf=1.0, tb=1.0):
             if pos[i] == len(orders[i]):
                 continue
             kind, j = orders[i][pos[i]]
-            dep = ("F", i - 1, j) if kind == "F" and i > 0 else ("B", i + 1, j) if kind == "B" and i < p - 1 else None
+            dep = None                              # the op of the neighbour stage this one waits for
+            if kind == "F" and i > 0:
+                dep = ("F", i - 1, j)
+            elif kind == "B" and i < p - 1:
+                dep = ("B", i + 1, j)
             if dep is not None and dep not in end:
                 continue
             start = max(free[i], end.get(dep, 0.0))

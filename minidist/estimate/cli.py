@@ -115,9 +115,11 @@ def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.hidden and a.heads and a.hidden % a.heads:
         p.error(f"--hidden {a.hidden} is not divisible by --heads {a.heads}: choose heads that divide hidden")
     if a.heads and a.heads % a.tp:
-        p.error(f"--heads {a.heads} is not divisible by --tp {a.tp}: choose a tensor-parallel degree that divides heads")
+        p.error(f"--heads {a.heads} is not divisible by --tp {a.tp}: "
+                "choose a tensor-parallel degree that divides heads")
     if a.layers and a.layers % a.pp:
-        p.error(f"--layers {a.layers} is not divisible by --pp {a.pp}: choose a pipeline degree that divides layers")
+        p.error(f"--layers {a.layers} is not divisible by --pp {a.pp}: "
+                "choose a pipeline degree that divides layers")
     if a.schedule == "interleaved" and a.pp > 1 and a.micro_batches % a.pp:
         p.error(f"--schedule interleaved needs --micro-batches divisible by --pp {a.pp} (got {a.micro_batches})")
 

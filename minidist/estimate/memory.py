@@ -115,7 +115,8 @@ def model_state_memory(params: float, dp: int = 1, stage: int = 0, precision: st
         host = 0.0
     return {
         "params": params, "params_per_model_parallel_rank": psi, "dp": dp, "tp": tp, "pp": pp,
-        "stage": stage, "precision": str(precision).lower(), "optimizer": str(optimizer).lower(), "offload": offload,
+        "stage": stage, "precision": str(precision).lower(), "optimizer": str(optimizer).lower(),
+        "offload": offload,
         "bytes_per_param": b,
         "parameters": parameters, "gradients": gradients, "optimizer_states": optimizer_states,
         "total": parameters + gradients + optimizer_states,
