@@ -12,11 +12,11 @@ import difflib
 import json
 
 DEFAULTS = {
-    "train_micro_batch_size_per_gpu": 8,
+    "train_micro_batch_size_per_gpu": 16,
     "gradient_accumulation_steps": 1,
     "train_batch_size": None,            # DeepSpeed: micro × accumulation × data-parallel degree
     "gradient_clipping": 0.0,
-    "steps": 50,
+    "steps": 200,
     "seed": 0,
     "eval_interval": 0,                  # 0: evaluate only at the end
     "eval_iters": 4,
@@ -30,7 +30,7 @@ DEFAULTS = {
     "activation_checkpointing": {"granularity": "none"},
     "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
               "dropout": 0.0, "bias": True},
-    "data": {"dataset": "english", "seq_len": 32},
+    "data": {"dataset": "english", "seq_len": 32, "n_digits": None, "val_fraction": None},
     "parallel": {"tensor": 1, "pipeline": 1, "schedule": "1f1b", "micro_batches": None, "virtual_stages": 1},
     "device": "A100-80GB-NVLink",
     "distillation": None,
@@ -99,6 +99,11 @@ def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
             raise ConfigError(path, f"expected a string, got {value!r}")
         if path in _CHOICES and value not in _CHOICES[path]:
             raise ConfigError(path, f"{value!r} is not supported; choose one of {list(_CHOICES[path])}")
+
+
+def data_config(cfg: dict) -> dict:
+    """The ``data`` section without unset keys, as :func:`minidist.data.make_dataset` takes it."""
+    return {k: v for k, v in cfg["data"].items() if v is not None}
 
 
 def load_config(config: "dict | str | None" = None, world_size: int = 1) -> dict:

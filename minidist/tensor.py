@@ -15,12 +15,15 @@ curve of a training step rises through forward and falls back to zero through ba
 from __future__ import annotations
 
 import contextvars
+import heapq
+import itertools
 
 import numpy as np
 
 from .device import current_device
 from .memory import nbytes
 
+_op_counter = itertools.count()  # creation order of op outputs: backward runs newest first
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("minidist_grad", default=True)
 
 
@@ -157,28 +160,39 @@ class Tensor:
             raise ValueError(f"backward: grad shape {grad.shape} != tensor shape {self.data.shape}")
         if not self.requires_grad:
             raise RuntimeError("tensor does not require grad and has no grad_fn")
+        if self._ctx is None:                      # backward on a leaf: its gradient is grad
+            self._accumulate(grad)
+            return WeightGradWork([]) if defer_weight_grad else None
+        # Like PyTorch's engine: count each tensor's consumers, then run nodes newest-first
+        # (by creation order) as soon as all their consumers are done. A leaf's gradient is
+        # accumulated the moment it is complete, so hooks (DDP buckets) fire mid-backward.
+        pending = _count_consumers(self)
         grads = {id(self): grad}
+        ready = [(-self._seq, self)]
         deferred = []
-        for t in _topological_order(self):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
+        while ready:
+            _, t = heapq.heappop(ready)
+            g = grads.pop(id(t))
             node = t._ctx
-            if node is None:
-                if t.requires_grad:
-                    t._accumulate(g)
-                continue
             if node.backward is None:
                 raise RuntimeError("trying to backward through the graph a second time; "
                                    "pass retain_graph=True the first time")
             needs = [isinstance(p, Tensor) and p.requires_grad for p in node.parents]
             later = [n and defer_weight_grad and p.is_param for n, p in zip(needs, node.parents)]
             now = [n and not w for n, w in zip(needs, later)]
-            if any(now):
-                for p, pg in zip(node.parents, node.backward(g, now)):
-                    if pg is not None and isinstance(p, Tensor) and p.requires_grad:
-                        prev = grads.get(id(p))
-                        grads[id(p)] = pg if prev is None else prev + pg
+            pgrads = node.backward(g, now) if any(now) else [None] * len(needs)
+            for p, pg, n in zip(node.parents, pgrads, needs):
+                if not n:
+                    continue
+                if pg is not None:
+                    prev = grads.get(id(p))
+                    grads[id(p)] = pg if prev is None else prev + pg
+                pending[id(p)] -= 1
+                if pending[id(p)] == 0 and id(p) in grads:
+                    if p._ctx is None:
+                        p._accumulate(grads.pop(id(p)))
+                    else:
+                        heapq.heappush(ready, (-p._seq, p))
             if any(later):
                 deferred.append((node, g, later))
             elif not retain_graph:
@@ -281,25 +295,21 @@ class WeightGradWork:
         self.deferred = []
 
 
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Tensors reachable from ``root``, each after every tensor that consumes it."""
-    order, visited = [], set()
-    stack = [(root, False)]
+def _count_consumers(root: Tensor) -> dict[int, int]:
+    """For every tensor reachable from ``root``: how many graph edges consume it."""
+    pending: dict[int, int] = {}
+    stack, seen = [root], {id(root)}
     while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
+        t = stack.pop()
+        if t._ctx is None:
             continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        if t._ctx is not None:
-            for p in t._ctx.parents:
-                if isinstance(p, Tensor) and p.requires_grad and id(p) not in visited:
-                    stack.append((p, False))
-    order.reverse()
-    return order
+        for p in t._ctx.parents:
+            if isinstance(p, Tensor) and p.requires_grad:
+                pending[id(p)] = pending.get(id(p), 0) + 1
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    stack.append(p)
+    return pending
 
 
 def as_tensor(x) -> Tensor:
@@ -318,6 +328,7 @@ def make_result(data, parents, backward, name, saved=(), flops=0, matmul=False) 
     out = Tensor(data)
     if _grad_enabled.get() and any(isinstance(p, Tensor) and p.requires_grad for p in parents):
         out.requires_grad = True
+        out._seq = next(_op_counter)
         keys = dev.save_for_backward(saved) if dev is not None and saved else ()
         out._ctx = Node(tuple(parents), backward, name, dev, keys)
     return out

@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, load_config
+from .config import ConfigError, data_config, load_config
+from .data import make_dataset
 from .report import build_report, rank_report, write_report
 from .trainer import Trainer
 
@@ -32,8 +33,9 @@ def main(argv=None) -> int:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
     try:
         config = json.load(open(args.config)) if args.config else {}
-        load_config(config, args.world_size)                 # fail fast, before any rank starts
-    except (ConfigError, OSError, json.JSONDecodeError) as e:
+        cfg = load_config(config, args.world_size)           # fail fast, before any rank starts
+        make_dataset(data_config(cfg))
+    except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     trainer, rr = run(config, None, progress=not args.quiet)

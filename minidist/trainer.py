@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from . import optim
-from .config import load_config
+from .config import data_config, load_config
 from .data import TextDataset, make_dataset
 from .device import Device
 from .model import GPT, GPTConfig
@@ -28,10 +28,9 @@ class Trainer:
         self.cfg = cfg = load_config(config, self.world_size)
         self.comm = comm
         self.device = device or (comm.device if comm is not None else Device(cfg["device"], rank=0))
-        self.dataset = make_dataset(cfg["data"])
-        self.val_dataset = self.dataset
-        if isinstance(self.dataset, TextDataset):
-            self.val_dataset = TextDataset(cfg["data"]["seq_len"], split="val", name=cfg["data"]["dataset"])
+        self.dataset = make_dataset(data_config(cfg))
+        self.val_dataset = make_dataset(data_config(cfg), split="val") if isinstance(self.dataset, TextDataset) \
+            else self.dataset
         mcfg = dict(cfg["model"])
         if mcfg["vocab_size"] is None:
             mcfg["vocab_size"] = self.dataset.vocab_size
@@ -90,7 +89,7 @@ class Trainer:
         self.model.eval()
         out = {}
         with no_grad():
-            if hasattr(self.val_dataset, "eval_batches"):
+            if isinstance(self.val_dataset, TextDataset):
                 losses = [float(self.model(x, y)[1].data)
                           for x, y in self.val_dataset.eval_batches(self.micro_batch, self.cfg["eval_iters"])]
                 out["val_loss"] = float(np.mean(losses))
@@ -99,8 +98,9 @@ class Trainer:
                 from .data import greedy_decode
                 out["exact_match"] = float(self.dataset.exact_match(
                     lambda prompt: greedy_decode(self.model, prompt, self.dataset.answer_len)))
-                x, y = self.dataset.get_batch(self.micro_batch, 10**6, self.cfg["seed"] + 1)
-                out["val_loss"] = float(self.model(x, y)[1].data)
+                losses = [float(self.model(x, y)[1].data)
+                          for x, y in self.dataset.eval_batches(self.micro_batch, self.cfg["eval_iters"])]
+                out["val_loss"] = float(np.mean(losses))
         self.model.train()
         return out
 

@@ -1,0 +1,1 @@
+"""The guided tour: ``python -m minidist.demo`` (one module per chapter)."""
