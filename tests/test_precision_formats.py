@@ -92,7 +92,8 @@ def float32_inputs():
 @pytest.fixture(scope="module")
 def float64_inputs():
     rng = np.random.default_rng(1)
-    bits = rng.integers(0, 2 ** 63, size=400_000, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 400_000, dtype=np.uint64)
+    high = rng.integers(0, 2 ** 63, size=400_000, dtype=np.uint64) * np.uint64(2)
+    bits = high + rng.integers(0, 2, 400_000, dtype=np.uint64)                   # all 64 bits random
     mags = rng.uniform(1, 2, 400_000) * 2.0 ** rng.integers(-160, 20, 400_000) * rng.choice([-1, 1], 400_000)
     return np.concatenate([bits.view(np.float64), mags])
 

@@ -105,9 +105,10 @@ class DynamicLossScaler:
     def __init__(self, init_scale: float = 2.0 ** 32, scale_factor: float = 2.0, scale_window: int = 1000,
                  min_scale: float = 1.0, delayed_shift: int = 1, consecutive_hysteresis: bool = False,
                  raise_error_at_min_scale: bool = True):
-        for name, value, ok in (("init_scale", init_scale, init_scale > 0), ("scale_factor", scale_factor, scale_factor > 1),
-                                ("scale_window", scale_window, scale_window >= 1), ("min_scale", min_scale, min_scale > 0),
-                                ("delayed_shift", delayed_shift, delayed_shift >= 1)):
+        checks = (("init_scale", init_scale, init_scale > 0), ("scale_factor", scale_factor, scale_factor > 1),
+                  ("scale_window", scale_window, scale_window >= 1), ("min_scale", min_scale, min_scale > 0),
+                  ("delayed_shift", delayed_shift, delayed_shift >= 1))
+        for name, value, ok in checks:
             if not ok:
                 raise ValueError(f"DynamicLossScaler: bad {name}={value!r}")
         self.cur_scale = float(init_scale)
@@ -179,7 +180,8 @@ def _check(cfg: dict, key: str, kind: str, requirement: str = "", ok=lambda v: T
     else:
         good = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not (good and ok(value)):
-        raise ValueError(f"fp16.{key}: bad value {value!r}; expected a {kind}" + (f" {requirement}" if requirement else ""))
+        expected = f"a {kind} {requirement}".strip()
+        raise ValueError(f"fp16.{key}: bad value {value!r}; expected {expected}")
 
 
 def from_config(fp16: dict | None):

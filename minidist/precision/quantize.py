@@ -108,6 +108,7 @@ def _round_magnitude(magnitude: np.ndarray, src: _Source, fmt: Format) -> np.nda
     # Re-assemble at the same exponent: bits = (exp_field - 1) << M + rounded significand.
     # A rounded significand of 2^(M+1) carries into the exponent field by itself.
     base = (np.maximum(exp_field, one) - one) << U(src.mantissa_bits)     # 0 for subnormals
+    # Rounded all the way to zero: the result is 0, not 2^E (base would keep the exponent).
     return np.where(kept == 0, U(0), base + (kept << drop))
 
 
