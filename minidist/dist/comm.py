@@ -11,8 +11,9 @@ This base class owns everything that must be identical on both backends:
   send starts at the sender's comm-stream time ``t`` and keeps the link busy until it
   arrives at ``t + α + n/β``; a receive completes at ``max(own comm time, arrival)``. The
   arrival time travels *with* the message, so the receiver needs no global clock.
-  Each rank has one outgoing port (its sends queue behind each other) and may receive
-  while it sends (full duplex).
+  Each rank has one outgoing and one incoming port (full duplex): its sends queue behind
+  each other, and so do its receives (stream ``"comm.in"``), so a root receiving from
+  ``p−1`` ranks pays ``(p−1)·(α + nβ)`` as in Thakur et al.'s model.
 * **the message log** (:mod:`minidist.dist.log`) and one trace event per message;
 * **collective calls** (:meth:`Communicator.collective`): the debug-mode check that all
   ranks entered the same collective, the "issued by the compute stream" start time, and
@@ -198,7 +199,12 @@ class Communicator:
     def _complete_recv(self, payload, header: Header, source, tag, call, labels):
         clock = self.device.clock
         stream = call.stream if call else "comm"
-        t_end = clock.wait(stream, header.arrival)   # a receive cannot complete before the data arrives
+        # a receive cannot complete before the data arrives, nor before the incoming link has
+        # finished the previous message (one port in, one out: incast to a root serialises)
+        inport = stream + ".in"
+        t_end = max(header.arrival, clock.now(inport) + self.device.spec.message_time(header.nbytes))
+        clock.wait(inport, t_end)
+        t_end = clock.wait(stream, t_end)
         self._record("recv", source, header.nbytes, header.t_start, t_end, tag, labels)
         if call is None:     # a plain recv: the compute stream needs the data
             clock.wait("compute", t_end)

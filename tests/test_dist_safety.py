@@ -1,0 +1,102 @@
+"""Wrong programs end with a clear error within seconds, never a hang."""
+import time
+
+import numpy as np
+import pytest
+
+from minidist import dist
+
+pytestmark = pytest.mark.dist
+
+
+def mismatched(comm):
+    x = np.ones(8)
+    if comm.rank == 2:
+        return dist.all_gather(comm, x[:2])        # the bug: everyone else is in all_reduce
+    return dist.all_reduce(comm, x)
+
+
+def test_debug_mode_names_the_rank_that_diverged():
+    t0 = time.monotonic()
+    with pytest.raises(dist.CollectiveMismatchError) as info:
+        dist.spawn(mismatched, 4, debug=True, timeout=3)
+    msg = str(info.value)
+    assert "world rank(s) [2] called all_gather(algorithm='ring', shape=(2,)" in msg
+    assert "world rank(s) [0, 1, 3] called all_reduce(algorithm='ring', shape=(8,)" in msg
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_debug_mode_catches_different_shapes_and_algorithms():
+    def main(comm):
+        n = 5 if comm.rank == 1 else 4
+        return dist.all_reduce(comm, np.ones(n), algorithm="ring")
+
+    with pytest.raises(dist.CollectiveMismatchError, match=r"\[1\] called all_reduce\(algorithm='ring', shape=\(5,\)"):
+        dist.spawn(main, 3, debug=True, timeout=3)
+
+    def algo(comm):
+        return dist.all_reduce(comm, np.ones(4), algorithm="tree" if comm.rank == 0 else "ring")
+
+    with pytest.raises(dist.CollectiveMismatchError, match=r"\[0\] called all_reduce\(algorithm='tree'"):
+        dist.spawn(algo, 3, debug=True, timeout=3)
+
+
+def test_without_debug_the_message_headers_still_catch_a_mismatch():
+    t0 = time.monotonic()
+    with pytest.raises(dist.CollectiveMismatchError, match="called different collectives"):
+        dist.spawn(mismatched, 4, timeout=3)
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_deadlock_times_out_naming_both_ranks():
+    def main(comm):
+        if comm.rank == 0:
+            return comm.recv(1, tag=3)              # rank 1 receives too: nobody sends
+        return comm.recv(0, tag=3)
+
+    t0 = time.monotonic()
+    with pytest.raises(dist.CommTimeoutError, match=r"rank [01] timed out after 0.5 s waiting to receive from rank [01]"):
+        dist.spawn(main, 2, timeout=0.5)
+    assert time.monotonic() - t0 < 3
+
+
+def test_failing_rank_stops_the_others_and_spawn_reports_its_rank():
+    def main(comm):
+        if comm.rank == 3:
+            raise ValueError("bad batch")
+        return dist.all_reduce(comm, np.ones(4))    # the others would wait for rank 3 forever
+
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"\[rank 3 of 4\] bad batch") as info:
+        dist.spawn(main, 4, timeout=30)
+    assert info.value.rank == 3
+    assert time.monotonic() - t0 < 2                # woken at once, not after the 30 s timeout
+
+
+def test_rank_that_returns_early_is_reported():
+    def main(comm):
+        if comm.rank == 1:
+            return None                             # skips the collective
+        return dist.all_reduce(comm, np.ones(4))
+
+    with pytest.raises(dist.CommError, match="rank 1 has already returned"):
+        dist.spawn(main, 3, timeout=30)
+
+
+def test_bad_arguments_are_rejected_clearly():
+    with pytest.raises(ValueError, match="unknown reduction op 'avg'"):
+        dist.spawn(lambda c: dist.all_reduce(c, np.ones(2), op="avg"), 2, timeout=3)
+    with pytest.raises(ValueError, match="cannot send to or receive from itself"):
+        dist.spawn(lambda c: c.send(np.ones(2), c.rank), 2, timeout=3)
+    with pytest.raises(ValueError, match="needs 3 blocks"):
+        dist.spawn(lambda c: dist.all_to_all(c, np.ones((2, 2))), 3, timeout=3)
+
+
+def test_importing_dist_does_not_initialise_mpi():
+    import subprocess
+    import sys
+
+    code = "import sys, minidist.dist; print('mpi4py' in sys.modules, minidist.dist.init())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    assert out.stdout.split() == ["False", "None"], out.stderr
