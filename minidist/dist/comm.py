@@ -250,7 +250,8 @@ class Communicator:
             self._make_split(None, [])
             return None
         members = sorted((k, r) for r, (c, k) in enumerate(pairs) if c == color)
-        return self._make_split(color, [r for _, r in members])
+        colors = list(dict.fromkeys(c for c, _ in pairs if c is not None))   # first-seen order
+        return self._make_split(colors.index(color), [r for _, r in members])
 
     # -- collectives ----------------------------------------------------------------------
     @contextlib.contextmanager

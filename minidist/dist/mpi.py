@@ -1,0 +1,146 @@
+"""The MPI backend: one rank per process, over mpi4py (imported only by this module).
+
+Launch a program with ``mpirun -n 4 python prog.py``; inside, ``dist.init()`` (or
+``dist.run_main(fn)``) returns an :class:`MPIComm` over ``MPI.COMM_WORLD``. Collectives
+are *not* MPI's: they are the same Python algorithms as in-process, on top of MPI's
+point-to-point, so the results and the message log are the same on both backends.
+
+How a message travels: every payload is preceded by a 16-number **header** (simulated
+start and arrival time, wire bytes, collective/algorithm/step, dtype and shape) on a
+duplicate communicator, so headers and payloads never match each other. Payloads go as
+raw bytes with the buffer-based ``Isend``/``Irecv`` (no pickle, no copy); when the
+receiver gives ``out=`` the payload ``Irecv`` is posted at once so the data lands in place.
+
+Every wait polls ``Testall`` until a deadline (``timeout``), so a deadlock becomes a
+:class:`CommTimeoutError` naming the ranks, and ``run_main`` aborts the whole job.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from ..device import Device
+from .comm import CTRL_TAG, Communicator, Header
+from .errors import CommTimeoutError
+from .log import MessageLog
+
+HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype, ndim, shape[0..7]
+_DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                                 "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
+
+
+def _names() -> list[str]:
+    from . import ALGORITHMS    # the package is loaded by the time MPI is used
+
+    names = {"send", "recv", "p2p"} | set(ALGORITHMS)
+    for table in ALGORITHMS.values():
+        names |= set(table)
+    return sorted(names)
+
+
+def _bytes(a: np.ndarray):
+    """The array's memory as an MPI byte buffer, without a copy."""
+    return [a.reshape(-1).view(np.uint8), MPI.BYTE]
+
+
+class MPIComm(Communicator):
+    """A communicator over an ``mpi4py`` communicator."""
+
+    backend = "mpi"
+
+    def __init__(self, mpi_comm, device, log, world_ranks, timeout=60.0, debug=False):
+        super().__init__(mpi_comm.Get_rank(), mpi_comm.Get_size(), device, log, world_ranks, timeout, debug)
+        self._mpi = mpi_comm
+        self._hdr = mpi_comm.Dup()      # headers: their own context, never matched by a payload
+        self._ctrl = mpi_comm.Dup()     # debug signatures and split: never logged
+        self._names = _names()
+
+    @classmethod
+    def world(cls, device=None, timeout: float = 60.0, debug: bool = False) -> MPIComm:
+        w = MPI.COMM_WORLD
+        return cls(w.Dup(), Device(device, rank=w.Get_rank()), MessageLog(), range(w.Get_size()), timeout, debug)
+
+    # -- headers --------------------------------------------------------------------------
+    def _pack(self, header: Header, x: np.ndarray) -> np.ndarray:
+        if x.ndim > HEADER_LEN - 8 or x.dtype not in _DTYPES:
+            raise TypeError(f"the MPI backend sends arrays of <= 8 dims of {[str(d) for d in _DTYPES]}, "
+                            f"got {x.dtype} of shape {x.shape}")
+        h = np.zeros(HEADER_LEN)
+        h[:8] = (header.t_start, header.arrival, header.nbytes, self._names.index(header.op),
+                 self._names.index(header.algorithm), header.step, _DTYPES.index(x.dtype), x.ndim)
+        h[8:8 + x.ndim] = x.shape
+        return h
+
+    def _unpack(self, h: np.ndarray):
+        header = Header(float(h[0]), float(h[1]), int(h[2]), self._names[int(h[3])],
+                        self._names[int(h[4])], int(h[5]))
+        return header, _DTYPES[int(h[6])], tuple(int(v) for v in h[8:8 + int(h[7])])
+
+    # -- transport ------------------------------------------------------------------------
+    def _wait(self, reqs, peer, verb):
+        """Poll until ``reqs`` complete; a deadline turns a hang into CommTimeoutError."""
+        if MPI.Request.Testall(reqs):
+            return
+        deadline, spins = time.monotonic() + self.timeout, 0
+        while not MPI.Request.Testall(reqs):
+            spins += 1
+            if spins % 64 == 0:
+                if time.monotonic() > deadline:
+                    raise CommTimeoutError(self._describe_wait(peer, verb))
+                time.sleep(0 if spins < 20000 else 1e-4)   # let other ranks on this core run
+
+    def _post_send(self, x, dest, wire_tag, header):
+        h = self._pack(header, x)
+        reqs = [self._hdr.Isend(h, dest, wire_tag), self._mpi.Isend(_bytes(x), dest, wire_tag)]
+        return lambda: self._wait(reqs, dest, "send to")    # the closure keeps h and x alive
+
+    def _post_recv(self, source, wire_tag, out, first_in_line, on_header):
+        h = np.empty(HEADER_LEN)
+        hreq = self._hdr.Irecv(h, source, wire_tag)
+        early = out is not None and first_in_line and out.flags.c_contiguous
+        # with out= and no earlier receive pending on this (source, tag), post the payload now
+        preq = self._mpi.Irecv(_bytes(out), source, wire_tag) if early else None
+
+        def finish():
+            self._wait([hreq], source, "receive from")
+            header, dtype, shape = self._unpack(h)
+            on_header(header)
+            if out is not None and (out.dtype != dtype or out.size != int(np.prod(shape))):
+                raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
+                                 f"{self.world_rank(source)} sent {dtype} of shape {shape}")
+            if preq is not None:
+                self._wait([preq], source, "receive from")
+                return out, header
+            target = np.empty(shape, dtype)
+            self._wait([self._mpi.Irecv(_bytes(target), source, wire_tag)], source, "receive from")
+            if out is not None:
+                out.reshape(-1)[...] = target.reshape(-1)
+                target = out
+            return target, header
+
+        return finish
+
+    def _send_object(self, obj, dest):
+        req = self._ctrl.isend(obj, dest, CTRL_TAG)
+        return lambda: self._wait([req], dest, "send control data to")
+
+    def _recv_object(self, source):
+        req = self._ctrl.irecv(source=source, tag=CTRL_TAG)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            done, obj = req.test()
+            if done:
+                return obj
+            if time.monotonic() > deadline:
+                raise CommTimeoutError(self._describe_wait(source, "exchange control data with"))
+            time.sleep(1e-5)
+
+    def _make_split(self, color, members):
+        sub = self._mpi.Split(MPI.UNDEFINED if color is None else color,
+                              members.index(self.rank) if color is not None else 0)
+        if color is None:
+            return None
+        return MPIComm(sub, self.device, self.log, [self._world_ranks[m] for m in members],
+                       self.timeout, self.debug)
