@@ -214,7 +214,8 @@ class Tensor:
     def __matmul__(self, o): return _F.matmul(self, o)
     def __rmatmul__(self, o): return _F.matmul(o, self)
     def __getitem__(self, idx): return _F.getitem(self, idx)
-    def reshape(self, *shape): return _F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+    def reshape(self, *shape):
+        return _F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
     view = reshape
     def transpose(self, a, b): return _F.transpose(self, a, b)
     def sum(self, axis=None, keepdims=False): return _F.sum(self, axis, keepdims)

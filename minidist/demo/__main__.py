@@ -1,0 +1,79 @@
+"""``python -m minidist.demo`` — the guided tour, one chapter per topic.
+
+On 4 in-process ranks by default; ``mpirun -n 4 python -m minidist.demo`` runs the same
+tour on 4 MPI processes. Each chapter prints its tables on rank 0 and writes its figures
+into ``figures/`` (or ``--out DIR``). ``--chapters memory,collectives`` picks chapters.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from .. import dist
+
+# (short name, module) in tour order; a chapter module has TITLE and run(comm, out_dir) -> dict
+CHAPTERS = [
+    ("memory", "minidist.demo.memory_anatomy"),
+    ("collectives", "minidist.demo.collectives"),
+    ("zero", "minidist.demo.zero"),
+    ("precision", "minidist.demo.mixed_precision"),
+]
+
+
+def available_chapters() -> list[tuple[str, object]]:
+    """The chapters whose modules are present in this version, imported."""
+    found = []
+    for name, module in CHAPTERS:
+        try:
+            found.append((name, importlib.import_module(module)))
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    return found
+
+
+def run_tour(comm, chapters: list[str], out_dir: Path) -> dict:
+    """Run the chosen chapters on this rank; every rank calls it (collectives need all)."""
+    results = {}
+    for name, module in available_chapters():
+        if name not in chapters:
+            continue
+        if comm.rank == 0:
+            print(f"\n=== {module.TITLE} ===", flush=True)
+        t0 = time.perf_counter()
+        results[name] = module.run(comm, out_dir)
+        dist.barrier(comm)
+        if comm.rank == 0:
+            print(f"({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
+    return results
+
+
+def main(argv=None) -> int:
+    names = [n for n, _ in CHAPTERS]
+    ap = argparse.ArgumentParser(prog="python -m minidist.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="figures", help="directory for the figures (default: figures/)")
+    ap.add_argument("--world-size", type=int, default=4, help="in-process ranks when not under mpirun")
+    ap.add_argument("--chapters", default=",".join(names), help=f"comma-separated subset of {names}")
+    args = ap.parse_args(argv)
+    chosen = [c.strip() for c in args.chapters.split(",") if c.strip()]
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        ap.error(f"unknown chapter(s) {unknown}; choose from {names}")
+    if args.world_size < 1:
+        ap.error(f"--world-size must be >= 1, got {args.world_size}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_mpi_launch():
+        dist.run_main(run_tour, chosen, out)
+    else:
+        print(f"minidist tour on {args.world_size} in-process ranks (mpirun -n 4 python -m minidist.demo "
+              f"for real processes); figures in {out}/")
+        dist.spawn(run_tour, args.world_size, chosen, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
