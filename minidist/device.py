@@ -18,7 +18,7 @@ import contextvars
 import dataclasses
 import json
 
-from .memory import MemoryTracker
+from .memory import MemoryTracker, nbytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +219,12 @@ class Device:
         return self.clock.run(stream, flops / (flops_per_s or self.spec.flops), name, "compute")
 
     # -- activations saved by autograd ----------------------------------------------------
-    def save_for_backward(self, arrays) -> list[int]:
-        """Account arrays kept alive for backward under "activations", each buffer once."""
+    def save_for_backward(self, arrays, dtype: str | None = None) -> list[int]:
+        """Account arrays kept alive for backward under "activations", each buffer once.
+
+        ``dtype`` ("fp16", "bf16"…): the emulated format float arrays are held in under
+        autocast, charged at its size (2 bytes) instead of float32's 4.
+        """
         keys = []
         for a in arrays:
             root = a
@@ -231,7 +235,8 @@ class Device:
                 continue
             entry = self._saved.get(key)
             if entry is None:
-                handle = self.memory.alloc(root.nbytes, "activations")
+                size = nbytes(root, dtype) if dtype and root.dtype.kind == "f" else root.nbytes
+                handle = self.memory.alloc(size, "activations")
                 self._saved[key] = [1, handle, root]
             else:
                 entry[0] += 1

@@ -22,6 +22,7 @@ import numpy as np
 
 from .device import current_device
 from .memory import nbytes
+from .precision.autocast import output_dtype, round_output, rounding_backward
 
 _op_counter = itertools.count()  # creation order of op outputs: backward runs newest first
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("minidist_grad", default=True)
@@ -321,16 +322,22 @@ def make_result(data, parents, backward, name, saved=(), flops=0, matmul=False) 
     """Wrap an op's output; charge its FLOPs and, if recording, its saved arrays.
 
     ``saved`` lists the arrays the backward closure keeps alive. Parameters (leaves) are
-    not activations and are skipped by passing only intermediate arrays here.
+    not activations and are skipped by passing only intermediate arrays here. Under
+    :class:`minidist.precision.autocast` the output (and the gradient coming back into this
+    op) is rounded to the low-precision format and saved arrays are charged at its size.
     """
     dev = current_device()
     if dev is not None and flops:
         dev.compute(name, int(flops), matmul)
+    lowp = output_dtype(name, data)   # under autocast: "fp16"/"bf16"…, else None
+    if lowp is not None:              # the output is a low-precision tensor, so is its gradient
+        data = round_output(data, lowp)
+        backward = rounding_backward(backward, lowp)
     out = Tensor(data)
     if _grad_enabled.get() and any(isinstance(p, Tensor) and p.requires_grad for p in parents):
         out.requires_grad = True
         out._seq = next(_op_counter)
-        keys = dev.save_for_backward(saved) if dev is not None and saved else ()
+        keys = dev.save_for_backward(saved, lowp) if dev is not None and saved else ()
         out._ctx = Node(tuple(parents), backward, name, dev, keys)
     return out
 

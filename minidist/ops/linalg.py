@@ -8,12 +8,15 @@ For ``y = x @ W (+ b)`` the backward is two independent matmuls:
 Zero-bubble schedules (Qi et al. 2023, "Zero Bubble Pipeline Parallelism") run them at
 different times; :func:`linear_input_grad` and :func:`linear_weight_grad` are the two
 halves, and :meth:`minidist.Tensor.backward` with ``defer_weight_grad=True`` calls them apart.
-FLOPs: a (m×k)·(k×n) product costs 2·m·n·k.
+FLOPs: a (m×k)·(k×n) product costs 2·m·n·k. Under ``autocast`` both operands are rounded
+to the low-precision format first (:func:`cast_input`): the float32 product of rounded
+operands is what a tensor core computes (exact products, fp32 accumulation).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..precision.autocast import cast_input
 from ..tensor import Tensor, as_tensor, make_result
 from .elementwise import unbroadcast
 
@@ -41,8 +44,9 @@ def linear(x, weight, bias=None) -> Tensor:
     if x.shape[-1] != weight.shape[0]:
         raise ValueError(f"linear: input has {x.shape[-1]} features but weight is {weight.shape} "
                          f"(in_features, out_features)")
-    x2 = x.data.reshape(-1, x.shape[-1])                       # (B*T, in)
-    out = x2 @ weight.data                                     # (B*T, out)
+    xd, wd = cast_input(x.data), cast_input(weight.data)       # rounded under autocast
+    x2 = xd.reshape(-1, x.shape[-1])                           # (B*T, in)
+    out = x2 @ wd                                              # (B*T, out)
     if bias is not None:
         bias = as_tensor(bias)
         out += bias.data
@@ -54,7 +58,7 @@ def linear(x, weight, bias=None) -> Tensor:
         gx = gw = gb = None
         if needs[0]:
             _charge("linear.dx", 2 * m * n * k)
-            gx = linear_input_grad(g2, weight.data).reshape(x.shape)
+            gx = linear_input_grad(g2, wd).reshape(x.shape)
         if needs[1]:
             _charge("linear.dW", 2 * m * n * k)
             gw = linear_weight_grad(x2, g2)
@@ -62,7 +66,7 @@ def linear(x, weight, bias=None) -> Tensor:
             gb = g2.sum(axis=0)
         return gx, gw, gb
     parents = (x, weight) if bias is None else (x, weight, bias)
-    saved = [x.data] if weight.requires_grad and not x.is_param else []
+    saved = [xd] if weight.requires_grad and not x.is_param else []
     return make_result(out, parents, backward, "linear", saved=saved, flops=2 * m * n * k, matmul=True)
 
 
@@ -74,7 +78,8 @@ def matmul(a, b) -> Tensor:
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
                          f"({a.shape[-1]} != {b.shape[-2]})")
-    out = a.data @ b.data
+    ad, bd = cast_input(a.data), cast_input(b.data)           # rounded under autocast
+    out = ad @ bd
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = out.size // (m * n)
 
@@ -82,10 +87,10 @@ def matmul(a, b) -> Tensor:
         ga = gb = None
         if needs[0]:
             _charge("matmul.da", 2 * batch * m * n * k)
-            ga = unbroadcast(g @ np.swapaxes(b.data, -1, -2), a.shape)
+            ga = unbroadcast(g @ np.swapaxes(bd, -1, -2), a.shape)
         if needs[1]:
             _charge("matmul.db", 2 * batch * m * n * k)
-            gb = unbroadcast(np.swapaxes(a.data, -1, -2) @ g, b.shape)
+            gb = unbroadcast(np.swapaxes(ad, -1, -2) @ g, b.shape)
         return ga, gb
-    saved = [t.data for t, other in ((a, b), (b, a)) if other.requires_grad and not t.is_param]
+    saved = [d for t, d, other in ((a, ad, b), (b, bd, a)) if other.requires_grad and not t.is_param]
     return make_result(out, (a, b), backward, "matmul", saved=saved, flops=2 * batch * m * n * k, matmul=True)

@@ -1,0 +1,254 @@
+"""Mixed-precision training: fp16/bf16 weights and gradients, fp32 master weights, loss scaling.
+
+The recipe of Micikevicius et al., "Mixed Precision Training" (ICLR 2018), as DeepSpeed's
+``FP16_Optimizer`` runs it (``deepspeed/runtime/fp16/fused_optimizer.py``):
+
+1. The model's parameters are held in the low-precision format (2 bytes each) and so are
+   their gradients (2 bytes). Forward and backward run under :class:`autocast`.
+2. An **fp32 master copy** of every parameter (4 bytes) is what the optimizer updates: a
+   tiny update ``lr·Δ`` added to an fp16 weight is often rounded away entirely (fp16 has
+   11 significant bits: 1 + 2^-12 == 1), but it accumulates in fp32.
+3. Adam's two moments are fp32 too (8 bytes). Per parameter: 2 + 2 + (4 + 8) = 16 bytes,
+   the "K = 12" of the ZeRO paper (Rajbhandari et al. 2020, §3.1).
+4. **Loss scaling** (fp16 only): backward starts from ``loss · S`` so that small gradients
+   land inside fp16's range; the step divides by ``S`` again in fp32. If any gradient is
+   inf/NaN, the step is skipped on *every* rank and the scaler backs off.
+
+bf16 has fp32's exponent range, so it needs no loss scaling (``StaticLossScaler(1)``); the
+overflow check still runs and still skips a step whose gradients are not finite.
+
+One step, as :meth:`MixedPrecision.step` does it::
+
+    grads --round to fp16--> overflow? --all-reduce MAX over ranks--> any rank overflowed?
+        yes: skip, params / masters / optimizer states untouched, scale backed off
+        no:  g32 = grad / S (fp32) -> optional clipping -> optimizer.update(master, g32)
+             -> param = round(master) -> scale maybe grown after a clean window
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+from ..memory import nbytes
+from .autocast import autocast
+from .formats import get_format
+from .loss_scaler import StaticLossScaler, from_config, has_overflow
+from .quantize import quantize
+
+
+class MixedPrecisionStep(NamedTuple):
+    """One call of :meth:`MixedPrecision.step`: the scale it used and what happened."""
+
+    step: int
+    scale: float
+    overflow: bool          # some rank saw an inf/NaN gradient
+    skipped: bool           # so no rank updated anything
+
+
+@dataclasses.dataclass
+class FP32Master:
+    """The fp32 master copy of one parameter. The optimizer keys its state on this object
+    (``shape``, ``dtype``, ``name``, ``device`` are what :meth:`Optimizer.state_for` reads)."""
+
+    data: np.ndarray
+    name: str
+    device: object = None
+
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+
+
+class MixedPrecision:
+    """fp32 master weights + low-precision model + loss scaling around an existing optimizer.
+
+    ``model``: a Module (or an iterable of Parameters) — its parameters must be the
+    optimizer's. ``optimizer``: any :mod:`minidist.optim` optimizer; its ``update`` is
+    applied to the fp32 masters, its ``step`` is not used. ``dtype``: "fp16" or "bf16" (fp8
+    formats work too, for experiments). ``scaler``: a Static/DynamicLossScaler; default:
+    DeepSpeed's dynamic one for fp16, none (scale 1) otherwise. ``comm``: the data-parallel
+    communicator over which the overflow decision is agreed. ``gradient_clipping``: clip
+    the *unscaled* gradients' global norm to this (0 = off), as DeepSpeed does.
+
+    Use::
+
+        mp = MixedPrecision(model, opt, "fp16")
+        with autocast(mp.dtype):
+            _, loss = model(x, y)
+        mp.scale_loss(loss).backward()
+        mp.step()            # instead of opt.step()
+        opt.zero_grad()
+    """
+
+    def __init__(self, model, optimizer, dtype: str = "fp16", scaler=None, comm=None,
+                 gradient_clipping: float = 0.0):
+        self.dtype = get_format(dtype).name
+        self.optimizer = optimizer
+        self.comm = comm
+        self.gradient_clipping = float(gradient_clipping)
+        if scaler is None:
+            scaler = from_config({"enabled": True}) if self.dtype == "fp16" else StaticLossScaler(1.0)
+        self.scaler = scaler
+        params = list(model.parameters() if hasattr(model, "parameters") else model)
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if {id(p) for p in params} != owned:
+            raise ValueError("MixedPrecision: the model's parameters and the optimizer's differ")
+        self.groups: list[tuple[dict, list]] = []      # (param group, [(param, master)])
+        self._master_handles = []
+        for group in optimizer.param_groups:
+            pairs = []
+            for p in group["params"]:
+                # 1. the fp32 master: a copy of the fp32 weights taken *before* rounding
+                master = FP32Master(np.array(p.data, dtype=np.float32, copy=True), p.name or "", p.device)
+                if p.device is not None:
+                    self._master_handles.append(
+                        p.device.memory.alloc(nbytes(master.data), "optimizer_states", f"{master.name}.master"))
+                optimizer.state_for(master)             # 2. Adam's m and v, fp32, allocated now
+                # 3. the model's copy becomes low precision: values rounded, 2 bytes charged
+                p.data[...] = quantize(p.data, self.dtype)
+                p.dtype_tag = self.dtype
+                if p.device is not None:
+                    p.place(p.device)                   # re-charge params (and any grad) at 2 B
+                pairs.append((p, master))
+            self.groups.append((group, pairs))
+        self.history: list[MixedPrecisionStep] = []
+        self.last_underflow = None
+
+    # -- the pieces ----------------------------------------------------------------------
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.loss_scale
+
+    def autocast(self) -> autocast:
+        """The autocast context for this run's forward pass."""
+        return autocast(self.dtype)
+
+    def scale_loss(self, loss):
+        """``loss · S``: backward from this makes every gradient S times larger. Computed
+        outside autocast: the scaled loss is an fp32 scalar (it may exceed fp16's max)."""
+        with autocast(None):
+            return loss * self.loss_scale
+
+    def params(self):
+        return [p for _, pairs in self.groups for p, _ in pairs]
+
+    def masters(self):
+        return [m for _, pairs in self.groups for _, m in pairs]
+
+    def round_gradients(self) -> None:
+        """Hold every gradient in the low-precision format (where fp16 underflow and overflow
+        happen). Gradients summed over micro-batches or ranks in fp32 are rounded once here."""
+        for p in self.params():
+            if p.grad is not None:
+                p.grad[...] = quantize(p.grad, self.dtype)
+
+    def found_overflow(self) -> bool:
+        """Whether *any* rank has an inf/NaN gradient. Every rank must skip the same steps,
+        or their parameters would drift apart: all-reduce the flag with MAX."""
+        local = has_overflow([p.grad for p in self.params()])
+        if self.comm is None or self.comm.size == 1:
+            return local
+        from .. import dist
+        # why: agree on skip/no-skip (DeepSpeed all-reduces its overflow flag the same way)
+        flag = dist.all_reduce(self.comm, np.array([float(local)]), op="max")
+        return bool(flag[0] > 0)
+
+    def _unscaled_grads(self) -> list:
+        """fp32 gradients divided by the loss scale, clipped if asked (global norm)."""
+        inv = np.float32(1.0 / self.loss_scale)
+        grads = [None if p.grad is None else p.grad.astype(np.float32) * inv for p in self.params()]
+        if self.gradient_clipping > 0:
+            norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads if g is not None)))
+            if norm > self.gradient_clipping:
+                coef = np.float32(self.gradient_clipping / (norm + 1e-6))
+                grads = [None if g is None else g * coef for g in grads]
+        return grads
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Round grads, agree on overflow, then skip or update masters and copy back.
+
+        Returns True if the optimizer step was taken, False if it was skipped.
+        """
+        self.round_gradients()
+        overflow = self.found_overflow()
+        scale = self.loss_scale
+        if not overflow:
+            grads = iter(self._unscaled_grads())
+            for group, pairs in self.groups:
+                for p, master in pairs:
+                    g = next(grads)
+                    if g is None:
+                        continue
+                    self.optimizer.update(master.data, g, self.optimizer.state_for(master), group)
+                    p.data[...] = quantize(master.data, self.dtype)   # fp16 copy for the next forward
+        self.history.append(MixedPrecisionStep(len(self.history), scale, overflow, overflow))
+        self.scaler.update_scale(overflow)       # DeepSpeed's backoff / hysteresis / growth
+        return not overflow
+
+    def zero_grad(self) -> None:
+        for p in self.params():
+            p.grad = None
+
+    def state_bytes(self) -> dict:
+        """Emulated bytes of the model states: {"parameters", "gradients", "master", "optimizer"}."""
+        low = sum(nbytes(p.data, self.dtype) for p in self.params())
+        return {"parameters": low, "gradients": low,
+                "master": sum(nbytes(m.data) for m in self.masters()),
+                "optimizer": sum(nbytes(a) for m in self.masters()
+                                 for a in self.optimizer.state_for(m).values() if isinstance(a, np.ndarray))}
+
+
+def from_training_config(cfg: dict, model, optimizer, comm=None):
+    """The MixedPrecision a DeepSpeed-style config asks for, or None for fp32 training.
+
+    ``fp16.enabled`` → fp16 with the scaler of the ``fp16`` section (dynamic unless
+    ``loss_scale > 0``); ``bf16.enabled`` → bf16 without loss scaling. Both on is an error.
+    """
+    fp16 = dict(cfg.get("fp16") or {})
+    bf16 = dict(cfg.get("bf16") or {})
+    if fp16.get("enabled") and bf16.get("enabled"):
+        raise ValueError("fp16.enabled and bf16.enabled are both true; choose one")
+    clip = float(cfg.get("gradient_clipping", 0.0) or 0.0)
+    if fp16.get("enabled"):
+        return MixedPrecision(model, optimizer, "fp16", from_config(fp16), comm, clip)
+    if bf16.get("enabled"):
+        return MixedPrecision(model, optimizer, "bf16", StaticLossScaler(1.0), comm, clip)
+    return None
+
+
+class GradientUnderflow(NamedTuple):
+    """How much of a set of fp32 gradients a format would flush to zero."""
+
+    fraction: float         # of the nonzero gradients that become exactly 0
+    mass: float             # share of Σ|g| carried by those gradients
+    count: int
+    total: int
+
+
+def gradient_underflow(grads, dtype: str = "fp16", scale: float = 1.0) -> GradientUnderflow:
+    """Round ``scale · g`` to ``dtype`` and count the nonzero gradients that became 0.
+
+    ``grads``: fp32 reference gradients (one array or a list). With ``scale = 1`` this is
+    what storing them in fp16 loses; with a loss scale it is what survives scaling.
+    """
+    arrays = [grads] if isinstance(grads, np.ndarray) else [g for g in grads if g is not None]
+    g = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    g = g[np.isfinite(g) & (g != 0)]
+    zeroed = quantize(g * scale, dtype) == 0
+    mass = float(np.abs(g[zeroed]).sum() / np.abs(g).sum()) if g.size else 0.0
+    return GradientUnderflow(float(zeroed.mean()) if g.size else 0.0, mass, int(zeroed.sum()), int(g.size))
+
+
+def lost_gradient_mass(reference, measured) -> GradientUnderflow:
+    """Compare a low-precision run's gradients with fp32 ``reference`` ones (same step):
+    the nonzero reference gradients that came out exactly 0, and their share of Σ|g|."""
+    ref = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in reference])
+    got = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in measured])
+    nonzero = ref != 0
+    lost = nonzero & (got == 0)
+    total = float(np.abs(ref).sum())
+    return GradientUnderflow(float(lost.sum() / max(nonzero.sum(), 1)),
+                             float(np.abs(ref[lost]).sum() / total) if total else 0.0,
+                             int(lost.sum()), int(nonzero.sum()))
