@@ -19,14 +19,19 @@ from .halving_doubling import doubling, fold_in, fold_out
 from .ops import pick
 
 
+def ring_schedule(p: int, r: int) -> list[tuple[int, int, int]]:
+    """The ring all-gather of rank r as data: ``(step, chunk sent right, chunk received)``."""
+    return [(s, (r - s) % p, (r - s - 1) % p) for s in range(p - 1)]
+
+
 def ring_all_gather(comm, buf) -> None:
     """In place on ``buf`` (p, c) where ``buf[rank]`` is filled: fills every other row."""
     p, r = comm.size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
-    for s in range(p - 1):
+    for s, send_chunk, recv_chunk in ring_schedule(p, r):
         comm.call.step = s
         # why: forward the chunk I got last step (my own at s=0); receive the next one from the left
-        comm.sendrecv(buf[(r - s) % p], right, left, out=buf[(r - s - 1) % p])
+        comm.sendrecv(buf[send_chunk], right, left, out=buf[recv_chunk])
 
 
 def _ring(comm, buf):

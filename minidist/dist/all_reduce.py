@@ -38,6 +38,27 @@ from .reduce import reduce
 from .reduce_scatter import ring_reduce_scatter
 
 
+def ring_states(p: int) -> list[tuple[str, list[list[frozenset]]]]:
+    """Ring all-reduce as data: after each step, which ranks' contributions every chunk
+    holds on every rank (``state[rank][chunk]`` = set of ranks). Built from the same
+    schedules the executor runs; used by the step-by-step figure."""
+    from .all_gather import ring_schedule as ag_schedule
+    from .reduce_scatter import ring_schedule as rs_schedule
+
+    state = [[frozenset([r]) for _ in range(p)] for r in range(p)]
+    frames = [("start: every rank holds its own gradient", [row[:] for row in state])]
+    for phase, schedule in (("reduce-scatter", rs_schedule), ("all-gather", ag_schedule)):
+        for s in range(p - 1):
+            sent = [schedule(p, r)[s] for r in range(p)]
+            incoming = [state[(r - 1) % p][sent[(r - 1) % p][1]] for r in range(p)]   # from the left
+            for r in range(p):
+                recv_chunk = sent[r][2]
+                held = state[r][recv_chunk]
+                state[r][recv_chunk] = held | incoming[r] if phase == "reduce-scatter" else incoming[r]
+            frames.append((f"{phase} step {s + 1}", [row[:] for row in state]))
+    return frames
+
+
 def _ring(comm, x, op):
     buf, n = as_chunks(x, comm.size)                        # (p, c)
     with comm.collective("reduce_scatter", "ring"):

@@ -253,6 +253,11 @@ class Communicator:
         colors = list(dict.fromkeys(c for c, _ in pairs if c is not None))   # first-seen order
         return self._make_split(colors.index(color), [r for _, r in members])
 
+    def dup(self) -> Communicator:
+        """Collective: a private copy of this communicator (MPI_Comm_dup). Its ``device`` and
+        ``log`` may be replaced, e.g. by a fresh Device so that a measurement starts at t = 0."""
+        return self.split(0, self.rank)
+
     # -- collectives ----------------------------------------------------------------------
     @contextlib.contextmanager
     def collective(self, op, algorithm, x=None, *, root=None, reduce_op=None, stream="comm",

@@ -20,14 +20,19 @@ from .halving_doubling import fold_in, fold_out, halving
 from .ops import as_chunks, check_op, finish, pick, reduce_into
 
 
+def ring_schedule(p: int, r: int) -> list[tuple[int, int, int]]:
+    """The ring reduce-scatter of rank r as data: ``(step, chunk sent right, chunk received
+    from the left and reduced)``. Plots and tests read it without running any rank."""
+    return [(s, (r - s - 1) % p, (r - s - 2) % p) for s in range(p - 1)]
+
+
 def ring_reduce_scatter(comm, buf, op) -> None:
     """In place on ``buf`` (p, c): afterwards ``buf[rank]`` is the fully reduced chunk."""
     p, r = comm.size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
     tmp = np.empty_like(buf[0])                             # (c,)
-    for s in range(p - 1):
+    for s, send_chunk, recv_chunk in ring_schedule(p, r):
         comm.call.step = s
-        send_chunk, recv_chunk = (r - s - 1) % p, (r - s - 2) % p
         # why: pass my running sum of one chunk to the right, add the left's into the next
         got = comm.sendrecv(buf[send_chunk], right, left, out=tmp)
         reduce_into(buf[recv_chunk], got, op)
