@@ -18,6 +18,7 @@ DEFAULTS = {
     "gradient_clipping": 0.0,
     "steps": 200,
     "seed": 0,
+    "dtype": "float32",                  # NumPy dtype of the parameters; float64 for exact checks
     "eval_interval": 0,                  # 0: evaluate only at the end
     "eval_iters": 4,
     "optimizer": {"type": "AdamW", "params": {}},
@@ -31,7 +32,8 @@ DEFAULTS = {
     "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
               "dropout": 0.0, "bias": True},
     "data": {"dataset": "english", "seq_len": 32, "n_digits": None, "val_fraction": None},
-    "parallel": {"tensor": 1, "pipeline": 1, "schedule": "1f1b", "micro_batches": None, "virtual_stages": 1},
+    "parallel": {"data_parallel": "ddp", "tensor": 1, "pipeline": 1, "schedule": "1f1b", "micro_batches": None,
+                 "virtual_stages": 1},
     "device": "A100-80GB-NVLink",
     "distillation": None,
 }
@@ -40,6 +42,8 @@ DEFAULTS = {
 _FREE = {"optimizer.params", "device", "distillation"}
 
 _CHOICES = {
+    "dtype": ("float32", "float64"),
+    "parallel.data_parallel": ("ddp", "parameter_server"),
     "zero_optimization.stage": (0, 1, 2, 3),
     "zero_optimization.offload_optimizer.device": ("none", "cpu"),
     "activation_checkpointing.granularity": ("none", "selective", "full"),
@@ -48,7 +52,7 @@ _CHOICES = {
 
 _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps",
                   "eval_iters", "zero_optimization.reduce_bucket_size",
-                  "zero_optimization.allgather_bucket_size", "zero_optimization.stage3_prefetch_bucket_size",
+                  "zero_optimization.allgather_bucket_size",
                   "fp16.loss_scale_window", "fp16.hysteresis", "parallel.tensor", "parallel.pipeline",
                   "parallel.virtual_stages", "data.seq_len"}
 
@@ -125,6 +129,8 @@ def load_config(config: "dict | str | None" = None, world_size: int = 1) -> dict
 
 
 def _check_consistency(cfg: dict, world_size: int) -> None:
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ConfigError("world_size", f"must be a positive integer, got {world_size!r}")
     par = cfg["parallel"]
     mp = par["tensor"] * par["pipeline"]
     if world_size % mp:
@@ -154,10 +160,16 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if zero["offload_optimizer"]["device"] == "cpu" and zero["stage"] == 0:
         raise ConfigError("zero_optimization.offload_optimizer.device",
                           "offload needs ZeRO stage 1, 2 or 3 (DeepSpeed's ZeRO-Offload); set zero_optimization.stage")
-    if zero["stage"] > 0 or world_size > 1:
-        raise ConfigError("zero_optimization.stage" if zero["stage"] else "world_size",
-                          "data parallelism and ZeRO are not available yet in this version; "
-                          "run on one rank with stage 0")
+    pre = zero["stage3_prefetch_bucket_size"]
+    if pre != int(pre):
+        raise ConfigError("zero_optimization.stage3_prefetch_bucket_size",
+                          f"must be a whole number of elements (0 disables prefetch), got {pre!r}")
+    if zero["stage"] > 0 and par["data_parallel"] == "parameter_server":
+        raise ConfigError("parallel.data_parallel", "the parameter server keeps whole optimizer states on "
+                                                   "rank 0; ZeRO needs data_parallel 'ddp' (or stage 0)")
+    if zero["stage"] > 0 and cfg["optimizer"]["type"].lower() == "lamb":
+        raise ConfigError("optimizer.type", "LAMB needs whole-tensor norms and cannot update a ZeRO shard; "
+                                            "use Adam, AdamW or SGD with zero_optimization.stage > 0")
     if cfg["activation_checkpointing"]["granularity"] != "none":
         raise ConfigError("activation_checkpointing.granularity",
                           "activation checkpointing is not available yet in this version; use 'none'")

@@ -81,8 +81,38 @@ class Module:
     def eval(self) -> "Module":
         return self.train(False)
 
+    # -- forward hooks (torch.nn.Module's; ZeRO-3 gathers a layer's parameters in them) ----
+    def register_forward_pre_hook(self, hook):
+        """``hook(module, args)`` runs before ``forward``; it may return new args (a tuple)."""
+        return _HookHandle(self.__dict__.setdefault("_forward_pre_hooks", []), hook)
+
+    def register_forward_hook(self, hook):
+        """``hook(module, args, output)`` runs after ``forward``; it may return a new output."""
+        return _HookHandle(self.__dict__.setdefault("_forward_hooks", []), hook)
+
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        for hook in list(self.__dict__.get("_forward_pre_hooks", ())):
+            new = hook(self, args)
+            if new is not None:
+                args = new if isinstance(new, tuple) else (new,)
+        out = self.forward(*args, **kwargs)
+        for hook in list(self.__dict__.get("_forward_hooks", ())):
+            new = hook(self, args, out)
+            if new is not None:
+                out = new
+        return out
+
+
+class _HookHandle:
+    """What ``register_forward_*hook`` returns: ``handle.remove()`` unregisters the hook."""
+
+    def __init__(self, hooks: list, hook):
+        self.hooks, self.hook = hooks, hook
+        hooks.append(hook)
+
+    def remove(self) -> None:
+        if self.hook in self.hooks:
+            self.hooks.remove(self.hook)
 
 
 class ModuleList(Module):

@@ -1,8 +1,13 @@
 """The training loop: config → model, data, optimizer on a simulated device → steps → report.
 
-One :class:`Trainer` runs on one rank. On a single rank it is plain training; the
-parallel strategies of :mod:`minidist.parallel` plug in as the ``strategy`` that decides
-how gradients are synchronised and how the optimizer step is taken.
+One :class:`Trainer` runs on one rank. The parallel strategies of :mod:`minidist.parallel`
+plug in as the ``strategy`` that decides how gradients are synchronised and how the
+optimizer step is taken (single-rank training when ``comm`` is None; otherwise the world
+size comes from ``comm``: DDP, the parameter server or ZeRO-1/2/3 per the config).
+
+Global batch semantics: in step ``s``, micro-step ``m``, every rank draws the same global
+batch of ``micro × world_size`` sequences from ``(seed, s·k + m)`` and takes its slice, so
+that p ranks with micro-batch b see exactly what one rank with micro-batch p·b sees.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from .config import data_config, load_config
 from .data import TextDataset, make_dataset
 from .device import Device
 from .model import GPT, GPTConfig
+from .parallel import build_strategy
 from .tensor import no_grad
 
 
@@ -40,9 +46,11 @@ class Trainer:
                                                   f"vocabulary ({self.dataset.vocab_size}); remove the key to derive it")
         self.model_config = GPTConfig(**mcfg)
         with self.device:
-            self.model = GPT(self.model_config, seed=cfg["seed"])
+            self.model = GPT(self.model_config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
             self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
                                          **cfg["optimizer"]["params"])
+            self.n_params = self.model.num_parameters()
+            self.strategy = build_strategy(cfg, self.model, self.optimizer, comm)
         self.micro_batch = cfg["train_micro_batch_size_per_gpu"]
         self.accumulation = cfg["gradient_accumulation_steps"]
         self.history: list[dict] = []
@@ -56,32 +64,28 @@ class Trainer:
         return x[lo:lo + self.micro_batch], y[lo:lo + self.micro_batch]
 
     def train_step(self, step: int) -> float:
-        dev = self.device
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
+
+        Returns this rank's loss (mean over its micro-batches); the history also records
+        the bytes this rank sent during the step and the simulated time at its end."""
+        dev, strategy = self.device, self.strategy
         total = 0.0
+        mark = self.comm.log.mark() if self.comm is not None else None
         with dev:
             for micro in range(self.accumulation):
+                strategy.begin_micro(micro, self.accumulation)
                 x, y = self.batch(step, micro)
                 _, loss = self.model(x, y)
-                # mean over the accumulated micro-batches = mean over the global batch
+                # mean over the accumulated micro-batches (and, by the strategy, over ranks)
                 (loss * (1.0 / self.accumulation)).backward()
+                strategy.after_backward()
                 total += float(loss.data) / self.accumulation
-            self._clip_gradients()
-            n = self.model.num_parameters()
-            dev.compute("optimizer.step", 10 * n)      # ~10 elementwise FLOPs per parameter (Adam)
-            self.optimizer.step()
-            self.optimizer.zero_grad()
+            strategy.step()
             dev.clock.sync()
-        self.history.append({"step": step, "loss": total, "loss_scale": None, "sim_time": dev.clock.time})
+        sent = self.comm.log.since(mark).bytes_sent() if mark is not None else 0
+        self.history.append({"step": step, "loss": total, "loss_scale": None, "sim_time": dev.clock.time,
+                             "bytes_sent": sent})
         return total
-
-    def _clip_gradients(self) -> None:
-        clip = self.cfg["gradient_clipping"]
-        if clip > 0:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            norm = float(np.sqrt(sum(float((g * g).sum()) for g in grads)))
-            if norm > clip:
-                for g in grads:
-                    g *= clip / (norm + 1e-6)
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -120,5 +124,18 @@ class Trainer:
             if interval and (step + 1) % interval == 0 and step + 1 < steps:
                 self.history[-1].update(self.evaluate())
         self.final = self.evaluate()
+        self._average_losses()
         self.wall_time = time.perf_counter() - t0
         return self.final
+
+    def _average_losses(self) -> None:
+        """Each rank logged the loss of its slice; the job's loss is their mean (once, at the end,
+        so that the per-step traffic is the strategy's alone)."""
+        if self.comm is None or self.comm.size == 1 or not self.history:
+            return
+        from . import dist
+        local = np.array([h["loss"] for h in self.history], dtype=np.float64)
+        # why: rank 0 reports the loss of the global batch, the mean of every rank's slice
+        mean = dist.all_reduce(self.comm, local, op="mean", algorithm="ring")
+        for h, v in zip(self.history, mean):
+            h["rank_loss"], h["loss"] = h["loss"], float(v)

@@ -1,0 +1,62 @@
+"""minidist.parallel: data parallelism and every ZeRO stage, one concept per module.
+
+=====================  ==========================================================
+module                 what a student finds there
+=====================  ==========================================================
+:mod:`.flat`           buckets, flat buffers, padding to a multiple of the world size
+:mod:`.base`           the step protocol, single-rank training (the reference)
+:mod:`.parameter_server`  naive DP: reduce to a root, update there, broadcast back
+:mod:`.ddp`            DDP: bucketed all-reduce launched from gradient hooks
+:mod:`.zero1`          ZeRO-1: optimizer states sharded
+:mod:`.zero2`          ZeRO-2: gradients sharded too, freed bucket by bucket
+:mod:`.zero3`          ZeRO-3: parameters sharded too, gathered per layer, prefetch
+:mod:`.offload`        ZeRO-Offload: the optimizer step and its states on the host
+=====================  ==========================================================
+
+:func:`build_strategy` picks one from a (validated) DeepSpeed-style config::
+
+    strategy = build_strategy(cfg, model, optimizer, comm)   # one object per rank
+"""
+from __future__ import annotations
+
+from .base import LocalStrategy
+from .ddp import DDP
+from .flat import Bucket, element_bytes, make_buckets, padded_elements, shard_elements
+from .offload import HostOptimizer
+from .parameter_server import ParameterServer
+from .zero1 import ZeRO1
+from .zero2 import ZeRO2
+from .zero3 import ZeRO3, zero3_units
+
+STRATEGIES = {"single": LocalStrategy, "parameter_server": ParameterServer, "ddp": DDP,
+              "zero1": ZeRO1, "zero2": ZeRO2, "zero3": ZeRO3}
+
+
+def strategy_name(cfg: dict) -> str:
+    """Which strategy a config asks for: "ddp", "parameter_server", "zero1".."zero3"."""
+    stage = cfg["zero_optimization"]["stage"]
+    return f"zero{stage}" if stage else cfg["parallel"].get("data_parallel", "ddp")
+
+
+def build_strategy(cfg: dict, model, optimizer, comm):
+    """The strategy object of this rank for a validated config (``comm`` None = one rank)."""
+    name = strategy_name(cfg) if comm is not None else "single"
+    z = cfg["zero_optimization"]
+    clip = cfg.get("gradient_clipping", 0.0)
+    if name == "single":
+        return LocalStrategy(model, optimizer, comm, clip=clip)
+    if name == "parameter_server":
+        return ParameterServer(model, optimizer, comm, clip=clip)
+    if name == "ddp":
+        return DDP(model, optimizer, comm, bucket_size=z["reduce_bucket_size"],
+                   overlap_comm=z["overlap_comm"], clip=clip)
+    kwargs = dict(reduce_bucket_size=z["reduce_bucket_size"], allgather_bucket_size=z["allgather_bucket_size"],
+                  overlap_comm=z["overlap_comm"], offload=z["offload_optimizer"]["device"] == "cpu", clip=clip)
+    if name == "zero3":
+        return ZeRO3(model, optimizer, comm, prefetch_bucket_size=z["stage3_prefetch_bucket_size"], **kwargs)
+    return STRATEGIES[name](model, optimizer, comm, **kwargs)
+
+
+__all__ = ["DDP", "STRATEGIES", "Bucket", "HostOptimizer", "LocalStrategy", "ParameterServer", "ZeRO1",
+           "ZeRO2", "ZeRO3", "build_strategy", "element_bytes", "make_buckets", "padded_elements",
+           "shard_elements", "strategy_name", "zero3_units"]

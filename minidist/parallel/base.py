@@ -1,0 +1,132 @@
+"""What every data-parallel strategy shares: the step protocol the Trainer drives, memory
+helpers, gradient clipping over shards, and the model-state snapshot.
+
+The Trainer calls, for one optimizer step of ``k`` micro-batches::
+
+    strategy.begin_micro(micro, k)     # micro-steps 0..k-2 are "no_sync" (DDP's no_sync())
+    loss.backward()                    # hooks of the strategy fire as gradients complete
+    strategy.after_backward()          # launch what was not launched from hooks
+    ...
+    strategy.step()                    # wait for comm, clip, update, release gradients
+
+:class:`LocalStrategy` is plain single-rank training, the reference that every strategy
+must match step by step (CS336 assignment 2's contract).
+
+**Model-state snapshot.** ``strategy.model_states`` is the memory the rank holds in each
+model-state category *at the optimizer step* — after the update, before gradients are
+released — when parameters, gradients and optimizer states all exist at once. This is
+the moment the ZeRO formulas describe (Rajbhandari et al. 2020, §5): it is compared with
+:func:`minidist.estimate.model_state_memory` in the report and the tests.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from .. import dist
+from ..device import current_device
+
+MODEL_STATES = ("parameters", "gradients", "optimizer_states")
+OPTIMIZER_FLOPS_PER_ELEMENT = 10      # ~elementwise FLOPs of one Adam update per element
+
+
+class LocalStrategy:
+    """One rank, no communication: backward, clip, ``optimizer.step()``, ``zero_grad()``."""
+
+    name = "single"
+    stage = 0
+    offload = False
+
+    def __init__(self, model, optimizer, comm=None, clip: float = 0.0):
+        self.model, self.optimizer, self.comm = model, optimizer, comm
+        self.device = comm.device if comm is not None else current_device()
+        self.world_size = comm.size if comm is not None else 1
+        self.rank = comm.rank if comm is not None else 0
+        self.clip = float(clip)
+        self.params = model.parameters()
+        self.numel = sum(p.size for p in self.params)
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.sync_gradients = True
+        self.model_states: dict | None = None
+
+    # -- the protocol -------------------------------------------------------------------------
+    def begin_micro(self, micro: int, n_micro: int) -> None:
+        """Gradients are synchronised only in the last micro-step (no_sync before it)."""
+        self.sync_gradients = micro == n_micro - 1
+
+    def after_backward(self) -> None:
+        pass
+
+    def step(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        self.clip_(grads, sharded=False)
+        self.charge_update(self.numel)
+        self.optimizer.step()
+        self.snapshot()
+        self.optimizer.zero_grad()
+
+    def full_parameters(self) -> dict:
+        """name → a copy of every parameter (a collective for ZeRO-3: call it on every rank)."""
+        return {n: p.data.copy() for n, p in self.model.named_parameters()}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def charge_update(self, elements: int) -> None:
+        if self.device is not None:
+            self.device.compute("optimizer.step", OPTIMIZER_FLOPS_PER_ELEMENT * int(elements))
+
+    def clip_(self, grads, sharded: bool) -> None:
+        """Scale gradients so that their global L2 norm is at most ``clip`` (if clip > 0).
+
+        With sharded gradients each rank only has part of the sum of squares, so the parts
+        are all-reduced first (one scalar message: DeepSpeed does the same)."""
+        if self.clip <= 0:
+            return
+        sq = np.array([sum(float((g * g).sum()) for g in grads)])
+        if sharded and self.world_size > 1:
+            # why: the norm is over the whole model, and each rank holds only its shard
+            sq = dist.all_reduce(self.comm, sq, op="sum", algorithm="ring")
+        norm = float(np.sqrt(sq[0]))
+        if norm > self.clip:
+            for g in grads:
+                g *= self.clip / (norm + 1e-6)
+
+    def snapshot(self) -> None:
+        """Record the model-state bytes held right now (see the module docstring)."""
+        if self.device is None:
+            return
+        cur = self.device.memory.current
+        host = self.device.host.current
+        self.model_states = {c: int(cur[c]) for c in MODEL_STATES}
+        self.model_states["total"] = sum(self.model_states[c] for c in MODEL_STATES)
+        self.model_states["host"] = int(sum(host[c] for c in MODEL_STATES))
+
+    @contextlib.contextmanager
+    def buffer(self, nbytes: int, name: str):
+        """A communication buffer held for the duration of the ``with`` block ("buffers")."""
+        h = self.device.memory.alloc(int(nbytes), "buffers", name)
+        try:
+            yield
+        finally:
+            self.device.memory.free(h)
+
+    # -- what the formulas say for this rank ----------------------------------------------------
+    def expected_model_states(self) -> dict:
+        """Exact bytes of each model state this strategy should hold at the step, padding
+        included (subclasses override). Here: everything replicated, ``(w + w + K)·Ψ``."""
+        w = _bytes(self.params[0])
+        return {"parameters": w * self.numel, "gradients": w * self.numel,
+                "optimizer_states": self.state_bytes_per_element() * self.numel, "host": 0}
+
+    def state_bytes_per_element(self) -> int:
+        """K: optimizer-state bytes per element, measured from ``init_state`` on one element."""
+        st = self.optimizer.init_state((1,), self.params[0].dtype)
+        return sum(a.nbytes for a in st.values() if isinstance(a, np.ndarray))
+
+    def expected_bytes_sent(self) -> int:
+        return 0
+
+
+def _bytes(p) -> int:
+    from .flat import element_bytes
+    return element_bytes(p)

@@ -1,0 +1,69 @@
+"""Parameter-server data parallel: the naive version, kept beside DDP to compare against.
+
+The oldest way to train data parallel (Li et al. 2014, "Scaling Distributed Machine
+Learning with the Parameter Server"; here with the server being rank 0):
+
+1. every rank runs forward and backward on its slice of the global batch;
+2. the gradients are **reduced onto the root** (rank 0), which averages them;
+3. only the root holds optimizer states and takes the optimizer step;
+4. the root **broadcasts** the updated parameters back to everyone.
+
+Not used in practice for GPUs: the root's link carries ``(p−1)·Ψ`` in and ``(p−1)·Ψ`` out
+per step while the others idle (the linear algorithms below make that visible in the
+trace), against ``2·(p−1)/p·Ψ`` per rank for a ring all-reduce. But it is the easiest
+version to reason about, and DDP must train to exactly the same weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dist
+from .base import LocalStrategy
+from .flat import Bucket
+
+ROOT = 0
+
+
+class ParameterServer(LocalStrategy):
+    name = "parameter_server"
+
+    def __init__(self, model, optimizer, comm, algorithm: str = "linear", clip: float = 0.0):
+        super().__init__(model, optimizer, comm, clip)
+        self.algorithm = algorithm
+        self.flat = Bucket(0, self.params, 1)          # the whole model as one flat buffer (no padding)
+
+    def step(self) -> None:
+        b, dev = self.flat, self.device
+        grads = b.flat_grads()                                              # (Ψ,)
+        with self.buffer(grads.size * b.bytes_per_element, "ps gradients"):
+            # why: the server needs the average of every rank's gradients
+            mean = dist.reduce(self.comm, grads, root=ROOT, op="mean", algorithm=self.algorithm,
+                               bytes_per_element=b.bytes_per_element)
+        if self.rank == ROOT:
+            b.copy_into_grads(mean)
+            self.clip_([p.grad for p in self.params], sharded=False)
+            self.charge_update(self.numel)
+            self.optimizer.step()                       # only the server holds optimizer states
+        self.snapshot()
+        self.optimizer.zero_grad()
+        flat = b.flat_params() if self.rank == ROOT else None
+        with self.buffer(b.numel * b.bytes_per_element, "ps parameters"):
+            # why: the workers' parameters are stale until the server's new ones arrive
+            new = dist.broadcast(self.comm, flat, root=ROOT, algorithm=self.algorithm,
+                                 bytes_per_element=b.bytes_per_element)
+        if self.rank != ROOT:
+            b.copy_into_params(np.asarray(new).reshape(-1))
+        dev.clock.wait("compute", dev.clock.now("comm"))
+
+    def expected_model_states(self) -> dict:
+        out = super().expected_model_states()
+        if self.rank != ROOT:
+            out["optimizer_states"] = 0
+        return out
+
+    def expected_bytes_sent(self) -> int:
+        """Linear reduce and broadcast: a worker sends Ψ, the root (p−1)·Ψ."""
+        p, n = self.world_size, self.numel * self.flat.bytes_per_element
+        if p == 1:
+            return 0
+        return (p - 1) * n if self.rank == ROOT else n

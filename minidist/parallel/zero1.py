@@ -1,0 +1,183 @@
+"""ZeRO stage 1: optimizer states sharded across the data-parallel ranks.
+
+Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter
+Models", §5.1 (P_os). With N ranks each rank keeps optimizer states (Adam's m and v, the
+fp32 master weights in mixed precision) for only 1/N of the parameters, and so only
+updates that 1/N:
+
+1. backward as usual: every rank accumulates the **full** gradient (w·Ψ bytes);
+2. each bucket is **reduce-scattered** (:mod:`minidist.dist.reduce_scatter`): rank r
+   receives the average over ranks of *its* chunk only — ``(p−1)/p`` of the bucket sent;
+   in a flat-buffer implementation the result lands in place in the gradient buffer, so it
+   costs no extra memory and none is charged;
+3. rank r runs the optimizer's ``update`` on its chunk of the flat parameters with its
+   chunk of the optimizer state — the very same function :class:`~minidist.optim.Adam`
+   applies to a whole tensor;
+4. the updated chunks are **all-gathered** so every rank has the whole new model —
+   another ``(p−1)/p``. Total 2·(p−1)/p·Ψ per rank: the same as DDP's all-reduce (§7).
+
+Memory per rank: ``wΨ + wΨ + K·S`` where ``S = Σ_b ceil(n_b/p)`` is the shard (see
+:mod:`.flat` for the padding). ``allgather_bucket_size`` groups consecutive buckets into one
+all-gather; ``overlap_comm`` launches each bucket's reduce-scatter from the gradient hooks
+instead of after backward. With ``offload`` the update runs on the host (:mod:`.offload`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dist
+from .base import LocalStrategy
+from .flat import make_buckets, shard_elements
+from .offload import HostOptimizer
+
+
+class ZeRO1(LocalStrategy):
+    name = "zero1"
+    stage = 1
+
+    def __init__(self, model, optimizer, comm, reduce_bucket_size: int = 500_000_000,
+                 allgather_bucket_size: int = 500_000_000, overlap_comm: bool = False,
+                 offload: bool = False, algorithm: str = "ring", clip: float = 0.0):
+        if not optimizer.shardable:
+            raise ValueError(f"{type(optimizer).__name__} needs whole-tensor norms and cannot update a "
+                             f"flat shard; use Adam, AdamW or SGD with ZeRO")
+        super().__init__(model, optimizer, comm, clip)
+        self.overlap_comm, self.algorithm = overlap_comm, algorithm
+        self.allgather_bucket_size = allgather_bucket_size
+        self.buckets = self.make_buckets(reduce_bucket_size)
+        self.shard = shard_elements(self.buckets)
+        self._bucket_of = {id(p): b for b in self.buckets for p in b.params}
+        self.state: dict[int, dict] = {}                 # bucket index -> optimizer state of my chunk
+        self.grad_shards: dict[int, np.ndarray] = {}     # bucket index -> my reduced gradient chunk
+        self._works: list = []                           # (work, buffer handle) in flight
+        self._done: set[int] = set()                     # buckets reduce-scattered this backward
+        self.offload = offload
+        self.host = HostOptimizer(self) if offload else None
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(self._on_grad_ready)
+
+    def make_buckets(self, size):
+        return make_buckets(self.params, size, self.world_size)
+
+    def my_range(self, b) -> tuple[int, int]:
+        return b.shard_range(self.rank)
+
+    # -- gradients: reduce-scatter ---------------------------------------------------------
+    def _on_grad_ready(self, p) -> None:
+        b = self._bucket_of[id(p)]
+        b.ready += 1
+        if b.ready == len(b.params):
+            b.ready = 0
+            if self.sync_gradients and self.overlap_comm:
+                self.reduce_scatter(b)
+
+    def reduce_scatter(self, b) -> None:
+        flat = b.flat_grads()                                   # (p·c,) padded
+        handle = self.device.memory.alloc(flat.size * b.bytes_per_element, "buffers", f"rs bucket {b.index}")
+        # why: each rank only needs the averaged gradient of the chunk whose optimizer state it owns
+        work = dist.reduce_scatter(self.comm, flat, op="mean", algorithm=self.algorithm, async_op=True,
+                                   bytes_per_element=b.bytes_per_element)
+        self.accumulate_shard(b, work.result)
+        self._works.append((work, handle))
+        self._done.add(b.index)
+        self.after_reduce(b)
+
+    def accumulate_shard(self, b, chunk) -> None:
+        """Stage 1: the reduced chunk lives in place in the full gradient (no new bytes)."""
+        self.grad_shards[b.index] = chunk
+
+    def after_reduce(self, b) -> None:
+        """Stage 1 keeps the full gradient until the step (stage 2 frees it here)."""
+
+    def after_backward(self) -> None:
+        if self.sync_gradients:
+            for b in self.buckets:
+                if b.index not in self._done:
+                    self.reduce_scatter(b)
+        for b in self.buckets:
+            b.ready = 0
+        self._done.clear()
+
+    # -- the sharded optimizer step --------------------------------------------------------
+    def step(self) -> None:
+        dev = self.device
+        for work, handle in self._works:
+            work.wait()                             # compute waits for every reduce-scatter
+            dev.memory.free(handle)
+        self._works.clear()
+        shards = [self.grad_shards[b.index] for b in self.buckets]
+        self.clip_(shards, sharded=True)
+        held = self.device.memory.alloc(self.shard * self.buckets[0].bytes_per_element, "buffers",
+                                        "updated parameter shards") if self.stage < 3 else None
+        params = {}
+        done_at = dev.clock.now("compute")
+        for b in self.buckets:
+            params[b.index] = p_shard = self.param_shard(b)
+            if self.host is not None:
+                done_at = max(done_at, self.host.update(b, p_shard, self.grad_shards[b.index]))
+            else:
+                self.charge_update(b.chunk)
+                self.optimizer.update(p_shard, self.grad_shards[b.index], self.state_of(b),
+                                      self.optimizer.param_groups[0])
+        dev.clock.wait("compute", done_at)          # offload: the new parameters are back on the device
+        self.snapshot()
+        self.release_gradients()
+        self.gather_parameters(params)
+        if held is not None:
+            dev.memory.free(held)
+
+    def param_shard(self, b) -> np.ndarray:
+        """My chunk of the bucket's flat parameters (stage 3 keeps it; here it is cut out)."""
+        lo, hi = self.my_range(b)
+        return b.flat_params()[lo:hi].copy()                    # (c,)
+
+    def state_of(self, b) -> dict:
+        st = self.state.get(b.index)
+        if st is None:
+            st = self.state[b.index] = self.optimizer.init_state((b.chunk,), b.dtype)
+            for k, a in st.items():
+                if isinstance(a, np.ndarray):
+                    self.device.memory.alloc(a.nbytes, "optimizer_states", f"bucket {b.index}.{k}")
+        return st
+
+    def release_gradients(self) -> None:
+        self.grad_shards.clear()
+        self.optimizer.zero_grad()
+
+    def gather_parameters(self, params: dict) -> None:
+        """All-gather the updated chunks, ``allgather_bucket_size`` elements per call."""
+        group, size = [], 0
+        for b in self.buckets + [None]:
+            if b is None or (group and size + b.padded > self.allgather_bucket_size):
+                self._gather_group(group, params)
+                group, size = [], 0
+            if b is not None:
+                group.append(b)
+                size += b.padded
+
+    def _gather_group(self, group, params) -> None:
+        mine = np.concatenate([params[b.index] for b in group])         # (Σ c_b,)
+        w = group[0].bytes_per_element
+        with self.buffer(mine.size * self.world_size * w, "all-gather buffer"):
+            # why: every rank updated only its chunk; all need the whole new model for the next forward
+            full = dist.all_gather(self.comm, mine, algorithm=self.algorithm, bytes_per_element=w)
+        full = full.reshape(self.world_size, mine.size)                 # (p, Σ c_b): rank-major
+        col = 0
+        for b in group:
+            b.copy_into_params(full[:, col:col + b.chunk].reshape(-1))  # (p·c_b,) the bucket again
+            col += b.chunk
+
+    # -- formulas ---------------------------------------------------------------------------
+    def expected_model_states(self) -> dict:
+        w, K, S, psi = self.buckets[0].bytes_per_element, self.state_bytes_per_element(), self.shard, self.numel
+        params = w * (S if self.stage >= 3 else psi)
+        grads = w * (S if self.stage >= 2 else psi)
+        if self.offload:   # host: fp32 master of my shard + its optimizer state + fp32 gradient copy
+            return {"parameters": params, "gradients": grads, "optimizer_states": 0, "host": (4 + K + 4) * S}
+        return {"parameters": params, "gradients": grads, "optimizer_states": K * S, "host": 0}
+
+    def expected_bytes_sent(self, micro_batches: int = 1) -> int:
+        """Ring reduce-scatter + all-gather: (p−1)·S elements each (stage 2/3 override)."""
+        p, w = self.world_size, self.buckets[0].bytes_per_element
+        extra = 2 * (p - 1) * 8 if self.clip > 0 else 0
+        return 2 * (p - 1) * self.shard * w + extra if p > 1 else 0

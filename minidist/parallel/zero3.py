@@ -1,0 +1,194 @@
+"""ZeRO stage 3: optimizer states, gradients *and parameters* sharded.
+
+Rajbhandari et al. 2020, §5.3 (P_os+g+p). Between uses a rank holds only its chunk of
+every parameter (``S`` elements in all). The model is cut into **units** — the blocks of
+``model.transformer.h`` and a "root" unit with everything else (the embeddings, whose
+``wte`` is also the tied LM head, and ``ln_f``) — and each unit is one bucket of
+:mod:`.flat`:
+
+* **forward**: a forward pre-hook on the unit all-gathers its parameters (``p.data``
+  becomes a view of the gathered flat buffer), the unit runs, a forward hook frees them;
+* **backward**: the forward hook also put an identity op on the unit's output, whose
+  backward — run by autograd just before the unit's own backward ops — all-gathers the
+  parameters **again**; when the unit's gradients are complete (post-accumulate-grad
+  hooks) they are reduce-scattered into the gradient shard, as in stage 2, and the
+  parameters are freed;
+* **prefetch**: with ``stage3_prefetch_bucket_size > 0`` the pre-hook of a unit also issues
+  the all-gather of the *next* unit (in forward order, or in backward order) on the comm
+  stream, so it runs while this unit computes; ``0`` disables prefetch: every gather is
+  issued when its unit is needed and the compute stream waits for it.
+
+The root unit is gathered for the whole forward (its ``wte`` is needed first and last)
+and for the whole backward. Gathered parameters are charged to "parameters" while held,
+so that category rises and falls unit by unit; at the optimizer step only the shards are
+held. Traffic per micro-step: two all-gathers and one reduce-scatter of ``(p−1)·S``
+elements — 3·(p−1)/p·Ψ, 1.5× DDP (§7). Memory at the step: ``(w + w + K)·S``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import dist
+from ..tensor import make_result
+from .flat import Bucket
+from .zero2 import ZeRO2
+
+
+def zero3_units(model) -> list[tuple[str, object, list]]:
+    """(name, module, parameters) of every unit, in forward order: root, h.0, h.1, …"""
+    blocks = list(model.transformer.h) if hasattr(model, "transformer") and hasattr(model.transformer, "h") else []
+    in_blocks = {id(p) for blk in blocks for p in blk.parameters()}
+    root = [p for p in model.parameters() if id(p) not in in_blocks]
+    units = [("root", model, root)] if root else []
+    return units + [(f"h.{i}", blk, blk.parameters()) for i, blk in enumerate(blocks)]
+
+
+class ZeRO3(ZeRO2):
+    name = "zero3"
+    stage = 3
+
+    def __init__(self, model, optimizer, comm, prefetch_bucket_size: int = 50_000_000, **kwargs):
+        self.prefetch = prefetch_bucket_size > 0
+        super().__init__(model, optimizer, comm, **kwargs)
+        self._gathered: dict[int, tuple] = {}         # unit -> (handle, flat) held now
+        self._inflight: dict[int, tuple] = {}         # unit -> (work, handle, flat) prefetched
+        self._grad_mem: dict[int, int] = {}           # id(param) -> handle of its full gradient
+        self._partition()
+        self._install_hooks()
+
+    def make_buckets(self, size):
+        self.unit_names = [name for name, _, _ in zero3_units(self.model)]
+        return [Bucket(i, params, self.world_size) for i, (_, _, params) in enumerate(zero3_units(self.model))]
+
+    # -- partitioning: keep my chunk, drop the rest ------------------------------------------
+    def _partition(self) -> None:
+        dev = self.device
+        self.param_shards: dict[int, np.ndarray] = {}
+        for b in self.buckets:
+            lo, hi = self.my_range(b)
+            self.param_shards[b.index] = b.flat_params()[lo:hi].copy()          # (c,)
+            dev.memory.alloc(b.chunk * b.bytes_per_element, "parameters", f"parameter shard {self.unit_names[b.index]}")
+            for p in b.params:
+                p.unplace()                       # the full copy is no longer charged...
+                p.data = _released(p.dtype)       # ...nor held
+
+    def param_shard(self, b) -> np.ndarray:
+        return self.param_shards[b.index]          # updated in place: the rank's only copy
+
+    def gather_parameters(self, params) -> None:
+        """Nothing to do: the next forward gathers each unit when it needs it."""
+
+    # -- gather / release ------------------------------------------------------------------
+    def fetch(self, i: int) -> None:
+        """Issue the all-gather of unit ``i`` on the comm stream (no wait)."""
+        if i in self._gathered or i in self._inflight:
+            return
+        b, dev = self.buckets[i], self.device
+        handle = dev.memory.alloc(b.padded * b.bytes_per_element, "parameters", f"gathered {self.unit_names[i]}")
+        # why: unit i is about to run (forward or backward) and each rank holds only 1/p of it
+        work = dist.all_gather(self.comm, self.param_shards[i], algorithm=self.algorithm, async_op=True,
+                               bytes_per_element=b.bytes_per_element)
+        flat = work.result                                                   # (p·c,)
+        for p, v in zip(b.params, b.views(flat)):
+            p.data = v
+        dev.param_arrays.add(id(flat))            # a parameter, not an activation, when ops save it
+        self._inflight[i] = (work, handle, flat)
+
+    def ensure(self, i: int) -> None:
+        """Unit ``i`` must be usable now: gather it if needed and wait for the gather."""
+        self.fetch(i)
+        if i in self._inflight:
+            work, handle, flat = self._inflight.pop(i)
+            work.wait()                           # compute waits for the parameters to arrive
+            self._gathered[i] = (handle, flat)
+
+    def release(self, i: int) -> None:
+        handle, flat = self._gathered.pop(i)
+        self.device.memory.free(handle)
+        self.device.param_arrays.discard(id(flat))
+        for p in self.buckets[i].params:
+            p.data = _released(p.dtype)
+
+    # -- hooks ---------------------------------------------------------------------------
+    def _install_hooks(self) -> None:
+        n = len(self.buckets)
+        for i, (_, module, _) in enumerate(zero3_units(self.model)):
+            nxt = i + 1 if i + 1 < n else None                    # forward order: root, h.0, h.1, …
+            prev = (n - 1 if i == 0 else i - 1) if n > 1 else None  # backward order: root, h.L-1, …, h.0
+            if prev == 0:
+                prev = None                                       # the root is gathered first, not last
+            module.register_forward_pre_hook(self._pre_forward(i, nxt))
+            module.register_forward_hook(self._post_forward(i, prev))
+
+    def _pre_forward(self, i, nxt):
+        def hook(module, args):
+            self.ensure(i)
+            if self.prefetch and nxt is not None:
+                self.fetch(nxt)                   # overlaps unit i's forward
+        return hook
+
+    def _post_forward(self, i, prev):
+        def hook(module, args, out):
+            if i == 0 and isinstance(out, tuple):                   # the model: (logits, loss)
+                out = tuple(self._before_backward(t, i, prev) if k == len(out) - 1 else t
+                            for k, t in enumerate(out))
+            elif i != 0:
+                out = self._before_backward(out, i, prev)
+            self.release(i)
+            return out
+        return hook
+
+    def _before_backward(self, t, i, prev):
+        """An identity op whose backward gathers unit ``i`` (and prefetches the next one)."""
+        if t is None or not getattr(t, "requires_grad", False):
+            return t
+
+        def backward(g, needs):
+            self.ensure(i)
+            if self.prefetch and prev is not None:
+                self.fetch(prev)                  # overlaps unit i's backward
+            return [g]
+        return make_result(t.data, (t,), backward, f"zero3.pre_backward[{self.unit_names[i]}]")
+
+    # -- gradients: account the full gradient until its bucket is reduce-scattered ------------
+    def _on_grad_ready(self, p) -> None:
+        if id(p) not in self._grad_mem:           # the parameter is not "placed": charge its gradient here
+            self._grad_mem[id(p)] = self.device.memory.alloc(p.grad.size * self._bucket_of[id(p)].bytes_per_element,
+                                                             "gradients", self.names[id(p)])
+        b = self._bucket_of[id(p)]
+        super()._on_grad_ready(p)                 # counts; reduce-scatters a complete bucket
+        if b.ready == 0 and b.index in self._gathered:   # 0 again: the unit just completed
+            self.release(b.index)                 # backward of this unit is over
+
+    def after_reduce(self, b) -> None:
+        for p in b.params:
+            self.device.memory.free(self._grad_mem.pop(id(p), None))
+            p.grad = None
+
+    def after_backward(self) -> None:
+        super().after_backward()
+        for i in list(self._gathered):            # a unit whose gradients never completed
+            self.release(i)
+
+    # -- whole parameters, for checks ---------------------------------------------------------
+    def full_parameters(self) -> dict:
+        """Collective: gather every unit and return name → copy of every parameter."""
+        out = {}
+        for b in self.buckets:
+            # why: nobody holds whole parameters between steps; a checkpoint must gather them
+            flat = dist.all_gather(self.comm, self.param_shards[b.index], algorithm=self.algorithm,
+                                   bytes_per_element=b.bytes_per_element)
+            for p, v in zip(b.params, b.views(flat)):
+                out[self.names[id(p)]] = v.copy()
+        return out
+
+    def expected_bytes_sent(self, micro_batches: int = 1) -> int:
+        """Per micro-step: all-gather in forward, again in backward, one reduce-scatter."""
+        p, w = self.world_size, self.buckets[0].bytes_per_element
+        extra = 2 * (p - 1) * 8 if self.clip > 0 else 0
+        return 3 * micro_batches * (p - 1) * self.shard * w + extra if p > 1 else 0
+
+
+def _released(dtype) -> np.ndarray:
+    """What a parameter's ``data`` is while it is not gathered: nothing (0 elements)."""
+    return np.empty(0, dtype=dtype)
