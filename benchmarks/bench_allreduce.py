@@ -34,7 +34,7 @@ def main(comm, args):
     from mpi4py import MPI
 
     world, p = MPI.COMM_WORLD, comm.size
-    sizes = [1 << k for k in range(10, 27, 2) if (1 << k) <= args.max_mb * (1 << 20)]
+    sizes = [1 << k for k in range(10, 27, 2) if args.min_kb * 1024 <= (1 << k) <= args.max_mb * (1 << 20)]
     if comm.rank == 0:
         print(f"all-reduce of float32, {p} ranks, minidist '{args.algorithm}' vs MPI_Allreduce "
               f"(median of repetitions, slowest rank)")
@@ -67,6 +67,7 @@ def main(comm, args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithm", default="ring", choices=dist.algorithms("all_reduce"))
+    parser.add_argument("--min-kb", type=float, default=1)
     parser.add_argument("--max-mb", type=float, default=64)
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()

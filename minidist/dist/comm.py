@@ -25,13 +25,13 @@ Tags: plain ``send``/``recv`` use the caller's tag (0 ≤ tag < 16384); collecti
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 
 import numpy as np
 
 from ..memory import DTYPE_BYTES
+from .debug import check_same_collective
 from .errors import CollectiveMismatchError
 from .log import CollectiveRecord, MessageEntry
 
@@ -277,7 +277,7 @@ class Communicator:
         if wire_dtype is not None:
             bytes_per_element = DTYPE_BYTES[wire_dtype]
         if self.debug:
-            self._check_same_collective(op, algorithm, x, root, reduce_op)
+            check_same_collective(self, op, algorithm, x, root, reduce_op)
         clock = self.device.clock
         # issued by the compute stream: the first message leaves when both streams are free
         clock.wait(stream, clock.now("compute"))
@@ -295,28 +295,6 @@ class Communicator:
             done.bytes_sent(), done.bytes_received(), len(done.messages())))
         self.device.trace.complete(f"{op}[{algorithm}]", "comm", stream, call.t_start, call.t_end,
                                    {"bytes_sent": done.bytes_sent(), "group": list(self.group)})
-
-    def _check_same_collective(self, op, algorithm, x, root, reduce_op):
-        shape = None if x is None else tuple(np.shape(x))
-        dtype = None if x is None else str(np.asarray(x).dtype)
-        mine = (op, algorithm, shape, dtype, root, reduce_op)
-        sigs = self._exchange_objects(mine)
-        if all(s == mine for s in sigs):
-            return
-        ranks_of = collections.defaultdict(list)
-        for r, s in enumerate(sigs):
-            ranks_of[s].append(self.world_rank(r))
-        common = max(ranks_of, key=lambda s: len(ranks_of[s]))
-
-        def show(s):
-            return (f"{s[0]}(algorithm={s[1]!r}, shape={s[2]}, dtype={s[3]}"
-                    + (f", root={s[4]}" if s[4] is not None else "")
-                    + (f", op={s[5]!r}" if s[5] is not None else "") + ")")
-
-        lines = [f"world rank(s) {ranks_of[s]} called {show(s)}" for s in ranks_of if s != common]
-        raise CollectiveMismatchError(
-            f"collective mismatch on the communicator of world ranks {list(self.group)}: "
-            + "; ".join(lines) + f"; but world rank(s) {ranks_of[common]} called {show(common)}")
 
     def _exchange_objects(self, obj) -> list:
         """Every rank's ``obj`` in rank order (control traffic: not logged, not timed)."""

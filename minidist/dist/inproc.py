@@ -144,7 +144,7 @@ def _with_rank(exc: BaseException, rank: int, size: int) -> BaseException:
 
 
 def spawn(fn, world_size: int = 4, *args, device="A100-80GB-NVLink", timeout: float = 60.0,
-          debug: bool = False, trace: bool = True, **kwargs) -> list:
+          debug: bool = False, **kwargs) -> list:
     """Run ``fn(comm, *args, **kwargs)`` on ``world_size`` thread ranks; results in rank order.
 
     ``device``: a preset name, dict or DeviceSpec used for every rank's Device.
@@ -154,7 +154,7 @@ def spawn(fn, world_size: int = 4, *args, device="A100-80GB-NVLink", timeout: fl
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     world = _World(world_size)
-    comms = [InProcessComm(world, ("world",), r, range(world_size), Device(device, rank=r, trace=trace),
+    comms = [InProcessComm(world, ("world",), r, range(world_size), Device(device, rank=r),
                            MessageLog(), timeout, debug) for r in range(world_size)]
     results: list = [None] * world_size
     errors: list = [None] * world_size
