@@ -235,7 +235,7 @@ class Device:
                 continue
             entry = self._saved.get(key)
             if entry is None:
-                size = nbytes(root, dtype) if dtype and root.dtype.kind == "f" else root.nbytes
+                size = nbytes(root, dtype) if dtype and a.dtype.kind == "f" else root.nbytes
                 handle = self.memory.alloc(size, "activations")
                 self._saved[key] = [1, handle, root]
             else:

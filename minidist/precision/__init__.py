@@ -3,8 +3,11 @@
 * :mod:`.formats` — fp32 / fp16 / bf16 / fp8_e4m3 / fp8_e5m2 described by their bit fields;
 * :mod:`.quantize` — round-to-nearest-even casts written with integer bit manipulation;
 * :mod:`.bits` — teaching views: a value's fields, a table of ranges, lost precision;
-* :mod:`.loss_scaler` — static and dynamic loss scaling with DeepSpeed's semantics.
+* :mod:`.loss_scaler` — static and dynamic loss scaling with DeepSpeed's semantics;
+* :mod:`.autocast` — ops "in fp16/bf16": rounded outputs, matmul inputs, gradients;
+* :mod:`.mixed` — mixed-precision training: fp32 masters, low-precision params and grads.
 """
+from .autocast import FP32_OPS, autocast, autocast_dtype, cast_input
 from .bits import (
     BitView,
     PrecisionLoss,
@@ -23,11 +26,31 @@ from .loss_scaler import (
     from_config,
     has_overflow,
 )
+from .mixed import (
+    FP32Master,
+    GradientUnderflow,
+    MixedPrecision,
+    MixedPrecisionStep,
+    from_training_config,
+    gradient_underflow,
+    lost_gradient_mass,
+)
 from .quantize import from_bits, quantize, to_bits
 
 __all__ = [
     "FORMATS",
     "FP16_DEFAULTS",
+    "FP32_OPS",
+    "FP32Master",
+    "GradientUnderflow",
+    "MixedPrecision",
+    "MixedPrecisionStep",
+    "autocast",
+    "autocast_dtype",
+    "cast_input",
+    "from_training_config",
+    "gradient_underflow",
+    "lost_gradient_mass",
     "BitView",
     "DynamicLossScaler",
     "Format",
