@@ -6,7 +6,9 @@ bucket's gradients are complete in backward (a post-accumulate-grad hook, as in 
 bucket is reduce-scattered, the result is **added into a gradient shard** of ``S``
 elements that lives for the whole step, and the full gradient of the bucket is **freed at
 once** — on the memory timeline the "gradients" curve rises by one bucket and drops back,
-bucket after bucket, instead of climbing to wΨ.
+bucket after bucket, instead of climbing to wΨ. (With ``overlap_comm: false`` the
+reduce-scatters wait until backward is over, and so does the freeing: the full gradient
+is then held at the end of backward, as in stage 1 — the price of not overlapping.)
 
 With gradient accumulation there is no full gradient to accumulate into, so every
 micro-step reduce-scatters (``(p−1)/p·Ψ`` each) and accumulates into the shard; the

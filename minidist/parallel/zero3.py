@@ -54,6 +54,7 @@ class ZeRO3(ZeRO2):
         self._inflight: dict[int, tuple] = {}         # unit -> (work, handle, flat) prefetched
         self._grad_mem: dict[int, int] = {}           # id(param) -> handle of its full gradient
         self._partition()
+        self.partitioned_at = len(self.device.memory.timeline)    # timeline rows before: the unsharded model
         self._install_hooks()
 
     def make_buckets(self, size):
