@@ -40,6 +40,8 @@ PROGRAM = textwrap.dedent('''
             out["broadcast/" + a] = dist.broadcast(comm, odd if r == 1 else np.zeros(37), root=1, algorithm=a)
         for a in dist.algorithms("all_to_all"):
             out["all_to_all/" + a] = dist.all_to_all(comm, x.reshape(p, 6), algorithm=a)
+        with comm.collective("custom_shift", "naive"):      # a collective written outside minidist.dist
+            out["custom_shift/naive"] = comm.sendrecv(x[:3], (r + 1) % p, (r - 1) % p)
         sub = comm.split(color=r % 2, key=-r)
         out["split/all_reduce"] = dist.all_reduce(sub, x[:4], algorithm="recursive_doubling")
         dist.barrier(comm)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 
 import numpy as np
 from mpi4py import MPI
@@ -32,13 +33,18 @@ _DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int3
                                  "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
 
 
-def _names() -> list[str]:
+def _code(name: str) -> int:
+    """A collective/algorithm name as a number that fits a float64 header slot exactly."""
+    return zlib.crc32(name.encode())
+
+
+def _known_names() -> dict[int, str]:
     from . import ALGORITHMS    # the package is loaded by the time MPI is used
 
     names = {"send", "recv", "p2p"} | set(ALGORITHMS)
     for table in ALGORITHMS.values():
         names |= set(table)
-    return sorted(names)
+    return {_code(n): n for n in names}
 
 
 def _bytes(a: np.ndarray):
@@ -56,7 +62,7 @@ class MPIComm(Communicator):
         self._mpi = mpi_comm
         self._hdr = mpi_comm.Dup()      # headers: their own context, never matched by a payload
         self._ctrl = mpi_comm.Dup()     # debug signatures and split: never logged
-        self._names = _names()
+        self._names = _known_names()     # code -> name; collectives defined elsewhere join on use
 
     @classmethod
     def world(cls, device=None, timeout: float = 60.0, debug: bool = False) -> MPIComm:
@@ -69,14 +75,20 @@ class MPIComm(Communicator):
             raise TypeError(f"the MPI backend sends arrays of <= 8 dims of {[str(d) for d in _DTYPES]}, "
                             f"got {x.dtype} of shape {x.shape}")
         h = np.zeros(HEADER_LEN)
-        h[:8] = (header.t_start, header.arrival, header.nbytes, self._names.index(header.op),
-                 self._names.index(header.algorithm), header.step, _DTYPES.index(x.dtype), x.ndim)
+        h[:8] = (header.t_start, header.arrival, header.nbytes, self._learn(header.op),
+                 self._learn(header.algorithm), header.step, _DTYPES.index(x.dtype), x.ndim)
         h[8:8 + x.ndim] = x.shape
         return h
 
+    def _learn(self, name: str) -> int:
+        code = _code(name)
+        self._names.setdefault(code, name)
+        return code
+
     def _unpack(self, h: np.ndarray):
-        header = Header(float(h[0]), float(h[1]), int(h[2]), self._names[int(h[3])],
-                        self._names[int(h[4])], int(h[5]))
+        name = self._names.get
+        header = Header(float(h[0]), float(h[1]), int(h[2]), name(int(h[3]), f"#{int(h[3])}"),
+                        name(int(h[4]), f"#{int(h[4])}"), int(h[5]))
         return header, _DTYPES[int(h[6])], tuple(int(v) for v in h[8:8 + int(h[7])])
 
     # -- transport ------------------------------------------------------------------------
@@ -97,6 +109,9 @@ class MPIComm(Communicator):
         return lambda: self._wait(reqs, dest, "send to")    # the closure keeps h and x alive
 
     def _post_recv(self, source, wire_tag, out, first_in_line, on_header):
+        if self._coll is not None:      # so that a header naming my own collective decodes
+            self._learn(self._coll.op)
+            self._learn(self._coll.algorithm)
         h = np.empty(HEADER_LEN)
         hreq = self._hdr.Irecv(h, source, wire_tag)
         early = out is not None and first_in_line and out.flags.c_contiguous
