@@ -4,7 +4,8 @@
 * :func:`plot_format_ranges` — each format's subnormal and normal range on a log2 axis;
 * :func:`plot_loss_scale_trace` — a loss scaler's history: the scale per step, overflows marked;
 * :func:`plot_gradient_exponent_histogram` — where gradients' exponents fall against fp16 /
-  bf16's ranges, with and without a loss scale (why fp16 needs scaling and bf16 does not).
+  bf16's ranges, with and without a loss scale (why fp16 needs scaling and bf16 does not);
+* :func:`plot_loss_curves` — training loss of several runs (fp32 / fp16 / bf16) side by side.
 
 Every function writes a PNG (or whatever ``path``'s suffix says) and returns ``path``.
 All numbers come from :mod:`minidist.precision`, none are typed in here.
@@ -144,6 +145,28 @@ def plot_gradient_exponent_histogram(grads, path, formats=("fp16", "bf16"), scal
     ax.set_ylabel("number of values")
     ax.set_title("Gradient magnitudes against number-format ranges")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_loss_curves(curves: dict, path, title="Training loss: FP32 vs FP16 (+ loss scaling) vs BF16"):
+    """One line per run: ``curves`` maps a label ("fp32", "fp16 + dynamic scaling"…) to the
+    per-step losses. Overflow-skipped steps can be marked by passing ``{label: (losses,
+    skipped_steps)}`` instead of a plain list."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for (label, run), style in zip(curves.items(), ("-", "--", ":", "-.")):
+        losses, skipped = run if isinstance(run, tuple) else (run, ())
+        line, = ax.plot(np.arange(len(losses)), losses, style, label=label, linewidth=1.4)
+        if len(skipped):
+            ax.plot(skipped, np.asarray(losses)[list(skipped)], "x", color=line.get_color(),
+                    label=f"{label}: skipped step (overflow)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats per token)")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
