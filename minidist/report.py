@@ -1,7 +1,22 @@
-"""The training report (SPEC §10): config, per-step losses, per-rank memory and traffic."""
+"""The training report (SPEC §10): config, per-step losses, per-rank memory and traffic,
+and — next to what each rank measured — what the ZeRO formulas say for the same config.
+
+Per rank, ``data_parallel`` holds
+
+* ``model_states``: bytes of parameters / gradients / optimizer states held at the optimizer
+  step (see :mod:`minidist.parallel.base`), ``host`` for offload;
+* ``model_states_expected``: the same from the strategy's exact padded layout;
+* ``bytes_sent_per_step`` (measured from the message log in the last step) and its
+  expectation.
+
+The job-level ``data_parallel.formula`` is :func:`minidist.estimate.model_state_memory` and
+:func:`minidist.estimate.comm_volume` for the same Ψ, world size, stage and optimizer.
+"""
 from __future__ import annotations
 
 import json
+
+import numpy as np
 
 
 def rank_report(trainer) -> dict:
@@ -9,6 +24,9 @@ def rank_report(trainer) -> dict:
     dev = trainer.device
     comm = trainer.comm
     by_op = comm.log.summary() if comm is not None else {}
+    s = trainer.strategy
+    micro = trainer.accumulation
+    expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
     return {
         "rank": trainer.rank,
         "coords": {"dp": trainer.rank, "tp": 0, "pp": 0},
@@ -21,7 +39,35 @@ def rank_report(trainer) -> dict:
             "bytes_received": sum(v["bytes_received"] for v in by_op.values()),
             "by_op": by_op,
         },
+        "data_parallel": {
+            "strategy": s.name,
+            "model_states": s.model_states,
+            "model_states_expected": s.expected_model_states(),
+            "bytes_sent_per_step": trainer.history[-1].get("bytes_sent", 0) if trainer.history else 0,
+            "bytes_sent_per_step_expected": expected_bytes,
+            "shard_elements": getattr(s, "shard", None),
+        },
     }
+
+
+def formulas(trainer) -> dict:
+    """The ZeRO formulas for this run (bytes per element from the model's dtype)."""
+    from .estimate import comm_volume, model_state_memory
+    cfg, p = trainer.cfg, trainer.world_size
+    w = np.dtype(cfg["dtype"]).itemsize
+    scale = w / 4                                  # the estimate counts fp32 as 4 bytes
+    stage = cfg["zero_optimization"]["stage"]
+    opt = cfg["optimizer"]["type"].lower()
+    offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    mem = model_state_memory(trainer.n_params, dp=p, stage=stage, precision="fp32", optimizer=opt, offload=offload)
+    dp = cfg["parallel"]["data_parallel"] if stage == 0 else f"zero{stage}"
+    vol = comm_volume(trainer.n_params, dp=p, stage=stage, precision="fp32",
+                      strategy="ps" if dp == "parameter_server" else None, micro_batches=trainer.accumulation)
+    return {"bytes_per_element": w,
+            "model_states": {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total",
+                                                         "host")},
+            "bytes_sent_per_step": vol["dp_bytes"] * scale,
+            "ps_root_bytes_sent_per_step": vol.get("ps_root_bytes", 0) * scale}
 
 
 def build_report(trainer, ranks: list[dict]) -> dict:
@@ -29,11 +75,12 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     report = {
         "config": trainer.cfg,
         "world_size": trainer.world_size,
-        "model": {"n_params": trainer.model.num_parameters(), **vars(trainer.model_config)},
+        "model": {"n_params": trainer.n_params, **vars(trainer.model_config)},
         "steps": trainer.history,
         "final": trainer.final,
         "wall_time_s": trainer.wall_time,
         "ranks": ranks,
+        "data_parallel": {"strategy": trainer.strategy.name, "formula": formulas(trainer)},
     }
     try:
         from .estimate import estimate
@@ -43,13 +90,29 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     return report
 
 
+def format_data_parallel(report: dict) -> str:
+    """A small table: per rank, measured model states and bytes per step beside the formula."""
+    f = report["data_parallel"]["formula"]
+    fm = f["model_states"]
+    lines = [f"data parallel: {report['data_parallel']['strategy']} on {report['world_size']} rank(s), "
+             f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B",
+             f"{'rank':>4} {'params B':>10} {'grads B':>10} {'optim B':>10} {'host B':>10} {'sent/step B':>12}"]
+    lines.append(f"{'formula':>4} {fm['parameters']:>10.0f} {fm['gradients']:>10.0f} {fm['optimizer_states']:>10.0f} "
+                 f"{fm['host']:>10.0f} {f['bytes_sent_per_step']:>12.0f}")
+    for r in report["ranks"]:
+        m = r["data_parallel"]["model_states"] or {}
+        lines.append(f"{r['rank']:>4} {m.get('parameters', 0):>10} {m.get('gradients', 0):>10} "
+                     f"{m.get('optimizer_states', 0):>10} {m.get('host', 0):>10} "
+                     f"{r['data_parallel']['bytes_sent_per_step']:>12}")
+    return "\n".join(lines)
+
+
 def write_report(report: dict, path) -> None:
     with open(path, "w") as f:
         json.dump(report, f, indent=1, default=_jsonable)
 
 
 def _jsonable(o):
-    import numpy as np
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -1,7 +1,9 @@
 """``python -m minidist.train --config CONFIG.json [--world-size N] [--report REPORT.json]``
 
-Trains the tiny GPT with a DeepSpeed-style config. Under ``mpirun`` the world is MPI's;
-otherwise ``--world-size`` in-process ranks (default 1).
+Trains the tiny GPT with a DeepSpeed-style config. Under ``mpirun -n N`` the world is MPI's;
+otherwise ``--world-size`` in-process ranks (default 1). Every rank validates the config
+before any message is sent, so a bad config fails the same way everywhere and never
+hangs. Rank 0 gathers every rank's report and writes it.
 """
 from __future__ import annotations
 
@@ -9,10 +11,15 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
+from . import dist
 from .config import ConfigError, data_config, load_config
 from .data import make_dataset
-from .report import build_report, rank_report, write_report
+from .report import build_report, format_data_parallel, rank_report, write_report
 from .trainer import Trainer
+
+REPORT_TAG = 7
 
 
 def run(config, comm=None, progress=True):
@@ -20,6 +27,29 @@ def run(config, comm=None, progress=True):
     trainer = Trainer(config, comm)
     trainer.fit(progress=progress)
     return trainer, rank_report(trainer)
+
+
+def gather_reports(comm, rr: dict) -> list[dict] | None:
+    """Every rank's report on rank 0 (None elsewhere), as JSON bytes over plain send/recv."""
+    if comm is None or comm.size == 1:
+        return [rr]
+    if comm.rank != 0:
+        data = np.frombuffer(json.dumps(rr, default=_plain).encode(), dtype=np.uint8)
+        # why: the report is written by rank 0 alone; the length first, so it can size its buffer
+        comm.send(np.array([data.size], dtype=np.int64), 0, tag=REPORT_TAG)
+        comm.send(data, 0, tag=REPORT_TAG)
+        return None
+    out = [rr]
+    for src in range(1, comm.size):
+        n = int(comm.recv(src, tag=REPORT_TAG)[0])
+        out.append(json.loads(comm.recv(src, tag=REPORT_TAG, out=np.empty(n, np.uint8)).tobytes().decode()))
+    return out
+
+
+def _rank_main(comm, config, progress):
+    trainer, rr = run(config, comm, progress)
+    ranks = gather_reports(comm, rr)
+    return (trainer, build_report(trainer, ranks)) if ranks is not None else (trainer, None)
 
 
 def main(argv=None) -> int:
@@ -31,23 +61,47 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
+    mpi = dist.is_mpi_launch()
+    world = None
+    if mpi:
+        from mpi4py import MPI
+        world = MPI.COMM_WORLD.Get_size()
     try:
         config = json.load(open(args.config)) if args.config else {}
-        cfg = load_config(config, args.world_size)           # fail fast, before any rank starts
+        cfg = load_config(config, world or args.world_size)    # fail fast, on every rank, before any message
         make_dataset(data_config(cfg))
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer, rr = run(config, None, progress=not args.quiet)
-    report = build_report(trainer, [rr])
+    if mpi:
+        result = dist.run_main(_rank_main, config, not args.quiet, device=cfg["device"])
+    elif args.world_size == 1:
+        trainer, rr = run(config, None, progress=not args.quiet)
+        result = (trainer, build_report(trainer, [rr]))
+    else:
+        result = dist.spawn(_rank_main, args.world_size, config, not args.quiet, device=cfg["device"])[0]
+    trainer, report = result
+    if report is None:                                       # not rank 0
+        return 0
+    rr = report["ranks"][0]
     fin = report["final"]
     line = ", ".join(f"{k} {v:.4f}" for k, v in fin.items())
-    print(f"done: {trainer.cfg['steps']} steps, final loss {trainer.history[-1]['loss']:.4f}, {line}, "
-          f"peak memory {rr['memory']['peak_bytes'] / 2**20:.2f} MiB, simulated {rr['sim_time'] * 1e3:.3f} ms")
+    print(f"done: {trainer.cfg['steps']} steps on {report['world_size']} rank(s), final loss "
+          f"{trainer.history[-1]['loss']:.4f}, {line}, peak memory {rr['memory']['peak_bytes'] / 2**20:.2f} MiB "
+          f"(rank 0), simulated {rr['sim_time'] * 1e3:.3f} ms")
+    print(format_data_parallel(report))
     if args.report:
         write_report(report, args.report)
         print(f"report written to {args.report}")
     return 0
+
+
+def _plain(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 if __name__ == "__main__":
