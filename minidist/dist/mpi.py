@@ -28,6 +28,7 @@ from .comm import CTRL_TAG, Communicator, Header
 from .errors import CommTimeoutError
 from .log import MessageLog
 
+_POLLS_BEFORE_YIELD = 100   # spin this many polls before yielding the core (as MPICH does)
 HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype, ndim, shape[0..7]
 _DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
                                  "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
@@ -101,7 +102,8 @@ class MPIComm(Communicator):
             spins += 1
             if spins % 64 == 0 and time.monotonic() > deadline:
                 raise CommTimeoutError(self._describe_wait(peer, verb))
-            os.sched_yield()        # cheap; lets another rank sharing this core make progress
+            if spins > _POLLS_BEFORE_YIELD:
+                os.sched_yield()    # cheap; lets another rank sharing this core make progress
 
     def _post_send(self, x, dest, wire_tag, header):
         h = self._pack(header, x)
