@@ -88,11 +88,13 @@ BAD = textwrap.dedent('''
         x = np.ones(8)
         if sys.argv[1] == "raise" and comm.rank == 2:
             raise ValueError("bad batch on purpose")
+        if sys.argv[1] == "deadlock":
+            return comm.recv((comm.rank + 1) % comm.size)   # everyone receives, nobody sends
         if sys.argv[1] != "raise" and comm.rank == 1:
             return dist.all_gather(comm, x[:2])     # the bug: the others are in all_reduce
         return dist.all_reduce(comm, x)
 
-    dist.run_main(main, timeout=60, debug=sys.argv[1] == "debug")
+    dist.run_main(main, timeout=2 if sys.argv[1] == "deadlock" else 60, debug=sys.argv[1] == "debug")
 ''')
 
 
@@ -131,16 +133,18 @@ def test_mpi_matches_mpi4py_and_in_process_log(p, tmp_path):
         assert runs[r]["log"] == log
 
 
-@pytest.mark.parametrize("mode", ["debug", "nodebug", "raise"])
+@pytest.mark.parametrize("mode", ["debug", "nodebug", "raise", "deadlock"])
 def test_mpi_wrong_program_aborts_with_a_clear_error(mode, tmp_path):
     script = tmp_path / "bad.py"
     script.write_text(BAD)
     proc, seconds = mpirun(3, script, mode, timeout=60)
     assert proc.returncode != 0
-    assert seconds < 30                                  # the ranks' own timeout is 60 s: no hang
+    assert seconds < 30                   # the ranks' timeout is 60 s (2 s for the deadlock): no hang
     err = proc.stderr
     if mode == "raise":
         assert "rank 2 of 3 failed" in err and "ValueError: bad batch on purpose" in err
+    elif mode == "deadlock":
+        assert "CommTimeoutError" in err and "timed out after 2 s waiting to receive from rank" in err
     elif mode == "debug":
         assert "CollectiveMismatchError" in err and "world rank(s) [1] called all_gather" in err
     else:
