@@ -107,6 +107,7 @@ def run(comm, out_dir) -> dict:
                                model=model, crossover=model_x)
     plots.plot_bytes_per_rank([{"label": k, **v} for k, v in table.items()], out_dir / "collectives_bytes.png")
     plots.plot_message_timeline(list(timeline), out_dir / "collectives_ring_timeline.png",
-                                title=f"Ring all-reduce of 4 MiB on {p} ranks: every message on the comm stream")
+                                title=f"Ring all-reduce of 4 MiB on {p} ranks, every message sent (steps 0–{p - 2}: "
+                                      f"reduce-scatter, {p - 1}–{2 * p - 3}: all-gather)")
     return {"bytes_per_rank": table, "crossover_bytes_measured": measured_x, "crossover_bytes_model": model_x,
             "ring_model_max_rel_error": max(errs), "size_rows": size_rows, "world_rows": world_rows}
