@@ -1,0 +1,110 @@
+"""Chapter: data parallel and ZeRO.
+
+On 4 ranks, one training step of the same tiny GPT with each strategy — DDP, ZeRO-1,
+ZeRO-2, ZeRO-3 and ZeRO-3 with the optimizer offloaded — measured on the simulated devices:
+per-rank model states next to the ZeRO formulas (Rajbhandari et al. 2020, Figure 1), bytes
+moved per step next to 2(p−1)/p·Ψ and 3(p−1)/p·Ψ, a ZeRO-3 step's timeline (all-gathers
+prefetched on the comm stream while the previous layer computes, reduce-scatters in
+backward) also written as a Perfetto trace, and a device too small for DDP on which
+ZeRO-3 still trains. Every run uses a fresh simulated device on every rank.
+"""
+from __future__ import annotations
+
+import contextlib
+import pathlib
+
+from ..device import Device, export_chrome_trace
+from ..memory import OutOfMemoryError
+from ..report import formulas
+from ..trainer import Trainer
+
+TITLE = "Data parallel and ZeRO"
+
+MODEL = {"n_layer": 4, "n_embd": 32, "n_head": 4, "block_size": 8}
+STRATEGIES = {
+    "DDP": {"stage": 0},
+    "ZeRO-1": {"stage": 1},
+    "ZeRO-2": {"stage": 2, "overlap_comm": True},
+    "ZeRO-3": {"stage": 3, "overlap_comm": True},
+    "ZeRO-3 + offload": {"stage": 3, "overlap_comm": True, "offload_optimizer": {"device": "cpu"}},
+}
+DEVICE = {"preset": "A100-80GB-NVLink", "flops": 5e9}   # a slow toy device: compute and messages comparable
+
+
+def config(zero: dict, device=DEVICE) -> dict:
+    return {"model": MODEL, "data": {"dataset": "copy", "n_digits": 3, "seq_len": 7},
+            "train_micro_batch_size_per_gpu": 2, "steps": 1, "optimizer": {"type": "Adam"},
+            "zero_optimization": zero, "device": device}
+
+
+@contextlib.contextmanager
+def fresh_device(comm, spec):
+    """Run the ``with`` block with a new simulated device on this rank (its own memory and clock)."""
+    old = comm.device
+    comm.device = Device(spec, rank=comm.rank)
+    try:
+        with comm.device:
+            yield comm.device
+    finally:
+        comm.device = old
+
+
+def measure(comm, zero: dict, device=DEVICE) -> dict:
+    """One step of one strategy on this rank: measured model states, bytes, peak, formulas."""
+    with fresh_device(comm, device) as dev:
+        t = Trainer(config(zero, device), comm)
+        t.train_step(0)
+        return {"measured": dict(t.strategy.model_states), "bytes_sent": t.history[0]["bytes_sent"],
+                "peak": dev.memory.peak, "sim_time": t.history[0]["sim_time"], "formula": formulas(t),
+                "n_params": t.n_params, "device": dev}
+
+
+def out_of_memory(comm, capacity: float) -> dict:
+    """DDP and ZeRO-3 on a device of ``capacity`` bytes: which one fits?"""
+    spec = {**DEVICE, "memory": capacity}
+    out = {}
+    for name in ("DDP", "ZeRO-3"):
+        try:
+            out[name] = f"fits (peak {measure(comm, STRATEGIES[name], spec)['peak'] / 2**10:.0f} KiB)"
+        except OutOfMemoryError as e:      # every rank holds the same bytes: all fail at the same point
+            out[name] = "out of memory: " + str(e).split(";")[0][:120]
+    return out
+
+
+def run(comm, out_dir) -> dict:
+    out_dir = pathlib.Path(out_dir)
+    if comm.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {name: measure(comm, zero) for name, zero in STRATEGIES.items()}
+    peaks = {k: v["peak"] for k, v in rows.items()}
+    capacity = (peaks["DDP"] + peaks["ZeRO-3"]) / 2         # between the two measured peaks
+    oom = out_of_memory(comm, capacity)
+    z3 = rows["ZeRO-3"]["device"]
+    no_prefetch = measure(comm, {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": 0})
+    result = {k: {kk: vv for kk, vv in v.items() if kk != "device"} for k, v in rows.items()}
+    result["out_of_memory"] = oom
+    result["zero3_step_time"] = {"prefetch": rows["ZeRO-3"]["sim_time"], "no_prefetch": no_prefetch["sim_time"]}
+    if comm.rank != 0:
+        return result
+    psi = rows["DDP"]["n_params"]
+    print(f"GPT with Ψ = {psi:,} parameters (fp32, Adam: K = 8), {comm.size} ranks, one step")
+    print(f"{'strategy':<18}{'params':>9}{'grads':>9}{'optim':>9}{'host':>9}{'total':>9}{'formula':>9}"
+          f"{'sent/step':>11}{'formula':>9}   (bytes per rank)")
+    fig_rows = {}
+    for name, r in rows.items():
+        m, f = r["measured"], r["formula"]
+        print(f"{name:<18}{m['parameters']:>9}{m['gradients']:>9}{m['optimizer_states']:>9}{m['host']:>9}"
+              f"{m['total']:>9}{f['model_states']['total']:>9.0f}{r['bytes_sent']:>11}{f['bytes_sent_per_step']:>9.0f}")
+        fig_rows[name] = {"measured": m, "formula_total": f["model_states"]["total"], "bytes_sent": r["bytes_sent"],
+                          "formula_bytes": f["bytes_sent_per_step"]}
+    print(f"device of {capacity / 2**10:.0f} KiB:", "; ".join(f"{k}: {v}" for k, v in oom.items()))
+    t = result["zero3_step_time"]
+    print(f"ZeRO-3 step: {t['prefetch'] * 1e6:.1f} µs with prefetch, {t['no_prefetch'] * 1e6:.1f} µs without")
+    from ..plotting.zero import plot_step_timeline, plot_zero_memory
+    plot_zero_memory(fig_rows, out_dir / "03_zero_memory.png", capacity=capacity)
+    plot_step_timeline(z3.trace.events, out_dir / "03_zero3_timeline.png",
+                       title="One ZeRO-3 step on rank 0: prefetched all-gathers, reduce-scatters in backward")
+    export_chrome_trace([z3.trace], out_dir / "03_zero3_trace.json")    # rank 0's streams
+    result["files"] = [str(out_dir / n) for n in ("03_zero_memory.png", "03_zero3_timeline.png", "03_zero3_trace.json")]
+    return result
+
