@@ -163,3 +163,22 @@ def test_plain_send_recv_and_trace_events():
     assert t_compute == pytest.approx(SPEC.message_time(48))   # compute waited for the data
     sender_events = dist.spawn(lambda c: (dist.barrier(c), c.device.trace.events)[1], 2)[0]
     assert any(ev["tid"] == "comm" and ev["name"].startswith("barrier") for ev in sender_events)
+
+
+def test_trace_has_each_collective_with_its_messages_inside(tmp_path):
+    import json
+
+    from minidist.device import export_chrome_trace
+
+    def main(comm):
+        dist.all_reduce(comm, np.ones(300), algorithm="rabenseifner")
+        return comm.device
+
+    devices = dist.spawn(main, 4)
+    doc = export_chrome_trace(devices, tmp_path / "trace.json")
+    assert json.loads((tmp_path / "trace.json").read_text()) == doc
+    for dev in devices:
+        (coll,) = [e for e in dev.trace.events if e["name"] == "all_reduce[rabenseifner]"]
+        sends = [e for e in dev.trace.events if e["name"].startswith("send")]
+        assert len(sends) == 4 and all(e["tid"] == "comm" for e in sends)      # 2 halving + 2 doubling
+        assert all(coll["ts"] <= e["ts"] and e["ts"] + e["dur"] <= coll["ts"] + coll["dur"] + 1e-9 for e in sends)
