@@ -182,3 +182,18 @@ def test_trace_has_each_collective_with_its_messages_inside(tmp_path):
         sends = [e for e in dev.trace.events if e["name"].startswith("send")]
         assert len(sends) == 4 and all(e["tid"] == "comm" for e in sends)      # 2 halving + 2 doubling
         assert all(coll["ts"] <= e["ts"] and e["ts"] + e["dur"] <= coll["ts"] + coll["dur"] + 1e-9 for e in sends)
+
+
+def test_message_patterns_as_data():
+    # binomial broadcast on 8 ranks: round k doubles the informed set, distance 4, 2, 1
+    pattern = dist.message_pattern("broadcast", "binomial", p=8)
+    for k, distance in enumerate((4, 2, 1)):
+        round_k = [m for m in pattern if m.step == k]
+        assert len(round_k) == 2 ** k and all(m.dst - m.src == distance for m in round_k)
+    assert sorted(m.dst for m in pattern) == list(range(1, 8))          # each non-root reached once
+    # ring all-reduce: 2(p-1) messages per rank, all to the right neighbour, in the schedule's order
+    ring = dist.message_pattern("all_reduce", "ring", p=5, n_elems=50)
+    assert len(ring) == 5 * 2 * 4 and all(m.dst == (m.src + 1) % 5 and m.nbytes == 40 for m in ring)
+    # dissemination barrier: ⌈log2 p⌉ rounds of zero-byte messages to r + 2^k
+    bar = dist.message_pattern("barrier", "dissemination", p=6)
+    assert {(m.step, (m.dst - m.src) % 6, m.nbytes) for m in bar} == {(0, 1, 0), (1, 2, 0), (2, 4, 0)}

@@ -17,6 +17,7 @@ Collectives are plain functions of a communicator (torch.distributed names)::
     dist.scatter(comm, chunks, root=0); dist.gather(comm, x, root=0)   # (p, ...) blocks
     dist.all_to_all(comm, chunks); dist.barrier(comm)
     dist.algorithms("all_reduce")     # ['rabenseifner', 'recursive_doubling', ...]
+    dist.message_pattern("all_reduce", "ring", p=4)   # who sends what to whom, as data
 
 Every collective also takes ``async_op``, ``stream``, ``wire_dtype``/``bytes_per_element``
 and ``tag``; its messages are in ``comm.log`` and its analytic α-β cost in :mod:`.cost`.
@@ -48,6 +49,7 @@ from .errors import (
 from .inproc import InProcessComm, single_rank_comm, spawn
 from .log import CollectiveRecord, MessageEntry, MessageLog
 from .ops import REDUCE_OPS
+from .pattern import Message, message_pattern
 from .reduce import reduce
 from .reduce_scatter import reduce_scatter
 from .scatter_gather import gather, scatter
@@ -125,6 +127,7 @@ __all__ = [
     "Communicator",
     "InProcessComm",
     "MessageEntry",
+    "Message",
     "MessageLog",
     "PeerFailedError",
     "Request",
@@ -138,6 +141,7 @@ __all__ = [
     "gather",
     "init",
     "is_mpi_launch",
+    "message_pattern",
     "reduce",
     "reduce_scatter",
     "run_main",

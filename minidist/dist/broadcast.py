@@ -35,16 +35,17 @@ def _linear(comm, x, root):
 def _binomial(comm, x, root):
     p = comm.size
     vr = (comm.rank - root) % p             # rank relative to the root
+    rounds = (p - 1).bit_length()           # ⌈log2 p⌉; in round k the distance is 2^(rounds-1-k)
     if vr == 0:
-        data, mask = x.copy(), 1 << (p - 1).bit_length()
+        data, mask = x.copy(), 1 << rounds
     else:
         mask = vr & -vr                     # lowest set bit: my parent is vr − mask
-        comm.call.step = mask.bit_length() - 1
+        comm.call.step = rounds - mask.bit_length()
         data = comm.recv((vr - mask + root) % p)   # the data reaches me once, from my parent
     mask >>= 1
     while mask > 0:                         # then I pass it to my children, farthest first
         if vr + mask < p:
-            comm.call.step = mask.bit_length() - 1
+            comm.call.step = rounds - mask.bit_length()
             comm.send(data, (vr + mask + root) % p)
         mask >>= 1
     return data

@@ -39,17 +39,18 @@ def _scatter_linear(comm, blocks, root):
 def _scatter_binomial(comm, blocks, root):
     p = comm.size
     vr = (comm.rank - root) % p
+    rounds = (p - 1).bit_length()                # ⌈log2 p⌉ rounds, the farthest child first
     if vr == 0:
         mine = np.roll(blocks, -root, axis=0)    # (p, ...) in relative order: mine[i] is for vr = i
     else:
         low = vr & -vr
-        comm.call.step = low.bit_length() - 1
+        comm.call.step = rounds - low.bit_length()
         mine = comm.recv((vr - low + root) % p)  # my parent sends the blocks of my whole subtree
-    mask = (vr & -vr if vr else 1 << (p - 1).bit_length()) >> 1      # my children: vr + mask, …
+    mask = (vr & -vr if vr else 1 << rounds) >> 1      # my children: vr + mask, …
     while mask > 0:
         if vr + mask < p:
             cnt = min(mask, p - vr - mask)
-            comm.call.step = mask.bit_length() - 1
+            comm.call.step = rounds - mask.bit_length()
             comm.send(mine[mask:mask + cnt], (vr + mask + root) % p)   # half my subtree goes on
         mask >>= 1
     return mine[0].copy()
