@@ -97,3 +97,26 @@ def test_weight_gradient_can_be_deferred():
     F.gelu(F.linear(x2, w2)).backward(g)
     np.testing.assert_allclose(w.grad, w2.grad, rtol=1e-12)
     np.testing.assert_allclose(x.grad, x2.grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: F.linear(Tensor(np.zeros((2, 3))), Tensor(np.zeros((4, 5)))), "input has 3 features but weight is"),
+    (lambda: F.matmul(Tensor(np.zeros((2, 3))), Tensor(np.zeros((4, 2)))), "not aligned"),
+    (lambda: F.cross_entropy(Tensor(np.zeros((2, 5))), np.array([1, 7])), "target 7 out of range for 5 classes"),
+    (lambda: F.embedding(np.array([0, 9]), Tensor(np.zeros((4, 2)))), "index 9 out of range for a table of 4 rows"),
+    (lambda: GPT(GPTConfig(block_size=4, vocab_size=5, n_layer=1, n_head=1, n_embd=4))(np.zeros((1, 6), int)),
+     "sequence length 6 exceeds block_size 4"),
+    (lambda: GPTConfig(n_embd=10, n_head=4), "must be divisible by model.n_head"),
+    (lambda: Tensor(np.zeros(3), requires_grad=True).reshape(3, 1).backward(), "implicitly created only for scalar"),
+])
+def test_bad_input_gives_a_clear_error(call, match):
+    with pytest.raises((ValueError, IndexError, RuntimeError), match=match):
+        call()
+
+
+def test_no_grad_records_nothing():
+    from minidist import no_grad
+    w = Parameter(np.ones((2, 2)))
+    with no_grad():
+        y = F.linear(Tensor(np.ones((1, 2))), w)
+    assert not y.requires_grad and y._ctx is None
