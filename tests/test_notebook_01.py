@@ -1,18 +1,11 @@
 """Execute notebooks/01 top to bottom; any cell error fails the test."""
-from pathlib import Path
-
 import pytest
+from _notebook import count_images, run_notebook
 
 pytestmark = [pytest.mark.notebook, pytest.mark.engine]
-NB = Path(__file__).resolve().parents[1] / "notebooks" / "01_autograd_and_memory.ipynb"
 
 
 def test_notebook_01_runs():
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(NB, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NB.parent)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    text = "".join(o.get("text", "") for o in outputs)
+    text, outputs = run_notebook("01_autograd_and_memory.ipynb")
+    assert count_images(outputs) == 2
     assert "max relative error" in text and "ratio" in text
