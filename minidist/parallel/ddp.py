@@ -41,11 +41,8 @@ class DDP(LocalStrategy):
 
     def _on_grad_ready(self, p) -> None:
         b = self._bucket_of[id(p)]
-        b.ready += 1
-        if b.ready == len(b.params):
-            b.ready = 0
-            if self.sync_gradients and self.overlap_comm:
-                self._launch(b)
+        if b.grad_ready() and self.sync_gradients and self.overlap_comm:
+            self._launch(b)
 
     def _launch(self, b) -> None:
         flat = b.flat_grads()                                   # (p·c,) the bucket's gradients

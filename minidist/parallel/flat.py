@@ -55,6 +55,15 @@ class Bucket:
         self.bytes_per_element = element_bytes(self.params[0])
         self.ready = 0                                     # grads completed in this backward
 
+    def grad_ready(self) -> bool:
+        """Count one more parameter whose gradient is complete; True (and reset) when the
+        whole bucket is ready, i.e. when its collective can be launched."""
+        self.ready += 1
+        if self.ready < len(self.params):
+            return False
+        self.ready = 0
+        return True
+
     def shard_range(self, rank: int) -> tuple[int, int]:
         return rank * self.chunk, (rank + 1) * self.chunk
 

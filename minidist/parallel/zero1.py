@@ -65,11 +65,8 @@ class ZeRO1(LocalStrategy):
     # -- gradients: reduce-scatter ---------------------------------------------------------
     def _on_grad_ready(self, p) -> None:
         b = self._bucket_of[id(p)]
-        b.ready += 1
-        if b.ready == len(b.params):
-            b.ready = 0
-            if self.sync_gradients and self.overlap_comm:
-                self.reduce_scatter(b)
+        if b.grad_ready() and self.sync_gradients and self.overlap_comm:
+            self.reduce_scatter(b)
 
     def reduce_scatter(self, b) -> None:
         flat = b.flat_grads()                                   # (p·c,) padded
