@@ -123,9 +123,7 @@ class DynamicLossScaler:
         self.raise_error_at_min_scale = bool(raise_error_at_min_scale)
         self.history: list[LossScaleEvent] = []
 
-    @property
-    def loss_scale(self) -> float:
-        return self.cur_scale
+    loss_scale = StaticLossScaler.loss_scale      # the scale this step's loss is multiplied by
 
     def update_scale(self, overflow: bool) -> None:
         """Advance one iteration; ``overflow`` says whether this step's gradients had inf/NaN."""
