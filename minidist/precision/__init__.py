@@ -31,9 +31,12 @@ from .mixed import (
     GradientUnderflow,
     MixedPrecision,
     MixedPrecisionStep,
+    Precision,
     from_training_config,
+    global_norm_clip_,
     gradient_underflow,
     lost_gradient_mass,
+    precision_from_config,
 )
 from .quantize import from_bits, quantize, to_bits
 
@@ -45,10 +48,13 @@ __all__ = [
     "GradientUnderflow",
     "MixedPrecision",
     "MixedPrecisionStep",
+    "Precision",
     "autocast",
     "autocast_dtype",
     "cast_input",
     "from_training_config",
+    "global_norm_clip_",
+    "precision_from_config",
     "gradient_underflow",
     "lost_gradient_mass",
     "BitView",

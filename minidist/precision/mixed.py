@@ -60,16 +60,107 @@ class FP32Master:
     dtype = property(lambda self: self.data.dtype)
 
 
+class Precision:
+    """The mixed-precision policy of one rank: the format, the loss scaler, the step history.
+
+    :class:`MixedPrecision` applies it to whole tensors; the ZeRO strategies of
+    :mod:`minidist.parallel` apply the same pieces to the flat shard a rank owns. One
+    optimizer step uses them in this order::
+
+        round_(grads) -> found_overflow(grads, comm) -> [skip] or unscale_(grads) + update
+        -> end_step(overflow)
+
+    ``dtype``: "fp16" or "bf16" (fp8 formats work too, for experiments). ``scaler``: a
+    Static/DynamicLossScaler; default: DeepSpeed's dynamic one for fp16, none (scale 1)
+    otherwise.
+    """
+
+    def __init__(self, dtype: str = "fp16", scaler=None):
+        self.dtype = get_format(dtype).name
+        if scaler is None:
+            scaler = from_config({"enabled": True}) if self.dtype == "fp16" else StaticLossScaler(1.0)
+        self.scaler = scaler
+        self.history: list[MixedPrecisionStep] = []
+
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.loss_scale
+
+    def cast_model(self, params) -> dict:
+        """Make the model low precision; return ``{id(param): fp32 copy}`` taken *before*
+        rounding — the initial values of the fp32 masters, whoever keeps them (all of them
+        here, a 1/N shard under ZeRO). Parameters on a device are re-charged at 2 bytes."""
+        fp32 = {}
+        for p in params:
+            fp32[id(p)] = np.array(p.data, dtype=np.float32, copy=True)
+            p.data[...] = quantize(p.data, self.dtype)
+            p.dtype_tag = self.dtype
+            if p.device is not None:
+                p.place(p.device)                   # re-charge params (and any grad) at 2 B
+        return fp32
+
+    def scale_loss(self, loss):
+        """``loss · S``: backward from this makes every gradient S times larger. Computed
+        outside autocast: the scaled loss is an fp32 scalar (it may exceed fp16's max)."""
+        with autocast(None):
+            return loss * self.loss_scale
+
+    def round_(self, arrays) -> None:
+        """Hold gradients in the low-precision format, in place (where fp16 underflow and
+        overflow happen). Sums over micro-batches or ranks made in fp32 are rounded here."""
+        for a in arrays:
+            if a is not None:
+                a[...] = quantize(a, self.dtype)
+
+    def found_overflow(self, arrays, comm=None) -> bool:
+        """Whether any of ``arrays`` — on *any* rank of ``comm`` — holds an inf/NaN. Every rank
+        must skip the same steps, or their parameters would drift apart: the local flag is
+        all-reduced with MAX (one element, as DeepSpeed all-reduces its overflow flag)."""
+        local = has_overflow(list(arrays))
+        if comm is None or comm.size == 1:
+            return local
+        from .. import dist
+        # why: each rank sees only its own gradients (or its shard); all must agree to skip
+        flag = dist.all_reduce(comm, np.array([float(local)]), op="max", algorithm="ring")
+        return bool(flag[0] > 0)
+
+    def unscale_(self, arrays) -> None:
+        """Divide fp32 gradients by the loss scale, in place."""
+        inv = np.float32(1.0 / self.loss_scale)
+        for a in arrays:
+            if a is not None:
+                a *= inv
+
+    def end_step(self, overflow: bool) -> MixedPrecisionStep:
+        """Record the step and let the scaler back off or grow (DeepSpeed's rules)."""
+        rec = MixedPrecisionStep(len(self.history), self.loss_scale, bool(overflow), bool(overflow))
+        self.history.append(rec)
+        self.scaler.update_scale(bool(overflow))
+        return rec
+
+
+def global_norm_clip_(grads, max_norm: float) -> None:
+    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm`` (> 0)."""
+    norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads if g is not None)))
+    if norm > max_norm:
+        coef = np.float32(max_norm / (norm + 1e-6))
+        for g in grads:
+            if g is not None:
+                g *= coef
+
+
 class MixedPrecision:
     """fp32 master weights + low-precision model + loss scaling around an existing optimizer.
 
     ``model``: a Module (or an iterable of Parameters) — its parameters must be the
     optimizer's. ``optimizer``: any :mod:`minidist.optim` optimizer; its ``update`` is
     applied to the fp32 masters, its ``step`` is not used. ``dtype``: "fp16" or "bf16" (fp8
-    formats work too, for experiments). ``scaler``: a Static/DynamicLossScaler; default:
-    DeepSpeed's dynamic one for fp16, none (scale 1) otherwise. ``comm``: the data-parallel
-    communicator over which the overflow decision is agreed. ``gradient_clipping``: clip
-    the *unscaled* gradients' global norm to this (0 = off), as DeepSpeed does.
+    formats work too, for experiments), or a :class:`Precision` to share. ``scaler``: a
+    Static/DynamicLossScaler; default: DeepSpeed's dynamic one for fp16, none (scale 1)
+    otherwise. ``comm``: the communicator over which the overflow decision is agreed (None
+    when every rank already holds the same, all-reduced gradients, as under DDP).
+    ``gradient_clipping``: clip the *unscaled* gradients' global norm to this (0 = off), as
+    DeepSpeed does.
 
     Use::
 
@@ -81,54 +172,46 @@ class MixedPrecision:
         opt.zero_grad()
     """
 
-    def __init__(self, model, optimizer, dtype: str = "fp16", scaler=None, comm=None,
+    def __init__(self, model, optimizer, dtype="fp16", scaler=None, comm=None,
                  gradient_clipping: float = 0.0):
-        self.dtype = get_format(dtype).name
+        self.precision = dtype if isinstance(dtype, Precision) else Precision(dtype, scaler)
+        self.dtype = self.precision.dtype
         self.optimizer = optimizer
         self.comm = comm
         self.gradient_clipping = float(gradient_clipping)
-        if scaler is None:
-            scaler = from_config({"enabled": True}) if self.dtype == "fp16" else StaticLossScaler(1.0)
-        self.scaler = scaler
         params = list(model.parameters() if hasattr(model, "parameters") else model)
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if {id(p) for p in params} != owned:
             raise ValueError("MixedPrecision: the model's parameters and the optimizer's differ")
+        in_groups = [p for g in optimizer.param_groups for p in g["params"]]
+        fp32 = self.precision.cast_model(in_groups)     # 1. model rounded; fp32 copies taken first
         self.groups: list[tuple[dict, list]] = []      # (param group, [(param, master)])
-        self._master_handles = []
         for group in optimizer.param_groups:
             pairs = []
             for p in group["params"]:
-                # 1. the fp32 master: a copy of the fp32 weights taken *before* rounding
-                master = FP32Master(np.array(p.data, dtype=np.float32, copy=True), p.name or "", p.device)
+                # 2. the fp32 master, charged with the optimizer states (the "K" of ZeRO)
+                master = FP32Master(fp32.pop(id(p)), p.name or "", p.device)
                 if p.device is not None:
-                    self._master_handles.append(
-                        p.device.memory.alloc(nbytes(master.data), "optimizer_states", f"{master.name}.master"))
-                optimizer.state_for(master)             # 2. Adam's m and v, fp32, allocated now
-                # 3. the model's copy becomes low precision: values rounded, 2 bytes charged
-                p.data[...] = quantize(p.data, self.dtype)
-                p.dtype_tag = self.dtype
-                if p.device is not None:
-                    p.place(p.device)                   # re-charge params (and any grad) at 2 B
+                    p.device.memory.alloc(nbytes(master.data), "optimizer_states", f"{master.name}.master")
+                optimizer.state_for(master)             # 3. Adam's m and v, fp32, allocated now
                 pairs.append((p, master))
             self.groups.append((group, pairs))
-        self.history: list[MixedPrecisionStep] = []
         self.last_underflow = None
 
     # -- the pieces ----------------------------------------------------------------------
+    scaler = property(lambda self: self.precision.scaler)
+    history = property(lambda self: self.precision.history)
+
     @property
     def loss_scale(self) -> float:
-        return self.scaler.loss_scale
+        return self.precision.loss_scale
 
     def autocast(self) -> autocast:
         """The autocast context for this run's forward pass."""
         return autocast(self.dtype)
 
     def scale_loss(self, loss):
-        """``loss · S``: backward from this makes every gradient S times larger. Computed
-        outside autocast: the scaled loss is an fp32 scalar (it may exceed fp16's max)."""
-        with autocast(None):
-            return loss * self.loss_scale
+        return self.precision.scale_loss(loss)
 
     def params(self):
         return [p for _, pairs in self.groups for p, _ in pairs]
@@ -137,43 +220,32 @@ class MixedPrecision:
         return [m for _, pairs in self.groups for _, m in pairs]
 
     def round_gradients(self) -> None:
-        """Hold every gradient in the low-precision format (where fp16 underflow and overflow
-        happen). Gradients summed over micro-batches or ranks in fp32 are rounded once here."""
-        for p in self.params():
-            if p.grad is not None:
-                p.grad[...] = quantize(p.grad, self.dtype)
+        """Hold every gradient in the low-precision format (see :meth:`Precision.round_`)."""
+        self.precision.round_([p.grad for p in self.params()])
 
     def found_overflow(self) -> bool:
-        """Whether *any* rank has an inf/NaN gradient. Every rank must skip the same steps,
-        or their parameters would drift apart: all-reduce the flag with MAX."""
-        local = has_overflow([p.grad for p in self.params()])
-        if self.comm is None or self.comm.size == 1:
-            return local
-        from .. import dist
-        # why: agree on skip/no-skip (DeepSpeed all-reduces its overflow flag the same way)
-        flag = dist.all_reduce(self.comm, np.array([float(local)]), op="max")
-        return bool(flag[0] > 0)
+        """Whether *any* rank has an inf/NaN gradient (see :meth:`Precision.found_overflow`)."""
+        return self.precision.found_overflow([p.grad for p in self.params()], self.comm)
 
     def _unscaled_grads(self) -> list:
         """fp32 gradients divided by the loss scale, clipped if asked (global norm)."""
-        inv = np.float32(1.0 / self.loss_scale)
-        grads = [None if p.grad is None else p.grad.astype(np.float32) * inv for p in self.params()]
+        grads = [None if p.grad is None else p.grad.astype(np.float32) for p in self.params()]
+        self.precision.unscale_(grads)
         if self.gradient_clipping > 0:
-            norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads if g is not None)))
-            if norm > self.gradient_clipping:
-                coef = np.float32(self.gradient_clipping / (norm + 1e-6))
-                grads = [None if g is None else g * coef for g in grads]
+            global_norm_clip_(grads, self.gradient_clipping)
         return grads
 
     # -- the step ------------------------------------------------------------------------
-    def step(self) -> bool:
+    def step(self, overflow: bool | None = None) -> bool:
         """Round grads, agree on overflow, then skip or update masters and copy back.
 
-        Returns True if the optimizer step was taken, False if it was skipped.
+        ``overflow``: the decision when the caller already agreed on it (the parameter
+        server decides before its reduce). Returns True if the optimizer step was taken,
+        False if it was skipped.
         """
         self.round_gradients()
-        overflow = self.found_overflow()
-        scale = self.loss_scale
+        if overflow is None:
+            overflow = self.found_overflow()
         if not overflow:
             grads = iter(self._unscaled_grads())
             for group, pairs in self.groups:
@@ -183,8 +255,7 @@ class MixedPrecision:
                         continue
                     self.optimizer.update(master.data, g, self.optimizer.state_for(master), group)
                     p.data[...] = quantize(master.data, self.dtype)   # fp16 copy for the next forward
-        self.history.append(MixedPrecisionStep(len(self.history), scale, overflow, overflow))
-        self.scaler.update_scale(overflow)       # DeepSpeed's backoff / hysteresis / growth
+        self.precision.end_step(overflow)       # DeepSpeed's backoff / hysteresis / growth
         return not overflow
 
     def zero_grad(self) -> None:
@@ -200,8 +271,8 @@ class MixedPrecision:
                                  for a in self.optimizer.state_for(m).values() if isinstance(a, np.ndarray))}
 
 
-def from_training_config(cfg: dict, model, optimizer, comm=None):
-    """The MixedPrecision a DeepSpeed-style config asks for, or None for fp32 training.
+def precision_from_config(cfg: dict):
+    """The :class:`Precision` a DeepSpeed-style config asks for, or None for fp32 training.
 
     ``fp16.enabled`` → fp16 with the scaler of the ``fp16`` section (dynamic unless
     ``loss_scale > 0``); ``bf16.enabled`` → bf16 without loss scaling. Both on is an error.
@@ -210,12 +281,21 @@ def from_training_config(cfg: dict, model, optimizer, comm=None):
     bf16 = dict(cfg.get("bf16") or {})
     if fp16.get("enabled") and bf16.get("enabled"):
         raise ValueError("fp16.enabled and bf16.enabled are both true; choose one")
-    clip = float(cfg.get("gradient_clipping", 0.0) or 0.0)
     if fp16.get("enabled"):
-        return MixedPrecision(model, optimizer, "fp16", from_config(fp16), comm, clip)
+        return Precision("fp16", from_config(fp16))
     if bf16.get("enabled"):
-        return MixedPrecision(model, optimizer, "bf16", StaticLossScaler(1.0), comm, clip)
+        return Precision("bf16", StaticLossScaler(1.0))
     return None
+
+
+def from_training_config(cfg: dict, model, optimizer, comm=None):
+    """The MixedPrecision a DeepSpeed-style config asks for (see :func:`precision_from_config`),
+    or None for fp32 training."""
+    precision = precision_from_config(cfg)
+    if precision is None:
+        return None
+    clip = float(cfg.get("gradient_clipping", 0.0) or 0.0)
+    return MixedPrecision(model, optimizer, precision, comm=comm, gradient_clipping=clip)
 
 
 class GradientUnderflow(NamedTuple):
