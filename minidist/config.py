@@ -23,7 +23,7 @@ DEFAULTS = {
     "eval_iters": 4,
     "optimizer": {"type": "AdamW", "params": {}},
     "fp16": {"enabled": False, "loss_scale": 0.0, "initial_scale_power": 16, "loss_scale_window": 1000,
-             "hysteresis": 2, "min_loss_scale": 1.0},
+             "hysteresis": 2, "consecutive_hysteresis": False, "min_loss_scale": 1.0, "auto_cast": False},
     "bf16": {"enabled": False},
     "zero_optimization": {"stage": 0, "overlap_comm": False, "reduce_bucket_size": 500_000_000,
                           "allgather_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000,
@@ -154,8 +154,15 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if cfg["fp16"]["enabled"] and cfg["bf16"]["enabled"]:
         raise ConfigError("fp16.enabled", "fp16 and bf16 cannot both be enabled; pick one")
     if cfg["fp16"]["enabled"] or cfg["bf16"]["enabled"]:
-        raise ConfigError("fp16.enabled" if cfg["fp16"]["enabled"] else "bf16.enabled",
-                          "mixed-precision training is not available yet in this version")
+        key = "fp16.enabled" if cfg["fp16"]["enabled"] else "bf16.enabled"
+        if cfg["dtype"] != "float32":
+            raise ConfigError("dtype", f"mixed precision ({key}) keeps fp32 master weights and emulates "
+                                       f"fp16/bf16 on float32 arrays; set dtype to 'float32'")
+        from .precision.loss_scaler import from_config
+        try:
+            from_config(cfg["fp16"])
+        except ValueError as e:
+            raise ConfigError("fp16", str(e)) from None
     zero = cfg["zero_optimization"]
     if zero["offload_optimizer"]["device"] == "cpu" and zero["stage"] == 0:
         raise ConfigError("zero_optimization.offload_optimizer.device",

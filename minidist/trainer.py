@@ -8,6 +8,11 @@ size comes from ``comm``: DDP, the parameter server or ZeRO-1/2/3 per the config
 Global batch semantics: in step ``s``, micro-step ``m``, every rank draws the same global
 batch of ``micro × world_size`` sequences from ``(seed, s·k + m)`` and takes its slice, so
 that p ranks with micro-batch b see exactly what one rank with micro-batch p·b sees.
+
+Mixed precision (``fp16.enabled`` / ``bf16.enabled``): forward runs under
+:class:`~minidist.precision.autocast`, backward starts from the scaled loss, and the
+strategy rounds gradients, agrees on overflow, and updates the fp32 masters (or skips).
+The history records the loss scale each step used and whether it was skipped.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from .data import TextDataset, make_dataset
 from .device import Device
 from .model import GPT, GPTConfig
 from .parallel import build_strategy
+from .precision import autocast, precision_from_config
 from .tensor import no_grad
 
 
@@ -50,7 +56,9 @@ class Trainer:
             self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
                                          **cfg["optimizer"]["params"])
             self.n_params = self.model.num_parameters()
-            self.strategy = build_strategy(cfg, self.model, self.optimizer, comm)
+            self.precision = precision_from_config(cfg)          # None for fp32 training
+            self.strategy = build_strategy(cfg, self.model, self.optimizer, comm, self.precision)
+        self.autocast_dtype = self.precision.dtype if self.precision is not None else None
         self.micro_batch = cfg["train_micro_batch_size_per_gpu"]
         self.accumulation = cfg["gradient_accumulation_steps"]
         self.history: list[dict] = []
@@ -75,15 +83,18 @@ class Trainer:
             for micro in range(self.accumulation):
                 strategy.begin_micro(micro, self.accumulation)
                 x, y = self.batch(step, micro)
-                _, loss = self.model(x, y)
+                with autocast(self.autocast_dtype):
+                    _, loss = self.model(x, y)
                 # mean over the accumulated micro-batches (and, by the strategy, over ranks)
-                (loss * (1.0 / self.accumulation)).backward()
+                strategy.scale_loss(loss * (1.0 / self.accumulation)).backward()
                 strategy.after_backward()
                 total += float(loss.data) / self.accumulation
             strategy.step()
             dev.clock.sync()
         sent = self.comm.log.since(mark).bytes_sent() if mark is not None else 0
-        self.history.append({"step": step, "loss": total, "loss_scale": None, "sim_time": dev.clock.time,
+        mp = self.precision.history[-1] if self.precision is not None else None
+        self.history.append({"step": step, "loss": total, "loss_scale": mp.scale if mp else None,
+                             "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,
                              "bytes_sent": sent})
         return total
 
@@ -92,7 +103,7 @@ class Trainer:
         """Validation loss (and exact-match accuracy for synthetic tasks); not on the sim clock."""
         self.model.eval()
         out = {}
-        with no_grad():
+        with no_grad(), autocast(self.autocast_dtype):
             if isinstance(self.val_dataset, TextDataset):
                 losses = [float(self.model(x, y)[1].data)
                           for x, y in self.val_dataset.eval_batches(self.micro_batch, self.cfg["eval_iters"])]

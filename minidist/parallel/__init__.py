@@ -38,20 +38,22 @@ def strategy_name(cfg: dict) -> str:
     return f"zero{stage}" if stage else cfg["parallel"].get("data_parallel", "ddp")
 
 
-def build_strategy(cfg: dict, model, optimizer, comm):
-    """The strategy object of this rank for a validated config (``comm`` None = one rank)."""
+def build_strategy(cfg: dict, model, optimizer, comm, precision=None):
+    """The strategy object of this rank for a validated config (``comm`` None = one rank).
+    ``precision``: the :class:`~minidist.precision.Precision` of an fp16/bf16 run, or None."""
     name = strategy_name(cfg) if comm is not None else "single"
     z = cfg["zero_optimization"]
     clip = cfg.get("gradient_clipping", 0.0)
     if name == "single":
-        return LocalStrategy(model, optimizer, comm, clip=clip)
+        return LocalStrategy(model, optimizer, comm, clip=clip, precision=precision)
     if name == "parameter_server":
-        return ParameterServer(model, optimizer, comm, clip=clip)
+        return ParameterServer(model, optimizer, comm, clip=clip, precision=precision)
     if name == "ddp":
         return DDP(model, optimizer, comm, bucket_size=z["reduce_bucket_size"],
-                   overlap_comm=z["overlap_comm"], clip=clip)
+                   overlap_comm=z["overlap_comm"], clip=clip, precision=precision)
     kwargs = dict(reduce_bucket_size=z["reduce_bucket_size"], allgather_bucket_size=z["allgather_bucket_size"],
-                  overlap_comm=z["overlap_comm"], offload=z["offload_optimizer"]["device"] == "cpu", clip=clip)
+                  overlap_comm=z["overlap_comm"], offload=z["offload_optimizer"]["device"] == "cpu", clip=clip,
+                  precision=precision)
     if name == "zero3":
         return ZeRO3(model, optimizer, comm, prefetch_bucket_size=z["stage3_prefetch_bucket_size"], **kwargs)
     return STRATEGIES[name](model, optimizer, comm, **kwargs)

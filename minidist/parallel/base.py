@@ -38,7 +38,7 @@ class LocalStrategy:
     stage = 0
     offload = False
 
-    def __init__(self, model, optimizer, comm=None, clip: float = 0.0):
+    def __init__(self, model, optimizer, comm=None, clip: float = 0.0, precision=None):
         self.model, self.optimizer, self.comm = model, optimizer, comm
         self.device = comm.device if comm is not None else current_device()
         self.world_size = comm.size if comm is not None else 1
@@ -49,6 +49,11 @@ class LocalStrategy:
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.sync_gradients = True
         self.model_states: dict | None = None
+        self.precision, self.mp = precision, None
+        if precision is not None:
+            self.setup_precision()
+            for p in self.params:                   # registered first: runs before the strategy's hook
+                p.register_post_accumulate_grad_hook(self._round_grad)
 
     # -- the protocol -------------------------------------------------------------------------
     def begin_micro(self, micro: int, n_micro: int) -> None:
@@ -59,12 +64,39 @@ class LocalStrategy:
         pass
 
     def step(self) -> None:
-        grads = [p.grad for p in self.params if p.grad is not None]
-        self.clip_(grads, sharded=False)
-        self.charge_update(self.numel)
-        self.optimizer.step()
+        self.update_whole()
         self.snapshot()
         self.optimizer.zero_grad()
+
+    def update_whole(self, overflow: bool | None = None) -> None:
+        """The optimizer step on whole tensors: clip and ``optimizer.step()``, or in mixed
+        precision :meth:`MixedPrecision.step` (round, overflow check, unscale, clip, update
+        the fp32 masters, copy them back rounded — or skip)."""
+        self.charge_update(self.numel)
+        if self.mp is not None:
+            self.mp.step(overflow)
+            return
+        self.clip_([p.grad for p in self.params if p.grad is not None], sharded=False)
+        self.optimizer.step()
+
+    # -- mixed precision ------------------------------------------------------------------------
+    def setup_precision(self) -> None:
+        """Whole-tensor fp32 masters and optimizer states (single rank, DDP). ZeRO overrides
+        this to keep only its shard of the masters."""
+        from ..precision import MixedPrecision
+        # comm=None: after the all-reduce every rank holds the same gradients, so the same
+        # overflow verdict; no flag needs to travel (DeepSpeed's FP16_Optimizer does the same)
+        self.mp = MixedPrecision(self.model, self.optimizer, self.precision, gradient_clipping=self.clip)
+
+    def _round_grad(self, p) -> None:
+        """The gradient of an fp16 parameter is an fp16 tensor: round it where it is
+        accumulated (with accumulation steps, every micro-step's sum is rounded, as an fp16
+        ``.grad`` buffer would)."""
+        self.precision.round_([p.grad])
+
+    def scale_loss(self, loss):
+        """The tensor backward starts from: ``loss · S`` in fp16, ``loss`` otherwise."""
+        return loss if self.precision is None else self.precision.scale_loss(loss)
 
     def full_parameters(self) -> dict:
         """name → a copy of every parameter (a collective for ZeRO-3: call it on every rank)."""
@@ -113,15 +145,27 @@ class LocalStrategy:
     # -- what the formulas say for this rank ----------------------------------------------------
     def expected_model_states(self) -> dict:
         """Exact bytes of each model state this strategy should hold at the step, padding
-        included (subclasses override). Here: everything replicated, ``(w + w + K)·Ψ``."""
+        included (subclasses override). Here: everything replicated, ``(w + w + K)·Ψ`` —
+        w = 2 and K = 12 for Adam in mixed precision, w = 4 and K = 8 in fp32."""
         w = _bytes(self.params[0])
         return {"parameters": w * self.numel, "gradients": w * self.numel,
                 "optimizer_states": self.state_bytes_per_element() * self.numel, "host": 0}
 
     def state_bytes_per_element(self) -> int:
-        """K: optimizer-state bytes per element, measured from ``init_state`` on one element."""
-        st = self.optimizer.init_state((1,), self.params[0].dtype)
+        """K: optimizer-state bytes per element — the moments plus, in mixed precision, the
+        4-byte fp32 master (ZeRO's K = 12 for Adam)."""
+        return self.moment_bytes_per_element() + (4 if self.precision is not None else 0)
+
+    def moment_bytes_per_element(self) -> int:
+        """The optimizer's own state per element (Adam's m and v: 8), from ``init_state``."""
+        dtype = np.float32 if self.precision is not None else self.params[0].dtype
+        st = self.optimizer.init_state((1,), dtype)
         return sum(a.nbytes for a in st.values() if isinstance(a, np.ndarray))
+
+    def scalar_all_reduce_bytes(self) -> int:
+        """Bytes one rank sends for a one-element ring all-reduce (a norm, an overflow flag):
+        the element is padded to p, so 2·(p−1) float64 messages."""
+        return 2 * (self.world_size - 1) * 8 if self.world_size > 1 else 0
 
     def expected_bytes_sent(self) -> int:
         return 0

@@ -17,7 +17,10 @@ Accelerating Data Parallel Training", §3.2):
 
 ``overlap_comm: false`` keeps the same buckets but launches all of them after backward, so
 the step pays backward + communication back to back. Per rank and step a ring all-reduce
-sends ``2·(p−1)/p`` of every bucket (``2·(p−1)·ceil(n_b/p)`` elements with padding).
+sends ``2·(p−1)/p`` of every bucket (``2·(p−1)·ceil(n_b/p)`` elements with padding), at 2
+bytes per element in mixed precision: the gradients are rounded to fp16/bf16 before they
+travel, and the averaged result is rounded again. (A GPU's NCCL would also *add* in fp16;
+here the sums are fp32, rounded once.)
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ class DDP(LocalStrategy):
     name = "ddp"
 
     def __init__(self, model, optimizer, comm, bucket_size: int = 25_000_000, overlap_comm: bool = True,
-                 algorithm: str = "ring", clip: float = 0.0):
-        super().__init__(model, optimizer, comm, clip)
+                 algorithm: str = "ring", clip: float = 0.0, precision=None):
+        super().__init__(model, optimizer, comm, clip, precision)
         self.overlap_comm, self.algorithm = overlap_comm, algorithm
         self.buckets = make_buckets(self.params, bucket_size, self.world_size)
         self._bucket_of = {id(p): b for b in self.buckets for p in b.params}

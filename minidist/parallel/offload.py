@@ -12,6 +12,10 @@ elementwise work, so ZeRO-Offload keeps them — plus an fp32 master copy of the
 3. the updated shard goes **host → device** ("h2d" stream) and the compute stream waits
    for it before the parameters are all-gathered.
 
+In mixed precision the host's fp32 copy *is* the master (its initial values are taken
+before the model is rounded to fp16), gradients travel down at 2 bytes per element and
+the parameters come back rounded to fp16/bf16 — DeepSpeed's CPU-Adam arrangement.
+
 Each transfer costs ``bytes / spec.host_bandwidth`` of simulated time on its own stream;
 the host pool (``device.host``) holds, per element of the rank's shard, 4 bytes of master
 parameters, the optimizer state (K) and 4 bytes of gradient copy — the ``host`` figure of
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..precision.quantize import quantize
 from .base import OPTIMIZER_FLOPS_PER_ELEMENT
 
 
@@ -34,8 +39,12 @@ class HostOptimizer:
         self.state: dict[int, dict] = {}
 
     def _allocate(self, b, param_shard) -> None:
-        host, opt = self.strategy.device.host, self.strategy.optimizer
-        self.master[b.index] = param_shard.astype(np.float32 if param_shard.dtype != np.float64 else np.float64)
+        s = self.strategy
+        host, opt = s.device.host, s.optimizer
+        if b.index in s.master_shards:              # mixed precision: the fp32 values from before rounding
+            self.master[b.index] = s.master_shards.pop(b.index)
+        else:
+            self.master[b.index] = param_shard.astype(np.float32 if param_shard.dtype != np.float64 else np.float64)
         self.grads[b.index] = np.zeros_like(self.master[b.index])
         host.alloc(self.master[b.index].nbytes, "parameters", f"master shard {b.index}")
         host.alloc(self.grads[b.index].nbytes, "gradients", f"host gradient shard {b.index}")
@@ -63,5 +72,6 @@ class HostOptimizer:
         # why (h2d): forward needs the new parameters on the device
         _, t_back = clock.run("h2d", param_shard.size * w / spec.host_bandwidth, f"h2d parameter shard {b.index}",
                               "memcpy", start_after=t_step, args={"bytes": param_shard.size * w})
-        param_shard[...] = self.master[b.index]
+        master = self.master[b.index]
+        param_shard[...] = master if s.precision is None else quantize(master, s.precision.dtype)
         return t_back

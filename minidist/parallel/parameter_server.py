@@ -27,13 +27,29 @@ ROOT = 0
 class ParameterServer(LocalStrategy):
     name = "parameter_server"
 
-    def __init__(self, model, optimizer, comm, algorithm: str = "linear", clip: float = 0.0):
-        super().__init__(model, optimizer, comm, clip)
+    def __init__(self, model, optimizer, comm, algorithm: str = "linear", clip: float = 0.0, precision=None):
+        super().__init__(model, optimizer, comm, clip, precision)
         self.algorithm = algorithm
         self.flat = Bucket(0, self.params, 1)          # the whole model as one flat buffer (no padding)
 
+    def setup_precision(self) -> None:
+        """Only the server keeps fp32 masters and optimizer states; the workers just hold
+        the model in fp16/bf16."""
+        if self.rank == ROOT:
+            super().setup_precision()
+        else:
+            self.precision.cast_model(self.params)
+
     def step(self) -> None:
         b, dev = self.flat, self.device
+        overflow = None
+        if self.precision is not None:
+            # The mean on the server is non-finite exactly when some rank's gradient is, so the
+            # ranks can agree on skipping before the reduce, and the workers' loss scale
+            # follows the server's.
+            grads = [p.grad for p in self.params]
+            self.precision.round_(grads)
+            overflow = self.precision.found_overflow(grads, self.comm)
         grads = b.flat_grads()                                              # (Ψ,)
         with self.buffer(grads.size * b.bytes_per_element, "ps gradients"):
             # why: the server needs the average of every rank's gradients
@@ -41,9 +57,9 @@ class ParameterServer(LocalStrategy):
                                bytes_per_element=b.bytes_per_element)
         if self.rank == ROOT:
             b.copy_into_grads(mean)
-            self.clip_([p.grad for p in self.params], sharded=False)
-            self.charge_update(self.numel)
-            self.optimizer.step()                       # only the server holds optimizer states
+            self.update_whole(overflow)                 # only the server holds optimizer states
+        elif self.precision is not None:
+            self.precision.end_step(overflow)           # the scale moves on every rank alike
         self.snapshot()
         self.optimizer.zero_grad()
         flat = b.flat_params() if self.rank == ROOT else None
@@ -66,4 +82,5 @@ class ParameterServer(LocalStrategy):
         p, n = self.world_size, self.numel * self.flat.bytes_per_element
         if p == 1:
             return 0
-        return (p - 1) * n if self.rank == ROOT else n
+        flag = self.scalar_all_reduce_bytes() if self.precision is not None else 0
+        return ((p - 1) * n if self.rank == ROOT else n) + flag

@@ -17,15 +17,25 @@ updates that 1/N:
    another ``(p−1)/p``. Total 2·(p−1)/p·Ψ per rank: the same as DDP's all-reduce (§7).
 
 Memory per rank: ``wΨ + wΨ + K·S`` where ``S = Σ_b ceil(n_b/p)`` is the shard (see
-:mod:`.flat` for the padding). ``allgather_bucket_size`` groups consecutive buckets into one
-all-gather; ``overlap_comm`` launches each bucket's reduce-scatter from the gradient hooks
-instead of after backward. With ``offload`` the update runs on the host (:mod:`.offload`).
+:mod:`.flat` for the padding). ``allgather_bucket_size`` groups consecutive buckets into
+one all-gather; ``overlap_comm`` launches each bucket's reduce-scatter from the gradient
+hooks instead of after backward. With ``offload`` the update runs on the host
+(:mod:`.offload`).
+
+In mixed precision (DeepSpeed's ``FP16_DeepSpeedZeroOptimizer``) the fp32 master weights
+are part of the sharded optimizer state: rank r cuts its chunk out of the fp32 model
+*before* the model is rounded to fp16, and keeps only that (4·S bytes, so K = 4 + 8 = 12
+with Adam). At the step it rounds its reduced gradient chunk to fp16, all-reduces a
+one-element overflow flag (MAX) so that every rank skips the same steps — a skipped step
+needs no all-gather, nothing changed — unscales, updates its fp32 master chunk and rounds
+it into its fp16 parameter chunk, which the all-gather then sends at 2 bytes per element.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import dist
+from ..precision.quantize import quantize
 from .base import LocalStrategy
 from .flat import make_buckets, shard_elements
 from .offload import HostOptimizer
@@ -37,11 +47,12 @@ class ZeRO1(LocalStrategy):
 
     def __init__(self, model, optimizer, comm, reduce_bucket_size: int = 500_000_000,
                  allgather_bucket_size: int = 500_000_000, overlap_comm: bool = False,
-                 offload: bool = False, algorithm: str = "ring", clip: float = 0.0):
+                 offload: bool = False, algorithm: str = "ring", clip: float = 0.0, precision=None):
         if not optimizer.shardable:
             raise ValueError(f"{type(optimizer).__name__} needs whole-tensor norms and cannot update a "
                              f"flat shard; use Adam, AdamW or SGD with ZeRO")
-        super().__init__(model, optimizer, comm, clip)
+        self.offload = offload
+        super().__init__(model, optimizer, comm, clip, precision)
         self.overlap_comm, self.algorithm = overlap_comm, algorithm
         self.allgather_bucket_size = allgather_bucket_size
         self.buckets = self.make_buckets(reduce_bucket_size)
@@ -51,13 +62,32 @@ class ZeRO1(LocalStrategy):
         self.grad_shards: dict[int, np.ndarray] = {}     # bucket index -> my reduced gradient chunk
         self._works: list = []                           # (work, buffer handle) in flight
         self._done: set[int] = set()                     # buckets reduce-scattered this backward
-        self.offload = offload
+        self.master_shards = self.cut_master_shards()    # bucket index -> my fp32 master chunk
         self.host = HostOptimizer(self) if offload else None
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._on_grad_ready)
 
     def make_buckets(self, size):
         return make_buckets(self.params, size, self.world_size)
+
+    # -- mixed precision: my shard of the fp32 masters -------------------------------------
+    def setup_precision(self) -> None:
+        """Round the model to fp16/bf16, keeping the fp32 values until the shards are cut."""
+        self._fp32 = self.precision.cast_model(self.params)
+
+    def cut_master_shards(self) -> dict:
+        """My chunk of every bucket's fp32 master weights (charged as optimizer state; on the
+        host with offload, which charges it there). The full fp32 copy is dropped."""
+        if self.precision is None:
+            return {}
+        shards = {}
+        for b in self.buckets:
+            lo, hi = self.my_range(b)
+            shards[b.index] = b.flatten([self._fp32[id(p)] for p in b.params])[lo:hi].copy()     # (c,) fp32
+            if not self.offload:
+                self.device.memory.alloc(shards[b.index].nbytes, "optimizer_states", f"master shard {b.index}")
+        del self._fp32
+        return shards
 
     def my_range(self, b) -> tuple[int, int]:
         return b.shard_range(self.rank)
@@ -103,6 +133,13 @@ class ZeRO1(LocalStrategy):
             dev.memory.free(handle)
         self._works.clear()
         shards = [self.grad_shards[b.index] for b in self.buckets]
+        if self.precision is not None:
+            self.precision.round_(shards)           # the reduced chunk, held in fp16/bf16
+            if self.precision.found_overflow(shards, self.comm):
+                self.release_gradients()            # skipped on every rank: nothing to gather
+                self.precision.end_step(True)
+                return
+            self.precision.unscale_(shards)
         self.clip_(shards, sharded=True)
         held = self.device.memory.alloc(self.shard * self.buckets[0].bytes_per_element, "buffers",
                                         "updated parameter shards") if self.stage < 3 else None
@@ -114,14 +151,19 @@ class ZeRO1(LocalStrategy):
                 done_at = max(done_at, self.host.update(b, p_shard, self.grad_shards[b.index]))
             else:
                 self.charge_update(b.chunk)
-                self.optimizer.update(p_shard, self.grad_shards[b.index], self.state_of(b),
+                target = self.master_shards.get(b.index, p_shard)     # the fp32 master in mixed precision
+                self.optimizer.update(target, self.grad_shards[b.index], self.state_of(b),
                                       self.optimizer.param_groups[0])
+                if target is not p_shard:
+                    p_shard[...] = quantize(target, self.precision.dtype)
         dev.clock.wait("compute", done_at)          # offload: the new parameters are back on the device
         self.snapshot()
         self.release_gradients()
         self.gather_parameters(params)
         if held is not None:
             dev.memory.free(held)
+        if self.precision is not None:
+            self.precision.end_step(False)
 
     def param_shard(self, b) -> np.ndarray:
         """My chunk of the bucket's flat parameters (stage 3 keeps it; here it is cut out)."""
@@ -131,7 +173,8 @@ class ZeRO1(LocalStrategy):
     def state_of(self, b) -> dict:
         st = self.state.get(b.index)
         if st is None:
-            st = self.state[b.index] = self.optimizer.init_state((b.chunk,), b.dtype)
+            dtype = np.float32 if self.precision is not None else b.dtype
+            st = self.state[b.index] = self.optimizer.init_state((b.chunk,), dtype)
             for k, a in st.items():
                 if isinstance(a, np.ndarray):
                     self.device.memory.alloc(a.nbytes, "optimizer_states", f"bucket {b.index}.{k}")
@@ -170,11 +213,16 @@ class ZeRO1(LocalStrategy):
         params = w * (S if self.stage >= 3 else psi)
         grads = w * (S if self.stage >= 2 else psi)
         if self.offload:   # host: fp32 master of my shard + its optimizer state + fp32 gradient copy
-            return {"parameters": params, "gradients": grads, "optimizer_states": 0, "host": (4 + K + 4) * S}
+            host = (4 + self.moment_bytes_per_element() + 4) * S
+            return {"parameters": params, "gradients": grads, "optimizer_states": 0, "host": host}
         return {"parameters": params, "gradients": grads, "optimizer_states": K * S, "host": 0}
+
+    def scalar_bytes(self) -> int:
+        """The one-element all-reduces of a step: the gradient norm (clipping), the overflow
+        flag (mixed precision)."""
+        return ((self.clip > 0) + (self.precision is not None)) * self.scalar_all_reduce_bytes()
 
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """Ring reduce-scatter + all-gather: (p−1)·S elements each (stage 2/3 override)."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
-        extra = 2 * (p - 1) * 8 if self.clip > 0 else 0
-        return 2 * (p - 1) * self.shard * w + extra if p > 1 else 0
+        return 2 * (p - 1) * self.shard * w + self.scalar_bytes() if p > 1 else 0

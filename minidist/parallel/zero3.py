@@ -186,8 +186,7 @@ class ZeRO3(ZeRO2):
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """Per micro-step: all-gather in forward, again in backward, one reduce-scatter."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
-        extra = 2 * (p - 1) * 8 if self.clip > 0 else 0
-        return 3 * micro_batches * (p - 1) * self.shard * w + extra if p > 1 else 0
+        return 3 * micro_batches * (p - 1) * self.shard * w + self.scalar_bytes() if p > 1 else 0
 
 
 def _released(dtype) -> np.ndarray:
