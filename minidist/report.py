@@ -51,23 +51,32 @@ def rank_report(trainer) -> dict:
 
 
 def formulas(trainer) -> dict:
-    """The ZeRO formulas for this run (bytes per element from the model's dtype)."""
+    """The ZeRO formulas for this run: 2 bytes per element and K = 12 (Adam) in mixed
+    precision, the model's dtype (4 or 8 bytes) and K = 8 in fp32.
+
+    ``bytes_sent_per_step`` adds to the textbook volume the one-element all-reduces the
+    run makes (ring, float64: ``2·(p−1)·8`` bytes each): the gradient norm when ZeRO clips,
+    the overflow flag when a ZeRO stage or the parameter server trains in mixed precision."""
     from .estimate import comm_volume, model_state_memory
     cfg, p = trainer.cfg, trainer.world_size
-    w = np.dtype(cfg["dtype"]).itemsize
-    scale = w / 4                                  # the estimate counts fp32 as 4 bytes
+    precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
+    w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
+    scale = np.dtype(cfg["dtype"]).itemsize / 4    # the estimate counts fp32 as 4 bytes (float64: 8)
     stage = cfg["zero_optimization"]["stage"]
     opt = cfg["optimizer"]["type"].lower()
     offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    mem = model_state_memory(trainer.n_params, dp=p, stage=stage, precision="fp32", optimizer=opt, offload=offload)
+    mem = model_state_memory(trainer.n_params, dp=p, stage=stage, precision=precision, optimizer=opt, offload=offload)
     dp = cfg["parallel"]["data_parallel"] if stage == 0 else f"zero{stage}"
-    vol = comm_volume(trainer.n_params, dp=p, stage=stage, precision="fp32",
+    vol = comm_volume(trainer.n_params, dp=p, stage=stage, precision=precision,
                       strategy="ps" if dp == "parameter_server" else None, micro_batches=trainer.accumulation)
-    return {"bytes_per_element": w,
+    scalars = ((stage > 0 and cfg["gradient_clipping"] > 0)
+               + (trainer.precision is not None and dp != "ddp")) * (2 * (p - 1) * 8 if p > 1 else 0)
+    return {"bytes_per_element": w, "precision": precision, "K": mem["bytes_per_param"]["K"],
             "model_states": {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total",
                                                          "host")},
-            "bytes_sent_per_step": vol["dp_bytes"] * scale,
-            "ps_root_bytes_sent_per_step": vol.get("ps_root_bytes", 0) * scale}
+            "scalar_all_reduce_bytes": scalars,
+            "bytes_sent_per_step": vol["dp_bytes"] * scale + scalars,
+            "ps_root_bytes_sent_per_step": vol["ps_root_bytes"] * scale + scalars if "ps_root_bytes" in vol else 0}
 
 
 def build_report(trainer, ranks: list[dict]) -> dict:
@@ -95,7 +104,8 @@ def format_data_parallel(report: dict) -> str:
     f = report["data_parallel"]["formula"]
     fm = f["model_states"]
     lines = [f"data parallel: {report['data_parallel']['strategy']} on {report['world_size']} rank(s), "
-             f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B",
+             f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "
+             f"({f.get('precision', 'fp32')}, K = {f.get('K')})",
              f"{'rank':>4} {'params B':>10} {'grads B':>10} {'optim B':>10} {'host B':>10} {'sent/step B':>12}"]
     lines.append(f"{'formula':>4} {fm['parameters']:>10.0f} {fm['gradients']:>10.0f} {fm['optimizer_states']:>10.0f} "
                  f"{fm['host']:>10.0f} {f['bytes_sent_per_step']:>12.0f}")

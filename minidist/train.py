@@ -89,6 +89,10 @@ def main(argv=None) -> int:
     print(f"done: {trainer.cfg['steps']} steps on {report['world_size']} rank(s), final loss "
           f"{trainer.history[-1]['loss']:.4f}, {line}, peak memory {rr['memory']['peak_bytes'] / 2**20:.2f} MiB "
           f"(rank 0), simulated {rr['sim_time'] * 1e3:.3f} ms")
+    if trainer.precision is not None:
+        skipped = sum(h["skipped"] for h in trainer.history)
+        print(f"mixed precision: {trainer.precision.dtype}, loss scale {trainer.history[-1]['loss_scale']:g} "
+              f"at the last step, {skipped} of {len(trainer.history)} steps skipped on overflow")
     print(format_data_parallel(report))
     if args.report:
         write_report(report, args.report)

@@ -16,6 +16,7 @@ The history records the loss scale each step used and whether it was skipped.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -79,7 +80,9 @@ class Trainer:
         dev, strategy = self.device, self.strategy
         total = 0.0
         mark = self.comm.log.mark() if self.comm is not None else None
-        with dev:
+        # fp16 steps that overflow are expected (the loss scaler probes for them): quiet NumPy
+        quiet = np.errstate(over="ignore", invalid="ignore") if self.precision is not None else contextlib.nullcontext()
+        with dev, quiet:
             for micro in range(self.accumulation):
                 strategy.begin_micro(micro, self.accumulation)
                 x, y = self.batch(step, micro)
