@@ -52,3 +52,25 @@ def test_train_cli_two_mpi_ranks_and_bad_config(tmp_path):
     bad, _ = mpirun(2, tmp_path, {"zero_optimization": {"stage": 4}})
     assert bad.returncode != 0
     assert bad.stderr.count("zero_optimization.stage") == 2        # both ranks said why
+
+
+@pytest.mark.precision
+def test_fp16_zero2_under_mpirun_equals_in_process(tmp_path):
+    """The same fp16 config under mpirun -n 2 and on 2 in-process ranks: identical losses,
+    loss scales and skipped steps (the overflow flag travels over real MPI)."""
+    from minidist.train import main
+    extra = {"zero_optimization": {"stage": 2}, "steps": 6,
+             "fp16": {"enabled": True, "initial_scale_power": 20, "hysteresis": 1}}
+    p, out = mpirun(2, tmp_path, extra)
+    assert p.returncode == 0, p.stderr
+    under_mpi = json.loads(out.read_text())
+    local_out = tmp_path / "local.json"
+    assert main(["--config", str(tmp_path / "config.json"), "--world-size", "2", "--report", str(local_out),
+                 "--quiet"]) == 0
+    local = json.loads(local_out.read_text())
+    keys = ("loss", "loss_scale", "skipped", "bytes_sent")
+    assert [[s[k] for k in keys] for s in under_mpi["steps"]] == [[s[k] for k in keys] for s in local["steps"]]
+    assert any(s["skipped"] for s in local["steps"])
+    for r in under_mpi["ranks"]:
+        assert r["data_parallel"]["model_states"]["optimizer_states"] == \
+               under_mpi["data_parallel"]["formula"]["model_states"]["optimizer_states"]

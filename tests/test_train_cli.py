@@ -76,3 +76,31 @@ def test_module_entry_point(tmp_path):
                        capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     check_report(json.loads(out.read_text()), 3)
+
+
+@pytest.mark.precision
+@pytest.mark.parametrize("fmt", ["fp16", "bf16"])
+def test_mixed_precision_run_reports_loss_scale_and_k12(tmp_path, capsys, fmt):
+    fp16 = {"enabled": fmt == "fp16", "initial_scale_power": 20, "hysteresis": 1, "loss_scale_window": 4}
+    extra = {"zero_optimization": {"stage": 2}, "steps": 8, "fp16": fp16, "bf16": {"enabled": fmt == "bf16"}}
+    out = tmp_path / "report.json"
+    assert main(["--config", write(tmp_path, extra), "--world-size", "2", "--report", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    check_report(report, 2, steps=8)
+    scales = [s["loss_scale"] for s in report["steps"]]
+    if fmt == "fp16":   # 2^20 overflows this model: halved on each skipped step until it fits
+        assert scales[0] == 2.0 ** 20 and report["steps"][0]["skipped"]
+        for now, nxt, s in zip(scales, scales[1:], report["steps"]):
+            assert nxt == (now / 2 if s["skipped"] else now) or nxt == 2 * now
+    else:
+        assert scales == [1.0] * 8 and not any(s["skipped"] for s in report["steps"])
+    f = report["data_parallel"]["formula"]
+    assert f["precision"] == fmt and f["K"] == 12 and f["bytes_per_element"] == 2
+    psi = report["model"]["n_params"]
+    for r in report["ranks"]:
+        m = r["data_parallel"]["model_states"]
+        assert m["parameters"] == 2 * psi == f["model_states"]["parameters"]
+        assert m["optimizer_states"] == f["model_states"]["optimizer_states"] == 12 * psi / 2
+        assert r["data_parallel"]["bytes_sent_per_step"] == f["bytes_sent_per_step"]
+    printed = capsys.readouterr().out
+    assert f"mixed precision: {fmt}" in printed and "K = 12" in printed
