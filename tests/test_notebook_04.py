@@ -21,4 +21,8 @@ def test_notebook_04_runs_and_shows_underflow_skips_and_the_memory_split():
     for line in ("parameters         2.00 bytes", "gradients          2.00 bytes",
                  "optimizer_states   12.00 bytes", "total 16 bytes per parameter"):
         assert line in text, line
-    assert count_images(outputs) == 4
+    # ZeRO in fp16: K = 12 bytes per element of the shard; the CLI-style run skips and backs off
+    assert "ZeRO-1 optimizer states = 12 bytes per element" in text
+    steps = re.findall(r"step +\d+  loss [\d.]+  scale 2\^(\d+)(  skipped)?", text)
+    assert len(steps) == 12 and steps[0] == ("20", "  skipped") and not steps[-1][1]
+    assert count_images(outputs) == 5

@@ -9,7 +9,9 @@ Everything shown is measured on the tiny GPT:
 3. an fp16 run with DeepSpeed's dynamic loss scaler started too high, so it overflows,
    skips steps, backs off, and grows again after each clean window (the loss-scale trace);
 4. fp32, fp16 (+ dynamic scaling) and bf16 loss curves on the same data;
-5. the memory split per parameter of a mixed-precision Adam run: 2 + 2 + 12 bytes.
+5. the memory split per parameter of a mixed-precision Adam run: 2 + 2 + 12 bytes;
+6. the same run under DDP and every ZeRO stage on all the ranks: each rank's model states
+   equal the ZeRO formulas with K = 12, and the collectives carry 2-byte elements.
 """
 from __future__ import annotations
 
@@ -109,7 +111,16 @@ def memory_split(dtype: str = "fp16") -> dict:
     return {"n_params": n, **{c: held[c] / n for c in ("parameters", "gradients", "optimizer_states")}}
 
 
+def zero_mixed(comm) -> dict:
+    """One fp16 step of each strategy of the ZeRO chapter on every rank (a collective):
+    measured model states and bytes sent beside the formulas with K = 12."""
+    from .zero import STRATEGIES, measure
+    fp16 = {"enabled": True, "initial_scale_power": 8}
+    return {name: measure(comm, zero, fp16=fp16) for name, zero in STRATEGIES.items()}
+
+
 def run(comm, out_dir) -> dict:
+    zero_rows = zero_mixed(comm) if comm is not None else None
     if comm is not None and comm.rank != 0:
         return {}
     from ..plotting.precision import (
@@ -146,6 +157,22 @@ def run(comm, out_dir) -> dict:
                        ("optimizer_states", "12 fp32 master 4 + Adam m 4 + v 4 (K = 12)")):
         print(f"  {c:<18}{mem[c]:>6.2f} B   {formula}")
 
+    zero_table = {}
+    if zero_rows is not None:
+        psi = next(iter(zero_rows.values()))["n_params"]
+        print(f"\nfp16 + Adam under data parallelism, {comm.size} ranks, Ψ = {psi:,}: bytes per rank at the step "
+              f"(formula: 2Ψ/N_p + 2Ψ/N_g + 12Ψ/N_os, K = 12)")
+        print(f"{'strategy':<18}{'params':>9}{'grads':>9}{'optim':>9}{'host':>9}{'total':>9}{'formula':>9}"
+              f"{'sent/step':>11}{'formula':>9}")
+        for name, r in zero_rows.items():
+            m, f = r["measured"], r["formula"]
+            print(f"{name:<18}{m['parameters']:>9}{m['gradients']:>9}{m['optimizer_states']:>9}{m['host']:>9}"
+                  f"{m['total']:>9}{f['model_states']['total']:>9.0f}{r['bytes_sent']:>11}"
+                  f"{f['bytes_sent_per_step']:>9.0f}")
+            zero_table[name] = {"measured": m, "formula_total": f["model_states"]["total"],
+                                "bytes_sent": r["bytes_sent"], "formula_bytes": f["bytes_sent_per_step"]}
+
+    from ..plotting.zero import plot_zero_memory
     paths = [
         plot_format_layouts(out_dir / "04_format_layouts.png"),
         plot_gradient_exponent_histogram(under["reference"], out_dir / "04_gradient_exponents.png",
@@ -154,6 +181,11 @@ def run(comm, out_dir) -> dict:
         plot_loss_curves({label: (r["losses"], r["skipped"]) for label, r in runs.items()},
                          out_dir / "04_loss_curves.png"),
     ]
+    if zero_table:
+        paths.append(plot_zero_memory(zero_table, out_dir / "04_zero_mixed_memory.png",
+                                      title=f"fp16 mixed precision (K = 12): model states and traffic per rank, "
+                                            f"{comm.size} ranks"))
     print("figures: " + ", ".join(p.name for p in paths))
     return {"underflow": {k: r._asdict() for k, r in under["rows"].items()}, "final_losses": finals,
-            "skipped": fp16["skipped"], "memory_per_param": mem, "figures": [str(p) for p in paths]}
+            "skipped": fp16["skipped"], "memory_per_param": mem, "zero": zero_table,
+            "figures": [str(p) for p in paths]}

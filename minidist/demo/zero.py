@@ -31,10 +31,11 @@ STRATEGIES = {
 DEVICE = {"preset": "A100-80GB-NVLink", "flops": 5e9}   # a slow toy device: compute and messages comparable
 
 
-def config(zero: dict, device=DEVICE) -> dict:
+def config(zero: dict, device=DEVICE, **extra) -> dict:
+    """The chapter's config for one strategy; ``extra``: more sections (``fp16={...}``)."""
     return {"model": MODEL, "data": {"dataset": "copy", "n_digits": 3, "seq_len": 7},
             "train_micro_batch_size_per_gpu": 2, "steps": 1, "optimizer": {"type": "Adam"},
-            "zero_optimization": zero, "device": device}
+            "zero_optimization": zero, "device": device, **extra}
 
 
 @contextlib.contextmanager
@@ -49,10 +50,10 @@ def fresh_device(comm, spec):
         comm.device = old
 
 
-def measure(comm, zero: dict, device=DEVICE) -> dict:
+def measure(comm, zero: dict, device=DEVICE, **extra) -> dict:
     """One step of one strategy on this rank: measured model states, bytes, peak, formulas."""
     with fresh_device(comm, device) as dev:
-        t = Trainer(config(zero, device), comm)
+        t = Trainer(config(zero, device, **extra), comm)
         t.train_step(0)
         return {"measured": dict(t.strategy.model_states), "bytes_sent": t.history[0]["bytes_sent"],
                 "peak": dev.memory.peak, "sim_time": t.history[0]["sim_time"], "formula": formulas(t),
