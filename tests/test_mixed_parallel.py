@@ -114,6 +114,19 @@ def test_data_parallel_mixed_precision_matches_one_rank_up_to_rounding(ddp_runs,
     assert np.allclose(losses, [h["loss"] for h in single["history"]], atol=2e-3)
 
 
+@pytest.mark.parametrize("stage", [1, 3])
+def test_clipping_in_mixed_precision_clips_the_unscaled_gradients_alike(stage):
+    """DeepSpeed clips after unscaling; the sharded norm (one more scalar all-reduce) gives
+    the same fp16 weights as DDP's whole-tensor norm."""
+    ref = dist.spawn(train_steps, P, config(gradient_clipping=0.05))
+    runs = dist.spawn(train_steps, P, config(gradient_clipping=0.05, zero_optimization={"stage": stage}))
+    unclipped = dist.spawn(train_steps, P, config(zero_optimization={"stage": stage}))
+    for got, want, free in zip(runs[0]["params"], ref[0]["params"], unclipped[0]["params"]):
+        assert max_abs_diff(got, want) == 0.0 and max_abs_diff(got, free) > 0     # clipping did act
+    assert runs[0]["history"][-1]["bytes_sent"] == runs[0]["expected_bytes_sent"] == \
+           unclipped[0]["expected_bytes_sent"] + 2 * (P - 1) * 8
+
+
 def test_three_ranks_padding_and_accumulation():
     """3 ranks do not divide Ψ (padding); with 2 accumulation steps ZeRO-2 reduce-scatters
     every micro-step. Memory is the exact padded expectation with K = 12, weights within
