@@ -144,13 +144,25 @@ class Trace:
                                 "tid": stream, "ts": t * 1e6, "args": args or {}})
 
 
+def _as_trace(t, rank: int) -> Trace:
+    if isinstance(t, Device):
+        return t.trace
+    if isinstance(t, Trace):
+        return t
+    tr = Trace(rank)                       # a list of events gathered from rank ``rank``
+    tr.events = list(t)
+    return tr
+
+
 def export_chrome_trace(traces, path) -> dict:
     """Write one or more ranks' traces as a Chrome trace-event JSON file.
 
     Open it in https://ui.perfetto.dev or chrome://tracing: one process per rank, one
-    thread (track) per stream. Simulated seconds become microseconds.
+    thread (track) per stream. Simulated seconds become microseconds. ``traces``: Devices,
+    Traces, or — as :func:`minidist.dist.gather_object` delivers them on rank 0 — one list
+    of events per rank, in rank order.
     """
-    traces = [t.trace if isinstance(t, Device) else t for t in (traces if isinstance(traces, (list, tuple)) else [traces])]
+    traces = [_as_trace(t, i) for i, t in enumerate(traces if isinstance(traces, (list, tuple)) else [traces])]
     events = []
     for tr in traces:
         events.append({"name": "process_name", "ph": "M", "pid": tr.rank, "args": {"name": f"rank {tr.rank}"}})

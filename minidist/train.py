@@ -11,16 +11,12 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from . import dist
 from .config import ConfigError, data_config, load_config
 from .data import make_dataset
+from .device import export_chrome_trace
 from .report import build_report, format_data_parallel, rank_report, write_report
 from .trainer import Trainer
-
-REPORT_TAG = 7
-
 
 def run(config, comm=None, progress=True):
     """Train on this rank; returns (trainer, rank_report)."""
@@ -29,27 +25,16 @@ def run(config, comm=None, progress=True):
     return trainer, rank_report(trainer)
 
 
-def gather_reports(comm, rr: dict) -> list[dict] | None:
-    """Every rank's report on rank 0 (None elsewhere), as JSON bytes over plain send/recv."""
-    if comm is None or comm.size == 1:
-        return [rr]
-    if comm.rank != 0:
-        data = np.frombuffer(json.dumps(rr, default=_plain).encode(), dtype=np.uint8)
-        # why: the report is written by rank 0 alone; the length first, so it can size its buffer
-        comm.send(np.array([data.size], dtype=np.int64), 0, tag=REPORT_TAG)
-        comm.send(data, 0, tag=REPORT_TAG)
-        return None
-    out = [rr]
-    for src in range(1, comm.size):
-        n = int(comm.recv(src, tag=REPORT_TAG)[0])
-        out.append(json.loads(comm.recv(src, tag=REPORT_TAG, out=np.empty(n, np.uint8)).tobytes().decode()))
-    return out
-
-
-def _rank_main(comm, config, progress):
+def _rank_main(comm, config, progress, trace_path=None):
     trainer, rr = run(config, comm, progress)
-    ranks = gather_reports(comm, rr)
-    return (trainer, build_report(trainer, ranks)) if ranks is not None else (trainer, None)
+    # why: rank 0 writes the report (and the trace) of the whole job
+    ranks = dist.gather_object(comm, rr)
+    traces = dist.gather_object(comm, trainer.device.trace.events) if trace_path else None
+    if ranks is None:
+        return trainer, None
+    if trace_path:
+        export_chrome_trace(traces, trace_path)
+    return trainer, build_report(trainer, ranks)
 
 
 def main(argv=None) -> int:
@@ -57,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", help="DeepSpeed-style JSON config file (default: all defaults)")
     ap.add_argument("--world-size", type=int, default=1, help="in-process ranks when not under mpirun")
     ap.add_argument("--report", help="write the JSON report here")
+    ap.add_argument("--trace", help="write every rank's simulated timeline here (Chrome/Perfetto JSON)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.world_size < 1:
@@ -74,12 +60,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if mpi:
-        result = dist.run_main(_rank_main, config, not args.quiet, device=cfg["device"])
+        result = dist.run_main(_rank_main, config, not args.quiet, args.trace, device=cfg["device"])
     elif args.world_size == 1:
         trainer, rr = run(config, None, progress=not args.quiet)
+        if args.trace:
+            export_chrome_trace([trainer.device.trace.events], args.trace)
         result = (trainer, build_report(trainer, [rr]))
     else:
-        result = dist.spawn(_rank_main, args.world_size, config, not args.quiet, device=cfg["device"])[0]
+        result = dist.spawn(_rank_main, args.world_size, config, not args.quiet, args.trace,
+                            device=cfg["device"])[0]
     trainer, report = result
     if report is None:                                       # not rank 0
         return 0
@@ -97,15 +86,9 @@ def main(argv=None) -> int:
     if args.report:
         write_report(report, args.report)
         print(f"report written to {args.report}")
+    if args.trace:
+        print(f"trace of {report['world_size']} rank(s) written to {args.trace} (open it in https://ui.perfetto.dev)")
     return 0
-
-
-def _plain(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ CONFIG = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 2, "block_size": 8},
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def mpirun(n, tmp_path, extra):
+def mpirun(n, tmp_path, extra, args=()):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({**CONFIG, **extra}))
     out = tmp_path / "report.json"
     p = subprocess.run(["mpirun", "-n", str(n), sys.executable, "-m", "minidist.train", "--config", str(cfg),
-                        "--report", str(out), "--quiet"], capture_output=True, text=True, timeout=90, env=ENV)
+                        "--report", str(out), "--quiet", *args], capture_output=True, text=True, timeout=90, env=ENV)
     return p, out
 
 
@@ -44,11 +44,14 @@ def test_model_states_equal_formula_under_mpirun(tmp_path, stage):
 
 
 def test_train_cli_two_mpi_ranks_and_bad_config(tmp_path):
-    p, out = mpirun(2, tmp_path, {"zero_optimization": {"stage": 1}})
+    trace = tmp_path / "trace.json"
+    p, out = mpirun(2, tmp_path, {"zero_optimization": {"stage": 1}}, ["--trace", str(trace)])
     assert p.returncode == 0, p.stderr
     report = json.loads(out.read_text())
     assert report["world_size"] == 2 and [r["rank"] for r in report["ranks"]] == [0, 1]
     assert report["steps"][0]["sim_time"] > 0
+    events = json.loads(trace.read_text())["traceEvents"]          # both MPI ranks' timelines, gathered
+    assert {e["pid"] for e in events if e["ph"] == "X" and e["tid"] == "comm"} == {0, 1}
     bad, _ = mpirun(2, tmp_path, {"zero_optimization": {"stage": 4}})
     assert bad.returncode != 0
     assert bad.stderr.count("zero_optimization.stage") == 2        # both ranks said why

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 
+from .. import dist
 from ..device import Device, export_chrome_trace
 from ..memory import OutOfMemoryError
 from ..report import formulas
@@ -85,6 +86,8 @@ def run(comm, out_dir) -> dict:
     result = {k: {kk: vv for kk, vv in v.items() if kk != "device"} for k, v in rows.items()}
     result["out_of_memory"] = oom
     result["zero3_step_time"] = {"prefetch": rows["ZeRO-3"]["sim_time"], "no_prefetch": no_prefetch["sim_time"]}
+    # why: the Perfetto trace shows every rank's streams side by side; rank 0 writes it
+    z3_events = dist.gather_object(comm, z3.trace.events)
     if comm.rank != 0:
         return result
     psi = rows["DDP"]["n_params"]
@@ -105,7 +108,7 @@ def run(comm, out_dir) -> dict:
     plot_zero_memory(fig_rows, out_dir / "03_zero_memory.png", capacity=capacity)
     plot_step_timeline(z3.trace.events, out_dir / "03_zero3_timeline.png",
                        title="One ZeRO-3 step on rank 0: prefetched all-gathers, reduce-scatters in backward")
-    export_chrome_trace([z3.trace], out_dir / "03_zero3_trace.json")    # rank 0's streams
+    export_chrome_trace(z3_events, out_dir / "03_zero3_trace.json")      # every rank's streams
     result["files"] = [str(out_dir / n) for n in ("03_zero_memory.png", "03_zero3_timeline.png", "03_zero3_trace.json")]
     return result
 

@@ -48,6 +48,7 @@ from .errors import (
 )
 from .inproc import InProcessComm, single_rank_comm, spawn
 from .log import CollectiveRecord, MessageEntry, MessageLog
+from .objects import gather_object
 from .ops import REDUCE_OPS
 from .pattern import Message, message_pattern
 from .reduce import reduce
@@ -138,6 +139,7 @@ __all__ = [
     "all_to_all",
     "barrier",
     "broadcast",
+    "gather_object",
     "gather",
     "init",
     "is_mpi_launch",
