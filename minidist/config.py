@@ -31,7 +31,7 @@ DEFAULTS = {
     "activation_checkpointing": {"granularity": "none"},
     "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
               "dropout": 0.0, "bias": True},
-    "data": {"dataset": "english", "seq_len": 32, "n_digits": None, "val_fraction": None},
+    "data": {"dataset": "english", "seq_len": None, "n_digits": None, "val_fraction": None},  # see data_config
     "parallel": {"data_parallel": "ddp", "tensor": 1, "pipeline": 1, "schedule": "1f1b", "micro_batches": None,
                  "virtual_stages": 1},
     "device": "A100-80GB-NVLink",
@@ -105,9 +105,31 @@ def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
             raise ConfigError(path, f"{value!r} is not supported; choose one of {list(_CHOICES[path])}")
 
 
+TEXT_SEQ_LEN = 32       # data.seq_len of a text corpus when the config leaves it out
+
+
 def data_config(cfg: dict) -> dict:
-    """The ``data`` section without unset keys, as :func:`minidist.data.make_dataset` takes it."""
-    return {k: v for k, v in cfg["data"].items() if v is not None}
+    """The ``data`` section without unset keys, as :func:`minidist.data.make_dataset` takes it.
+    A text corpus reads windows of ``seq_len`` (default 32) characters; a synthetic task's
+    sequence length follows from the task (``n_digits``), so it needs no ``seq_len``."""
+    from .data import TASKS
+    out = {k: v for k, v in cfg["data"].items() if v is not None}
+    if out.get("dataset", "english") not in TASKS:
+        out.setdefault("seq_len", TEXT_SEQ_LEN)
+    return out
+
+
+def sequence_length(cfg: dict) -> tuple[int, str]:
+    """The length T of the sequences the model will read, and the key that sets it."""
+    from .data import TASKS, SyntheticTask
+    d = data_config(cfg)
+    if d.get("dataset", "english") in TASKS:
+        try:
+            task = SyntheticTask(d["dataset"], n=d.get("n_digits", 6))
+        except ValueError as e:
+            raise ConfigError("data.n_digits", str(e)) from None
+        return task.seq_len, "data.n_digits"
+    return d["seq_len"], "data.seq_len"
 
 
 def load_config(config: "dict | str | None" = None, world_size: int = 1) -> dict:
@@ -143,9 +165,15 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     m = cfg["model"]
     if m["n_embd"] % m["n_head"]:
         raise ConfigError("model.n_head", f"n_embd {m['n_embd']} is not divisible by n_head {m['n_head']}")
-    if cfg["data"]["seq_len"] > m["block_size"]:
-        raise ConfigError("data.seq_len", f"{cfg['data']['seq_len']} exceeds model.block_size "
-                                          f"{m['block_size']}; raise block_size or lower seq_len")
+    seq, key = sequence_length(cfg)
+    if seq > m["block_size"]:
+        if key == "data.seq_len":
+            raise ConfigError(key, f"{seq} exceeds model.block_size {m['block_size']}; raise block_size or "
+                                   f"lower seq_len")
+        raise ConfigError("model.block_size", f"{m['block_size']} is shorter than the {seq} tokens task "
+                                              f"{cfg['data']['dataset']!r} feeds the model with "
+                                              f"{cfg['data']['n_digits'] or 6} digits; raise model.block_size "
+                                              f"to {seq} or lower data.n_digits")
     tbs = cfg["train_batch_size"]
     expect = cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * dp
     if tbs is not None and tbs != expect:

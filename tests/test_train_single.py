@@ -48,11 +48,23 @@ def test_synthetic_task_reaches_exact_match():
     ({"model": {"n_embd": 30, "n_head": 4}}, "model.n_head"),
     ({"data": {"seq_len": 128}}, "data.seq_len"),
     ({"fp16": {"enabled": "yes"}}, "fp16.enabled"),
+    ({"data": {"dataset": "add", "n_digits": 4}, "model": {"block_size": 12}}, "model.block_size"),
+    ({"data": {"dataset": "copy", "n_digits": 0}}, "data.n_digits"),
 ])
 def test_bad_config_names_the_key(cfg, key):
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
     assert err.value.key == key and f"'{key}'" in str(err.value)
+
+
+def test_a_task_sets_its_own_sequence_length():
+    """A synthetic task needs no data.seq_len: its length follows from n_digits (copy with 3
+    digits: "123|123." → 7 inputs), so a block of 7 is enough."""
+    cfg = {"data": {"dataset": "copy", "n_digits": 3}, "model": {"block_size": 7, "n_layer": 1, "n_embd": 16,
+                                                                 "n_head": 2}, "steps": 1}
+    trainer = Trainer(cfg)
+    x, _ = trainer.batch(0, 0)
+    assert x.shape[1] == 7 == trainer.dataset.seq_len
 
 
 def test_unknown_key_suggests_the_right_one():

@@ -52,6 +52,14 @@ def _get(config: dict, dotted: str, used: list):
     return node
 
 
+def _task_seq_len(data: dict) -> int | None:
+    """A synthetic task's sequence length when ``data.seq_len`` is left to the task, else None."""
+    from ..data import TASKS, SyntheticTask
+    if data.get("seq_len") is None and data.get("dataset") in TASKS:
+        return SyntheticTask(data["dataset"], n=data.get("n_digits") or 6).seq_len
+    return None
+
+
 def _checkpointing(value) -> str:
     if value is None or value is False:
         return "none"
@@ -82,7 +90,7 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     V = int(_get(config, "model.vocab_size", used))
     T = int(_get(config, "model.block_size", used))
     bias = bool(_get(config, "model.bias", used))
-    seq = int(_get(config, "data.seq_len", used))
+    seq = _task_seq_len(config.get("data") or {}) or int(_get(config, "data.seq_len", used))
     b = int(_get(config, "train_micro_batch_size_per_gpu", used))
     accum = int(_get(config, "gradient_accumulation_steps", used))
     zero = config.get("zero_optimization") or {}
