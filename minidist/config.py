@@ -27,6 +27,7 @@ DEFAULTS = {
     "bf16": {"enabled": False},
     "zero_optimization": {"stage": 0, "overlap_comm": False, "reduce_bucket_size": 500_000_000,
                           "allgather_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000,
+                          "stage3_max_live_parameters": 1_000_000_000,
                           "offload_optimizer": {"device": "none"}},
     "activation_checkpointing": {"granularity": "none"},
     "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
@@ -52,7 +53,7 @@ _CHOICES = {
 
 _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps",
                   "eval_iters", "zero_optimization.reduce_bucket_size",
-                  "zero_optimization.allgather_bucket_size",
+                  "zero_optimization.allgather_bucket_size", "zero_optimization.stage3_max_live_parameters",
                   "fp16.loss_scale_window", "fp16.hysteresis", "parallel.tensor", "parallel.pipeline",
                   "parallel.virtual_stages", "data.seq_len"}
 

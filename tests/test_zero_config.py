@@ -12,6 +12,7 @@ BAD = [
     ({"zero_optimization": {"reduce_bucket_size": 0}}, "zero_optimization.reduce_bucket_size"),
     ({"zero_optimization": {"allgather_bucket_size": -5}}, "zero_optimization.allgather_bucket_size"),
     ({"zero_optimization": {"stage3_prefetch_bucket_size": -1}}, "zero_optimization.stage3_prefetch_bucket_size"),
+    ({"zero_optimization": {"stage3_max_live_parameters": 0}}, "zero_optimization.stage3_max_live_parameters"),
     ({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}, "zero_optimization.offload_optimizer.device"),
     ({"zero_optimization": {"offload_optimizer": {"device": "nvme"}}}, "zero_optimization.offload_optimizer.device"),
     ({"zero_optimization": {"stage": 1}, "optimizer": {"type": "LAMB"}}, "optimizer.type"),

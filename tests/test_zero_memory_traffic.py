@@ -4,7 +4,7 @@ import pytest
 
 from minidist import dist
 from minidist.estimate import comm_volume, model_state_memory
-from minidist.parallel.check import train_steps
+from minidist.parallel.check import max_abs_diff, train_steps
 
 pytestmark = pytest.mark.zero
 
@@ -54,7 +54,8 @@ def test_model_states_with_padding(stage, world_size):
 
 def test_zero2_frees_bucket_gradients_and_zero3_gathers_per_layer():
     """The memory timeline: ZeRO-2 never holds all gradients; ZeRO-3 never all parameters."""
-    z1, z2, z3 = (dist.spawn(train_steps, 4, config(s, n_layer=4, reduce_bucket_size=400, overlap_comm=True), 1)[0]
+    z1, z2, z3 = (dist.spawn(train_steps, 4, config(s, n_layer=4, reduce_bucket_size=400, overlap_comm=True,
+                                                    stage3_prefetch_bucket_size=1), 1)[0]      # one unit ahead
                   for s in (1, 2, 3))
     full = 4 * z1["n_params"]
 
@@ -105,3 +106,39 @@ def test_parameter_server_traffic_concentrates_on_root():
     assert runs[0]["history"][0]["bytes_sent"] == 3 * psi_bytes
     assert [r["history"][0]["bytes_sent"] for r in runs[1:]] == [psi_bytes] * 3
     assert runs[0]["model_states"]["optimizer_states"] == 2 * psi_bytes and runs[1]["model_states"]["optimizer_states"] == 0
+
+
+def _most_parameters(run) -> int:
+    """The most "parameters" bytes held after ZeRO-3 partitioned the model."""
+    t = run["trainer"].device.memory
+    level, peak = 0, 0
+    for i, (_, c, delta, _) in enumerate(t.timeline):
+        if c == "parameters":
+            level += delta
+            if i >= run["trainer"].strategy.partitioned_at:
+                peak = max(peak, level)
+    return peak
+
+
+def test_zero3_prefetch_budget_follows_deepspeed():
+    """stage3_prefetch_bucket_size is a budget in elements per hook, stage3_max_live_parameters
+    a cap on what is held: the peak of gathered parameters grows with the budget exactly by
+    whole units, the step gets no slower, and the weights do not change."""
+    def run(**zero):
+        return dist.spawn(train_steps, 4, config(3, n_layer=4, **zero), 1)[0]
+    runs = {"off": run(stage3_prefetch_bucket_size=0), "one": run(stage3_prefetch_bucket_size=1),
+            "all": run(stage3_prefetch_bucket_size=10**9)}
+    s = runs["off"]["trainer"].strategy
+    root, block = s.buckets[0].padded * 4, s.buckets[1].padded * 4          # bytes of a gathered unit
+    shards = 4 * s.shard
+    runs["capped"] = run(stage3_prefetch_bucket_size=10**9,
+                         stage3_max_live_parameters=s.buckets[0].numel + 2 * s.buckets[1].numel)
+    assert _most_parameters(runs["off"]) == shards + root + block            # the unit running, and the root
+    assert _most_parameters(runs["one"]) == shards + root + 2 * block        # ... and the next one
+    assert _most_parameters(runs["all"]) == shards + root + 4 * block        # everything, fetched at once
+    assert _most_parameters(runs["capped"]) == shards + root + 2 * block     # the cap holds it back
+    t = {k: r["history"][0]["sim_time"] for k, r in runs.items()}
+    assert t["all"] <= t["one"] < t["off"]
+    for r in runs.values():
+        assert max_abs_diff(r["params"][0], runs["off"]["params"][0]) == 0.0
+        assert r["history"][0]["bytes_sent"] == runs["off"]["history"][0]["bytes_sent"]

@@ -26,9 +26,14 @@ STRATEGIES = {
     "DDP": {"stage": 0},
     "ZeRO-1": {"stage": 1},
     "ZeRO-2": {"stage": 2, "overlap_comm": True},
-    "ZeRO-3": {"stage": 3, "overlap_comm": True},
-    "ZeRO-3 + offload": {"stage": 3, "overlap_comm": True, "offload_optimizer": {"device": "cpu"}},
+    "ZeRO-3": {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": 10_000},
+    "ZeRO-3 + offload": {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": 10_000,
+                         "offload_optimizer": {"device": "cpu"}},
 }
+# A block of MODEL has 12,704 elements: a prefetch budget below that fetches exactly one block
+# ahead (DeepSpeed's rule lets the last unit overshoot), so the timeline shows units one by one.
+# DeepSpeed's default budget, 5e7 elements, would fetch this whole toy model at once.
+PREFETCH_BUDGETS = {"0 (off)": 0, "10,000 (one block)": 10_000, "5e7 (default)": 50_000_000}
 DEVICE = {"preset": "A100-80GB-NVLink", "flops": 5e9}   # a slow toy device: compute and messages comparable
 
 
@@ -58,7 +63,19 @@ def measure(comm, zero: dict, device=DEVICE, **extra) -> dict:
         t.train_step(0)
         return {"measured": dict(t.strategy.model_states), "bytes_sent": t.history[0]["bytes_sent"],
                 "peak": dev.memory.peak, "sim_time": t.history[0]["sim_time"], "formula": formulas(t),
-                "n_params": t.n_params, "device": dev}
+                "n_params": t.n_params, "device": dev,
+                "parameters_peak": peak_of(dev, "parameters", getattr(t.strategy, "partitioned_at", 0))}
+
+
+def peak_of(dev, category: str, start: int = 0) -> int:
+    """The most bytes of ``category`` held from timeline row ``start`` on (ZeRO-3: after partitioning)."""
+    level, peak = 0, 0
+    for i, (_, c, delta, _) in enumerate(dev.memory.timeline):
+        if c == category:
+            level += delta
+            if i >= start:
+                peak = max(peak, level)
+    return peak
 
 
 def out_of_memory(comm, capacity: float) -> dict:
@@ -82,7 +99,9 @@ def run(comm, out_dir) -> dict:
     capacity = (peaks["DDP"] + peaks["ZeRO-3"]) / 2         # between the two measured peaks
     oom = out_of_memory(comm, capacity)
     z3 = rows["ZeRO-3"]["device"]
-    no_prefetch = measure(comm, {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": 0})
+    budgets = {label: measure(comm, {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": size})
+               for label, size in PREFETCH_BUDGETS.items()}
+    no_prefetch = budgets["0 (off)"]
     result = {k: {kk: vv for kk, vv in v.items() if kk != "device"} for k, v in rows.items()}
     result["out_of_memory"] = oom
     result["zero3_step_time"] = {"prefetch": rows["ZeRO-3"]["sim_time"], "no_prefetch": no_prefetch["sim_time"]}
@@ -104,6 +123,13 @@ def run(comm, out_dir) -> dict:
     print(f"device of {capacity / 2**10:.0f} KiB:", "; ".join(f"{k}: {v}" for k, v in oom.items()))
     t = result["zero3_step_time"]
     print(f"ZeRO-3 step: {t['prefetch'] * 1e6:.1f} µs with prefetch, {t['no_prefetch'] * 1e6:.1f} µs without")
+    print("ZeRO-3 prefetch budget (stage3_prefetch_bucket_size, elements): more budget, more parameters held at once")
+    for label, r in budgets.items():
+        print(f"  {label:<20} peak gathered + shard parameters {r['parameters_peak'] / 2**10:7.1f} KiB, "
+              f"step {r['sim_time'] * 1e6:7.1f} µs")
+    print("  once the next unit's gather hides behind this unit's compute, a larger budget only costs memory")
+    result["prefetch_budgets"] = {k: {"parameters_peak": r["parameters_peak"], "sim_time": r["sim_time"]}
+                                  for k, r in budgets.items()}
     from ..plotting.zero import plot_step_timeline, plot_zero_memory
     plot_zero_memory(fig_rows, out_dir / "03_zero_memory.png", capacity=capacity)
     plot_step_timeline(z3.trace.events, out_dir / "03_zero3_timeline.png",

@@ -55,7 +55,8 @@ def build_strategy(cfg: dict, model, optimizer, comm, precision=None):
                   overlap_comm=z["overlap_comm"], offload=z["offload_optimizer"]["device"] == "cpu", clip=clip,
                   precision=precision)
     if name == "zero3":
-        return ZeRO3(model, optimizer, comm, prefetch_bucket_size=z["stage3_prefetch_bucket_size"], **kwargs)
+        return ZeRO3(model, optimizer, comm, prefetch_bucket_size=z["stage3_prefetch_bucket_size"],
+                     max_live_parameters=z["stage3_max_live_parameters"], **kwargs)
     return STRATEGIES[name](model, optimizer, comm, **kwargs)
 
 

@@ -13,10 +13,15 @@ every parameter (``S`` elements in all). The model is cut into **units** — the
   parameters **again**; when the unit's gradients are complete (post-accumulate-grad
   hooks) they are reduce-scattered into the gradient shard, as in stage 2, and the
   parameters are freed;
-* **prefetch**: with ``stage3_prefetch_bucket_size > 0`` the pre-hook of a unit also issues
-  the all-gather of the *next* unit (in forward order, or in backward order) on the comm
-  stream, so it runs while this unit computes; ``0`` disables prefetch: every gather is
-  issued when its unit is needed and the compute stream waits for it.
+* **prefetch**: the pre-hook of a unit also issues the all-gathers of the units that come
+  *next* (in forward order, or in backward order) on the comm stream, so they run while
+  this unit computes. DeepSpeed's rule (``PartitionedParamCoordinator.fetch_sub_module``):
+  walk the upcoming units, skip those already gathered or in flight, and fetch the others
+  until the elements fetched by this hook reach
+  ``min(stage3_prefetch_bucket_size, stage3_max_live_parameters − elements held)`` — the
+  last unit may overshoot. So a budget of one block keeps one block ahead, a larger one
+  runs further ahead (and holds more parameters at once), ``0`` disables prefetch: every
+  gather is issued when its unit is needed and the compute stream waits for it.
 
 The root unit is gathered for the whole forward (its ``wte`` is needed first and last)
 and for the whole backward. Gathered parameters are charged to "parameters" while held,
@@ -47,8 +52,11 @@ class ZeRO3(ZeRO2):
     name = "zero3"
     stage = 3
 
-    def __init__(self, model, optimizer, comm, prefetch_bucket_size: int = 50_000_000, **kwargs):
-        self.prefetch = prefetch_bucket_size > 0
+    def __init__(self, model, optimizer, comm, prefetch_bucket_size: int = 50_000_000,
+                 max_live_parameters: int = 1_000_000_000, **kwargs):
+        self.prefetch_bucket_size = int(prefetch_bucket_size)
+        self.max_live_parameters = int(max_live_parameters)
+        self.prefetch = self.prefetch_bucket_size > 0
         super().__init__(model, optimizer, comm, **kwargs)
         self._gathered: dict[int, tuple] = {}         # unit -> (handle, flat) held now
         self._inflight: dict[int, tuple] = {}         # unit -> (work, handle, flat) prefetched
@@ -95,6 +103,22 @@ class ZeRO3(ZeRO2):
         dev.param_arrays.add(id(flat))            # a parameter, not an activation, when ops save it
         self._inflight[i] = (work, handle, flat)
 
+    def prefetch_ahead(self, upcoming) -> None:
+        """Issue the all-gathers of the ``upcoming`` units (in the order they will run) that
+        fit the prefetch budget (see the module docstring)."""
+        if not self.prefetch:
+            return
+        held = sum(self.buckets[j].numel for j in (*self._gathered, *self._inflight))
+        budget = min(self.prefetch_bucket_size, self.max_live_parameters - held)
+        fetched = 0
+        for j in upcoming:
+            if fetched >= budget:
+                break
+            if j in self._gathered or j in self._inflight:
+                continue                          # already here or on its way: costs no budget
+            self.fetch(j)
+            fetched += self.buckets[j].numel
+
     def ensure(self, i: int) -> None:
         """Unit ``i`` must be usable now: gather it if needed and wait for the gather."""
         self.fetch(i)
@@ -113,41 +137,39 @@ class ZeRO3(ZeRO2):
     # -- hooks ---------------------------------------------------------------------------
     def _install_hooks(self) -> None:
         n = len(self.buckets)
+        forward_order = list(range(n))                             # root, h.0, h.1, …
+        backward_order = [0] + list(range(n - 1, 0, -1))           # root, h.L-1, …, h.0
         for i, (_, module, _) in enumerate(zero3_units(self.model)):
-            nxt = i + 1 if i + 1 < n else None                    # forward order: root, h.0, h.1, …
-            prev = (n - 1 if i == 0 else i - 1) if n > 1 else None  # backward order: root, h.L-1, …, h.0
-            if prev == 0:
-                prev = None                                       # the root is gathered first, not last
-            module.register_forward_pre_hook(self._pre_forward(i, nxt))
-            module.register_forward_hook(self._post_forward(i, prev))
+            after_fwd = forward_order[forward_order.index(i) + 1:]     # the units forward runs after i
+            after_bwd = backward_order[backward_order.index(i) + 1:]   # the units backward runs after i
+            module.register_forward_pre_hook(self._pre_forward(i, after_fwd))
+            module.register_forward_hook(self._post_forward(i, after_bwd))
 
-    def _pre_forward(self, i, nxt):
+    def _pre_forward(self, i, upcoming):
         def hook(module, args):
             self.ensure(i)
-            if self.prefetch and nxt is not None:
-                self.fetch(nxt)                   # overlaps unit i's forward
+            self.prefetch_ahead(upcoming)         # overlaps unit i's forward
         return hook
 
-    def _post_forward(self, i, prev):
+    def _post_forward(self, i, upcoming):
         def hook(module, args, out):
             if i == 0 and isinstance(out, tuple):                   # the model: (logits, loss)
-                out = tuple(self._before_backward(t, i, prev) if k == len(out) - 1 else t
+                out = tuple(self._before_backward(t, i, upcoming) if k == len(out) - 1 else t
                             for k, t in enumerate(out))
             elif i != 0:
-                out = self._before_backward(out, i, prev)
+                out = self._before_backward(out, i, upcoming)
             self.release(i)
             return out
         return hook
 
-    def _before_backward(self, t, i, prev):
-        """An identity op whose backward gathers unit ``i`` (and prefetches the next one)."""
+    def _before_backward(self, t, i, upcoming):
+        """An identity op whose backward gathers unit ``i`` (and prefetches the next ones)."""
         if t is None or not getattr(t, "requires_grad", False):
             return t
 
         def backward(g, needs):
             self.ensure(i)
-            if self.prefetch and prev is not None:
-                self.fetch(prev)                  # overlaps unit i's backward
+            self.prefetch_ahead(upcoming)         # overlaps unit i's backward
             return [g]
         return make_result(t.data, (t,), backward, f"zero3.pre_backward[{self.unit_names[i]}]")
 
