@@ -95,7 +95,33 @@ def _split(magnitude: np.ndarray, src: _Source):
 
 
 def _round_magnitude(magnitude: np.ndarray, src: _Source, fmt: Format) -> np.ndarray:
-    """Round finite magnitudes (sign bit clear) to ``fmt``'s grid; result in source bits."""
+    """Round magnitudes (sign bit clear) to ``fmt``'s grid; result in source bits.
+
+    Where the value is a *normal* number of ``fmt`` the grid step is the same power of two
+    for the whole binade, so rounding is one add and one mask on the bit pattern: add
+    ``half − 1`` plus the last kept bit (ties go to even), clear the ``d`` dropped bits. A
+    carry out of the mantissa bumps the exponent field by itself, and a value past the
+    source's largest finite becomes the source's inf (the caller's overflow check sees it).
+    Only magnitudes below ``fmt``'s smallest normal (where the step depends on how far
+    below they are) take the general, per-element path of :func:`_round_small`.
+    """
+    U = src.uint_type
+    shape = np.shape(magnitude)
+    magnitude = np.atleast_1d(magnitude)                            # a 0-d input, too, can be indexed
+    d = src.mantissa_bits - fmt.mantissa_bits                       # bits the target drops
+    lsb = (magnitude >> U(d)) & U(1)
+    out = magnitude + U((1 << (d - 1)) - 1)
+    out += lsb
+    out &= U(~((1 << d) - 1) & (src.sign_bit - 1))
+    small = magnitude < U(src.bits_of(2.0 ** fmt.min_exponent))     # fmt's subnormals (and zero)
+    if small.any():
+        out[small] = _round_small(magnitude[small], src, fmt)
+    return out.reshape(shape)
+
+
+def _round_small(magnitude: np.ndarray, src: _Source, fmt: Format) -> np.ndarray:
+    """Round finite magnitudes (sign bit clear) to ``fmt``'s grid, any binade (per-element
+    shift); result in source bits."""
     U = src.uint_type
     one = U(1)
     exp_field, sig, E = _split(magnitude, src)
