@@ -71,8 +71,8 @@ _FLOAT64 = _Source(np.float64, np.uint64, 11, 52)
 def _source_for(x: np.ndarray) -> tuple[np.ndarray, _Source]:
     """float32 (and float16) stay float32; float64 and everything else go to float64."""
     if x.dtype in (np.float32, np.float16):
-        return x.astype(np.float32), _FLOAT32
-    return x.astype(np.float64), _FLOAT64
+        return x.astype(np.float32, copy=False), _FLOAT32       # read only: no copy needed
+    return x.astype(np.float64, copy=False), _FLOAT64
 
 
 def _shift_right_rne(v: np.ndarray, n: np.ndarray, one) -> np.ndarray:
@@ -174,9 +174,12 @@ def quantize(x, dtype: str | Format, saturate: bool = False) -> np.ndarray:
         overflow_to = src.inf_bits
     else:                                                # OCP E4M3: no inf, overflow is NaN
         overflow_to = src.bits_of(np.nan)
-    rounded = np.where(overflow, U(overflow_to), rounded)
-    rounded = np.where(is_nan, U(src.bits_of(np.nan)), rounded)
-    return (rounded | sign).view(src.float_type)
+    if overflow.any():
+        rounded[overflow] = U(overflow_to)
+    if is_nan.any():
+        rounded[is_nan] = U(src.bits_of(np.nan))
+    rounded |= sign
+    return rounded.view(src.float_type)
 
 
 def to_bits(x, dtype: str | Format, saturate: bool = False) -> np.ndarray:
