@@ -5,7 +5,8 @@
 * :mod:`.bits` — teaching views: a value's fields, a table of ranges, lost precision;
 * :mod:`.loss_scaler` — static and dynamic loss scaling with DeepSpeed's semantics;
 * :mod:`.autocast` — ops "in fp16/bf16": rounded outputs, matmul inputs, gradients;
-* :mod:`.mixed` — mixed-precision training: fp32 masters, low-precision params and grads.
+* :mod:`.mixed` — mixed-precision training: fp32 masters, low-precision params and grads;
+* :mod:`.underflow` — how much gradient a format flushes to zero, with and without scaling.
 """
 from .autocast import FP32_OPS, autocast, autocast_dtype, cast_input
 from .bits import (
@@ -28,17 +29,15 @@ from .loss_scaler import (
 )
 from .mixed import (
     FP32Master,
-    GradientUnderflow,
     MixedPrecision,
     MixedPrecisionStep,
     Precision,
     from_training_config,
     global_norm_clip_,
-    gradient_underflow,
-    lost_gradient_mass,
     precision_from_config,
 )
 from .quantize import from_bits, quantize, to_bits
+from .underflow import GradientUnderflow, gradient_underflow, lost_gradient_mass
 
 __all__ = [
     "FORMATS",
