@@ -6,6 +6,13 @@ backward — the 5·a·s²·b term of Korthikanti et al. 2022's activation formu
 FLOPs: 2·T·T·d for Q Kᵀ and again for P V, per head and sequence; backward twice that.
 Under ``autocast`` the operands of both products (Q, K, then P, V) are rounded to the
 low-precision format; the softmax itself runs in fp32, as fused attention kernels do.
+
+Speed (NumPy has no fused kernel): the softmax and its backward walk the (T × T) scores
+one sequence at a time, so each pass works on an L2-cache-sized block (nh·T·T floats)
+instead of streaming the whole (B, nh, T, T) tensor from memory six times; everything is
+done in place. Outputs and input gradients are laid out (B, T, nh, hs) in memory, so the
+model's ``transpose(1, 2).reshape(B, T, C)`` around attention is a view, not a copy.
+``attention_reference`` below is the plain version, kept to read and to test against.
 """
 from __future__ import annotations
 
@@ -20,12 +27,21 @@ from .linalg import _charge
 _MASKS: dict = {}
 
 
-def causal_mask(T: int, dtype) -> np.ndarray:
-    """(T, T) additive mask: 0 on and below the diagonal, -inf above (cached)."""
-    key = (T, np.dtype(dtype))
+def causal_mask(T: int, dtype, transposed: bool = False) -> np.ndarray:
+    """(T, T) additive mask: 0 on and below the diagonal, -inf above (cached).
+
+    ``transposed=True``: the same mask laid out (keys, queries), stored contiguous.
+    """
+    key = (T, np.dtype(dtype), transposed)
     if key not in _MASKS:
-        _MASKS[key] = np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)
+        mask = np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)
+        _MASKS[key] = np.ascontiguousarray(mask.T) if transposed else mask
     return _MASKS[key]
+
+
+def _empty_bthd(B, nh, T, hs, dtype) -> np.ndarray:
+    """An uninitialised (B, nh, T, hs) array stored as (B, T, nh, hs): heads side by side."""
+    return np.empty((B, T, nh, hs), dtype=dtype).swapaxes(1, 2)
 
 
 def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: float = 0.0,
@@ -35,35 +51,66 @@ def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: flo
     if not (q.shape == k.shape == v.shape) or q.ndim != 4:
         raise ValueError(f"attention expects q, k, v of equal shape (B, nh, T, hs); got {q.shape}, {k.shape}, {v.shape}")
     B, nh, T, hs = q.shape
-    scale = np.asarray(1.0 / math.sqrt(hs), dtype=q.dtype)
+    dt = q.dtype
+    scale = np.asarray(1.0 / math.sqrt(hs), dtype=dt)
     qd, kd, vd = cast_input(q.data), cast_input(k.data), cast_input(v.data)   # autocast
-    s = (qd @ np.swapaxes(kd, -1, -2)) * scale                # (B, nh, T, T)
-    if is_causal:
-        s += causal_mask(T, q.dtype)
-    s -= s.max(axis=-1, keepdims=True)
-    p = np.exp(s, out=s)
-    p /= p.sum(axis=-1, keepdims=True)                        # (B, nh, T, T) probabilities
-    p = cast_input(p)                                         # P is an operand of P V
+    qs = qd * scale                                           # scale Q (T·hs) rather than S (T·T)
+    ones = np.ones((1, T), dtype=dt)                          # ones @ X sums X over its rows
+    # The scores are built transposed, Sᵀ = K Qᵀ (keys down, queries across): the softmax
+    # over keys then reduces over rows, which NumPy vectorises, rather than over 128-long
+    # rows one at a time. p below is the (B, nh, T, T) view of that buffer.
+    mask_t = causal_mask(T, dt, transposed=True) if is_causal else None      # (keys, queries)
+    p_t = np.empty((B, nh, T, T), dtype=dt)                   # (B, nh, keys, queries)
+    for b in range(B):                                        # one sequence: (nh, T, T) fits in L2
+        s = np.matmul(kd[b], np.swapaxes(qs[b], -1, -2), out=p_t[b])    # (nh, keys, queries)
+        if mask_t is not None:
+            s += mask_t
+        s -= s.max(axis=-2, keepdims=True)
+        np.exp(s, out=s)
+        s *= 1.0 / (ones @ s)                                 # divide by Σ over keys: (nh, 1, queries)
+    del qs
+    p = cast_input(np.swapaxes(p_t, -1, -2))                  # (B, nh, T, T) probabilities, operand of P V
     keep = None
     if dropout_p > 0.0:
         rng = rng if rng is not None else np.random.default_rng()
-        keep = (rng.random(p.shape) >= dropout_p) / np.asarray(1.0 - dropout_p, dtype=q.dtype)
+        keep = (rng.random(p.shape) >= dropout_p) / np.asarray(1.0 - dropout_p, dtype=dt)
         pd = p * keep
     else:
         pd = p
-    y = pd @ vd                                               # (B, nh, T, hs)
+    y = np.matmul(pd, vd, out=_empty_bthd(B, nh, T, hs, dt))   # (B, nh, T, hs)
     mm = 2 * B * nh * T * T * hs                              # one of the two products
 
     def backward(g, needs):
         _charge("attention.backward", 4 * mm)
-        dv = np.swapaxes(pd, -1, -2) @ g                      # (B, nh, T, hs)
-        dp = g @ np.swapaxes(vd, -1, -2)                      # (B, nh, T, T)
-        if keep is not None:
-            dp *= keep
-        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))  # softmax backward
-        ds *= scale
-        dq = ds @ kd
-        dk = np.swapaxes(ds, -1, -2) @ qd
+        dq, dk, dv = (_empty_bthd(B, nh, T, hs, g.dtype) for _ in range(3))
+        ds_t = np.empty((nh, T, T), dtype=g.dtype)            # (nh, keys, queries), reused per sequence
+        tmp = np.empty_like(ds_t)
+        for b in range(B):
+            pd_t, p_bt = np.swapaxes(pd[b], -1, -2), np.swapaxes(p[b], -1, -2)   # (nh, keys, queries)
+            np.matmul(pd_t, g[b], out=dv[b])                                    # dV = Pᵀ dY: (nh, T, hs)
+            np.matmul(vd[b], np.swapaxes(g[b], -1, -2), out=ds_t)              # dPᵀ = V dYᵀ
+            if keep is not None:
+                ds_t *= np.swapaxes(keep[b], -1, -2)
+            # softmax backward, in place: dS = P ∘ (dP - Σ_keys dP∘P)
+            ds_t -= ones @ np.multiply(ds_t, p_bt, out=tmp)                    # (nh, 1, queries)
+            ds_t *= p_bt
+            np.matmul(np.swapaxes(ds_t, -1, -2), kd[b], out=dq[b])             # dQ = dS K
+            np.matmul(ds_t, qd[b], out=dk[b])                                   # dK = dSᵀ Q
+        # S = scale · Q Kᵀ: the scale multiplies both gradients (applied to the buffers
+        # behind dq, dk, which are contiguous in their (B, T, nh, hs) layout)
+        np.multiply(dq.base, scale, out=dq.base)
+        np.multiply(dk.base, scale, out=dk.base)
         return dq, dk, dv
     saved = [qd, kd, vd, p] + ([keep] if keep is not None else [])
     return make_result(y, (q, k, v), backward, "attention", saved=saved, flops=2 * mm, matmul=True)
+
+
+def attention_reference(q, k, v, is_causal: bool = True):
+    """The plain NumPy forward on arrays (no autograd): what the blocked version computes."""
+    hs = q.shape[-1]
+    s = (q @ np.swapaxes(k, -1, -2)) / math.sqrt(hs)          # (B, nh, T, T)
+    if is_causal:
+        s = s + causal_mask(q.shape[-2], q.dtype)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return p @ v
