@@ -1,4 +1,8 @@
-"""Layer normalisation (Ba et al. 2016) over the last axis, forward beside backward."""
+"""Layer normalisation (Ba et al. 2016) over the last axis, forward beside backward.
+
+The arithmetic is the textbook one, step for step; the steps run in place in two buffers
+instead of allocating a temporary for every subexpression.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -13,12 +17,16 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
         raise ValueError("layer_norm: bias without weight is not supported")
     if weight is not None and weight.shape != x.shape[-1:]:
         raise ValueError(f"layer_norm: weight shape {weight.shape} != normalised shape {x.shape[-1:]}")
-    mu = x.data.mean(axis=-1, keepdims=True)
-    xc = x.data - mu
-    var = (xc * xc).mean(axis=-1, keepdims=True)
+    xc = x.data - x.data.mean(axis=-1, keepdims=True)       # (..., C) centred
+    y = np.multiply(xc, xc)                                  # (..., C) scratch: xc², later the output
+    var = y.mean(axis=-1, keepdims=True)
     rstd = 1.0 / np.sqrt(var + eps)                          # (..., 1)
-    xhat = xc * rstd                                         # (..., C)
-    y = xhat * weight.data if weight is not None else xhat.copy()
+    xhat = xc
+    xhat *= rstd                                             # (..., C), in place of xc
+    if weight is not None:
+        np.multiply(xhat, weight.data, out=y)
+    else:
+        y[...] = xhat
     if bias is not None:
         y += bias.data
     lead = tuple(range(x.ndim - 1))
@@ -26,10 +34,14 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     def backward(g, needs):
         gx = gw = gb = None
         if needs[0]:
-            gh = g * weight.data if weight is not None else g
-            # dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))
-            gx = rstd * (gh - gh.mean(axis=-1, keepdims=True)
-                         - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
+            # dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), gh = g * weight
+            gh = g * weight.data if weight is not None else g.copy()
+            t = np.multiply(gh, xhat)
+            c = t.mean(axis=-1, keepdims=True)
+            gh -= gh.mean(axis=-1, keepdims=True)
+            gh -= np.multiply(xhat, c, out=t)
+            gh *= rstd
+            gx = gh
         if weight is not None and needs[1]:
             gw = (g * xhat).sum(axis=lead)
         if bias is not None and needs[2]:
