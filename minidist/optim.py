@@ -141,10 +141,53 @@ class Adam(Optimizer):
         return (m / (1 - b1 ** t)) / denom
 
     def update(self, param, grad, state, group):
+        """The same arithmetic as ``_direction`` followed by the step, step for step (so the
+        result is bit-identical), but in place over cache-sized blocks with two scratch
+        buffers: no parameter-sized temporaries, each block's passes stay in L2."""
+        if not (param.flags.c_contiguous and grad.flags.c_contiguous and grad.dtype == param.dtype
+                and state["exp_avg"].dtype == param.dtype):
+            return self._update_reference(param, grad, state, group)   # rare layouts: same maths
+        b1, b2 = group["betas"]
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        state["step"] += 1
+        t = state["step"]
+        bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t                  # bias corrections
+        flat = [a.reshape(-1) for a in (param, grad, state["exp_avg"], state["exp_avg_sq"])]
+        n = param.size
+        step = max(1, _BLOCK_BYTES // param.itemsize)
+        tmp = np.empty(min(step, n), dtype=param.dtype)
+        d = np.empty_like(tmp)
+        for start in range(0, n, step):
+            p, g, m, v = (a[start:start + step] for a in flat)
+            k = p.size
+            if wd and not self.decoupled:                    # L2 penalty: g + wd·p
+                g = np.add(g, np.multiply(wd, p, out=d[:k]), out=d[:k])
+            m *= b1                                          # m = β1·m + (1-β1)·g
+            m += np.multiply(1 - b1, g, out=tmp[:k])
+            gg = np.multiply(g, g, out=tmp[:k])              # v = β2·v + (1-β2)·g²
+            gg *= 1 - b2
+            v *= b2
+            v += gg
+            den = np.divide(v, bc2, out=tmp[:k])             # √(v / (1-β2ᵗ)) + ε
+            np.sqrt(den, out=den)
+            den += eps
+            u = np.divide(m, bc1, out=d[:k])                 # (m / (1-β1ᵗ)) / denom
+            u /= den
+            if self.decoupled and wd:                        # AdamW: p·(1 - lr·wd)
+                p *= 1 - lr * wd
+            u *= lr
+            p -= u
+
+    def _update_reference(self, param, grad, state, group):
+        """The plain update on whole arrays (the readable version ``update`` must equal)."""
         d = self._direction(param, grad, state, group)
         if self.decoupled and group["weight_decay"]:
             param *= 1 - group["lr"] * group["weight_decay"]
         param -= group["lr"] * d
+
+
+# Adam's update walks parameters in blocks of this many bytes (five blocks in L2).
+_BLOCK_BYTES = 256 * 1024
 
 
 class AdamW(Adam):
