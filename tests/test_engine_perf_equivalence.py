@@ -113,3 +113,16 @@ def test_adam_on_a_strided_parameter_falls_back_to_reference():
     ref = AdamW([Parameter(expect)])
     ref._update_reference(expect, g, ref.init_state(view.shape, view.dtype), ref.param_groups[0])
     assert np.array_equal(view, expect)
+
+
+# -- embedding -------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embedding_backward_is_bit_identical_to_add_at(dtype):
+    ids = np.random.default_rng(1).integers(0, 7, (4, 9))            # repeated ids, one id unused
+    ids[ids == 3] = 2
+    w = Parameter(randn(7, 5, dtype=dtype))
+    g = randn(4, 9, 5, seed=2, dtype=dtype)
+    F.embedding(ids, w).backward(g)
+    want = np.zeros_like(w.data)
+    np.add.at(want, ids.ravel(), g.reshape(-1, 5))
+    assert np.array_equal(w.grad, want)
