@@ -1,4 +1,4 @@
-"""Explicit ring all-reduce (minidist.dist, Python on MPI point-to-point) vs MPI's Allreduce.
+"""Explicit ring all-reduce (minidist.distributed, Python on MPI point-to-point) vs MPI's Allreduce.
 
 Run:  mpirun -n 4 python benchmarks/bench_allreduce.py [--algorithm ring] [--max-mb 64]
 
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from minidist import dist
+from minidist import distributed as dist
 
 
 def _timed(comm_mpi, fn, reps):

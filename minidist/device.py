@@ -159,7 +159,7 @@ def export_chrome_trace(traces, path) -> dict:
 
     Open it in https://ui.perfetto.dev or chrome://tracing: one process per rank, one
     thread (track) per stream. Simulated seconds become microseconds. ``traces``: Devices,
-    Traces, or — as :func:`minidist.dist.gather_object` delivers them on rank 0 — one list
+    Traces, or — as :func:`minidist.distributed.gather_object` delivers them on rank 0 — one list
     of events per rank, in rank order.
     """
     traces = [_as_trace(t, i) for i, t in enumerate(traces if isinstance(traces, (list, tuple)) else [traces])]

@@ -4,7 +4,7 @@ and — next to what each rank measured — what the ZeRO formulas say for the s
 Per rank, ``data_parallel`` holds
 
 * ``model_states``: bytes of parameters / gradients / optimizer states held at the optimizer
-  step (see :mod:`minidist.parallel.base`), ``host`` for offload;
+  step (see :mod:`minidist.parallel.data.base`), ``host`` for offload;
 * ``model_states_expected``: the same from the strategy's exact padded layout;
 * ``bytes_sent_per_step`` (measured from the message log in the last step) and its
   expectation.

@@ -22,7 +22,7 @@ import numpy as np
 
 from .device import current_device
 from .memory import nbytes
-from .precision.autocast import output_dtype, round_output, rounding_backward
+from .autocast import output_dtype, round_output, rounding_backward
 
 _op_counter = itertools.count()  # creation order of op outputs: backward runs newest first
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("minidist_grad", default=True)
@@ -323,7 +323,7 @@ def make_result(data, parents, backward, name, saved=(), flops=0, matmul=False) 
 
     ``saved`` lists the arrays the backward closure keeps alive. Parameters (leaves) are
     not activations and are skipped by passing only intermediate arrays here. Under
-    :class:`minidist.precision.autocast` the output (and the gradient coming back into this
+    :class:`minidist.autocast` the output (and the gradient coming back into this
     op) is rounded to the low-precision format and saved arrays are charged at its size.
     """
     dev = current_device()

@@ -11,12 +11,12 @@ import argparse
 import json
 import sys
 
-from . import dist
-from .config import ConfigError, data_config, load_config
-from .data import make_dataset
+from . import distributed as dist
+from .training.config import ConfigError, data_config, load_config
+from .training.data import make_dataset
 from .device import export_chrome_trace
 from .report import build_report, format_data_parallel, rank_report, write_report
-from .trainer import Trainer
+from .training.trainer import Trainer
 
 def run(config, comm=None, progress=True):
     """Train on this rank; returns (trainer, rank_report)."""

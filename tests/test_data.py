@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from minidist.data import (
+from minidist.training.data import (
     TASKS,
     CharTokenizer,
     SyntheticTask,

@@ -2,8 +2,8 @@
 earlier than all-reduces after backward; ZeRO-3 prefetch ends earlier than gathering on demand."""
 import pytest
 
-from minidist import dist
-from minidist.parallel.check import train_steps
+from minidist import distributed as dist
+from minidist.testing import train_steps
 
 pytestmark = pytest.mark.zero
 

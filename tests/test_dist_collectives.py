@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minidist import dist
+from minidist import distributed as dist
 
 pytestmark = pytest.mark.dist
 

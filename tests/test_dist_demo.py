@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from minidist import dist
-from minidist.dist import cost
-from minidist.dist.all_reduce import ring_states
+from minidist import distributed as dist
+from minidist.distributed import cost
+from minidist.distributed.all_reduce import ring_states
 
 pytestmark = pytest.mark.dist
 

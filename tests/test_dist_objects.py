@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from minidist import dist
-from minidist.dist.objects import encode
+from minidist import distributed as dist
+from minidist.distributed.objects import encode
 from minidist.train import main
 
 pytestmark = pytest.mark.dist

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from minidist import dist
+from minidist import distributed as dist
 
 pytestmark = pytest.mark.dist
 
@@ -96,7 +96,7 @@ def test_importing_dist_does_not_initialise_mpi():
     import subprocess
     import sys
 
-    code = "import sys, minidist.dist; print('mpi4py' in sys.modules, minidist.dist.init())"
+    code = "import sys, minidist.distributed; print('mpi4py' in sys.modules, minidist.distributed.init())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert out.stdout.split() == ["False", "None"], out.stderr

@@ -3,9 +3,9 @@ and the simulated time vs the α-β cost model of Thakur, Rabenseifner & Gropp (
 import numpy as np
 import pytest
 
-from minidist import dist
+from minidist import distributed as dist
 from minidist.device import PRESETS
-from minidist.dist import cost
+from minidist.distributed import cost
 
 pytestmark = pytest.mark.dist
 

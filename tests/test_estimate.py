@@ -340,7 +340,7 @@ def test_estimate_for_a_config_is_consistent_and_json_able():
 
 
 def test_estimate_accepts_the_trainers_filled_config():
-    cfg_mod = pytest.importorskip("minidist.config")
+    cfg_mod = pytest.importorskip("minidist.training.config")
     filled = cfg_mod.load_config({}, world_size=1)
     r = estimate(filled, world_size=1)
     # every key comes from the trainer's config, except sequence parallelism (not a §9 key)

@@ -15,12 +15,12 @@ import copy
 import numpy as np
 import pytest
 
-from minidist import dist
-from minidist.config import ConfigError, load_config
+from minidist import distributed as dist
+from minidist.training.config import ConfigError, load_config
 from minidist.estimate import model_state_memory
-from minidist.parallel.check import max_abs_diff, train_steps
+from minidist.testing import max_abs_diff, train_steps
 from minidist.precision import DynamicLossScaler, quantize
-from minidist.trainer import Trainer
+from minidist.training.trainer import Trainer
 
 pytestmark = [pytest.mark.zero, pytest.mark.precision]
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from minidist import dist
+from minidist import distributed as dist
 from minidist import functional as F
-from minidist.data import TextDataset
+from minidist.training.data import TextDataset
 from minidist.device import Device
 from minidist.model import GPT, GPTConfig
 from minidist.optim import Adam

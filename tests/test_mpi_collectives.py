@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from minidist import dist
+from minidist import distributed as dist
 
 pytestmark = [pytest.mark.mpi, pytest.mark.dist,
               pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not on PATH")]
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.mpi, pytest.mark.dist,
 PROGRAM = textwrap.dedent('''
     import json, sys
     import numpy as np
-    from minidist import dist
+    from minidist import distributed as dist
 
     def program(comm):
         """The same code on both backends; returns {name: result}."""
@@ -40,7 +40,7 @@ PROGRAM = textwrap.dedent('''
             out["broadcast/" + a] = dist.broadcast(comm, odd if r == 1 else np.zeros(37), root=1, algorithm=a)
         for a in dist.algorithms("all_to_all"):
             out["all_to_all/" + a] = dist.all_to_all(comm, x.reshape(p, 6), algorithm=a)
-        with comm.collective("custom_shift", "naive"):      # a collective written outside minidist.dist
+        with comm.collective("custom_shift", "naive"):      # a collective written outside minidist.distributed
             out["custom_shift/naive"] = comm.sendrecv(x[:3], (r + 1) % p, (r - 1) % p)
         sub = comm.split(color=r % 2, key=-r)
         out["split/all_reduce"] = dist.all_reduce(sub, x[:4], algorithm="recursive_doubling")
@@ -82,7 +82,7 @@ PROGRAM = textwrap.dedent('''
 BAD = textwrap.dedent('''
     import sys
     import numpy as np
-    from minidist import dist
+    from minidist import distributed as dist
 
     def main(comm):
         x = np.ones(8)

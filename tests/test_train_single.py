@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from minidist.config import ConfigError, load_config
-from minidist.trainer import Trainer
+from minidist.training.config import ConfigError, load_config
+from minidist.training.trainer import Trainer
 
 pytestmark = [pytest.mark.engine, pytest.mark.cli]
 SMALL = {"steps": 120, "model": {"n_layer": 2, "n_embd": 48, "n_head": 4, "block_size": 32},

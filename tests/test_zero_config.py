@@ -1,9 +1,9 @@
 """Bad data-parallel / ZeRO configs are rejected up front, on every rank, naming the key."""
 import pytest
 
-from minidist import dist
-from minidist.config import ConfigError, load_config
-from minidist.trainer import Trainer
+from minidist import distributed as dist
+from minidist.training.config import ConfigError, load_config
+from minidist.training.trainer import Trainer
 
 pytestmark = pytest.mark.zero
 

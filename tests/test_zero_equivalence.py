@@ -8,8 +8,8 @@ import functools
 import numpy as np
 import pytest
 
-from minidist import dist
-from minidist.parallel.check import max_abs_diff, train_steps
+from minidist import distributed as dist
+from minidist.testing import max_abs_diff, train_steps
 
 pytestmark = pytest.mark.zero
 

@@ -2,9 +2,9 @@
 (minidist.estimate) and against the exact padded expectation of each strategy."""
 import pytest
 
-from minidist import dist
+from minidist import distributed as dist
 from minidist.estimate import comm_volume, model_state_memory
-from minidist.parallel.check import max_abs_diff, train_steps
+from minidist.testing import max_abs_diff, train_steps
 
 pytestmark = pytest.mark.zero
 

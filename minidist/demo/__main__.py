@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import dist
+from .. import distributed as dist
 
 # (short name, module) in tour order; a chapter module has TITLE and run(comm, out_dir) -> dict
 CHAPTERS = [

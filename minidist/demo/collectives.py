@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import dist
+from .. import distributed as dist
 from ..device import Device
-from ..dist import cost
-from ..dist.all_reduce import ring_states
-from ..dist.log import MessageLog
+from ..distributed import cost
+from ..distributed.all_reduce import ring_states
+from ..distributed.log import MessageLog
 
 TITLE = "Collectives"
 SPEC = "A100-80GB-NVLink"

@@ -8,7 +8,7 @@ check that the FLOPs counted match 6·N·D plus attention.
 from __future__ import annotations
 
 
-from ..data import TextDataset
+from ..training.data import TextDataset
 from ..device import Device
 from ..memory import CATEGORIES
 from ..model import GPT, GPTConfig

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import TextDataset
+from ..training.data import TextDataset
 from ..device import Device
 from ..model import GPT, GPTConfig
 from ..optim import Adam

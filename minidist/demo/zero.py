@@ -13,11 +13,11 @@ from __future__ import annotations
 import contextlib
 import pathlib
 
-from .. import dist
+from .. import distributed as dist
 from ..device import Device, export_chrome_trace
 from ..memory import OutOfMemoryError
 from ..report import formulas
-from ..trainer import Trainer
+from ..training.trainer import Trainer
 
 TITLE = "Data parallel and ZeRO"
 

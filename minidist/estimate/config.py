@@ -17,7 +17,7 @@ Keys read (anything else is ignored here; the trainer validates the config)::
 
 Missing keys fall back to :data:`DEFAULTS`, and the names of those that did are listed in
 ``defaults_used`` so that a report never hides an assumption (they mirror
-:mod:`minidist.config`'s defaults, but a trainer should pass its filled-in config).
+:mod:`minidist.training.config`'s defaults, but a trainer should pass its filled-in config).
 ``activation_checkpointing`` may be "none"/"selective"/"full", a bool (True = full), or a
 dict with a ``granularity`` (minidist) or ``mode`` key; any other non-empty dict (DeepSpeed's
 form) means full checkpointing of each block.
@@ -54,7 +54,7 @@ def _get(config: dict, dotted: str, used: list):
 
 def _task_seq_len(data: dict) -> int | None:
     """A synthetic task's sequence length when ``data.seq_len`` is left to the task, else None."""
-    from ..data import TASKS, SyntheticTask
+    from ..training.data import TASKS, SyntheticTask
     if data.get("seq_len") is None and data.get("dataset") in TASKS:
         return SyntheticTask(data["dataset"], n=data.get("n_digits") or 6).seq_len
     return None

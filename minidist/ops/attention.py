@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ..precision.autocast import cast_input
+from ..autocast import cast_input
 from ..tensor import Tensor, as_tensor, make_result
 from .linalg import _charge
 

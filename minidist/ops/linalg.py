@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..precision.autocast import cast_input
+from ..autocast import cast_input
 from ..tensor import Tensor, as_tensor, make_result
 from .elementwise import unbroadcast
 

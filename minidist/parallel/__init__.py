@@ -19,14 +19,14 @@ module                 what a student finds there
 """
 from __future__ import annotations
 
-from .base import LocalStrategy
-from .ddp import DDP
-from .flat import Bucket, element_bytes, make_buckets, padded_elements, shard_elements
-from .offload import HostOptimizer
-from .parameter_server import ParameterServer
-from .zero1 import ZeRO1
-from .zero2 import ZeRO2
-from .zero3 import ZeRO3, zero3_units
+from .data.base import LocalStrategy
+from .data.ddp import DDP
+from .data.buckets import Bucket, element_bytes, make_buckets, padded_elements, shard_elements
+from .data.offload import HostOptimizer
+from .data.parameter_server import ParameterServer
+from .data.zero1 import ZeRO1
+from .data.zero2 import ZeRO2
+from .data.zero3 import ZeRO3, zero3_units
 
 STRATEGIES = {"single": LocalStrategy, "parameter_server": ParameterServer, "ddp": DDP,
               "zero1": ZeRO1, "zero2": ZeRO2, "zero3": ZeRO3}

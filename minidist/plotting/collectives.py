@@ -72,7 +72,7 @@ def plot_collective_operators(path, p: int = 4):
 def plot_ring_allreduce(frames, path):
     """Ring all-reduce step by step: which contributions each chunk holds on each rank.
 
-    ``frames`` is :func:`minidist.dist.all_reduce.ring_states` (rank × chunk sets).
+    ``frames`` is :func:`minidist.distributed.all_reduce.ring_states` (rank × chunk sets).
     """
     n = len(frames)
     p = len(frames[0][1])

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..precision.formats import FORMATS, get_format
+from ..numerics.formats import FORMATS, get_format
 
 _SIGN, _EXP, _MANT = "#d62728", "#1f77b4", "#2ca02c"
 _LAYOUT_FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")

@@ -8,8 +8,8 @@
 * :mod:`.mixed` — mixed-precision training: fp32 masters, low-precision params and grads;
 * :mod:`.underflow` — how much gradient a format flushes to zero, with and without scaling.
 """
-from .autocast import FP32_OPS, autocast, autocast_dtype, cast_input
-from .bits import (
+from ..autocast import FP32_OPS, autocast, autocast_dtype, cast_input
+from ..numerics.bits import (
     BitView,
     PrecisionLoss,
     decompose,
@@ -17,7 +17,7 @@ from .bits import (
     format_table_text,
     precision_loss_example,
 )
-from .formats import FORMATS, Format, get_format
+from ..numerics.formats import FORMATS, Format, get_format
 from .loss_scaler import (
     FP16_DEFAULTS,
     DynamicLossScaler,
@@ -36,7 +36,7 @@ from .mixed import (
     global_norm_clip_,
     precision_from_config,
 )
-from .quantize import from_bits, quantize, to_bits
+from ..numerics.quantize import from_bits, quantize, to_bits
 from .underflow import GradientUnderflow, gradient_underflow, lost_gradient_mass
 
 __all__ = [

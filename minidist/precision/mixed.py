@@ -32,10 +32,10 @@ from typing import NamedTuple
 import numpy as np
 
 from ..memory import nbytes
-from .autocast import autocast
-from .formats import get_format
+from ..autocast import autocast
+from ..numerics.formats import get_format
 from .loss_scaler import StaticLossScaler, from_config, has_overflow
-from .quantize import quantize
+from ..numerics.quantize import quantize
 
 
 class MixedPrecisionStep(NamedTuple):
@@ -119,7 +119,7 @@ class Precision:
         local = has_overflow(list(arrays))
         if comm is None or comm.size == 1:
             return local
-        from .. import dist
+        from .. import distributed as dist
         # why: each rank sees only its own gradients (or its shard); all must agree to skip
         flag = dist.all_reduce(comm, np.array([float(local)]), op="max", algorithm="ring")
         return bool(flag[0] > 0)

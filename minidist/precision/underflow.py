@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .quantize import quantize
+from ..numerics.quantize import quantize
 
 
 class GradientUnderflow(NamedTuple):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..precision.quantize import quantize
+from ...numerics.quantize import quantize
 from .base import OPTIMIZER_FLOPS_PER_ELEMENT
 
 

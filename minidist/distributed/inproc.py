@@ -4,7 +4,7 @@
 :class:`~minidist.device.Device` (activated in that thread with ``with comm.device:``)
 and its own message log, and runs ``fn(comm, *args, **kwargs)`` on every rank::
 
-    from minidist import dist
+    from minidist import distributed as dist
     def main(comm):
         return dist.all_reduce(comm, np.full(4, comm.rank + 1.0))
     dist.spawn(main, world_size=4)      # -> [array([10., 10., 10., 10.]), ...]

@@ -1,6 +1,6 @@
-"""minidist.dist: ranks, point-to-point messages, and every collective built on them.
+"""minidist.distributed: ranks, point-to-point messages, and every collective built on them.
 
-Two backends share one interface (:class:`~minidist.dist.comm.Communicator`):
+Two backends share one interface (:class:`~minidist.distributed.comm.Communicator`):
 
 * in-process — ``dist.spawn(fn, world_size=4)`` runs ``fn(comm)`` on 4 thread ranks;
 * MPI — under ``mpirun -n 4 python prog.py``, ``dist.init()`` returns the world

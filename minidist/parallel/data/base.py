@@ -24,8 +24,8 @@ import contextlib
 
 import numpy as np
 
-from .. import dist
-from ..device import current_device
+from ... import distributed as dist
+from ...device import current_device
 
 MODEL_STATES = ("parameters", "gradients", "optimizer_states")
 OPTIMIZER_FLOPS_PER_ELEMENT = 10      # ~elementwise FLOPs of one Adam update per element
@@ -83,7 +83,7 @@ class LocalStrategy:
     def setup_precision(self) -> None:
         """Whole-tensor fp32 masters and optimizer states (single rank, DDP). ZeRO overrides
         this to keep only its shard of the masters."""
-        from ..precision import MixedPrecision
+        from ...precision import MixedPrecision
         # comm=None: after the all-reduce every rank holds the same gradients, so the same
         # overflow verdict; no flag needs to travel (DeepSpeed's FP16_Optimizer does the same)
         self.mp = MixedPrecision(self.model, self.optimizer, self.precision, gradient_clipping=self.clip)
@@ -172,5 +172,5 @@ class LocalStrategy:
 
 
 def _bytes(p) -> int:
-    from .flat import element_bytes
+    from .buckets import element_bytes
     return element_bytes(p)

@@ -23,7 +23,7 @@ from importlib import resources
 
 import numpy as np
 
-from .tensor import no_grad
+from ..tensor import no_grad
 
 # ----------------------------------------------------------------------------- corpus
 

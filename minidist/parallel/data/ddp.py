@@ -24,9 +24,9 @@ here the sums are fp32, rounded once.)
 """
 from __future__ import annotations
 
-from .. import dist
+from ... import distributed as dist
 from .base import LocalStrategy
-from .flat import make_buckets
+from .buckets import make_buckets
 
 
 class DDP(LocalStrategy):

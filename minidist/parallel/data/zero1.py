@@ -6,7 +6,7 @@ fp32 master weights in mixed precision) for only 1/N of the parameters, and so o
 updates that 1/N:
 
 1. backward as usual: every rank accumulates the **full** gradient (w·Ψ bytes);
-2. each bucket is **reduce-scattered** (:mod:`minidist.dist.reduce_scatter`): rank r
+2. each bucket is **reduce-scattered** (:mod:`minidist.distributed.reduce_scatter`): rank r
    receives the average over ranks of *its* chunk only — ``(p−1)/p`` of the bucket sent;
    in a flat-buffer implementation the result lands in place in the gradient buffer, so it
    costs no extra memory and none is charged;
@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dist
-from ..precision.quantize import quantize
+from ... import distributed as dist
+from ...numerics.quantize import quantize
 from .base import LocalStrategy
-from .flat import make_buckets, shard_elements
+from .buckets import make_buckets, shard_elements
 from .offload import HostOptimizer
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 class CommError(RuntimeError):
-    """Base class of minidist.dist communication errors."""
+    """Base class of minidist.distributed communication errors."""
 
 
 class CommTimeoutError(CommError, TimeoutError):

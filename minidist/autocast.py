@@ -3,7 +3,7 @@
 On a GPU, mixed precision (Micikevicius et al., "Mixed Precision Training", ICLR 2018)
 keeps activations in a 16-bit format and feeds 16-bit operands to the tensor cores, which
 multiply them exactly and *accumulate in fp32*. minidist emulates that bit for bit with
-:func:`~minidist.precision.quantize` while the arrays stay float32:
+:func:`~minidist.numerics.quantize` while the arrays stay float32:
 
 * **matmul inputs** (``linear``, ``matmul``, both products inside attention) are rounded to
   the format before the product; NumPy's float32 product of two rounded operands is the
@@ -37,8 +37,8 @@ import contextvars
 
 import numpy as np
 
-from .formats import get_format
-from .quantize import quantize
+from .numerics.formats import get_format
+from .numerics.quantize import quantize
 
 _autocast: contextvars.ContextVar[str | None] = contextvars.ContextVar("minidist_autocast", default=None)
 

@@ -11,7 +11,7 @@ the last layers first, so the first bucket to be complete is the one holding the
 
 **Padding and shards.** ZeRO cuts every bucket of ``n`` elements into ``p`` equal chunks
 of ``c = ceil(n / p)`` elements: the bucket is padded with ``p·c − n`` zeros (at most
-``p − 1``), exactly the padding of :func:`minidist.dist.reduce_scatter`. Rank ``r`` owns
+``p − 1``), exactly the padding of :func:`minidist.distributed.reduce_scatter`. Rank ``r`` owns
 elements ``[r·c, (r+1)·c)`` of every bucket, so its shard is ``S = Σ_b c_b`` elements and
 the memory formulas of ZeRO (Ψ/N per rank) hold with Ψ replaced by the padded
 ``Σ_b p·c_b`` — never more than ``(p−1)`` extra elements per bucket. With one bucket
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..memory import DTYPE_BYTES
+from ...memory import DTYPE_BYTES
 
 
 def element_bytes(p) -> int:

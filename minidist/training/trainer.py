@@ -10,7 +10,7 @@ batch of ``micro × world_size`` sequences from ``(seed, s·k + m)`` and takes i
 that p ranks with micro-batch b see exactly what one rank with micro-batch p·b sees.
 
 Mixed precision (``fp16.enabled`` / ``bf16.enabled``): forward runs under
-:class:`~minidist.precision.autocast`, backward starts from the scaled loss, and the
+:class:`~minidist.autocast`, backward starts from the scaled loss, and the
 strategy rounds gradients, agrees on overflow, and updates the fp32 masters (or skips).
 The history records the loss scale each step used and whether it was skipped.
 """
@@ -22,14 +22,14 @@ import time
 
 import numpy as np
 
-from . import optim
+from .. import optim
 from .config import data_config, load_config
 from .data import TextDataset, make_dataset
-from .device import Device
-from .model import GPT, GPTConfig
-from .parallel import build_strategy
-from .precision import autocast, precision_from_config
-from .tensor import no_grad
+from ..device import Device
+from ..model import GPT, GPTConfig
+from ..parallel import build_strategy
+from ..precision import autocast, precision_from_config
+from ..tensor import no_grad
 
 
 class Trainer:
@@ -147,7 +147,7 @@ class Trainer:
         so that the per-step traffic is the strategy's alone)."""
         if self.comm is None or self.comm.size == 1 or not self.history:
             return
-        from . import dist
+        from .. import distributed as dist
         local = np.array([h["loss"] for h in self.history], dtype=np.float64)
         # why: rank 0 reports the loss of the global batch, the mean of every rank's slice
         mean = dist.all_reduce(self.comm, local, op="mean", algorithm="ring")

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dist
+from ... import distributed as dist
 from .base import LocalStrategy
-from .flat import Bucket
+from .buckets import Bucket
 
 ROOT = 0
 

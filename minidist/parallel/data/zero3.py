@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dist
-from ..tensor import make_result
-from .flat import Bucket
+from ... import distributed as dist
+from ...tensor import make_result
+from .buckets import Bucket
 from .zero2 import ZeRO2
 
 

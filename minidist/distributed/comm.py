@@ -2,7 +2,7 @@
 
 A rank talks to others only through **point-to-point** messages — ``send``/``recv`` and
 their non-blocking twins ``isend``/``irecv`` + ``wait`` — plus ``rank``, ``size`` and
-``split``. Every collective in :mod:`minidist.dist` is written on top of these, exactly as
+``split``. Every collective in :mod:`minidist.distributed` is written on top of these, exactly as
 MPICH writes MPI_Allreduce on top of MPI_Send/MPI_Recv.
 
 This base class owns everything that must be identical on both backends:
@@ -14,7 +14,7 @@ This base class owns everything that must be identical on both backends:
   Each rank has one outgoing and one incoming port (full duplex): its sends queue behind
   each other, and so do its receives (stream ``"comm.in"``), so a root receiving from
   ``p−1`` ranks pays ``(p−1)·(α + nβ)`` as in Thakur et al.'s model.
-* **the message log** (:mod:`minidist.dist.log`) and one trace event per message;
+* **the message log** (:mod:`minidist.distributed.log`) and one trace event per message;
 * **collective calls** (:meth:`Communicator.collective`): the debug-mode check that all
   ranks entered the same collective, the "issued by the compute stream" start time, and
   the :class:`Work` handle that lets compute wait for the simulated completion.

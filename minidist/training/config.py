@@ -110,7 +110,7 @@ TEXT_SEQ_LEN = 32       # data.seq_len of a text corpus when the config leaves i
 
 
 def data_config(cfg: dict) -> dict:
-    """The ``data`` section without unset keys, as :func:`minidist.data.make_dataset` takes it.
+    """The ``data`` section without unset keys, as :func:`minidist.training.data.make_dataset` takes it.
     A text corpus reads windows of ``seq_len`` (default 32) characters; a synthetic task's
     sequence length follows from the task (``n_digits``), so it needs no ``seq_len``."""
     from .data import TASKS
@@ -187,7 +187,7 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
         if cfg["dtype"] != "float32":
             raise ConfigError("dtype", f"mixed precision ({key}) keeps fp32 master weights and emulates "
                                        f"fp16/bf16 on float32 arrays; set dtype to 'float32'")
-        from .precision.loss_scaler import from_config
+        from ..precision.loss_scaler import from_config
         try:
             from_config(cfg["fp16"])
         except ValueError as e:
