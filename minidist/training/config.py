@@ -11,44 +11,18 @@ import copy
 import difflib
 import json
 
-DEFAULTS = {
-    "train_micro_batch_size_per_gpu": 16,
-    "gradient_accumulation_steps": 1,
-    "train_batch_size": None,            # DeepSpeed: micro × accumulation × data-parallel degree
-    "gradient_clipping": 0.0,
-    "steps": 200,
-    "seed": 0,
-    "dtype": "float32",                  # NumPy dtype of the parameters; float64 for exact checks
-    "eval_interval": 0,                  # 0: evaluate only at the end
-    "eval_iters": 4,
-    "optimizer": {"type": "AdamW", "params": {}},
-    "fp16": {"enabled": False, "loss_scale": 0.0, "initial_scale_power": 16, "loss_scale_window": 1000,
-             "hysteresis": 2, "consecutive_hysteresis": False, "min_loss_scale": 1.0, "auto_cast": False},
-    "bf16": {"enabled": False},
-    "zero_optimization": {"stage": 0, "overlap_comm": False, "reduce_bucket_size": 500_000_000,
-                          "allgather_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000,
-                          "stage3_max_live_parameters": 1_000_000_000,
-                          "offload_optimizer": {"device": "none"}},
-    "activation_checkpointing": {"granularity": "none"},
-    "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
-              "dropout": 0.0, "bias": True},
-    "data": {"dataset": "english", "seq_len": None, "n_digits": None, "val_fraction": None},  # see data_config
-    "parallel": {"data_parallel": "ddp", "tensor": 1, "pipeline": 1, "schedule": "1f1b", "micro_batches": None,
-                 "virtual_stages": 1},
-    "device": "A100-80GB-NVLink",
-    "distillation": None,
-}
+from ..defaults import DATA_PARALLEL, DEFAULTS, SCHEDULES, TEXT_SEQ_LEN
 
 # keys whose value is free-form (checked by the component that uses it)
 _FREE = {"optimizer.params", "device", "distillation"}
 
 _CHOICES = {
     "dtype": ("float32", "float64"),
-    "parallel.data_parallel": ("ddp", "parameter_server"),
+    "parallel.data_parallel": DATA_PARALLEL,
     "zero_optimization.stage": (0, 1, 2, 3),
     "zero_optimization.offload_optimizer.device": ("none", "cpu"),
     "activation_checkpointing.granularity": ("none", "selective", "full"),
-    "parallel.schedule": ("naive", "gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zb_v"),
+    "parallel.schedule": SCHEDULES,
 }
 
 _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps",
@@ -104,9 +78,6 @@ def _check_types(cfg: dict, defaults: dict, prefix: str = "") -> None:
             raise ConfigError(path, f"expected a string, got {value!r}")
         if path in _CHOICES and value not in _CHOICES[path]:
             raise ConfigError(path, f"{value!r} is not supported; choose one of {list(_CHOICES[path])}")
-
-
-TEXT_SEQ_LEN = 32       # data.seq_len of a text corpus when the config leaves it out
 
 
 def data_config(cfg: dict) -> dict:

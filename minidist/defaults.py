@@ -1,0 +1,125 @@
+"""Every default and canonical name of minidist, defined once.
+
+The trainer's config (:mod:`minidist.training.config`), the estimator
+(:mod:`minidist.estimate`), the strategies, the demo and the CLIs import their defaults and
+names from here, so that they cannot disagree. This module imports nothing from minidist:
+it sits below every layer.
+
+* :data:`DEFAULTS` — the DeepSpeed-style training config with every key filled (SPEC §9);
+* :data:`DEFAULT_DEVICE` — the simulated device preset used when none is named;
+* the ZeRO bucket sizes (DeepSpeed's defaults, in elements);
+* :data:`STRATEGIES` — the data-parallel strategy names ("single" … "zero3");
+* :data:`SCHEDULES` and :func:`normalize_schedule` — pipeline schedule names, with
+  torch.distributed.pipelining's class names as aliases.
+"""
+from __future__ import annotations
+
+# ----------------------------------------------------------------------------- hardware
+
+DEFAULT_DEVICE = "A100-80GB-NVLink"      # a key of minidist.device.PRESETS
+
+# ----------------------------------------------------------------------------- data
+
+DEFAULT_DATASET = "english"              # the shipped corpus minidist/corpus/english.txt
+TEXT_SEQ_LEN = 32                        # data.seq_len of a text corpus when the config leaves it out
+TEXT_VAL_FRACTION = 0.1                  # share of a text corpus held out for validation
+TASK_DIGITS = 6                          # data.n_digits of a synthetic task when left out
+
+# ----------------------------------------------------------------------------- data parallelism
+
+# DeepSpeed's zero_optimization defaults, in elements (not bytes).
+REDUCE_BUCKET_SIZE = 500_000_000
+ALLGATHER_BUCKET_SIZE = 500_000_000
+STAGE3_PREFETCH_BUCKET_SIZE = 50_000_000
+STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000
+# PyTorch DDP's bucket_cap_mb=25, read here as 25M elements: the default of a DDP built by
+# hand; a DDP built from a config gets zero_optimization.reduce_bucket_size instead.
+DDP_BUCKET_SIZE = 25_000_000
+
+# Data-parallel strategies: one rank, the naive parameter server, DDP, ZeRO stages 1-3.
+SINGLE, PARAMETER_SERVER, DDP = "single", "parameter_server", "ddp"
+ZERO1, ZERO2, ZERO3 = "zero1", "zero2", "zero3"
+STRATEGIES = (SINGLE, PARAMETER_SERVER, DDP, ZERO1, ZERO2, ZERO3)
+DATA_PARALLEL = (DDP, PARAMETER_SERVER)  # parallel.data_parallel: how stage 0 exchanges gradients
+
+
+def zero_strategy(stage: int) -> str:
+    """The strategy name of ZeRO ``stage`` 1-3 ("zero1".."zero3"); stage 0 is plain DDP."""
+    return (DDP, ZERO1, ZERO2, ZERO3)[stage]
+
+# ----------------------------------------------------------------------------- pipeline schedules
+
+# naive: one micro-batch at a time; gpipe: all forwards then all backwards (Huang et al. 2019);
+# 1f1b: PipeDream-Flush (Narayanan et al. 2021); interleaved_1f1b: v model chunks per device
+# (Narayanan et al. 2021 §2.2.2); zb_h1, zb_h2, zb_v: zero bubble (Qi et al. 2023);
+# dualpipe_v: DeepSeek-V3's DualPipe folded onto half the devices ("cut-in-half" DualPipe).
+SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zb_h2", "zb_v", "dualpipe_v")
+DEFAULT_SCHEDULE = "1f1b"
+
+# Other spellings, compared after lower-casing and dropping "-", "_" and spaces.
+SCHEDULE_ALIASES = {
+    # torch.distributed.pipelining's schedule classes
+    "schedulegpipe": "gpipe",
+    "schedule1f1b": "1f1b",
+    "scheduleinterleaved1f1b": "interleaved_1f1b",
+    # torch documents it as the paper's ZB-1p: the automatic zero-bubble schedule under
+    # 1F1B's memory limit, i.e. what the hand-made ZB-H1 approximates, over v chunks per rank
+    "scheduleinterleavedzerobubble": "zb_h1",
+    "schedulezbvzerobubble": "zb_v",
+    "scheduledualpipev": "dualpipe_v",
+    # ScheduleLoopedBFS (breadth-first, Lamy-Poirier 2022) is none of minidist's schedules.
+    # Names from papers and Megatron-LM / picotron
+    "afab": "gpipe", "allforwardallbackward": "gpipe", "pipedreamflush": "1f1b",
+    "interleaved": "interleaved_1f1b", "zb1p": "zb_h1", "zb2p": "zb_h2", "zbvzerobubble": "zb_v",
+    "dualpipev": "dualpipe_v",
+}
+
+
+def _key(name: str) -> str:
+    return str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+_SCHEDULE_KEYS = {**{_key(s): s for s in SCHEDULES}, **SCHEDULE_ALIASES}
+
+
+def normalize_schedule(name: str) -> str:
+    """The canonical name of a pipeline schedule, case-insensitive: "ZB-H1", "zbh1" -> "zb_h1",
+    "ScheduleGPipe" -> "gpipe". Raises ValueError listing the choices for an unknown name."""
+    try:
+        return _SCHEDULE_KEYS[_key(name)]
+    except KeyError:
+        raise ValueError(f"unknown pipeline schedule {name!r}; choose one of {', '.join(SCHEDULES)} "
+                         f"(or a torch.distributed.pipelining class name such as ScheduleGPipe)") from None
+
+# ----------------------------------------------------------------------------- the training config
+
+DEFAULTS = {
+    "train_micro_batch_size_per_gpu": 16,
+    "gradient_accumulation_steps": 1,    # also the pipeline's micro-batches per step (SPEC §9)
+    "train_batch_size": None,            # DeepSpeed: micro × accumulation × data-parallel degree
+    "gradient_clipping": 0.0,
+    "steps": 200,
+    "seed": 0,
+    "dtype": "float32",                  # NumPy dtype of the parameters; float64 for exact checks
+    "eval_interval": 0,                  # 0: evaluate only at the end
+    "eval_iters": 4,
+    "optimizer": {"type": "AdamW", "params": {}},
+    "fp16": {"enabled": False, "loss_scale": 0.0, "initial_scale_power": 16, "loss_scale_window": 1000,
+             "hysteresis": 2, "consecutive_hysteresis": False, "min_loss_scale": 1.0, "auto_cast": False},
+    "bf16": {"enabled": False},
+    "zero_optimization": {"stage": 0, "overlap_comm": False, "reduce_bucket_size": REDUCE_BUCKET_SIZE,
+                          "allgather_bucket_size": ALLGATHER_BUCKET_SIZE,
+                          "stage3_prefetch_bucket_size": STAGE3_PREFETCH_BUCKET_SIZE,
+                          "stage3_max_live_parameters": STAGE3_MAX_LIVE_PARAMETERS,
+                          "offload_optimizer": {"device": "none"}},
+    "activation_checkpointing": {"granularity": "none"},
+    "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
+              "dropout": 0.0, "bias": True},
+    # seq_len None: TEXT_SEQ_LEN for a text corpus, the task's own length for a synthetic task;
+    # n_digits None: TASK_DIGITS; val_fraction None: TEXT_VAL_FRACTION (see config.data_config)
+    "data": {"dataset": DEFAULT_DATASET, "seq_len": None, "n_digits": None, "val_fraction": None},
+    "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
+                 "micro_batches": None, "virtual_stages": 1},
+    "device": DEFAULT_DEVICE,
+    "distillation": None,
+}
