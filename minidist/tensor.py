@@ -201,33 +201,8 @@ class Tensor:
                 t._ctx = None
         return WeightGradWork(deferred) if defer_weight_grad else None
 
-    # -- operators (defined in minidist.ops; bound here so x + y works) --------------------
-    def __add__(self, o): return _F.add(self, o)
-    def __radd__(self, o): return _F.add(o, self)
-    def __sub__(self, o): return _F.sub(self, o)
-    def __rsub__(self, o): return _F.sub(o, self)
-    def __mul__(self, o): return _F.mul(self, o)
-    def __rmul__(self, o): return _F.mul(o, self)
-    def __truediv__(self, o): return _F.div(self, o)
-    def __rtruediv__(self, o): return _F.div(o, self)
-    def __neg__(self): return _F.neg(self)
-    def __pow__(self, p): return _F.pow(self, p)
-    def __matmul__(self, o): return _F.matmul(self, o)
-    def __rmatmul__(self, o): return _F.matmul(o, self)
-    def __getitem__(self, idx): return _F.getitem(self, idx)
-    def reshape(self, *shape):
-        return _F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-    view = reshape
-    def transpose(self, a, b): return _F.transpose(self, a, b)
-    def sum(self, axis=None, keepdims=False): return _F.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _F.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return _F.max(self, axis, keepdims)
-    def exp(self): return _F.exp(self)
-    def log(self): return _F.log(self)
-    def tanh(self): return _F.tanh(self)
-    def split(self, size, axis=-1): return _F.split(self, size, axis)
-    @property
-    def T(self): return _F.transpose(self, -1, -2)
+    # Operators (x + y, x @ w, x.sum(), x.T, …) are ops, so they live in minidist.ops, which
+    # sits above this module; minidist/ops/methods.py attaches them to Tensor on import.
 
 
 class Parameter(Tensor):
@@ -341,5 +316,3 @@ def make_result(data, parents, backward, name, saved=(), flops=0, matmul=False) 
         out._ctx = Node(tuple(parents), backward, name, dev, keys)
     return out
 
-
-from . import functional as _F  # noqa: E402  (ops need Tensor defined first)

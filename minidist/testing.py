@@ -14,11 +14,12 @@ import copy
 
 import numpy as np
 
+from .training.trainer import Trainer
+
 
 def train_steps(comm, config: dict | None = None, steps: int | None = None) -> dict:
     """Train ``steps`` steps on this rank; return per-step full parameters (a collective for
     ZeRO-3), the history, the model-state snapshot and the expected numbers."""
-    from .training.trainer import Trainer
     if config is None and isinstance(comm, dict):       # train_steps(config) on one rank
         comm, config = None, comm
     trainer = Trainer(copy.deepcopy(config), comm)

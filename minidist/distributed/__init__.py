@@ -28,17 +28,11 @@ import os
 import sys
 import traceback
 
-from . import all_gather as _ag
-from . import all_reduce as _ar
-from . import all_to_all as _a2a
-from . import broadcast as _bc
-from . import reduce as _rd
-from . import reduce_scatter as _rs
-from . import scatter_gather as _sg
 from .all_gather import all_gather
 from .all_reduce import all_reduce
 from .all_to_all import all_to_all, barrier
 from .broadcast import broadcast
+from .collectives import ALGORITHMS, COLLECTIVES, algorithms
 from .comm import Communicator, Request, Work
 from .errors import (
     CollectiveMismatchError,
@@ -55,23 +49,7 @@ from .reduce import reduce
 from .reduce_scatter import reduce_scatter
 from .scatter_gather import gather, scatter
 
-ALGORITHMS = {
-    "broadcast": _bc.ALGORITHMS, "reduce": _rd.ALGORITHMS, "all_reduce": _ar.ALGORITHMS,
-    "reduce_scatter": _rs.ALGORITHMS, "all_gather": _ag.ALGORITHMS,
-    "scatter": _sg.SCATTER_ALGORITHMS, "gather": _sg.GATHER_ALGORITHMS,
-    "all_to_all": _a2a.ALGORITHMS, "barrier": _a2a.BARRIER_ALGORITHMS,
-}
-COLLECTIVES = {"broadcast": broadcast, "reduce": reduce, "all_reduce": all_reduce,
-               "reduce_scatter": reduce_scatter, "all_gather": all_gather, "scatter": scatter,
-               "gather": gather, "all_to_all": all_to_all, "barrier": barrier}
 OPS = tuple(REDUCE_OPS)
-
-
-def algorithms(name: str) -> list[str]:
-    """Names of the algorithms of collective ``name``, e.g. ``algorithms("all_reduce")``."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown collective {name!r}; choose one of {sorted(ALGORITHMS)}")
-    return sorted(ALGORITHMS[name])
 
 
 _LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
@@ -87,7 +65,7 @@ def init(device=None, timeout: float = 60.0, debug: bool = False):
     """The MPI world communicator when launched under mpirun, else ``None``."""
     if not is_mpi_launch():
         return None
-    from .mpi import MPIComm  # imports mpi4py, which initialises MPI
+    from .mpi import MPIComm  # here, not at the top: importing mpi4py initialises MPI, wanted only under mpirun
 
     return MPIComm.world(device=device, timeout=timeout, debug=debug)
 
@@ -112,7 +90,7 @@ def run_main(fn, *args, device=None, timeout: float = 60.0, debug: bool = False,
             raise
         sys.stderr.write(f"[minidist] rank {comm.rank} of {comm.size} failed:\n{traceback.format_exc()}")
         sys.stderr.flush()
-        from mpi4py import MPI
+        from mpi4py import MPI  # already initialised by init(); imported here to reach Abort
 
         MPI.COMM_WORLD.Abort(1)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .all_gather import ring_all_gather
+from .all_gather import ring_schedule as ag_schedule
 from .broadcast import broadcast
 from .halving_doubling import doubling, fold_in, fold_out, halving
 from .ops import (
@@ -36,15 +37,13 @@ from .ops import (
 )
 from .reduce import reduce
 from .reduce_scatter import ring_reduce_scatter
+from .reduce_scatter import ring_schedule as rs_schedule
 
 
 def ring_states(p: int) -> list[tuple[str, list[list[frozenset]]]]:
     """Ring all-reduce as data: after each step, which ranks' contributions every chunk
     holds on every rank (``state[rank][chunk]`` = set of ranks). Built from the same
     schedules the executor runs; used by the step-by-step figure."""
-    from .all_gather import ring_schedule as ag_schedule
-    from .reduce_scatter import ring_schedule as rs_schedule
-
     state = [[frozenset([r]) for _ in range(p)] for r in range(p)]
     frames = [("start: every rank holds its own gradient", [row[:] for row in state])]
     for phase, schedule in (("reduce-scatter", rs_schedule), ("all-gather", ag_schedule)):

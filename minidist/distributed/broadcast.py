@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .all_gather import all_gather
 from .ops import as_chunks, pick, unchunk
+from .scatter_gather import scatter
 
 
 def _linear(comm, x, root):
@@ -52,9 +54,6 @@ def _binomial(comm, x, root):
 
 
 def _scatter_allgather(comm, x, root):
-    from .all_gather import all_gather
-    from .scatter_gather import scatter
-
     if comm.rank == root:
         blocks, n = as_chunks(x, comm.size)           # (p, c) zero-padded
         meta = (n, x.shape)

@@ -24,6 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 from ..device import Device
+from .collectives import ALGORITHMS
 from .comm import CTRL_TAG, Communicator, Header
 from .errors import CommTimeoutError
 from .log import MessageLog
@@ -40,8 +41,6 @@ def _code(name: str) -> int:
 
 
 def _known_names() -> dict[int, str]:
-    from . import ALGORITHMS    # the package is loaded by the time MPI is used
-
     names = {"send", "recv", "p2p"} | set(ALGORITHMS)
     for table in ALGORITHMS.values():
         names |= set(table)

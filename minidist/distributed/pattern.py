@@ -13,6 +13,9 @@ import dataclasses
 
 import numpy as np
 
+from .collectives import COLLECTIVES
+from .inproc import spawn
+
 
 @dataclasses.dataclass(frozen=True)
 class Message:
@@ -24,8 +27,6 @@ class Message:
 
 
 def _call(comm, op, algorithm, n_elems, root):
-    from . import COLLECTIVES
-
     p, x = comm.size, np.ones(n_elems, dtype=np.float32)
     if op == "all_gather":
         return COLLECTIVES[op](comm, x[: n_elems // p], algorithm=algorithm)
@@ -46,8 +47,6 @@ def _call(comm, op, algorithm, n_elems, root):
 def message_pattern(op: str, algorithm: str, p: int, n_elems: int | None = None, root: int = 0) -> list[Message]:
     """Every message of one ``op``/``algorithm`` call on ``p`` ranks (float32, ``n_elems``
     elements in total, default ``4·p``), sorted by (simulated send time, sender)."""
-    from .inproc import spawn
-
     n_elems = 4 * p if n_elems is None else n_elems
 
     def run(comm):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autocast import cast_input
+from ..device import current_device
 from ..tensor import Tensor, as_tensor, make_result
 from .elementwise import unbroadcast
 
@@ -32,7 +33,6 @@ def linear_weight_grad(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
 
 
 def _charge(name, flops):
-    from ..device import current_device
     dev = current_device()
     if dev is not None:
         dev.compute(name, int(flops), matmul=True)

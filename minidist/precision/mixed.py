@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import distributed as dist
 from ..memory import nbytes
 from ..autocast import autocast
 from ..numerics.formats import get_format
@@ -119,7 +120,6 @@ class Precision:
         local = has_overflow(list(arrays))
         if comm is None or comm.size == 1:
             return local
-        from .. import distributed as dist
         # why: each rank sees only its own gradients (or its shard); all must agree to skip
         flag = dist.all_reduce(comm, np.array([float(local)]), op="max", algorithm="ring")
         return bool(flag[0] > 0)
