@@ -1,19 +1,20 @@
-"""minidist.parallel: data parallelism and every ZeRO stage, one concept per module.
+"""minidist.parallel: every way of splitting training over ranks, one folder per parallelism.
 
-=====================  ==========================================================
-module                 what a student finds there
-=====================  ==========================================================
-:mod:`.flat`           buckets, flat buffers, padding to a multiple of the world size
-:mod:`.base`           the step protocol, single-rank training (the reference)
-:mod:`.parameter_server`  naive DP: reduce to a root, update there, broadcast back
-:mod:`.ddp`            DDP: bucketed all-reduce launched from gradient hooks
-:mod:`.zero1`          ZeRO-1: optimizer states sharded
-:mod:`.zero2`          ZeRO-2: gradients sharded too, freed bucket by bucket
-:mod:`.zero3`          ZeRO-3: parameters sharded too, gathered per layer, prefetch
-:mod:`.offload`        ZeRO-Offload: the optimizer step and its states on the host
-=====================  ==========================================================
+Read this table first; each folder's ``__init__`` is the table of contents of its files.
 
-:func:`build_strategy` picks one from a (validated) DeepSpeed-style config::
+=========================  ===================================================================
+where                      what a student finds there
+=========================  ===================================================================
+:mod:`.grid`               the DP × PP × TP process grid: Megatron's rank order, every group
+                           derived by ``comm.split`` (SPEC §6.1)
+:mod:`.data`               data parallelism (SPEC §5): the parameter server (naive), DDP with
+                           buckets, ZeRO-1/2/3 and ZeRO-Offload
+``tensor/``                tensor and sequence parallelism (Megatron-LM; SPEC §6.2)
+``pipeline/``              pipeline schedules as data and their executor (SPEC §6.3)
+=========================  ===================================================================
+
+:func:`build_strategy` is the one place a strategy is built from a (validated) DeepSpeed-style
+config::
 
     strategy = build_strategy(cfg, model, optimizer, comm)   # one object per rank
 """
