@@ -53,25 +53,26 @@ def zero_strategy(stage: int) -> str:
 # 1f1b: PipeDream-Flush (Narayanan et al. 2021); interleaved_1f1b: v model chunks per device
 # (Narayanan et al. 2021 §2.2.2); zb_h1, zb_h2, zb_v: zero bubble (Qi et al. 2023);
 # dualpipe_v: DeepSeek-V3's DualPipe folded onto half the devices ("cut-in-half" DualPipe).
-SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved_1f1b", "zb_h1", "zb_h2", "zb_v", "dualpipe_v")
-DEFAULT_SCHEDULE = "1f1b"
+NAIVE, GPIPE, ONE_F_ONE_B, INTERLEAVED_1F1B = "naive", "gpipe", "1f1b", "interleaved_1f1b"
+ZB_H1, ZB_H2, ZB_V, DUALPIPE_V = "zb_h1", "zb_h2", "zb_v", "dualpipe_v"
+SCHEDULES = (NAIVE, GPIPE, ONE_F_ONE_B, INTERLEAVED_1F1B, ZB_H1, ZB_H2, ZB_V, DUALPIPE_V)
+DEFAULT_SCHEDULE = ONE_F_ONE_B
 
 # Other spellings, compared after lower-casing and dropping "-", "_" and spaces.
 SCHEDULE_ALIASES = {
     # torch.distributed.pipelining's schedule classes
-    "schedulegpipe": "gpipe",
-    "schedule1f1b": "1f1b",
-    "scheduleinterleaved1f1b": "interleaved_1f1b",
+    "schedulegpipe": GPIPE,
+    "schedule1f1b": ONE_F_ONE_B,
+    "scheduleinterleaved1f1b": INTERLEAVED_1F1B,
     # torch documents it as the paper's ZB-1p: the automatic zero-bubble schedule under
     # 1F1B's memory limit, i.e. what the hand-made ZB-H1 approximates, over v chunks per rank
-    "scheduleinterleavedzerobubble": "zb_h1",
-    "schedulezbvzerobubble": "zb_v",
-    "scheduledualpipev": "dualpipe_v",
+    "scheduleinterleavedzerobubble": ZB_H1,
+    "schedulezbvzerobubble": ZB_V,
+    "scheduledualpipev": DUALPIPE_V,
     # ScheduleLoopedBFS (breadth-first, Lamy-Poirier 2022) is none of minidist's schedules.
-    # Names from papers and Megatron-LM / picotron
-    "afab": "gpipe", "allforwardallbackward": "gpipe", "pipedreamflush": "1f1b",
-    "interleaved": "interleaved_1f1b", "zb1p": "zb_h1", "zb2p": "zb_h2", "zbvzerobubble": "zb_v",
-    "dualpipev": "dualpipe_v",
+    # Names from papers, Megatron-LM and picotron
+    "afab": GPIPE, "allforwardallbackward": GPIPE, "pipedreamflush": ONE_F_ONE_B,
+    "interleaved": INTERLEAVED_1F1B, "zb1p": ZB_H1, "zb2p": ZB_H2, "dualpipev": DUALPIPE_V,
 }
 
 

@@ -18,6 +18,8 @@ import contextvars
 import dataclasses
 import json
 
+from .defaults import DEFAULT_DEVICE
+
 from .memory import MemoryTracker, nbytes
 
 
@@ -60,7 +62,7 @@ PRESETS = {
 def get_spec(spec: "str | dict | DeviceSpec | None" = None) -> DeviceSpec:
     """A :class:`DeviceSpec` from a preset name, a dict of explicit numbers, or a spec."""
     if spec is None:
-        return PRESETS["A100-80GB-NVLink"]
+        return PRESETS[DEFAULT_DEVICE]
     if isinstance(spec, DeviceSpec):
         return spec
     if isinstance(spec, str):
@@ -69,7 +71,7 @@ def get_spec(spec: "str | dict | DeviceSpec | None" = None) -> DeviceSpec:
                              f"or give explicit numbers {{'memory', 'flops', 'alpha', 'beta'}}")
         return PRESETS[spec]
     if isinstance(spec, dict):
-        base = PRESETS[spec.get("preset", "A100-80GB-NVLink")]
+        base = PRESETS[spec.get("preset", DEFAULT_DEVICE)]
         fields = {f.name for f in dataclasses.fields(DeviceSpec)}
         unknown = set(spec) - fields - {"preset"}
         if unknown:

@@ -140,7 +140,7 @@ def test_1f1b_first_stage_holds_all_layers_worth():
     act = activation_memory(s, b, h, a, L, tp=8, sp=True, pp=p, in_flight=peak_in_flight("1f1b", p, 32))
     assert act["total"] == pytest.approx(L * table2(s, b, h, a, 8, "tp+sp"))
     inter = activation_memory(s, b, h, a, L, tp=8, sp=True, pp=p,
-                              in_flight=peak_in_flight("interleaved", p, 32, v=4))
+                              in_flight=peak_in_flight("interleaved_1f1b", p, 32, v=4))
     assert inter["total"] == pytest.approx(act["total"] * (1 + (p - 1) / (p * 4)))
 
 
@@ -302,15 +302,15 @@ def test_gpipe_and_1f1b_bubble_match_a_simulation(p, m):
 def test_other_schedules_bubble_formulas():
     p, m = 4, 8
     one = pipeline_bubble("1f1b", p, m)
-    assert pipeline_bubble("interleaved", p, m, v=2)["bubble_relative"] == pytest.approx((p - 1) / (2 * m))
-    zb = pipeline_bubble("zb-h1", p, m)
+    assert pipeline_bubble("interleaved_1f1b", p, m, v=2)["bubble_relative"] == pytest.approx((p - 1) / (2 * m))
+    zb = pipeline_bubble("zb_h1", p, m)
     assert zb["bubble_time"] == pytest.approx(one["bubble_time"] / 3)     # a third of 1F1B's
     assert zb["peak_in_flight"] == one["peak_in_flight"] == p
     assert pipeline_bubble("zb_v", p, m)["bubble_time"] == 0
     assert pipeline_bubble("naive", p, m)["bubble_fraction"] == pytest.approx((p - 1) / p)
-    assert peak_in_flight("interleaved", p, m, v=2) == pytest.approx(p + (p - 1) / 2)
+    assert peak_in_flight("interleaved_1f1b", p, m, v=2) == pytest.approx(p + (p - 1) / 2)
     with pytest.raises(ValueError, match="divisible"):
-        pipeline_bubble("interleaved", 4, 6, v=2)
+        pipeline_bubble("interleaved_1f1b", 4, 6, v=2)
     with pytest.raises(ValueError, match="schedule"):
         pipeline_bubble("2f2b", 4, 8)
 

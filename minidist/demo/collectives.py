@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed as dist
+from ..defaults import DEFAULT_DEVICE
 from ..device import Device
 from ..distributed import cost
 from ..distributed.all_reduce import ring_states
 from ..distributed.log import MessageLog
 
 TITLE = "Collectives"
-SPEC = "A100-80GB-NVLink"
+SPEC = DEFAULT_DEVICE
 ELEMS = 1024                                   # real float32 elements per measurement
 SIZES = [1 << k for k in range(10, 27, 2)]     # 1 KiB … 64 MiB (emulated)
 

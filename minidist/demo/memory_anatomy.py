@@ -8,18 +8,19 @@ check that the FLOPs counted match 6·N·D plus attention.
 from __future__ import annotations
 
 
-from ..training.data import TextDataset
+from ..defaults import DEFAULT_DEVICE
 from ..device import Device
 from ..memory import CATEGORIES
 from ..model import GPT, GPTConfig
 from ..optim import AdamW
+from ..training.data import TextDataset
 
 TITLE = "Anatomy of training memory"
 
 
 def measure_step(cfg: GPTConfig, batch: int, seq: int, seed: int = 0) -> dict:
     """Run one step (forward, backward, AdamW step) and return the device plus marks."""
-    dev = Device("A100-80GB-NVLink")
+    dev = Device(DEFAULT_DEVICE)
     data = TextDataset(seq_len=seq)
     x, y = data.get_batch(batch, 0, seed)
     with dev:

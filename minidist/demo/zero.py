@@ -14,6 +14,7 @@ import contextlib
 import pathlib
 
 from .. import distributed as dist
+from ..defaults import DEFAULT_DEVICE
 from ..device import Device, export_chrome_trace
 from ..memory import OutOfMemoryError
 from ..report import formulas
@@ -34,7 +35,7 @@ STRATEGIES = {
 # ahead (DeepSpeed's rule lets the last unit overshoot), so the timeline shows units one by one.
 # DeepSpeed's default budget, 5e7 elements, would fetch this whole toy model at once.
 PREFETCH_BUDGETS = {"0 (off)": 0, "10,000 (one block)": 10_000, "5e7 (default)": 50_000_000}
-DEVICE = {"preset": "A100-80GB-NVLink", "flops": 5e9}   # a slow toy device: compute and messages comparable
+DEVICE = {"preset": DEFAULT_DEVICE, "flops": 5e9}   # a slow toy device: compute and messages comparable
 
 
 def config(zero: dict, device=DEVICE, **extra) -> dict:

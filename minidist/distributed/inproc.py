@@ -21,6 +21,7 @@ import collections
 import threading
 import time
 
+from ..defaults import DEFAULT_DEVICE
 from ..device import Device
 from .comm import CTRL_TAG, Communicator
 from .errors import CommError, CommTimeoutError, PeerFailedError
@@ -143,7 +144,7 @@ def _with_rank(exc: BaseException, rank: int, size: int) -> BaseException:
     return exc
 
 
-def spawn(fn, world_size: int = 4, *args, device="A100-80GB-NVLink", timeout: float = 60.0,
+def spawn(fn, world_size: int = 4, *args, device=DEFAULT_DEVICE, timeout: float = 60.0,
           debug: bool = False, **kwargs) -> list:
     """Run ``fn(comm, *args, **kwargs)`` on ``world_size`` thread ranks; results in rank order.
 

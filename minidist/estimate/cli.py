@@ -18,12 +18,13 @@ import argparse
 import json
 import re
 
+from ..defaults import DEFAULT_DEVICE, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, normalize_schedule
 from ..device import PRESETS
 from .activations import CHECKPOINTING, activation_memory
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops, training_time
 from .memory import OPTIMIZERS, bytes_per_param, model_state_memory
-from .pipeline import SCHEDULES, peak_in_flight, pipeline_bubble
+from .pipeline import ESTIMATED, peak_in_flight, pipeline_bubble
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 _NUMBER = re.compile(r"^\s*(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*([kmbgt]?)\s*$", re.IGNORECASE)
@@ -50,6 +51,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r} (e.g. 1, 8, 64)")
     return value
+
+
+def _schedule(text: str) -> str:
+    """A schedule name in any spelling ("ZB-H1", "ScheduleGPipe") -> its canonical name."""
+    try:
+        return normalize_schedule(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _zero(text: str):
@@ -98,11 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--checkpointing", choices=CHECKPOINTING, default="none",
                        help="activation recomputation (default none)")
     pipe = p.add_argument_group("pipeline and time")
-    pipe.add_argument("--schedule", choices=SCHEDULES, default="1f1b", help="pipeline schedule (default 1f1b)")
+    pipe.add_argument("--schedule", type=_schedule, choices=ESTIMATED, default=DEFAULT_SCHEDULE,
+                      help=f"pipeline schedule (default {DEFAULT_SCHEDULE}; torch class names accepted)")
     pipe.add_argument("--micro-batches", type=_positive_int,
                       help="micro-batches per step m (default 4*pp with --pp > 1, else 1)")
     pipe.add_argument("--virtual-stages", type=_positive_int, default=1, help="v for interleaved 1F1B")
-    pipe.add_argument("--gpu", choices=sorted(PRESETS), default="A100-80GB-NVLink", help="device preset")
+    pipe.add_argument("--gpu", choices=sorted(PRESETS), default=DEFAULT_DEVICE, help="device preset")
     pipe.add_argument("--tokens", type=parse_count, help="training tokens D for total FLOPs and time (e.g. 300B)")
     pipe.add_argument("--mfu", type=_mfu, default=0.4, help="model FLOPs utilisation (default 0.4)")
     return p
@@ -120,8 +130,9 @@ def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.layers and a.layers % a.pp:
         p.error(f"--layers {a.layers} is not divisible by --pp {a.pp}: "
                 "choose a pipeline degree that divides layers")
-    if a.schedule == "interleaved" and a.pp > 1 and a.micro_batches % a.pp:
-        p.error(f"--schedule interleaved needs --micro-batches divisible by --pp {a.pp} (got {a.micro_batches})")
+    if a.schedule == INTERLEAVED_1F1B and a.pp > 1 and a.micro_batches % a.pp:
+        p.error(f"--schedule {INTERLEAVED_1F1B} needs --micro-batches divisible by --pp {a.pp} "
+                f"(got {a.micro_batches})")
 
 
 def compute(a: argparse.Namespace) -> dict:
@@ -142,7 +153,7 @@ def compute(a: argparse.Namespace) -> dict:
     out["comm"] = [comm_volume(params, a.dp, s, a.precision, a.tp, a.pp, layers=a.layers,
                                hidden=a.hidden, seq=a.seq, micro_batch=a.micro_batch,
                                micro_batches=m, sp=a.sp, checkpointing=a.checkpointing,
-                               v=a.virtual_stages if a.schedule == "interleaved" else 1)
+                               v=a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1)
                    for s in stages]
     in_flight = peak_in_flight(a.schedule, a.pp, m, a.virtual_stages) if a.pp > 1 else 1.0
     out["activations"] = None
@@ -158,10 +169,10 @@ def compute(a: argparse.Namespace) -> dict:
     if a.tokens:
         out["flops_total"] = training_flops(params, a.tokens, **kw)
         out["time"] = training_time(out["flops_total"]["flops"], n_gpus, a.gpu, a.mfu)
-    # every schedule side by side; interleaved with --virtual-stages, or v=2 to show its effect
+    # every schedule side by side; interleaved_1f1b with --virtual-stages, or v=2 to show its effect
     v_shown = a.virtual_stages if a.virtual_stages > 1 else 2
-    out["pipeline"] = [pipeline_bubble(s, a.pp, m, v_shown if s == "interleaved" else 1)
-                       for s in SCHEDULES if s != "interleaved" or m % a.pp == 0] if a.pp > 1 else None
+    out["pipeline"] = [pipeline_bubble(s, a.pp, m, v_shown if s == INTERLEAVED_1F1B else 1)
+                       for s in ESTIMATED if s != INTERLEAVED_1F1B or m % a.pp == 0] if a.pp > 1 else None
     return out
 
 
@@ -239,7 +250,7 @@ def render(r: dict) -> str:
         rows = [["schedule", "bubble/step", "bubble/ideal", "peak in flight"]]
         for pb in r["pipeline"]:
             mark = " <-" if pb["schedule"] == a["schedule"] else ""
-            name = pb["schedule"] + (f" (v={pb['v']})" if pb["schedule"] == "interleaved" else "")
+            name = pb["schedule"] + (f" (v={pb['v']})" if pb["schedule"] == INTERLEAVED_1F1B else "")
             rows.append([name + mark, f"{pb['bubble_fraction']:.1%}",
                          f"{pb['bubble_relative']:.3f}", f"{pb['peak_in_flight']:g}"])
         out.append(_table(rows))

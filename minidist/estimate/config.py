@@ -24,12 +24,13 @@ form) means full checkpointing of each block.
 """
 from __future__ import annotations
 
+from ..defaults import DEFAULT_DEVICE, INTERLEAVED_1F1B, normalize_schedule
 from ..device import get_spec
 from .activations import activation_memory
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops
 from .memory import model_state_memory
-from .pipeline import normalize_schedule, peak_in_flight, pipeline_bubble
+from .pipeline import peak_in_flight, pipeline_bubble
 
 DEFAULTS = {
     "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 4, "model.vocab_size": 65,
@@ -38,7 +39,7 @@ DEFAULTS = {
     "zero_optimization.stage": 0, "optimizer.type": "adamw",
     "parallel.tensor": 1, "parallel.pipeline": 1, "parallel.schedule": "1f1b",
     "parallel.virtual_stages": 1, "parallel.sequence_parallel": False,
-    "device": "A100-80GB-NVLink",
+    "device": DEFAULT_DEVICE,
 }
 
 
@@ -125,7 +126,7 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
                             4 if precision == "fp32" else 2, pp, in_flight, vocab=V)
     comm = comm_volume(params, dp, stage, precision, tp, pp, layers=L, hidden=h, seq=seq,
                        micro_batch=b, micro_batches=micro_batches, sp=sp,
-                       checkpointing=checkpointing, v=v if schedule == "interleaved" else 1)
+                       checkpointing=checkpointing, v=v if schedule == INTERLEAVED_1F1B else 1)
     tokens = b * seq * micro_batches * dp               # tokens per optimizer step, all ranks
     flops = training_flops(params, tokens, L, h, seq, checkpointing)
     spec = get_spec(device)

@@ -28,6 +28,7 @@ Chowdhery et al. 2022) is the fraction of peak a real run sustains, typically 0.
 """
 from __future__ import annotations
 
+from ..defaults import DEFAULT_DEVICE
 from ..device import get_spec
 from .activations import CHECKPOINTING
 
@@ -80,7 +81,7 @@ def training_flops(params: float, tokens: float, layers: int | None = None,
     return out
 
 
-def training_time(flops: float, n_gpus: int, gpu: str = "A100-80GB-NVLink", mfu: float = 0.4,
+def training_time(flops: float, n_gpus: int, gpu: str = DEFAULT_DEVICE, mfu: float = 0.4,
                   peak_flops: float | None = None) -> dict:
     """Wall-clock time for ``flops`` on ``n_gpus`` devices of preset ``gpu`` at utilisation ``mfu``.
 

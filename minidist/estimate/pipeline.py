@@ -10,17 +10,17 @@ forward, input-gradient backward ("B") and weight-gradient backward ("W") on one
   For GPipe this is (p−1)/m (Huang et al. 2019; Narayanan et al. 2021 §2.2.1), and
   ``fraction = relative / (1 + relative)``.
 
-==============  ================================  =======================  ==============
-schedule        bubble time                       relative (T_F=T_B=T_W)   peak in flight
-==============  ================================  =======================  ==============
-naive           (p−1)·m·(T_F+T_B+T_W)             p−1                      1
-gpipe           (p−1)(T_F+T_B+T_W)                (p−1)/m                  m
-1f1b            (p−1)(T_F+T_B+T_W)                (p−1)/m                  min(p, m)
-interleaved     (p−1)(T_F+T_B+T_W)/v              (p−1)/(v·m)              p + (p−1)/v
-zb-h1           (p−1)(T_F+T_B−T_W)                (p−1)/(3m)               p
-zb-h2           (p−1)·max(0, T_F+T_B−2T_W)        0                        2p−1
-zb-v            ≈ 0 (when m ≥ 2p)                 0                        p
-==============  ================================  =======================  ==============
+================  ================================  =======================  ==============
+schedule          bubble time                       relative (T_F=T_B=T_W)   peak in flight
+================  ================================  =======================  ==============
+naive             (p−1)·m·(T_F+T_B+T_W)             p−1                      1
+gpipe             (p−1)(T_F+T_B+T_W)                (p−1)/m                  m
+1f1b              (p−1)(T_F+T_B+T_W)                (p−1)/m                  min(p, m)
+interleaved_1f1b  (p−1)(T_F+T_B+T_W)/v              (p−1)/(v·m)              p + (p−1)/v
+zb_h1             (p−1)(T_F+T_B−T_W)                (p−1)/(3m)               p
+zb_h2             (p−1)·max(0, T_F+T_B−2T_W)        0                        2p−1
+zb_v              ≈ 0 (when m ≥ 2p)                 0                        p
+================  ================================  =======================  ==============
 
 Sources: GPipe (Huang et al. 2019); 1F1B / PipeDream-Flush (Narayanan et al. 2021) has
 GPipe's bubble but holds at most p micro-batches on the first stage instead of m;
@@ -35,38 +35,38 @@ layers (L/p layers) whose activations the first device holds at once.
 """
 from __future__ import annotations
 
-SCHEDULES = ("naive", "gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v")
+from ..defaults import (DUALPIPE_V, GPIPE, INTERLEAVED_1F1B, NAIVE, ONE_F_ONE_B, SCHEDULES, ZB_H1, ZB_H2,
+                        ZB_V, normalize_schedule)
 
-_ALIASES = {
-    "naive": "naive", "gpipe": "gpipe", "afab": "gpipe", "1f1b": "1f1b",
-    "pipedreamflush": "1f1b", "interleaved": "interleaved", "interleaved1f1b": "interleaved",
-    "zbh1": "zb-h1", "zbh2": "zb-h2", "zbv": "zb-v",
-}
+# the schedules with a formula here (dualpipe_v has none yet: it needs the overlapped
+# forward-and-backward time of DeepSeek-V3's DualPipe, not modelled by T_F, T_B, T_W alone)
+ESTIMATED = tuple(s for s in SCHEDULES if s != DUALPIPE_V)
 
 
-def normalize_schedule(name: str) -> str:
-    """Canonical schedule name: "ZB_H1", "zbh1", "zb-h1" -> "zb-h1"."""
-    key = str(name).lower().replace("-", "").replace("_", "").replace(" ", "")
-    if key not in _ALIASES:
-        raise ValueError(f"unknown pipeline schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    return _ALIASES[key]
+def _schedule(name: str) -> str:
+    """The canonical name of a schedule that has a formula here (see :data:`ESTIMATED`)."""
+    schedule = normalize_schedule(name)
+    if schedule not in ESTIMATED:
+        raise ValueError(f"no bubble formula for pipeline schedule {schedule!r} yet; "
+                         f"choose one of {', '.join(ESTIMATED)}")
+    return schedule
 
 
 def peak_in_flight(schedule: str, p: int, m: int, v: int = 1) -> float:
     """Micro-batches (of L/p layers each) whose activations the first stage holds at once."""
-    schedule = normalize_schedule(schedule)
-    if schedule == "naive":
+    schedule = _schedule(schedule)
+    if schedule == NAIVE:
         return 1.0
-    if schedule == "gpipe":
+    if schedule == GPIPE:
         return float(m)                         # all forwards before any backward
-    if schedule == "interleaved" and v > 1:
+    if schedule == INTERLEAVED_1F1B and v > 1:
         # Megatron warm-up on rank 0: (v−1)·p + 2(p−1) chunk forwards + 1 in steady state,
         # each chunk L/(p·v) layers  ->  p + (p−1)/v stage-micro-batches.
         chunks = min((v - 1) * p + 2 * (p - 1) + 1, v * m)
         return chunks / v
-    if schedule == "zb-h2":
+    if schedule == ZB_H2:
         return float(min(2 * p - 1, m))
-    return float(min(p, m))                      # 1f1b (= interleaved with v=1), zb-h1, zb-v
+    return float(min(p, m))                      # 1f1b (= interleaved_1f1b with v=1), zb_h1, zb_v
 
 
 def pipeline_bubble(schedule: str, p: int, m: int, v: int = 1, t_f: float = 1.0,
@@ -78,33 +78,33 @@ def pipeline_bubble(schedule: str, p: int, m: int, v: int = 1, t_f: float = 1.0,
     ``bubble_fraction`` (of the whole step), ``bubble_relative`` (to the ideal time) and
     ``peak_in_flight`` micro-batches on the first stage.
     """
-    schedule = normalize_schedule(schedule)
+    schedule = _schedule(schedule)
     for name, value in (("p", p), ("m", m), ("v", v)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if schedule == "interleaved" and m % p:
+    if schedule == INTERLEAVED_1F1B and m % p:
         raise ValueError(f"the interleaved schedule needs micro-batches m ({m}) divisible by p ({p})")
-    if schedule == "zb-v" and m < 2 * p:
+    if schedule == ZB_V and m < 2 * p:
         # the formula below assumes the steady state is reached; warn through the result
         note = f"ZB-V needs m >= 2p ({2 * p}) micro-batches to hide its warm-up; bubble is underestimated"
     else:
         note = ""
     per_mb = t_f + t_b + t_w
     ideal = m * per_mb
-    if schedule == "naive":
+    if schedule == NAIVE:
         bubble = (p - 1) * m * per_mb            # only one stage works at any moment
-    elif schedule in ("gpipe", "1f1b"):
+    elif schedule in (GPIPE, ONE_F_ONE_B):
         bubble = (p - 1) * per_mb                # fill + drain of the pipeline
-    elif schedule == "interleaved":
+    elif schedule == INTERLEAVED_1F1B:
         bubble = (p - 1) * per_mb / v            # fill + drain in chunks v times smaller
-    elif schedule == "zb-h1":
+    elif schedule == ZB_H1:
         bubble = (p - 1) * (t_f + t_b - t_w)     # deferred W passes fill the drain
-    elif schedule == "zb-h2":
+    elif schedule == ZB_H2:
         bubble = (p - 1) * max(0.0, t_f + t_b - 2 * t_w)
-    else:                                        # zb-v
+    else:                                        # zb_v
         bubble = 0.0
     return {
-        "schedule": schedule, "p": p, "m": m, "v": v if schedule == "interleaved" else 1,
+        "schedule": schedule, "p": p, "m": m, "v": v if schedule == INTERLEAVED_1F1B else 1,
         "bubble_time": bubble, "ideal_time": ideal,
         "bubble_fraction": bubble / (bubble + ideal),
         "bubble_relative": bubble / ideal,

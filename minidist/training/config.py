@@ -11,7 +11,7 @@ import copy
 import difflib
 import json
 
-from ..defaults import DATA_PARALLEL, DEFAULTS, SCHEDULES, TEXT_SEQ_LEN
+from ..defaults import DATA_PARALLEL, DEFAULT_DATASET, DEFAULTS, SCHEDULES, TASK_DIGITS, TEXT_SEQ_LEN
 
 # keys whose value is free-form (checked by the component that uses it)
 _FREE = {"optimizer.params", "device", "distillation"}
@@ -86,7 +86,7 @@ def data_config(cfg: dict) -> dict:
     sequence length follows from the task (``n_digits``), so it needs no ``seq_len``."""
     from .data import TASKS
     out = {k: v for k, v in cfg["data"].items() if v is not None}
-    if out.get("dataset", "english") not in TASKS:
+    if out.get("dataset", DEFAULT_DATASET) not in TASKS:
         out.setdefault("seq_len", TEXT_SEQ_LEN)
     return out
 
@@ -95,9 +95,9 @@ def sequence_length(cfg: dict) -> tuple[int, str]:
     """The length T of the sequences the model will read, and the key that sets it."""
     from .data import TASKS, SyntheticTask
     d = data_config(cfg)
-    if d.get("dataset", "english") in TASKS:
+    if d.get("dataset", DEFAULT_DATASET) in TASKS:
         try:
-            task = SyntheticTask(d["dataset"], n=d.get("n_digits", 6))
+            task = SyntheticTask(d["dataset"], n=d.get("n_digits", TASK_DIGITS))
         except ValueError as e:
             raise ConfigError("data.n_digits", str(e)) from None
         return task.seq_len, "data.n_digits"
@@ -144,7 +144,7 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
                                    f"lower seq_len")
         raise ConfigError("model.block_size", f"{m['block_size']} is shorter than the {seq} tokens task "
                                               f"{cfg['data']['dataset']!r} feeds the model with "
-                                              f"{cfg['data']['n_digits'] or 6} digits; raise model.block_size "
+                                              f"{cfg['data']['n_digits'] or TASK_DIGITS} digits; raise model.block_size "
                                               f"to {seq} or lower data.n_digits")
     tbs = cfg["train_batch_size"]
     expect = cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * dp

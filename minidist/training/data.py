@@ -23,6 +23,7 @@ from importlib import resources
 
 import numpy as np
 
+from ..defaults import DEFAULT_DATASET, TASK_DIGITS, TEXT_SEQ_LEN, TEXT_VAL_FRACTION
 from ..tensor import no_grad
 
 # ----------------------------------------------------------------------------- corpus
@@ -34,7 +35,7 @@ def available_corpora() -> list[str]:
 
 
 @functools.cache
-def load_corpus(name: str = "english") -> str:
+def load_corpus(name: str = DEFAULT_DATASET) -> str:
     """The text of a shipped corpus (see ``corpus/SOURCES.md`` for where each piece comes from)."""
     path = resources.files("minidist") / "corpus" / f"{name}.txt"
     if not path.is_file():
@@ -83,8 +84,8 @@ class TextDataset:
     whole corpus, so both splits share one vocabulary.
     """
 
-    def __init__(self, seq_len: int = 64, split: str = "train", val_fraction: float = 0.1,
-                 name: str = "english"):
+    def __init__(self, seq_len: int = TEXT_SEQ_LEN, split: str = "train",
+                 val_fraction: float = TEXT_VAL_FRACTION, name: str = DEFAULT_DATASET):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0.0 < val_fraction < 1.0:
@@ -149,7 +150,7 @@ class SyntheticTask:
     predicting them only adds noise to the loss).
     """
 
-    def __init__(self, name: str, n: int = 6, seed_offset: int = 0):
+    def __init__(self, name: str, n: int = TASK_DIGITS, seed_offset: int = 0):
         if name not in TASKS:
             raise ValueError(f"unknown synthetic task {name!r}; available: {', '.join(TASKS)}")
         if int(n) < 1:
@@ -277,7 +278,7 @@ DATA_KEYS = ("dataset", "seq_len", "val_fraction", "n_digits")
 def make_dataset(data_cfg: dict | None = None, split: str = "train"):
     """Build the dataset a config's ``data`` section describes (section 9 of the spec).
 
-    ``{"dataset": "english", "seq_len": 64}`` (defaults) or a synthetic task such as
+    ``{"dataset": "english", "seq_len": 32}`` (defaults, :mod:`minidist.defaults`) or a synthetic task such as
     ``{"dataset": "add", "n_digits": 3}``, whose ``seq_len`` follows from the task; a given
     ``seq_len`` shorter than that is an error.
     """
@@ -285,11 +286,11 @@ def make_dataset(data_cfg: dict | None = None, split: str = "train"):
     unknown = sorted(set(cfg) - set(DATA_KEYS))
     if unknown:
         raise ValueError(f"unknown key data.{unknown[0]}; allowed keys in 'data': {', '.join(DATA_KEYS)}")
-    name = cfg.get("dataset", "english")
+    name = cfg.get("dataset", DEFAULT_DATASET)
     if name in TASKS:
         if "val_fraction" in cfg:
             raise ValueError("data.val_fraction applies to text corpora only, not to synthetic tasks")
-        task = SyntheticTask(name, n=cfg.get("n_digits", 6))
+        task = SyntheticTask(name, n=cfg.get("n_digits", TASK_DIGITS))
         if cfg.get("seq_len") is not None and cfg["seq_len"] < task.seq_len:
             raise ValueError(f"data.seq_len={cfg['seq_len']} is too short for task {name!r} with "
                              f"{task.n} digits, which needs {task.seq_len}; raise data.seq_len or "
@@ -300,8 +301,8 @@ def make_dataset(data_cfg: dict | None = None, split: str = "train"):
         raise ValueError(f"unknown data.dataset {name!r}; choose one of: {', '.join(corpora + list(TASKS))}")
     if "n_digits" in cfg:
         raise ValueError("data.n_digits applies to synthetic tasks only, not to text corpora")
-    return TextDataset(seq_len=cfg.get("seq_len", 64), split=split,
-                       val_fraction=cfg.get("val_fraction", 0.1), name=name)
+    return TextDataset(seq_len=cfg.get("seq_len", TEXT_SEQ_LEN), split=split,
+                       val_fraction=cfg.get("val_fraction", TEXT_VAL_FRACTION), name=name)
 
 
 def shard_batch(x, rank: int, world_size: int):
