@@ -1,5 +1,7 @@
 """minidist.distributed: ranks, point-to-point messages, and every collective built on them.
 
+Imported as ``dist``, like torch.distributed: ``from minidist import distributed as dist``.
+
 Two backends share one interface (:class:`~minidist.distributed.comm.Communicator`):
 
 * in-process — ``dist.spawn(fn, world_size=4)`` runs ``fn(comm)`` on 4 thread ranks;

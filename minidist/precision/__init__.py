@@ -1,12 +1,17 @@
-"""Number formats and mixed-precision helpers (SPEC §7).
+"""minidist.precision: mixed-precision training (SPEC §7).
 
-* :mod:`.formats` — fp32 / fp16 / bf16 / fp8_e4m3 / fp8_e5m2 described by their bit fields;
-* :mod:`.quantize` — round-to-nearest-even casts written with integer bit manipulation;
-* :mod:`.bits` — teaching views: a value's fields, a table of ranges, lost precision;
-* :mod:`.loss_scaler` — static and dynamic loss scaling with DeepSpeed's semantics;
-* :mod:`.autocast` — ops "in fp16/bf16": rounded outputs, matmul inputs, gradients;
-* :mod:`.mixed` — mixed-precision training: fp32 masters, low-precision params and grads;
-* :mod:`.underflow` — how much gradient a format flushes to zero, with and without scaling.
+==================  ==================================================================
+module              what a student finds there
+==================  ==================================================================
+:mod:`.loss_scaler` static and dynamic loss scaling with DeepSpeed's semantics
+:mod:`.mixed`       mixed-precision training: fp32 masters, low-precision params and grads
+:mod:`.underflow`   how much gradient a format flushes to zero, with and without scaling
+==================  ==================================================================
+
+The number formats themselves (bit fields, round-to-nearest-even ``quantize``, bit views) are
+a leaf below the engine, :mod:`minidist.numerics`, and ``autocast`` belongs to the engine
+(:mod:`minidist.autocast`); both are re-exported here so that ``from minidist.precision import
+quantize, autocast`` keeps working.
 """
 from ..autocast import FP32_OPS, autocast, autocast_dtype, cast_input
 from ..numerics.bits import (
