@@ -1,0 +1,18 @@
+"""minidist.distill: knowledge distillation, from the loss to teacher ranks streaming logits.
+
+=====================  ==========================================================
+module                 what a student finds there
+=====================  ==========================================================
+:mod:`.losses`         ``kd_loss`` (Hinton et al. 2015), ``pkd_loss`` (Sun et al. 2019),
+                       top-K soft targets; each a fused op, backward beside forward
+:mod:`.teacher`        the frozen teacher: no gradients, no optimizer state,
+                       parameters only in the memory accounting (16-bit in fp16/bf16 runs)
+:mod:`.streaming`      teacher ranks → student ranks: who serves whom, what is sent,
+                       how many bytes (full logits or top-K)
+:mod:`.runner`         one rank of a distillation job: train the teacher, freeze it,
+                       distil the student (what ``python -m minidist.train`` calls)
+=====================  ==========================================================
+"""
+from .losses import MAPPINGS, TopK, hidden_distance, kd_loss, pkd_loss, pkd_pairs, softmax_t, top_k
+
+__all__ = ["MAPPINGS", "TopK", "hidden_distance", "kd_loss", "pkd_loss", "pkd_pairs", "softmax_t", "top_k"]
