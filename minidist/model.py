@@ -47,9 +47,9 @@ class CausalSelfAttention(Module):
         proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)   # GPT-2's scaled init of residual projections
         self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, cfg.bias, rng, dtype=dtype)
         self.c_proj = Linear(cfg.n_embd, cfg.n_embd, cfg.bias, rng, std=proj_std, dtype=dtype)
+        self.attn_dropout = Dropout(cfg.dropout, seed + 1)       # on the attention probabilities
         self.resid_dropout = Dropout(cfg.dropout, seed)
-        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
-        self.attn_rng = np.random.default_rng(seed + 1)
+        self.n_head, self.n_embd = cfg.n_head, cfg.n_embd
 
     def forward(self, x):
         B, T, C = x.shape
@@ -58,8 +58,8 @@ class CausalSelfAttention(Module):
         q = q.reshape(B, T, nh, hs).transpose(1, 2)                 # (B, nh, T, hs)
         k = k.reshape(B, T, nh, hs).transpose(1, 2)
         v = v.reshape(B, T, nh, hs).transpose(1, 2)
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, rng=self.attn_rng)
+        p = self.attn_dropout.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, rng=self.attn_dropout.rng)
         y = y.transpose(1, 2).reshape(B, T, C)                      # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 

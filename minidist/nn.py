@@ -66,6 +66,13 @@ class Module:
                                      f"checkpoint has {np.shape(value)}")
                 own[name].data[...] = value
 
+    def set_dropout_key(self, step: int, micro: int, row_offset: int = 0) -> None:
+        """Draw the next forward's dropout masks for (step, micro-step), this rank's slice
+        starting at row ``row_offset`` of the global batch (see :class:`DropoutRNG`)."""
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.rng.key = (int(step), int(micro), int(row_offset))
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
             if set_to_none:
@@ -167,13 +174,40 @@ class Embedding(Module):
         return F.embedding(idx, self.weight)
 
 
+class DropoutRNG:
+    """The random numbers behind one dropout layer's masks: a stream per row of the batch.
+
+    Row ``i`` (axis 0) of the uniform draws is ``default_rng((site, step, micro, row_offset + i))``;
+    ``site`` names the layer, ``(step, micro, row_offset)`` is the key the trainer sets
+    before each forward (:meth:`Module.set_dropout_key`; ``row_offset`` = where this rank's
+    slice starts in the global batch). So rows lo..hi of the mask for the whole global
+    batch are the mask for the slice lo..hi: data-parallel ranks drop exactly what one
+    rank drops, and a forward run again with the same key redraws the same masks.
+    Until a key is set (a model used outside the trainer) it is a sequential generator
+    seeded with ``site``. ``random(shape)`` is the one ``np.random.Generator`` method
+    dropout calls.
+    """
+
+    def __init__(self, site: int):
+        self.site = site
+        self.key: tuple[int, int, int] | None = None     # (step, micro, row_offset)
+        self._sequential = np.random.default_rng(site)
+
+    def random(self, shape) -> np.ndarray:
+        if self.key is None:
+            return self._sequential.random(shape)
+        step, micro, first = self.key
+        return np.stack([np.random.default_rng((self.site, step, micro, first + i)).random(shape[1:])
+                         for i in range(shape[0])])       # (rows, ...) one stream per row
+
+
 class Dropout(Module):
-    """Dropout with its own seeded generator, so every run draws the same masks."""
+    """Dropout whose masks come from a :class:`DropoutRNG` (seeded, keyed per step by the trainer)."""
 
     def __init__(self, p=0.0, seed=0):
         super().__init__()
         self.p = p
-        self.rng = np.random.default_rng(seed)
+        self.rng = DropoutRNG(seed)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.p, self.training, self.rng)

@@ -99,7 +99,9 @@ def gelu(x) -> Tensor:
 def dropout(x, p: float = 0.0, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
 
-    ``rng`` makes it deterministic; the mask is saved for backward (1 byte per element).
+    ``rng``: where the uniform draws come from (anything with ``random(shape)``: a NumPy
+    Generator, or the trainer's per-row keyed :class:`minidist.nn.DropoutRNG`); the mask is
+    saved for backward (1 byte per element).
     """
     x = as_tensor(x)
     if not 0.0 <= p < 1.0:

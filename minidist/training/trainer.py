@@ -8,6 +8,10 @@ size comes from ``comm``: DDP, the parameter server or ZeRO-1/2/3 per the config
 Global batch semantics: in step ``s``, micro-step ``m``, every rank draws the same global
 batch of ``micro × world_size`` sequences from ``(seed, s·k + m)`` and takes its slice, so
 that p ranks with micro-batch b see exactly what one rank with micro-batch p·b sees.
+Dropout follows the same rule: each mask row is drawn from a stream keyed by (seed, step,
+micro-step, row of the global batch) (:class:`~minidist.nn.DropoutRNG`), so a rank's masks
+are its slice of the masks one rank draws, and every data-parallel layout trains exactly
+like one rank.
 
 Mixed precision (``fp16.enabled`` / ``bf16.enabled``): forward runs under
 :class:`~minidist.autocast`, backward starts from the scaled loss, and the
@@ -86,6 +90,8 @@ class Trainer:
             for micro in range(self.accumulation):
                 strategy.begin_micro(micro, self.accumulation)
                 x, y = self.batch(step, micro)
+                # dropout masks: this rank's rows of the global batch's masks for (step, micro)
+                self.model.set_dropout_key(step, micro, row_offset=self.rank * self.micro_batch)
                 with autocast(self.autocast_dtype):
                     _, loss = self.model(x, y)
                 # mean over the accumulated micro-batches (and, by the strategy, over ranks)
