@@ -180,8 +180,81 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if cfg["activation_checkpointing"]["granularity"] != "none":
         raise ConfigError("activation_checkpointing.granularity",
                           "activation checkpointing is not available yet in this version; use 'none'")
-    if cfg["distillation"] not in (None, {}):
-        raise ConfigError("distillation", "distillation is not available yet in this version")
+    if cfg["distillation"] is not None:
+        cfg["distillation"] = _check_distillation(cfg, cfg["distillation"], world_size)
     if cfg["optimizer"]["type"].lower() not in ("sgd", "adam", "adamw", "lamb"):
         raise ConfigError("optimizer.type", f"{cfg['optimizer']['type']!r} is not supported; "
                                             f"choose SGD, Adam, AdamW or LAMB")
+
+
+def _check_distillation(cfg: dict, given, world_size: int) -> dict:
+    """The ``distillation`` section with its defaults, checked (SPEC §11; runs in minidist.distill).
+
+    ``teacher.model`` starts from the student's ``model`` (so only what differs is given) and
+    is trained for ``teacher.steps`` (default: ``steps``) on the same data before the student."""
+    if not isinstance(given, dict):
+        raise ConfigError("distillation", f"expected an object such as {{'teacher': {{'model': {{'n_layer': 4}}}}}} "
+                                          f"or null, got {given!r}")
+    student = cfg["model"]
+    d = _merge({"teacher": {"model": student, "steps": cfg["steps"], "load": None}, "temperature": 2.0,
+                "alpha": 0.5, "patient": None, "teacher_ranks": 0, "top_k": None}, given, "distillation.")
+    t = d["teacher"]
+    if t["load"] is not None:
+        raise ConfigError("distillation.teacher.load", "loading a teacher from a checkpoint is not available "
+                                                       "until checkpoints (`--save`) land; train the teacher in the "
+                                                       "same run with distillation.teacher.model and .steps")
+    for key, value, ok, want in (
+            ("teacher.steps", t["steps"], lambda v: v == int(v) and v > 0, "a positive integer"),
+            ("temperature", d["temperature"], lambda v: v > 0, "a number > 0 (Hinton et al. use 1-20)"),
+            ("alpha", d["alpha"], lambda v: 0 <= v <= 1, "a number in [0, 1] (the weight of the soft loss)"),
+            ("teacher_ranks", d["teacher_ranks"], lambda v: v == int(v) and v >= 0, "an integer >= 0")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ConfigError(f"distillation.{key}", f"must be {want}, got {value!r}")
+    from .data import make_dataset
+    vocab = student["vocab_size"] or make_dataset(data_config(cfg)).vocab_size    # None: the dataset's
+    for key, what, mine in (("vocab_size", "vocabulary", vocab), ("block_size", "sequence length (block_size)",
+                                                                  student["block_size"])):
+        if t["model"][key] not in (None, mine) if key == "vocab_size" else t["model"][key] != mine:
+            raise ConfigError(f"distillation.teacher.model.{key}",
+                              f"the teacher's {what} {t['model'][key]} differs from the student's {mine}: KD "
+                              f"compares their outputs token by token; remove the key or set it to {mine}")
+    from ..model import GPTConfig
+    try:
+        GPTConfig(**{**t["model"], "vocab_size": vocab})
+    except ValueError as e:
+        raise ConfigError("distillation.teacher.model", str(e).replace("model.", "teacher.model.")) from None
+    k = d["teacher_ranks"]
+    if k and k >= world_size:
+        raise ConfigError("distillation.teacher_ranks", f"{k} teacher rank(s) leave no student rank in a world of "
+                                                        f"{world_size}; run on more than {k} ranks or lower teacher_ranks")
+    batch = cfg["train_micro_batch_size_per_gpu"] * (world_size - k)
+    if k and batch % k:
+        raise ConfigError("distillation.teacher_ranks", f"the teacher trains on the students' global batch of {batch} "
+                                                        f"sequences, which {k} teacher ranks cannot split evenly; "
+                                                        f"choose teacher_ranks dividing {batch}")
+    if d["top_k"] is not None:
+        if isinstance(d["top_k"], bool) or not isinstance(d["top_k"], int) or not 1 <= d["top_k"] < vocab:
+            raise ConfigError("distillation.top_k", f"must be an integer in [1, {vocab - 1}] (below the vocabulary "
+                                                    f"of {vocab}), got {d['top_k']!r}; remove it to send all logits")
+    if d["patient"] is not None:
+        p = d["patient"] = _merge({"mapping": "skip", "beta": 1.0}, d["patient"] if isinstance(d["patient"], dict)
+                                  else {"mapping": d["patient"]}, "distillation.patient.")
+        if p["mapping"] not in ("skip", "last"):
+            raise ConfigError("distillation.patient.mapping", f"{p['mapping']!r} is not a PKD mapping; choose "
+                                                              f"'skip' or 'last' (Sun et al. 2019)")
+        if isinstance(p["beta"], bool) or not isinstance(p["beta"], (int, float)) or p["beta"] < 0:
+            raise ConfigError("distillation.patient.beta", f"must be a number >= 0, got {p['beta']!r}")
+        ls, lt = student["n_layer"], t["model"]["n_layer"]
+        if ls < 2:
+            raise ConfigError("model.n_layer", "patient KD matches the student's first n_layer − 1 blocks; give the "
+                                               "student at least 2 blocks or remove distillation.patient")
+        if lt < ls:
+            raise ConfigError("distillation.teacher.model.n_layer",
+                              f"PKD-{p['mapping'].capitalize()} maps the student's {ls - 1} inner blocks onto distinct "
+                              f"teacher blocks below the teacher's last, which needs at least {ls} teacher layers; "
+                              f"the teacher has {lt}: raise it to {ls} or more")
+        if t["model"]["n_embd"] != student["n_embd"]:
+            raise ConfigError("distillation.teacher.model.n_embd",
+                              f"patient KD compares hidden states, so the teacher's n_embd must equal the student's "
+                              f"{student['n_embd']} (no learned projection is provided)")
+    return d

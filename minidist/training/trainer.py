@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from .. import optim
-from .config import data_config, load_config
+from .config import ConfigError, data_config, load_config
 from .data import TextDataset, make_dataset
 from ..device import Device
 from ..model import GPT, GPTConfig
@@ -43,6 +43,9 @@ class Trainer:
         self.world_size = comm.size if comm is not None else 1
         self.rank = comm.rank if comm is not None else 0
         self.cfg = cfg = load_config(config, self.world_size)
+        if cfg["distillation"] is not None:
+            raise ConfigError("distillation", "a distillation run trains a teacher, then a student: run it with "
+                                              "minidist.distill.distill_rank (python -m minidist.train does)")
         self.comm = comm
         self.device = device or (comm.device if comm is not None else Device(cfg["device"], rank=0))
         self.dataset = make_dataset(data_config(cfg))
@@ -52,7 +55,6 @@ class Trainer:
         if mcfg["vocab_size"] is None:
             mcfg["vocab_size"] = self.dataset.vocab_size
         elif mcfg["vocab_size"] < self.dataset.vocab_size:
-            from .config import ConfigError
             raise ConfigError("model.vocab_size", f"{mcfg['vocab_size']} is smaller than the dataset's "
                                                   f"vocabulary ({self.dataset.vocab_size}); remove the key to derive it")
         self.model_config = GPTConfig(**mcfg)
@@ -93,7 +95,7 @@ class Trainer:
                 # dropout masks: this rank's rows of the global batch's masks for (step, micro)
                 self.model.set_dropout_key(step, micro, row_offset=self.rank * self.micro_batch)
                 with autocast(self.autocast_dtype):
-                    _, loss = self.model(x, y)
+                    loss = self.compute_loss(x, y, step, micro)
                 # mean over the accumulated micro-batches (and, by the strategy, over ranks)
                 strategy.scale_loss(loss * (1.0 / self.accumulation)).backward()
                 strategy.after_backward()
@@ -106,6 +108,11 @@ class Trainer:
                              "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,
                              "bytes_sent": sent})
         return total
+
+    def compute_loss(self, x, y, step: int, micro: int):
+        """The loss of one micro-batch: the model's cross-entropy. A distillation student
+        (:mod:`minidist.distill`) overrides this to add the teacher's soft targets."""
+        return self.model(x, y)[1]
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
