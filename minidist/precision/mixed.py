@@ -139,14 +139,31 @@ class Precision:
         return rec
 
 
-def global_norm_clip_(grads, max_norm: float) -> None:
-    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm`` (> 0)."""
-    norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads if g is not None)))
+def squared_norm(grads) -> float:
+    """Σ g² over every element of ``grads``, accumulated in float64.
+
+    Why float64: DDP sums the squares tensor by tensor, ZeRO shard by shard and then over
+    ranks — the same numbers in a different order. A float32 sum differs by a few ulps
+    between the two orders, and so does the clip coefficient and then every clipped weight.
+    The square of a float32 (or fp16/bf16) value is exact in float64 and the float64 sum is
+    ~1e-16 relative from the exact one, far below float32's ulp (6e-8): the coefficient
+    rounded to float32 is the same whatever the order."""
+    return sum(float(np.dot(a, a)) for a in (g.reshape(-1).astype(np.float64) for g in grads if g is not None))
+
+
+def clip_by_norm_(grads, norm: float, max_norm: float) -> None:
+    """Scale ``grads`` in place by ``max_norm / (norm + 1e-6)`` if ``norm > max_norm``
+    (``torch.nn.utils.clip_grad_norm_``'s rule); the coefficient in each array's dtype."""
     if norm > max_norm:
-        coef = np.float32(max_norm / (norm + 1e-6))
+        coef = max_norm / (norm + 1e-6)
         for g in grads:
             if g is not None:
-                g *= coef
+                g *= g.dtype.type(coef)
+
+
+def global_norm_clip_(grads, max_norm: float) -> None:
+    """Scale ``grads`` in place so that their global L2 norm is at most ``max_norm`` (> 0)."""
+    clip_by_norm_(grads, float(np.sqrt(squared_norm(grads))), max_norm)
 
 
 class MixedPrecision:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ... import distributed as dist
 from ...device import current_device
+from ...precision.mixed import clip_by_norm_, squared_norm
 
 MODEL_STATES = ("parameters", "gradients", "optimizer_states")
 OPTIMIZER_FLOPS_PER_ELEMENT = 10      # ~elementwise FLOPs of one Adam update per element
@@ -114,14 +115,11 @@ class LocalStrategy:
         are all-reduced first (one scalar message: DeepSpeed does the same)."""
         if self.clip <= 0:
             return
-        sq = np.array([sum(float((g * g).sum()) for g in grads)])
+        sq = np.array([squared_norm(grads)])                # float64: the same coefficient as DDP's
         if sharded and self.world_size > 1:
             # why: the norm is over the whole model, and each rank holds only its shard
             sq = dist.all_reduce(self.comm, sq, op="sum", algorithm="ring")
-        norm = float(np.sqrt(sq[0]))
-        if norm > self.clip:
-            for g in grads:
-                g *= self.clip / (norm + 1e-6)
+        clip_by_norm_(grads, float(np.sqrt(sq[0])), self.clip)
 
     def snapshot(self) -> None:
         """Record the model-state bytes held right now (see the module docstring)."""
