@@ -41,11 +41,18 @@ SINGLE, PARAMETER_SERVER, DDP = "single", "parameter_server", "ddp"
 ZERO1, ZERO2, ZERO3 = "zero1", "zero2", "zero3"
 STRATEGIES = (SINGLE, PARAMETER_SERVER, DDP, ZERO1, ZERO2, ZERO3)
 DATA_PARALLEL = (DDP, PARAMETER_SERVER)  # parallel.data_parallel: how stage 0 exchanges gradients
+ZERO_STAGES = {DDP: 0, ZERO1: 1, ZERO2: 2, ZERO3: 3}   # zero_optimization.stage of each
+# how tables and figures name them (the papers' spelling)
+STRATEGY_LABELS = {SINGLE: "single rank", PARAMETER_SERVER: "parameter server", DDP: "DDP",
+                   ZERO1: "ZeRO-1", ZERO2: "ZeRO-2", ZERO3: "ZeRO-3"}
 
 
 def zero_strategy(stage: int) -> str:
     """The strategy name of ZeRO ``stage`` 1-3 ("zero1".."zero3"); stage 0 is plain DDP."""
-    return (DDP, ZERO1, ZERO2, ZERO3)[stage]
+    for name, s in ZERO_STAGES.items():
+        if s == stage:
+            return name
+    raise ValueError(f"zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
 
 # ----------------------------------------------------------------------------- pipeline schedules
 

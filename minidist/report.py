@@ -18,6 +18,9 @@ import json
 
 import numpy as np
 
+from .defaults import DDP, zero_strategy
+from .distributed.objects import jsonable
+
 
 def rank_report(trainer) -> dict:
     """What one rank measured: memory by category and bytes moved."""
@@ -66,11 +69,11 @@ def formulas(trainer) -> dict:
     opt = cfg["optimizer"]["type"].lower()
     offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     mem = model_state_memory(trainer.n_params, dp=p, stage=stage, precision=precision, optimizer=opt, offload=offload)
-    dp = cfg["parallel"]["data_parallel"] if stage == 0 else f"zero{stage}"
-    vol = comm_volume(trainer.n_params, dp=p, stage=stage, precision=precision,
-                      strategy="ps" if dp == "parameter_server" else None, micro_batches=trainer.accumulation)
+    dp = cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)
+    vol = comm_volume(trainer.n_params, dp=p, stage=stage, precision=precision, strategy=dp,
+                      micro_batches=trainer.accumulation)
     scalars = ((stage > 0 and cfg["gradient_clipping"] > 0)
-               + (trainer.precision is not None and dp != "ddp")) * (2 * (p - 1) * 8 if p > 1 else 0)
+               + (trainer.precision is not None and dp != DDP)) * (2 * (p - 1) * 8 if p > 1 else 0)
     return {"bytes_per_element": w, "precision": precision, "K": mem["bytes_per_param"]["K"],
             "model_states": {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total",
                                                          "host")},
@@ -119,12 +122,4 @@ def format_data_parallel(report: dict) -> str:
 
 def write_report(report: dict, path) -> None:
     with open(path, "w") as f:
-        json.dump(report, f, indent=1, default=_jsonable)
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+        json.dump(report, f, indent=1, default=jsonable)

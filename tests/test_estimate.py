@@ -154,7 +154,7 @@ def test_dp_comm_volumes_follow_the_ring_formulas():
     assert comm_volume(PSI, dp=n, stage=3)["dp_elements"] == pytest.approx(1.5 * ddp)
     assert comm_volume(PSI, dp=n, stage=0)["dp_bytes"] == pytest.approx(2 * ddp)        # fp16
     assert comm_volume(PSI, dp=n, precision="fp32")["dp_bytes"] == pytest.approx(4 * ddp)
-    ps = comm_volume(PSI, dp=n, strategy="ps", precision="fp32")
+    ps = comm_volume(PSI, dp=n, strategy="parameter_server", precision="fp32")
     assert ps["dp_elements"] == PSI and ps["ps_root_bytes"] == pytest.approx(4 * (n - 1) * PSI)
     assert comm_volume(PSI, dp=1)["dp_bytes"] == 0
 

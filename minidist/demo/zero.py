@@ -14,7 +14,8 @@ import contextlib
 import pathlib
 
 from .. import distributed as dist
-from ..defaults import DEFAULT_DEVICE
+from ..defaults import (DDP, DEFAULT_DEVICE, STAGE3_PREFETCH_BUCKET_SIZE, STRATEGY_LABELS, ZERO1, ZERO2, ZERO3,
+                        ZERO_STAGES)
 from ..device import Device, export_chrome_trace
 from ..memory import OutOfMemoryError
 from ..report import formulas
@@ -23,18 +24,26 @@ from ..training.trainer import Trainer
 TITLE = "Data parallel and ZeRO"
 
 MODEL = {"n_layer": 4, "n_embd": 32, "n_head": 4, "block_size": 8}
-STRATEGIES = {
-    "DDP": {"stage": 0},
-    "ZeRO-1": {"stage": 1},
-    "ZeRO-2": {"stage": 2, "overlap_comm": True},
-    "ZeRO-3": {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": 10_000},
-    "ZeRO-3 + offload": {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": 10_000,
-                         "offload_optimizer": {"device": "cpu"}},
+
+
+def zero_section(strategy: str, **keys) -> dict:
+    """The ``zero_optimization`` section that selects ``strategy`` ("ddp", "zero1".."zero3")."""
+    return {"stage": ZERO_STAGES[strategy], **keys}
+
+
+DDP_LABEL, ZERO3_LABEL = STRATEGY_LABELS[DDP], STRATEGY_LABELS[ZERO3]
+PREFETCH = {"overlap_comm": True, "stage3_prefetch_bucket_size": 10_000}
+STRATEGIES = {                      # the label printed -> the config's zero_optimization section
+    DDP_LABEL: zero_section(DDP),
+    STRATEGY_LABELS[ZERO1]: zero_section(ZERO1),
+    STRATEGY_LABELS[ZERO2]: zero_section(ZERO2, overlap_comm=True),
+    ZERO3_LABEL: zero_section(ZERO3, **PREFETCH),
+    ZERO3_LABEL + " + offload": zero_section(ZERO3, **PREFETCH, offload_optimizer={"device": "cpu"}),
 }
 # A block of MODEL has 12,704 elements: a prefetch budget below that fetches exactly one block
 # ahead (DeepSpeed's rule lets the last unit overshoot), so the timeline shows units one by one.
 # DeepSpeed's default budget, 5e7 elements, would fetch this whole toy model at once.
-PREFETCH_BUDGETS = {"0 (off)": 0, "10,000 (one block)": 10_000, "5e7 (default)": 50_000_000}
+PREFETCH_BUDGETS = {"0 (off)": 0, "10,000 (one block)": 10_000, "5e7 (default)": STAGE3_PREFETCH_BUCKET_SIZE}
 DEVICE = {"preset": DEFAULT_DEVICE, "flops": 5e9}   # a slow toy device: compute and messages comparable
 
 
@@ -83,7 +92,7 @@ def out_of_memory(comm, capacity: float) -> dict:
     """DDP and ZeRO-3 on a device of ``capacity`` bytes: which one fits?"""
     spec = {**DEVICE, "memory": capacity}
     out = {}
-    for name in ("DDP", "ZeRO-3"):
+    for name in (DDP_LABEL, ZERO3_LABEL):
         try:
             out[name] = f"fits (peak {measure(comm, STRATEGIES[name], spec)['peak'] / 2**10:.0f} KiB)"
         except OutOfMemoryError as e:      # every rank holds the same bytes: all fail at the same point
@@ -97,20 +106,20 @@ def run(comm, out_dir) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
     rows = {name: measure(comm, zero) for name, zero in STRATEGIES.items()}
     peaks = {k: v["peak"] for k, v in rows.items()}
-    capacity = (peaks["DDP"] + peaks["ZeRO-3"]) / 2         # between the two measured peaks
+    capacity = (peaks[DDP_LABEL] + peaks[ZERO3_LABEL]) / 2         # between the two measured peaks
     oom = out_of_memory(comm, capacity)
-    z3 = rows["ZeRO-3"]["device"]
-    budgets = {label: measure(comm, {"stage": 3, "overlap_comm": True, "stage3_prefetch_bucket_size": size})
+    z3 = rows[ZERO3_LABEL]["device"]
+    budgets = {label: measure(comm, zero_section(ZERO3, overlap_comm=True, stage3_prefetch_bucket_size=size))
                for label, size in PREFETCH_BUDGETS.items()}
     no_prefetch = budgets["0 (off)"]
     result = {k: {kk: vv for kk, vv in v.items() if kk != "device"} for k, v in rows.items()}
     result["out_of_memory"] = oom
-    result["zero3_step_time"] = {"prefetch": rows["ZeRO-3"]["sim_time"], "no_prefetch": no_prefetch["sim_time"]}
+    result["zero3_step_time"] = {"prefetch": rows[ZERO3_LABEL]["sim_time"], "no_prefetch": no_prefetch["sim_time"]}
     # why: the Perfetto trace shows every rank's streams side by side; rank 0 writes it
     z3_events = dist.gather_object(comm, z3.trace.events)
     if comm.rank != 0:
         return result
-    psi = rows["DDP"]["n_params"]
+    psi = rows[DDP_LABEL]["n_params"]
     print(f"GPT with Ψ = {psi:,} parameters (fp32, Adam: K = 8), {comm.size} ranks, one step")
     print(f"{'strategy':<18}{'params':>9}{'grads':>9}{'optim':>9}{'host':>9}{'total':>9}{'formula':>9}"
           f"{'sent/step':>11}{'formula':>9}   (bytes per rank)")

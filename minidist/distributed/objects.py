@@ -15,17 +15,20 @@ import numpy as np
 OBJECT_TAG = 7
 
 
-def _plain(o):
+def jsonable(o):
+    """``json.dump``'s ``default``: NumPy scalars and arrays as Python numbers and lists
+    (also what :func:`minidist.report.write_report` uses)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
-    raise TypeError(f"gather_object: a {type(o).__name__} cannot be sent as JSON; send plain data")
+    raise TypeError(f"a {type(o).__name__} is not JSON: only plain data (dicts, lists, numbers, strings, "
+                    f"NumPy scalars and arrays) can be sent or written")
 
 
 def encode(obj) -> np.ndarray:
     """``obj`` as UTF-8 JSON bytes in a uint8 array."""
-    return np.frombuffer(json.dumps(obj, default=_plain).encode(), dtype=np.uint8)
+    return np.frombuffer(json.dumps(obj, default=jsonable).encode(), dtype=np.uint8)
 
 
 def decode(data: np.ndarray):

@@ -40,9 +40,10 @@ ignored.)
 """
 from __future__ import annotations
 
+from ..defaults import DDP, PARAMETER_SERVER, ZERO1, ZERO2, ZERO3, zero_strategy
 from .memory import PRECISIONS
 
-STRATEGIES = ("ps", "ddp", "zero1", "zero2", "zero3")
+STRATEGIES = (PARAMETER_SERVER, DDP, ZERO1, ZERO2, ZERO3)       # data-parallel ones, minidist.defaults' names
 
 
 def ring_factor(n: int) -> float:
@@ -51,17 +52,17 @@ def ring_factor(n: int) -> float:
 
 
 def dp_comm_elements(params: float, dp: int, strategy: str, grad_accum: int = 1) -> dict:
-    """Elements one data-parallel rank sends and receives per step (root = rank 0 for ps)."""
+    """Elements one data-parallel rank sends and receives per step (root = rank 0 for the parameter server)."""
     n, psi, r = dp, params, ring_factor(dp)
-    if strategy == "ps":
+    if strategy == PARAMETER_SERVER:
         # gather gradients to the root, broadcast the updated parameters back (flat/linear)
         return {"sent": psi if n > 1 else 0.0, "received": psi if n > 1 else 0.0,
                 "root_sent": (n - 1) * psi, "root_received": (n - 1) * psi}
-    if strategy in ("ddp", "zero1"):
+    if strategy in (DDP, ZERO1):
         vol = 2 * r * psi                           # once per step, after accumulation
-    elif strategy == "zero2":
+    elif strategy == ZERO2:
         vol = r * psi * grad_accum + r * psi        # reduce-scatter per micro-batch + one all-gather
-    elif strategy == "zero3":
+    elif strategy == ZERO3:
         vol = 3 * r * psi * grad_accum              # 2 all-gathers + 1 reduce-scatter per micro-batch
     else:
         raise ValueError(f"unknown data-parallel strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -75,7 +76,7 @@ def comm_volume(params: float, dp: int = 1, stage: int = 0, precision: str = "fp
                 checkpointing: str = "none", v: int = 1) -> dict:
     """Bytes (and elements) one rank sends per optimizer step, split by parallelism.
 
-    ``strategy`` overrides ``stage`` for data parallelism ("ps", "ddp", "zero1".."zero3").
+    ``strategy`` overrides ``stage`` for data parallelism ("parameter_server", "ddp", "zero1".."zero3").
     ``micro_batches`` is the number of micro-batches per step on each rank (gradient
     accumulation steps, or the pipeline's m). The TP and PP parts need ``layers``,
     ``hidden`` and ``seq``; without them they are reported as ``None``.
@@ -84,12 +85,12 @@ def comm_volume(params: float, dp: int = 1, stage: int = 0, precision: str = "fp
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     width = 4 if precision == "fp32" else 2          # gradients, parameters and activations on the wire
-    strategy = strategy or ("ddp" if stage == 0 else f"zero{stage}")
+    strategy = strategy or zero_strategy(stage)
     psi = params / (tp * pp)
     dp_el = dp_comm_elements(psi, dp, strategy, micro_batches)
     out = {"strategy": strategy, "dp": dp, "tp": tp, "pp": pp, "sp": sp, "bytes_per_element": width,
            "dp_elements": dp_el["sent"], "dp_bytes": dp_el["sent"] * width}
-    if strategy == "ps":
+    if strategy == PARAMETER_SERVER:
         out["ps_root_bytes"] = dp_el["root_sent"] * width
     shape_known = layers is not None and hidden is not None and seq is not None
     tp_el = pp_el = None

@@ -20,6 +20,7 @@ config::
 """
 from __future__ import annotations
 
+from ..defaults import zero_strategy
 from .data.base import LocalStrategy
 from .data.ddp import DDP
 from .data.buckets import Bucket, element_bytes, make_buckets, padded_elements, shard_elements
@@ -29,33 +30,33 @@ from .data.zero1 import ZeRO1
 from .data.zero2 import ZeRO2
 from .data.zero3 import ZeRO3, zero3_units
 
-STRATEGIES = {"single": LocalStrategy, "parameter_server": ParameterServer, "ddp": DDP,
-              "zero1": ZeRO1, "zero2": ZeRO2, "zero3": ZeRO3}
+# the names are minidist.defaults.STRATEGIES; each class carries its own as ``.name``
+STRATEGIES = {cls.name: cls for cls in (LocalStrategy, ParameterServer, DDP, ZeRO1, ZeRO2, ZeRO3)}
 
 
 def strategy_name(cfg: dict) -> str:
     """Which strategy a config asks for: "ddp", "parameter_server", "zero1".."zero3"."""
     stage = cfg["zero_optimization"]["stage"]
-    return f"zero{stage}" if stage else cfg["parallel"].get("data_parallel", "ddp")
+    return zero_strategy(stage) if stage else cfg["parallel"]["data_parallel"]
 
 
 def build_strategy(cfg: dict, model, optimizer, comm, precision=None):
     """The strategy object of this rank for a validated config (``comm`` None = one rank).
     ``precision``: the :class:`~minidist.precision.Precision` of an fp16/bf16 run, or None."""
-    name = strategy_name(cfg) if comm is not None else "single"
+    name = strategy_name(cfg) if comm is not None else LocalStrategy.name
     z = cfg["zero_optimization"]
     clip = cfg.get("gradient_clipping", 0.0)
-    if name == "single":
+    if name == LocalStrategy.name:
         return LocalStrategy(model, optimizer, comm, clip=clip, precision=precision)
-    if name == "parameter_server":
+    if name == ParameterServer.name:
         return ParameterServer(model, optimizer, comm, clip=clip, precision=precision)
-    if name == "ddp":
+    if name == DDP.name:
         return DDP(model, optimizer, comm, bucket_size=z["reduce_bucket_size"],
                    overlap_comm=z["overlap_comm"], clip=clip, precision=precision)
     kwargs = dict(reduce_bucket_size=z["reduce_bucket_size"], allgather_bucket_size=z["allgather_bucket_size"],
                   overlap_comm=z["overlap_comm"], offload=z["offload_optimizer"]["device"] == "cpu", clip=clip,
                   precision=precision)
-    if name == "zero3":
+    if name == ZeRO3.name:
         return ZeRO3(model, optimizer, comm, prefetch_bucket_size=z["stage3_prefetch_bucket_size"],
                      max_live_parameters=z["stage3_max_live_parameters"], **kwargs)
     return STRATEGIES[name](model, optimizer, comm, **kwargs)

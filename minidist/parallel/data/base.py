@@ -25,6 +25,7 @@ import contextlib
 import numpy as np
 
 from ... import distributed as dist
+from ...defaults import SINGLE
 from ...device import current_device
 from ...precision.mixed import clip_by_norm_, squared_norm
 
@@ -35,7 +36,7 @@ OPTIMIZER_FLOPS_PER_ELEMENT = 10      # ~elementwise FLOPs of one Adam update pe
 class LocalStrategy:
     """One rank, no communication: backward, clip, ``optimizer.step()``, ``zero_grad()``."""
 
-    name = "single"
+    name = SINGLE
     stage = 0
     offload = False
 

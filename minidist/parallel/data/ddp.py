@@ -25,14 +25,15 @@ here the sums are fp32, rounded once.)
 from __future__ import annotations
 
 from ... import distributed as dist
+from ... import defaults
 from .base import LocalStrategy
 from .buckets import make_buckets
 
 
 class DDP(LocalStrategy):
-    name = "ddp"
+    name = defaults.DDP
 
-    def __init__(self, model, optimizer, comm, bucket_size: int = 25_000_000, overlap_comm: bool = True,
+    def __init__(self, model, optimizer, comm, bucket_size: int = defaults.DDP_BUCKET_SIZE, overlap_comm: bool = True,
                  algorithm: str = "ring", clip: float = 0.0, precision=None):
         super().__init__(model, optimizer, comm, clip, precision)
         self.overlap_comm, self.algorithm = overlap_comm, algorithm

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import distributed as dist
+from ...defaults import PARAMETER_SERVER
 from .base import LocalStrategy
 from .buckets import Bucket
 
@@ -25,7 +26,7 @@ ROOT = 0
 
 
 class ParameterServer(LocalStrategy):
-    name = "parameter_server"
+    name = PARAMETER_SERVER
 
     def __init__(self, model, optimizer, comm, algorithm: str = "linear", clip: float = 0.0, precision=None):
         super().__init__(model, optimizer, comm, clip, precision)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import distributed as dist
+from ...defaults import ALLGATHER_BUCKET_SIZE, REDUCE_BUCKET_SIZE, ZERO1
 from ...numerics.quantize import quantize
 from .base import LocalStrategy
 from .buckets import make_buckets, shard_elements
@@ -42,11 +43,11 @@ from .offload import HostOptimizer
 
 
 class ZeRO1(LocalStrategy):
-    name = "zero1"
+    name = ZERO1
     stage = 1
 
-    def __init__(self, model, optimizer, comm, reduce_bucket_size: int = 500_000_000,
-                 allgather_bucket_size: int = 500_000_000, overlap_comm: bool = False,
+    def __init__(self, model, optimizer, comm, reduce_bucket_size: int = REDUCE_BUCKET_SIZE,
+                 allgather_bucket_size: int = ALLGATHER_BUCKET_SIZE, overlap_comm: bool = False,
                  offload: bool = False, algorithm: str = "ring", clip: float = 0.0, precision=None):
         if not optimizer.shardable:
             raise ValueError(f"{type(optimizer).__name__} needs whole-tensor norms and cannot update a "

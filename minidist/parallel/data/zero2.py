@@ -17,11 +17,12 @@ parameters are all-gathered once per step. Memory per rank ``wΨ + (w + K)·S``;
 """
 from __future__ import annotations
 
+from ...defaults import ZERO2
 from .zero1 import ZeRO1
 
 
 class ZeRO2(ZeRO1):
-    name = "zero2"
+    name = ZERO2
     stage = 2
 
     def __init__(self, *args, **kwargs):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import distributed as dist
+from ...defaults import STAGE3_MAX_LIVE_PARAMETERS, STAGE3_PREFETCH_BUCKET_SIZE, ZERO3
 from ...tensor import make_result
 from .buckets import Bucket
 from .zero2 import ZeRO2
@@ -49,11 +50,11 @@ def zero3_units(model) -> list[tuple[str, object, list]]:
 
 
 class ZeRO3(ZeRO2):
-    name = "zero3"
+    name = ZERO3
     stage = 3
 
-    def __init__(self, model, optimizer, comm, prefetch_bucket_size: int = 50_000_000,
-                 max_live_parameters: int = 1_000_000_000, **kwargs):
+    def __init__(self, model, optimizer, comm, prefetch_bucket_size: int = STAGE3_PREFETCH_BUCKET_SIZE,
+                 max_live_parameters: int = STAGE3_MAX_LIVE_PARAMETERS, **kwargs):
         self.prefetch_bucket_size = int(prefetch_bucket_size)
         self.max_live_parameters = int(max_live_parameters)
         self.prefetch = self.prefetch_bucket_size > 0
