@@ -1,0 +1,40 @@
+"""minidist.parallel.tensor: Megatron-LM's tensor parallelism and Korthikanti's sequence parallelism.
+
+Read in this order:
+
+=====================  ==========================================================
+module                 what a student finds there
+=====================  ==========================================================
+:mod:`.mappings`       ``f``, ``g`` and the sequence-parallel gather / reduce-scatter,
+                       each an autograd op with its backward beside its forward
+:mod:`.layers`         ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                       the sequence-parallel linear that saves only its input shard
+:mod:`.cross_entropy`  the loss over vocabulary slices: max, target logit and sum-exp
+                       all-reduced, the (b, s, V) logits never gathered
+:mod:`.random`         dropout masks as slices of the one-rank mask
+:mod:`.model`          the TP GPT built from the one-rank weights; shard_state_dict /
+                       gather_state_dict; vocabulary padding
+:mod:`.accounting`     activation bytes (Korthikanti et al. 2022 mapped onto the engine)
+                       and the collectives of one step, as formulas
+=====================  ==========================================================
+
+Papers: Shoeybi et al. 2019, "Megatron-LM: Training Multi-Billion Parameter Language Models
+Using Model Parallelism"; Korthikanti et al. 2022, "Reducing Activation Recomputation in
+Large Transformer Models".
+"""
+from .cross_entropy import vocab_parallel_cross_entropy
+from .layers import (ColumnParallelLinear, RowParallelLinear, SequenceParallelLayerNorm,
+                     TensorParallelContext, VocabParallelEmbedding, linear_with_sequence_parallel)
+from .mappings import (copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
+                       gather_from_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region,
+                       reduce_scatter_to_sequence_parallel_region, scatter_to_sequence_parallel_region)
+from .model import (TensorParallelGPT, check_tensor_parallel, gather_state_dict, padded_vocab_size,
+                    shard_state_dict)
+
+__all__ = ["ColumnParallelLinear", "RowParallelLinear", "SequenceParallelLayerNorm", "TensorParallelContext",
+           "TensorParallelGPT", "VocabParallelEmbedding", "check_tensor_parallel",
+           "copy_to_tensor_model_parallel_region", "gather_from_sequence_parallel_region",
+           "gather_from_tensor_model_parallel_region", "gather_state_dict", "linear_with_sequence_parallel",
+           "padded_vocab_size", "reduce_from_tensor_model_parallel_region",
+           "reduce_scatter_to_sequence_parallel_region", "scatter_to_sequence_parallel_region",
+           "shard_state_dict", "vocab_parallel_cross_entropy"]
