@@ -198,11 +198,14 @@ class AdamW(Adam):
 
 
 class LAMB(Adam):
-    """LAMB (You et al. 2019): the Adam direction plus decoupled decay, scaled per tensor by
-    the trust ratio ‖p‖ / ‖r‖. Needs whole-tensor norms, so it is not shardable by ZeRO."""
+    """LAMB (You et al. 2020, Algorithm 2): the bias-corrected Adam direction r plus decoupled
+    decay, u = r + λ·p, scaled per tensor by the trust ratio ‖p‖ / ‖u‖ (φ the identity, no
+    clipping; 1 when either norm is 0; no global gradient-norm pre-normalisation).
+    Needs whole-tensor norms, so it is not shardable by ZeRO."""
 
     defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0}
     shardable = False
+    decoupled = True     # the decay is added to the Adam direction below, never to the gradient
 
     def update(self, param, grad, state, group):
         r = self._direction(param, grad, state, group)
