@@ -120,14 +120,14 @@ DEFAULTS = {
                           "stage3_prefetch_bucket_size": STAGE3_PREFETCH_BUCKET_SIZE,
                           "stage3_max_live_parameters": STAGE3_MAX_LIVE_PARAMETERS,
                           "offload_optimizer": {"device": "none"}},
-    "activation_checkpointing": {"granularity": "none"},
     "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
               "dropout": 0.0, "bias": True},
     # seq_len None: TEXT_SEQ_LEN for a text corpus, the task's own length for a synthetic task;
     # n_digits None: TASK_DIGITS; val_fraction None: TEXT_VAL_FRACTION (see config.data_config)
     "data": {"dataset": DEFAULT_DATASET, "seq_len": None, "n_digits": None, "val_fraction": None},
+    # the pipeline's micro-batches per step are gradient_accumulation_steps (SPEC §9)
     "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
-                 "micro_batches": None, "virtual_stages": 1},
+                 "virtual_stages": 1, "sequence_parallel": False},
     "device": DEFAULT_DEVICE,
     "distillation": None,
 }

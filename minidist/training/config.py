@@ -12,6 +12,7 @@ import difflib
 import json
 
 from ..defaults import DATA_PARALLEL, DEFAULT_DATASET, DEFAULTS, SCHEDULES, TASK_DIGITS, TEXT_SEQ_LEN
+from ..parallel.tensor.build import config_problem as tensor_config_problem
 
 # keys whose value is free-form (checked by the component that uses it)
 _FREE = {"optimizer.params", "device", "distillation"}
@@ -21,9 +22,12 @@ _CHOICES = {
     "parallel.data_parallel": DATA_PARALLEL,
     "zero_optimization.stage": (0, 1, 2, 3),
     "zero_optimization.offload_optimizer.device": ("none", "cpu"),
-    "activation_checkpointing.granularity": ("none", "selective", "full"),
     "parallel.schedule": SCHEDULES,
 }
+
+# keys other frameworks have that minidist spells differently: what to write instead
+_REPLACED = {"parallel.micro_batches": "the pipeline's micro-batches per step are gradient_accumulation_steps "
+                                      "(SPEC §9, as in DeepSpeed); set gradient_accumulation_steps instead"}
 
 _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps",
                   "eval_iters", "zero_optimization.reduce_bucket_size",
@@ -44,6 +48,8 @@ def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
     out = copy.deepcopy(defaults)
     for key, value in given.items():
         path = prefix + key
+        if path in _REPLACED:
+            raise ConfigError(path, _REPLACED[path])
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys here: {sorted(defaults)}"
@@ -127,12 +133,15 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
         raise ConfigError("world_size", f"must be a positive integer, got {world_size!r}")
     par = cfg["parallel"]
     mp = par["tensor"] * par["pipeline"]
+    problem = tensor_config_problem(cfg, world_size, sequence_length(cfg)[0])   # tp > world first
+    if problem:
+        raise ConfigError(*problem)
     if world_size % mp:
         raise ConfigError("parallel", f"world size {world_size} is not divisible by tensor × pipeline = {mp}; "
                                       f"use a world size that is a multiple of {mp}")
-    if mp > 1:
-        raise ConfigError("parallel", "tensor and pipeline parallelism are not available yet in this "
-                                      "version; set parallel.tensor and parallel.pipeline to 1")
+    if par["pipeline"] > 1:
+        raise ConfigError("parallel", "pipeline parallelism is not available yet in this "
+                                      "version; set parallel.pipeline to 1")
     dp = world_size // mp
     m = cfg["model"]
     if m["n_embd"] % m["n_head"]:
@@ -177,9 +186,6 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if zero["stage"] > 0 and cfg["optimizer"]["type"].lower() == "lamb":
         raise ConfigError("optimizer.type", "LAMB needs whole-tensor norms and cannot update a ZeRO shard; "
                                             "use Adam, AdamW or SGD with zero_optimization.stage > 0")
-    if cfg["activation_checkpointing"]["granularity"] != "none":
-        raise ConfigError("activation_checkpointing.granularity",
-                          "activation checkpointing is not available yet in this version; use 'none'")
     if cfg["distillation"] is not None:
         cfg["distillation"] = _check_distillation(cfg, cfg["distillation"], world_size)
     if cfg["optimizer"]["type"].lower() not in ("sgd", "adam", "adamw", "lamb"):
