@@ -343,16 +343,15 @@ def test_estimate_accepts_the_trainers_filled_config():
     cfg_mod = pytest.importorskip("minidist.training.config")
     filled = cfg_mod.load_config({}, world_size=1)
     r = estimate(filled, world_size=1)
-    # every key comes from the trainer's config, except sequence parallelism (not a §9 key)
-    # and, when the config leaves them to the dataset (None), the vocabulary size and the
-    # text corpus's window length (the same default on both sides)
-    assert set(r["defaults_used"]) <= {"parallel.sequence_parallel", "model.vocab_size", "data.seq_len"}
+    # every key comes from the trainer's config, except, when the config leaves them to the
+    # dataset (None), the vocabulary size and the text corpus's window length
+    assert set(r["defaults_used"]) <= {"model.vocab_size", "data.seq_len"}
     assert ("model.vocab_size" in r["defaults_used"]) == (filled["model"]["vocab_size"] is None)
     assert r["inputs"]["micro_batch"] == filled["train_micro_batch_size_per_gpu"]
     assert r["inputs"]["seq_len"] == cfg_mod.data_config(filled)["seq_len"]
     task = cfg_mod.load_config({"data": {"dataset": "add", "n_digits": 4}, "model": {"block_size": 16}})
     assert estimate(task)["inputs"]["seq_len"] == 15 == cfg_mod.sequence_length(task)[0]   # 4+4+2 prompt, 6 answer, −1
-    assert r["inputs"]["checkpointing"] == filled["activation_checkpointing"]["granularity"]
+    assert r["inputs"]["checkpointing"] == "none" and r["inputs"]["sequence_parallel"] is False
 
 
 # ---------------------------------------------------------------- command line

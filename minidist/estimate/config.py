@@ -12,53 +12,61 @@ Keys read (anything else is ignored here; the trainer validates the config)::
     train_micro_batch_size_per_gpu, gradient_accumulation_steps
     zero_optimization {stage, offload_optimizer {device}}
     fp16 {enabled}, bf16 {enabled}, optimizer {type}
-    parallel {tensor, pipeline, schedule, micro_batches, virtual_stages, sequence_parallel}
-    data {seq_len}, activation_checkpointing, device
+    parallel {tensor, pipeline, schedule, virtual_stages, sequence_parallel}
+    data {dataset, seq_len, n_digits}, activation_checkpointing, device
 
-Missing keys fall back to :data:`DEFAULTS`, and the names of those that did are listed in
-``defaults_used`` so that a report never hides an assumption (they mirror
-:mod:`minidist.training.config`'s defaults, but a trainer should pass its filled-in config).
+Missing keys fall back to the trainer's own defaults (:data:`minidist.defaults.DEFAULTS`),
+so ``estimate({})`` describes the run ``python -m minidist.train`` makes with ``{}``; the
+names of those that did are listed in ``defaults_used`` so that a report never hides an
+assumption. As in the trainer, the sequence length and the vocabulary size, when left out,
+come from the dataset, and the pipeline's micro-batches per step are
+``gradient_accumulation_steps``.
 ``activation_checkpointing`` may be "none"/"selective"/"full", a bool (True = full), or a
 dict with a ``granularity`` (minidist) or ``mode`` key; any other non-empty dict (DeepSpeed's
 form) means full checkpointing of each block.
 """
 from __future__ import annotations
 
-from ..defaults import DEFAULT_DEVICE, INTERLEAVED_1F1B, normalize_schedule
+from ..defaults import DEFAULTS, INTERLEAVED_1F1B, normalize_schedule
 from ..device import get_spec
+from ..training.config import sequence_length
+from ..training.data import make_dataset
 from .activations import activation_memory
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops
 from .memory import model_state_memory
 from .pipeline import peak_in_flight, pipeline_bubble
 
-DEFAULTS = {
-    "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 4, "model.vocab_size": 65,
-    "model.block_size": 64, "model.bias": True,
-    "data.seq_len": 32, "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1,
-    "zero_optimization.stage": 0, "optimizer.type": "adamw",
-    "parallel.tensor": 1, "parallel.pipeline": 1, "parallel.schedule": "1f1b",
-    "parallel.virtual_stages": 1, "parallel.sequence_parallel": False,
-    "device": DEFAULT_DEVICE,
-}
-
-
-def _get(config: dict, dotted: str, used: list):
-    node = config
+def _lookup(tree: dict, dotted: str):
+    """``tree["a"]["b"]`` for "a.b", or None where a level is missing or None."""
+    node = tree
     for key in dotted.split("."):
         if not isinstance(node, dict) or node.get(key) is None:     # absent or "decide later"
-            used.append(dotted)
-            return DEFAULTS[dotted]
+            return None
         node = node[key]
     return node
 
 
-def _task_seq_len(data: dict) -> int | None:
-    """A synthetic task's sequence length when ``data.seq_len`` is left to the task, else None."""
-    from ..training.data import TASKS, SyntheticTask
-    if data.get("seq_len") is None and data.get("dataset") in TASKS:
-        return SyntheticTask(data["dataset"], n=data.get("n_digits") or 6).seq_len
-    return None
+def _get(config: dict, dotted: str, used: list):
+    """The config's value at ``dotted``, else the trainer's default (noted in ``used``)."""
+    value = _lookup(config, dotted)
+    if value is None:
+        used.append(dotted)
+        return _lookup(DEFAULTS, dotted)
+    return value
+
+
+def _data(config: dict, used: list) -> tuple[int, int]:
+    """The sequence length and vocabulary size the trainer's dataset gives this config."""
+    data = {k: v for k, v in {**DEFAULTS["data"], **(config.get("data") or {})}.items() if k in DEFAULTS["data"]}
+    seq, key = sequence_length({"data": data})
+    if key == "data.seq_len" and data["seq_len"] is None:
+        used.append("data.seq_len")                  # the text corpus' default window
+    vocab = _lookup(config, "model.vocab_size")
+    if vocab is None:
+        used.append("model.vocab_size")              # the trainer takes it from the dataset
+        vocab = make_dataset({k: data[k] for k in ("dataset", "n_digits") if data[k] is not None}).vocab_size
+    return seq, vocab
 
 
 def _checkpointing(value) -> str:
@@ -88,10 +96,9 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     L = int(_get(config, "model.n_layer", used))
     h = int(_get(config, "model.n_embd", used))
     a = int(_get(config, "model.n_head", used))
-    V = int(_get(config, "model.vocab_size", used))
+    seq, V = _data(config, used)
     T = int(_get(config, "model.block_size", used))
     bias = bool(_get(config, "model.bias", used))
-    seq = _task_seq_len(config.get("data") or {}) or int(_get(config, "data.seq_len", used))
     b = int(_get(config, "train_micro_batch_size_per_gpu", used))
     accum = int(_get(config, "gradient_accumulation_steps", used))
     zero = config.get("zero_optimization") or {}
@@ -105,18 +112,14 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     sp = bool(_get(config, "parallel.sequence_parallel", used))
     schedule = normalize_schedule(_get(config, "parallel.schedule", used))
     v = int(_get(config, "parallel.virtual_stages", used))
-    m = int((config.get("parallel") or {}).get("micro_batches") or accum)
     checkpointing = _checkpointing(config.get("activation_checkpointing"))
-    device = config.get("device", DEFAULTS["device"])
-    if "device" not in config:
-        used.append("device")
+    device = _get(config, "device", used)
 
     if world_size % (tp * pp):
         raise ValueError(f"world size {world_size} is not divisible by tensor x pipeline = {tp * pp}; "
                          f"change parallel.tensor/parallel.pipeline or the world size")
     dp = world_size // (tp * pp)
-    # micro-batches each rank runs per optimizer step: the pipeline's m, else the accumulation
-    micro_batches = m if pp > 1 else accum
+    micro_batches = accum        # per rank per optimizer step; the pipeline's m (SPEC §9)
 
     count = gpt2_param_count(L, h, V, T, bias)
     params = count["total"]
