@@ -1,0 +1,45 @@
+"""Classroom exercises with a grader that says what is wrong (SPEC §13).
+
+``python -m minidist.exercises list | start NAME [DIR] | check NAME [DIR] | check --all DIR
+[--json] | check NAME --reference | hint NAME``. One module per exercise, each with
+
+* ``STUB`` — the file a student gets: the statement in its docstring, ``NotImplementedError``
+  bodies; ``FUNCTIONS`` — the names the student's file must define;
+* ``reference()`` — minidist's own implementation behind a thin adapter (``--reference``
+  grades it, and it must pass);
+* ``CHECKS`` — ``(name, check)`` pairs; a check calls the student's functions — on real
+  ``dist.spawn`` ranks, a real GPT, the real optimizers — and raises :class:`Wrong` with a
+  message in the student's terms: which rank, which step, which chunk, expected vs got,
+  and, when the result matches a typical mistake, which mistake it is;
+* ``HINTS`` — shown on request (``hint NAME``), never in the grade.
+
+The grading core (:mod:`.grading`) loads the file by path and never lets a student's
+traceback escape. The tests (``pytest -m exercises``) run the same checks.
+"""
+from __future__ import annotations
+
+from . import (
+    reduce_scatter_padding,
+    ring_all_reduce,
+)
+from .grading import CheckResult, Report, Wrong, grade
+
+_MODULES = (ring_all_reduce, reduce_scatter_padding)
+
+EXERCISES = {m.NAME: m for m in _MODULES}
+
+
+def get(name: str):
+    """The exercise module called ``name`` (ValueError listing the names otherwise)."""
+    try:
+        return EXERCISES[name]
+    except KeyError:
+        raise ValueError(f"unknown exercise {name!r}; `python -m minidist.exercises list` shows: "
+                         f"{', '.join(EXERCISES)}") from None
+
+
+def topics() -> list[str]:
+    return list(dict.fromkeys(m.TOPIC for m in EXERCISES.values()))
+
+
+__all__ = ["EXERCISES", "CheckResult", "Report", "Wrong", "get", "grade", "topics"]

@@ -1,0 +1,159 @@
+"""Run a student's collective on in-process ranks and judge its result and its traffic.
+
+The student's function runs on ``dist.spawn`` ranks, exactly as minidist's own collectives
+do; every message it sends is in ``comm.log`` (op ``"send"`` for a plain ``comm.send``), so
+the checks can test *the communication itself* (tinygrad's ``test_allreduce.py``): how many
+messages, how large, to whom.
+
+**Tagged inputs.** To say *which* contributions a wrong chunk holds, rank ``r`` gives
+``B**r`` in every element (``B = 2p + 1``). A correct sum is ``Σ_r B**r``; any sum of the
+inputs decodes digit by digit into "rank r's data counted k times" — so a chunk that
+missed rank 0, or counted rank 3 twice, is named as such.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import distributed as dist
+from .grading import Wrong, as_array
+
+RANK_TIMEOUT = 5.0       # seconds a rank waits for a message before the grader calls it a hang
+
+
+def run_on_ranks(fn, inputs) -> tuple[list, list]:
+    """``fn(comm, inputs[rank])`` on ``len(inputs)`` ranks: (results, sends of each rank).
+    Raises :class:`Wrong` if a rank's function modified its input array."""
+    def main(comm):
+        mark = comm.log.mark()
+        x = inputs[comm.rank].copy()
+        out = fn(comm, x)
+        return out, comm.log.since(mark).messages(direction="send"), np.array_equal(x, inputs[comm.rank])
+
+    runs = dist.spawn(main, len(inputs), timeout=RANK_TIMEOUT)
+    changed = [r for r, run in enumerate(runs) if not run[2]]
+    if changed:
+        raise Wrong(f"rank {changed[0]}'s input array was modified by your function; work on a copy "
+                    f"(e.g. x.reshape(-1).copy()) so that the caller's data stays intact.")
+    return [r[0] for r in runs], [r[1] for r in runs]
+
+
+def chunk_bounds(n: int, p: int) -> list[tuple[int, int]]:
+    """Element range of each of the p chunks of ``c = ceil(n/p)`` (the last ones may be short)."""
+    c = -(-n // p)
+    return [(min(i * c, n), min((i + 1) * c, n)) for i in range(p)]
+
+
+def tagged_inputs(p: int, n: int) -> tuple[list, int]:
+    base = 2 * p + 1
+    return [np.full(n, float(base ** r)) for r in range(p)], base
+
+
+def decode(value: float, p: int, base: int) -> list[int] | None:
+    """How many times each rank's tagged input is in ``value`` (None if it is no such sum)."""
+    if not np.isfinite(value) or value < 0 or value != np.round(value):
+        return None
+    v, counts = int(value), []
+    for _ in range(p):
+        v, k = divmod(v, base)
+        counts.append(k)
+    return counts if v == 0 else None
+
+
+def explain_counts(counts, p: int) -> str:
+    if counts is None:
+        return "a value that is no sum of the ranks' inputs (divided? overwritten by a buffer?)"
+    missing = [r for r in range(p) if counts[r] == 0]
+    extra = [f"rank {r}'s {counts[r]} times" for r in range(p) if counts[r] > 1]
+    parts = []
+    if missing:
+        parts.append(f"misses the data of rank{'s' if len(missing) > 1 else ''} "
+                     f"{', '.join(map(str, missing))}")
+    if extra:
+        parts.append(f"counts {', '.join(extra)}")
+    return " and ".join(parts) or "the right sum"
+
+
+def tagged_diagnosis(fn, p: int, n: int, chunk_of_result, rule: str = "") -> str:
+    """Run ``fn`` on tagged inputs and name, per rank, the first chunk whose sum is wrong.
+
+    ``chunk_of_result(result, rank, chunk, p)`` picks a chunk out of a rank's result (or None
+    when that rank's result does not hold that chunk); ``n`` should be a multiple of p."""
+    inputs, base = tagged_inputs(p, n)
+    try:
+        outs, _ = run_on_ranks(fn, inputs)
+    except Exception:  # noqa: BLE001 - the main check already reported how it failed
+        return ""
+    lines = []
+    for r, out in enumerate(outs):
+        for c in range(p):
+            try:
+                part = chunk_of_result(np.asarray(out, dtype=np.float64), r, c, p)
+            except (TypeError, ValueError, IndexError):
+                return ""
+            if part is None or part.size == 0:
+                continue
+            counts = decode(float(part.reshape(-1)[0]), p, base)
+            if counts != [1] * p:
+                lines.append(f"rank {r}, chunk {c}: {explain_counts(counts, p)}")
+                break
+    if not lines:
+        return ""
+    return ("Giving rank r the value (2p+1)^r in every element shows which data each chunk holds:\n  "
+            + "\n  ".join(lines[:4]) + (f"\n{rule}" if rule else ""))
+
+
+def check_results(outs, expected, p: int, what: str, bounds=None, hint: str = "") -> None:
+    """Every rank's result equals ``expected[rank]``; a wrong one is named by rank and chunk."""
+    for r, (got, exp) in enumerate(zip(outs, expected)):
+        got = as_array(got, f"rank {r}")
+        exp = np.asarray(exp, dtype=np.float64)
+        if got.shape != exp.shape:
+            raise Wrong(f"{what}: rank {r} returned shape {got.shape}, expected {exp.shape}. {hint}".strip())
+        bad = ~np.isclose(got, exp, rtol=1e-9, atol=1e-9)
+        if bad.any():
+            i = int(np.flatnonzero(bad.reshape(-1))[0])
+            chunk = ""
+            if bounds is not None:
+                c = next(k for k, (a, b) in enumerate(bounds) if a <= i < b)
+                chunk = f" chunk {c} (elements {bounds[c][0]}..{bounds[c][1] - 1}),"
+            raise Wrong(f"{what}: rank {r},{chunk} element {i}: expected {exp.reshape(-1)[i]:.6g}, got "
+                        f"{got.reshape(-1)[i]:.6g} ({int(bad.sum())} of {bad.size} elements wrong). {hint}".strip())
+
+
+def describe_sends(sends, itemsize: int = 8) -> str:
+    return ", ".join(f"{e.nbytes // itemsize} elements to rank {e.peer}" for e in sends[:6]) + \
+        (" …" if len(sends) > 6 else "")
+
+
+def check_ring_traffic(sends, p: int, n: int, steps: int, exact_chunk: bool, name: str) -> None:
+    """A ring: every rank sends ``steps`` messages, each one chunk of about n/p elements, all
+    to its right neighbour (rank+1) % p. Wrong patterns are named (gather-to-root, whole
+    vector, wrong neighbour, extra or missing steps)."""
+    c = -(-n // p)
+    allowed = {c} if exact_chunk else {n // p, c}
+    to_zero = [r for r in range(1, p) if sends[r] and all(e.peer == 0 for e in sends[r])]
+    if p > 2 and len(to_zero) == p - 1:
+        raise Wrong(f"traffic: ranks 1..{p - 1} all send to rank 0: that is gather-to-root (reduce then "
+                    f"broadcast), not a ring. In a ring every rank sends only to its right neighbour "
+                    f"(rank + 1) % p and receives only from its left one, so no rank is a bottleneck.")
+    for r in range(p):
+        right = (r + 1) % p
+        peers = sorted({e.peer for e in sends[r]} - {right})
+        if peers:
+            raise Wrong(f"traffic: rank {r} sends to rank{'s' if len(peers) > 1 else ''} "
+                        f"{', '.join(map(str, peers))}, but in a ring rank {r} sends only to its right "
+                        f"neighbour {right} = (rank + 1) % {p} (and receives from (rank - 1) % {p}).")
+        sizes = [e.nbytes // 8 for e in sends[r]]
+        if sizes and max(sizes) >= n and n > c:
+            raise Wrong(f"traffic: rank {r} sends the whole vector ({n} elements) in one message: "
+                        f"{describe_sends(sends[r])}. A ring cuts it into {p} chunks of "
+                        f"{'ceil(n/p) = ' if exact_chunk else 'about n/p = '}{c} elements and passes one "
+                        f"chunk per step — that is what makes it bandwidth-optimal.")
+        if len(sizes) != steps:
+            raise Wrong(f"traffic: rank {r} sent {len(sizes)} messages ({describe_sends(sends[r])}); "
+                        f"{name} on {p} ranks takes exactly {steps} steps of one message each.")
+        wrong = [s for s in sizes if s not in allowed]
+        if wrong:
+            want = f"{c} elements (ceil({n}/{p}), padding included)" if exact_chunk else \
+                f"one chunk ({' or '.join(map(str, sorted(allowed)))} elements)"
+            raise Wrong(f"traffic: rank {r} sent messages of {sizes} elements; each step sends {want}.")

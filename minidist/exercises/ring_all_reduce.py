@@ -1,0 +1,127 @@
+"""Exercise: ring all-reduce on send/recv (reduce-scatter + all-gather around the ring).
+
+Reference: ``dist.all_reduce(comm, x, algorithm="ring")`` (minidist/distributed/all_reduce.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import distributed as dist
+from .grading import Wrong
+from .ranks import chunk_bounds, check_results, check_ring_traffic, run_on_ranks, tagged_diagnosis
+
+NAME = "ring_all_reduce"
+TOPIC = "collectives"
+TITLE = "Ring all-reduce on comm.send / comm.recv"
+NOTEBOOK = "02_collectives"
+FUNCTIONS = ("ring_all_reduce",)
+FORBIDDEN = ("all_reduce", "reduce_scatter", "all_gather")      # minidist's own collectives
+
+STUB = '''"""Ring all-reduce, written on point-to-point messages only.
+
+Every rank holds an array ``x`` of the same shape; afterwards every rank must hold the
+element-wise SUM over all ranks. Do it the way NCCL does (Patarasuk & Yuan 2009):
+
+1. Cut the flattened ``x`` into p chunks (p = comm.size), e.g. with ``np.array_split``.
+2. Reduce-scatter, p - 1 steps: in step s, rank r sends its running sum of chunk
+   (r - s) % p to its RIGHT neighbour (r + 1) % p, receives chunk (r - s - 1) % p from its
+   LEFT neighbour (r - 1) % p and adds it into its own copy. Afterwards rank r holds the
+   complete sum of chunk (r + 1) % p.
+3. All-gather, p - 1 more steps: pass the completed chunks around the ring the same way,
+   but now *replace* instead of adding.
+
+Use only ``comm.send(array, dest)``, ``comm.recv(source)`` (or ``comm.isend``/``comm.irecv``
++ ``.wait()``) and ``comm.rank`` / ``comm.size``. A send does not wait for the receiver
+here (buffered), so "send, then receive" in every step does not deadlock.
+
+Each rank must send exactly 2(p - 1) messages of about n/p elements, all to its right
+neighbour: ``2(p-1)/p * n`` elements in total, the bandwidth-optimal volume. The grader
+reads ``comm.log`` to check that; gathering everything to rank 0 is not a ring.
+
+Return a NEW array with the shape of ``x`` (do not modify ``x``). It must work for any
+p >= 2 and any n, also when p does not divide n.
+
+Try it:  python -m minidist.exercises check ring_all_reduce
+"""
+import numpy as np
+
+
+def ring_all_reduce(comm, x):
+    """Sum of ``x`` over all ranks, on every rank, by the ring algorithm."""
+    raise NotImplementedError
+'''
+
+HINTS = [
+    "Work on a private copy: `chunks = np.array_split(x.reshape(-1).copy(), p)`; at the end "
+    "`np.concatenate(chunks).reshape(x.shape)`.",
+    "right = (r + 1) % p and left = (r - 1) % p never change; only the chunk indices move with the step s.",
+    "Reduce-scatter step s: send chunks[(r - s) % p], receive into index (r - s - 1) % p and ADD.",
+    "All-gather step s: send chunks[(r - s + 1) % p] (the one completed last), receive index (r - s) % p and "
+    "REPLACE it.",
+    "If chunk c on rank r misses one rank's data, your send and receive indices are off by one step.",
+]
+
+
+RULE = ("A chunk that misses some ranks' data (or counts one twice) means the chunk you send in a step "
+        "and the one you add the received data into are off by one: in reduce-scatter step s rank r "
+        "sends chunk (r - s) % p and adds into chunk (r - s - 1) % p.")
+
+
+def reference():
+    class Reference:
+        @staticmethod
+        def ring_all_reduce(comm, x):
+            return dist.all_reduce(comm, x, op="sum", algorithm="ring")
+    return Reference
+
+
+def _inputs(p, shape, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(-9, 10, size=shape).astype(np.float64) for _ in range(p)]
+
+
+def _result_check(sol, p, shape, seed):
+    xs = _inputs(p, shape, seed)
+    outs, _ = run_on_ranks(sol.ring_all_reduce, xs)
+    total = sum(xs)
+    n = int(np.prod(shape))
+    means = [o is not None and np.shape(o) == shape and np.allclose(o, total / p) for o in outs]
+    if all(means) and p > 1:
+        raise Wrong(f"on {p} ranks every rank returned the MEAN (sum / {p}); all-reduce here returns the SUM.")
+    try:
+        check_results(outs, [total] * p, p, f"sum on {p} ranks, shape {shape}", chunk_bounds(n, p))
+    except Wrong as exc:
+        why = tagged_diagnosis(sol.ring_all_reduce, p, 2 * p, _chunk_of, RULE)
+        raise Wrong(f"{exc}\n{why}".strip()) from None
+
+
+def _chunk_of(out, r, c, p):
+    a, b = chunk_bounds(out.size, p)[c]
+    return out.reshape(-1)[a:b]
+
+
+def _check(p, shape, seed):
+    return lambda sol: _result_check(sol, p, shape, seed)
+
+
+def check_traffic(sol):
+    p, n = 4, 16
+    xs = _inputs(p, (n,), 7)
+    _, sends = run_on_ranks(sol.ring_all_reduce, xs)
+    check_ring_traffic(sends, p, n, 2 * (p - 1), exact_chunk=False, name="ring all-reduce")
+
+
+def check_traffic_uneven(sol):
+    p, n = 3, 10
+    _, sends = run_on_ranks(sol.ring_all_reduce, _inputs(p, (n,), 8))
+    check_ring_traffic(sends, p, n, 2 * (p - 1), exact_chunk=False, name="ring all-reduce")
+
+
+CHECKS = [
+    ("sum on 4 ranks, 16 elements", _check(4, (16,), 1)),
+    ("sum on 2 ranks", _check(2, (6,), 2)),
+    ("sum on 3 ranks, 10 elements (p does not divide n)", _check(3, (10,), 3)),
+    ("sum on 5 ranks, a (3, 4) array", _check(5, (3, 4), 4)),
+    ("traffic: 2(p-1) messages of n/p elements to the right neighbour", check_traffic),
+    ("traffic with p = 3, n = 10", check_traffic_uneven),
+]

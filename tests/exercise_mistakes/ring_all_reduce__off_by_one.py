@@ -1,0 +1,17 @@
+"""Off-by-one chunk in the reduce-scatter: rank r starts by sending chunk r + 1 instead of r."""
+import numpy as np
+
+EXPECT = ["chunk", "misses the data of rank"]
+
+
+def ring_all_reduce(comm, x):
+    p, r = comm.size, comm.rank
+    chunks = np.array_split(x.reshape(-1).copy(), p)
+    right, left = (r + 1) % p, (r - 1) % p
+    for s in range(p - 1):
+        comm.send(chunks[(r - s + 1) % p], right)
+        chunks[(r - s - 1) % p] = chunks[(r - s - 1) % p] + comm.recv(left)
+    for s in range(p - 1):
+        comm.send(chunks[(r - s + 1) % p], right)
+        chunks[(r - s) % p] = comm.recv(left)
+    return np.concatenate(chunks).reshape(x.shape)
