@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from minidist import distributed as dist
+from minidist._malloc import tune_malloc
 
 
 def _timed(comm_mpi, fn, reps):
@@ -71,6 +72,7 @@ if __name__ == "__main__":
     parser.add_argument("--max-mb", type=float, default=64)
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
+    tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
     if not dist.is_mpi_launch():
         sys.exit("run me under MPI: mpirun -n 4 python benchmarks/bench_allreduce.py")
     dist.run_main(main, args, timeout=300)

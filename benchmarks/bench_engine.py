@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from minidist._malloc import tune_malloc
+
 
 def bench_minidist(cfg, B, T, steps, warmup=1):
     from minidist.model import GPT, GPTConfig
@@ -99,6 +101,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
+    tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
     cfg = dict(n_layer=args.layers, n_embd=args.width, n_head=args.heads, block_size=args.seq, vocab_size=65)
     print(f"GPT {args.layers}L/{args.width}w/{args.heads}h, seq {args.seq}, batch {args.batch}, "
           f"{args.threads} thread(s)")

@@ -4,6 +4,11 @@ A training step allocates and frees many multi-megabyte temporaries. By default 
 serves each one with a fresh ``mmap`` and gives it back on free, so every op pays page
 faults for memory it just released. Raising the mmap and trim thresholds makes freed
 blocks reusable, as PyTorch's CPU caching allocator does. No effect off glibc.
+
+``mallopt`` sets the allocator of the whole process, so only the commands that own their
+process call :func:`tune_malloc` (``python -m minidist.train``, ``python -m minidist.demo``,
+the benchmarks), never ``import minidist``: a program or notebook that imports minidist keeps
+its own allocator settings. Calling it twice is harmless (it sets the same three values).
 """
 import ctypes
 import sys

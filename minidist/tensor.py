@@ -24,7 +24,12 @@ from .device import current_device
 from .memory import nbytes
 from .autocast import output_dtype, round_output, rounding_backward
 
-_op_counter = itertools.count()  # creation order of op outputs: backward runs newest first
+# Creation order of op outputs: backward runs newest first. One counter for the whole process,
+# shared by the in-process ranks (threads) on purpose: next() on an itertools.count is one C
+# call, atomic under the GIL, so no two outputs get the same number; a rank only compares the
+# numbers of its own graph, built by its own thread in order, so other ranks' numbers in
+# between change nothing.
+_op_counter = itertools.count()
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("minidist_grad", default=True)
 
 

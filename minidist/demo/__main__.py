@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .. import distributed as dist
+from .._malloc import tune_malloc
 
 # (short name, module) in tour order; a chapter module has TITLE and run(comm, out_dir) -> dict
 CHAPTERS = [
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown chapter(s) {unknown}; choose from {names}")
     if args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
+    tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_mpi_launch():

@@ -15,6 +15,8 @@ Everything shown is measured on the tiny GPT:
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..training.data import TextDataset
@@ -33,16 +35,28 @@ from ..precision import (
 
 TITLE = "Mixed precision"
 
-DATA = TextDataset(seq_len=16)
-CONFIG = GPTConfig(block_size=16, vocab_size=DATA.vocab_size, n_layer=2, n_head=2, n_embd=32)
 # fp16 section of a DeepSpeed config whose first scale is too large on purpose
 FP16_SECTION = {"enabled": True, "initial_scale_power": 24, "loss_scale_window": 20, "hysteresis": 2}
+
+
+# Read on first use, not at import: importing the demo must not read the corpus. The cache
+# makes every caller (and every in-process rank, a thread) share one dataset, which is safe
+# because a TextDataset is never written after it is built (get_batch makes its own generator).
+@functools.cache
+def data() -> TextDataset:
+    """The chapter's text: windows of 16 characters of the shipped corpus."""
+    return TextDataset(seq_len=16)
+
+
+def model_config() -> GPTConfig:
+    """The chapter's tiny GPT, sized to :func:`data`'s vocabulary."""
+    return GPTConfig(block_size=16, vocab_size=data().vocab_size, n_layer=2, n_head=2, n_embd=32)
 
 
 def train(dtype: str | None, steps: int = 100, fp16_section: dict | None = None, seed: int = 1,
           batch: int = 8, lr: float = 1e-3) -> dict:
     """Train the tiny GPT in fp32 (``dtype=None``), "fp16" or "bf16"; losses and scaler history."""
-    model = GPT(CONFIG, seed=seed)
+    model = GPT(model_config(), seed=seed)
     opt = Adam(model.parameters(), lr=lr)
     mp = None
     if dtype is not None:
@@ -50,7 +64,7 @@ def train(dtype: str | None, steps: int = 100, fp16_section: dict | None = None,
         mp = MixedPrecision(model, opt, dtype, scaler=scaler)
     losses = []
     for step in range(steps):
-        x, y = DATA.get_batch(batch, step, seed)
+        x, y = data().get_batch(batch, step, seed)
         with autocast(dtype):
             _, loss = model(x, y)
         if mp is None:
@@ -70,8 +84,8 @@ def micro_batch_gradients(dtype: str | None, scale: float = 1.0, accumulation: i
                           seed: int = 3) -> list:
     """Parameter gradients of one micro-batch whose loss is divided by ``accumulation``,
     unscaled again (÷ ``scale``) — fp32 reference when ``dtype`` is None."""
-    model = GPT(CONFIG, seed=0)
-    x, y = DATA.get_batch(batch, seed)
+    model = GPT(model_config(), seed=0)
+    x, y = data().get_batch(batch, seed)
     if dtype is None:
         _, loss = model(x, y)
         (loss * (1.0 / accumulation)).backward()
@@ -97,10 +111,10 @@ def memory_split(dtype: str = "fp16") -> dict:
     """Bytes per parameter by category, measured on a device after one mixed-precision step."""
     dev = Device()
     with dev:
-        model = GPT(CONFIG, seed=0)
+        model = GPT(model_config(), seed=0)
         opt = Adam(model.parameters())
         mp = MixedPrecision(model, opt, dtype)
-        x, y = DATA.get_batch(2, 0)
+        x, y = data().get_batch(2, 0)
         with autocast(dtype):
             _, loss = model(x, y)
         mp.scale_loss(loss).backward()

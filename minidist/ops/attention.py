@@ -16,6 +16,7 @@ model's ``transpose(1, 2).reshape(B, T, C)`` around attention is a view, not a c
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,19 +25,23 @@ from ..autocast import cast_input
 from ..tensor import Tensor, as_tensor, make_result
 from .linalg import _charge
 
-_MASKS: dict = {}
-
-
 def causal_mask(T: int, dtype, transposed: bool = False) -> np.ndarray:
-    """(T, T) additive mask: 0 on and below the diagonal, -inf above (cached).
+    """(T, T) additive mask: 0 on and below the diagonal, -inf above (cached, read-only).
 
     ``transposed=True``: the same mask laid out (keys, queries), stored contiguous.
     """
-    key = (T, np.dtype(dtype), transposed)
-    if key not in _MASKS:
-        mask = np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)
-        _MASKS[key] = np.ascontiguousarray(mask.T) if transposed else mask
-    return _MASKS[key]
+    return _causal_mask(int(T), np.dtype(dtype), bool(transposed))
+
+
+# Shared by every rank of the in-process backend (threads of one process): lru_cache is
+# thread-safe, maxsize bounds it (a few sequence lengths × dtypes × layouts are ever in use;
+# each (T, T) mask is T² elements), and the masks are read-only so no rank can change another's.
+@functools.lru_cache(maxsize=16)
+def _causal_mask(T: int, dtype: np.dtype, transposed: bool) -> np.ndarray:
+    mask = np.triu(np.full((T, T), -np.inf, dtype=dtype), k=1)
+    mask = np.ascontiguousarray(mask.T) if transposed else mask
+    mask.setflags(write=False)
+    return mask
 
 
 def _empty_bthd(B, nh, T, hs, dtype) -> np.ndarray:
