@@ -26,7 +26,6 @@ def rank_report(trainer) -> dict:
     """What one rank measured: memory by category and bytes moved."""
     dev = trainer.device
     comm = trainer.comm
-    by_op = comm.log.summary() if comm is not None else {}
     s = trainer.strategy
     micro = trainer.accumulation
     expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
@@ -37,11 +36,7 @@ def rank_report(trainer) -> dict:
         "host_memory": dev.host.summary(),
         "flops": dev.flops,
         "sim_time": dev.clock.time,
-        "comm": {
-            "bytes_sent": sum(v["bytes_sent"] for v in by_op.values()),
-            "bytes_received": sum(v["bytes_received"] for v in by_op.values()),
-            "by_op": by_op,
-        },
+        "comm": comm_totals(comm.log if comm is not None else None),
         "data_parallel": {
             "strategy": s.name,
             "model_states": s.model_states,
@@ -51,6 +46,13 @@ def rank_report(trainer) -> dict:
             "shard_elements": getattr(s, "shard", None),
         },
     }
+
+
+def comm_totals(log) -> dict:
+    """Bytes a rank sent and received over the whole run, in total and per op."""
+    by_op = log.summary() if log is not None else {}
+    return {"bytes_sent": sum(v["bytes_sent"] for v in by_op.values()),
+            "bytes_received": sum(v["bytes_received"] for v in by_op.values()), "by_op": by_op}
 
 
 def formulas(trainer) -> dict:
@@ -100,6 +102,68 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     except ImportError:  # pragma: no cover - estimate ships with the package
         report["estimate"] = None
     return report
+
+
+def distill_rank_report(run) -> dict:
+    """One rank of a distillation job (:class:`minidist.distill.runner.DistillRank`): its
+    device and whole-run traffic, its student's data-parallel figures, its part of the
+    ``distillation`` section (teacher and student memory apart, bytes streamed)."""
+    dev = run.device
+    rr = rank_report(run.student) if run.student is not None else {
+        "memory": dev.memory.summary(), "host_memory": dev.host.summary(), "flops": dev.flops,
+        "sim_time": dev.clock.time}
+    rr.update(rank=run.rank, role=run.role, coords={"dp": max(run.rank - run.d["teacher_ranks"], 0), "tp": 0, "pp": 0},
+              comm=comm_totals(run.comm.log if run.comm is not None else None), distillation=run.section())
+    return rr
+
+
+def build_distill_report(run, ranks: list[dict]) -> dict:
+    """A distillation job's report (SPEC §10), on rank 0 from every rank's :func:`distill_rank_report`:
+    the student's steps and final figures, and ``distillation`` with the teacher's and the
+    student's figures, the losses' parts per step and the teacher → student bytes."""
+    parts = [r["distillation"] for r in ranks]
+    student = next(p["student"] for p in parts if "student" in p)
+    teacher = parts[0]["teacher"]
+    d = run.d
+    full, sent = student["bytes_per_step_full_logits"], student["bytes_per_step_expected"]
+    return {
+        "config": run.cfg, "world_size": run.world_size,
+        "model": {"n_params": student["n_params"], **student["model"]},
+        "steps": student["history"], "final": student["final"], "ranks": ranks,
+        "distillation": {
+            **{k: d[k] for k in ("temperature", "alpha", "patient", "teacher_ranks", "top_k")},
+            "teacher": {k: v for k, v in teacher.items()},
+            "student": {k: v for k, v in student.items() if k != "history"},
+            "losses": [{k: h[k] for k in ("step", "loss", "kl", "ce", "pkd")} for h in student["history"]],
+            "stream": {"bytes_per_step_per_student": sent, "bytes_per_step_full_logits": full,
+                       "saved_fraction": 1 - sent / full if full else 0.0,
+                       "bytes_sent": sum(p.get("stream", {}).get("bytes_sent", 0) for p in parts),
+                       "bytes_received": sum(p.get("stream", {}).get("bytes_received", 0) for p in parts)},
+        },
+    }
+
+
+def format_distillation(report: dict) -> str:
+    """A few lines: teacher and student size, memory and held-out figures, the streamed bytes."""
+    d = report["distillation"]
+    t, s = d["teacher"], d["student"]
+    fig = lambda f: ", ".join(f"{k} {v:.4f}" for k, v in f.items())             # noqa: E731
+    lines = [f"distillation: T = {d['temperature']:g}, alpha = {d['alpha']:g}, patient = {d['patient']}, "
+             f"top_k = {d['top_k']}, teacher_ranks = {d['teacher_ranks']}",
+             f"  teacher: {t['n_params']:,} params, {t['steps']} steps, {fig(t['final'])}; frozen: "
+             f"parameters {t['memory']['parameters']:,} B ({t['bytes_per_parameter']:g} B/param), gradients "
+             f"{t['memory']['gradients']} B, optimizer states {t['memory']['optimizer_states']} B",
+             f"  student: {s['n_params']:,} params, {fig(s['final'])}; model states "
+             f"{s['model_states']['total']:,} B (parameters {s['model_states']['parameters']:,}, gradients "
+             f"{s['model_states']['gradients']:,}, optimizer {s['model_states']['optimizer_states']:,})",
+             f"  last step: loss {d['losses'][-1]['loss']:.4f} = parts kl {d['losses'][-1]['kl']:.4f}, "
+             f"ce {d['losses'][-1]['ce']:.4f}, pkd {d['losses'][-1]['pkd']:.4f}"]
+    st = d["stream"]
+    if d["teacher_ranks"]:
+        lines.append(f"  teacher -> students: {st['bytes_sent']:,} B sent in all, {st['bytes_per_step_per_student']:,} "
+                     f"B per student per step ({st['bytes_per_step_full_logits']:,} B with full logits: "
+                     f"{100 * st['saved_fraction']:.1f}% saved)")
+    return "\n".join(lines)
 
 
 def format_data_parallel(report: dict) -> str:

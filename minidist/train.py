@@ -15,8 +15,10 @@ from . import distributed as dist
 from .training.config import ConfigError, data_config, load_config
 from .training.data import make_dataset
 from .device import export_chrome_trace
+from .distill.runner import distill_rank
 from ._malloc import tune_malloc
-from .report import build_report, format_data_parallel, rank_report, write_report
+from .report import (build_distill_report, build_report, distill_rank_report, format_data_parallel,
+                     format_distillation, rank_report, write_report)
 from .training.trainer import Trainer
 
 def run(config, comm=None, progress=True):
@@ -36,6 +38,34 @@ def _rank_main(comm, config, progress, trace_path=None):
     if trace_path:
         export_chrome_trace(traces, trace_path)
     return trainer, build_report(trainer, ranks)
+
+
+def _distill_rank_main(comm, config, progress):
+    run = distill_rank(comm, config, progress)
+    # why: rank 0 (it holds the teacher) writes the report of the whole job
+    ranks = dist.gather_object(comm, distill_rank_report(run))
+    return None if ranks is None else build_distill_report(run, ranks)
+
+
+def _distill_main(config, args, mpi, device) -> int:
+    """A config with a ``distillation`` section: teacher, then student (minidist.distill)."""
+    if args.trace:
+        print("note: --trace is not written for distillation runs", file=sys.stderr)
+    if mpi:
+        report = dist.run_main(_distill_rank_main, config, not args.quiet, device=device)
+    elif args.world_size == 1:
+        report = _distill_rank_main(None, config, not args.quiet)
+    else:
+        report = dist.spawn(_distill_rank_main, args.world_size, config, not args.quiet, device=device)[0]
+    if report is None:                                       # not rank 0
+        return 0
+    print(f"done: teacher then student on {report['world_size']} rank(s), student final loss "
+          f"{report['steps'][-1]['loss']:.4f}")
+    print(format_distillation(report))
+    if args.report:
+        write_report(report, args.report)
+        print(f"report written to {args.report}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -61,6 +91,8 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg["distillation"] is not None:
+        return _distill_main(config, args, mpi, cfg["device"])
     if mpi:
         result = dist.run_main(_rank_main, config, not args.quiet, args.trace, device=cfg["device"])
     elif args.world_size == 1:

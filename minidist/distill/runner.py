@@ -1,0 +1,214 @@
+"""One rank of a distillation job: train the teacher, freeze it, distil the student.
+
+``python -m minidist.train --config C.json`` with a ``distillation`` section calls
+:func:`distill_rank` on every rank (the Python API: :func:`run`). Two phases:
+
+1. **Teacher training** — the teacher (``distillation.teacher.model``, ``.steps``) is trained
+   on the same data as the student, on the students' global batch, by the ranks that will
+   hold it: every rank when ``teacher_ranks`` is 0 (data parallel), else the k teacher ranks.
+   It runs on a device of its own (a separate job on the same ranks), so the student's
+   memory figures are the distillation's alone. Then it is frozen (:mod:`.teacher`).
+2. **Distillation** — the student trains with ``kd_loss`` (+ β·``pkd_loss``) instead of
+   cross-entropy: a :class:`StudentTrainer` is the ordinary :class:`~minidist.training.Trainer`
+   (data parallel or ZeRO over the student ranks) whose loss asks a *source* for the
+   teacher's outputs — the co-located frozen teacher, or a teacher rank (:mod:`.streaming`).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from .. import distributed as dist
+from ..device import Device
+from ..training.config import ConfigError, load_config
+from ..training.trainer import Trainer
+from .losses import kd_loss, pkd_loss, pkd_pairs
+from .streaming import TAGS, LocalSource, RemoteSource, Wire, payload_bytes, serve, students_of, teacher_of
+from .teacher import FrozenTeacher, wire_dtype
+
+TEACHER_TRAINING_WAIT = 24 * 3600.0    # seconds a student may wait for its first payload (teacher training)
+PARTS = ("kl", "ce", "pkd")
+
+
+class StudentTrainer(Trainer):
+    """The student: a Trainer whose micro-batch loss is α·T²·KL + (1−α)·CE (+ β·PKD)."""
+
+    def __init__(self, config, comm, device, distillation: dict):
+        super().__init__(config, comm, device)
+        self.d = distillation
+        self.source = None                                       # set by distill_rank
+        p = distillation["patient"]
+        self.pairs = pkd_pairs(self.model_config.n_layer, distillation["teacher"]["model"]["n_layer"],
+                               p["mapping"]) if p else []
+
+    def compute_loss(self, x, y, step, micro):
+        d, p = self.d, self.d["patient"]
+        payload = self.source.payload(x)
+        if p:
+            logits, _, hidden = self.model(x, return_hidden=True)
+        else:
+            logits, _ = self.model(x)
+        loss, parts = kd_loss(logits, payload.soft, y, d["temperature"], d["alpha"], return_parts=True)
+        if p:
+            pkd = pkd_loss(hidden, payload.hidden, p["mapping"], teacher_layers=d["teacher"]["model"]["n_layer"])
+            loss = loss + pkd * p["beta"]
+            parts["pkd"] = float(pkd.data)
+        for k in PARTS:
+            self._parts[k] += parts.get(k, 0.0) / self.accumulation
+        return loss
+
+    def train_step(self, step):
+        self._parts = dict.fromkeys(PARTS, 0.0)
+        loss = super().train_step(step)
+        self.history[-1].update(self._parts)
+        return loss
+
+    def _average_losses(self):
+        super()._average_losses()
+        if self.comm is None or self.comm.size == 1 or not self.history:
+            return
+        local = np.array([[h[k] for k in PARTS] for h in self.history], dtype=np.float64)
+        # why: the report shows the global batch's loss parts, the mean of every student's slice
+        mean = dist.all_reduce(self.comm, local, op="mean", algorithm="ring")
+        for h, row in zip(self.history, mean):
+            h.update(dict(zip(PARTS, map(float, row))))
+
+
+def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
+    """The teacher's own training config: its model and steps, on the students' global batch."""
+    d = cfg["distillation"]
+    t = copy.deepcopy(cfg)
+    t.update(model=dict(d["teacher"]["model"]), steps=d["teacher"]["steps"], distillation=None, train_batch_size=None)
+    if teacher_ranks:
+        t["train_micro_batch_size_per_gpu"] = cfg["train_micro_batch_size_per_gpu"] * n_students // teacher_ranks
+    return t
+
+
+def _group(comm, device):
+    """A private copy of ``comm`` computing on ``device`` (None for a group of one)."""
+    if comm is None or comm.size == 1:
+        return None
+    g = comm.dup()
+    g.device = device
+    return g
+
+
+class DistillRank:
+    """What one rank did: its role, the teacher's training run and frozen teacher (teacher
+    ranks), the student trainer (student ranks), and the bytes it streamed."""
+
+    def __init__(self, comm, config, progress: bool = False, stream=None):
+        self.comm = comm
+        self.world_size = W = comm.size if comm is not None else 1
+        self.rank = r = comm.rank if comm is not None else 0
+        self.cfg = cfg = load_config(config, W)
+        d = self.d = cfg["distillation"]
+        if d is None:
+            raise ConfigError("distillation", "this config has no distillation section; use minidist.train's Trainer")
+        k = d["teacher_ranks"]
+        self.is_teacher, self.is_student = (k == 0 or r < k), (k == 0 or r >= k)
+        self.role = "teacher+student" if k == 0 else ("teacher" if self.is_teacher else "student")
+        self.n_students = W - k
+        if comm is not None and k:
+            # why: two groups from one world (collective: every rank takes part in both splits)
+            tcomm = comm.split(0 if self.is_teacher else None, r)
+            scomm = comm.split(0 if self.is_student else None, r)
+        else:
+            tcomm = scomm = comm
+        self.device = comm.device if comm is not None else Device(cfg["device"], rank=0)
+        mp = "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
+        self.teacher_run = self.teacher = self.student = None
+        if self.is_teacher:                                           # phase 1
+            dev = Device(cfg["device"], rank=r)
+            self.teacher_run = Trainer(teacher_config(cfg, self.n_students, k), _group(tcomm, dev), device=dev)
+            self.teacher_run.fit(progress=progress and r == 0, stream=stream)
+            self.teacher = FrozenTeacher(self.teacher_run.model, self.device, mp)
+        scfg = dict(cfg, distillation=None)
+        lt, ls = d["teacher"]["model"]["n_layer"], cfg["model"]["n_layer"]
+        self.blocks = [j for _, j in pkd_pairs(ls, lt, d["patient"]["mapping"])] if d["patient"] else []
+        mark = comm.log.mark() if comm is not None else None
+        if self.is_student:                                           # phase 2, student side
+            self.student = StudentTrainer(scfg, scomm if scomm is not None and scomm.size > 1 else None,
+                                          self.device, d)
+            self.student.cfg["distillation"] = d                      # the report shows the whole config
+            self.wire = Wire(wire_dtype(mp, cfg["dtype"]), self.student.model_config.vocab_size,
+                             d["temperature"], d["top_k"])
+            j = r - k
+            self.student.source = LocalSource(self.teacher, self.wire, self.blocks) if k == 0 else \
+                RemoteSource(comm, teacher_of(j, k), self.wire, self.blocks, TEACHER_TRAINING_WAIT)
+            self.student.fit(progress=progress and r == k, stream=stream)
+        else:                                                         # phase 2, teacher side
+            self.wire = Wire(wire_dtype(mp, cfg["dtype"]), self.teacher_run.model_config.vocab_size,
+                             d["temperature"], d["top_k"])
+            serve(comm, self.teacher, self.wire, self.blocks, self._batches(k))
+        self.stream_log = comm.log.since(mark) if comm is not None else None
+
+    def _batches(self, k):
+        """(student world rank, its micro-batch) in the order the students consume them."""
+        run, b = self.teacher_run, self.cfg["train_micro_batch_size_per_gpu"]
+        acc = self.cfg["gradient_accumulation_steps"]
+        for step in range(self.cfg["steps"]):
+            for micro in range(acc):
+                x, _ = run.dataset.get_batch(b * self.n_students, step * acc + micro, self.cfg["seed"])
+                for j in students_of(self.rank, k, self.n_students):
+                    yield k + j, x[j * b:(j + 1) * b]                  # (b, s) student j's slice
+
+    # -- figures for the report ----------------------------------------------------------
+    def expected_bytes_per_step(self, top_k="config") -> int:
+        """Bytes one student receives per step, from :func:`~.streaming.payload_bytes`."""
+        cfg, d = self.cfg, self.d
+        seq = (self.student or self.teacher_run).dataset.seq_len
+        vocab = self.wire.vocab
+        per_micro = payload_bytes(cfg["train_micro_batch_size_per_gpu"], seq, vocab, self.wire.value_bytes,
+                                  d["top_k"] if top_k == "config" else top_k, cfg["model"]["n_embd"],
+                                  len(self.blocks))
+        return per_micro * cfg["gradient_accumulation_steps"]
+
+    def student_model_states(self) -> dict:
+        """The student's model states at its optimizer step: the rank's snapshot (see
+        :mod:`minidist.parallel.data.base`) less what a co-located frozen teacher holds."""
+        ms = dict(self.student.strategy.model_states)
+        held = self.teacher.memory() if self.teacher is not None else {}
+        for c in ("parameters", "gradients", "optimizer_states"):
+            ms[c] -= held.get(c, 0)
+            ms["total"] -= held.get(c, 0)
+        return ms
+
+    def section(self) -> dict:
+        """This rank's part of the report's ``distillation`` section (plain data)."""
+        out = {"rank": self.rank, "role": self.role}
+        log = self.stream_log
+        if self.d["teacher_ranks"] and log is not None:
+            out["stream"] = {
+                "bytes_sent": sum(e.nbytes for e in log.messages("send") if e.tag in TAGS),
+                "bytes_received": sum(e.nbytes for e in log.messages("recv", "recv") if e.tag in TAGS),
+                "messages_sent": sum(e.tag in TAGS for e in log.messages("send"))}
+        if self.teacher is not None:
+            t = self.teacher_run
+            out["teacher"] = {"n_params": t.n_params, "model": vars(t.model_config), "steps": len(t.history),
+                              "train_loss": t.history[-1]["loss"], "final": t.final,
+                              "memory": self.teacher.memory(), "bytes_per_parameter": self.teacher.bytes_per_parameter(),
+                              "holds_no_state": self.teacher.holds_no_state(),
+                              "training_peak_bytes": t.device.memory.peak, "training_sim_time": t.device.clock.time}
+        if self.student is not None:
+            s = self.student
+            out["student"] = {"n_params": s.n_params, "model": vars(s.model_config), "final": s.final,
+                              "model_states": self.student_model_states(),
+                              "history": s.history,
+                              "bytes_per_step_expected": self.expected_bytes_per_step(),
+                              "bytes_per_step_full_logits": self.expected_bytes_per_step(top_k=None)}
+        return out
+
+
+def distill_rank(comm, config, progress: bool = False, stream=None) -> DistillRank:
+    """Run this rank's part of the distillation job of ``config`` (every rank calls it)."""
+    return DistillRank(comm, config, progress, stream)
+
+
+def run(config, world_size: int = 1, **spawn_kwargs) -> list[DistillRank]:
+    """The whole job on ``world_size`` in-process ranks (one: no communicator); one
+    :class:`DistillRank` per rank, in rank order."""
+    if world_size == 1:
+        return [DistillRank(None, config)]
+    return dist.spawn(distill_rank, world_size, config, **spawn_kwargs)

@@ -1,0 +1,76 @@
+"""The frozen teacher: a trained GPT that only runs forward.
+
+What freezing means for memory (SPEC §11): the teacher holds its **parameters only** — no
+gradients (``requires_grad`` is off and it runs under ``no_grad``, so not even activations
+are saved for a backward), no optimizer states (its optimizer is dropped after training).
+In an fp16/bf16 run the teacher is kept in that 16-bit format (2 bytes per parameter, as
+DeepSpeed and Megatron keep a frozen teacher in the training precision) and runs under
+autocast; there are no fp32 master weights because nothing is ever updated.
+
+Its parameters are charged to the device under "parameters" with names starting with
+``teacher.``, so :meth:`FrozenTeacher.memory` can report the teacher apart from the student
+that may share the rank.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..memory import CATEGORIES
+from ..numerics import quantize
+from ..precision import autocast
+from ..tensor import no_grad
+
+PREFIX = "teacher."
+
+
+class FrozenTeacher:
+    """Wraps a trained :class:`~minidist.model.GPT`: frozen, in eval mode, placed on ``device``.
+
+    ``precision``: None (the model's dtype) or "fp16"/"bf16": parameters rounded to and
+    counted in that format, forward under autocast."""
+
+    def __init__(self, model, device, precision: str | None = None):
+        self.model = model.eval()
+        self.device = device
+        self.precision = precision
+        self.config = model.config
+        self.n_params = model.num_parameters()
+        for name, p in model.named_parameters():
+            p.grad = None
+            p.unplace()                                       # off the device it was trained on
+            p.requires_grad = False
+            if precision is not None:
+                p.data[...] = quantize(p.data, precision)
+                p.dtype_tag = precision
+            p.name = PREFIX + name
+            p.place(device)                                   # charged as parameters, nothing else
+
+    def forward(self, idx, blocks=()):
+        """Logits (B, T, V) as an array and ``{block: hidden (B, T, C)}`` for the 1-based
+        teacher ``blocks`` Patient KD needs. FLOPs are charged to the device; nothing is saved."""
+        with self.device, no_grad(), autocast(self.precision):
+            if blocks:
+                logits, _, hidden = self.model(idx, return_hidden=True)
+                return logits.data, {j: hidden[j - 1].data for j in blocks}
+            logits, _ = self.model(idx)
+            return logits.data, {}
+
+    def memory(self) -> dict:
+        """Bytes the teacher holds on its device, by category (all but "parameters" are 0)."""
+        out = dict.fromkeys(CATEGORIES, 0)
+        for category, nbytes, name in self.device.memory.live():
+            if name.startswith(PREFIX):
+                out[category] += nbytes
+        return out
+
+    def bytes_per_parameter(self) -> float:
+        return self.memory()["parameters"] / self.n_params
+
+    def holds_no_state(self) -> bool:
+        """True when no teacher parameter has a gradient or requires one."""
+        return all(p.grad is None and not p.requires_grad for p in self.model.parameters())
+
+
+def wire_dtype(precision: str | None, model_dtype) -> str:
+    """The element type teacher outputs travel in: the run's 16-bit format, else the model's dtype."""
+    return precision or np.dtype(model_dtype).name
