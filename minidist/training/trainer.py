@@ -32,6 +32,8 @@ from .data import TextDataset, make_dataset
 from ..device import Device
 from ..model import GPT, GPTConfig
 from ..parallel import build_strategy
+from ..parallel import tensor as tensor_parallel
+from ..parallel.grid import ProcessGrid
 from ..precision import autocast, precision_from_config
 from ..tensor import no_grad
 
@@ -58,13 +60,24 @@ class Trainer:
             raise ConfigError("model.vocab_size", f"{mcfg['vocab_size']} is smaller than the dataset's "
                                                   f"vocabulary ({self.dataset.vocab_size}); remove the key to derive it")
         self.model_config = GPTConfig(**mcfg)
+        # the process grid (SPEC §6.1): data parallelism runs over grid.dp, each batch slice by dp rank
+        tp = cfg["parallel"]["tensor"]
+        self.grid = ProcessGrid(comm, tp=tp) if tp > 1 else None
+        self.dp_comm = comm if self.grid is None else (self.grid.dp if self.grid.dp_size > 1 else None)
+        self.dp_size = self.dp_comm.size if self.dp_comm is not None else 1
+        self.dp_rank = self.dp_comm.rank if self.dp_comm is not None else 0
         with self.device:
-            self.model = GPT(self.model_config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
+            if tp > 1:
+                self.model = tensor_parallel.build_model(cfg, self.model_config, self.grid)
+            else:
+                self.model = GPT(self.model_config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
             self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
                                          **cfg["optimizer"]["params"])
             self.n_params = self.model.num_parameters()
             self.precision = precision_from_config(cfg)          # None for fp32 training
-            self.strategy = build_strategy(cfg, self.model, self.optimizer, comm, self.precision)
+            if self.precision is not None and self.grid is not None:
+                self.precision = tensor_parallel.TensorParallelPrecision(self.precision, comm)
+            self.strategy = build_strategy(cfg, self.model, self.optimizer, self.dp_comm, self.precision)
         self.autocast_dtype = self.precision.dtype if self.precision is not None else None
         self.micro_batch = cfg["train_micro_batch_size_per_gpu"]
         self.accumulation = cfg["gradient_accumulation_steps"]
@@ -73,9 +86,9 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------
     def batch(self, step: int, micro: int):
         """This rank's micro-batch: a slice of the global batch drawn from (seed, step, micro)."""
-        global_b = self.micro_batch * self.world_size
+        global_b = self.micro_batch * self.dp_size
         x, y = self.dataset.get_batch(global_b, step * self.accumulation + micro, self.cfg["seed"])
-        lo = self.rank * self.micro_batch
+        lo = self.dp_rank * self.micro_batch
         return x[lo:lo + self.micro_batch], y[lo:lo + self.micro_batch]
 
     def train_step(self, step: int) -> float:
@@ -93,7 +106,7 @@ class Trainer:
                 strategy.begin_micro(micro, self.accumulation)
                 x, y = self.batch(step, micro)
                 # dropout masks: this rank's rows of the global batch's masks for (step, micro)
-                self.model.set_dropout_key(step, micro, row_offset=self.rank * self.micro_batch)
+                self.model.set_dropout_key(step, micro, row_offset=self.dp_rank * self.micro_batch)
                 with autocast(self.autocast_dtype):
                     loss = self.compute_loss(x, y, step, micro)
                 # mean over the accumulated micro-batches (and, by the strategy, over ranks)

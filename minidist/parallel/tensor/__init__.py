@@ -14,6 +14,7 @@ module                 what a student finds there
 :mod:`.random`         dropout masks as slices of the one-rank mask
 :mod:`.model`          the TP GPT built from the one-rank weights; shard_state_dict /
                        gather_state_dict; vocabulary padding
+:mod:`.build`          what the trainer calls: config check, model, precision
 :mod:`.accounting`     activation bytes (Korthikanti et al. 2022 mapped onto the engine)
                        and the collectives of one step, as formulas
 =====================  ==========================================================
@@ -22,6 +23,7 @@ Papers: Shoeybi et al. 2019, "Megatron-LM: Training Multi-Billion Parameter Lang
 Using Model Parallelism"; Korthikanti et al. 2022, "Reducing Activation Recomputation in
 Large Transformer Models".
 """
+from .build import TensorParallelPrecision, build_model, config_problem
 from .cross_entropy import vocab_parallel_cross_entropy
 from .layers import (ColumnParallelLinear, RowParallelLinear, SequenceParallelLayerNorm,
                      TensorParallelContext, VocabParallelEmbedding, linear_with_sequence_parallel)
@@ -31,7 +33,7 @@ from .mappings import (copy_to_tensor_model_parallel_region, gather_from_sequenc
 from .model import (TensorParallelGPT, check_tensor_parallel, gather_state_dict, padded_vocab_size,
                     shard_state_dict)
 
-__all__ = ["ColumnParallelLinear", "RowParallelLinear", "SequenceParallelLayerNorm", "TensorParallelContext",
+__all__ = ["TensorParallelPrecision", "build_model", "config_problem", "ColumnParallelLinear", "RowParallelLinear", "SequenceParallelLayerNorm", "TensorParallelContext",
            "TensorParallelGPT", "VocabParallelEmbedding", "check_tensor_parallel",
            "copy_to_tensor_model_parallel_region", "gather_from_sequence_parallel_region",
            "gather_from_tensor_model_parallel_region", "gather_state_dict", "linear_with_sequence_parallel",

@@ -1,0 +1,116 @@
+"""What one tensor-parallel rank should hold and send, itemised: the formulas the tests,
+the report and the demo check the measured run against.
+
+**Activations** (Korthikanti et al. 2022, §4, Table 2). The paper counts, per layer, 16-bit
+activations and 1-byte dropout masks: ``sbh(34 + 5as/h)`` with no parallelism,
+``sbh(10 + 24/t + 5as/(ht))`` with tensor parallelism, ``sbh/t·(34 + 5as/h)`` with sequence
+parallelism too. The engine saves the same tensors (:func:`layer_activation_items` names
+each one after the paper's term), with three differences that map it onto the formula:
+
+* widths: every saved activation is ``w`` bytes (the dtype: 4 for float32, 8 for float64;
+  2 under fp16/bf16 autocast), except what the fp32 ops keep (LayerNorm, the loss): ``w32``;
+* LayerNorm saves its normalised input ``x̂`` (the paper's "LayerNorm input", same size)
+  plus ``1/σ`` per token — a per-token statistic the paper leaves out, itemised here;
+* with ``dropout = 0`` (the equivalence runs) there are no masks and no dropout output, so
+  the paper's ``34`` loses ``2`` (the two ``sbh`` masks) and ``5as/h`` loses ``3as/h``
+  (the ``as²b`` mask and the ``2as²b`` dropout output): per layer ``w/2·sbh(32 + 2as/h)``,
+  i.e. ``w·sbh(16 + as/h)``; under TP ``w·sbh(4 + 12/t + as/(ht))``; under TP + SP
+  ``w·sbh/t·(16 + as/h)``.
+
+Beyond the layers (Korthikanti §4.3): the token ids (int64) of both embedding lookups, the
+final LayerNorm, the LM head's input and the softmax over this rank's ``V/t`` columns.
+
+**Traffic** (Shoeybi et al. 2019 §3; Korthikanti §4.2.2): :func:`step_collectives` lists
+every collective on the tensor-parallel group in one micro-batch, and
+:func:`collective_bytes` what a ring sends per rank.
+"""
+from __future__ import annotations
+
+import math
+
+
+def layer_activation_items(b: int, s: int, h: int, a: int, t: int = 1, sp: bool = False,
+                           w: int = 4, w32: int | None = None) -> dict:
+    """Bytes one Transformer layer saves for backward, per saved tensor (dropout 0).
+
+    Keys name the engine's tensor and, after ``|``, the paper's term it stands for."""
+    w32 = w if w32 is None else w32
+    sbh, r = s * b * h, (t if sp else 1)          # r: what the LayerNorm/dropout regions are split by
+    return {
+        "ln_1, ln_2 normalised input | LayerNorm inputs 4sbh": w32 * 2 * sbh / r,
+        "ln_1, ln_2 1/sigma per token | (not in the paper)": w32 * 2 * s * b / r,
+        "c_attn input | QKV input 2sbh": w * sbh / r,
+        "q, k, v | Q, K 4sbh and V 2sbh": w * 3 * sbh / t,
+        "softmax output | 2as^2b": w * a * s * s * b / t,
+        "attn c_proj input | projection input 2sbh": w * sbh / t,
+        "c_fc input | MLP input 2sbh": w * sbh / r,
+        "GELU input | 8sbh": w * 4 * sbh / t,
+        "GELU output (mlp c_proj input) | 8sbh": w * 4 * sbh / t,
+    }
+
+
+def model_activation_items(n_layer: int, b: int, s: int, h: int, a: int, vocab_padded: int, t: int = 1,
+                           sp: bool = False, w: int = 4, w32: int | None = None, loss_scalars: int = 1) -> dict:
+    """Bytes the whole model saves for one micro-batch (the activation peak: end of forward)."""
+    w32 = w if w32 is None else w32
+    r = t if sp else 1
+    items = {f"{n_layer} layers x {k}": n_layer * v
+             for k, v in layer_activation_items(b, s, h, a, t, sp, w, w32).items()}
+    items.update({
+        "token ids of wte and wpe (int64)": 8 * (b * s + s),
+        "ln_f normalised input + 1/sigma": w32 * (s * b * h + s * b) / r,
+        "LM head input": w * s * b * h / r,
+        "softmax over my V/t columns (loss)": w32 * b * s * vocab_padded / t,
+        "loss scalars (x 1/accumulation, x loss scale)": w32 * loss_scalars,
+    })
+    return items
+
+
+def ring_chunk(n: int, t: int) -> int:
+    return math.ceil(n / t)
+
+
+def collective_bytes(op: str, elements: int, t: int, bytes_per_element: int) -> int:
+    """Bytes one rank sends in a ring collective over ``t`` ranks on ``elements`` (the whole
+    reduced or gathered array): all-reduce ``2(t−1)·⌈n/t⌉``, all-gather and reduce-scatter
+    ``(t−1)·⌈n/t⌉`` elements."""
+    factor = {"all_reduce": 2, "all_gather": 1, "reduce_scatter": 1}[op]
+    return factor * (t - 1) * ring_chunk(elements, t) * bytes_per_element
+
+
+def step_collectives(n_layer: int, b: int, s: int, h: int, t: int, sp: bool = False, bias: bool = True) -> list:
+    """Every collective on the tp group in one micro-batch (forward + backward), as
+    ``(where, op, elements)``. Loss statistics are ``b·s`` elements, the rest ``b·s·h``."""
+    bsh, bs = b * s * h, b * s
+    out = []
+    if not sp:
+        for i in range(n_layer):
+            out += [(f"h.{i} g after attention", "all_reduce", bsh), (f"h.{i} g after MLP", "all_reduce", bsh),
+                    (f"h.{i} f before c_attn (backward)", "all_reduce", bsh),
+                    (f"h.{i} f before c_fc (backward)", "all_reduce", bsh)]
+        out += [("wte g", "all_reduce", bsh), ("LM head f (backward)", "all_reduce", bsh)]
+    else:
+        params = (3 if bias else 1) * 2                    # ln_1, ln_2 weight (+ bias) and 2 row biases
+        for i in range(n_layer):
+            out += [(f"h.{i} all-gather before c_attn, c_fc", "all_gather", bsh)] * 2
+            out += [(f"h.{i} reduce-scatter after c_proj (g-bar)", "reduce_scatter", bsh)] * 2
+            out += [(f"h.{i} backward of g-bar", "all_gather", bsh)] * 2
+            out += [(f"h.{i} backward of the all-gather (dx)", "reduce_scatter", bsh)] * 2
+            out += [(f"h.{i} input all-gathered again for dW (Korthikanti 4.2.2)", "all_gather", bsh)] * 2
+            out += [(f"h.{i} replicated parameter gradient", "all_reduce", h)] * params
+        out += [("wte g", "all_reduce", bsh), ("scatter to sequence (backward)", "all_gather", bsh),
+                ("LM head all-gather", "all_gather", bsh), ("LM head dx reduce-scatter", "reduce_scatter", bsh),
+                ("LM head input again for dW", "all_gather", bsh)]
+        out += [("ln_f parameter gradient", "all_reduce", h)] * (2 if bias else 1)
+    out += [("loss max", "all_reduce", bs), ("loss target logit", "all_reduce", bs), ("loss sum-exp", "all_reduce", bs)]
+    return out
+
+
+def step_bytes(n_layer: int, b: int, s: int, h: int, t: int, sp: bool = False, bias: bool = True,
+               micro_batches: int = 1, w: int = 4, w32: int | None = None) -> int:
+    """Bytes one tp rank sends per optimizer step: activations and parameter gradients at
+    ``w`` bytes per element on the wire, the loss statistics at ``w32``."""
+    w32 = w if w32 is None else w32
+    total = sum(collective_bytes(op, n, t, w32 if where.startswith("loss") else w)
+                for where, op, n in step_collectives(n_layer, b, s, h, t, sp, bias))
+    return total * micro_batches

@@ -1,0 +1,71 @@
+"""What the trainer needs from tensor parallelism: the config check, the model, the precision.
+
+* :func:`config_problem` — every bad combination of a config, found before any rank trains
+  (heads not divisible by t, tp larger than the world, a sequence that does not split over
+  t under sequence parallelism, …), as the ``(key, message)`` of a ConfigError;
+* :func:`build_model` — this rank's :class:`~.model.TensorParallelGPT` on ``grid.tp``;
+* :class:`TensorParallelPrecision` — fp16/bf16 whose overflow verdict is agreed over the
+  whole grid: each tp rank sees only its shards' gradients, and all must skip together
+  (Megatron all-reduces ``found_inf`` over the model-parallel group).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...precision import Precision
+from .model import TensorParallelGPT, check_tensor_parallel
+
+
+def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] | None:
+    """The first thing wrong with the tensor-parallel part of a (merged) config, or None."""
+    par, m = cfg["parallel"], cfg["model"]
+    t, sp = par["tensor"], par.get("sequence_parallel", False)
+    if t > world_size:
+        return "parallel.tensor", (f"{t} is greater than the world size {world_size}: tensor parallelism "
+                                   f"splits each layer over t ranks; launch at least {t} ranks or lower it")
+    if sp and t == 1:
+        return "parallel.sequence_parallel", "needs parallel.tensor > 1 (it splits over the tensor-parallel ranks)"
+    if t == 1:
+        return None
+    if m["n_head"] % t:
+        return "parallel.tensor", (f"model.n_head {m['n_head']} is not divisible by parallel.tensor {t}: each rank "
+                                   f"holds n_head/t heads; choose parallel.tensor among "
+                                   f"{[d for d in range(1, m['n_head'] + 1) if m['n_head'] % d == 0]}")
+    if m["n_embd"] % t:
+        return "parallel.tensor", (f"model.n_embd {m['n_embd']} is not divisible by parallel.tensor {t}: each "
+                                   f"rank holds n_embd/t columns of every split weight")
+    if sp and seq_len % t:
+        return "parallel.sequence_parallel", (f"the sequence length {seq_len} is not divisible by parallel.tensor "
+                                              f"{t}: each rank holds seq_len/t positions; choose a multiple of {t} "
+                                              f"or set parallel.sequence_parallel false")
+    if cfg["zero_optimization"]["stage"] == 3:
+        return "zero_optimization.stage", ("ZeRO-3 does not compose with parallel.tensor > 1 here; use stage 1 "
+                                           "or 2 over the data-parallel group (as Megatron + DeepSpeed do)")
+    if cfg["gradient_clipping"] > 0:
+        return "gradient_clipping", ("clipping under tensor parallelism needs the norm over every tp shard "
+                                     "(counting replicated parameters once), which minidist does not compute "
+                                     "yet; set gradient_clipping 0 or parallel.tensor 1")
+    return None
+
+
+def build_model(cfg: dict, model_config, grid) -> TensorParallelGPT:
+    """This rank's shard of the GPT of ``cfg`` (built inside ``with device:``)."""
+    par = cfg["parallel"]
+    sp = par.get("sequence_parallel", False)
+    check_tensor_parallel(model_config, grid.tp_size, sp)
+    return TensorParallelGPT(model_config, grid.tp, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]),
+                             sequence_parallel=sp,
+                             make_vocab_size_divisible_by=par.get("make_vocab_size_divisible_by", 1))
+
+
+class TensorParallelPrecision(Precision):
+    """A :class:`~minidist.precision.Precision` (same format, scaler and history) whose
+    overflow check is agreed over every rank of the grid, not only the data-parallel group."""
+
+    def __init__(self, precision: Precision, world):
+        self.__dict__.update(precision.__dict__)
+        self.world = world
+
+    def found_overflow(self, arrays, comm=None) -> bool:
+        # why: a tp rank sees only its shards' gradients; every rank of the grid must skip the same steps
+        return super().found_overflow(arrays, self.world)
