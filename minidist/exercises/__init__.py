@@ -19,12 +19,15 @@ traceback escape. The tests (``pytest -m exercises``) run the same checks.
 from __future__ import annotations
 
 from . import (
+    fp16_round_to_nearest_even,
+    recursive_doubling_all_gather,
     reduce_scatter_padding,
     ring_all_reduce,
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (ring_all_reduce, reduce_scatter_padding)
+_MODULES = (ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
+            fp16_round_to_nearest_even)
 
 EXERCISES = {m.NAME: m for m in _MODULES}
 

@@ -1,0 +1,14 @@
+"""Rounds exact ties up (adds half, no look at the last kept bit)."""
+import numpy as np
+
+EXPECT = ["tie", "half up"]
+
+
+def round_to_fp16(x):
+    x = np.asarray(x, dtype=np.float32)
+    b = x.view(np.uint32)
+    y = ((b + np.uint32(0x1000)) & ~np.uint32(0x1FFF)).view(np.float32)
+    sub = np.floor(x / np.float32(2.0 ** -24) + np.float32(0.5)) * np.float32(2.0 ** -24)
+    y = np.where(np.abs(x) < 2.0 ** -14, sub, y)
+    y = np.where(np.abs(y) > 65504, np.copysign(np.float32(np.inf), x), y)
+    return np.where(np.isnan(x), x, y).astype(np.float32)
