@@ -19,6 +19,7 @@ traceback escape. The tests (``pytest -m exercises``) run the same checks.
 from __future__ import annotations
 
 from . import (
+    dynamic_loss_scaler,
     fp16_round_to_nearest_even,
     recursive_doubling_all_gather,
     reduce_scatter_padding,
@@ -27,7 +28,7 @@ from . import (
 from .grading import CheckResult, Report, Wrong, grade
 
 _MODULES = (ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
-            fp16_round_to_nearest_even)
+            fp16_round_to_nearest_even, dynamic_loss_scaler)
 
 EXERCISES = {m.NAME: m for m in _MODULES}
 

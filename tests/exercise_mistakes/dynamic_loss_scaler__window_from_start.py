@@ -1,0 +1,20 @@
+"""Grows every scale_window iterations counted from the start, not from the last overflow."""
+EXPECT = ["last overflow"]
+
+
+class LossScaler:
+    def __init__(self, init_scale, scale_factor=2.0, scale_window=1000, min_scale=1.0, delayed_shift=1):
+        self.loss_scale = init_scale
+        self.factor, self.window, self.min_scale, self.delayed_shift = scale_factor, scale_window, min_scale, delayed_shift
+        self.cur_iter, self.cur_hysteresis = 0, delayed_shift
+
+    def update_scale(self, overflow):
+        if overflow:
+            if self.delayed_shift == 1 or self.cur_hysteresis == 1:
+                self.loss_scale = max(self.loss_scale / self.factor, self.min_scale)
+            else:
+                self.cur_hysteresis -= 1
+        elif (self.cur_iter + 1) % self.window == 0:
+            self.loss_scale *= self.factor
+            self.cur_hysteresis = self.delayed_shift
+        self.cur_iter += 1
