@@ -21,14 +21,17 @@ from __future__ import annotations
 from . import (
     dynamic_loss_scaler,
     fp16_round_to_nearest_even,
+    korthikanti_activations,
     recursive_doubling_all_gather,
     reduce_scatter_padding,
     ring_all_reduce,
+    zero_memory,
 )
 from .grading import CheckResult, Report, Wrong, grade
 
 _MODULES = (ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
-            fp16_round_to_nearest_even, dynamic_loss_scaler)
+            fp16_round_to_nearest_even, dynamic_loss_scaler,
+            korthikanti_activations, zero_memory)
 
 EXERCISES = {m.NAME: m for m in _MODULES}
 

@@ -1,0 +1,10 @@
+"""Forgets that tensor parallelism splits the attention core (heads) too."""
+EXPECT = ["5·as²b/4"]
+
+
+def activation_bytes_per_layer(s, b, h, a, t=1, sp=False, recompute="none"):
+    sbh, as2b = s * b * h, a * s * s * b
+    if recompute == "full":
+        return 2 * sbh
+    core = 0 if recompute == "selective" else 5 * as2b
+    return sbh * (10 / t if sp else 10) + 24 * sbh / t + core
