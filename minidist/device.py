@@ -140,11 +140,6 @@ class Trace:
                 ev["args"] = args
             self.events.append(ev)
 
-    def instant(self, name, stream, t, args=None):
-        if self.enabled:
-            self.events.append({"name": name, "ph": "i", "s": "t", "pid": self.rank,
-                                "tid": stream, "ts": t * 1e6, "args": args or {}})
-
 
 def _as_trace(t, rank: int) -> Trace:
     if isinstance(t, Device):

@@ -82,9 +82,6 @@ class Work:
         self._device.clock.wait("compute", self.completion_time)
         return self.result
 
-    def is_completed(self) -> bool:
-        return True
-
 
 class CollectiveCall:
     """State of one collective in progress on one rank: labels for the log, current step."""

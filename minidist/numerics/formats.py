@@ -130,11 +130,6 @@ class Format:
 
     # ---- special bit patterns (sign bit clear) ------------------------------------
     @property
-    def max_finite_bits(self) -> int:
-        top_field = self.max_exponent + self.bias
-        return (top_field << self.mantissa_bits) | self.max_mantissa_field
-
-    @property
     def inf_bits(self) -> int | None:
         return (self.exponent_all_ones << self.mantissa_bits) if self.has_inf else None
 

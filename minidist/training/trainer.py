@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import optim
 from .config import ConfigError, data_config, load_config
-from .data import TextDataset, make_dataset
+from .data import TextDataset, make_dataset, shard_batch
 from ..device import Device
 from ..model import GPT, GPTConfig
 from ..parallel import build_strategy
@@ -88,8 +88,7 @@ class Trainer:
         """This rank's micro-batch: a slice of the global batch drawn from (seed, step, micro)."""
         global_b = self.micro_batch * self.dp_size
         x, y = self.dataset.get_batch(global_b, step * self.accumulation + micro, self.cfg["seed"])
-        lo = self.dp_rank * self.micro_batch
-        return x[lo:lo + self.micro_batch], y[lo:lo + self.micro_batch]
+        return shard_batch(x, self.dp_rank, self.dp_size), shard_batch(y, self.dp_rank, self.dp_size)
 
     def train_step(self, step: int) -> float:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches.

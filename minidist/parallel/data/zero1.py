@@ -142,8 +142,7 @@ class ZeRO1(LocalStrategy):
                 return
             self.precision.unscale_(shards)
         self.clip_(shards, sharded=True)
-        held = self.device.memory.alloc(self.shard * self.buckets[0].bytes_per_element, "buffers",
-                                        "updated parameter shards") if self.stage < 3 else None
+        held = self.hold_updated_shards()
         params = {}
         done_at = dev.clock.now("compute")
         for b in self.buckets:
@@ -165,6 +164,13 @@ class ZeRO1(LocalStrategy):
             dev.memory.free(held)
         if self.precision is not None:
             self.precision.end_step(False)
+
+    def hold_updated_shards(self) -> int | None:
+        """Charge the buffer my updated chunks wait in until the all-gather (a memory handle).
+        Stages 1 and 2 cut them out of the full parameters; stage 3 overrides: it updates the
+        shard it keeps, in place."""
+        return self.device.memory.alloc(self.shard * self.buckets[0].bytes_per_element, "buffers",
+                                        "updated parameter shards")
 
     def param_shard(self, b) -> np.ndarray:
         """My chunk of the bucket's flat parameters (stage 3 keeps it; here it is cut out)."""
@@ -210,13 +216,20 @@ class ZeRO1(LocalStrategy):
 
     # -- formulas ---------------------------------------------------------------------------
     def expected_model_states(self) -> dict:
-        w, K, S, psi = self.buckets[0].bytes_per_element, self.state_bytes_per_element(), self.shard, self.numel
-        params = w * (S if self.stage >= 3 else psi)
-        grads = w * (S if self.stage >= 2 else psi)
+        K, S = self.state_bytes_per_element(), self.shard
+        params, grads = self.expected_parameter_bytes(), self.expected_gradient_bytes()
         if self.offload:   # host: fp32 master of my shard + its optimizer state + fp32 gradient copy
             host = (4 + self.moment_bytes_per_element() + 4) * S
             return {"parameters": params, "gradients": grads, "optimizer_states": 0, "host": host}
         return {"parameters": params, "gradients": grads, "optimizer_states": K * S, "host": 0}
+
+    def expected_parameter_bytes(self) -> int:
+        """Stages 1 and 2 hold the whole model, w·Ψ (stage 3 overrides: w·S)."""
+        return self.buckets[0].bytes_per_element * self.numel
+
+    def expected_gradient_bytes(self) -> int:
+        """Stage 1 holds the whole gradient, w·Ψ (stage 2 overrides: w·S)."""
+        return self.buckets[0].bytes_per_element * self.numel
 
     def scalar_bytes(self) -> int:
         """The one-element all-reduces of a step: the gradient norm (clipping), the overflow

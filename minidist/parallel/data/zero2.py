@@ -51,6 +51,10 @@ class ZeRO2(ZeRO1):
         self._grad_handles.clear()
         super().release_gradients()
 
+    def expected_gradient_bytes(self) -> int:
+        """Only my shard of the gradient: w·S."""
+        return self.buckets[0].bytes_per_element * self.shard
+
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """A reduce-scatter per micro-step, one all-gather per step."""
         p, w = self.world_size, self.buckets[0].bytes_per_element

@@ -85,6 +85,9 @@ class ZeRO3(ZeRO2):
     def param_shard(self, b) -> np.ndarray:
         return self.param_shards[b.index]          # updated in place: the rank's only copy
 
+    def hold_updated_shards(self) -> None:
+        """No buffer: the shards are updated where they live (:meth:`param_shard`)."""
+
     def gather_parameters(self, params) -> None:
         """Nothing to do: the next forward gathers each unit when it needs it."""
 
@@ -205,6 +208,10 @@ class ZeRO3(ZeRO2):
             for p, v in zip(b.params, b.views(flat)):
                 out[self.names[id(p)]] = v.copy()
         return out
+
+    def expected_parameter_bytes(self) -> int:
+        """Only my shard of the parameters between steps: w·S."""
+        return self.buckets[0].bytes_per_element * self.shard
 
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """Per micro-step: all-gather in forward, again in backward, one reduce-scatter."""
