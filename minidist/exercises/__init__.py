@@ -22,6 +22,7 @@ from . import (
     dynamic_loss_scaler,
     fp16_round_to_nearest_even,
     korthikanti_activations,
+    layer_norm_backward,
     recursive_doubling_all_gather,
     reduce_scatter_padding,
     ring_all_reduce,
@@ -29,7 +30,7 @@ from . import (
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
+_MODULES = (layer_norm_backward, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
             fp16_round_to_nearest_even, dynamic_loss_scaler,
             korthikanti_activations, zero_memory)
 
