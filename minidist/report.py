@@ -20,6 +20,7 @@ import numpy as np
 
 from .defaults import DDP, zero_strategy
 from .distributed.objects import jsonable
+from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
 
 
 def rank_report(trainer) -> dict:
@@ -29,9 +30,10 @@ def rank_report(trainer) -> dict:
     s = trainer.strategy
     micro = trainer.accumulation
     expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
+    tp = _tp_rank_summary(trainer) if trainer.grid is not None else None
     return {
         "rank": trainer.rank,
-        "coords": {"dp": trainer.rank, "tp": 0, "pp": 0},
+        "coords": dict(trainer.grid.coords) if trainer.grid is not None else {"dp": trainer.rank, "tp": 0, "pp": 0},
         "memory": dev.memory.summary(),
         "host_memory": dev.host.summary(),
         "flops": dev.flops,
@@ -41,10 +43,13 @@ def rank_report(trainer) -> dict:
             "strategy": s.name,
             "model_states": s.model_states,
             "model_states_expected": s.expected_model_states(),
-            "bytes_sent_per_step": trainer.history[-1].get("bytes_sent", 0) if trainer.history else 0,
+            # the step's bytes beyond the tensor-parallel group's (which the tensor_parallel section counts)
+            "bytes_sent_per_step": (trainer.history[-1].get("bytes_sent", 0) - (tp["bytes_sent_per_step"] if tp else 0)
+                                    if trainer.history else 0),
             "bytes_sent_per_step_expected": expected_bytes,
             "shard_elements": getattr(s, "shard", None),
         },
+        "tensor_parallel": tp,
     }
 
 
@@ -63,7 +68,7 @@ def formulas(trainer) -> dict:
     run makes (ring, float64: ``2·(p−1)·8`` bytes each): the gradient norm when ZeRO clips,
     the overflow flag when a ZeRO stage or the parameter server trains in mixed precision."""
     from .estimate import comm_volume, model_state_memory
-    cfg, p = trainer.cfg, trainer.world_size
+    cfg, p = trainer.cfg, trainer.dp_size           # Ψ below is this rank's (tensor-parallel) shard
     precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
     w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
     scale = np.dtype(cfg["dtype"]).itemsize / 4    # the estimate counts fp32 as 4 bytes (float64: 8)
@@ -181,7 +186,30 @@ def format_data_parallel(report: dict) -> str:
         lines.append(f"{r['rank']:>4} {m.get('parameters', 0):>10} {m.get('gradients', 0):>10} "
                      f"{m.get('optimizer_states', 0):>10} {m.get('host', 0):>10} "
                      f"{r['data_parallel']['bytes_sent_per_step']:>12}")
+    if report["ranks"][0].get("tensor_parallel"):
+        lines.append(format_tensor_parallel(report))
     return "\n".join(lines)
+
+
+def format_tensor_parallel(report: dict) -> str:
+    """Rank 0's tensor-parallel figures: measured, the engine's formula, and the estimator's
+    (Korthikanti et al. 2022: 16-bit activations with 1-byte dropout masks; layers only for traffic)."""
+    tp, est = report["ranks"][0]["tensor_parallel"], report.get("estimate") or {}
+    pad = (f"vocabulary {tp['vocab_size']} padded to {tp['padded_vocab_size']} (Megatron's "
+           f"make_vocab_size_divisible_by {tp['make_vocab_size_divisible_by']} × t {tp['tp']}; padded logits masked)"
+           if tp["padded_vocab_size"] != tp["vocab_size"] else f"vocabulary {tp['vocab_size']} (no padding)")
+    exp = tp["activations_expected"]
+    act_est = (est.get("activations") or {}).get("total")
+    tp_est = (est.get("comm") or {}).get("tp_bytes")
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"
+    return "\n".join([
+        f"tensor parallel: t = {tp['tp']}, sequence parallel {'on' if tp['sequence_parallel'] else 'off'}; {pad}",
+        f"{'rank 0':<22} {'measured':>10} {'formula':>10} {'estimate':>10}",
+        f"{'activation peak B':<22} {tp['activations_peak']:>10} {fmt(exp):>10} {fmt(act_est):>10}",
+        f"{'TP bytes sent/step':<22} {tp['bytes_sent_per_step']:>10} {tp['bytes_sent_per_step_expected']:>10} "
+        f"{fmt(tp_est):>10}",
+        "(formula: the engine's inventory and every TP collective; estimate: Korthikanti's 16-bit terms "
+        "with dropout masks, layer traffic only)"])
 
 
 def write_report(report: dict, path) -> None:

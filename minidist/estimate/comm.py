@@ -29,8 +29,10 @@ micro-batch's forward and backward.
 (b, s, h) activations twice in forward (after attention and after the MLP, operator g) and
 twice in backward (operator f), so 4 all-reduces of b·s·h per layer per micro-batch. With
 sequence parallelism (Korthikanti et al. 2022 §4.2.2) each all-reduce becomes an
-all-gather plus a reduce-scatter: the same volume. Full recomputation repeats the forward
-and its 2 all-reduces.
+all-gather plus a reduce-scatter: the same volume; but each column-parallel layer saves only
+its ``s/t`` input shard and all-gathers it again in backward for its weight gradient (2 more
+all-gathers per layer, one all-reduce's bytes: Megatron's and minidist's way). Full
+recomputation repeats the forward and its 2 all-reduces.
 
 **Pipeline parallel**: per micro-batch a stage sends its output activations (b, s, h) to the
 next stage and the input gradient (b, s, h) back to the previous one. The figure is for a
@@ -98,6 +100,7 @@ def comm_volume(params: float, dp: int = 1, stage: int = 0, precision: str = "fp
         bsh = micro_batch * seq * hidden                  # one (b, s, h) activation
         layers_here = layers // pp
         per_layer = 6 if checkpointing == "full" else 4   # all-reduces per layer per micro-batch
+        per_layer += 1 if sp and tp > 1 else 0             # + the inputs all-gathered again for dW
         tp_el = per_layer * 2 * ring_factor(tp) * bsh * layers_here * micro_batches
         pp_el = (2 * bsh * micro_batches * v) if pp > 1 else 0.0
     out["tp_elements"] = tp_el

@@ -88,7 +88,9 @@ class Trainer:
         """This rank's micro-batch: a slice of the global batch drawn from (seed, step, micro)."""
         global_b = self.micro_batch * self.dp_size
         x, y = self.dataset.get_batch(global_b, step * self.accumulation + micro, self.cfg["seed"])
-        return shard_batch(x, self.dp_rank, self.dp_size), shard_batch(y, self.dp_rank, self.dp_size)
+        # copies: a rank holds only its slice (a view would keep the whole global batch alive, and
+        # the ids the embedding saves would be charged as the global batch's)
+        return shard_batch(x, self.dp_rank, self.dp_size).copy(), shard_batch(y, self.dp_rank, self.dp_size).copy()
 
     def train_step(self, step: int) -> float:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
@@ -114,7 +116,8 @@ class Trainer:
                 total += float(loss.data) / self.accumulation
             strategy.step()
             dev.clock.sync()
-        sent = self.comm.log.since(mark).bytes_sent() if mark is not None else 0
+        self.step_log = self.comm.log.since(mark) if mark is not None else None   # this step's messages
+        sent = self.step_log.bytes_sent() if mark is not None else 0
         mp = self.precision.history[-1] if self.precision is not None else None
         self.history.append({"step": step, "loss": total, "loss_scale": mp.scale if mp else None,
                              "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def layer_activation_items(b: int, s: int, h: int, a: int, t: int = 1, sp: bool = False,
                            w: int = 4, w32: int | None = None) -> dict:
@@ -114,3 +116,32 @@ def step_bytes(n_layer: int, b: int, s: int, h: int, t: int, sp: bool = False, b
     total = sum(collective_bytes(op, n, t, w32 if where.startswith("loss") else w)
                 for where, op, n in step_collectives(n_layer, b, s, h, t, sp, bias))
     return total * micro_batches
+
+
+def rank_summary(trainer) -> dict:
+    """The report's ``tensor_parallel`` section of one rank: what it measured (activation
+    peak, bytes sent on the tp group in the last step) beside the formulas above."""
+    cfg, model, grid = trainer.cfg, trainer.model, trainer.grid
+    c, t, sp = trainer.model_config, grid.tp_size, model.ctx.sequence_parallel
+    lowp = trainer.precision is not None
+    w32 = np.dtype(cfg["dtype"]).itemsize
+    w = 2 if lowp else w32
+    b, s = trainer.micro_batch, trainer.dataset.seq_len
+    log = getattr(trainer, "step_log", None)
+    measured = [x for x in (log.collectives if log is not None else []) if x.group == grid.tp.group]
+    by_op: dict = {}
+    for x in measured:
+        by_op[x.op] = by_op.get(x.op, 0) + x.bytes_sent
+    items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, model.padded_vocab_size, t, sp, w, w32,
+                                   loss_scalars=2 if lowp else 1)
+    return {
+        "tp": t, "sequence_parallel": sp, "vocab_size": c.vocab_size, "padded_vocab_size": model.padded_vocab_size,
+        "make_vocab_size_divisible_by": model.make_vocab_size_divisible_by,
+        "bytes_sent_per_step": sum(by_op.values()), "bytes_sent_per_step_by_op": by_op,
+        "bytes_sent_per_step_expected": step_bytes(c.n_layer, b, s, c.n_embd, t, sp, c.bias,
+                                                   trainer.accumulation, w, w32),
+        "activations_peak": int(trainer.device.memory.curves()[1]["activations"].max()),
+        # the itemised formula holds for dropout 0 (the engine's masks are not the paper's 1 byte)
+        "activations_expected": sum(items.values()) if c.dropout == 0 else None,
+        "activation_items": items,
+    }

@@ -183,6 +183,7 @@ class TensorParallelGPT(Module):
         check_tensor_parallel(config, t, sequence_parallel)
         self.ctx = TensorParallelContext(group, sequence_parallel)
         self.padded_vocab_size = padded_vocab_size(config.vocab_size, t, make_vocab_size_divisible_by)
+        self.make_vocab_size_divisible_by = make_vocab_size_divisible_by
         self.vocab_start = group.rank * (self.padded_vocab_size // t)
         # The one-rank weights, built in an empty context: no device is active there, so they
         # are not charged to this rank (Megatron initialises the master weight on the CPU and
