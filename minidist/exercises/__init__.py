@@ -19,6 +19,7 @@ traceback escape. The tests (``pytest -m exercises``) run the same checks.
 from __future__ import annotations
 
 from . import (
+    adam_bias_correction,
     dynamic_loss_scaler,
     fp16_round_to_nearest_even,
     korthikanti_activations,
@@ -30,7 +31,7 @@ from . import (
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (layer_norm_backward, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
+_MODULES = (layer_norm_backward, adam_bias_correction, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
             fp16_round_to_nearest_even, dynamic_loss_scaler,
             korthikanti_activations, zero_memory)
 
