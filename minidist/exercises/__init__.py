@@ -22,6 +22,7 @@ from . import (
     adam_bias_correction,
     dynamic_loss_scaler,
     fp16_round_to_nearest_even,
+    gradient_accumulation,
     korthikanti_activations,
     layer_norm_backward,
     recursive_doubling_all_gather,
@@ -31,7 +32,7 @@ from . import (
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (layer_norm_backward, adam_bias_correction, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
+_MODULES = (layer_norm_backward, adam_bias_correction, gradient_accumulation, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
             fp16_round_to_nearest_even, dynamic_loss_scaler,
             korthikanti_activations, zero_memory)
 
