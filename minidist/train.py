@@ -9,27 +9,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import distributed as dist
 from .training.config import ConfigError, data_config, load_config
 from .training.data import make_dataset
 from .device import export_chrome_trace
+from .estimate import estimate
+from .memory import OutOfMemoryError
+from .precision.loss_scaler import LossScaleAtMinimumError
 from .distill.runner import distill_rank
 from ._malloc import tune_malloc
 from .report import (build_distill_report, build_report, distill_rank_report, format_data_parallel,
                      format_distillation, rank_report, write_report)
-from .training.trainer import Trainer
+from .training.trainer import Trainer, TrainingDivergedError
+from .checkpoint import CheckpointError, check_compatible, load_into, read_checkpoint, saver
 
-def run(config, comm=None, progress=True):
-    """Train on this rank; returns (trainer, rank_report)."""
+def run(config, comm=None, progress=True, save=None, save_interval=0, loaded=None):
+    """Train on this rank; returns (trainer, rank_report). ``loaded``: a checkpoint already
+    read and verified (:func:`minidist.checkpoint.read_checkpoint`) to continue from;
+    ``save``/``save_interval``: where and how often to checkpoint (Megatron's flags)."""
     trainer = Trainer(config, comm)
-    trainer.fit(progress=progress)
+    if loaded is not None:
+        load_into(trainer, loaded)
+    trainer.fit(progress=progress, on_step=saver(save, save_interval) if save else None)
     return trainer, rank_report(trainer)
 
 
-def _rank_main(comm, config, progress, trace_path=None):
-    trainer, rr = run(config, comm, progress)
+def _rank_main(comm, config, progress, trace_path=None, ckpt=None):
+    trainer, rr = run(config, comm, progress, **(ckpt or {}))
     # why: rank 0 writes the report (and the trace) of the whole job
     ranks = dist.gather_object(comm, rr)
     traces = dist.gather_object(comm, trainer.device.trace.events) if trace_path else None
@@ -68,41 +77,144 @@ def _distill_main(config, args, mpi, device) -> int:
     return 0
 
 
+def _read_config(path):
+    """The JSON object in ``path`` ({} without one); errors name the file and the place."""
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError("--config", f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
+                                      f"fix the file (JSON needs double quotes and no trailing commas)") from None
+    except UnicodeDecodeError:
+        raise ConfigError("--config", f"{path} is not a text file; give a JSON config") from None
+    except OSError as e:
+        raise ConfigError("--config", f"cannot read {path}: {e.strerror}; give an existing JSON file") from None
+
+
+def _check_output(flag: str, path) -> None:
+    """An output file's folder must exist now, not after the whole run."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(flag, f"{path} is a folder; give a file name such as {os.path.join(path, 'out.json')}")
+    if not os.path.isdir(folder):
+        raise ConfigError(flag, f"the folder {folder} does not exist; create it first or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(flag, f"the folder {folder} is not writable; choose another path")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_memory(cfg, world: int) -> None:
+    """In-process ranks share this machine's memory: refuse a world that cannot fit, from
+    the analytic per-rank estimate (model states + activations, SPEC §8) plus the data and
+    the interpreter's own bookkeeping (about 2× the estimate, measured)."""
+    per_rank = 2 * estimate(cfg, world)["memory_per_device"] + 4 * 2**20
+    free = available_memory()
+    if free is not None and world * per_rank > free:
+        raise ConfigError("--world-size", f"{world} in-process ranks need about {world * per_rank / 2**30:.1f} GiB "
+                                          f"({per_rank / 2**20:.0f} MiB each) but {free / 2**30:.1f} GiB are free; "
+                                          f"use fewer ranks or a smaller model")
+    if world > 64:
+        print(f"note: {world} in-process ranks are {world} threads sharing {os.cpu_count()} core(s); every step "
+              f"will be slow", file=sys.stderr)
+
+
+def _checkpoint_args(args, cfg) -> dict:
+    """--save/--save-interval/--load, checked (and the checkpoint read and verified) before
+    any rank starts, so that every rank fails the same way."""
+    if args.save_interval < 0:
+        raise ConfigError("--save-interval", f"must be >= 0 steps (0: only after the last step), got {args.save_interval}")
+    if args.save_interval and not args.save:
+        raise ConfigError("--save-interval", "needs --save DIR to say where the checkpoints go")
+    if args.save:
+        if os.path.exists(args.save) and not os.path.isdir(args.save):
+            raise ConfigError("--save", f"{args.save} is a file; give a folder for the checkpoints")
+        try:
+            os.makedirs(args.save, exist_ok=True)
+        except OSError as e:
+            raise ConfigError("--save", f"cannot create {args.save}: {e.strerror}; choose a writable folder") from None
+    loaded = None
+    if args.load:
+        loaded = read_checkpoint(args.load)
+        check_compatible(loaded, cfg)
+    return {"save": args.save, "save_interval": args.save_interval, "loaded": loaded}
+
+
+# what a run stops with when the input or the training is at fault: the message says it all
+RUN_ERRORS = (ConfigError, CheckpointError, TrainingDivergedError, LossScaleAtMinimumError, OutOfMemoryError,
+              dist.CommError)
+
+
+def _launch(config, cfg, args, mpi, ckpt):
+    """Run every rank: under mpirun, as N in-process threads, or as one rank."""
+    if mpi:
+        return dist.run_main(_rank_main, config, not args.quiet, args.trace, ckpt, device=cfg["device"])
+    if args.world_size == 1:
+        trainer, rr = run(config, None, not args.quiet, **ckpt)
+        if args.trace:
+            export_chrome_trace([trainer.device.trace.events], args.trace)
+        return trainer, build_report(trainer, [rr])
+    return dist.spawn(_rank_main, args.world_size, config, not args.quiet, args.trace, ckpt,
+                      device=cfg["device"])[0]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minidist.train", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="DeepSpeed-style JSON config file (default: all defaults)")
-    ap.add_argument("--world-size", type=int, default=1, help="in-process ranks when not under mpirun")
+    ap.add_argument("--world-size", type=int, default=None, help="in-process ranks when not under mpirun (default 1)")
     ap.add_argument("--report", help="write the JSON report here")
     ap.add_argument("--trace", help="write every rank's simulated timeline here (Chrome/Perfetto JSON)")
+    ap.add_argument("--save", metavar="DIR", help="write checkpoints into DIR (Megatron-LM's --save)")
+    ap.add_argument("--save-interval", type=int, default=0, metavar="N",
+                    help="a checkpoint every N steps (default: only after the last step)")
+    ap.add_argument("--load", metavar="DIR", help="continue from DIR's latest checkpoint (any world size or ZeRO stage)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    if args.world_size < 1:
+    if args.world_size is not None and args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
     tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
     mpi = dist.is_mpi_launch()
     world = None
     if mpi:
-        from mpi4py import MPI
+        from mpi4py import MPI   # here, not at the top: importing mpi4py initialises MPI, wanted only under mpirun
         world = MPI.COMM_WORLD.Get_size()
+        if args.world_size not in (None, world):
+            ap.error(f"--world-size {args.world_size} but mpirun started {world} processes: under mpirun the "
+                     f"world is MPI's; drop --world-size or use mpirun -n {args.world_size}")
+    args.world_size = world or args.world_size or 1
     try:
-        config = json.load(open(args.config)) if args.config else {}
-        cfg = load_config(config, world or args.world_size)    # fail fast, on every rank, before any message
+        config = _read_config(args.config)
+        cfg = load_config(config, args.world_size)    # fail fast, on every rank, before any message
         make_dataset(data_config(cfg))
-    except (ConfigError, ValueError, OSError) as e:
+        _check_output("--report", args.report)
+        _check_output("--trace", args.trace)
+        if not mpi:
+            _check_memory(cfg, args.world_size)
+        ckpt = _checkpoint_args(args, cfg)
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if cfg["distillation"] is not None:
         return _distill_main(config, args, mpi, cfg["device"])
-    if mpi:
-        result = dist.run_main(_rank_main, config, not args.quiet, args.trace, device=cfg["device"])
-    elif args.world_size == 1:
-        trainer, rr = run(config, None, progress=not args.quiet)
-        if args.trace:
-            export_chrome_trace([trainer.device.trace.events], args.trace)
-        result = (trainer, build_report(trainer, [rr]))
-    else:
-        result = dist.spawn(_rank_main, args.world_size, config, not args.quiet, args.trace,
-                            device=cfg["device"])[0]
+    try:
+        result = _launch(config, cfg, args, mpi, ckpt)
+    except RUN_ERRORS as e:                     # the run stopped with a clear message: no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     trainer, report = result
     if report is None:                                       # not rank 0
         return 0

@@ -293,6 +293,11 @@ class Communicator:
         self.device.trace.complete(f"{op}[{algorithm}]", "comm", stream, call.t_start, call.t_end,
                                    {"bytes_sent": done.bytes_sent(), "group": list(self.group)})
 
+    def exchange_objects(self, obj) -> list:
+        """Collective: every rank's ``obj`` (picklable) in rank order, on the control channel —
+        bookkeeping such as a checkpoint's file list, so neither logged nor timed."""
+        return self._exchange_objects(obj)
+
     def _exchange_objects(self, obj) -> list:
         """Every rank's ``obj`` in rank order (control traffic: not logged, not timed)."""
         reqs = [self._send_object(obj, r) for r in range(self.size) if r != self.rank]

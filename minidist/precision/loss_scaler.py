@@ -82,6 +82,21 @@ class StaticLossScaler:
         self.history.append(LossScaleEvent(self.cur_iter, self.cur_scale, bool(overflow)))
         self.cur_iter += 1
 
+    _STATE = ("cur_scale", "cur_iter")              # what changes from step to step
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps to continue exactly (plain data, like torch's GradScaler)."""
+        return {"type": type(self).__name__, **{k: getattr(self, k) for k in self._STATE},
+                "history": [list(e) for e in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"a {state.get('type')} state cannot be loaded into a {type(self).__name__}; "
+                             f"set fp16.loss_scale as in the run that saved it")
+        for k in self._STATE:
+            setattr(self, k, type(getattr(self, k))(state[k]))
+        self.history = [LossScaleEvent(int(i), float(s), bool(o)) for i, s, o in state["history"]]
+
     def __repr__(self) -> str:
         return f"StaticLossScaler(scale={self.cur_scale:g})"
 
@@ -124,6 +139,9 @@ class DynamicLossScaler:
         self.history: list[LossScaleEvent] = []
 
     loss_scale = StaticLossScaler.loss_scale      # the scale this step's loss is multiplied by
+    _STATE = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
+    state_dict = StaticLossScaler.state_dict
+    load_state_dict = StaticLossScaler.load_state_dict
 
     def update_scale(self, overflow: bool) -> None:
         """Advance one iteration; ``overflow`` says whether this step's gradients had inf/NaN."""

@@ -38,6 +38,10 @@ from ..precision import autocast, precision_from_config
 from ..tensor import no_grad
 
 
+class TrainingDivergedError(FloatingPointError):
+    """The loss became inf/NaN and nothing (no loss scaler) could skip the step."""
+
+
 class Trainer:
     """Trains the GPT of ``config`` on this rank. ``comm`` is None for single-rank runs."""
 
@@ -82,6 +86,7 @@ class Trainer:
         self.micro_batch = cfg["train_micro_batch_size_per_gpu"]
         self.accumulation = cfg["gradient_accumulation_steps"]
         self.history: list[dict] = []
+        self.start_step = 0                 # where fit() begins: > 0 after minidist.checkpoint's load_into
 
     # -- one step -----------------------------------------------------------------------------
     def batch(self, step: int, micro: int):
@@ -151,12 +156,15 @@ class Trainer:
         return out
 
     # -- the whole run ------------------------------------------------------------------------
-    def fit(self, progress: bool = True, stream=None) -> dict:
+    def fit(self, progress: bool = True, stream=None, on_step=None) -> dict:
+        """Train from ``start_step`` (0, or where a loaded checkpoint stopped) to ``steps``;
+        ``on_step(trainer, step)`` runs after each step (``--save``'s checkpoints)."""
         stream = stream or sys.stderr
         steps = self.cfg["steps"]
         t0 = time.perf_counter()
-        for step in range(steps):
+        for step in range(self.start_step, steps):
             loss = self.train_step(step)
+            self._check_finite(step, loss)
             if progress and self.rank == 0:
                 rate = (step + 1) / max(time.perf_counter() - t0, 1e-9)
                 bar = "#" * int(20 * (step + 1) / steps)
@@ -165,10 +173,24 @@ class Trainer:
             interval = self.cfg["eval_interval"]
             if interval and (step + 1) % interval == 0 and step + 1 < steps:
                 self.history[-1].update(self.evaluate())
+            if on_step is not None:
+                on_step(self, step)
         self.final = self.evaluate()
+        self._check_finite(steps - 1, self.final.get("val_loss", 0.0), final=True)
         self._average_losses()
         self.wall_time = time.perf_counter() - t0
         return self.final
+
+    def _check_finite(self, step: int, loss: float, final: bool = False) -> None:
+        """Stop a diverged run: in fp32/fp64 at the first non-finite loss (nothing would skip
+        the step); in fp16/bf16, where overflowing steps are skipped (§7), only if the run
+        ends on a non-finite loss."""
+        if np.isfinite(loss) or (self.precision is not None and not final and step + 1 < self.cfg["steps"]):
+            return
+        what = "validation loss after the last step" if final else "loss"
+        raise TrainingDivergedError(f"step {step}: the {what} is {loss} ({self.autocast_dtype or self.cfg['dtype']} "
+                                    f"training); the run diverged: lower optimizer.params.lr (now "
+                                    f"{self.optimizer.lr:g}) or set gradient_clipping")
 
     def _average_losses(self) -> None:
         """Each rank logged the loss of its slice; the job's loss is their mean (once, at the end,

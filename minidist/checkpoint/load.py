@@ -1,0 +1,122 @@
+"""Loading: check everything first, then let this rank's layout take its part.
+
+``--load DIR`` runs in two halves, so that a bad checkpoint fails the same way on every
+rank, before any message is sent, and nothing is half-loaded:
+
+1. :func:`read_checkpoint` (every process, before the ranks start): find the step folder
+   (``latest``), read the manifest, check every shard's size and SHA-256, rebuild the full
+   named arrays (:func:`~minidist.checkpoint.reshard.assemble`); :func:`check_compatible`
+   compares the saved config with this run's — the model, dtype, precision and optimizer
+   must match; the world size, ZeRO stage, offload and bucket sizes may change (resharding);
+2. :func:`load_into` (each rank, after its Trainer is built): check that names, shapes and
+   optimizer-state kinds fit this model, then copy — parameters, fp32 masters, moments and
+   step counts (:func:`~minidist.checkpoint.layout.apply`), the loss scaler, the dropout
+   RNGs, the loss history, the simulated clock — and set the step to continue from.
+
+With the same world size each rank takes back its own metadata, so the run continues bit
+for bit as if it had never stopped; on another world size the per-rank history is the
+job's mean loss the manifest recorded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from ..nn import Dropout
+from ..precision.mixed import MixedPrecisionStep
+from .format import CheckpointError, MANIFEST, read_manifest, read_shards, resolve
+from .layout import apply, holds_optimizer_state, param_shapes, state_keys
+from .reshard import assemble
+
+# config keys that must be the same to load (the rest — world size, ZeRO stage, offload,
+# buckets, steps, batch sizes, learning rate — may change)
+MUST_MATCH = ("model.block_size", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_embd",
+              "model.bias", "dtype", "fp16.enabled", "bf16.enabled", "optimizer.type", "data.dataset")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint read and checked: its folder, manifest, every rank's metadata, and the
+    full named arrays (``universal[name][kind]``)."""
+
+    step_dir: str
+    manifest: dict
+    metas: list
+    universal: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.manifest["step"])
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+    """Find, verify and assemble the checkpoint at ``path`` (a --save folder or a step folder)."""
+    step_dir = resolve(path)
+    manifest = read_manifest(step_dir)
+    shards = read_shards(step_dir, manifest)
+    return Checkpoint(step_dir, manifest, [meta for _, meta in shards], assemble(step_dir, shards))
+
+
+def _get(cfg: dict, key: str):
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def check_compatible(ckpt: Checkpoint, cfg: dict) -> None:
+    """Refuse a checkpoint whose model, dtype, precision or optimizer differ from ``cfg``'s."""
+    saved = ckpt.manifest["config"]
+    where = os.path.join(ckpt.step_dir, MANIFEST)
+    for key in MUST_MATCH:
+        if key.split(".")[0] not in cfg:
+            continue                                       # a section this version does not have
+        if _get(saved, key) != _get(cfg, key):
+            raise CheckpointError(where, f"was saved with config key '{key}' = {_get(saved, key)!r}, but this "
+                                         f"run has {_get(cfg, key)!r}; use the saved value to resume (only the "
+                                         f"layout, batch sizes, steps and learning rate may change)")
+    if ckpt.step > cfg["steps"]:
+        raise CheckpointError(where, f"is at step {ckpt.step}, past this run's steps = {cfg['steps']}; "
+                                     f"raise 'steps' to continue training")
+
+
+def load_into(trainer, ckpt: Checkpoint) -> None:
+    """Give this rank its part of ``ckpt`` and continue from its step (checked first)."""
+    strategy, universal = trainer.strategy, ckpt.universal
+    where = ckpt.step_dir
+    mine = param_shapes(strategy)
+    if set(mine) != set(universal):
+        missing, extra = sorted(set(mine) - set(universal)), sorted(set(universal) - set(mine))
+        raise CheckpointError(where, f"does not fit this model: parameters missing {missing[:3]}, unexpected "
+                                     f"{extra[:3]}; load it with the model config it was saved with")
+    keys = state_keys(strategy)
+    for name, shape in mine.items():
+        u = universal[name]
+        if tuple(u["param"].shape) != shape:
+            raise CheckpointError(where, f"parameter {name} has shape {tuple(u['param'].shape)}, this model "
+                                         f"{shape}; load it with the model config it was saved with")
+        if "step" in u and holds_optimizer_state(strategy) and not keys <= set(u):
+            raise CheckpointError(where, f"has optimizer state {sorted(set(u) - {'param', 'master', 'step'})} "
+                                         f"for {name}, this optimizer needs {sorted(keys)}; keep "
+                                         f"optimizer.params (e.g. SGD momentum) as saved")
+        if trainer.precision is not None and "master" not in u:
+            raise CheckpointError(where, f"has no fp32 master of {name}; it was not saved in mixed precision")
+    same_world = ckpt.manifest["world_size"] == trainer.world_size
+    meta = ckpt.metas[trainer.rank if same_world else 0]
+    if trainer.precision is not None and meta["scaler"]["type"] != type(trainer.precision.scaler).__name__:
+        raise CheckpointError(where, f"holds a {meta['scaler']['type']}, this run a "
+                                     f"{type(trainer.precision.scaler).__name__}; keep fp16.loss_scale as saved")
+    apply(strategy, universal)
+    if trainer.precision is not None:
+        trainer.precision.scaler.load_state_dict(meta["scaler"])
+        trainer.precision.history[:] = [MixedPrecisionStep(int(s), float(sc), bool(o), bool(k))
+                                        for s, sc, o, k in meta["precision_history"]]
+    for m, rng in zip([m for m in trainer.model.modules() if isinstance(m, Dropout)], meta["dropout_rng"]):
+        m.rng.key = tuple(rng["key"]) if rng["key"] is not None else None
+        m.rng._sequential.bit_generator.state = rng["state"]
+    history = [dict(h) for h in meta["history"]]
+    if not same_world:                          # my slice's losses are not the old ranks': the job's mean
+        for h, loss in zip(history, ckpt.manifest["losses"]):
+            h["loss"] = loss
+    trainer.history[:] = history
+    trainer.device.clock.streams.update(meta["clock"])
+    trainer.start_step = ckpt.step
