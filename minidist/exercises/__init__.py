@@ -28,13 +28,14 @@ from . import (
     recursive_doubling_all_gather,
     reduce_scatter_padding,
     ring_all_reduce,
+    zero2_gradient_partition,
     zero_memory,
 )
 from .grading import CheckResult, Report, Wrong, grade
 
 _MODULES = (layer_norm_backward, adam_bias_correction, gradient_accumulation, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
             fp16_round_to_nearest_even, dynamic_loss_scaler,
-            korthikanti_activations, zero_memory)
+            korthikanti_activations, zero_memory, zero2_gradient_partition)
 
 EXERCISES = {m.NAME: m for m in _MODULES}
 
