@@ -11,7 +11,8 @@ import copy
 import difflib
 import json
 
-from ..defaults import DATA_PARALLEL, DEFAULT_DATASET, DEFAULTS, SCHEDULES, TASK_DIGITS, TEXT_SEQ_LEN
+from ..defaults import (DATA_PARALLEL, DEFAULT_DATASET, DEFAULTS, PARAMETER_SERVER, TASK_DIGITS, TEXT_SEQ_LEN,
+                        normalize_schedule)
 from ..parallel.tensor.build import config_problem as tensor_config_problem
 
 # keys whose value is free-form (checked by the component that uses it)
@@ -22,7 +23,6 @@ _CHOICES = {
     "parallel.data_parallel": DATA_PARALLEL,
     "zero_optimization.stage": (0, 1, 2, 3),
     "zero_optimization.offload_optimizer.device": ("none", "cpu"),
-    "parallel.schedule": SCHEDULES,
 }
 
 # keys other frameworks have that minidist spells differently: what to write instead
@@ -124,6 +124,10 @@ def load_config(config: "dict | str | None" = None, world_size: int = 1) -> dict
         raise ConfigError("<root>", f"the config must be a JSON object, got {type(config).__name__}")
     cfg = _merge(DEFAULTS, config)
     _check_types(cfg, DEFAULTS)
+    try:            # any spelling, e.g. torch.distributed.pipelining's "ScheduleGPipe" -> "gpipe"
+        cfg["parallel"]["schedule"] = normalize_schedule(cfg["parallel"]["schedule"])
+    except ValueError as e:
+        raise ConfigError("parallel.schedule", str(e)) from None
     _check_consistency(cfg, world_size)
     return cfg
 
@@ -180,7 +184,7 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if pre != int(pre):
         raise ConfigError("zero_optimization.stage3_prefetch_bucket_size",
                           f"must be a whole number of elements (0 disables prefetch), got {pre!r}")
-    if zero["stage"] > 0 and par["data_parallel"] == "parameter_server":
+    if zero["stage"] > 0 and par["data_parallel"] == PARAMETER_SERVER:
         raise ConfigError("parallel.data_parallel", "the parameter server keeps whole optimizer states on "
                                                    "rank 0; ZeRO needs data_parallel 'ddp' (or stage 0)")
     if zero["stage"] > 0 and cfg["optimizer"]["type"].lower() == "lamb":
