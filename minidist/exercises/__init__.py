@@ -23,6 +23,7 @@ from . import (
     dynamic_loss_scaler,
     fp16_round_to_nearest_even,
     gradient_accumulation,
+    kd_loss,
     korthikanti_activations,
     layer_norm_backward,
     recursive_doubling_all_gather,
@@ -35,7 +36,8 @@ from .grading import CheckResult, Report, Wrong, grade
 
 _MODULES = (layer_norm_backward, adam_bias_correction, gradient_accumulation, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
             fp16_round_to_nearest_even, dynamic_loss_scaler,
-            korthikanti_activations, zero_memory, zero2_gradient_partition)
+            korthikanti_activations, zero_memory, zero2_gradient_partition,
+            kd_loss)
 
 EXERCISES = {m.NAME: m for m in _MODULES}
 
