@@ -1,6 +1,7 @@
 """Modules: parameter containers with torch.nn's interface (Module, Linear, LayerNorm, …)."""
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 
 import numpy as np
@@ -53,18 +54,31 @@ class Module:
         """Every parameter by its full name (tied ones under each name), as copies."""
         return OrderedDict((n, p.data.copy()) for n, p in self._named_parameters_all(""))
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True) -> tuple[list, list]:
+        """Copy ``state`` (name → array) into the parameters in place, cast to their dtype.
+
+        Everything is checked before anything is copied, so a bad state dict leaves the model
+        as it was. ``strict`` (torch's default): every parameter must be present and nothing
+        else. Returns ``(missing_keys, unexpected_keys)``, as torch does.
+        """
         own = dict(self._named_parameters_all(""))
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
+        missing = [n for n in own if n not in state]
+        unexpected = [n for n in state if n not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for name, value in state.items():
-            if name in own:
-                if own[name].shape != np.shape(value):
-                    raise ValueError(f"load_state_dict: {name} has shape {own[name].shape}, "
-                                     f"checkpoint has {np.shape(value)}")
-                own[name].data[...] = value
+            hints = [f"{u!r} → {close[0]!r}?" for u in unexpected
+                     for close in [difflib.get_close_matches(u, missing, n=1)] if close]
+            raise KeyError(f"load_state_dict: missing key(s) {missing} (parameters of this model the state "
+                           f"dict lacks); unexpected key(s) {unexpected} (not parameters of this model)"
+                           + (f"; renamed? {', '.join(hints)}" if hints else "")
+                           + "; pass strict=False to load the keys that match")
+        for name in state:
+            if name in own and own[name].shape != np.shape(state[name]):
+                raise ValueError(f"load_state_dict: {name!r} has shape {own[name].shape} in this model but "
+                                 f"{np.shape(state[name])} in the state dict (saved from another model config?)")
+        for name in own:
+            if name in state:
+                own[name].data[...] = state[name]
+        return missing, unexpected
 
     def set_dropout_key(self, step: int, micro: int, row_offset: int = 0) -> None:
         """Draw the next forward's dropout masks for (step, micro-step), this rank's slice
