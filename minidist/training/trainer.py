@@ -116,7 +116,9 @@ class Trainer:
                 with autocast(self.autocast_dtype):
                     loss = self.compute_loss(x, y, step, micro)
                 # mean over the accumulated micro-batches (and, by the strategy, over ranks)
-                strategy.scale_loss(loss * (1.0 / self.accumulation)).backward()
+                # (1/k in the loss's dtype: a Python float would become a float32 tensor)
+                inv_k = np.asarray(1.0 / self.accumulation, dtype=loss.data.dtype)
+                strategy.scale_loss(loss * inv_k).backward()
                 strategy.after_backward()
                 total += float(loss.data) / self.accumulation
             strategy.step()
