@@ -59,7 +59,8 @@ def zero_strategy(stage: int) -> str:
 # naive: one micro-batch at a time; gpipe: all forwards then all backwards (Huang et al. 2019);
 # 1f1b: PipeDream-Flush (Narayanan et al. 2021); interleaved_1f1b: v model chunks per device
 # (Narayanan et al. 2021 §2.2.2); zb_h1, zb_h2, zb_v: zero bubble (Qi et al. 2023);
-# dualpipe_v: DeepSeek-V3's DualPipe folded onto half the devices ("cut-in-half" DualPipe).
+# dualpipe_v: DeepSeek-V3's DualPipe cut in half into a V (two chunks per device, one copy
+# of the weights instead of DualPipe's two).
 NAIVE, GPIPE, ONE_F_ONE_B, INTERLEAVED_1F1B = "naive", "gpipe", "1f1b", "interleaved_1f1b"
 ZB_H1, ZB_H2, ZB_V, DUALPIPE_V = "zb_h1", "zb_h2", "zb_v", "dualpipe_v"
 SCHEDULES = (NAIVE, GPIPE, ONE_F_ONE_B, INTERLEAVED_1F1B, ZB_H1, ZB_H2, ZB_V, DUALPIPE_V)

@@ -157,8 +157,8 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
                                    f"lower seq_len")
         raise ConfigError("model.block_size", f"{m['block_size']} is shorter than the {seq} tokens task "
                                               f"{cfg['data']['dataset']!r} feeds the model with "
-                                              f"{cfg['data']['n_digits'] or TASK_DIGITS} digits; raise model.block_size "
-                                              f"to {seq} or lower data.n_digits")
+                                              f"{cfg['data']['n_digits'] or TASK_DIGITS} digits; raise "
+                                              f"model.block_size to {seq} or lower data.n_digits")
     tbs = cfg["train_batch_size"]
     expect = cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * dp
     if tbs is not None and tbs != expect:
