@@ -1,0 +1,159 @@
+"""Classroom exercises (issue 14, SPEC §13): the grader passes minidist's own implementations,
+calls untouched stubs unfinished, and names the mistake in typical wrong solutions.
+
+Each wrong solution lives in tests/exercise_mistakes/NAME__MISTAKE.py with ``EXPECT``, the
+phrases the grader's message must contain; NAME__correct.py files are hand-written right
+answers (other ways than minidist's own) that must pass.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minidist import exercises
+from minidist.exercises import grading, ranks
+from minidist.exercises.__main__ import main
+
+pytestmark = [pytest.mark.exercises, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[1]
+MISTAKES = ROOT / "tests" / "exercise_mistakes"
+NAMES = list(exercises.EXERCISES)
+
+
+def _files():
+    return sorted(p for p in MISTAKES.glob("*__*.py"))
+
+
+def _expect(path: Path) -> list:
+    scope: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), scope)    # the file's EXPECT list
+    return scope["EXPECT"]
+
+
+def test_list_has_enough_exercises_and_topics(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert len(NAMES) >= 12 and len(exercises.topics()) >= 8
+    for name in NAMES:
+        assert name in out
+    assert f"{len(NAMES)} exercises over {len(exercises.topics())} topics" in out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes(name):
+    report = exercises.grade(exercises.get(name), reference=True)
+    assert report.status == "passed", report.text()
+    assert report.total >= 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_untouched_stub_is_unfinished(name, tmp_path, capsys):
+    assert main(["start", name, str(tmp_path)]) == 0
+    stub = tmp_path / f"{name}.py"
+    assert "NotImplementedError" in stub.read_text() and '"""' in stub.read_text()
+    capsys.readouterr()
+    assert main(["check", name, str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    report = exercises.grade(exercises.get(name), str(stub))
+    assert report.status == "unfinished", report.text()
+    assert "still raises NotImplementedError" in out and "Traceback" not in out
+    assert report.passed == 0
+
+
+def test_every_exercise_has_two_wrong_solutions_and_a_right_one():
+    for name in NAMES:
+        wrong = [p for p in _files() if p.name.startswith(name + "__") and not p.name.endswith("__correct.py")]
+        assert len(wrong) >= 2, f"{name}: only {len(wrong)} typical wrong solutions"
+        assert (MISTAKES / f"{name}__correct.py").exists()
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.stem)
+def test_solution_is_graded_with_a_message_naming_the_mistake(path):
+    name = path.stem.split("__")[0]
+    report = exercises.grade(exercises.get(name), str(path))
+    expect = _expect(path)
+    if not expect:                                   # a right answer written another way
+        assert report.status == "passed", report.text()
+        return
+    assert report.status == "failed", report.text()
+    messages = "\n".join(c.message for c in report.checks if c.status == "failed")
+    for phrase in expect:
+        assert phrase in messages, f"{path.name}: {phrase!r} not in\n{report.text()}"
+    assert "Traceback" not in messages
+
+
+def test_student_exceptions_become_messages_with_a_line(tmp_path):
+    (tmp_path / "ring_all_reduce.py").write_text(
+        "import numpy as np\n\n\ndef ring_all_reduce(comm, x):\n    return x[10 ** 6]\n")
+    report = exercises.grade(exercises.get("ring_all_reduce"), str(tmp_path / "ring_all_reduce.py"))
+    msg = report.checks[0].message
+    assert report.status == "failed" and "IndexError" in msg and "line 5" in msg
+
+
+def test_hang_and_bad_files_are_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(ranks, "RANK_TIMEOUT", 0.3)      # a rank waiting for a message nobody sends
+    (tmp_path / "ring_all_reduce.py").write_text(
+        "def ring_all_reduce(comm, x):\n    return comm.recv((comm.rank + 1) % comm.size)\n")
+    report = exercises.grade(exercises.get("ring_all_reduce"), str(tmp_path / "ring_all_reduce.py"))
+    assert "timed out" in report.checks[0].message and "line 2" in report.checks[0].message
+    (tmp_path / "zero_memory.py").write_text("def model_state_bytes(psi, n_d, stage, k=12)\n    return 0\n")
+    report = exercises.grade(exercises.get("zero_memory"), str(tmp_path / "zero_memory.py"))
+    assert report.status == "failed" and "syntax error at line 1" in report.problem
+    (tmp_path / "kd_loss.py").write_text("def kd(z):\n    return 0\n")
+    report = exercises.grade(exercises.get("kd_loss"), str(tmp_path / "kd_loss.py"))
+    assert "does not define kd_loss" in report.problem
+
+
+def test_endless_loop_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(grading, "CHECK_TIME_LIMIT", 0.5)
+    (tmp_path / "zero_memory.py").write_text("def model_state_bytes(psi, n_d, stage, k=12):\n    while True:\n"
+                                             "        pass\n")
+    result = grading.run_check("loop", exercises.get("zero_memory").CHECKS[0][1],
+                               grading.load_solution(str(tmp_path / "zero_memory.py"), ["model_state_bytes"]),
+                               None, time_limit=0.5)
+    assert result.status == "failed" and "did not finish within 0.5 s" in result.message
+
+
+def test_forbidden_shortcut_is_refused(tmp_path):
+    (tmp_path / "ring_all_reduce.py").write_text(
+        "from minidist import distributed as dist\n\n\ndef ring_all_reduce(comm, x):\n"
+        "    return dist.all_reduce(comm, x)\n")
+    report = exercises.grade(exercises.get("ring_all_reduce"), str(tmp_path / "ring_all_reduce.py"))
+    assert report.status == "failed" and "`all_reduce`" in report.checks[-1].message
+
+
+def test_check_all_json_score_sheet_and_exit_status(tmp_path):
+    """A class folder: two right answers, one wrong, one stub, the rest missing."""
+    for name, src in (("ring_all_reduce", "ring_all_reduce__correct.py"), ("zero_memory", "zero_memory__correct.py"),
+                      ("kd_loss", "kd_loss__missing_t_squared.py")):
+        (tmp_path / f"{name}.py").write_text((MISTAKES / src).read_text())
+    assert main(["start", "fp16_round_to_nearest_even", str(tmp_path)]) == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-m", "minidist.exercises", "check", "--all", str(tmp_path), "--json"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1, run.stderr
+    sheet = json.loads(run.stdout)
+    rows = {r["exercise"]: r for r in sheet["exercises"]}
+    assert set(rows) == set(NAMES) and sheet["max_score"] == len(NAMES) and not sheet["passed"]
+    assert rows["ring_all_reduce"]["status"] == "passed" and rows["ring_all_reduce"]["score"] == 1.0
+    assert rows["zero_memory"]["score"] == 1.0
+    assert rows["kd_loss"]["status"] == "failed" and 0 < rows["kd_loss"]["score"] < 1
+    assert rows["fp16_round_to_nearest_even"]["status"] == "unfinished"
+    assert rows["layer_norm_backward"]["status"] == "missing" and rows["layer_norm_backward"]["score"] == 0
+    assert sheet["score"] == pytest.approx(sum(r["score"] for r in sheet["exercises"]), abs=1e-3)
+    for row in sheet["exercises"]:
+        assert {"exercise", "topic", "status", "score", "passed", "total", "checks"} <= set(row)
+
+
+def test_check_exit_status_zero_only_when_all_pass(tmp_path, capsys):
+    assert main(["check", "zero_memory", "--reference"]) == 0
+    assert main(["check", "zero_memory", str(MISTAKES / "zero_memory__correct.py")]) == 0
+    assert main(["check", "zero_memory", str(MISTAKES / "zero_memory__stage1_all.py")]) == 1
+    assert main(["check", "no_such_exercise"]) == 2
+    capsys.readouterr()
+    assert main(["hint", "ring_all_reduce"]) == 0
+    assert "1. " in capsys.readouterr().out
