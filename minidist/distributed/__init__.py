@@ -27,8 +27,6 @@ and ``tag``; its messages are in ``comm.log`` and its analytic α-β cost in :mo
 from __future__ import annotations
 
 import os
-import sys
-import traceback
 
 from .all_gather import all_gather
 from .all_reduce import all_reduce
@@ -64,12 +62,18 @@ def is_mpi_launch() -> bool:
 
 
 def init(device=None, timeout: float = 60.0, debug: bool = False):
-    """The MPI world communicator when launched under mpirun, else ``None``."""
+    """The MPI world communicator when launched under mpirun, else ``None``.
+
+    Under mpirun it also installs an exception hook: an exception that nothing catches, on
+    any thread of any rank, prints that rank's number and message and aborts the whole job
+    (``MPI.COMM_WORLD.Abort``) — otherwise the other ranks would wait out their timeout."""
     if not is_mpi_launch():
         return None
-    from .mpi import MPIComm  # here, not at the top: importing mpi4py initialises MPI, wanted only under mpirun
+    from .mpi import MPIComm, abort_on_uncaught  # here, not at the top: importing mpi4py initialises MPI
 
-    return MPIComm.world(device=device, timeout=timeout, debug=debug)
+    comm = MPIComm.world(device=device, timeout=timeout, debug=debug)
+    abort_on_uncaught(comm)
+    return comm
 
 
 def run_main(fn, *args, device=None, timeout: float = 60.0, debug: bool = False, **kwargs):
@@ -90,11 +94,9 @@ def run_main(fn, *args, device=None, timeout: float = 60.0, debug: bool = False,
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        sys.stderr.write(f"[minidist] rank {comm.rank} of {comm.size} failed:\n{traceback.format_exc()}")
-        sys.stderr.flush()
-        from mpi4py import MPI  # already initialised by init(); imported here to reach Abort
+        from .mpi import abort_job  # already imported by init(); named here to reach Abort
 
-        MPI.COMM_WORLD.Abort(1)
+        abort_job(comm, exc)
 
 
 __all__ = [

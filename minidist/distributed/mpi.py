@@ -17,7 +17,10 @@ Every wait polls ``Testall`` until a deadline (``timeout``), so a deadlock becom
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
+import traceback
 import zlib
 
 import numpy as np
@@ -26,7 +29,7 @@ from mpi4py import MPI
 from ..device import Device
 from .collectives import ALGORITHMS
 from .comm import CTRL_TAG, Communicator, Header
-from .errors import CommTimeoutError
+from .errors import CommError, CommTimeoutError
 from .log import MessageLog
 
 _POLLS_BEFORE_YIELD = 100   # spin this many polls before yielding the core (as MPICH does)
@@ -50,6 +53,30 @@ def _known_names() -> dict[int, str]:
 def _bytes(a: np.ndarray):
     """The array's memory as an MPI byte buffer, without a copy."""
     return [a.reshape(-1).view(np.uint8), MPI.BYTE]
+
+
+# Errors whose message says everything (bad input, divergence, simulated OOM, a peer's
+# failure): printed without a traceback. Anything else is a bug: its traceback is shown.
+PLAIN_ERRORS = (ValueError, ArithmeticError, MemoryError, CommError, KeyboardInterrupt)
+
+
+def abort_job(comm, exc: BaseException) -> None:
+    """Print this rank's failure (its number and message) to stderr and abort every rank:
+    ``MPI_Abort`` makes mpirun kill the job now instead of letting the others time out."""
+    head = f"[minidist] rank {comm.rank} of {comm.size} failed: {type(exc).__name__}: {exc}\n"
+    if not isinstance(exc, PLAIN_ERRORS):
+        head += "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    sys.stderr.write(head)
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(1)
+    os._exit(1)         # MPICH's Abort may return before mpirun kills us: never run on after it
+
+
+def abort_on_uncaught(comm) -> None:
+    """Route exceptions nobody catches — in the main thread or any other — to :func:`abort_job`
+    (what ``python -m mpi4py prog.py`` does, and what ``dist.init()`` programs need)."""
+    sys.excepthook = lambda tp, exc, tb: abort_job(comm, exc)
+    threading.excepthook = lambda args: abort_job(comm, args.exc_value)
 
 
 class MPIComm(Communicator):
