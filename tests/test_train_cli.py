@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from _formulas import bytes_sent, model_states, shard
 
 from minidist.train import main
 
-pytestmark = pytest.mark.cli
+pytestmark = [pytest.mark.cli, pytest.mark.timeout(120)]
 
 CONFIG = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 2, "block_size": 8},
           "data": {"dataset": "copy", "n_digits": 3, "seq_len": 7}, "steps": 2,
@@ -43,12 +44,16 @@ def test_world_size_two_in_process(tmp_path, capsys, stage):
     assert rc == 0
     report = json.loads(out.read_text())
     check_report(report, 2)
-    formula = report["data_parallel"]["formula"]
+    psi = report["model"]["n_params"]
+    s = shard([psi], 2)                                   # one bucket (the default 5e8 elements)
+    want = model_states(stage, psi, s, w=4, k=8)          # fp32 Adam
+    sent = bytes_sent(stage, 2, 4, s)                     # 2(p−1)/p·Ψ·4 for DDP and ZeRO-2 alike
     for r in report["ranks"]:
         dp = r["data_parallel"]
-        assert dp["model_states"]["optimizer_states"] == formula["model_states"]["optimizer_states"]
-        assert dp["bytes_sent_per_step"] == formula["bytes_sent_per_step"] > 0
-        assert r["comm"]["bytes_sent"] >= 2 * dp["bytes_sent_per_step"]
+        assert {c: dp["model_states"][c] for c in want} == want
+        assert dp["bytes_sent_per_step"] == sent
+        assert r["comm"]["bytes_sent"] >= 2 * sent        # two steps (+ evaluation's all-reduces)
+    assert report["data_parallel"]["formula"]["bytes_sent_per_step"] == sent     # what the report prints
     printed = capsys.readouterr().out
     assert "formula" in printed and "sent/step" in printed
 
@@ -78,29 +83,54 @@ def test_module_entry_point(tmp_path):
     check_report(json.loads(out.read_text()), 3)
 
 
+def deepspeed_scales(skipped, init_scale, hysteresis, window, factor=2.0, min_scale=1.0):
+    """The loss scale of every step, by DeepSpeed's ``DynamicLossScaler.update_scale``
+    (``consecutive_hysteresis=False``), given which steps overflowed: an overflow spends one
+    unit of hysteresis, halving only when one is left; a clean step whose distance to the
+    last overflow is a multiple of the window doubles the scale and refills the hysteresis."""
+    scale, budget, last_overflow, out = init_scale, hysteresis, -1, []
+    for it, overflow in enumerate(skipped):
+        out.append(scale)
+        if overflow:
+            if hysteresis == 1 or budget == 1:
+                scale = max(scale / factor, min_scale)
+            else:
+                budget -= 1
+            last_overflow = it
+        elif (it - last_overflow) % window == 0:
+            budget, scale = hysteresis, scale * factor
+    return out
+
+
 @pytest.mark.precision
 @pytest.mark.parametrize("fmt", ["fp16", "bf16"])
 def test_mixed_precision_run_reports_loss_scale_and_k12(tmp_path, capsys, fmt):
-    fp16 = {"enabled": fmt == "fp16", "initial_scale_power": 20, "hysteresis": 1, "loss_scale_window": 4}
-    extra = {"zero_optimization": {"stage": 2}, "steps": 8, "fp16": fp16, "bf16": {"enabled": fmt == "bf16"}}
+    fp16 = {"enabled": fmt == "fp16", "initial_scale_power": 20, "hysteresis": 2, "loss_scale_window": 3}
+    extra = {"zero_optimization": {"stage": 2}, "steps": 12, "fp16": fp16, "bf16": {"enabled": fmt == "bf16"}}
     out = tmp_path / "report.json"
     assert main(["--config", write(tmp_path, extra), "--world-size", "2", "--report", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
-    check_report(report, 2, steps=8)
+    check_report(report, 2, steps=12)
     scales = [s["loss_scale"] for s in report["steps"]]
-    if fmt == "fp16":   # 2^20 overflows this model: halved on each skipped step until it fits
-        assert scales[0] == 2.0 ** 20 and report["steps"][0]["skipped"]
-        for now, nxt, s in zip(scales, scales[1:], report["steps"]):
-            assert nxt == (now / 2 if s["skipped"] else now) or nxt == 2 * now
+    skipped = [s["skipped"] for s in report["steps"]]
+    if fmt == "fp16":   # 2^20 overflows this model: the scale must follow DeepSpeed's rule exactly
+        assert scales == deepspeed_scales(skipped, 2.0 ** 20, hysteresis=2, window=3)
+        assert skipped[:2] == [True, True] and scales[1] == scales[0]          # the first overflow: hysteresis
+        assert scales[2] == scales[1] / 2                                       # the second: halved
+        assert any(b > a for a, b in zip(scales, scales[1:]))                   # a clean window: doubled
     else:
-        assert scales == [1.0] * 8 and not any(s["skipped"] for s in report["steps"])
+        assert scales == [1.0] * 12 and not any(skipped)
     f = report["data_parallel"]["formula"]
     assert f["precision"] == fmt and f["K"] == 12 and f["bytes_per_element"] == 2
     psi = report["model"]["n_params"]
+    want = model_states(2, psi, shard([psi], 2), w=2, k=12)                      # 2Ψ + (2 + 12)·Ψ/2
+    # 2-byte reduce-scatter + all-gather, and the one-element overflow flag; a skipped step
+    # changed nothing, so it needs no all-gather
+    clean = bytes_sent(2, 2, 2, shard([psi], 2), scalars=1)
+    per_step = [clean - (2 - 1) * shard([psi], 2) * 2 if s else clean for s in skipped]
+    assert [s["bytes_sent"] for s in report["steps"]] == per_step
     for r in report["ranks"]:
-        m = r["data_parallel"]["model_states"]
-        assert m["parameters"] == 2 * psi == f["model_states"]["parameters"]
-        assert m["optimizer_states"] == f["model_states"]["optimizer_states"] == 12 * psi / 2
-        assert r["data_parallel"]["bytes_sent_per_step"] == f["bytes_sent_per_step"]
+        assert {c: r["data_parallel"]["model_states"][c] for c in want} == want
+        assert r["data_parallel"]["bytes_sent_per_step"] == per_step[-1]
     printed = capsys.readouterr().out
     assert f"mixed precision: {fmt}" in printed and "K = 12" in printed
