@@ -28,6 +28,7 @@ from . import (
     layer_norm_backward,
     recursive_doubling_all_gather,
     reduce_scatter_padding,
+    tensor_parallel_f_g,
     ring_all_reduce,
     zero2_gradient_partition,
     zero_memory,
@@ -37,7 +38,7 @@ from .grading import CheckResult, Report, Wrong, grade
 _MODULES = (layer_norm_backward, adam_bias_correction, gradient_accumulation, ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
             fp16_round_to_nearest_even, dynamic_loss_scaler,
             korthikanti_activations, zero_memory, zero2_gradient_partition,
-            kd_loss)
+            tensor_parallel_f_g, kd_loss)
 
 EXERCISES = {m.NAME: m for m in _MODULES}
 
