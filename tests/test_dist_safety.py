@@ -1,12 +1,15 @@
-"""Wrong programs end with a clear error within seconds, never a hang."""
-import time
+"""Wrong programs end with a clear error, never a hang.
 
+No wall-clock assertion: each test checks *how* the job ended (the mismatch detected, the
+other ranks woken by the failure) with receive timeouts far longer than the test's own
+pytest-timeout, so a hang fails the test instead of passing slowly."""
 import numpy as np
 import pytest
 
 from minidist import distributed as dist
 
-pytestmark = pytest.mark.dist
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(60)]
+NEVER = 600          # s: a receive timeout the test never reaches (pytest-timeout fails it first)
 
 
 def mismatched(comm):
@@ -17,13 +20,11 @@ def mismatched(comm):
 
 
 def test_debug_mode_names_the_rank_that_diverged():
-    t0 = time.monotonic()
     with pytest.raises(dist.CollectiveMismatchError) as info:
-        dist.spawn(mismatched, 4, debug=True, timeout=3)
+        dist.spawn(mismatched, 4, debug=True, timeout=NEVER)
     msg = str(info.value)
     assert "world rank(s) [2] called all_gather(algorithm='ring', shape=(2,)" in msg
     assert "world rank(s) [0, 1, 3] called all_reduce(algorithm='ring', shape=(8,)" in msg
-    assert time.monotonic() - t0 < 2.5
 
 
 def test_debug_mode_catches_different_shapes_and_algorithms():
@@ -32,20 +33,18 @@ def test_debug_mode_catches_different_shapes_and_algorithms():
         return dist.all_reduce(comm, np.ones(n), algorithm="ring")
 
     with pytest.raises(dist.CollectiveMismatchError, match=r"\[1\] called all_reduce\(algorithm='ring', shape=\(5,\)"):
-        dist.spawn(main, 3, debug=True, timeout=3)
+        dist.spawn(main, 3, debug=True, timeout=NEVER)
 
     def algo(comm):
         return dist.all_reduce(comm, np.ones(4), algorithm="tree" if comm.rank == 0 else "ring")
 
     with pytest.raises(dist.CollectiveMismatchError, match=r"\[0\] called all_reduce\(algorithm='tree'"):
-        dist.spawn(algo, 3, debug=True, timeout=3)
+        dist.spawn(algo, 3, debug=True, timeout=NEVER)
 
 
 def test_without_debug_the_message_headers_still_catch_a_mismatch():
-    t0 = time.monotonic()
     with pytest.raises(dist.CollectiveMismatchError, match="called different collectives"):
-        dist.spawn(mismatched, 4, timeout=3)
-    assert time.monotonic() - t0 < 2.5
+        dist.spawn(mismatched, 4, timeout=NEVER)
 
 
 def test_deadlock_times_out_naming_both_ranks():
@@ -54,23 +53,29 @@ def test_deadlock_times_out_naming_both_ranks():
             return comm.recv(1, tag=3)              # rank 1 receives too: nobody sends
         return comm.recv(0, tag=3)
 
-    t0 = time.monotonic()
     with pytest.raises(dist.CommTimeoutError, match=r"rank [01] timed out after 0.5 s waiting to receive from rank [01]"):
         dist.spawn(main, 2, timeout=0.5)
-    assert time.monotonic() - t0 < 3
 
 
 def test_failing_rank_stops_the_others_and_spawn_reports_its_rank():
+    woken = {}
+
     def main(comm):
         if comm.rank == 3:
             raise ValueError("bad batch")
-        return dist.all_reduce(comm, np.ones(4))    # the others would wait for rank 3 forever
+        try:
+            return dist.all_reduce(comm, np.ones(4))    # the others would wait for rank 3 forever
+        except dist.CommError as exc:
+            woken[comm.rank] = exc
+            raise
 
-    t0 = time.monotonic()
     with pytest.raises(ValueError, match=r"\[rank 3 of 4\] bad batch") as info:
-        dist.spawn(main, 4, timeout=30)
+        dist.spawn(main, 4, timeout=NEVER)
     assert info.value.rank == 3
-    assert time.monotonic() - t0 < 2                # woken at once, not after the 30 s timeout
+    # woken by the failure (not by a receive timeout), each told which rank failed and why
+    assert sorted(woken) == [0, 1, 2]
+    for exc in woken.values():
+        assert isinstance(exc, dist.PeerFailedError) and "because rank 3 failed with ValueError" in str(exc)
 
 
 def test_rank_that_returns_early_is_reported():
@@ -80,7 +85,7 @@ def test_rank_that_returns_early_is_reported():
         return dist.all_reduce(comm, np.ones(4))
 
     with pytest.raises(dist.CommError, match="rank 1 has already returned"):
-        dist.spawn(main, 3, timeout=30)
+        dist.spawn(main, 3, timeout=NEVER)
 
 
 def test_bad_arguments_are_rejected_clearly():
