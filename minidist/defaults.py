@@ -128,7 +128,8 @@ DEFAULTS = {
     "data": {"dataset": DEFAULT_DATASET, "seq_len": None, "n_digits": None, "val_fraction": None},
     # the pipeline's micro-batches per step are gradient_accumulation_steps (SPEC §9)
     "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
-                 "virtual_stages": 1, "sequence_parallel": False},
+                 "virtual_stages": 1, "sequence_parallel": False,
+                 "make_vocab_size_divisible_by": 1},   # Megatron's padding multiple (its default: 128)
     "device": DEFAULT_DEVICE,
     "distillation": None,
 }

@@ -112,3 +112,16 @@ def test_bad_input_is_refused_on_every_rank_before_training(world, change, key, 
     assert len(errors) == world
     for e in errors:                    # every rank, the same message, naming the key and the numbers
         assert e is not None and e.startswith(f"config key '{key}'") and words in e, e
+
+
+def test_megatron_vocab_padding_from_the_config_trains_like_one_rank():
+    cfg = config(2)
+    cfg["parallel"]["make_vocab_size_divisible_by"] = 64      # 75 → 128 rows: 53 zero rows, masked logits
+    ref = reference()
+    runs = dist.spawn(train_steps, 2, cfg)
+    V = ref["trainer"].model_config.vocab_size
+    assert runs[1]["trainer"].model.padded_vocab_size == 128
+    assert runs[1]["trainer"].model.transformer.wte.weight.shape == (64, 16)
+    for step in range(BASE["steps"]):
+        assert rel_diff(gather_state_dict([r["params"][step] for r in runs], V), ref["params"][step]) <= 1e-9
+        assert not runs[1]["params"][step]["transformer.wte.weight"][V - 64:].any()   # padding stays zero

@@ -33,7 +33,7 @@ _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps
                   "eval_iters", "zero_optimization.reduce_bucket_size",
                   "zero_optimization.allgather_bucket_size", "zero_optimization.stage3_max_live_parameters",
                   "fp16.loss_scale_window", "fp16.hysteresis", "parallel.tensor", "parallel.pipeline",
-                  "parallel.virtual_stages", "data.seq_len"}
+                  "parallel.virtual_stages", "parallel.make_vocab_size_divisible_by", "data.seq_len"}
 
 
 class ConfigError(ValueError):

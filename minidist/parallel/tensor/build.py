@@ -55,7 +55,7 @@ def build_model(cfg: dict, model_config, grid) -> TensorParallelGPT:
     check_tensor_parallel(model_config, grid.tp_size, sp)
     return TensorParallelGPT(model_config, grid.tp, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]),
                              sequence_parallel=sp,
-                             make_vocab_size_divisible_by=par.get("make_vocab_size_divisible_by", 1))
+                             make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"])
 
 
 class TensorParallelPrecision(Precision):
