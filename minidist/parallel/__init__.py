@@ -9,7 +9,8 @@ where                      what a student finds there
                            derived by ``comm.split`` (SPEC §6.1)
 :mod:`.data`               data parallelism (SPEC §5): the parameter server (naive), DDP with
                            buckets, ZeRO-1/2/3 and ZeRO-Offload
-``tensor/``                tensor and sequence parallelism (Megatron-LM; SPEC §6.2)
+:mod:`.tensor`             tensor and sequence parallelism (Megatron-LM, Korthikanti et al.;
+                           SPEC §6.2): f/g, column/row/vocab-parallel layers, the TP GPT
 ``pipeline/``              pipeline schedules as data and their executor (SPEC §6.3)
 =========================  ===================================================================
 
