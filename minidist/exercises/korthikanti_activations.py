@@ -104,7 +104,9 @@ def _run(sol, case, what):
     wa, wb = _coefficients(reference().activation_bytes_per_layer, s, b, h, a, **case)
     args = ", ".join(f"{k}={v!r}" for k, v in case.items())
     raise Wrong(f"{what} (s={s}, b={b}, h={h}, a={a}, {args}): expected {want:,.0f} bytes, got {got:,.0f}.\n"
-                f"Yours reads as {_fmt(ga, gb)}; Table 2 gives {_fmt(wa, wb)}: {_explain(ga, gb, wa, wb, **case)}.")
+                f"Yours reads as {_fmt(ga, gb)}; Table 2 gives {_fmt(wa, wb)}: {_explain(ga, gb, wa, wb, **case)}"
+                + (f"; and the sbh coefficient should be {wa:.4g}, not {ga:.4g}" if abs(gb - wb) > 1e-9 and
+                   abs(ga - wa) > 1e-9 and case["recompute"] != "full" else "") + ".")
 
 
 def _check(case, what):

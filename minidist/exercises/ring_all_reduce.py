@@ -62,9 +62,10 @@ HINTS = [
 ]
 
 
-RULE = ("A chunk that misses some ranks' data (or counts one twice) means the chunk you send in a step "
-        "and the one you add the received data into are off by one: in reduce-scatter step s rank r "
-        "sends chunk (r - s) % p and adds into chunk (r - s - 1) % p.")
+RULE = ("A chunk that misses some ranks' data means the chunk you send in a step and the one you add the "
+        "received data into are off by one: in reduce-scatter step s rank r sends chunk (r - s) % p and adds "
+        "into chunk (r - s - 1) % p. A chunk that counts ranks several times was added to again in the "
+        "all-gather phase: there the received chunk REPLACES yours.")
 
 
 def reference():
