@@ -125,3 +125,21 @@ def test_megatron_vocab_padding_from_the_config_trains_like_one_rank():
     for step in range(BASE["steps"]):
         assert rel_diff(gather_state_dict([r["params"][step] for r in runs], V), ref["params"][step]) <= 1e-9
         assert not runs[1]["params"][step]["transformer.wte.weight"][V - 64:].any()   # padding stays zero
+
+
+def _logits(comm, cfg, ids, sp):
+    from minidist.parallel.grid import ProcessGrid
+    from minidist.parallel.tensor import TensorParallelGPT
+    from minidist.tensor import no_grad
+    model = TensorParallelGPT(cfg, ProcessGrid(comm, tp=comm.size).tp, seed=1, dtype=np.float64, sequence_parallel=sp)
+    with no_grad():
+        return model(ids)[0].data
+
+
+@pytest.mark.parametrize("T", [8, 7], ids=["T divides t", "T odd: this forward runs without SP"])
+def test_generation_gathers_the_whole_logits(T):
+    cfg = GPTConfig(block_size=8, vocab_size=13, n_layer=1, n_head=4, n_embd=16)
+    ids = np.random.default_rng(0).integers(0, 13, (2, T))
+    ref = GPT(cfg, seed=1, dtype=np.float64)(ids)[0].data                  # (B, T, V)
+    for got in dist.spawn(_logits, 2, cfg, ids, True):                     # every rank: all V columns
+        assert got.shape == (2, T, 13) and np.max(np.abs(got - ref)) <= 1e-12

@@ -53,13 +53,7 @@ def plot_activation_bytes(rows: list, path, title="Activation bytes per rank, on
                label="Korthikanti mapped onto the engine (no dropout, whole model)")
     ax.bar(x + 0.2, [r["paper"] / 2**10 for r in rows], 0.4, color="white", edgecolor="#C44E52",
            label="Korthikanti Table 2 (16-bit, dropout masks), layers only")
-    ax.set_xticks(x, [r["label"] for r in rows])
-    ax.set_ylabel("activation bytes per rank (KiB)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, [r["label"] for r in rows], "activation bytes per rank (KiB)", title, path)
 
 
 def plot_layer_collectives(rows: dict, path, title="Bytes each rank sends per Transformer layer, by collective"):
@@ -73,8 +67,13 @@ def plot_layer_collectives(rows: dict, path, title="Bytes each rank sends per Tr
         v = np.array([rows[k].get(op, 0) for k in labels]) / 2**10
         ax.bar(x, v, bottom=bottom, color=color, label=op.replace("_", "-"))
         bottom += v
-    ax.set_xticks(x, labels)
-    ax.set_ylabel("bytes sent per rank per layer (KiB)")
+    _finish(fig, ax, labels, "bytes sent per rank per layer (KiB)", title, path)
+
+
+def _finish(fig, ax, labels, ylabel, title, path) -> None:
+    """Label a bar chart with one bar (group) per mode, and write it."""
+    ax.set_xticks(np.arange(len(labels)), labels)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
