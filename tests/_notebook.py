@@ -2,7 +2,8 @@
 import os
 from pathlib import Path
 
-import pytest
+import nbclient          # declared test dependencies (setup.cfg [test]): a missing one fails, never skips
+import nbformat
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -13,8 +14,6 @@ def run_notebook(name: str, workdir=None):
     BLAS is kept single-threaded and matplotlib inline in the kernel; ``workdir`` is the
     kernel's working directory (default: notebooks/).
     """
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
