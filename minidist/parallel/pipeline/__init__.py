@@ -1,0 +1,66 @@
+"""minidist.parallel.pipeline: pipeline parallelism, every schedule as data, one executor.
+
+Read in this order:
+
+======================  ===================================================================
+module                  what a student finds there
+======================  ===================================================================
+:mod:`.schedule`        ``Action(op, micro_batch, stage)``, ``Schedule``, the validator and
+                        the unit-time simulator (bubble, peak in flight) — no ranks needed
+:mod:`.gantt`           ``print(schedule)``: a text Gantt chart
+:mod:`.fill_drain`      ``naive`` and ``gpipe`` (Huang et al. 2019)
+:mod:`.one_f_one_b`     ``1f1b``, PipeDream-Flush (Narayanan et al. 2021)
+:mod:`.interleaved`     ``interleaved_1f1b``, Megatron's virtual pipeline (Narayanan et al. 2021)
+:mod:`.zero_bubble`     ``zb_h1``, ``zb_h2``: B/W split (Qi et al. 2023)
+:mod:`.v_schedules`     ``zb_v`` and ``dualpipe_v``: two chunks per rank in a V
+:mod:`.stage`           the GPT cut into chunks: embedding first, blocks evenly, ln_f + tied head last
+:mod:`.executor`        runs any schedule on the ranks of ``grid.pp`` with send/recv
+:mod:`.engine`          the pipelined training step: tied embedding, DP/ZeRO over ``grid.dp``
+======================  ===================================================================
+
+::
+
+    from minidist.parallel.pipeline import build_schedule
+    s = build_schedule("1f1b", ranks=4, micro_batches=8)
+    s.actions[0][:3]      # [Action(op='F', micro_batch=0, stage=0), …]
+    print(s)              # Gantt chart with F = B = W = 1
+"""
+from __future__ import annotations
+
+from ...defaults import SCHEDULES, normalize_schedule
+from .fill_drain import gpipe, naive
+from .interleaved import interleaved_1f1b
+from .one_f_one_b import one_f_one_b
+from .schedule import Action, Schedule, ScheduleError, Timeline, simulate, validate
+from .v_schedules import dualpipe_v, zb_v
+from .zero_bubble import zb_h1, zb_h2
+
+BUILDERS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved_1f1b": interleaved_1f1b,
+            "zb_h1": zb_h1, "zb_h2": zb_h2, "zb_v": zb_v, "dualpipe_v": dualpipe_v}
+assert set(BUILDERS) == set(SCHEDULES)
+
+
+def build_schedule(name: str, ranks: int, micro_batches: int, virtual_stages: int = 1) -> Schedule:
+    """The schedule ``name`` (canonical or a torch.distributed.pipelining alias) for ``ranks``
+    pipeline ranks and ``micro_batches`` micro-batches; ``virtual_stages`` chunks per rank for
+    ``interleaved_1f1b`` (the V schedules always have 2, the others 1)."""
+    canonical = normalize_schedule(name)
+    if canonical == "interleaved_1f1b":
+        return interleaved_1f1b(ranks, micro_batches, virtual_stages)
+    fixed = 2 if canonical in ("zb_v", "dualpipe_v") else 1
+    if virtual_stages not in (1, fixed):
+        raise ValueError(f"schedule {canonical!r} has {fixed} chunk(s) per rank; parallel.virtual_stages="
+                         f"{virtual_stages} applies to 'interleaved_1f1b' only")
+    return BUILDERS[canonical](ranks, micro_batches)
+
+
+def chunks_per_rank(name: str, virtual_stages: int = 1) -> int:
+    """How many model chunks each rank holds under schedule ``name``."""
+    canonical = normalize_schedule(name)
+    if canonical == "interleaved_1f1b":
+        return virtual_stages
+    return 2 if canonical in ("zb_v", "dualpipe_v") else 1
+
+
+__all__ = ["Action", "BUILDERS", "SCHEDULES", "Schedule", "ScheduleError", "Timeline", "build_schedule",
+           "chunks_per_rank", "simulate", "validate"]

@@ -1,0 +1,139 @@
+"""Pipeline schedules as data (no ranks): every schedule is a valid program for p ∈ {2,3,4,8}
+and the micro-batch counts it supports, and its unit-time bubble and memory equal the
+textbook's (SPEC §6.3; Qi et al. 2023; Narayanan et al. 2021)."""
+import pytest
+
+from minidist.parallel.pipeline import SCHEDULES, Action, Schedule, ScheduleError, build_schedule, simulate, validate
+
+pytestmark = pytest.mark.pipeline
+
+RANKS = (2, 3, 4, 8)
+
+
+def supported(name, p):
+    """The micro-batch counts the tests try for schedule ``name`` on ``p`` ranks."""
+    if name == "interleaved_1f1b":
+        return [p, 2 * p, 3 * p]
+    if name in ("zb_v", "dualpipe_v"):
+        return [2 * p, 2 * p + 1, 3 * p, 4 * p]
+    return [1, 2, p - 1 or 1, p, p + 1, 2 * p, 3 * p + 1]
+
+
+def cases():
+    for name in SCHEDULES:
+        for p in RANKS:
+            for m in sorted(set(supported(name, p))):
+                yield name, p, m
+
+
+def gpipe_bubble(p, m):
+    return (p - 1) / (m + p - 1)
+
+
+@pytest.mark.parametrize("name,p,m", list(cases()))
+def test_every_schedule_is_a_valid_program(name, p, m):
+    s = build_schedule(name, p, m, virtual_stages=2 if name == "interleaved_1f1b" else 1)
+    validate(s)                                         # one F, one B (and ≤ one W), no deadlock
+    n_passes = sum(len(a) for a in s.actions)
+    splits = sum(a.op == "W" for acts in s.actions for a in acts)
+    assert n_passes == 2 * m * s.n_stages + splits
+    assert sorted(s.stage_to_rank) == sorted(list(range(p)) * (s.n_stages // p))
+    tl = simulate(s)
+    b = tl.bubble_fraction
+    if name == "naive":
+        assert b == pytest.approx((p - 1) / p)
+        assert tl.peak_in_flight == [1] * p
+    elif name == "gpipe":
+        assert b == pytest.approx(gpipe_bubble(p, m))
+        assert tl.peak_in_flight == [m] * p
+    elif name == "1f1b":
+        assert b == pytest.approx(gpipe_bubble(p, m))
+        assert tl.peak_in_flight == [min(p - r, m) for r in range(p)]
+    elif name == "interleaved_1f1b":
+        v = 2
+        assert b == pytest.approx((p - 1) / (v * m + p - 1))
+        if m > p:                                        # Korthikanti et al. 2022 §4.2.3
+            assert tl.peak_in_flight[0] == pytest.approx(p + (p - 1) / v)
+    else:
+        one_f = simulate(build_schedule("1f1b", p, m)).bubble_fraction
+        h1 = simulate(build_schedule("zb_h1", p, m)).bubble_fraction
+        assert b < one_f
+        if name == "zb_h1" and m >= p:                   # bubble (p−1)(T_F+T_B−T_W): a third of 1F1B's
+            assert b == pytest.approx((p - 1) / (3 * m + p - 1))
+            assert max(tl.peak_in_flight) == p           # 1F1B's memory
+        if name == "zb_h2":
+            assert b <= h1 + 1e-12
+            assert max(tl.peak_in_flight) <= 2 * p - 1
+        if name in ("zb_v", "dualpipe_v"):               # half-size chunks: the V's lower bound
+            assert b == pytest.approx((p - 1) / (6 * m + p - 1))
+            assert b < h1
+            assert max(tl.peak_in_flight) <= (p if name == "zb_v" else p + 0.5)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_lower_bound_no_synchronous_schedule_can_beat(name):
+    """No schedule of the same shape can do better than the staircase: rank p−1 cannot start
+    before p−1 chunk forwards, rank 0 ends with the last backward; all reach it for m ≥ 2p."""
+    p, m = 4, 8
+    s = build_schedule(name, p, m, virtual_stages=2 if name == "interleaved_1f1b" else 1)
+    tl = simulate(s)
+    chunks = s.n_stages // p
+    work = 3 * m * chunks                                # F + B + W per chunk-micro-batch
+    bound = (p - 1) / (work + p - 1)
+    assert tl.bubble_fraction >= bound - 1e-12
+    if name.startswith("zb") or name == "dualpipe_v":
+        assert tl.bubble_fraction == pytest.approx(bound)
+
+
+def test_zb_h2_fills_each_ranks_span():
+    """ZB-H2 (m ≥ 2p−1): no idle unit between a rank's first and last pass."""
+    tl = simulate(build_schedule("zb_h2", 4, 8))
+    for r, events in enumerate(tl.events):
+        span = events[-1][2] - events[0][1]
+        assert span == pytest.approx(tl.busy[r]), f"rank {r} idles inside its span"
+
+
+def test_stage_to_rank_shapes():
+    assert build_schedule("interleaved_1f1b", 4, 8, 2).stage_to_rank == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert build_schedule("zb_v", 3, 6).stage_to_rank == [0, 1, 2, 2, 1, 0]
+    assert build_schedule("1f1b", 3, 4).actions[2][:2] == [Action("F", 0, 2), Action("B", 0, 2)]
+
+
+def test_text_gantt():
+    text = str(build_schedule("1f1b", 4, 8))
+    rows = [line for line in text.splitlines() if line.startswith("rank")]
+    assert len(rows) == 4
+    assert rows[0].split("|")[1].split()[:4] == ["F0", "F1", "F2", "F3"]
+    assert "bubble 0.273" in text                          # 3/11
+
+
+def test_aliases_and_unknown_names():
+    assert build_schedule("Schedule1F1B", 2, 4).name == "1f1b"
+    assert build_schedule("ScheduleZBVZeroBubble", 2, 4).name == "zb_v"
+    assert build_schedule("ScheduleDualPipeV", 2, 4).name == "dualpipe_v"
+    with pytest.raises(ValueError, match="choose one of naive, gpipe, 1f1b"):
+        build_schedule("fancy", 2, 4)
+
+
+@pytest.mark.parametrize("name,m,match", [("zb_v", 3, "at least 2 × pipeline ranks = 4"),
+                                          ("dualpipe_v", 2, "at least 2 × pipeline ranks"),
+                                          ("interleaved_1f1b", 3, "multiple of the pipeline ranks")])
+def test_micro_batches_a_schedule_cannot_run(name, m, match):
+    with pytest.raises(ValueError, match=match):
+        build_schedule(name, 2, m, virtual_stages=2 if name == "interleaved_1f1b" else 1)
+
+
+def test_validator_catches_broken_programs():
+    good = build_schedule("1f1b", 2, 2)
+    missing = Schedule("x", 2, 2, [0, 1], [good.actions[0][:-1], good.actions[1]])
+    with pytest.raises(ScheduleError, match="B of micro-batch 1 on chunk 0 is missing"):
+        validate(missing)
+    wrong_rank = Schedule("x", 2, 1, [0, 1], [[Action("F", 0, 0), Action("B", 0, 0), Action("F", 0, 1)],
+                                              [Action("B", 0, 1)]])
+    with pytest.raises(ScheduleError, match="chunk 1 lives on rank 1"):
+        validate(wrong_rank)
+    # rank 1 waits for B before doing its F: B(0, 1) needs F(0, 1) — a deadlock
+    dead = Schedule("x", 2, 1, [0, 1], [[Action("F", 0, 0), Action("B", 0, 0)],
+                                        [Action("B", 0, 1), Action("F", 0, 1)]])
+    with pytest.raises(ScheduleError, match="deadlock"):
+        validate(dead)
