@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from minidist import model as model_mod
 from minidist.estimate import (
     activation_memory,
     comm_volume,
@@ -25,6 +26,7 @@ from minidist.estimate import (
     training_time,
 )
 from minidist.estimate.cli import main, parse_count
+from minidist.training import config as cfg_mod
 
 pytestmark = pytest.mark.estimate
 
@@ -209,7 +211,6 @@ def test_flops_with_attention_and_recompute():
 def test_flop_formula_equals_matmul_count_of_a_tiny_gpt_step():
     """The engine counts every matmul; forward+backward must be 6N + 12·L·h·s per token, with
     N the matmul weights (12·L·h² + V·h, the tied LM head) - biases and lookups cost no matmul."""
-    model_mod = pytest.importorskip("minidist.model")
     from minidist.device import Device
     L, h, V, T, B = 2, 32, 37, 16, 3
     model = model_mod.GPT(model_mod.GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=2, n_embd=h))
@@ -233,7 +234,6 @@ def test_gpt2_param_count_matches_hand_enumeration_and_the_model():
     count = gpt2_param_count(L, h, V, T)
     assert count["total"] == expected
     assert count["non_embedding"] == expected - V * h - T * h
-    model_mod = pytest.importorskip("minidist.model")
     for bias in (True, False):
         cfg = model_mod.GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=4, n_embd=h, bias=bias)
         n = sum(p.data.size for p in model_mod.GPT(cfg).parameters())
@@ -340,7 +340,6 @@ def test_estimate_for_a_config_is_consistent_and_json_able():
 
 
 def test_estimate_accepts_the_trainers_filled_config():
-    cfg_mod = pytest.importorskip("minidist.training.config")
     filled = cfg_mod.load_config({}, world_size=1)
     r = estimate(filled, world_size=1)
     # every key comes from the trainer's config, except, when the config leaves them to the
