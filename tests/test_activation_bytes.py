@@ -108,9 +108,6 @@ def test_dropout_masks_are_one_byte_per_element(fmt):
         assert extra == sbh + n_layer * 2 * sbh
 
 
-@pytest.mark.xfail(strict=True, reason="ops/attention.py keeps the attention-probability dropout mask as a "
-                                       "float multiplier (w bytes, not 1) and does not charge P∘mask, which its "
-                                       "backward keeps alive: save a bool mask and pd")
 @pytest.mark.parametrize("fmt", [None, "fp16"])
 def test_bytes_per_layer_with_dropout(fmt):
     per_layer = saved_bytes(2, fmt, 0.1) - saved_bytes(1, fmt, 0.1)

@@ -76,10 +76,12 @@ def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: flo
     del qs
     p = cast_input(np.swapaxes(p_t, -1, -2))                  # (B, nh, T, T) probabilities, operand of P V
     keep = None
+    inv_keep = np.asarray(1.0 / (1.0 - dropout_p), dtype=dt)   # inverted dropout: E[P∘mask/(1-p)] = P
     if dropout_p > 0.0:
         rng = rng if rng is not None else np.random.default_rng()
-        keep = (rng.random(p.shape) >= dropout_p) / np.asarray(1.0 - dropout_p, dtype=dt)
-        pd = p * keep
+        keep = rng.random(p.shape) >= dropout_p               # (B, nh, T, T) bool: the 1-byte mask
+        pd = np.multiply(p, keep, dtype=dt)
+        pd *= inv_keep                                        # P∘mask/(1-p): backward's operand of dV
     else:
         pd = p
     y = np.matmul(pd, vd, out=_empty_bthd(B, nh, T, hs, dt))   # (B, nh, T, hs)
@@ -94,8 +96,9 @@ def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: flo
             pd_t, p_bt = np.swapaxes(pd[b], -1, -2), np.swapaxes(p[b], -1, -2)   # (nh, keys, queries)
             np.matmul(pd_t, g[b], out=dv[b])                                    # dV = Pᵀ dY: (nh, T, hs)
             np.matmul(vd[b], np.swapaxes(g[b], -1, -2), out=ds_t)              # dPᵀ = V dYᵀ
-            if keep is not None:
+            if keep is not None:                                                # dropout backward
                 ds_t *= np.swapaxes(keep[b], -1, -2)
+                ds_t *= inv_keep
             # softmax backward, in place: dS = P ∘ (dP - Σ_keys dP∘P)
             ds_t -= ones @ np.multiply(ds_t, p_bt, out=tmp)                    # (nh, 1, queries)
             ds_t *= p_bt
@@ -106,7 +109,8 @@ def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: flo
         np.multiply(dq.base, scale, out=dq.base)
         np.multiply(dk.base, scale, out=dk.base)
         return dq, dk, dv
-    saved = [qd, kd, vd, p] + ([keep] if keep is not None else [])
+    # saved for backward: Q, K, V, the softmax output P and, with dropout, its 1-byte mask and P∘mask
+    saved = [qd, kd, vd, p] + ([keep, pd] if keep is not None else [])
     return make_result(y, (q, k, v), backward, "attention", saved=saved, flops=2 * mm, matmul=True)
 
 
