@@ -21,6 +21,7 @@ CHAPTERS = [
     ("collectives", "minidist.demo.collectives"),
     ("zero", "minidist.demo.zero"),
     ("precision", "minidist.demo.mixed_precision"),
+    ("distillation", "minidist.demo.distillation"),
     ("tensor", "minidist.demo.tensor_parallel"),
 ]
 

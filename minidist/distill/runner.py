@@ -201,6 +201,20 @@ class DistillRank:
         return out
 
 
+def distil_with(teacher: FrozenTeacher, config, progress: bool = False) -> StudentTrainer:
+    """Distil a student of ``config`` from an already trained, frozen ``teacher`` in this
+    process (no teacher training phase): the building block of the demo's comparisons."""
+    cfg = load_config(config)
+    d = cfg["distillation"]
+    mp = "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
+    student = StudentTrainer(dict(cfg, distillation=None), None, None, d)
+    blocks = [j for _, j in student.pairs]
+    student.source = LocalSource(teacher, Wire(wire_dtype(mp, cfg["dtype"]), student.model_config.vocab_size,
+                                               d["temperature"], d["top_k"]), blocks)
+    student.fit(progress=progress)
+    return student
+
+
 def distill_rank(comm, config, progress: bool = False, stream=None) -> DistillRank:
     """Run this rank's part of the distillation job of ``config`` (every rank calls it)."""
     return DistillRank(comm, config, progress, stream)
