@@ -6,7 +6,7 @@ from minidist import distributed as dist
 from minidist.distributed import cost
 from minidist.distributed.all_reduce import ring_states
 
-pytestmark = pytest.mark.dist
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(180)]
 
 
 def test_collectives_chapter_measures_what_the_textbook_says(tmp_path, capsys):
