@@ -17,6 +17,7 @@ from ..parallel.tensor.build import config_problem as tensor_config_problem
 
 # keys whose value is free-form (checked by the component that uses it)
 _FREE = {"optimizer.params", "device", "distillation"}
+from ..parallel.pipeline import config_problem as pipeline_config_problem
 
 _CHOICES = {
     "dtype": ("float32", "float64"),
@@ -143,9 +144,9 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if world_size % mp:
         raise ConfigError("parallel", f"world size {world_size} is not divisible by tensor × pipeline = {mp}; "
                                       f"use a world size that is a multiple of {mp}")
-    if par["pipeline"] > 1:
-        raise ConfigError("parallel", "pipeline parallelism is not available yet in this "
-                                      "version; set parallel.pipeline to 1")
+    problem = pipeline_config_problem(cfg)      # schedule, micro-batches it can run, layers per chunk
+    if problem:
+        raise ConfigError(*problem)
     dp = world_size // mp
     m = cfg["model"]
     if m["n_embd"] % m["n_head"]:

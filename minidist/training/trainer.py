@@ -34,6 +34,7 @@ from ..model import GPT, GPTConfig
 from ..parallel import build_strategy
 from ..parallel import tensor as tensor_parallel
 from ..parallel.grid import ProcessGrid
+from ..parallel.pipeline.engine import PipelineEngine
 from ..precision import autocast, precision_from_config
 from ..tensor import no_grad
 
@@ -68,6 +69,7 @@ class Trainer:
         tp = cfg["parallel"]["tensor"]
         self.grid = ProcessGrid(comm, tp=tp) if tp > 1 else None
         self.dp_comm = comm if self.grid is None else (self.grid.dp if self.grid.dp_size > 1 else None)
+        self.pipeline = None                 # a PipelineEngine when parallel.pipeline > 1
         self.dp_size = self.dp_comm.size if self.dp_comm is not None else 1
         self.dp_rank = self.dp_comm.rank if self.dp_comm is not None else 0
         with self.device:
@@ -75,13 +77,18 @@ class Trainer:
                 self.model = tensor_parallel.build_model(cfg, self.model_config, self.grid)
             else:
                 self.model = GPT(self.model_config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
-            self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
+            held = self.model                # what this rank trains: the whole model, or its pipeline chunks
+            if cfg["parallel"]["pipeline"] > 1:
+                self.pipeline = PipelineEngine(cfg, self.model, comm, self.device)
+                self.grid, self.dp_comm, held = self.pipeline.grid, self.pipeline.dp_comm, self.pipeline.module
+                self.dp_size, self.dp_rank = self.grid.dp_size, self.grid.coords["dp"]
+            self.optimizer = optim.build(cfg["optimizer"]["type"], held.parameters(),
                                          **cfg["optimizer"]["params"])
             self.n_params = self.model.num_parameters()
             self.precision = precision_from_config(cfg)          # None for fp32 training
             if self.precision is not None and self.grid is not None:
                 self.precision = tensor_parallel.TensorParallelPrecision(self.precision, comm)
-            self.strategy = build_strategy(cfg, self.model, self.optimizer, self.dp_comm, self.precision)
+            self.strategy = build_strategy(cfg, held, self.optimizer, self.dp_comm, self.precision)
         self.autocast_dtype = self.precision.dtype if self.precision is not None else None
         self.micro_batch = cfg["train_micro_batch_size_per_gpu"]
         self.accumulation = cfg["gradient_accumulation_steps"]
@@ -102,6 +109,8 @@ class Trainer:
 
         Returns this rank's loss (mean over its micro-batches); the history also records
         the bytes this rank sent during the step and the simulated time at its end."""
+        if self.pipeline is not None:        # the schedule's flush, then DP and the step (parallel/pipeline/engine.py)
+            return self.pipeline.train_step(self, step)
         dev, strategy = self.device, self.strategy
         total = 0.0
         mark = self.comm.log.mark() if self.comm is not None else None
@@ -139,6 +148,8 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Validation loss (and exact-match accuracy for synthetic tasks); not on the sim clock."""
+        if self.pipeline is not None:        # evaluation is not pipelined: every rank gets the whole model
+            self.pipeline.gather_model()
         self.model.eval()
         out = {}
         with no_grad(), autocast(self.autocast_dtype):
@@ -199,6 +210,8 @@ class Trainer:
         so that the per-step traffic is the strategy's alone)."""
         if self.comm is None or self.comm.size == 1 or not self.history:
             return
+        if self.pipeline is not None:        # only the last chunk's rank knows the loss
+            return self.pipeline.average_losses(self)
         from .. import distributed as dist
         local = np.array([h["loss"] for h in self.history], dtype=np.float64)
         # why: rank 0 reports the loss of the global batch, the mean of every rank's slice

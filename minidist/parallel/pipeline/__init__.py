@@ -54,6 +54,30 @@ def build_schedule(name: str, ranks: int, micro_batches: int, virtual_stages: in
     return BUILDERS[canonical](ranks, micro_batches)
 
 
+def config_problem(cfg: dict):
+    """What is wrong with a config's pipeline settings, as (key, message), or None (SPEC §9)."""
+    par = cfg["parallel"]
+    pp, m = par["pipeline"], cfg["gradient_accumulation_steps"]
+    if pp == 1:
+        return None
+    if par["tensor"] > 1:
+        return ("parallel", "pipeline together with tensor parallelism (3D) is not available yet; set "
+                            "parallel.tensor or parallel.pipeline to 1")
+    try:
+        s = build_schedule(par["schedule"], pp, m, par["virtual_stages"])
+    except ValueError as e:
+        text = str(e)
+        key = ("parallel.virtual_stages" if "virtual_stages" in text else
+               "parallel.schedule" if "unknown pipeline schedule" in text else "gradient_accumulation_steps")
+        return (key, text)
+    n_layer = cfg["model"]["n_layer"]
+    if n_layer % s.n_stages:
+        return ("model.n_layer", f"{n_layer} layers do not split evenly into {s.n_stages} pipeline chunks "
+                                 f"({pp} ranks × {s.n_stages // pp} chunk(s) per rank for {s.name!r}); use a "
+                                 f"multiple of {s.n_stages}")
+    return None
+
+
 def chunks_per_rank(name: str, virtual_stages: int = 1) -> int:
     """How many model chunks each rank holds under schedule ``name``."""
     canonical = normalize_schedule(name)
@@ -63,4 +87,4 @@ def chunks_per_rank(name: str, virtual_stages: int = 1) -> int:
 
 
 __all__ = ["Action", "BUILDERS", "SCHEDULES", "Schedule", "ScheduleError", "Timeline", "build_schedule",
-           "chunks_per_rank", "simulate", "validate"]
+           "chunks_per_rank", "config_problem", "simulate", "validate"]

@@ -1,0 +1,137 @@
+"""The pipelined training step: one flush of the schedule, then the gradients' reductions,
+then the optimizer step (DeepSpeed's ``PipelineEngine.train_batch``, Megatron's
+``forward_backward_pipelining_*`` followed by ``finalize_model_grads``).
+
+A step of ``gradient_accumulation_steps`` = m micro-batches:
+
+1. the executor runs the schedule: m micro-batches through every chunk, forward and back,
+   each rank accumulating the gradients of the parameters it holds;
+2. the **tied embedding**: the first chunk's ``wte`` and the last chunk's copy (the LM head)
+   are one weight in the one-rank model, so their gradients are summed by an all-reduce
+   between the two ranks holding them (Megatron's embedding group) — nothing to do when one
+   rank holds both (the V schedules);
+3. **data parallelism** over ``grid.dp``: the strategy (DDP or ZeRO-1/2) reduces the stage's
+   gradients across the replicas of that stage — launched only now, after the flush, as
+   DeepSpeed's pipeline engine does — and takes the optimizer step.
+
+The global batch of a step is m micro-batches of ``train_micro_batch_size_per_gpu × dp``
+sequences, each data-parallel replica taking its rows: the batch of a one-rank run with the
+same accumulation and micro-batch × dp sequences.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ... import distributed as dist
+from ..grid import ProcessGrid
+from . import build_schedule
+from .executor import PipelineExecutor
+from .stage import build_stage
+
+
+class PipelineEngine:
+    """This rank's part of the pipeline: its grid, schedule, chunks and executor."""
+
+    def __init__(self, cfg: dict, model, comm, device):
+        par = cfg["parallel"]
+        self.grid = ProcessGrid(comm, tp=par["tensor"], pp=par["pipeline"])
+        self.pp_rank = self.grid.coords["pp"]
+        self.schedule = build_schedule(par["schedule"], par["pipeline"], cfg["gradient_accumulation_steps"],
+                                       par["virtual_stages"])
+        self.chunks, self.module = build_stage(model, self.schedule, self.pp_rank)
+        self.model = model
+        self.executor = PipelineExecutor(self.schedule, self.chunks, self.grid.pp, device)
+        s = self.schedule
+        self.last_rank = s.stage_to_rank[-1]
+        self.holds_loss = self.pp_rank == self.last_rank
+        # the tied wte lives on the first chunk's rank and, as the LM head, on the last chunk's
+        self.tied_ranks = sorted({s.stage_to_rank[0], s.stage_to_rank[-1]})
+        self.tied_group = self.grid.pp.split(color=0 if self.pp_rank in self.tied_ranks else None,
+                                             key=self.pp_rank)
+        self.steps: list = []                    # per step: the executor's measurements
+
+    @property
+    def dp_comm(self):
+        return self.grid.dp if self.grid.dp_size > 1 else None
+
+    def train_step(self, trainer, step: int) -> float:
+        """One pipelined optimizer step of ``trainer`` (a :class:`~minidist.training.Trainer`)."""
+        dev, strategy, m = trainer.device, trainer.strategy, trainer.accumulation
+        mark = trainer.comm.log.mark()
+        batches = [trainer.batch(step, i) for i in range(m)]
+        inv_m = np.asarray(1.0 / m, dtype=np.dtype(trainer.cfg["dtype"]))
+        quiet = np.errstate(over="ignore", invalid="ignore") if trainer.precision is not None \
+            else contextlib.nullcontext()
+        with dev, quiet:
+            strategy.begin_micro(0, 2)           # no_sync: the data-parallel reduction waits for the flush
+            run = self.executor.run(
+                [x for x, _ in batches], [y for _, y in batches],
+                lambda loss: strategy.scale_loss(loss * inv_m),
+                lambda i: self.model.set_dropout_key(step, i, row_offset=trainer.dp_rank * trainer.micro_batch),
+                fmt=trainer.autocast_dtype)
+            self.reduce_tied_embedding()
+            strategy.begin_micro(1, 2)
+            strategy.after_backward()
+            strategy.step()
+            dev.clock.sync()
+        self.steps.append(run)
+        trainer.step_log = trainer.comm.log.since(mark)
+        loss = float(np.mean(run["losses"])) if self.holds_loss else 0.0
+        mp = trainer.precision.history[-1] if trainer.precision is not None else None
+        trainer.history.append({"step": step, "loss": loss, "loss_scale": mp.scale if mp else None,
+                                "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,
+                                "bytes_sent": trainer.step_log.bytes_sent()})
+        return loss
+
+    def reduce_tied_embedding(self) -> None:
+        if self.tied_group is None or self.tied_group.size == 1:
+            return
+        wte = self.model.transformer.wte.weight
+        grad = wte.grad if wte.grad is not None else np.zeros_like(wte.data)
+        # why: wte (first chunk) and the LM head (last chunk) are one weight: each rank has
+        # only its part of the gradient, and both copies must take the same step
+        wte.grad = dist.all_reduce(self.tied_group, grad, op="sum", algorithm="ring")
+
+    def average_losses(self, trainer) -> None:
+        """Only the last chunk's rank knows the loss: sum over the world (zeros elsewhere) and
+        divide by the replicas, once at the end of the run."""
+        local = np.array([h["loss"] for h in trainer.history], dtype=np.float64)
+        # why: the loss of the global batch is the mean of the dp replicas' last-stage losses
+        total = dist.all_reduce(trainer.comm, local, op="sum", algorithm="ring")
+        for h, v in zip(trainer.history, total / self.grid.dp_size):
+            h["rank_loss"], h["loss"] = h["loss"], float(v)
+
+    def gather_model(self) -> None:
+        """Give every rank the whole model (for evaluation, which is not pipelined here): each
+        pipeline rank broadcasts the parameters it holds, in model order."""
+        s = self.schedule
+        for name, p in self.model.named_parameters():
+            owner = _owner(name, s, self.model.config.n_layer)
+            # why: only ``owner`` trained this parameter; the others still hold its initial value
+            p.data[...] = dist.broadcast(self.grid.pp, p.data, root=owner)
+
+    def measured(self) -> dict:
+        """This rank's measurements of the last step (the report's ``pipeline`` section)."""
+        run = self.steps[-1]
+        return {"pp_rank": self.pp_rank, "t_begin": run["t_begin"], "t_end": run["t_end"], "busy": run["busy"],
+                "peak_in_flight": run["peak_in_flight"],
+                "timeline": [(a.op, a.micro_batch, a.stage, t0, t1) for a, t0, t1 in run["events"]]}
+
+
+def _owner(name: str, s, n_layer: int) -> int:
+    """The pipeline rank that trains parameter ``name``."""
+    if name.startswith("transformer.h."):
+        layer = int(name.split(".")[2])
+        return s.stage_to_rank[layer // (n_layer // s.n_stages)]
+    if name.startswith("transformer.ln_f"):
+        return s.stage_to_rank[-1]
+    return s.stage_to_rank[0]                      # wte, wpe
+
+
+def bubble_from_ranks(measured: list) -> float:
+    """1 − Σ busy / (ranks × step time) over one step of every pipeline rank (SPEC §6.3)."""
+    begin = min(r["t_begin"] for r in measured)
+    end = max(r["t_end"] for r in measured)
+    return 1.0 - sum(r["busy"] for r in measured) / (len(measured) * (end - begin)) if end > begin else 0.0

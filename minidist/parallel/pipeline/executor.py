@@ -1,0 +1,141 @@
+"""The executor: runs any :class:`~.schedule.Schedule` on the ranks of ``grid.pp``, for real.
+
+It knows nothing about 1F1B or zero-bubble: it walks this rank's action list in order.
+
+* ``F(i, s)`` — take chunk s's input (token ids on chunk 0; otherwise the activation the
+  previous chunk sent, received here, or handed over locally when both chunks are on this
+  rank), run the chunk under autocast, keep the graph for B, and send the output on.
+* ``B(i, s)`` — backward from the chunk's output with the gradient the next chunk sent
+  back (from the loss on the last chunk), then send the gradient of the chunk's *input*
+  back. Where the schedule also has ``W(i, s)``, only input gradients are computed now:
+  ``backward(defer_weight_grad=True)`` returns the weight-gradient work, and
+* ``W(i, s)`` runs it.
+
+Every receive blocks until the data is there, exactly like :func:`~.schedule.simulate`, so a
+schedule that passes :func:`~.schedule.validate` cannot hang here. Sends are non-blocking
+(``isend``) and waited for at the end of the step. On the wire an activation or its gradient
+is b·s·h elements, at the training format's size (2 bytes in fp16/bf16: the values already
+are fp16/bf16 numbers — autocast rounded them — so 16 bits carry them exactly).
+
+Measured per step: every action's start and end on the simulated compute clock (the
+executed timeline), busy time, and — from the memory tracker — how many micro-batches'
+activations the rank holds (bytes still charged for each (micro-batch, chunk) divided by
+what its F charged).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...autocast import autocast
+from ...tensor import Tensor
+
+MAX_TAG = 1 << 14
+
+
+def to_wire(x: np.ndarray, fmt: str | None) -> np.ndarray:
+    """The 16-bit array that carries fp16/bf16 values (exactly); other formats as they are."""
+    if fmt == "fp16":
+        return x.astype(np.float16)
+    if fmt == "bf16":                                   # the upper half of each float32
+        return (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    return x
+
+
+def from_wire(x: np.ndarray, fmt: str | None) -> np.ndarray:
+    if fmt == "fp16":
+        return x.astype(np.float32)
+    if fmt == "bf16":
+        return (x.astype(np.uint32) << 16).view(np.float32)
+    return x
+
+
+class PipelineExecutor:
+    """Runs ``schedule`` on this rank (``comm`` = the pipeline group, its rank = pipeline rank)."""
+
+    def __init__(self, schedule, chunks: dict, comm, device, fmt: str | None = None):
+        self.s, self.chunks, self.comm, self.device, self.fmt = schedule, chunks, comm, device, fmt
+        self.rank = comm.rank if comm is not None else 0
+        self.split = schedule._split
+
+    def _tag(self, i: int, stage: int, backward: bool) -> int:
+        """One tag per (micro-batch, boundary, direction): messages can never be confused."""
+        return (2 * (i * self.s.n_stages + stage) + backward) % MAX_TAG
+
+    def run(self, inputs: list, targets: list, scale_loss, before_forward=None, fmt: str | None = None) -> dict:
+        """One step's schedule. ``scale_loss(loss)`` gives the tensor backward starts from;
+        ``before_forward(i)`` is called before every forward (dropout keys). Returns the
+        micro-batches' losses (last chunk's rank only), the executed timeline and busy time.
+        ``fmt``: "fp16"/"bf16" under mixed precision (autocast and the wire format), else None."""
+        self.fmt = fmt
+        clock, mem = self.device.clock, self.device.memory
+        s, me = self.s, self.rank
+        inbox: dict = {}           # (i, stage, "act"|"grad") -> array handed over on this rank
+        x_in, out, work = {}, {}, {}
+        held, charged = {}, {}     # activation bytes per (i, stage), and what its F charged
+        losses, events, sends = {}, [], []
+        busy, peak, t_begin = 0.0, 0.0, clock.now("compute")
+        for a in s.actions[me]:
+            i, st = a.micro_batch, a.stage
+            before = mem.current["activations"]
+            if a.op == "F":
+                if st == 0:
+                    data = inputs[i]
+                else:
+                    data = self._receive(i, st - 1, "act", inbox)
+                    data = x_in[(i, st)] = Tensor(data, requires_grad=True)
+                t0 = clock.now("compute")
+                if before_forward is not None:
+                    before_forward(i)
+                with autocast(self.fmt):
+                    y = self.chunks[st].forward(data, targets[i] if st == s.n_stages - 1 else None)
+                if st == s.n_stages - 1:
+                    losses[i] = float(y.data)
+                    out[(i, st)] = scale_loss(y)
+                else:
+                    out[(i, st)] = y
+                    sends += self._send(y.data, i, st + 1, "act", inbox)
+            elif a.op == "B":
+                grad = None if st == s.n_stages - 1 else self._receive(i, st + 1, "grad", inbox)
+                t0 = clock.now("compute")
+                root = out.pop((i, st))
+                w = root.backward(grad, defer_weight_grad=(i, st) in self.split)
+                if w is not None:
+                    work[(i, st)] = w
+                if st > 0:
+                    g = x_in.pop((i, st)).grad
+                    sends += self._send(g, i, st - 1, "grad", inbox)
+            else:
+                t0 = clock.now("compute")
+                work.pop((i, st)).run()
+            t1 = clock.now("compute")
+            busy += t1 - t0
+            events.append((a, t0, t1))
+            delta = mem.current["activations"] - before
+            held[(i, st)] = held.get((i, st), 0) + delta
+            if a.op == "F":
+                charged[(i, st)] = max(delta, 1)
+            peak = max(peak, sum(b / charged[k] for k, b in held.items() if b > 0))
+        for req in sends:
+            req.wait()
+        return {"losses": [losses[i] for i in sorted(losses)], "events": events, "busy": busy,
+                "t_begin": t_begin, "t_end": clock.now("compute"),
+                "peak_in_flight": peak * s.ranks / s.n_stages}
+
+    def _send(self, x: np.ndarray, i: int, to_stage: int, kind: str, inbox: dict) -> list:
+        peer = self.s.stage_to_rank[to_stage]
+        if peer == self.rank:                     # the next chunk is on this rank: no message
+            inbox[(i, to_stage, kind)] = x
+            return []
+        from_stage = to_stage - 1 if kind == "act" else to_stage + 1
+        # why: chunk ``to_stage`` lives on rank ``peer``; it needs this activation for its forward
+        # (kind "act") or this gradient of its output for its backward (kind "grad")
+        return [self.comm.isend(to_wire(x, self.fmt), peer, self._tag(i, min(from_stage, to_stage), kind == "grad"))]
+
+    def _receive(self, i: int, from_stage: int, kind: str, inbox: dict) -> np.ndarray:
+        to_stage = from_stage + 1 if kind == "act" else from_stage - 1
+        if (i, to_stage, kind) in inbox:
+            return inbox.pop((i, to_stage, kind))
+        peer = self.s.stage_to_rank[from_stage]
+        # why: this chunk's input (or its output's gradient) was computed by chunk ``from_stage`` on ``peer``
+        data = self.comm.recv(peer, self._tag(i, min(from_stage, to_stage), kind == "grad"))
+        return from_wire(data, self.fmt)
