@@ -77,6 +77,13 @@ def _distill_main(config, args, mpi, device) -> int:
     return 0
 
 
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message names it and says what to give instead."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"argument {flag}: {message}")
+
+
 def _read_config(path):
     """The JSON object in ``path`` ({} without one); errors name the file and the place."""
     if not path:
@@ -85,12 +92,12 @@ def _read_config(path):
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ConfigError("--config", f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
+        raise UsageError("--config", f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
                                       f"fix the file (JSON needs double quotes and no trailing commas)") from None
     except UnicodeDecodeError:
-        raise ConfigError("--config", f"{path} is not a text file; give a JSON config") from None
+        raise UsageError("--config", f"{path} is not a text file; give a JSON config") from None
     except OSError as e:
-        raise ConfigError("--config", f"cannot read {path}: {e.strerror}; give an existing JSON file") from None
+        raise UsageError("--config", f"cannot read {path}: {e.strerror}; give an existing JSON file") from None
 
 
 def _check_output(flag: str, path) -> None:
@@ -99,11 +106,11 @@ def _check_output(flag: str, path) -> None:
         return
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ConfigError(flag, f"{path} is a folder; give a file name such as {os.path.join(path, 'out.json')}")
+        raise UsageError(flag, f"{path} is a folder; give a file name such as {os.path.join(path, 'out.json')}")
     if not os.path.isdir(folder):
-        raise ConfigError(flag, f"the folder {folder} does not exist; create it first or choose another path")
+        raise UsageError(flag, f"the folder {folder} does not exist; create it first or choose another path")
     if not os.access(folder, os.W_OK):
-        raise ConfigError(flag, f"the folder {folder} is not writable; choose another path")
+        raise UsageError(flag, f"the folder {folder} is not writable; choose another path")
 
 
 def available_memory() -> int | None:
@@ -121,13 +128,15 @@ def available_memory() -> int | None:
 def _check_memory(cfg, world: int) -> None:
     """In-process ranks share this machine's memory: refuse a world that cannot fit, from
     the analytic per-rank estimate (model states + activations, SPEC §8) plus the data and
-    the interpreter's own bookkeeping (about 2× the estimate, measured)."""
-    per_rank = 2 * estimate(cfg, world)["memory_per_device"] + 4 * 2**20
+    the interpreter's own bookkeeping (about 2× the estimate + 4 MiB, measured), plus the
+    trace and memory timeline every step appends to (about 48 KiB per step, measured)."""
+    per_rank = 2 * estimate(cfg, world)["memory_per_device"] + 4 * 2**20 + cfg["steps"] * 48 * 2**10
     free = available_memory()
     if free is not None and world * per_rank > free:
-        raise ConfigError("--world-size", f"{world} in-process ranks need about {world * per_rank / 2**30:.1f} GiB "
-                                          f"({per_rank / 2**20:.0f} MiB each) but {free / 2**30:.1f} GiB are free; "
-                                          f"use fewer ranks or a smaller model")
+        raise UsageError("--world-size", f"{world} in-process rank(s) of this config need about "
+                                         f"{world * per_rank / 2**30:.1f} GiB ({per_rank / 2**20:.0f} MiB each: model "
+                                         f"states and activations) but {free / 2**30:.1f} GiB are free; use fewer "
+                                         f"ranks, a smaller model or a smaller train_micro_batch_size_per_gpu")
     if world > 64:
         print(f"note: {world} in-process ranks are {world} threads sharing {os.cpu_count()} core(s); every step "
               f"will be slow", file=sys.stderr)
@@ -137,16 +146,16 @@ def _checkpoint_args(args, cfg) -> dict:
     """--save/--save-interval/--load, checked (and the checkpoint read and verified) before
     any rank starts, so that every rank fails the same way."""
     if args.save_interval < 0:
-        raise ConfigError("--save-interval", f"must be >= 0 steps (0: only after the last step), got {args.save_interval}")
+        raise UsageError("--save-interval", f"must be >= 0 steps (0: only after the last step), got {args.save_interval}")
     if args.save_interval and not args.save:
-        raise ConfigError("--save-interval", "needs --save DIR to say where the checkpoints go")
+        raise UsageError("--save-interval", "needs --save DIR to say where the checkpoints go")
     if args.save:
         if os.path.exists(args.save) and not os.path.isdir(args.save):
-            raise ConfigError("--save", f"{args.save} is a file; give a folder for the checkpoints")
+            raise UsageError("--save", f"{args.save} is a file; give a folder for the checkpoints")
         try:
             os.makedirs(args.save, exist_ok=True)
         except OSError as e:
-            raise ConfigError("--save", f"cannot create {args.save}: {e.strerror}; choose a writable folder") from None
+            raise UsageError("--save", f"cannot create {args.save}: {e.strerror}; choose a writable folder") from None
     loaded = None
     if args.load:
         loaded = read_checkpoint(args.load)
@@ -205,7 +214,7 @@ def main(argv=None) -> int:
         if not mpi:
             _check_memory(cfg, args.world_size)
         ckpt = _checkpoint_args(args, cfg)
-    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+    except (ConfigError, UsageError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if cfg["distillation"] is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import zlib
 
 import numpy as np
 
@@ -49,6 +50,14 @@ class Header:
     op: str
     algorithm: str
     step: int
+    count: int = -1       # elements of the sender's collective input (-1: none, e.g. a non-root broadcast)
+    dtype: str = ""       # and their dtype: receivers compare both with their own, always
+    shape_code: int = -1  # and their shape, as a number (:func:`shape_code`)
+
+
+def shape_code(shape) -> int:
+    """A shape as one number that fits a float64 header slot exactly (its CRC-32)."""
+    return zlib.crc32(repr(tuple(int(n) for n in shape)).encode())
 
 
 class Request:
@@ -91,6 +100,8 @@ class CollectiveCall:
         self.bytes_per_element, self.tag, self.phase, self.nested = bytes_per_element, tag, phase, nested
         self.step = 0
         self.t_start = self.t_end = comm.device.clock.now(stream)
+        self.count, self.dtype, self.shape_code = -1, "", -1     # this rank's input (Communicator.collective)
+        self.shape = None
 
     def result(self, out, async_op: bool = False):
         """Return ``out`` after making compute wait (blocking) or as a :class:`Work` (async)."""
@@ -157,7 +168,8 @@ class Communicator:
         t1 = t0 + self.device.spec.message_time(nbytes)
         clock.wait(stream, t1)           # one outgoing port: the next send starts after this one
         labels = self._labels("send")
-        header = Header(t0, t1, nbytes, labels[0], labels[1], labels[2])
+        header = Header(t0, t1, nbytes, labels[0], labels[1], labels[2],
+                        call.count if call else -1, call.dtype if call else "", call.shape_code if call else -1)
         self._record("send", dest, nbytes, t0, t1, tag, labels)
         self.device.trace.complete(f"send {nbytes}B -> {self.world_rank(dest)}", "comm", stream, t0, t1,
                                    {"op": labels[0], "algorithm": labels[1], "step": labels[2]})
@@ -185,13 +197,23 @@ class Communicator:
         return req
 
     def _check_header(self, header: Header, source, call, labels):
-        """Called by the backend as soon as a header arrives, before the payload is read."""
+        """Called by the backend as soon as a header arrives, before the payload is read:
+        the same collective, and an input of the same size and dtype (checked on every
+        message, debug or not: a mismatch would otherwise give wrong numbers silently)."""
         if call is not None and (header.op, header.algorithm) != (call.op, call.algorithm):
             raise CollectiveMismatchError(
                 f"rank {self.world_rank()} is in {call.op}(algorithm={call.algorithm!r}) step {labels[2]} "
                 f"but received from rank {self.world_rank(source)} a message of "
                 f"{header.op}(algorithm={header.algorithm!r}) step {header.step}: the ranks called "
                 f"different collectives. Rerun with debug=True for a report of every rank.")
+        if call is not None and min(header.count, call.count) >= 0 and \
+                (header.count, header.dtype, header.shape_code) != (call.count, call.dtype, call.shape_code):
+            theirs = f"{header.count} element(s) of {header.dtype}" + \
+                (" in another shape" if (header.count, header.dtype) == (call.count, call.dtype) else "")
+            raise CollectiveMismatchError(
+                f"rank {self.world_rank()} called {call.op} with {call.dtype} of shape {call.shape} but rank "
+                f"{self.world_rank(source)} with {theirs}: every rank must pass an array of the same shape and "
+                f"dtype (rerun with debug=True to see every rank's call)")
 
     def _complete_recv(self, payload, header: Header, source, tag, call, labels):
         clock = self.device.clock
@@ -264,6 +286,7 @@ class Communicator:
         if outer is not None:   # a collective composed of others, e.g. ring all-reduce
             call = CollectiveCall(self, outer.op, outer.algorithm, outer.stream,
                                   outer.bytes_per_element, outer.tag, phase=op, nested=True)
+            call.count, call.dtype, call.shape_code, call.shape = outer.count, outer.dtype, outer.shape_code, outer.shape
             self._coll = call
             try:
                 yield call
@@ -271,6 +294,9 @@ class Communicator:
                 self._coll = outer
                 call.t_end = self.device.clock.now(call.stream)
             return
+        if root is not None and not (isinstance(root, (int, np.integer)) and 0 <= root < self.size):
+            raise ValueError(f"{op}: root={root!r} is not a rank of this communicator of size {self.size}; "
+                             f"give a root in [0, {self.size - 1}]")
         if wire_dtype is not None:
             bytes_per_element = DTYPE_BYTES[wire_dtype]
         if self.debug:
@@ -279,6 +305,10 @@ class Communicator:
         # issued by the compute stream: the first message leaves when both streams are free
         clock.wait(stream, clock.now("compute"))
         call = CollectiveCall(self, op, algorithm, stream, bytes_per_element, tag)
+        if x is not None:
+            call.count, call.dtype = int(np.size(x)), str(np.asarray(x).dtype)
+            call.shape = tuple(np.shape(x))
+            call.shape_code = shape_code(call.shape)
         mark = self.log.mark()
         self._coll = call
         try:

@@ -33,7 +33,8 @@ from .errors import CommError, CommTimeoutError
 from .log import MessageLog
 
 _POLLS_BEFORE_YIELD = 100   # spin this many polls before yielding the core (as MPICH does)
-HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype, ndim, shape[0..7]
+HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype, ndim, shape[0..4],
+MAX_NDIM = 5             # and the collective's input: shape code, element count, dtype
 _DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
                                  "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
 
@@ -98,13 +99,15 @@ class MPIComm(Communicator):
 
     # -- headers --------------------------------------------------------------------------
     def _pack(self, header: Header, x: np.ndarray) -> np.ndarray:
-        if x.ndim > HEADER_LEN - 8 or x.dtype not in _DTYPES:
-            raise TypeError(f"the MPI backend sends arrays of <= 8 dims of {[str(d) for d in _DTYPES]}, "
+        if x.ndim > MAX_NDIM or x.dtype not in _DTYPES:
+            raise TypeError(f"the MPI backend sends arrays of <= {MAX_NDIM} dims of {[str(d) for d in _DTYPES]}, "
                             f"got {x.dtype} of shape {x.shape}")
         h = np.zeros(HEADER_LEN)
         h[:8] = (header.t_start, header.arrival, header.nbytes, self._learn(header.op),
                  self._learn(header.algorithm), header.step, _DTYPES.index(x.dtype), x.ndim)
         h[8:8 + x.ndim] = x.shape
+        names = [str(d) for d in _DTYPES]
+        h[13], h[14], h[15] = header.shape_code, header.count, names.index(header.dtype) if header.dtype in names else -1
         return h
 
     def _learn(self, name: str) -> int:
@@ -115,7 +118,8 @@ class MPIComm(Communicator):
     def _unpack(self, h: np.ndarray):
         name = self._names.get
         header = Header(float(h[0]), float(h[1]), int(h[2]), name(int(h[3]), f"#{int(h[3])}"),
-                        name(int(h[4]), f"#{int(h[4])}"), int(h[5]))
+                        name(int(h[4]), f"#{int(h[4])}"), int(h[5]), int(h[14]),
+                        str(_DTYPES[int(h[15])]) if h[15] >= 0 else "", int(h[13]))
         return header, _DTYPES[int(h[6])], tuple(int(v) for v in h[8:8 + int(h[7])])
 
     # -- transport ------------------------------------------------------------------------

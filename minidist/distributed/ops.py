@@ -27,8 +27,26 @@ def check_op(op: str) -> None:
 
 
 def reduce_into(acc: np.ndarray, other: np.ndarray, op: str) -> None:
-    """``acc = acc (op) other`` in place, without a temporary (np.add(out=...))."""
-    REDUCE_OPS[op](acc, other.reshape(acc.shape), out=acc)
+    """``acc = acc (op) other`` in place, without a temporary (np.add(out=...)). Integer sums
+    and products that leave the dtype's range raise instead of wrapping around as NumPy's do."""
+    other = other.reshape(acc.shape)
+    if acc.dtype.kind in "iu" and op in ("sum", "mean", "prod"):
+        _check_integer_range(acc, other, op)
+    REDUCE_OPS[op](acc, other, out=acc)
+
+
+def _check_integer_range(a: np.ndarray, b: np.ndarray, op: str) -> None:
+    info = np.iinfo(a.dtype)
+    if op == "prod":        # in float64: exact far below the limit, so only near-limit products are approximate
+        bad = np.abs(a.astype(np.float64) * b.astype(np.float64)) > float(info.max)
+    elif a.dtype.kind == "u":
+        bad = np.add(a, b) < a                         # unsigned: the sum wrapped below an operand
+    else:
+        r = np.add(a, b)                               # signed: wrapped iff the sign differs from both operands'
+        bad = ((a ^ r) & (b ^ r)) < 0
+    if bad.any():
+        raise OverflowError(f"{op} of {a.dtype} values overflows [{info.min}, {info.max}] (NumPy would wrap "
+                            f"around silently); reduce float64 values, or smaller integers")
 
 
 def finish(x: np.ndarray, op: str, p: int) -> np.ndarray:

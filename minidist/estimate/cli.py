@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 
 from ..defaults import DEFAULT_DEVICE, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, normalize_schedule
@@ -40,6 +41,10 @@ def parse_count(text: str) -> float:
     value = float(match.group(1) + (match.group(2) or "")) * _SUFFIX[match.group(3).lower()]
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    if not math.isfinite(value) or value > 1e18:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large to be a count (at most 1e18); write e.g. 1.2T")
+    if value != round(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of parameters; write e.g. 2 or 1.5B")
     return value
 
 

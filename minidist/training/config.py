@@ -10,14 +10,17 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 
 from ..defaults import (DATA_PARALLEL, DEFAULT_DATASET, DEFAULTS, PARAMETER_SERVER, TASK_DIGITS, TEXT_SEQ_LEN,
                         normalize_schedule)
+from ..device import get_spec
+from ..optim import OPTIMIZERS
 from ..parallel.tensor.build import config_problem as tensor_config_problem
+from ..parallel.pipeline import config_problem as pipeline_config_problem
 
 # keys whose value is free-form (checked by the component that uses it)
 _FREE = {"optimizer.params", "device", "distillation"}
-from ..parallel.pipeline import config_problem as pipeline_config_problem
 
 _CHOICES = {
     "dtype": ("float32", "float64"),
@@ -124,13 +127,104 @@ def load_config(config: "dict | str | None" = None, world_size: int = 1) -> dict
     if not isinstance(config, dict):
         raise ConfigError("<root>", f"the config must be a JSON object, got {type(config).__name__}")
     cfg = _merge(DEFAULTS, config)
+    _check_numbers(cfg)
     _check_types(cfg, DEFAULTS)
+    _check_ranges(cfg)
     try:            # any spelling, e.g. torch.distributed.pipelining's "ScheduleGPipe" -> "gpipe"
         cfg["parallel"]["schedule"] = normalize_schedule(cfg["parallel"]["schedule"])
     except ValueError as e:
         raise ConfigError("parallel.schedule", str(e)) from None
     _check_consistency(cfg, world_size)
+    _check_optimizer_params(cfg)
+    try:
+        get_spec(cfg["device"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError("device", f"{e}") from None
     return cfg
+
+
+# whole numbers whose default is not a positive-integer key (None = unset is allowed)
+_WHOLE = ("seed", "eval_interval", "model.block_size", "model.vocab_size", "model.n_layer", "model.n_head",
+          "model.n_embd", "data.n_digits")
+_AT_LEAST_ONE = ("model.block_size", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_embd",
+                 "data.n_digits")
+_OPEN_UNIT = {"model.dropout": (True, "[0, 1)"), "data.val_fraction": (False, "(0, 1)")}   # key: (0 allowed?, text)
+
+
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, prefix + key + ".")
+        else:
+            yield prefix + key, value
+
+
+def _check_numbers(cfg: dict) -> None:
+    """Every number is finite (Python's JSON reader accepts NaN and Infinity), so that the
+    key is named here and not by a traceback far away; then whole numbers and ranges."""
+    for path, value in _leaves(cfg):
+        for v in (value if isinstance(value, list) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(path, f"must be a finite number, got {v}; write a plain number")
+
+
+def _check_ranges(cfg: dict) -> None:
+    for path in _WHOLE:
+        section, _, key = path.rpartition(".")
+        tree = cfg[section] if section else cfg
+        value = tree[key]
+        if value is None:
+            continue
+        if value != int(value):
+            raise ConfigError(path, f"must be a whole number, got {value!r}")
+        if path in _AT_LEAST_ONE and value < 1:
+            raise ConfigError(path, f"must be at least 1, got {value!r}")
+        tree[key] = int(value)
+    for path in _POSITIVE_INTS:                 # 1e3 is a fine way to write 1000: use it as an int
+        section, _, key = path.rpartition(".")
+        tree = cfg[section] if section else cfg
+        if tree.get(key) is not None:
+            tree[key] = int(tree[key])
+    for path, (zero_ok, text) in _OPEN_UNIT.items():
+        section, _, key = path.rpartition(".")
+        value = cfg[section][key]
+        if value is not None and not ((0 <= value if zero_ok else 0 < value) and value < 1):
+            raise ConfigError(path, f"must be in {text}, got {value!r}")
+
+
+# optimizer hyper-parameters: a check and what it asks for
+_HYPER_RANGES = {"lr": (lambda v: v >= 0, ">= 0"), "eps": (lambda v: v > 0, "> 0"),
+                 "weight_decay": (lambda v: v >= 0, ">= 0"), "momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+                 "dampening": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+
+def _check_optimizer_params(cfg: dict) -> None:
+    """``optimizer.params`` against the optimizer's own hyper-parameters (PyTorch's names)."""
+    opt, key = cfg["optimizer"], "optimizer.params"
+    params, cls = opt["params"], OPTIMIZERS[opt["type"].lower()]
+    if not isinstance(params, dict):
+        raise ConfigError(key, f"expected an object such as {{\"lr\": 0.001}}, got {params!r}")
+    for name, value in params.items():
+        path = f"{key}.{name}"
+        if name not in cls.defaults:
+            close = difflib.get_close_matches(name, list(cls.defaults), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(path, f"{opt['type']} has no hyper-parameter {name!r}; {hint}known: {sorted(cls.defaults)}")
+        if name == "betas":
+            ok = (isinstance(value, list) and len(value) == 2
+                  and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value))
+            if not ok:
+                raise ConfigError(path, f"expected two numbers in [0, 1) such as [0.9, 0.999], got {value!r}")
+        elif isinstance(cls.defaults[name], bool):
+            if not isinstance(value, bool):
+                raise ConfigError(path, f"expected true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        elif name in _HYPER_RANGES and not _HYPER_RANGES[name][0](value):
+            raise ConfigError(path, f"must be {_HYPER_RANGES[name][1]}, got {value!r}")
+    merged = {**cls.defaults, **params}
+    if merged.get("nesterov") and (merged["momentum"] <= 0 or merged["dampening"] != 0):
+        raise ConfigError(f"{key}.nesterov", "Nesterov momentum needs momentum > 0 and dampening 0 (as in PyTorch)")
 
 
 def _check_consistency(cfg: dict, world_size: int) -> None:
