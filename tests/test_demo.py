@@ -45,7 +45,8 @@ def test_demo_precision_chapter_zero_table_matches_formulas(tmp_path):
     assert list(rows) == ["DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3", "ZeRO-3 + offload"]
     for stage, (name, (params, grads, optim, host, total, formula, sent, sent_formula)) in enumerate(rows.items()):
         want = model_states(min(stage, 3), psi, psi // 4, w=2, k=12, offload=name.endswith("offload"), moments=8)
-        assert [params, grads, optim, host] == [want[c] for c in ("parameters", "gradients", "optimizer_states", "host")]
+        assert [params, grads, optim, host] == \
+               [want[c] for c in ("parameters", "gradients", "optimizer_states", "host")]
         assert total == params + grads + optim == formula, name
         # fp16 traffic; the sharded strategies also all-reduce the one-element overflow flag
         assert sent == sent_formula == bytes_sent(min(stage, 3), 4, 2, psi // 4, scalars=int(stage > 0)), name

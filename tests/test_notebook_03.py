@@ -45,7 +45,8 @@ def test_notebook_03_executes_and_prints_the_formulas(tmp_path):
         offload = name.endswith("offload")
         want = model_states(min(stage, 3), psi, psi // 4, w=4, k=8, offload=offload, moments=8)
         params, grads, optim, host, total, formula, sent, sent_formula = rows[name]
-        assert [params, grads, optim, host] == [want[c] for c in ("parameters", "gradients", "optimizer_states", "host")]
+        assert [params, grads, optim, host] == \
+               [want[c] for c in ("parameters", "gradients", "optimizer_states", "host")]
         assert total == formula == params + grads + optim
         assert sent == sent_formula == bytes_sent(min(stage, 3), 4, 4, psi // 4)
     # 4. simulated clock: prefetching hides gathers; more budget, more parameters held, never slower

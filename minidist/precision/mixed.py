@@ -140,14 +140,10 @@ class Precision:
 
 
 def squared_norm(grads) -> float:
-    """Σ g² over every element of ``grads``, accumulated in float64.
-
-    Why float64: DDP sums the squares tensor by tensor, ZeRO shard by shard and then over
-    ranks — the same numbers in a different order. A float32 sum differs by a few ulps
-    between the two orders, and so does the clip coefficient and then every clipped weight.
-    The square of a float32 (or fp16/bf16) value is exact in float64 and the float64 sum is
-    ~1e-16 relative from the exact one, far below float32's ulp (6e-8): the coefficient
-    rounded to float32 is the same whatever the order."""
+    """Σ g² over ``grads`` in float64. DDP sums tensor by tensor, ZeRO shard by shard and then
+    over ranks: in float32 the two orders differ by ulps, and so would the clip coefficient.
+    A float32 square is exact in float64 and the float64 sum's error (~1e-16) is far below
+    float32's ulp, so the coefficient rounded to float32 is the same in any order."""
     return sum(float(np.dot(a, a)) for a in (g.reshape(-1).astype(np.float64) for g in grads if g is not None))
 
 
