@@ -20,6 +20,7 @@ import numpy as np
 
 from .defaults import DDP, zero_strategy
 from .distributed.objects import jsonable
+from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
 
 
@@ -30,10 +31,11 @@ def rank_report(trainer) -> dict:
     s = trainer.strategy
     micro = trainer.accumulation
     expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
-    tp = _tp_rank_summary(trainer) if trainer.grid is not None else None
+    tp = _tp_rank_summary(trainer) if trainer.grid is not None and trainer.grid.tp_size > 1 else None
     return {
         "rank": trainer.rank,
         "coords": dict(trainer.grid.coords) if trainer.grid is not None else {"dp": trainer.rank, "tp": 0, "pp": 0},
+        "pipeline": trainer.pipeline.measured() if getattr(trainer, "pipeline", None) is not None else None,
         "memory": dev.memory.summary(),
         "host_memory": dev.host.summary(),
         "flops": dev.flops,
@@ -101,12 +103,25 @@ def build_report(trainer, ranks: list[dict]) -> dict:
         "ranks": ranks,
         "data_parallel": {"strategy": trainer.strategy.name, "formula": formulas(trainer)},
     }
+    if getattr(trainer, "pipeline", None) is not None:     # SPEC §10: measured bubble beside the theory
+        report["pipeline"] = pipeline_report(trainer, ranks)
+        report["pipeline"]["bubble_fraction_formula"] = _bubble_formula(report["pipeline"])
     try:
         from .estimate import estimate
         report["estimate"] = estimate(trainer.cfg, trainer.world_size)
     except ImportError:  # pragma: no cover - estimate ships with the package
         report["estimate"] = None
     return report
+
+
+def _bubble_formula(section: dict):
+    """:func:`minidist.estimate.pipeline_bubble` for the run's schedule (None where it has no formula)."""
+    from .estimate.pipeline import pipeline_bubble   # noqa: PLC0415 (as formulas(): estimate is report's sibling)
+    try:
+        return pipeline_bubble(section["schedule"], section["ranks"], section["micro_batches"],
+                               section["virtual_stages"])["bubble_fraction"]
+    except ValueError:
+        return None
 
 
 def distill_rank_report(run) -> dict:

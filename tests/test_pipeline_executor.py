@@ -141,3 +141,21 @@ def test_mpirun_equals_in_process():
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("LOSSES")][0]
     runs = dist.spawn(train_steps, 2, cfg)
     assert json.loads(line.split(" ", 1)[1]) == [h["loss"] for h in runs[-1]["history"]]
+
+
+def test_report_pipeline_section(tmp_path):
+    """The train CLI's report: measured bubble and in-flight beside the schedule's theory; with
+    compute-bound devices (tiny α, huge β) and m = 8 the 1F1B bubble is near (p−1)/(m+p−1)."""
+    from minidist.train import main
+    cfg = {**config(2, "1f1b", 8, n_layer=4), "dtype": "float32", "steps": 1, "eval_iters": 1,
+           "device": {"flops": 1e9, "alpha": 1e-12, "beta": 1e15}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["--config", str(tmp_path / "c.json"), "--world-size", "2", "--report", str(tmp_path / "r.json"),
+                 "--quiet"]) == 0
+    pipe = json.loads((tmp_path / "r.json").read_text())["pipeline"]
+    assert pipe["schedule"] == "1f1b" and pipe["ranks"] == 2 and pipe["micro_batches"] == 8
+    assert pipe["bubble_fraction_theory"] == pytest.approx(1 / 9)
+    assert pipe["bubble_fraction_formula"] == pytest.approx(1 / 9)
+    assert pipe["peak_in_flight_theory"] == [2, 1]
+    assert pipe["peak_in_flight"] == pytest.approx([2, 1])    # from the memory tracker
+    assert 0.5 / 9 < pipe["bubble_fraction"] < 0.3            # measured: unequal stage times

@@ -26,7 +26,7 @@ import numpy as np
 
 from ... import distributed as dist
 from ..grid import ProcessGrid
-from . import build_schedule
+from . import build_schedule, simulate
 from .executor import PipelineExecutor
 from .stage import build_stage
 
@@ -135,3 +135,21 @@ def bubble_from_ranks(measured: list) -> float:
     begin = min(r["t_begin"] for r in measured)
     end = max(r["t_end"] for r in measured)
     return 1.0 - sum(r["busy"] for r in measured) / (len(measured) * (end - begin)) if end > begin else 0.0
+
+
+def pipeline_report(trainer, ranks: list) -> dict:
+    """The report's ``pipeline`` section (SPEC §10): the last step's measured bubble and peak
+    in-flight micro-batches of the first replica's pipeline ranks, beside the schedule's
+    theory — its unit-time simulation (T_F = T_B = T_W)."""
+    engine = trainer.pipeline
+    s = engine.schedule
+    mine = sorted((r["pipeline"] for r in ranks if r.get("pipeline") and r["coords"]["dp"] == 0),
+                  key=lambda r: r["pp_rank"])
+    theory = simulate(s)
+    return {"schedule": s.name, "ranks": s.ranks, "micro_batches": s.micro_batches,
+            "virtual_stages": s.n_stages // s.ranks, "stage_to_rank": s.stage_to_rank,
+            "bubble_fraction": bubble_from_ranks(mine) if mine else None,
+            "bubble_fraction_theory": theory.bubble_fraction,
+            "peak_in_flight": [r["peak_in_flight"] for r in mine],
+            "peak_in_flight_theory": theory.peak_in_flight,
+            "step_time": max(r["t_end"] for r in mine) - min(r["t_begin"] for r in mine) if mine else None}
