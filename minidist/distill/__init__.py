@@ -14,5 +14,8 @@ module                 what a student finds there
 =====================  ==========================================================
 """
 from .losses import MAPPINGS, TopK, hidden_distance, kd_loss, pkd_loss, pkd_pairs, softmax_t, top_k
+from .runner import DistillRank, distil_with, distill_rank, run
+from .teacher import FrozenTeacher
 
-__all__ = ["MAPPINGS", "TopK", "hidden_distance", "kd_loss", "pkd_loss", "pkd_pairs", "softmax_t", "top_k"]
+__all__ = ["MAPPINGS", "DistillRank", "FrozenTeacher", "TopK", "distil_with", "distill_rank", "hidden_distance",
+           "kd_loss", "pkd_loss", "pkd_pairs", "run", "softmax_t", "top_k"]
