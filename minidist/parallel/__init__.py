@@ -11,7 +11,8 @@ where                      what a student finds there
                            buckets, ZeRO-1/2/3 and ZeRO-Offload
 :mod:`.tensor`             tensor and sequence parallelism (Megatron-LM, Korthikanti et al.;
                            SPEC §6.2): f/g, column/row/vocab-parallel layers, the TP GPT
-``pipeline/``              pipeline schedules as data and their executor (SPEC §6.3)
+:mod:`.pipeline`           pipeline parallelism (SPEC §6.3): eight schedules as data (naive …
+                           dualpipe_v), a validator/simulator, one executor over ``grid.pp``
 =========================  ===================================================================
 
 :func:`build_strategy` is the one place a strategy is built from a (validated) DeepSpeed-style
