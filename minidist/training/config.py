@@ -103,9 +103,13 @@ def data_config(cfg: dict) -> dict:
 
 def sequence_length(cfg: dict) -> tuple[int, str]:
     """The length T of the sequences the model will read, and the key that sets it."""
-    from .data import TASKS, SyntheticTask
+    from .data import TASKS, SyntheticTask, available_corpora
     d = data_config(cfg)
-    if d.get("dataset", DEFAULT_DATASET) in TASKS:
+    name = d.get("dataset", DEFAULT_DATASET)
+    if name not in TASKS and name not in available_corpora():
+        raise ConfigError("data.dataset", f"{name!r} is neither a shipped corpus nor a synthetic task; choose one of "
+                                          f"{', '.join(available_corpora() + list(TASKS))}")
+    if name in TASKS:
         try:
             task = SyntheticTask(d["dataset"], n=d.get("n_digits", TASK_DIGITS))
         except ValueError as e:
