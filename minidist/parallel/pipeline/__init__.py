@@ -27,7 +27,8 @@ module                  what a student finds there
 """
 from __future__ import annotations
 
-from ...defaults import SCHEDULES, normalize_schedule
+from ...defaults import (DUALPIPE_V, GPIPE, INTERLEAVED_1F1B, NAIVE, ONE_F_ONE_B, SCHEDULES, ZB_H1, ZB_H2, ZB_V,
+                         normalize_schedule)
 from .fill_drain import gpipe, naive
 from .interleaved import interleaved_1f1b
 from .one_f_one_b import one_f_one_b
@@ -35,8 +36,9 @@ from .schedule import Action, Schedule, ScheduleError, Timeline, simulate, valid
 from .v_schedules import dualpipe_v, zb_v
 from .zero_bubble import zb_h1, zb_h2
 
-BUILDERS = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "interleaved_1f1b": interleaved_1f1b,
-            "zb_h1": zb_h1, "zb_h2": zb_h2, "zb_v": zb_v, "dualpipe_v": dualpipe_v}
+BUILDERS = {NAIVE: naive, GPIPE: gpipe, ONE_F_ONE_B: one_f_one_b, INTERLEAVED_1F1B: interleaved_1f1b,
+            ZB_H1: zb_h1, ZB_H2: zb_h2, ZB_V: zb_v, DUALPIPE_V: dualpipe_v}
+V_SCHEDULES = (ZB_V, DUALPIPE_V)          # two chunks per rank in a V
 assert set(BUILDERS) == set(SCHEDULES)
 
 
@@ -45,12 +47,12 @@ def build_schedule(name: str, ranks: int, micro_batches: int, virtual_stages: in
     pipeline ranks and ``micro_batches`` micro-batches; ``virtual_stages`` chunks per rank for
     ``interleaved_1f1b`` (the V schedules always have 2, the others 1)."""
     canonical = normalize_schedule(name)
-    if canonical == "interleaved_1f1b":
+    if canonical == INTERLEAVED_1F1B:
         return interleaved_1f1b(ranks, micro_batches, virtual_stages)
-    fixed = 2 if canonical in ("zb_v", "dualpipe_v") else 1
+    fixed = chunks_per_rank(canonical)
     if virtual_stages not in (1, fixed):
         raise ValueError(f"schedule {canonical!r} has {fixed} chunk(s) per rank; parallel.virtual_stages="
-                         f"{virtual_stages} applies to 'interleaved_1f1b' only")
+                         f"{virtual_stages} applies to {INTERLEAVED_1F1B!r} only")
     return BUILDERS[canonical](ranks, micro_batches)
 
 
@@ -81,9 +83,9 @@ def config_problem(cfg: dict):
 def chunks_per_rank(name: str, virtual_stages: int = 1) -> int:
     """How many model chunks each rank holds under schedule ``name``."""
     canonical = normalize_schedule(name)
-    if canonical == "interleaved_1f1b":
+    if canonical == INTERLEAVED_1F1B:
         return virtual_stages
-    return 2 if canonical in ("zb_v", "dualpipe_v") else 1
+    return 2 if canonical in V_SCHEDULES else 1
 
 
 __all__ = ["Action", "BUILDERS", "SCHEDULES", "Schedule", "ScheduleError", "Timeline", "build_schedule",

@@ -11,18 +11,19 @@
 """
 from __future__ import annotations
 
+from ...defaults import GPIPE, NAIVE
 from .schedule import Action, Schedule, check_sizes, one_chunk_per_rank
 
 
 def naive(ranks: int, micro_batches: int) -> Schedule:
-    check_sizes("naive", ranks, micro_batches)
+    check_sizes(NAIVE, ranks, micro_batches)
     acts = [[a for i in range(micro_batches) for a in (Action("F", i, r), Action("B", i, r))]
             for r in range(ranks)]
-    return Schedule("naive", ranks, micro_batches, one_chunk_per_rank(ranks), acts)
+    return Schedule(NAIVE, ranks, micro_batches, one_chunk_per_rank(ranks), acts)
 
 
 def gpipe(ranks: int, micro_batches: int) -> Schedule:
-    check_sizes("gpipe", ranks, micro_batches)
+    check_sizes(GPIPE, ranks, micro_batches)
     acts = [[Action("F", i, r) for i in range(micro_batches)] + [Action("B", i, r) for i in range(micro_batches)]
             for r in range(ranks)]
-    return Schedule("gpipe", ranks, micro_batches, one_chunk_per_rank(ranks), acts)
+    return Schedule(GPIPE, ranks, micro_batches, one_chunk_per_rank(ranks), acts)

@@ -16,14 +16,15 @@ stage boundaries. Needs m a multiple of p (Megatron's condition).
 """
 from __future__ import annotations
 
+from ...defaults import INTERLEAVED_1F1B
 from .schedule import Action, Schedule, check_sizes
 
 
 def interleaved_1f1b(ranks: int, micro_batches: int, virtual_stages: int = 2) -> Schedule:
-    check_sizes("interleaved_1f1b", ranks, micro_batches, virtual_stages)
+    check_sizes(INTERLEAVED_1F1B, ranks, micro_batches, virtual_stages)
     p, m, v = ranks, micro_batches, virtual_stages
     if m % p:
-        raise ValueError(f"schedule 'interleaved_1f1b' needs micro-batches (gradient_accumulation_steps = {m}) "
+        raise ValueError(f"schedule {INTERLEAVED_1F1B!r} needs micro-batches (gradient_accumulation_steps = {m}) "
                          f"to be a multiple of the pipeline ranks ({p}); use {max(p, m - m % p)} or {m - m % p + p}")
     total = m * v
 
@@ -43,4 +44,4 @@ def interleaved_1f1b(ranks: int, micro_batches: int, virtual_stages: int = 2) ->
         prog += bwd[total - warmup:]
         acts.append(prog)
     stage_to_rank = [s % p for s in range(p * v)]
-    return Schedule("interleaved_1f1b", p, m, stage_to_rank, acts, virtual_stages=v)
+    return Schedule(INTERLEAVED_1F1B, p, m, stage_to_rank, acts, virtual_stages=v)

@@ -14,11 +14,12 @@ holds more than ``min(p−r, m)`` micro-batches' activations (GPipe: m).
 """
 from __future__ import annotations
 
+from ...defaults import ONE_F_ONE_B
 from .schedule import Action, Schedule, check_sizes, one_chunk_per_rank
 
 
 def one_f_one_b(ranks: int, micro_batches: int) -> Schedule:
-    check_sizes("1f1b", ranks, micro_batches)
+    check_sizes(ONE_F_ONE_B, ranks, micro_batches)
     m = micro_batches
     acts = []
     for r in range(ranks):
@@ -28,4 +29,4 @@ def one_f_one_b(ranks: int, micro_batches: int) -> Schedule:
             prog += [Action("F", warmup + i, r), Action("B", i, r)]
         prog += [Action("B", i, r) for i in range(m - warmup, m)]
         acts.append(prog)
-    return Schedule("1f1b", ranks, m, one_chunk_per_rank(ranks), acts)
+    return Schedule(ONE_F_ONE_B, ranks, m, one_chunk_per_rank(ranks), acts)

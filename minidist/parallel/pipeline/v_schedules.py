@@ -23,6 +23,7 @@ start before p−1 chunk forwards) — below ZB-H1's (p−1)/(3m+p−1).
 """
 from __future__ import annotations
 
+from ...defaults import DUALPIPE_V, ZB_H1, ZB_V
 from .schedule import Action, Schedule, check_sizes, v_shape
 
 
@@ -31,11 +32,11 @@ def _check_v(name: str, ranks: int, micro_batches: int) -> None:
     if micro_batches < 2 * ranks:
         raise ValueError(f"schedule {name!r} needs at least 2 × pipeline ranks = {2 * ranks} micro-batches "
                          f"(gradient_accumulation_steps), got {micro_batches}; raise gradient_accumulation_steps "
-                         f"or use 'zb_h1'")
+                         f"or use {ZB_H1!r}")
 
 
 def zb_v(ranks: int, micro_batches: int) -> Schedule:
-    _check_v("zb_v", ranks, micro_batches)
+    _check_v(ZB_V, ranks, micro_batches)
     p, m, stages = ranks, micro_batches, v_shape(ranks)
     n = len(stages)
     end: dict = {}                      # (op, i, s) -> unit time it ends
@@ -76,16 +77,16 @@ def zb_v(ranks: int, micro_batches: int) -> Schedule:
             end[(a.op, a.micro_batch, a.stage)] = free[r] = t + 1
             left -= 1
         t += 1
-    return Schedule("zb_v", p, m, stages, acts, virtual_stages=2)
+    return Schedule(ZB_V, p, m, stages, acts, virtual_stages=2)
 
 
 def dualpipe_v(ranks: int, micro_batches: int) -> Schedule:
-    _check_v("dualpipe_v", ranks, micro_batches)
+    _check_v(DUALPIPE_V, ranks, micro_batches)
     p, m = ranks, micro_batches
     acts = []
     for r in range(p):
         acts.append(_DualPipeVRank(r, p, m).program())
-    return Schedule("dualpipe_v", p, m, v_shape(p), acts, virtual_stages=2)
+    return Schedule(DUALPIPE_V, p, m, v_shape(p), acts, virtual_stages=2)
 
 
 class _DualPipeVRank:

@@ -24,6 +24,7 @@ can have (see :func:`~.schedule.simulate`).
 """
 from __future__ import annotations
 
+from ...defaults import ZB_H1, ZB_H2
 from .schedule import Action, Schedule, check_sizes, one_chunk_per_rank
 
 
@@ -46,16 +47,16 @@ def zero_bubble_program(rank: int, micro_batches: int, warmup: int, delay: int) 
 
 
 def zb_h1(ranks: int, micro_batches: int) -> Schedule:
-    check_sizes("zb_h1", ranks, micro_batches)
+    check_sizes(ZB_H1, ranks, micro_batches)
     acts = [zero_bubble_program(r, micro_batches, ranks - r, r) for r in range(ranks)]
-    return Schedule("zb_h1", ranks, micro_batches, one_chunk_per_rank(ranks), acts)
+    return Schedule(ZB_H1, ranks, micro_batches, one_chunk_per_rank(ranks), acts)
 
 
 def zb_h2(ranks: int, micro_batches: int) -> Schedule:
-    check_sizes("zb_h2", ranks, micro_batches)
+    check_sizes(ZB_H2, ranks, micro_batches)
     p, m = ranks, micro_batches
     # holding W back 2r cycles fills the drain once there are enough micro-batches to
     # reach the steady state; with fewer, ZB-H1's delay of r wastes less
     delay = (lambda r: 2 * r) if m >= 2 * p - 1 else (lambda r: r)
     acts = [zero_bubble_program(r, m, 2 * (p - r) - 1, delay(r)) for r in range(p)]
-    return Schedule("zb_h2", p, m, one_chunk_per_rank(p), acts)
+    return Schedule(ZB_H2, p, m, one_chunk_per_rank(p), acts)
