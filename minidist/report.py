@@ -105,7 +105,7 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     }
     if getattr(trainer, "pipeline", None) is not None:     # SPEC §10: measured bubble beside the theory
         report["pipeline"] = pipeline_report(trainer, ranks)
-        report["pipeline"]["bubble_fraction_formula"] = _bubble_formula(report["pipeline"])
+        report["pipeline"].update(_pipeline_theory(report["pipeline"]))
     try:
         from .estimate import estimate
         report["estimate"] = estimate(trainer.cfg, trainer.world_size)
@@ -114,14 +114,14 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     return report
 
 
-def _bubble_formula(section: dict):
-    """:func:`minidist.estimate.pipeline_bubble` for the run's schedule (None where it has no formula)."""
+def _pipeline_theory(section: dict) -> dict:
+    """The run's schedule in :func:`minidist.estimate.pipeline_bubble` (T_F = T_B = T_W, synchronous
+    flush: what the schedule's unit-time simulation gives too), beside the measured figures."""
     from .estimate.pipeline import pipeline_bubble   # noqa: PLC0415 (as formulas(): estimate is report's sibling)
-    try:
-        return pipeline_bubble(section["schedule"], section["ranks"], section["micro_batches"],
-                               section["virtual_stages"])["bubble_fraction"]
-    except ValueError:
-        return None
+    theory = pipeline_bubble(section["schedule"], section["ranks"], section["micro_batches"],
+                             section["virtual_stages"])
+    return {"bubble_fraction_theory": theory["bubble_fraction"],
+            "peak_in_flight_theory": theory["peak_in_flight_per_rank"]}
 
 
 def distill_rank_report(run) -> dict:

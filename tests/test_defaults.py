@@ -122,8 +122,9 @@ def test_the_estimator_takes_every_spelling_and_names_what_it_cannot_estimate():
     one = pipeline_bubble("1f1b", 4, 8)
     assert pipeline_bubble("Schedule1F1B", 4, 8) == one
     assert pipeline_bubble("ScheduleInterleaved1F1B", 4, 8, v=2)["schedule"] == "interleaved_1f1b"
-    with pytest.raises(ValueError, match="dualpipe_v"):
-        pipeline_bubble("ScheduleDualPipeV", 4, 8)
+    assert pipeline_bubble("ScheduleDualPipeV", 4, 8)["schedule"] == "dualpipe_v"
+    with pytest.raises(ValueError, match="dualpipe_v.*at least 2 × pipeline ranks = 8"):
+        pipeline_bubble("ScheduleDualPipeV", 4, 6)                # too few micro-batches for the V
 
 
 # ---------------------------------------------------------------- config keys

@@ -306,7 +306,10 @@ def test_other_schedules_bubble_formulas():
     zb = pipeline_bubble("zb_h1", p, m)
     assert zb["bubble_time"] == pytest.approx(one["bubble_time"] / 3)     # a third of 1F1B's
     assert zb["peak_in_flight"] == one["peak_in_flight"] == p
-    assert pipeline_bubble("zb_v", p, m)["bubble_time"] == 0
+    # synchronous flush: the V's staircase of p−1 half-size chunk forwards stays (the paper's 0 is asynchronous)
+    zbv = pipeline_bubble("zb_v", p, m)
+    assert zbv["bubble_time"] == pytest.approx((p - 1) / 2) and "post-validation" in zbv["note"]
+    assert pipeline_bubble("dualpipe_v", p, m)["bubble_fraction"] == pytest.approx((p - 1) / (6 * m + p - 1))
     assert pipeline_bubble("naive", p, m)["bubble_fraction"] == pytest.approx((p - 1) / p)
     assert peak_in_flight("interleaved_1f1b", p, m, v=2) == pytest.approx(p + (p - 1) / 2)
     with pytest.raises(ValueError, match="divisible"):

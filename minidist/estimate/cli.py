@@ -8,6 +8,7 @@ Examples::
         --vocab 50257 --tp 8 --pp 8 --dp 16 --zero 1 --checkpointing selective \\
         --tokens 300B --gpu A100-80GB-NVLink --mfu 0.4                       # GPT-3 175B
     python -m minidist.estimate --params 350M --dp 8 --zero 2 --json        # machine-readable
+    python -m minidist.estimate --pp 4 --schedule zb_h1 --micro-batches 8   # the bubble alone
 
 Every number printed is also in ``--json``. Bytes use decimal units (GB = 1e9 bytes), as
 the ZeRO paper does.
@@ -19,13 +20,13 @@ import json
 import math
 import re
 
-from ..defaults import DEFAULT_DEVICE, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, normalize_schedule
+from ..defaults import DEFAULT_DEVICE, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, SCHEDULES, normalize_schedule
 from ..device import PRESETS
 from .activations import CHECKPOINTING, activation_memory
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops, training_time
 from .memory import OPTIMIZERS, bytes_per_param, model_state_memory
-from .pipeline import ESTIMATED, peak_in_flight, pipeline_bubble
+from .pipeline import peak_in_flight, pipeline_bubble, runnable
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 _NUMBER = re.compile(r"^\s*(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*([kmbgt]?)\s*$", re.IGNORECASE)
@@ -87,7 +88,7 @@ def _mfu(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m minidist.estimate",
-        usage="%(prog)s (--params N | --layers L --hidden H --vocab V) [options]",
+        usage="%(prog)s (--params N | --layers L --hidden H --vocab V | --pp N) [options]",
         description="Analytic memory, communication, FLOP, bubble and time estimates for "
                     "distributed Transformer training (ZeRO, Megatron, Korthikanti et al.).")
     p.add_argument("--params", type=parse_count, help="parameters Ψ: 7.5e9, 7.5B, 350M, 1.2T "
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--checkpointing", choices=CHECKPOINTING, default="none",
                        help="activation recomputation (default none)")
     pipe = p.add_argument_group("pipeline and time")
-    pipe.add_argument("--schedule", type=_schedule, choices=ESTIMATED, default=DEFAULT_SCHEDULE,
+    pipe.add_argument("--schedule", type=_schedule, choices=SCHEDULES, default=DEFAULT_SCHEDULE,
                       help=f"pipeline schedule (default {DEFAULT_SCHEDULE}; torch class names accepted)")
     pipe.add_argument("--micro-batches", type=_positive_int,
                       help="micro-batches per step m (default 4*pp with --pp > 1, else 1)")
@@ -125,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """Consistency errors that name the flag and the fix, as argparse errors."""
-    if a.params is None and not (a.layers and a.hidden and a.vocab):
-        p.error("give --params (e.g. --params 7.5B) or the model shape --layers, --hidden and --vocab")
+    if a.params is None and not (a.layers and a.hidden and a.vocab) and a.pp == 1:
+        p.error("give --params (e.g. --params 7.5B) or the model shape --layers, --hidden and --vocab "
+                "(or --pp N --schedule S --micro-batches M for the pipeline bubble alone)")
     if a.hidden and a.heads and a.hidden % a.heads:
         p.error(f"--hidden {a.hidden} is not divisible by --heads {a.heads}: choose heads that divide hidden")
     if a.heads and a.heads % a.tp:
@@ -142,13 +144,22 @@ def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 def compute(a: argparse.Namespace) -> dict:
     """Every figure for parsed arguments, as a JSON-able dict (what --json prints)."""
+    m = a.micro_batches
+    # every schedule that can run m micro-batches, side by side; interleaved_1f1b with
+    # --virtual-stages, or v=2 to show its effect; the chosen one first checked (a clear error)
+    v_shown = a.virtual_stages if a.virtual_stages > 1 else 2
+    pipeline = None
+    if a.pp > 1:
+        pipeline_bubble(a.schedule, a.pp, m, a.virtual_stages)
+        pipeline = [pipeline_bubble(s, a.pp, m, v_shown if s == INTERLEAVED_1F1B else 1) for s in runnable(a.pp, m)]
+    if a.params is None and not (a.layers and a.hidden and a.vocab):        # --pp alone: the bubble only
+        return {"inputs": {k: v for k, v in vars(a).items() if k != "json"}, "params": None, "pipeline": pipeline}
     derived = None
     if a.layers and a.hidden and a.vocab:
         derived = gpt2_param_count(a.layers, a.hidden, a.vocab, a.seq or 0)
     params = a.params if a.params is not None else derived["total"]
     stages = [0, 1, 2, 3] if a.zero == "all" else [a.zero]
     shape = bool(a.layers and a.hidden and a.seq)
-    m = a.micro_batches
     n_gpus = a.dp * a.tp * a.pp
     out = {"inputs": {k: v for k, v in vars(a).items() if k != "json"},
            "params": params, "params_from_shape": derived,
@@ -174,10 +185,7 @@ def compute(a: argparse.Namespace) -> dict:
     if a.tokens:
         out["flops_total"] = training_flops(params, a.tokens, **kw)
         out["time"] = training_time(out["flops_total"]["flops"], n_gpus, a.gpu, a.mfu)
-    # every schedule side by side; interleaved_1f1b with --virtual-stages, or v=2 to show its effect
-    v_shown = a.virtual_stages if a.virtual_stages > 1 else 2
-    out["pipeline"] = [pipeline_bubble(s, a.pp, m, v_shown if s == INTERLEAVED_1F1B else 1)
-                       for s in ESTIMATED if s != INTERLEAVED_1F1B or m % a.pp == 0] if a.pp > 1 else None
+    out["pipeline"] = pipeline
     return out
 
 
@@ -200,6 +208,8 @@ def _table(rows: list[list[str]]) -> str:
 
 def render(r: dict) -> str:
     """The human-readable report of :func:`compute`'s dict."""
+    if r["params"] is None:
+        return "\n".join(_render_pipeline(r))
     a, b = r["inputs"], r["bytes_per_param"]
     title = (f"minidist.estimate: {r['params'] / 1e9:.3g}B parameters on {r['n_gpus']} devices "
              f"(dp={a['dp']} tp={a['tp']} pp={a['pp']}), {a['precision']} + {a['optimizer']}: "
@@ -251,15 +261,24 @@ def render(r: dict) -> str:
                 (f"time on {t['n_gpus']} x {t['gpu']} at MFU {t['mfu']:g}: {t['days']:.2f} days "
                  f"({t['hours']:.1f} h)")]
     if r["pipeline"]:
-        out += ["", f"Pipeline bubble, p={a['pp']} m={r['pipeline'][0]['m']} (T_F=T_B=T_W):"]
-        rows = [["schedule", "bubble/step", "bubble/ideal", "peak in flight"]]
-        for pb in r["pipeline"]:
-            mark = " <-" if pb["schedule"] == a["schedule"] else ""
-            name = pb["schedule"] + (f" (v={pb['v']})" if pb["schedule"] == INTERLEAVED_1F1B else "")
-            rows.append([name + mark, f"{pb['bubble_fraction']:.1%}",
-                         f"{pb['bubble_relative']:.3f}", f"{pb['peak_in_flight']:g}"])
-        out.append(_table(rows))
+        out += ["", *_render_pipeline(r)]
     return "\n".join(out)
+
+
+def _render_pipeline(r: dict) -> list[str]:
+    """The bubble table of every schedule that can run, the chosen one marked, and its notes."""
+    a = r["inputs"]
+    out = [f"Pipeline bubble, p={a['pp']} m={a['micro_batches']} (T_F=T_B=T_W; synchronous flush before the "
+           f"optimizer step); peak in flight in micro-batches of L/p layers, rank 0 … {a['pp'] - 1}:"]
+    rows = [["schedule", "bubble/step", "bubble/ideal", "peak in flight per rank"]]
+    for pb in r["pipeline"]:
+        mark = " <-" if pb["schedule"] == a["schedule"] else ""
+        name = pb["schedule"] + (f" (v={pb['v']})" if pb["schedule"] == INTERLEAVED_1F1B else "")
+        rows.append([name + mark, f"{pb['bubble_fraction']:.1%}", f"{pb['bubble_relative']:.3f}",
+                     " ".join(f"{x:.3g}" for x in pb["peak_in_flight_per_rank"])])
+    out.append(_table(rows))
+    out += [f"note: {note}" for note in dict.fromkeys(pb["note"] for pb in r["pipeline"] if pb["note"])]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

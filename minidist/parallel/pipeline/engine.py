@@ -26,7 +26,7 @@ import numpy as np
 
 from ... import distributed as dist
 from ..grid import ProcessGrid
-from . import build_schedule, simulate
+from . import build_schedule
 from .executor import PipelineExecutor
 from .stage import build_stage
 
@@ -138,18 +138,15 @@ def bubble_from_ranks(measured: list) -> float:
 
 
 def pipeline_report(trainer, ranks: list) -> dict:
-    """The report's ``pipeline`` section (SPEC §10): the last step's measured bubble and peak
-    in-flight micro-batches of the first replica's pipeline ranks, beside the schedule's
-    theory — its unit-time simulation (T_F = T_B = T_W)."""
+    """The measured part of the report's ``pipeline`` section (SPEC §10): the last step's bubble
+    and peak in-flight micro-batches of the first replica's pipeline ranks (the report adds the
+    theory beside them from :mod:`minidist.estimate`)."""
     engine = trainer.pipeline
     s = engine.schedule
     mine = sorted((r["pipeline"] for r in ranks if r.get("pipeline") and r["coords"]["dp"] == 0),
                   key=lambda r: r["pp_rank"])
-    theory = simulate(s)
     return {"schedule": s.name, "ranks": s.ranks, "micro_batches": s.micro_batches,
             "virtual_stages": s.n_stages // s.ranks, "stage_to_rank": s.stage_to_rank,
             "bubble_fraction": bubble_from_ranks(mine) if mine else None,
-            "bubble_fraction_theory": theory.bubble_fraction,
             "peak_in_flight": [r["peak_in_flight"] for r in mine],
-            "peak_in_flight_theory": theory.peak_in_flight,
             "step_time": max(r["t_end"] for r in mine) - min(r["t_begin"] for r in mine) if mine else None}

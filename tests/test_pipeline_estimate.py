@@ -1,0 +1,145 @@
+"""The estimator's pipeline figures (minidist.estimate.pipeline) agree with the schedules
+themselves: for every schedule and p ∈ {2, 3, 4, 8}, the closed-form bubble of a synchronous
+step and the peak in-flight micro-batches per rank equal the unit-time simulation of
+build_schedule's action lists; the textbook formulas are written here, not read off the code.
+`python -m minidist.estimate --pp N --schedule S --micro-batches M` prints them."""
+import json
+import random
+
+import pytest
+
+from minidist.estimate.cli import main
+from minidist.estimate.pipeline import pipeline_bubble, runnable
+from minidist.parallel.pipeline import SCHEDULES, build_schedule, simulate
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.estimate]
+
+RANKS = (2, 3, 4, 8)
+
+
+def textbook_bubble(name, p, m, v=1):
+    """Idle share of a synchronous step with T_F = T_B = T_W (SPEC §6.3's definition)."""
+    if name == "naive":
+        return (p - 1) / p
+    if name in ("gpipe", "1f1b"):
+        return (p - 1) / (m + p - 1)                      # Huang et al. 2019; Narayanan et al. 2021
+    if name == "interleaved_1f1b":
+        return (p - 1) / (v * m + p - 1)                  # Narayanan et al. 2021 §2.2.2
+    if name in ("zb_h1", "zb_h2"):                        # (p−1) units of F/B ramps; fewer than p: more
+        idle = p - 1 + max(0, p - m)
+        return idle / (3 * m + idle)
+    return (p - 1) / (6 * m + p - 1)                      # zb_v, dualpipe_v: chunks half the size
+
+
+def textbook_in_flight(name, p, m, v=1):
+    if name == "naive":
+        return [1] * p
+    if name == "gpipe":
+        return [m] * p
+    if name == "1f1b" or (name == "interleaved_1f1b" and v == 1):
+        return [min(p - r, m) for r in range(p)]
+    if name == "interleaved_1f1b":                        # Korthikanti et al. 2022 §4.2.3 on rank 0
+        return [m] * p if m == p else [p + (p - 1) / v - 2 * r / v for r in range(p)]
+    if name == "zb_h1":
+        return [min(p, m)] * p
+    if name == "zb_h2":
+        return [2 * p - 1] * p if m >= 2 * p - 1 else [min(m, 2 * p - 1 - r) for r in range(p)]
+    return [p] * p if name == "zb_v" else [p + 0.5] * p
+
+
+def cases():
+    for p in RANKS:
+        for m in range(1, 4 * p + 2):
+            for name in runnable(p, m):
+                for v in ((2, 3) if name == "interleaved_1f1b" else (1,)):
+                    yield name, p, m, v
+
+
+CASES = list(cases())
+
+
+def test_every_schedule_and_count_is_covered():
+    assert {c[0] for c in CASES} == set(SCHEDULES)
+    assert {c[1] for c in CASES} == set(RANKS)
+
+
+@pytest.mark.parametrize("p", RANKS)
+def test_estimator_equals_the_schedules_simulation(p):
+    for name, _, m, v in (c for c in CASES if c[1] == p):
+        est = pipeline_bubble(name, p, m, v)
+        tl = simulate(build_schedule(name, p, m, v))
+        where = f"{name} p={p} m={m} v={v}"
+        assert est["bubble_fraction"] == pytest.approx(tl.bubble_fraction, abs=1e-12), where
+        assert est["bubble_fraction"] == pytest.approx(textbook_bubble(name, p, m, v), abs=1e-12), where
+        assert est["peak_in_flight_per_rank"] == pytest.approx(tl.peak_in_flight, abs=1e-12), where
+        assert est["peak_in_flight_per_rank"] == pytest.approx(textbook_in_flight(name, p, m, v)), where
+        assert est["peak_in_flight"] == max(est["peak_in_flight_per_rank"])
+
+
+def test_the_ordering_the_issue_asks_for():
+    """ZB-H1 about a third of 1F1B's bubble time, ZB-H2 no worse, the V schedules below ZB-H1."""
+    for p in RANKS:
+        m = 2 * p
+        b = {name: pipeline_bubble(name, p, m) for name in SCHEDULES}
+        assert b["zb_h1"]["bubble_time"] == pytest.approx(b["1f1b"]["bubble_time"] / 3)
+        assert b["zb_h2"]["bubble_fraction"] <= b["zb_h1"]["bubble_fraction"]
+        assert b["zb_v"]["bubble_fraction"] < b["zb_h1"]["bubble_fraction"]
+        assert b["dualpipe_v"]["bubble_fraction"] < b["zb_h1"]["bubble_fraction"]
+        assert b["zb_h2"]["bubble_fraction"] > 0                  # synchronous: the paper's 0 is not reached
+        assert "post-validation" in b["zb_h2"]["note"] and "post-validation" in b["zb_v"]["note"]
+
+
+def test_any_times_exact_or_a_stated_lower_bound():
+    """With unequal T_F, T_B, T_W the formulas stay exact for the schedules that do not depend on
+    the times' ratio; for ZB-H2 (m > p) and the V schedules, built for equal times, they are a
+    lower bound and the note says so."""
+    rng = random.Random(0)
+    for _ in range(12):
+        times = tuple(round(rng.uniform(0.3, 2.0), 2) for _ in range(3))
+        for name, p, m, v in CASES[::7]:
+            s = build_schedule(name, p, m, v)
+            chunk = s.n_stages // p                                 # a chunk runs 1/chunk of a stage
+            measured = simulate(s, *(t / chunk for t in times)).bubble_fraction
+            est = pipeline_bubble(name, p, m, v, *times)
+            where = f"{name} p={p} m={m} times={times}"
+            if name in ("zb_v", "dualpipe_v") or (name == "zb_h2" and m > p):
+                assert measured >= est["bubble_fraction"] - 1e-12, where
+                assert "lower bound" in est["note"], where
+            else:
+                assert measured == pytest.approx(est["bubble_fraction"], abs=1e-12), where
+
+
+@pytest.mark.parametrize("name,m,match", [("zb_v", 7, "'zb_v' needs at least 2 × pipeline ranks = 8"),
+                                          ("dualpipe_v", 4, "'dualpipe_v' needs at least"),
+                                          ("interleaved_1f1b", 6, "divisible by the pipeline ranks p \\(4\\)")])
+def test_counts_a_schedule_cannot_run_are_refused_like_build_schedule(name, m, match):
+    with pytest.raises(ValueError, match=match):
+        pipeline_bubble(name, 4, m, v=2)
+    with pytest.raises(ValueError):
+        build_schedule(name, 4, m, virtual_stages=2 if name == "interleaved_1f1b" else 1)
+
+
+def test_cli_pipeline_alone(capsys):
+    assert main(["--pp", "4", "--schedule", "ZB-H1", "--micro-batches", "8"]) == 0
+    text = capsys.readouterr().out
+    row = [line for line in text.splitlines() if line.startswith("zb_h1")][0]
+    assert "<-" in row and f"{3 / 27:.1%}" in row and row.split()[-4:] == ["4"] * 4
+    assert "synchronous flush" in text and "post-validation" in text
+    one = [line for line in text.splitlines() if line.startswith("1f1b")][0]
+    assert one.split()[-4:] == ["4", "3", "2", "1"]                   # min(p−r, m)
+    assert main(["--pp", "4", "--schedule", "dualpipe_v", "--micro-batches", "8", "--json"]) == 0
+    rows = {r["schedule"]: r for r in json.loads(capsys.readouterr().out)["pipeline"]}
+    assert set(rows) == set(SCHEDULES)
+    assert rows["dualpipe_v"]["bubble_fraction"] == pytest.approx(3 / 51)
+    assert rows["dualpipe_v"]["peak_in_flight_per_rank"] == [4.5] * 4
+
+
+@pytest.mark.parametrize("argv,fix", [
+    (["--pp", "4", "--schedule", "zb_v", "--micro-batches", "6"], "at least 2 × pipeline ranks = 8"),
+    (["--pp", "4", "--schedule", "fancy"], "choose one of naive"),
+    (["--pp", "4", "--schedule", "interleaved_1f1b", "--micro-batches", "6"], "divisible by --pp 4"),
+])
+def test_cli_bad_pipeline_input(argv, fix, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and fix in capsys.readouterr().err
