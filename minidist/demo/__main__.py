@@ -23,6 +23,7 @@ CHAPTERS = [
     ("precision", "minidist.demo.mixed_precision"),
     ("distillation", "minidist.demo.distillation"),
     ("tensor", "minidist.demo.tensor_parallel"),
+    ("pipeline", "minidist.demo.pipeline"),
 ]
 
 
