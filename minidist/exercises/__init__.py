@@ -26,21 +26,24 @@ from . import (
     kd_loss,
     korthikanti_activations,
     layer_norm_backward,
+    pipeline_1f1b,
     recursive_doubling_all_gather,
     reduce_scatter_padding,
     tensor_parallel_f_g,
     ring_all_reduce,
+    zb_h1_split,
     zero2_gradient_partition,
     zero_memory,
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 08, 09
+_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 08, 09
     layer_norm_backward, adam_bias_correction,
     ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
     gradient_accumulation, zero_memory, zero2_gradient_partition,
     fp16_round_to_nearest_even, dynamic_loss_scaler,
     tensor_parallel_f_g,
+    pipeline_1f1b, zb_h1_split,
     kd_loss,
     korthikanti_activations,
 )

@@ -15,13 +15,16 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, PercentFormatter  # noqa: E402
 
+from ..defaults import (DUALPIPE_V, GPIPE, INTERLEAVED_1F1B, NAIVE, ONE_F_ONE_B, ZB_H1, ZB_H2,  # noqa: E402
+                        ZB_V)
+
 OP_COLORS = {"F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
 OP_LABELS = {"F": "F: forward", "B": "B: backward (its input-gradient half where W is split)",
              "W": "W: weight-gradient half"}
 SCHEDULE_STYLE = {     # colour, marker: schedules with equal theory still tell apart
-    "naive": ("#8C8C8C", "o"), "gpipe": ("#4C72B0", "s"), "1f1b": ("#64B5CD", "D"),
-    "interleaved_1f1b": ("#8172B3", "^"), "zb_h1": ("#DD8452", "v"), "zb_h2": ("#C44E52", "P"),
-    "zb_v": ("#55A868", "X"), "dualpipe_v": ("#937860", "*")}
+    NAIVE: ("#8C8C8C", "o"), GPIPE: ("#4C72B0", "s"), ONE_F_ONE_B: ("#64B5CD", "D"),
+    INTERLEAVED_1F1B: ("#8172B3", "^"), ZB_H1: ("#DD8452", "v"), ZB_H2: ("#C44E52", "P"),
+    ZB_V: ("#55A868", "X"), DUALPIPE_V: ("#937860", "*")}
 
 
 def _gantt(ax, boxes: list, p: int, chunks: int, xlabel: str, title: str) -> None:
