@@ -20,6 +20,7 @@ check states the rule it tests, so a failing message names the mistake.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import importlib.util
 import io
@@ -171,6 +172,19 @@ def describe_exception(exc: BaseException, path: str | None) -> str:
 
 
 # -- running checks ------------------------------------------------------------------------------
+class CheckTimedOut(BaseException):
+    """Raised inside a student's check that ran past its time limit (see :func:`_stop`)."""
+
+
+def _stop(thread: threading.Thread, grace: float = 1.0) -> None:
+    """Stop a check thread that ran past its limit. Python cannot kill a thread, but it can
+    raise an exception in it at its next bytecode (CPython's PyThreadState_SetAsyncExc): an
+    endless ``while True`` loop of the student's would otherwise keep a core busy for as long
+    as the grader (or the test suite) runs."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(CheckTimedOut))
+    thread.join(grace)
+
+
 def run_check(name: str, check, sol, path: str | None, time_limit: float = CHECK_TIME_LIMIT) -> CheckResult:
     """Run one check in a daemon thread (so that an endless loop cannot hang the grader)."""
     box: dict = {}
@@ -186,6 +200,7 @@ def run_check(name: str, check, sol, path: str | None, time_limit: float = CHECK
         thread.start()
         thread.join(time_limit)
     if thread.is_alive():
+        _stop(thread)
         return CheckResult(name, "failed", f"did not finish within {time_limit:g} s: a loop that never "
                                            f"ends, or ranks waiting for messages nobody sends?")
     exc = box.get("exc")
