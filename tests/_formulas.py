@@ -31,6 +31,8 @@ reduce-scattered and the updated shards need no gather (the next forward gathers
 global gradient norm for clipping, the fp16 overflow flag) is a ring all-reduce of one
 float64 padded to p elements: 2(p−1)·8 bytes.
 """
+
+
 def chunk(n: int, p: int) -> int:
     """c = ceil(n/p): the elements of one rank's chunk of a bucket of n."""
     return -(-n // p)
