@@ -20,6 +20,8 @@ import numpy as np
 
 from .defaults import DDP, zero_strategy
 from .distributed.objects import jsonable
+from .estimate import comm_volume, estimate, model_state_memory
+from .estimate.pipeline import pipeline_bubble
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
 
@@ -69,7 +71,6 @@ def formulas(trainer) -> dict:
     ``bytes_sent_per_step`` adds to the textbook volume the one-element all-reduces the
     run makes (ring, float64: ``2·(p−1)·8`` bytes each): the gradient norm when ZeRO clips,
     the overflow flag when a ZeRO stage or the parameter server trains in mixed precision."""
-    from .estimate import comm_volume, model_state_memory
     cfg, p = trainer.cfg, trainer.dp_size           # Ψ below is this rank's (tensor-parallel) shard
     precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
     w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
@@ -106,18 +107,13 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     if getattr(trainer, "pipeline", None) is not None:     # SPEC §10: measured bubble beside the theory
         report["pipeline"] = pipeline_report(trainer, ranks)
         report["pipeline"].update(_pipeline_theory(report["pipeline"]))
-    try:
-        from .estimate import estimate
-        report["estimate"] = estimate(trainer.cfg, trainer.world_size)
-    except ImportError:  # pragma: no cover - estimate ships with the package
-        report["estimate"] = None
+    report["estimate"] = estimate(trainer.cfg, trainer.world_size)
     return report
 
 
 def _pipeline_theory(section: dict) -> dict:
     """The run's schedule in :func:`minidist.estimate.pipeline_bubble` (T_F = T_B = T_W, synchronous
     flush: what the schedule's unit-time simulation gives too), beside the measured figures."""
-    from .estimate.pipeline import pipeline_bubble   # noqa: PLC0415 (as formulas(): estimate is report's sibling)
     theory = pipeline_bubble(section["schedule"], section["ranks"], section["micro_batches"],
                              section["virtual_stages"])
     return {"bubble_fraction_theory": theory["bubble_fraction"],

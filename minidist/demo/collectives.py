@@ -18,6 +18,7 @@ from ..device import Device
 from ..distributed import cost
 from ..distributed.all_reduce import ring_states
 from ..distributed.log import MessageLog
+from ..plotting import collectives as plots
 
 TITLE = "Collectives"
 SPEC = DEFAULT_DEVICE
@@ -76,8 +77,6 @@ def run(comm, out_dir) -> dict:
     timeline = dist.gather(comm, mine, root=0)
     if comm.rank != 0:
         return {}
-
-    from ..plotting import collectives as plots
 
     table = {}
     print(f"bytes sent by the busiest rank, p = {p}, n = 1 MiB (float32 emulated), vs the textbook:")

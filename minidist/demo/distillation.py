@@ -25,6 +25,7 @@ from ..distill.teacher import FrozenTeacher
 from ..model import GPT, GPTConfig
 from ..tensor import no_grad
 from ..training.trainer import Trainer
+from ..plotting.distill import plot_distill_vs_hard, plot_stream_bytes, plot_sweeps
 
 TITLE = "Knowledge distillation: soft targets, Patient KD, teacher ranks"
 
@@ -147,7 +148,6 @@ def run(comm, out_dir) -> dict:
     print("seed 0: " + ", ".join(f"{k} {v:.4f}" for k, v in variants.items()) + f", hard labels {hard[0]['val_loss']:.4f}")
     for label, (got, formula) in stream.items():
         print(f"teacher -> student, {label}: {got} B per step measured, formula {formula} B")
-    from ..plotting.distill import plot_distill_vs_hard, plot_stream_bytes, plot_sweeps  # matplotlib only when drawing
     plot_distill_vs_hard({"hard labels": [h["curve"] for h in hard], "distilled": [k["curve"] for k in kd]},
                          {"hard labels": [h["val_loss"] for h in hard], "distilled": [k["val_loss"] for k in kd]},
                          out_dir / "08_distill_vs_hard.png")

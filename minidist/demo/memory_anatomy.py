@@ -14,6 +14,7 @@ from ..memory import CATEGORIES
 from ..model import GPT, GPTConfig
 from ..optim import AdamW
 from ..training.data import TextDataset
+from ..plotting.memory import plot_memory_bars, plot_memory_timeline
 
 TITLE = "Anatomy of training memory"
 
@@ -42,7 +43,6 @@ def measure_step(cfg: GPTConfig, batch: int, seq: int, seed: int = 0) -> dict:
 def run(comm, out_dir) -> dict:
     if comm is not None and comm.rank != 0:
         return {}
-    from ..plotting.memory import plot_memory_bars, plot_memory_timeline
     cfg = GPTConfig(block_size=64, vocab_size=TextDataset(seq_len=64).vocab_size, n_layer=4, n_head=4, n_embd=64)
     r = measure_step(cfg, batch=8, seq=64)
     dev, n = r["device"], r["n_params"]

@@ -32,6 +32,9 @@ from ..precision import (
     lost_gradient_mass,
     precision_loss_example,
 )
+from ..plotting.precision import plot_format_layouts, plot_gradient_exponent_histogram, plot_loss_curves, plot_loss_scale_trace
+from ..plotting.zero import plot_zero_memory
+from .zero import STRATEGIES, measure
 
 TITLE = "Mixed precision"
 
@@ -128,7 +131,6 @@ def memory_split(dtype: str = "fp16") -> dict:
 def zero_mixed(comm) -> dict:
     """One fp16 step of each strategy of the ZeRO chapter on every rank (a collective):
     measured model states and bytes sent beside the formulas with K = 12."""
-    from .zero import STRATEGIES, measure
     fp16 = {"enabled": True, "initial_scale_power": 8}
     return {name: measure(comm, zero, fp16=fp16) for name, zero in STRATEGIES.items()}
 
@@ -137,12 +139,6 @@ def run(comm, out_dir) -> dict:
     zero_rows = zero_mixed(comm) if comm is not None else None
     if comm is not None and comm.rank != 0:
         return {}
-    from ..plotting.precision import (
-        plot_format_layouts,
-        plot_gradient_exponent_histogram,
-        plot_loss_curves,
-        plot_loss_scale_trace,
-    )
     print(format_table_text(("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")))
     print()
     for name in ("fp32", "fp16", "bf16"):
@@ -186,7 +182,6 @@ def run(comm, out_dir) -> dict:
             zero_table[name] = {"measured": m, "formula_total": f["model_states"]["total"],
                                 "bytes_sent": r["bytes_sent"], "formula_bytes": f["bytes_sent_per_step"]}
 
-    from ..plotting.zero import plot_zero_memory
     paths = [
         plot_format_layouts(out_dir / "04_format_layouts.png"),
         plot_gradient_exponent_histogram(under["reference"], out_dir / "04_gradient_exponents.png",

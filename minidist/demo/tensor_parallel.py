@@ -83,7 +83,7 @@ def run(comm, out_dir) -> dict:
     world = comm.size
     tps = [t for t in (2, 4) if world % t == 0 and A % t == 0]
     modes = [(1, False)] + [(t, sp) for t in tps for sp in (False, True)]
-    rows, layer_rows, table = [], {}, []
+    rows, layer_rows = [], {}
     V = None
     for tp, sp in modes:
         label = "none" if tp == 1 else f"TP {tp}" + (" + SP" if sp else "")

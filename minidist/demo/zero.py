@@ -20,6 +20,7 @@ from ..device import Device, export_chrome_trace
 from ..memory import OutOfMemoryError
 from ..report import formulas
 from ..training.trainer import Trainer
+from ..plotting.zero import plot_step_timeline, plot_zero_memory
 
 TITLE = "Data parallel and ZeRO"
 
@@ -140,7 +141,6 @@ def run(comm, out_dir) -> dict:
     print("  once the next unit's gather hides behind this unit's compute, a larger budget only costs memory")
     result["prefetch_budgets"] = {k: {"parameters_peak": r["parameters_peak"], "sim_time": r["sim_time"]}
                                   for k, r in budgets.items()}
-    from ..plotting.zero import plot_step_timeline, plot_zero_memory
     plot_zero_memory(fig_rows, out_dir / "03_zero_memory.png", capacity=capacity)
     plot_step_timeline(z3.trace.events, out_dir / "03_zero3_timeline.png",
                        title="One ZeRO-3 step on rank 0: prefetched all-gathers, reduce-scatters in backward")

@@ -73,7 +73,8 @@ class _Model:
     """DeepSpeed's rules with one typical mistake switched on (used to name the mistake)."""
 
     def __init__(self, init_scale, scale_factor, scale_window, min_scale, delayed_shift, mistake):
-        self.loss_scale, self.f, self.w, self.min, self.d = float(init_scale), scale_factor, scale_window, min_scale, delayed_shift
+        self.loss_scale, self.f, self.w = float(init_scale), scale_factor, scale_window
+        self.min, self.d = min_scale, delayed_shift
         self.it, self.last, self.hyst, self.mistake = 0, -1, delayed_shift, mistake
 
     def update_scale(self, overflow):
@@ -137,7 +138,7 @@ def _run(sol, kwargs, pattern, what):
     full = {"scale_factor": 2.0, "scale_window": 1000, "min_scale": 1.0, "delayed_shift": 1, **kwargs}
     for name, text in MISTAKES.items():
         args = [full[k] for k in ("init_scale", "scale_factor", "scale_window", "min_scale", "delayed_shift")]
-        if _trace(lambda: _Model(*args, name), pattern) == got:
+        if _trace(lambda a=args, n=name: _Model(*a, n), pattern) == got:
             mistake = f"\nThat is the trace of a scaler where {text}."
             break
     step = "after the last update" if i == len(pattern) else f"at iteration {i}"

@@ -78,7 +78,7 @@ def _explain(ga, gb, wa, wb, t, sp, recompute):
             return "selective recomputation recomputes the attention core, so no as²b term remains"
         if abs(gb - 5) < 1e-9 and t > 1:
             return f"the attention core (5·as²b) is split by t: each rank holds a/t heads, so 5·as²b/{t}"
-        return f"the attention core is softmax output 2as²b + dropout mask as²b + dropout output 2as²b = 5·as²b (÷t)"
+        return "the attention core is softmax output 2as²b + dropout mask as²b + dropout output 2as²b = 5·as²b (÷t)"
     if t > 1 and not sp and abs(ga - 34 / t) < 1e-9:
         return ("without sequence parallelism the LayerNorm and dropout regions (10·sbh) are replicated on "
                 "every tensor-parallel rank: only the 24·sbh inside attention and MLP is split, 10 + 24/t")

@@ -164,7 +164,8 @@ def _dx_check(seed, shape, eps, ones):
 CHECKS = [
     ("shapes: dx like x, dweight and dbias like weight", check_shapes),
     ("dbias = grad_out summed over all positions", _param_grad(2, "dbias", "grad_out summed over every axis but the last")),
-    ("dweight = (grad_out * xhat) summed over all positions", _param_grad(1, "dweight", "(grad_out * xhat) summed over every axis but the last")),
+    ("dweight = (grad_out * xhat) summed over all positions",
+     _param_grad(1, "dweight", "(grad_out * xhat) summed over every axis but the last")),
     ("dx with weight = 1", _dx_check(2, (4, 6), 1e-5, True)),
     ("dx with a random weight, (2, 3, 8) input", _dx_check(3, (2, 3, 8), 1e-5, False)),
     ("dx with a large eps = 0.5 (eps inside the square root)", _dx_check(4, (3, 4), 0.5, False)),

@@ -105,9 +105,9 @@ def _bubble(sol) -> None:
         if abs(got - want) <= 1e-9:
             continue
         idle = got / (1 - got) * 3 * m                  # idle units per rank: bubble = idle / (3m + idle)
-        why = (f"W right after its B, or every W at the very end, leaves the drain as it was: at the end of the "
-               f"step rank r idles while ranks 0 … r−1 finish their backwards. Hold rank r's W back r cycles, so "
-               f"that the W passes it kept fill that time" if abs(idle - 2 * (p - 1)) < 1e-6 else
+        why = ("W right after its B, or every W at the very end, leaves the drain as it was: at the end of the "
+               "step rank r idles while ranks 0 … r−1 finish their backwards. Hold rank r's W back r cycles, so "
+               "that the W passes it kept fill that time" if abs(idle - 2 * (p - 1)) < 1e-6 else
                "a rank idles where a W (or a B) could run")
         raise Wrong(f"p={p}, m={m}: with F = B = W = 1 unit your bubble is {got:.4f}, {idle:.3g} idle units per "
                     f"rank; ZB-H1's is (p−1)/(3m+p−1) = {want:.4f}, p−1 = {p - 1} idle units (1F1B's: 3(p−1) = "

@@ -15,9 +15,12 @@ import math
 from ..defaults import (DATA_PARALLEL, DEFAULT_DATASET, DEFAULTS, PARAMETER_SERVER, TASK_DIGITS, TEXT_SEQ_LEN,
                         normalize_schedule)
 from ..device import get_spec
+from ..model import GPTConfig
 from ..optim import OPTIMIZERS
 from ..parallel.tensor.build import config_problem as tensor_config_problem
 from ..parallel.pipeline import config_problem as pipeline_config_problem
+from ..precision.loss_scaler import from_config
+from .data import TASKS, SyntheticTask, available_corpora, make_dataset
 
 # keys whose value is free-form (checked by the component that uses it)
 _FREE = {"optimizer.params", "device", "distillation"}
@@ -94,7 +97,6 @@ def data_config(cfg: dict) -> dict:
     """The ``data`` section without unset keys, as :func:`minidist.training.data.make_dataset` takes it.
     A text corpus reads windows of ``seq_len`` (default 32) characters; a synthetic task's
     sequence length follows from the task (``n_digits``), so it needs no ``seq_len``."""
-    from .data import TASKS
     out = {k: v for k, v in cfg["data"].items() if v is not None}
     if out.get("dataset", DEFAULT_DATASET) not in TASKS:
         out.setdefault("seq_len", TEXT_SEQ_LEN)
@@ -103,7 +105,6 @@ def data_config(cfg: dict) -> dict:
 
 def sequence_length(cfg: dict) -> tuple[int, str]:
     """The length T of the sequences the model will read, and the key that sets it."""
-    from .data import TASKS, SyntheticTask, available_corpora
     d = data_config(cfg)
     name = d.get("dataset", DEFAULT_DATASET)
     if name not in TASKS and name not in available_corpora():
@@ -270,7 +271,6 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
         if cfg["dtype"] != "float32":
             raise ConfigError("dtype", f"mixed precision ({key}) keeps fp32 master weights and emulates "
                                        f"fp16/bf16 on float32 arrays; set dtype to 'float32'")
-        from ..precision.loss_scaler import from_config
         try:
             from_config(cfg["fp16"])
         except ValueError as e:
@@ -319,7 +319,6 @@ def _check_distillation(cfg: dict, given, world_size: int) -> dict:
             ("teacher_ranks", d["teacher_ranks"], lambda v: v == int(v) and v >= 0, "an integer >= 0")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
             raise ConfigError(f"distillation.{key}", f"must be {want}, got {value!r}")
-    from .data import make_dataset
     vocab = student["vocab_size"] or make_dataset(data_config(cfg)).vocab_size    # None: the dataset's
     for key, what, mine in (("vocab_size", "vocabulary", vocab), ("block_size", "sequence length (block_size)",
                                                                   student["block_size"])):
@@ -327,7 +326,6 @@ def _check_distillation(cfg: dict, given, world_size: int) -> dict:
             raise ConfigError(f"distillation.teacher.model.{key}",
                               f"the teacher's {what} {t['model'][key]} differs from the student's {mine}: KD "
                               f"compares their outputs token by token; remove the key or set it to {mine}")
-    from ..model import GPTConfig
     try:
         GPTConfig(**{**t["model"], "vocab_size": vocab})
     except ValueError as e:

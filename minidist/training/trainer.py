@@ -26,9 +26,10 @@ import time
 
 import numpy as np
 
+from .. import distributed as dist
 from .. import optim
 from .config import ConfigError, data_config, load_config
-from .data import TextDataset, make_dataset, shard_batch
+from .data import TextDataset, greedy_decode, make_dataset, shard_batch
 from ..device import Device
 from ..model import GPT, GPTConfig
 from ..parallel import build_strategy
@@ -159,7 +160,6 @@ class Trainer:
                 out["val_loss"] = float(np.mean(losses))
                 out["unigram_entropy"] = float(self.val_dataset.unigram_entropy())
             if hasattr(self.dataset, "exact_match"):
-                from .data import greedy_decode
                 out["exact_match"] = float(self.dataset.exact_match(
                     lambda prompt: greedy_decode(self.model, prompt, self.dataset.answer_len)))
                 losses = [float(self.model(x, y)[1].data)
@@ -212,7 +212,6 @@ class Trainer:
             return
         if self.pipeline is not None:        # only the last chunk's rank knows the loss
             return self.pipeline.average_losses(self)
-        from .. import distributed as dist
         local = np.array([h["loss"] for h in self.history], dtype=np.float64)
         # why: rank 0 reports the loss of the global batch, the mean of every rank's slice
         mean = dist.all_reduce(self.comm, local, op="mean", algorithm="ring")

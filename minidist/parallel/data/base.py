@@ -27,7 +27,8 @@ import numpy as np
 from ... import distributed as dist
 from ...defaults import SINGLE
 from ...device import current_device
-from ...precision.mixed import clip_by_norm_, squared_norm
+from ...precision.mixed import MixedPrecision, clip_by_norm_, squared_norm
+from .buckets import element_bytes
 
 MODEL_STATES = ("parameters", "gradients", "optimizer_states")
 OPTIMIZER_FLOPS_PER_ELEMENT = 10      # ~elementwise FLOPs of one Adam update per element
@@ -85,7 +86,6 @@ class LocalStrategy:
     def setup_precision(self) -> None:
         """Whole-tensor fp32 masters and optimizer states (single rank, DDP). ZeRO overrides
         this to keep only its shard of the masters."""
-        from ...precision import MixedPrecision
         # comm=None: after the all-reduce every rank holds the same gradients, so the same
         # overflow verdict; no flag needs to travel (DeepSpeed's FP16_Optimizer does the same)
         self.mp = MixedPrecision(self.model, self.optimizer, self.precision, gradient_clipping=self.clip)
@@ -171,5 +171,4 @@ class LocalStrategy:
 
 
 def _bytes(p) -> int:
-    from .buckets import element_bytes
     return element_bytes(p)
