@@ -3,7 +3,6 @@ rank (float64, relative ≤ 1e-9) and as the in-process backend, the same TP mes
 train CLI reports every rank's grid coordinates; bad input fails on every rank."""
 import copy
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,9 +14,6 @@ from minidist.parallel.tensor import gather_state_dict
 from minidist.testing import train_steps
 
 pytestmark = [pytest.mark.tensor, pytest.mark.mpi, pytest.mark.timeout(120)]
-
-if shutil.which("mpirun") is None:          # pragma: no cover
-    pytest.skip("mpirun not on PATH", allow_module_level=True)
 
 CFG = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 4, "block_size": 8, "dropout": 0.1},
        "data": {"dataset": "english", "seq_len": 8}, "steps": 2, "dtype": "float64",
