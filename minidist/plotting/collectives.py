@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from . import save  # noqa: E402
 
 RANK_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 
@@ -63,10 +64,7 @@ def plot_collective_operators(path, p: int = 4):
     handles = [Patch(color=RANK_COLORS[r], alpha=0.75, label=f"data from rank {r}") for r in range(p)]
     fig.legend(handles=handles, loc="lower center", ncol=p, fontsize=8)
     fig.suptitle("Collective operators as data movement (stripes: whose data a buffer contains)")
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, rect=(0, 0.04, 1, 0.97))
 
 
 def plot_ring_allreduce(frames, path):
@@ -96,10 +94,7 @@ def plot_ring_allreduce(frames, path):
         ax.set_title(label, fontsize=9)
     fig.suptitle(f"Ring all-reduce on {p} ranks: reduce-scatter then all-gather "
                  f"(cell text: ranks summed in; Σ = all {p})")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, rect=(0, 0, 1, 0.95))
 
 
 def plot_algorithm_times(size_rows, size_p, world_rows, world_nbytes, path, model=None, crossover=None):
@@ -135,10 +130,7 @@ def plot_algorithm_times(size_rows, size_p, world_rows, world_nbytes, path, mode
     a2.legend(fontsize=8)
     for ax in (a1, a2):
         ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_bytes_per_rank(rows, path, title="Bytes sent by the busiest rank: message log vs textbook"):
@@ -156,10 +148,7 @@ def plot_bytes_per_rank(rows, path, title="Bytes sent by the busiest rank: messa
     ax.set_ylabel("bytes sent per rank (MiB)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_message_timeline(sends, path, title="Messages on the simulated comm streams"):
@@ -179,7 +168,4 @@ def plot_message_timeline(sends, path, title="Messages on the simulated comm str
     ax.set_title(title, fontsize=10)
     handles = [Patch(color=RANK_COLORS[s % len(RANK_COLORS)], label=f"step {s}") for s in steps[:8]]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from . import save  # noqa: E402
 
 HARD, KD = "#999999", "#4C72B0"
 
@@ -39,10 +40,7 @@ def plot_distill_vs_hard(curves: dict, finals: dict, path, title="Distilled stud
     bx.set_title("held-out loss after the same steps")
     bx.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_sweeps(temperatures: dict, variants: dict, hard: float, path,
@@ -71,10 +69,7 @@ def plot_sweeps(temperatures: dict, variants: dict, hard: float, path,
     bx.set_title("KD vs Patient KD (Sun et al. 2019)")
     bx.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_stream_bytes(rows: dict, path, title="Bytes a teacher rank sends per student per step"):
@@ -90,7 +85,4 @@ def plot_stream_bytes(rows: dict, path, title="Bytes a teacher rank sends per st
     ax.set_ylabel("bytes per student per step (KiB)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

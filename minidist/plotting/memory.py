@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..memory import CATEGORIES  # noqa: E402
+from . import save  # noqa: E402
 
 COLORS = {"parameters": "#4C72B0", "gradients": "#DD8452", "optimizer_states": "#55A868",
           "activations": "#C44E52", "buffers": "#8172B3", "other": "#937860"}
@@ -38,10 +39,7 @@ def plot_memory_timeline(tracker, path, title="Memory of one training step", mar
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.margins(x=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_memory_bars(rows: dict, path, title="Memory per rank by category", capacity=None, unit="MiB"):
@@ -65,10 +63,7 @@ def plot_memory_bars(rows: dict, path, title="Memory per rank by category", capa
     ax.set_ylabel(f"memory per rank ({unit})")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_loss_curves(curves: dict, path, title="Training loss", reference=None, ref_label=None):
@@ -82,7 +77,4 @@ def plot_loss_curves(curves: dict, path, title="Training loss", reference=None, 
     ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

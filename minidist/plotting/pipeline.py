@@ -17,6 +17,7 @@ from matplotlib.ticker import FixedLocator, NullFormatter, PercentFormatter  # n
 
 from ..defaults import (DUALPIPE_V, GPIPE, INTERLEAVED_1F1B, NAIVE, ONE_F_ONE_B, ZB_H1, ZB_H2,  # noqa: E402
                         ZB_V)
+from . import save  # noqa: E402
 
 OP_COLORS = {"F": "#4C72B0", "B": "#DD8452", "W": "#55A868"}
 OP_LABELS = {"F": "F: forward", "B": "B: backward (its input-gradient half where W is split)",
@@ -100,6 +101,4 @@ def plot_bubble_vs_microbatches(sweep: list, p: int, path) -> None:
     ax.add_artist(first)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="schedule")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..numerics.formats import FORMATS, get_format
+from . import save  # noqa: E402
 
 _SIGN, _EXP, _MANT = "#d62728", "#1f77b4", "#2ca02c"
 _LAYOUT_FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
@@ -44,10 +45,7 @@ def plot_format_layouts(path, formats=_LAYOUT_FORMATS):
     ax.set_title("Bit layouts: sign | exponent (range) | mantissa (precision)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (_SIGN, _EXP, _MANT)]
     ax.legend(handles, ["sign", "exponent", "mantissa"], loc="lower right", ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_format_ranges(path, formats=tuple(FORMATS)):
@@ -68,10 +66,7 @@ def plot_format_ranges(path, formats=tuple(FORMATS)):
     ax.set_title("Representable magnitudes per format (log2 scale)")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_loss_scale_trace(history, path):
@@ -92,10 +87,7 @@ def plot_loss_scale_trace(history, path):
     ax.set_title("Dynamic loss scale: back off on overflow, grow after a clean window")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _pow2_label(x: float) -> str:
@@ -145,10 +137,7 @@ def plot_gradient_exponent_histogram(grads, path, formats=("fp16", "bf16"), scal
     ax.set_ylabel("number of values")
     ax.set_title("Gradient magnitudes against number-format ranges")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_loss_curves(curves: dict, path, title="Training loss: FP32 vs FP16 (+ loss scaling) vs BF16"):
@@ -167,7 +156,4 @@ def plot_loss_curves(curves: dict, path, title="Training loss: FP32 vs FP16 (+ l
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

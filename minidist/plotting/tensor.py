@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from . import save  # noqa: E402
 
 RANK_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 OP_COLORS = {"all_reduce": "#4C72B0", "all_gather": "#55A868", "reduce_scatter": "#DD8452"}
@@ -37,9 +38,7 @@ def plot_weight_shards(owners: dict, tp: int, path, title=None):
     fig.legend(handles=handles, loc="lower center", ncol=tp + 2, fontsize=8)
     fig.suptitle(title or f"Which rank holds which slice (t = {tp}): c_attn by heads of q, k, v; "
                           f"c_proj by rows; c_fc by columns; wte by vocabulary rows")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, rect=(0, 0.08, 1, 0.95))
 
 
 def plot_activation_bytes(rows: list, path, title="Activation bytes per rank, one micro-batch"):
@@ -76,6 +75,4 @@ def _finish(fig, ax, labels, ylabel, title, path) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

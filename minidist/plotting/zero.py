@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .memory import COLORS, LABELS  # noqa: E402
+from . import save  # noqa: E402
 
 STATES = ("parameters", "gradients", "optimizer_states")
 
@@ -50,10 +51,7 @@ def plot_zero_memory(rows: dict, path, title="Per-rank model states and traffic,
     bx.set_title("communication per step")
     bx.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_step_timeline(events, path, title="One ZeRO-3 step on rank 0", streams=("compute", "comm")):
@@ -75,7 +73,4 @@ def plot_step_timeline(events, path, title="One ZeRO-3 step on rank 0", streams=
     ax.set_xlabel("simulated time (µs)")
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
