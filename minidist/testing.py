@@ -18,8 +18,9 @@ from .training.trainer import Trainer
 
 
 def train_steps(comm, config: dict | None = None, steps: int | None = None) -> dict:
-    """Train ``steps`` steps on this rank; return per-step full parameters (a collective for
-    ZeRO-3), the history, the model-state snapshot and the expected numbers."""
+    """Train ``steps`` steps on this rank; return per-step full parameters (the one-rank
+    model's names and values under every layout: a collective for ZeRO-3, tensor and
+    pipeline parallelism), the history, the model-state snapshot and the expected numbers."""
     if config is None and isinstance(comm, dict):       # train_steps(config) on one rank
         comm, config = None, comm
     trainer = Trainer(copy.deepcopy(config), comm)
@@ -27,7 +28,7 @@ def train_steps(comm, config: dict | None = None, steps: int | None = None) -> d
     params = []
     for step in range(steps):
         trainer.train_step(step)
-        params.append(trainer.strategy.full_parameters())
+        params.append(trainer.full_parameters())
     s = trainer.strategy
     exp_bytes = s.expected_bytes_sent(trainer.accumulation) if hasattr(s, "shard") else s.expected_bytes_sent()
     return {"params": params, "history": trainer.history, "model_states": s.model_states,

@@ -174,12 +174,12 @@ class MPIComm(Communicator):
         return lambda: self._wait([req], dest, "send control data to")
 
     def _recv_object(self, source):
-        req = self._ctrl.irecv(source=source, tag=CTRL_TAG)
+        # probe, then receive: a receive posted before the message arrives gets mpi4py's
+        # default 32 KiB buffer and truncates a larger pickle (a state dict, say)
         deadline = time.monotonic() + self.timeout
         while True:
-            done, obj = req.test()
-            if done:
-                return obj
+            if self._ctrl.iprobe(source=source, tag=CTRL_TAG):
+                return self._ctrl.recv(source=source, tag=CTRL_TAG)
             if time.monotonic() > deadline:
                 raise CommTimeoutError(self._describe_wait(source, "exchange control data with"))
             time.sleep(1e-5)

@@ -173,7 +173,9 @@ class MixedPrecision:
     otherwise. ``comm``: the communicator over which the overflow decision is agreed (None
     when every rank already holds the same, all-reduced gradients, as under DDP).
     ``gradient_clipping``: clip the *unscaled* gradients' global norm to this (0 = off), as
-    DeepSpeed does.
+    DeepSpeed does. ``clip_``: how (a callable on the list of unscaled gradients, in place);
+    default: their norm on this rank alone. A strategy passes its own when the norm must be
+    summed over the ranks that hold other parts of the model (tensor/pipeline parallelism).
 
     Use::
 
@@ -186,12 +188,13 @@ class MixedPrecision:
     """
 
     def __init__(self, model, optimizer, dtype="fp16", scaler=None, comm=None,
-                 gradient_clipping: float = 0.0):
+                 gradient_clipping: float = 0.0, clip_=None):
         self.precision = dtype if isinstance(dtype, Precision) else Precision(dtype, scaler)
         self.dtype = self.precision.dtype
         self.optimizer = optimizer
         self.comm = comm
         self.gradient_clipping = float(gradient_clipping)
+        self.clip_ = clip_ or (lambda grads: global_norm_clip_(grads, self.gradient_clipping))
         params = list(model.parameters() if hasattr(model, "parameters") else model)
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if {id(p) for p in params} != owned:
@@ -245,7 +248,7 @@ class MixedPrecision:
         grads = [None if p.grad is None else p.grad.astype(np.float32) for p in self.params()]
         self.precision.unscale_(grads)
         if self.gradient_clipping > 0:
-            global_norm_clip_(grads, self.gradient_clipping)
+            self.clip_(grads)
         return grads
 
     # -- the step ------------------------------------------------------------------------

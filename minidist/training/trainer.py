@@ -90,6 +90,10 @@ class Trainer:
             if self.precision is not None and self.grid is not None:
                 self.precision = tensor_parallel.TensorParallelPrecision(self.precision, comm)
             self.strategy = build_strategy(cfg, held, self.optimizer, self.dp_comm, self.precision)
+            if self.grid is not None:        # clipping: the norm over every tp shard / pipeline stage (grid.mp)
+                duplicates = self.pipeline.norm_duplicates() if self.pipeline is not None \
+                    else tensor_parallel.norm_duplicates(self.model)
+                self.strategy.count_in_norm(self.grid.mp, duplicates)
         self.autocast_dtype = self.precision.dtype if self.precision is not None else None
         self.micro_batch = cfg["train_micro_batch_size_per_gpu"]
         self.accumulation = cfg["gradient_accumulation_steps"]
@@ -140,6 +144,22 @@ class Trainer:
                              "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,
                              "bytes_sent": sent})
         return total
+
+    def full_parameters(self) -> dict:
+        """name → value of every parameter of the one-rank model (a collective: call it on
+        every rank): the strategy's parameters (ZeRO-3 gathers its shards over dp), then under
+        tensor parallelism the tp shards joined (:func:`~minidist.parallel.tensor.gather_state_dict`,
+        padding dropped), under pipeline parallelism every stage's parameters. What the
+        equivalence tests compare with one rank after every step."""
+        params = self.strategy.full_parameters()
+        if self.grid is None:
+            return params
+        if self.pipeline is not None:
+            # why: each pipeline rank holds only its stages; the control channel (not logged, not timed)
+            held = dict(pair for part in self.grid.pp.exchange_objects(params) for pair in part.items())
+            return {name: held[name] for name, _ in self.model.named_parameters()}
+        # why: each tp rank holds only its slices; the control channel (not logged, not timed)
+        return tensor_parallel.gather_state_dict(self.grid.tp.exchange_objects(params), self.model_config.vocab_size)
 
     def compute_loss(self, x, y, step: int, micro: int):
         """The loss of one micro-batch: the model's cross-entropy. A distillation student

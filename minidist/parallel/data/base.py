@@ -52,6 +52,7 @@ class LocalStrategy:
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.sync_gradients = True
         self.model_states: dict | None = None
+        self.norm_group, self.norm_skip = None, set()   # see count_in_norm (tensor/pipeline parallelism)
         self.precision, self.mp = precision, None
         if precision is not None:
             self.setup_precision()
@@ -79,7 +80,7 @@ class LocalStrategy:
         if self.mp is not None:
             self.mp.step(overflow)
             return
-        self.clip_([p.grad for p in self.params if p.grad is not None], sharded=False)
+        self.clip_([p.grad for p in self.params], sharded=False, params=self.params)
         self.optimizer.step()
 
     # -- mixed precision ------------------------------------------------------------------------
@@ -88,7 +89,8 @@ class LocalStrategy:
         this to keep only its shard of the masters."""
         # comm=None: after the all-reduce every rank holds the same gradients, so the same
         # overflow verdict; no flag needs to travel (DeepSpeed's FP16_Optimizer does the same)
-        self.mp = MixedPrecision(self.model, self.optimizer, self.precision, gradient_clipping=self.clip)
+        self.mp = MixedPrecision(self.model, self.optimizer, self.precision, gradient_clipping=self.clip,
+                                 clip_=lambda grads: self.clip_(grads, sharded=False, params=self.mp.params()))
 
     def _round_grad(self, p) -> None:
         """The gradient of an fp16 parameter is an fp16 tensor: round it where it is
@@ -109,14 +111,34 @@ class LocalStrategy:
         if self.device is not None:
             self.device.compute("optimizer.step", OPTIMIZER_FLOPS_PER_ELEMENT * int(elements))
 
-    def clip_(self, grads, sharded: bool) -> None:
+    def count_in_norm(self, group, duplicates) -> None:
+        """Under tensor/pipeline parallelism the clipping norm is over the whole model, which
+        no rank holds: each rank of the model-parallel ``group`` (``grid.mp``) sums the squares
+        of the gradients it owns uniquely, the sums are all-reduced, and ``duplicates`` — the
+        parameters another rank of the group already counts (replicated LayerNorms and biases
+        on tp ranks > 0, the last stage's copy of the tied embedding) — are left out.
+        Megatron-LM's ``clip_grad_norm_fp32`` with ``param_is_not_tensor_parallel_duplicate``
+        and ``param_is_not_shared`` (Shoeybi et al. 2019)."""
+        self.norm_group = group if group is not None and group.size > 1 else None
+        self.norm_skip = {id(p) for p in duplicates}
+
+    def local_squared_norm(self, grads, params) -> float:
+        """Σ g² (float64) of this rank's whole-tensor gradients, duplicates left out."""
+        return squared_norm(g for p, g in zip(params, grads) if id(p) not in self.norm_skip)
+
+    def clip_(self, grads, sharded: bool, params=None) -> None:
         """Scale gradients so that their global L2 norm is at most ``clip`` (if clip > 0).
 
-        With sharded gradients each rank only has part of the sum of squares, so the parts
-        are all-reduced first (one scalar message: DeepSpeed does the same)."""
+        ``grads``: whole tensors aligned with ``params``, or (``sharded``) this rank's flat
+        shards. A rank holds only part of the sum of squares when the model is split over a
+        model-parallel group or the gradients over the data-parallel ranks: the parts are
+        all-reduced first (one float64 element per group: DeepSpeed and Megatron do the same)."""
         if self.clip <= 0:
             return
-        sq = np.array([squared_norm(grads)])                # float64: the same coefficient as DDP's
+        sq = np.array([self.local_squared_norm(grads, params)])   # float64: the same coefficient as DDP's
+        if self.norm_group is not None:
+            # why: the other tp shards / pipeline stages of the model are on the other ranks of grid.mp
+            sq = dist.all_reduce(self.norm_group, sq, op="sum", algorithm="ring")
         if sharded and self.world_size > 1:
             # why: the norm is over the whole model, and each rank holds only its shard
             sq = dist.all_reduce(self.comm, sq, op="sum", algorithm="ring")

@@ -93,6 +93,20 @@ class ZeRO1(LocalStrategy):
     def my_range(self, b) -> tuple[int, int]:
         return b.shard_range(self.rank)
 
+    def local_squared_norm(self, shards, params=None) -> float:
+        """Σ g² (float64) of my gradient chunks, leaving out the elements of parameters another
+        model-parallel rank counts (see :meth:`count_in_norm`): a chunk may cut several."""
+        if not self.norm_skip:
+            return super().local_squared_norm(shards, [None] * len(shards))
+        pieces = []
+        for b, shard in zip(self.buckets, shards):
+            lo, hi = self.my_range(b)
+            for p, off, n in zip(b.params, b.offsets, b.numels):
+                s, e = max(lo, off), min(hi, off + n)          # my chunk ∩ this parameter
+                if s < e and id(p) not in self.norm_skip:
+                    pieces.append(shard[s - lo:e - lo])
+        return super().local_squared_norm(pieces, [None] * len(pieces))
+
     # -- gradients: reduce-scatter ---------------------------------------------------------
     def _on_grad_ready(self, p) -> None:
         b = self._bucket_of[id(p)]
@@ -232,9 +246,10 @@ class ZeRO1(LocalStrategy):
         return self.buckets[0].bytes_per_element * self.numel
 
     def scalar_bytes(self) -> int:
-        """The one-element all-reduces of a step: the gradient norm (clipping), the overflow
-        flag (mixed precision)."""
-        return ((self.clip > 0) + (self.precision is not None)) * self.scalar_all_reduce_bytes()
+        """The one-element all-reduces of a step: the gradient norm (clipping; over grid.mp too
+        under tensor/pipeline parallelism), the overflow flag (mixed precision)."""
+        mp = 2 * (self.norm_group.size - 1) * 8 if self.norm_group is not None else 0   # the norm over grid.mp
+        return (self.clip > 0) * mp + ((self.clip > 0) + (self.precision is not None)) * self.scalar_all_reduce_bytes()
 
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """Ring reduce-scatter + all-gather: (p−1)·S elements each (stage 2/3 override)."""

@@ -85,6 +85,14 @@ class PipelineEngine:
                                 "bytes_sent": trainer.step_log.bytes_sent()})
         return loss
 
+    def norm_duplicates(self) -> list:
+        """What this rank leaves out of the global gradient norm: its copy of the tied
+        embedding unless it holds the first chunk, whose rank counts it (Megatron marks the
+        last stage's word embeddings ``shared`` and skips them: ``param_is_not_shared``)."""
+        wte = self.model.transformer.wte.weight
+        held = {id(p) for p in self.module.parameters()}
+        return [wte] if id(wte) in held and self.pp_rank != self.schedule.stage_to_rank[0] else []
+
     def reduce_tied_embedding(self) -> None:
         if self.tied_group is None or self.tied_group.size == 1:
             return

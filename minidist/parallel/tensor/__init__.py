@@ -30,13 +30,13 @@ from .layers import (ColumnParallelLinear, RowParallelLinear, SequenceParallelLa
 from .mappings import (copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
                        gather_from_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region, scatter_to_sequence_parallel_region)
-from .model import (TensorParallelGPT, check_tensor_parallel, gather_state_dict, padded_vocab_size,
-                    shard_state_dict)
+from .model import (TensorParallelGPT, check_tensor_parallel, gather_state_dict, norm_duplicates,
+                    padded_vocab_size, shard_state_dict)
 
 __all__ = ["TensorParallelPrecision", "build_model", "config_problem", "ColumnParallelLinear", "RowParallelLinear",
            "SequenceParallelLayerNorm", "TensorParallelContext", "TensorParallelGPT",
            "VocabParallelEmbedding", "check_tensor_parallel", "copy_to_tensor_model_parallel_region",
            "gather_from_sequence_parallel_region", "gather_from_tensor_model_parallel_region",
-           "gather_state_dict", "linear_with_sequence_parallel", "padded_vocab_size",
+           "gather_state_dict", "linear_with_sequence_parallel", "norm_duplicates", "padded_vocab_size",
            "reduce_from_tensor_model_parallel_region", "reduce_scatter_to_sequence_parallel_region",
            "scatter_to_sequence_parallel_region", "shard_state_dict", "vocab_parallel_cross_entropy"]

@@ -41,10 +41,6 @@ def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] 
     if cfg["zero_optimization"]["stage"] == 3:
         return "zero_optimization.stage", ("ZeRO-3 does not compose with parallel.tensor > 1 here; use stage 1 "
                                            "or 2 over the data-parallel group (as Megatron + DeepSpeed do)")
-    if cfg["gradient_clipping"] > 0:
-        return "gradient_clipping", ("clipping under tensor parallelism needs the norm over every tp shard "
-                                     "(counting replicated parameters once), which minidist does not compute "
-                                     "yet; set gradient_clipping 0 or parallel.tensor 1")
     return None
 
 

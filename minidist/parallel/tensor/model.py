@@ -93,6 +93,15 @@ def gather_state_dict(shards: list, vocab_size: int) -> dict:
     return out
 
 
+def norm_duplicates(model) -> list:
+    """The parameters this tp rank must leave out of the global gradient norm: the replicated
+    ones (LayerNorms, row-parallel biases, the position embedding) on tp ranks other than 0,
+    which counts them (Megatron's ``param_is_not_tensor_parallel_duplicate``)."""
+    if model.ctx.rank == 0:
+        return []
+    return [p for name, p in model.named_parameters() if _rule(name) is None]
+
+
 def _dropout(p: float, seed: int, ctx: TensorParallelContext, sliced: bool) -> Dropout:
     """The one-rank layer's dropout; ``sliced``: this rank's block along axis 1 of its mask
     (heads inside attention, positions under sequence parallelism; see :mod:`.random`)."""
