@@ -156,10 +156,6 @@ def _checkpoint_args(args, cfg) -> dict:
             os.makedirs(args.save, exist_ok=True)
         except OSError as e:
             raise UsageError("--save", f"cannot create {args.save}: {e.strerror}; choose a writable folder") from None
-    if (args.save or args.load) and cfg["parallel"]["tensor"] * cfg["parallel"]["pipeline"] > 1:
-        raise UsageError("--save" if args.save else "--load", "checkpoints of tensor- or pipeline-parallel runs are "
-                                                              "not available yet; set parallel.tensor and "
-                                                              "parallel.pipeline to 1 to checkpoint")
     loaded = None
     if args.load:
         loaded = read_checkpoint(args.load)

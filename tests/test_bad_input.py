@@ -156,8 +156,6 @@ CATALOG = [
     ("load_empty_folder", "train", ["--load", "{tmp}"], ["latest", "no complete checkpoint"]),
     ("load_a_file", "train", ["--load", "{file}"], ["is a file", "--save"]),
     ("unknown_flag", "train", ["--worldsize", "2"], ["unrecognized arguments", "--worldsize"]),
-    ("save_tensor_parallel", "train", ["--world-size", "2", "--config", json.dumps(cfg(parallel__tensor=2)),
-                                       "--save", "{tmp}/ck"], ["--save", "not available yet"]),
     # ---------------------------------------------------------------- estimate and checkpoint command lines
     ("params_1e400", "estimate", ["--params", "1e400"], ["--params", "too large"]),
     ("params_fraction", "estimate", ["--params", "1.5"], ["--params", "whole number"]),

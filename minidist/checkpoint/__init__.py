@@ -4,6 +4,7 @@
 :mod:`.format`         the files: a folder per step, a shard per rank, the manifest, ``latest``;
                        atomic writes and checksums
 :mod:`.layout`         what each data-parallel layout holds, as fragments of named full arrays
+:mod:`.model_parallel` tensor slices and pipeline stages as fragments of the one-rank arrays
 :mod:`.save`           ``--save DIR --save-interval N``: every rank its shard, rank 0 the manifest
 :mod:`.reshard`        shards → full named arrays (DeepSpeed's universal checkpoint)
 :mod:`.load`           ``--load DIR``: verify everything, then each rank takes its part

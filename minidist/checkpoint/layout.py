@@ -24,7 +24,8 @@ that :func:`minidist.checkpoint.reshard.assemble` rebuilt — so the layout that
 not be the one that saved (DeepSpeed's universal checkpoint: a ZeRO optimizer's flat
 partitions are cut back into per-parameter "fp32, exp_avg, exp_avg_sq" pieces and re-cut for
 the new world size). Tensor/pipeline layouts join by emitting fragments with per-dimension
-``slices`` (see :mod:`.format`).
+``slices`` (see :mod:`.format` and :mod:`.model_parallel`): each layout above then holds
+only its stages' parameters, or its tensor-parallel slices of them, over ``grid.dp``.
 """
 from __future__ import annotations
 
@@ -35,15 +36,26 @@ from ..parallel.data.zero1 import ZeRO1
 
 
 class Fragments:
-    """This rank's fragments: named arrays for the shard plus their index for the metadata."""
+    """This rank's fragments: named arrays for the shard plus their index for the metadata.
+    ``placement``: a :class:`~.model_parallel.TensorParallelPlacement` when this rank holds
+    tensor-parallel slices (``shapes``: their local shapes), else None."""
 
-    def __init__(self):
+    def __init__(self, placement=None, shapes=None):
         self.arrays: dict[str, np.ndarray] = {}
         self.index: list[dict] = []
         self.steps: dict[str, int] = {}           # parameter name -> optimizer step count
+        self.placement, self.shapes = placement, shapes
 
     def add(self, name: str, kind: str, array: np.ndarray, lo: int = 0, hi: int | None = None) -> None:
-        """``array`` is elements ``[lo, hi)`` of the flattened full ``kind`` of ``name``."""
+        """``array`` is elements ``[lo, hi)`` of the flattened ``kind`` of ``name`` as this
+        rank holds it: the full array, or its tensor-parallel slice (one fragment per block)."""
+        if self.placement is not None and self.placement.sharded(name):
+            for slices, block in self.placement.to_full(name, self.shapes[name], np.ravel(array), lo):
+                key = f"{kind}/{name}/" + ",".join(str(a) for a, _ in slices)     # the block's corner
+                self.arrays[key] = np.ascontiguousarray(block).reshape(-1)
+                self.index.append({"key": key, "name": name, "kind": kind,
+                                   "slices": [[int(a), int(b)] for a, b in slices]})
+            return
         hi = array.size if hi is None else hi
         key = f"{kind}/{name}/{lo}"
         self.arrays[key] = np.ascontiguousarray(array).reshape(-1)
@@ -65,9 +77,9 @@ def _pairs(strategy):
     return [(p, None) for p in strategy.params]
 
 
-def fragments(strategy) -> Fragments:
-    """What this rank saves (see the module docstring)."""
-    out = Fragments()
+def fragments(strategy, placement=None) -> Fragments:
+    """What this rank saves (see the module docstring); ``placement``: see :class:`Fragments`."""
+    out = Fragments(placement, param_shapes(strategy))
     if isinstance(strategy, ZeRO1):
         for b in strategy.buckets:
             lo, hi = strategy.my_range(b)

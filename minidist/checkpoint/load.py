@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ..nn import Dropout
 from ..precision.mixed import MixedPrecisionStep
 from .format import CheckpointError, MANIFEST, read_manifest, read_shards, resolve
-from .layout import apply, holds_optimizer_state, param_shapes, state_keys
+from .layout import apply, holds_optimizer_state, state_keys
+from .model_parallel import full_shapes, local_universal
+from .save import dropout_rngs, layout_of
 from .reshard import assemble
 
 # config keys that must be the same to load (the rest — world size, ZeRO stage, offload,
@@ -81,26 +82,28 @@ def check_compatible(ckpt: Checkpoint, cfg: dict) -> None:
 
 def load_into(trainer, ckpt: Checkpoint) -> None:
     """Give this rank its part of ``ckpt`` and continue from its step (checked first)."""
-    strategy, universal = trainer.strategy, ckpt.universal
-    where = ckpt.step_dir
-    mine = param_shapes(strategy)
-    if set(mine) != set(universal):
-        missing, extra = sorted(set(mine) - set(universal)), sorted(set(universal) - set(mine))
+    strategy, where = trainer.strategy, ckpt.step_dir
+    mine = full_shapes(trainer)             # the one-rank model's, as the checkpoint records them
+    if set(mine) != set(ckpt.universal):
+        missing, extra = sorted(set(mine) - set(ckpt.universal)), sorted(set(ckpt.universal) - set(mine))
         raise CheckpointError(where, f"does not fit this model: parameters missing {missing[:3]}, unexpected "
                                      f"{extra[:3]}; load it with the model config it was saved with")
-    keys = state_keys(strategy)
     for name, shape in mine.items():
-        u = universal[name]
-        if tuple(u["param"].shape) != shape:
-            raise CheckpointError(where, f"parameter {name} has shape {tuple(u['param'].shape)}, this model "
-                                         f"{shape}; load it with the model config it was saved with")
+        if tuple(ckpt.universal[name]["param"].shape) != shape:
+            raise CheckpointError(where, f"parameter {name} has shape {tuple(ckpt.universal[name]['param'].shape)}, "
+                                         f"this model {shape}; load it with the model config it was saved with")
+    universal = local_universal(trainer, ckpt.universal)    # my stages' parameters, my tp slices of them
+    keys = state_keys(strategy)
+    for name, u in universal.items():
         if "step" in u and holds_optimizer_state(strategy) and not keys <= set(u):
             raise CheckpointError(where, f"has optimizer state {sorted(set(u) - {'param', 'master', 'step'})} "
                                          f"for {name}, this optimizer needs {sorted(keys)}; keep "
                                          f"optimizer.params (e.g. SGD momentum) as saved")
         if trainer.precision is not None and "master" not in u:
             raise CheckpointError(where, f"has no fp32 master of {name}; it was not saved in mixed precision")
-    same_world = ckpt.manifest["world_size"] == trainer.world_size
+    # the same layout (world size and grid): each rank takes back its own metadata
+    saved_grid = ckpt.manifest["layout"].get("grid", {"dp": ckpt.manifest["world_size"], "tp": 1, "pp": 1})
+    same_world = ckpt.manifest["world_size"] == trainer.world_size and saved_grid == layout_of(trainer)["grid"]
     meta = ckpt.metas[trainer.rank if same_world else 0]
     if trainer.precision is not None and meta["scaler"]["type"] != type(trainer.precision.scaler).__name__:
         raise CheckpointError(where, f"holds a {meta['scaler']['type']}, this run a "
@@ -110,9 +113,9 @@ def load_into(trainer, ckpt: Checkpoint) -> None:
         trainer.precision.scaler.load_state_dict(meta["scaler"])
         trainer.precision.history[:] = [MixedPrecisionStep(int(s), float(sc), bool(o), bool(k))
                                         for s, sc, o, k in meta["precision_history"]]
-    for m, rng in zip([m for m in trainer.model.modules() if isinstance(m, Dropout)], meta["dropout_rng"]):
-        m.rng.key = tuple(rng["key"]) if rng["key"] is not None else None
-        m.rng._sequential.bit_generator.state = rng["state"]
+    for r, rng in zip(dropout_rngs(trainer.model), meta["dropout_rng"]):
+        r.key = tuple(rng["key"]) if rng["key"] is not None else None
+        r._sequential.bit_generator.state = rng["state"]
     history = [dict(h) for h in meta["history"]]
     if not same_world:                          # my slice's losses are not the old ranks': the job's mean
         for h, loss in zip(history, ckpt.manifest["losses"]):

@@ -22,32 +22,43 @@ import os
 from ..nn import Dropout
 from .format import (FORMAT, FORMAT_VERSION, LATEST, MANIFEST, encode_shard, sha256, shard_filename,
                      step_dirname, write_atomic, write_json_atomic)
-from .layout import fragments, param_shapes
+from ..parallel.grid import GridShape
+from .layout import fragments
+from .model_parallel import full_shapes, placement_of
 
 
 def layout_of(trainer) -> dict:
     """The world layout a checkpoint records: strategy, ZeRO stage, precision and grid."""
     s = trainer.strategy
     n = trainer.world_size
+    shape = GridShape(n, trainer.cfg["parallel"]["tensor"], trainer.cfg["parallel"]["pipeline"])
     return {"strategy": s.name, "zero_stage": s.stage, "offload": bool(s.offload),
             "precision": trainer.precision.dtype if trainer.precision is not None else trainer.cfg["dtype"],
-            "world_size": n, "grid": {"dp": n, "tp": 1, "pp": 1},
-            "ranks": [{"rank": r, "coords": {"dp": r, "tp": 0, "pp": 0}} for r in range(n)]}
+            "world_size": n, "grid": {"dp": shape.dp, "tp": shape.tp, "pp": shape.pp},
+            "ranks": [{"rank": r, "coords": shape.coords(r)} for r in range(n)]}
+
+
+def dropout_rngs(model) -> list:
+    """The per-layer dropout generators (:class:`~minidist.nn.DropoutRNG`), in module order;
+    a tensor-parallel layer's sliced generator wraps the one-rank layer's (``.rng``)."""
+    rngs = [m.rng for m in model.modules() if isinstance(m, Dropout)]
+    return [getattr(r, "rng", r) for r in rngs]
 
 
 def rank_state(trainer, step: int) -> tuple[dict, dict]:
-    """(arrays, meta) of this rank's shard after ``step`` completed optimizer steps."""
-    frags = fragments(trainer.strategy)
-    shapes = {name: list(shape) for name, shape in param_shapes(trainer.strategy).items()}
+    """(arrays, meta) of this rank's shard after ``step`` completed optimizer steps. The
+    shapes are the one-rank model's, whatever this rank holds of it."""
+    frags = fragments(trainer.strategy, placement_of(trainer))
+    shapes = {name: list(shape) for name, shape in full_shapes(trainer).items()}
     precision = trainer.precision
     meta = {"rank": trainer.rank, "world_size": trainer.world_size, "step": int(step),
             "fragments": frags.index, "steps": frags.steps, "shapes": shapes,
             "scaler": precision.scaler.state_dict() if precision is not None else None,
             "precision_history": [list(h) for h in precision.history] if precision is not None else None,
-            "dropout_rng": [{"key": m.rng.key, "state": m.rng._sequential.bit_generator.state}
-                            for m in trainer.model.modules() if isinstance(m, Dropout)],
+            "dropout_rng": [{"key": r.key, "state": r._sequential.bit_generator.state}
+                            for r in dropout_rngs(trainer.model)],
             "history": trainer.history, "clock": dict(trainer.device.clock.streams),
-            "consumed_samples": int(step) * trainer.micro_batch * trainer.accumulation * trainer.world_size}
+            "consumed_samples": int(step) * trainer.micro_batch * trainer.accumulation * trainer.dp_size}
     return frags.arrays, meta
 
 
@@ -66,13 +77,15 @@ def save_checkpoint(trainer, root: str, step: int) -> str:
     write_atomic(os.path.join(step_dir, name), data)
     # why: rank 0 writes the manifest, which lists every rank's file and checksum (and loss)
     entry = {"rank": trainer.rank, "file": name, "bytes": len(data), "sha256": sha256(data)}
-    files = _exchange(trainer.comm, (entry, [h["loss"] for h in trainer.history]))
+    # (under pipeline parallelism only the last stage's ranks know the loss: the others send None)
+    holds_loss = trainer.pipeline is None or trainer.pipeline.holds_loss
+    files = _exchange(trainer.comm, (entry, [h["loss"] for h in trainer.history] if holds_loss else None))
     if trainer.rank == 0:
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": int(step),
                     "world_size": trainer.world_size, "config": trainer.cfg, "layout": layout_of(trainer),
                     "parameters": meta["shapes"], "files": [e for e, _ in files],
                     # the job's loss of each step so far: the mean of the ranks' slices
-                    "losses": [float(sum(v) / len(v)) for v in zip(*(losses for _, losses in files))],
+                    "losses": [float(sum(v) / len(v)) for v in zip(*(losses for _, losses in files if losses))],
                     "consumed_samples": meta["consumed_samples"]}
         write_json_atomic(os.path.join(step_dir, MANIFEST), manifest)
         write_atomic(os.path.join(root, LATEST), (step_dirname(step) + "\n").encode())   # last: the commit point
