@@ -106,7 +106,7 @@ def test_reshard_continues_within_1e_12(tmp_path, before, after):
 
 def test_consolidate_equals_one_rank_state_dict(tmp_path):
     cfg = config(dtype="float64", zero_optimization={"stage": 3})
-    zero3 = train(cfg, 2, save=tmp_path / "z3")
+    train(cfg, 2, save=tmp_path / "z3")
     state = consolidate(str(tmp_path / "z3"), str(tmp_path / "full.npz"))
     on_disk = dict(np.load(tmp_path / "full.npz"))
     single = train(config(dtype="float64", train_micro_batch_size_per_gpu=4), 1)[0].model.state_dict()
