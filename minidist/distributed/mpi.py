@@ -37,6 +37,10 @@ HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype,
 MAX_NDIM = 5             # and the collective's input: shape code, element count, dtype
 _DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
                                  "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
+# dtype (and its name) -> header code, built once: a per-message str(dtype) costs more than the message
+_DTYPE_CODE = {d: i for i, d in enumerate(_DTYPES)}
+_DTYPE_NAMES = [str(d) for d in _DTYPES]
+_DTYPE_NAME_CODE = {name: i for i, name in enumerate(_DTYPE_NAMES)}
 
 
 def _code(name: str) -> int:
@@ -99,15 +103,14 @@ class MPIComm(Communicator):
 
     # -- headers --------------------------------------------------------------------------
     def _pack(self, header: Header, x: np.ndarray) -> np.ndarray:
-        if x.ndim > MAX_NDIM or x.dtype not in _DTYPES:
+        if x.ndim > MAX_NDIM or x.dtype not in _DTYPE_CODE:
             raise TypeError(f"the MPI backend sends arrays of <= {MAX_NDIM} dims of {[str(d) for d in _DTYPES]}, "
                             f"got {x.dtype} of shape {x.shape}")
         h = np.zeros(HEADER_LEN)
         h[:8] = (header.t_start, header.arrival, header.nbytes, self._learn(header.op),
-                 self._learn(header.algorithm), header.step, _DTYPES.index(x.dtype), x.ndim)
+                 self._learn(header.algorithm), header.step, _DTYPE_CODE[x.dtype], x.ndim)
         h[8:8 + x.ndim] = x.shape
-        names = [str(d) for d in _DTYPES]
-        h[13], h[14], h[15] = header.shape_code, header.count, names.index(header.dtype) if header.dtype in names else -1
+        h[13], h[14], h[15] = header.shape_code, header.count, _DTYPE_NAME_CODE.get(header.dtype, -1)
         return h
 
     def _learn(self, name: str) -> int:
@@ -119,7 +122,7 @@ class MPIComm(Communicator):
         name = self._names.get
         header = Header(float(h[0]), float(h[1]), int(h[2]), name(int(h[3]), f"#{int(h[3])}"),
                         name(int(h[4]), f"#{int(h[4])}"), int(h[5]), int(h[14]),
-                        str(_DTYPES[int(h[15])]) if h[15] >= 0 else "", int(h[13]))
+                        _DTYPE_NAMES[int(h[15])] if h[15] >= 0 else "", int(h[13]))
         return header, _DTYPES[int(h[6])], tuple(int(v) for v in h[8:8 + int(h[7])])
 
     # -- transport ------------------------------------------------------------------------
