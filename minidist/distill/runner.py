@@ -8,6 +8,8 @@
    hold it: every rank when ``teacher_ranks`` is 0 (data parallel), else the k teacher ranks.
    It runs on a device of its own (a separate job on the same ranks), so the student's
    memory figures are the distillation's alone. Then it is frozen (:mod:`.teacher`).
+   With ``distillation.teacher.load: DIR`` it is read from a ``--save`` checkpoint instead
+   (:func:`~.teacher.read_teacher`, every rank, before any message) and frozen the same way.
 2. **Distillation** — the student trains with ``kd_loss`` (+ β·``pkd_loss``) instead of
    cross-entropy: a :class:`StudentTrainer` is the ordinary :class:`~minidist.training.Trainer`
    (data parallel or ZeRO over the student ranks) whose loss asks a *source* for the
@@ -25,7 +27,7 @@ from ..training.config import ConfigError, load_config
 from ..training.trainer import Trainer
 from .losses import kd_loss, pkd_loss, pkd_pairs
 from .streaming import TAGS, LocalSource, RemoteSource, Wire, payload_bytes, serve, students_of, teacher_of
-from .teacher import FrozenTeacher, wire_dtype
+from .teacher import FrozenTeacher, read_teacher, wire_dtype
 
 TEACHER_TRAINING_WAIT = 24 * 3600.0    # seconds a student may wait for its first payload (teacher training)
 PARTS = ("kl", "ce", "pkd")
@@ -85,6 +87,16 @@ def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
     return t
 
 
+def _loaded_run(tcfg: dict, device, ckpt, state: dict) -> Trainer:
+    """The teacher's Trainer holding a checkpoint's weights instead of training them: its
+    loss history is the manifest's, its held-out figures are evaluated here."""
+    run = Trainer(tcfg, None, device=device)
+    run.model.load_state_dict(state)
+    run.history[:] = [{"step": i, "loss": loss} for i, loss in enumerate(ckpt.manifest.get("losses") or [])]
+    run.final = run.evaluate()
+    return run
+
+
 def _group(comm, device):
     """A private copy of ``comm`` computing on ``device`` (None for a group of one)."""
     if comm is None or comm.size == 1:
@@ -106,6 +118,11 @@ class DistillRank:
         d = self.d = cfg["distillation"]
         if d is None:
             raise ConfigError("distillation", "this config has no distillation section; use minidist.train's Trainer")
+        self.loaded = state = None
+        if d["teacher"]["load"] is not None:
+            # before any message: a missing, damaged or mismatched checkpoint fails alike on every rank
+            d, self.loaded, state = read_teacher(cfg)
+            self.d = d
         k = d["teacher_ranks"]
         self.is_teacher, self.is_student = (k == 0 or r < k), (k == 0 or r >= k)
         self.role = "teacher+student" if k == 0 else ("teacher" if self.is_teacher else "student")
@@ -121,8 +138,12 @@ class DistillRank:
         self.teacher_run = self.teacher = self.student = None
         if self.is_teacher:                                           # phase 1
             dev = Device(cfg["device"], rank=r)
-            self.teacher_run = Trainer(teacher_config(cfg, self.n_students, k), _group(tcomm, dev), device=dev)
-            self.teacher_run.fit(progress=progress and r == 0, stream=stream)
+            tcfg = teacher_config(dict(cfg, distillation=d), self.n_students, k)
+            if state is None:
+                self.teacher_run = Trainer(tcfg, _group(tcomm, dev), device=dev)
+                self.teacher_run.fit(progress=progress and r == 0, stream=stream)
+            else:
+                self.teacher_run = _loaded_run(tcfg, dev, self.loaded, state)
             self.teacher = FrozenTeacher(self.teacher_run.model, self.device, mp)
         scfg = dict(cfg, distillation=None)
         lt, ls = d["teacher"]["model"]["n_layer"], cfg["model"]["n_layer"]
@@ -186,11 +207,14 @@ class DistillRank:
                 "messages_sent": sum(e.tag in TAGS for e in log.messages("send"))}
         if self.teacher is not None:
             t = self.teacher_run
-            out["teacher"] = {"n_params": t.n_params, "model": vars(t.model_config), "steps": len(t.history),
-                              "train_loss": t.history[-1]["loss"], "final": t.final,
+            trained = self.loaded is None               # else read from a checkpoint: not trained here
+            out["teacher"] = {"n_params": t.n_params, "model": vars(t.model_config), "steps": self.d["teacher"]["steps"],
+                              "train_loss": t.history[-1]["loss"] if t.history else None, "final": t.final,
                               "memory": self.teacher.memory(), "bytes_per_parameter": self.teacher.bytes_per_parameter(),
                               "holds_no_state": self.teacher.holds_no_state(),
-                              "training_peak_bytes": t.device.memory.peak, "training_sim_time": t.device.clock.time}
+                              "loaded_from": None if trained else self.loaded.step_dir,
+                              "training_peak_bytes": t.device.memory.peak if trained else None,
+                              "training_sim_time": t.device.clock.time if trained else None}
         if self.student is not None:
             s = self.student
             out["student"] = {"n_params": s.n_params, "model": vars(s.model_config), "final": s.final,
@@ -206,6 +230,7 @@ def distil_with(teacher: FrozenTeacher, config, progress: bool = False) -> Stude
     process (no teacher training phase): the building block of the demo's comparisons."""
     cfg = load_config(config)
     d = cfg["distillation"]
+    d = dict(d, teacher=dict(d["teacher"], model=vars(teacher.config)))     # the teacher given (or loaded) is the truth
     mp = "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
     student = StudentTrainer(dict(cfg, distillation=None), None, None, d)
     blocks = [j for _, j in student.pairs]

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checkpoint import CheckpointError, full_state_dict, read_checkpoint
 from ..memory import CATEGORIES
 from ..numerics import quantize
 from ..precision import autocast
 from ..tensor import no_grad
+from ..training.config import ConfigError, check_teacher
 
 PREFIX = "teacher."
+LOAD_KEY = "distillation.teacher.load"
+WTE = "transformer.wte.weight"          # the token embedding: its rows are the teacher's vocabulary
 
 
 class FrozenTeacher:
@@ -74,3 +78,27 @@ class FrozenTeacher:
 def wire_dtype(precision: str | None, model_dtype) -> str:
     """The element type teacher outputs travel in: the run's 16-bit format, else the model's dtype."""
     return precision or np.dtype(model_dtype).name
+
+
+def read_teacher(cfg: dict):
+    """Read the teacher that ``distillation.teacher.load`` names with minidist.checkpoint's own
+    reader (any layout: every shard verified and assembled, then consolidated to full
+    precision as ``zero_to_fp32`` does) and check it against the student
+    (:func:`~minidist.training.config.check_teacher`). Returns ``(d, ckpt, state)``: a copy
+    of the ``distillation`` section whose ``teacher.model`` is the manifest's and whose
+    ``teacher.steps`` is the checkpoint's step, the :class:`~minidist.checkpoint.Checkpoint`,
+    and the full state dict. Every problem is a :class:`ConfigError` naming
+    ``distillation.teacher.load``: run it on every rank before any message is sent."""
+    d = cfg["distillation"]
+    try:
+        ckpt = read_checkpoint(d["teacher"]["load"])
+    except CheckpointError as e:
+        raise ConfigError(LOAD_KEY, f"{e}") from None
+    state = full_state_dict(ckpt.universal)
+    if WTE not in state:
+        raise ConfigError(LOAD_KEY, f"{ckpt.step_dir} holds no {WTE}: it is not a checkpoint of minidist's GPT; "
+                                    f"give a folder written by python -m minidist.train --save")
+    model = dict(ckpt.manifest["config"]["model"], vocab_size=int(state[WTE].shape[0]))   # None: the dataset's
+    d = dict(d, teacher=dict(d["teacher"], model=model, steps=ckpt.step))
+    check_teacher(cfg, d)
+    return d, ckpt, state

@@ -299,8 +299,10 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
 def _check_distillation(cfg: dict, given, world_size: int) -> dict:
     """The ``distillation`` section with its defaults, checked (SPEC §11; runs in minidist.distill).
 
-    ``teacher.model`` starts from the student's ``model`` (so only what differs is given) and
-    is trained for ``teacher.steps`` (default: ``steps``) on the same data before the student."""
+    ``teacher.model`` starts from the student's ``model`` (only what differs is given) and is
+    trained for ``teacher.steps`` (default: ``steps``) before the student; or ``teacher.load:
+    DIR`` (a ``--save`` folder): the manifest's model, checked by :func:`check_teacher` once
+    minidist.distill has read it."""
     if not isinstance(given, dict):
         raise ConfigError("distillation", f"expected an object such as {{'teacher': {{'model': {{'n_layer': 4}}}}}} "
                                           f"or null, got {given!r}")
@@ -309,9 +311,15 @@ def _check_distillation(cfg: dict, given, world_size: int) -> dict:
                 "alpha": 0.5, "patient": None, "teacher_ranks": 0, "top_k": None}, given, "distillation.")
     t = d["teacher"]
     if t["load"] is not None:
-        raise ConfigError("distillation.teacher.load", "loading a teacher from a checkpoint is not available "
-                                                       "until checkpoints (`--save`) land; train the teacher in the "
-                                                       "same run with distillation.teacher.model and .steps")
+        both = sorted(set(given["teacher"]) & {"model", "steps"})
+        if both:
+            raise ConfigError(f"distillation.teacher.{both[0]}", "a teacher loaded from a checkpoint (teacher.load) "
+                                                                 "keeps the model and steps it was saved with; give "
+                                                                 f"exactly one of teacher.model or teacher.load: "
+                                                                 f"remove teacher.{' and teacher.'.join(both)}")
+        if not isinstance(t["load"], str) or not t["load"]:
+            raise ConfigError("distillation.teacher.load", f"must be the folder a run wrote with --save DIR (a "
+                                                           f"string), got {t['load']!r}")
     for key, value, ok, want in (
             ("teacher.steps", t["steps"], lambda v: v == int(v) and v > 0, "a positive integer"),
             ("temperature", d["temperature"], lambda v: v > 0, "a number > 0 (Hinton et al. use 1-20)"),
@@ -319,17 +327,9 @@ def _check_distillation(cfg: dict, given, world_size: int) -> dict:
             ("teacher_ranks", d["teacher_ranks"], lambda v: v == int(v) and v >= 0, "an integer >= 0")):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
             raise ConfigError(f"distillation.{key}", f"must be {want}, got {value!r}")
-    vocab = student["vocab_size"] or make_dataset(data_config(cfg)).vocab_size    # None: the dataset's
-    for key, what, mine in (("vocab_size", "vocabulary", vocab), ("block_size", "sequence length (block_size)",
-                                                                  student["block_size"])):
-        if t["model"][key] not in (None, mine) if key == "vocab_size" else t["model"][key] != mine:
-            raise ConfigError(f"distillation.teacher.model.{key}",
-                              f"the teacher's {what} {t['model'][key]} differs from the student's {mine}: KD "
-                              f"compares their outputs token by token; remove the key or set it to {mine}")
-    try:
-        GPTConfig(**{**t["model"], "vocab_size": vocab})
-    except ValueError as e:
-        raise ConfigError("distillation.teacher.model", str(e).replace("model.", "teacher.model.")) from None
+    if t["load"] is not None:
+        t["model"] = t["steps"] = None          # the checkpoint's: filled in by minidist.distill
+    vocab = _student_vocab(cfg)
     k = d["teacher_ranks"]
     if k and k >= world_size:
         raise ConfigError("distillation.teacher_ranks", f"{k} teacher rank(s) leave no student rank in a world of "
@@ -351,17 +351,48 @@ def _check_distillation(cfg: dict, given, world_size: int) -> dict:
                                                               f"'skip' or 'last' (Sun et al. 2019)")
         if isinstance(p["beta"], bool) or not isinstance(p["beta"], (int, float)) or p["beta"] < 0:
             raise ConfigError("distillation.patient.beta", f"must be a number >= 0, got {p['beta']!r}")
-        ls, lt = student["n_layer"], t["model"]["n_layer"]
-        if ls < 2:
+        if student["n_layer"] < 2:
             raise ConfigError("model.n_layer", "patient KD matches the student's first n_layer − 1 blocks; give the "
                                                "student at least 2 blocks or remove distillation.patient")
-        if lt < ls:
-            raise ConfigError("distillation.teacher.model.n_layer",
-                              f"PKD-{p['mapping'].capitalize()} maps the student's {ls - 1} inner blocks onto distinct "
-                              f"teacher blocks below the teacher's last, which needs at least {ls} teacher layers; "
-                              f"the teacher has {lt}: raise it to {ls} or more")
-        if t["model"]["n_embd"] != student["n_embd"]:
-            raise ConfigError("distillation.teacher.model.n_embd",
-                              f"patient KD compares hidden states, so the teacher's n_embd must equal the student's "
-                              f"{student['n_embd']} (no learned projection is provided)")
+    if t["load"] is None:
+        check_teacher(cfg, d)
     return d
+
+
+def _student_vocab(cfg: dict) -> int:
+    """The student's vocabulary: ``model.vocab_size``, or the dataset's when it is None."""
+    return cfg["model"]["vocab_size"] or make_dataset(data_config(cfg)).vocab_size
+
+
+def check_teacher(cfg: dict, d: dict) -> None:
+    """``d["teacher"]["model"]`` against the student's: same vocabulary and block size, a valid
+    GPT, for Patient KD enough blocks and the same width. Errors name ``teacher.model.KEY``,
+    or ``teacher.load`` for a teacher whose model came from a checkpoint's manifest."""
+    student, t = cfg["model"], d["teacher"]
+    loaded = t["load"] is not None
+    where = lambda key="": "distillation.teacher." + ("load" if loaded else "model" + (key and "." + key))   # noqa: E731
+    vocab = _student_vocab(cfg)
+    for key, what, mine in (("vocab_size", "vocabulary", vocab), ("block_size", "sequence length (block_size)",
+                                                                  student["block_size"])):
+        if t["model"][key] not in (None, mine) if key == "vocab_size" else t["model"][key] != mine:
+            fix = f"load a teacher saved with model.{key} = {mine}" if loaded else f"remove the key or set it to {mine}"
+            raise ConfigError(where(key), f"the teacher's {what} {t['model'][key]} differs from the student's {mine}: "
+                                          f"KD compares their outputs token by token; {fix}")
+    try:
+        GPTConfig(**{**t["model"], "vocab_size": vocab})
+    except ValueError as e:
+        raise ConfigError(where(), str(e).replace("model.", "teacher.model.")) from None
+    p = d["patient"]
+    if p is None:
+        return
+    ls, lt = student["n_layer"], t["model"]["n_layer"]
+    if lt < ls:
+        fix = f"load a teacher of {ls} blocks or more" if loaded else f"raise it to {ls} or more"
+        raise ConfigError(where("n_layer"), f"PKD-{p['mapping'].capitalize()} maps the student's {ls - 1} inner blocks "
+                                            f"onto distinct teacher blocks below the teacher's last, which needs at "
+                                            f"least {ls} teacher layers; the teacher has {lt}: {fix}")
+    if t["model"]["n_embd"] != student["n_embd"]:
+        fix = "load a teacher of that width" if loaded else "set teacher.model.n_embd to it"
+        raise ConfigError(where("n_embd"), f"patient KD compares hidden states, so the teacher's n_embd "
+                                           f"{t['model']['n_embd']} must equal the student's {student['n_embd']} (no "
+                                           f"learned projection is provided): {fix}")
