@@ -20,6 +20,7 @@ from .estimate import estimate
 from .memory import OutOfMemoryError
 from .precision.loss_scaler import LossScaleAtMinimumError
 from .distill.runner import distill_rank
+from .distill.teacher import read_teacher
 from ._malloc import tune_malloc
 from .report import (build_distill_report, build_report, distill_rank_report, format_data_parallel,
                      format_distillation, rank_report, write_report)
@@ -214,11 +215,17 @@ def main(argv=None) -> int:
         if not mpi:
             _check_memory(cfg, args.world_size)
         ckpt = _checkpoint_args(args, cfg)
+        if (cfg["distillation"] or {}).get("teacher", {}).get("load"):
+            read_teacher(cfg)                   # a missing or damaged teacher checkpoint: refused before launch
     except (ConfigError, UsageError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if cfg["distillation"] is not None:
-        return _distill_main(config, args, mpi, cfg["device"])
+        try:
+            return _distill_main(config, args, mpi, cfg["device"])
+        except RUN_ERRORS as e:                 # the run stopped with a clear message: no traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     try:
         result = _launch(config, cfg, args, mpi, ckpt)
     except RUN_ERRORS as e:                     # the run stopped with a clear message: no traceback

@@ -66,13 +66,16 @@ def test_mpi_raising_rank_ends_job_at_once(tmp_path, entry):
     elapsed = time.monotonic() - t0
     assert r.returncode != 0 and elapsed < WAITED_OUT, (elapsed, r.stderr[-2000:])
     assert "[minidist] rank 1 of 2 failed: RuntimeError: rank one gives up" in r.stderr
+    assert "ended without a word" not in r.stderr       # the watchers stay quiet: the rank spoke
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("entry", ["init", "run_main"])
 def test_mpi_killed_rank_ends_job_at_once(tmp_path, entry):
     """SIGKILL leaves the rank no word to say: MPICH's mpirun notices the dead process, kills
-    the others and reports its PID and signal (the survivors never wait out their timeout)."""
+    the others and reports its PID and signal (the survivors never wait out their timeout), and
+    the rank's watcher process (distributed/watchdog.py) names it — only it, not the others
+    that mpirun kills afterwards."""
     prog = tmp_path / "prog.py"
     prog.write_text(PROGRAM)
     t0 = time.monotonic()
@@ -80,6 +83,8 @@ def test_mpi_killed_rank_ends_job_at_once(tmp_path, entry):
     elapsed = time.monotonic() - t0
     assert r.returncode != 0 and elapsed < WAITED_OUT, (elapsed, r.stdout[-2000:], r.stderr[-2000:])
     assert "signal 9" in r.stdout + r.stderr or "EXIT CODE: 9" in r.stdout + r.stderr
+    named = [line for line in r.stderr.splitlines() if "ended without a word" in line]
+    assert len(named) == 1 and named[0].startswith("[minidist] rank 1 of 2 (pid "), r.stderr[-2000:]
 
 
 def test_fp32_non_finite_loss_stops_naming_the_step():

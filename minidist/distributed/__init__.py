@@ -48,6 +48,7 @@ from .pattern import Message, message_pattern
 from .reduce import reduce
 from .reduce_scatter import reduce_scatter
 from .scatter_gather import gather, scatter
+from . import watchdog
 
 OPS = tuple(REDUCE_OPS)
 
@@ -72,6 +73,7 @@ def init(device=None, timeout: float = 60.0, debug: bool = False):
     from .mpi import MPIComm, abort_on_uncaught  # here, not at the top: importing mpi4py initialises MPI
 
     comm = MPIComm.world(device=device, timeout=timeout, debug=debug)
+    watchdog.start(comm.rank, comm.size)    # so that a rank killed without a word is still named
     abort_on_uncaught(comm)
     return comm
 

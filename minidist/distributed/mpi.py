@@ -31,7 +31,9 @@ from .collectives import ALGORITHMS
 from .comm import CTRL_TAG, Communicator, Header
 from .errors import CommError, CommTimeoutError
 from .log import MessageLog
+from . import watchdog
 
+ABORT_GRACE_S = 0.25      # see abort_job
 _POLLS_BEFORE_YIELD = 100   # spin this many polls before yielding the core (as MPICH does)
 HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype, ndim, shape[0..4],
 MAX_NDIM = 5             # and the collective's input: shape code, element count, dtype
@@ -71,8 +73,13 @@ def abort_job(comm, exc: BaseException) -> None:
     head = f"[minidist] rank {comm.rank} of {comm.size} failed: {type(exc).__name__}: {exc}\n"
     if not isinstance(exc, PLAIN_ERRORS):
         head += "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    watchdog.claim()                 # this job's failure is reported here: the watchers stay quiet
     sys.stderr.write(head)
     sys.stderr.flush()
+    watchdog.say_goodbye(aborting=True)
+    # MPI_Abort makes MPICH's proxy kill the job at once, and it may drop what it has not yet
+    # forwarded from this rank's stderr: give it a moment to pass the message on first
+    time.sleep(ABORT_GRACE_S)
     MPI.COMM_WORLD.Abort(1)
     os._exit(1)         # MPICH's Abort may return before mpirun kills us: never run on after it
 
