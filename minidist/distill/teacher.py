@@ -20,7 +20,8 @@ from ..memory import CATEGORIES
 from ..numerics import quantize
 from ..precision import autocast
 from ..tensor import no_grad
-from ..training.config import ConfigError, check_teacher
+from ..training.config import ConfigError
+from ..training.config_distillation import check_teacher
 
 PREFIX = "teacher."
 LOAD_KEY = "distillation.teacher.load"
@@ -84,7 +85,7 @@ def read_teacher(cfg: dict):
     """Read the teacher that ``distillation.teacher.load`` names with minidist.checkpoint's own
     reader (any layout: every shard verified and assembled, then consolidated to full
     precision as ``zero_to_fp32`` does) and check it against the student
-    (:func:`~minidist.training.config.check_teacher`). Returns ``(d, ckpt, state)``: a copy
+    (:func:`~minidist.training.config_distillation.check_teacher`). Returns ``(d, ckpt, state)``: a copy
     of the ``distillation`` section whose ``teacher.model`` is the manifest's and whose
     ``teacher.steps`` is the checkpoint's step, the :class:`~minidist.checkpoint.Checkpoint`,
     and the full state dict. Every problem is a :class:`ConfigError` naming
