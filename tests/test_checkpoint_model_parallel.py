@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from _mpi import run_mpi
 
-from minidist import distributed as dist
 from minidist.checkpoint import consolidate, read_checkpoint
-from minidist.train import run
+from _checkpoint import assert_same_state, train
 
 pytestmark = [pytest.mark.checkpoint, pytest.mark.tensor, pytest.mark.pipeline, pytest.mark.timeout(120)]
 
@@ -35,27 +34,6 @@ LAYOUTS = {   # id: (ranks, extra config)
 
 def config(**extra):
     return {**BASE, **extra}
-
-
-def train(cfg, world, save=None, interval=0, load=None):
-    """Trainers of every rank after a run (in-process ranks)."""
-    loaded = read_checkpoint(load) if load else None
-    if world == 1:
-        return [run(cfg, None, False, save, interval, loaded)[0]]
-    return dist.spawn(lambda comm: run(cfg, comm, False, save, interval, loaded)[0], world)
-
-
-def assert_same_state(a, b, atol=0.0):
-    """Two checkpoints hold the same parameters, masters, moments and step counts."""
-    ua, ub = read_checkpoint(a).universal, read_checkpoint(b).universal
-    assert ua.keys() == ub.keys()
-    for name in ua:
-        assert ua[name].keys() == ub[name].keys(), name
-        for kind, x in ua[name].items():
-            if atol == 0.0:
-                assert np.array_equal(x, ub[name][kind]), f"{kind} of {name} differs"
-            else:
-                np.testing.assert_allclose(ub[name][kind], x, rtol=0, atol=atol, err_msg=f"{kind} of {name}")
 
 
 def losses(trainers):
