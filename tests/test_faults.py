@@ -74,8 +74,8 @@ def test_mpi_raising_rank_ends_job_at_once(tmp_path, entry):
 def test_mpi_killed_rank_ends_job_at_once(tmp_path, entry):
     """SIGKILL leaves the rank no word to say: MPICH's mpirun notices the dead process, kills
     the others and reports its PID and signal (the survivors never wait out their timeout), and
-    the rank's watcher process (distributed/watchdog.py) names it — only it, not the others
-    that mpirun kills afterwards."""
+    the rank's watcher process (distributed/watchdog.py) names it — not the others that mpirun
+    kills afterwards."""
     prog = tmp_path / "prog.py"
     prog.write_text(PROGRAM)
     t0 = time.monotonic()
@@ -84,7 +84,11 @@ def test_mpi_killed_rank_ends_job_at_once(tmp_path, entry):
     assert r.returncode != 0 and elapsed < WAITED_OUT, (elapsed, r.stdout[-2000:], r.stderr[-2000:])
     assert "signal 9" in r.stdout + r.stderr or "EXIT CODE: 9" in r.stdout + r.stderr
     named = [line for line in r.stderr.splitlines() if "ended without a word" in line]
-    assert len(named) == 1 and named[0].startswith("[minidist] rank 1 of 2 (pid "), r.stderr[-2000:]
+    # one line: rank 1 alone when its watcher woke before mpirun killed rank 0 (the usual case);
+    # on a busy machine, when it woke last, both ranks with their pids — never rank 0 alone
+    assert len(named) == 1, r.stderr[-2000:]
+    assert (named[0].startswith("[minidist] rank 1 of 2 (pid ")
+            or named[0].startswith("[minidist] ranks 0 (pid ") and ", 1 (pid " in named[0]), named
 
 
 def test_fp32_non_finite_loss_stops_naming_the_step():

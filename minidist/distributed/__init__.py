@@ -27,6 +27,7 @@ and ``tag``; its messages are in ``comm.log`` and its analytic α-β cost in :mo
 from __future__ import annotations
 
 import os
+import socket
 
 from .all_gather import all_gather
 from .all_reduce import all_reduce
@@ -73,7 +74,10 @@ def init(device=None, timeout: float = 60.0, debug: bool = False):
     from .mpi import MPIComm, abort_on_uncaught  # here, not at the top: importing mpi4py initialises MPI
 
     comm = MPIComm.world(device=device, timeout=timeout, debug=debug)
-    watchdog.start(comm.rank, comm.size)    # so that a rank killed without a word is still named
+    # so that a rank killed without a word is still named: its watcher knows the node's other ranks
+    where = comm.exchange_objects((socket.gethostname(), os.getpid()))
+    here = where[comm.rank][0]
+    watchdog.start(comm.rank, comm.size, {r: pid for r, (host, pid) in enumerate(where) if host == here})
     abort_on_uncaught(comm)
     return comm
 

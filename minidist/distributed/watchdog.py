@@ -10,11 +10,15 @@ that holds the read end of a pipe from its rank:
 * the rank is killed: the kernel closes the pipe, the watcher reads end-of-file without
   ``bye`` and prints ``[minidist] rank R of N (pid P) ended without a word …``.
 
-When mpirun then kills the other ranks, their watchers see the same end-of-file. Only the
-first one says something: each tries to create one marker file per job (``O_EXCL``, named
-after the ranks' common parent, MPICH's per-node proxy) and only the winner prints. The rank
-that aborts on an error claims the marker first, so a job that fails with a message prints
-no watcher line at all.
+When mpirun then kills the other ranks, their watchers see the same end-of-file. A watcher
+that wakes while every other rank of its node is still alive knows its rank died first and
+says so. One that finds another rank already dead keeps quiet for a moment; if no watcher has
+spoken by then (on a busy machine the first rank's watcher may wake last), one line lists
+every rank that ended, with its pid, to match against the PID mpirun reports — a line that
+can be vague but never names the wrong rank. One marker file per job (``O_EXCL``, named after
+the ranks' common parent, MPICH's per-node proxy) lets only one watcher speak. The rank that
+aborts on an error claims the marker first, so a job that fails with a message prints no
+watcher line at all.
 
 The watcher calls no MPI and no Python exit handler (``os._exit``): it is safe to fork
 before or after ``MPI_Init``. One per process, which under mpirun is one per rank.
@@ -31,6 +35,7 @@ _marker: str | None = None      # the job's marker file, named in the rank (a wa
 # how long the reporting watcher keeps the marker: mpirun may take a while to kill the other ranks on a
 # busy machine, and their watchers must still find it (the watcher holds no pipe meanwhile)
 LINGER_S = 60.0
+SETTLE_S = 0.3       # how long a watcher that is not sure to be first lets the first one speak
 
 
 def claim() -> bool:
@@ -57,6 +62,32 @@ def say_goodbye(aborting: bool = False) -> None:
         _pipe_w = None
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _report(rank: int, size: int, peers: dict) -> str | None:
+    """The line a watcher prints when its rank ended without a goodbye, or None to keep quiet."""
+    others_dead = [r for r, pid in peers.items() if r != rank and not _alive(pid)]
+    if not others_dead:
+        if claim():
+            return (f"[minidist] rank {rank} of {size} (pid {peers[rank]}) ended without a word: killed by a "
+                    f"signal (SIGKILL, or the kernel's out-of-memory killer); mpirun stops the other ranks\n")
+        return None
+    time.sleep(SETTLE_S)                                 # let a watcher that knows it was first speak
+    if not claim():
+        return None
+    dead = sorted([rank] + others_dead)
+    listed = ", ".join(f"{r} (pid {peers[r]})" for r in dead)
+    return (f"[minidist] ranks {listed} of {size} ended without a word (killed by a signal); the first of them "
+            f"is the PID mpirun reports, mpirun killed the others\n")
+
+
 def _remove(path: str) -> None:
     try:
         os.remove(path)
@@ -64,13 +95,14 @@ def _remove(path: str) -> None:
         pass
 
 
-def start(rank: int, size: int) -> None:
-    """Fork this rank's watcher (once per process)."""
+def start(rank: int, size: int, peers: dict | None = None) -> None:
+    """Fork this rank's watcher (once per process). ``peers``: world rank -> pid of the ranks on
+    this node (this rank's included)."""
     global _pipe_w, _marker
     if _pipe_w is not None:
         return
     r, w = os.pipe()
-    rank_pid = os.getpid()
+    peers = dict(peers or {rank: os.getpid()})
     # the ranks' common parent is MPICH's proxy on this node: one marker per job and node
     marker = _marker = os.path.join(tempfile.gettempdir(), f"minidist-job-{os.getppid()}.died")
     if os.fork() == 0:                                   # the watcher
@@ -84,10 +116,9 @@ def start(rank: int, size: int) -> None:
         heard = b""
         while chunk := os.read(r, 16):
             heard += chunk
-        if b"bye" not in heard and claim():
-            os.write(2, f"[minidist] rank {rank} of {size} (pid {rank_pid}) ended without a word: killed by a "
-                        f"signal (SIGKILL, or the kernel's out-of-memory killer); mpirun stops the other ranks\n"
-                        .encode())
+        line = _report(rank, size, peers) if b"bye" not in heard else None
+        if line is not None:
+            os.write(2, line.encode())
             os.close(2)
             time.sleep(LINGER_S)                         # the other watchers look for the marker first
             _remove(marker)
