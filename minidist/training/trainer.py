@@ -6,8 +6,10 @@ optimizer step is taken (single-rank training when ``comm`` is None; otherwise t
 size comes from ``comm``: DDP, the parameter server or ZeRO-1/2/3 per the config).
 
 Global batch semantics: in step ``s``, micro-step ``m``, every rank draws the same global
-batch of ``micro × world_size`` sequences from ``(seed, s·k + m)`` and takes its slice, so
-that p ranks with micro-batch b see exactly what one rank with micro-batch p·b sees.
+batch of ``micro × dp`` sequences (dp = the data-parallel degree: world size ÷ (tp·pp)) from
+``(seed, s·k + m)`` and takes its data-parallel rank's slice, so that dp replicas with
+micro-batch b see exactly what one rank with micro-batch dp·b sees; tensor- and
+pipeline-parallel partners share one slice.
 Dropout follows the same rule: each mask row is drawn from a stream keyed by (seed, step,
 micro-step, row of the global batch) (:class:`~minidist.nn.DropoutRNG`), so a rank's masks
 are its slice of the masks one rank draws, and every data-parallel layout trains exactly
