@@ -37,7 +37,7 @@ def rank_report(trainer) -> dict:
     return {
         "rank": trainer.rank,
         "coords": dict(trainer.grid.coords) if trainer.grid is not None else {"dp": trainer.rank, "tp": 0, "pp": 0},
-        "pipeline": trainer.pipeline.measured() if getattr(trainer, "pipeline", None) is not None else None,
+        "pipeline": trainer.pipeline.measured() if trainer.pipeline is not None else None,
         "memory": dev.memory.summary(),
         "host_memory": dev.host.summary(),
         "flops": dev.flops,
@@ -104,7 +104,7 @@ def build_report(trainer, ranks: list[dict]) -> dict:
         "ranks": ranks,
         "data_parallel": {"strategy": trainer.strategy.name, "formula": formulas(trainer)},
     }
-    if getattr(trainer, "pipeline", None) is not None:     # SPEC §10: measured bubble beside the theory
+    if trainer.pipeline is not None:     # SPEC §10: measured bubble beside the theory
         report["pipeline"] = pipeline_report(trainer, ranks)
         report["pipeline"].update(_pipeline_theory(report["pipeline"]))
     report["estimate"] = estimate(trainer.cfg, trainer.world_size)
@@ -148,7 +148,7 @@ def build_distill_report(run, ranks: list[dict]) -> dict:
         "steps": student["history"], "final": student["final"], "ranks": ranks,
         "distillation": {
             **{k: d[k] for k in ("temperature", "alpha", "patient", "teacher_ranks", "top_k")},
-            "teacher": {k: v for k, v in teacher.items()},
+            "teacher": dict(teacher),
             "student": {k: v for k, v in student.items() if k != "history"},
             "losses": [{k: h[k] for k in ("step", "loss", "kl", "ce", "pkd")} for h in student["history"]],
             "stream": {"bytes_per_step_per_student": sent, "bytes_per_step_full_logits": full,
