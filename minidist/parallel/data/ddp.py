@@ -4,7 +4,7 @@ PyTorch's DistributedDataParallel (Li et al. 2020, "PyTorch Distributed: Experie
 Accelerating Data Parallel Training", §3.2):
 
 1. every rank holds the whole model and a whole optimizer (replicated states);
-2. parameters are grouped into buckets in reverse order (:mod:`.flat`), and a
+2. parameters are grouped into buckets in reverse order (:mod:`.buckets`), and a
    *post-accumulate-grad hook* on every parameter counts how many of its bucket's
    gradients are complete;
 3. when a bucket is complete its all-reduce is launched asynchronously on the **comm

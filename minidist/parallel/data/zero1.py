@@ -17,7 +17,7 @@ updates that 1/N:
    another ``(p−1)/p``. Total 2·(p−1)/p·Ψ per rank: the same as DDP's all-reduce (§7).
 
 Memory per rank: ``wΨ + wΨ + K·S`` where ``S = Σ_b ceil(n_b/p)`` is the shard (see
-:mod:`.flat` for the padding). ``allgather_bucket_size`` groups consecutive buckets into
+:mod:`.buckets` for the padding). ``allgather_bucket_size`` groups consecutive buckets into
 one all-gather; ``overlap_comm`` launches each bucket's reduce-scatter from the gradient
 hooks instead of after backward. With ``offload`` the update runs on the host
 (:mod:`.offload`).

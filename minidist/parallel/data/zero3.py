@@ -4,7 +4,7 @@ Rajbhandari et al. 2020, §5.3 (P_os+g+p). Between uses a rank holds only its ch
 every parameter (``S`` elements in all). The model is cut into **units** — the blocks of
 ``model.transformer.h`` and a "root" unit with everything else (the embeddings, whose
 ``wte`` is also the tied LM head, and ``ln_f``) — and each unit is one bucket of
-:mod:`.flat`:
+:mod:`.buckets`:
 
 * **forward**: a forward pre-hook on the unit all-gathers its parameters (``p.data``
   becomes a view of the gathered flat buffer), the unit runs, a forward hook frees them;
