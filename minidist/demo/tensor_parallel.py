@@ -17,11 +17,10 @@ import copy
 
 import numpy as np
 
-from .. import distributed as dist
 from ..device import Device
 from ..estimate.activations import layer_activation_bytes
 from ..model import GPT, GPTConfig
-from ..parallel.tensor import accounting, gather_state_dict, shard_state_dict
+from ..parallel.tensor import accounting, shard_state_dict
 from ..plotting.tensor import plot_activation_bytes, plot_layer_collectives, plot_weight_shards
 from ..training.trainer import Trainer
 
@@ -71,14 +70,6 @@ def _run(comm, tp: int, sp: bool, n_layer: int = L, micro: int = B):
     return t
 
 
-def _tp_bytes_by_op(trainer) -> dict:
-    out: dict = {}
-    for c in trainer.step_log.collectives:
-        if c.group == trainer.grid.tp.group:
-            out[c.op] = out.get(c.op, 0) + c.bytes_sent
-    return out
-
-
 def run(comm, out_dir) -> dict:
     world = comm.size
     tps = [t for t in (2, 4) if world % t == 0 and A % t == 0]
@@ -98,14 +89,12 @@ def run(comm, out_dir) -> dict:
         if tp > 1:
             # the weights after 2 steps against one rank trained on the same global batch
             ref = _run(None, 1, False, micro=B * dp).model.state_dict()
-            mine = {n: p.data for n, p in trainer.model.named_parameters()}
-            shards = gather_shards(trainer.grid.tp, mine)
-            full = gather_state_dict(shards, V)
+            full = trainer.full_parameters()                     # the tp shards joined, padding dropped
             row["max_rel_diff"] = max(float(np.max(np.abs(full[k] - ref[k])) / np.max(np.abs(ref[k]))) for k in ref)
-            row["tp_bytes"] = sum(_tp_bytes_by_op(trainer).values())
+            two = accounting.tp_bytes_by_op(trainer)
+            row["tp_bytes"] = sum(two.values())
             row["tp_bytes_formula"] = accounting.step_bytes(L, B, S, H, tp, sp, w=W)
-            one = _tp_bytes_by_op(_run(comm, tp, sp, n_layer=1))
-            two = _tp_bytes_by_op(trainer)
+            one = accounting.tp_bytes_by_op(_run(comm, tp, sp, n_layer=1))
             layer_rows[label] = {op: two[op] - one.get(op, 0) for op in two}
         rows.append(row)
     if comm.rank == 0:
@@ -124,13 +113,3 @@ def run(comm, out_dir) -> dict:
         plot_layer_collectives(layer_rows, out_dir / "05_layer_collectives.png")
     return {"rows": rows, "layers": layer_rows}
 
-
-def gather_shards(group, mine: dict) -> list:
-    """Every tp rank's shard of the parameters, in tp order, on every rank of the tp group."""
-    out = [dict() for _ in range(group.size)]
-    for name, a in mine.items():
-        # why: the check needs the whole weight; each tp rank holds one slice of the same shape
-        flat = dist.all_gather(group, np.ascontiguousarray(a))
-        for r, part in enumerate(flat.reshape(group.size, *a.shape)):
-            out[r][name] = part
-    return out

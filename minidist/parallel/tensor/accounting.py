@@ -118,6 +118,16 @@ def step_bytes(n_layer: int, b: int, s: int, h: int, t: int, sp: bool = False, b
     return total * micro_batches
 
 
+def tp_bytes_by_op(trainer) -> dict:
+    """op → bytes this rank sent on its tensor-parallel group in the trainer's last step (measured)."""
+    log = getattr(trainer, "step_log", None)
+    by_op: dict = {}
+    for x in (log.collectives if log is not None else []):
+        if x.group == trainer.grid.tp.group:
+            by_op[x.op] = by_op.get(x.op, 0) + x.bytes_sent
+    return by_op
+
+
 def rank_summary(trainer) -> dict:
     """The report's ``tensor_parallel`` section of one rank: what it measured (activation
     peak, bytes sent on the tp group in the last step) beside the formulas above."""
@@ -127,11 +137,7 @@ def rank_summary(trainer) -> dict:
     w32 = np.dtype(cfg["dtype"]).itemsize
     w = 2 if lowp else w32
     b, s = trainer.micro_batch, trainer.dataset.seq_len
-    log = getattr(trainer, "step_log", None)
-    measured = [x for x in (log.collectives if log is not None else []) if x.group == grid.tp.group]
-    by_op: dict = {}
-    for x in measured:
-        by_op[x.op] = by_op.get(x.op, 0) + x.bytes_sent
+    by_op = tp_bytes_by_op(trainer)
     items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, model.padded_vocab_size, t, sp, w, w32,
                                    loss_scalars=2 if lowp else 1)
     return {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...precision import Precision
-from .model import TensorParallelGPT, check_tensor_parallel
+from .model import TensorParallelGPT, heads_problem
 
 
 def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] | None:
@@ -27,10 +27,9 @@ def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] 
         return "parallel.sequence_parallel", "needs parallel.tensor > 1 (it splits over the tensor-parallel ranks)"
     if t == 1:
         return None
-    if m["n_head"] % t:
-        return "parallel.tensor", (f"model.n_head {m['n_head']} is not divisible by parallel.tensor {t}: each rank "
-                                   f"holds n_head/t heads; choose parallel.tensor among "
-                                   f"{[d for d in range(1, m['n_head'] + 1) if m['n_head'] % d == 0]}")
+    heads = heads_problem(m["n_head"], t)
+    if heads:
+        return "parallel.tensor", heads
     if m["n_embd"] % t:
         return "parallel.tensor", (f"model.n_embd {m['n_embd']} is not divisible by parallel.tensor {t}: each "
                                    f"rank holds n_embd/t columns of every split weight")
@@ -47,10 +46,8 @@ def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] 
 def build_model(cfg: dict, model_config, grid) -> TensorParallelGPT:
     """This rank's shard of the GPT of ``cfg`` (built inside ``with device:``)."""
     par = cfg["parallel"]
-    sp = par.get("sequence_parallel", False)
-    check_tensor_parallel(model_config, grid.tp_size, sp)
     return TensorParallelGPT(model_config, grid.tp, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]),
-                             sequence_parallel=sp,
+                             sequence_parallel=par.get("sequence_parallel", False),
                              make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"])
 
 

@@ -189,7 +189,7 @@ class TensorParallelGPT(Module):
         super().__init__()
         self.config = config
         t = group.size
-        check_tensor_parallel(config, t, sequence_parallel)
+        check_tensor_parallel(config, t)
         self.ctx = TensorParallelContext(group, sequence_parallel)
         self.padded_vocab_size = padded_vocab_size(config.vocab_size, t, make_vocab_size_divisible_by)
         self.make_vocab_size_divisible_by = make_vocab_size_divisible_by
@@ -236,14 +236,16 @@ class TensorParallelGPT(Module):
         return logits, loss
 
 
-def check_tensor_parallel(config: GPTConfig, tp: int, sequence_parallel: bool = False,
-                          seq_len: int | None = None) -> None:
+def heads_problem(n_head: int, tp: int) -> str | None:
+    """Why ``n_head`` heads cannot be split over ``tp`` ranks (naming the config key and the fix), or None."""
+    if n_head % tp == 0:
+        return None
+    return (f"model.n_head {n_head} is not divisible by parallel.tensor {tp}: each rank holds n_head/t heads; "
+            f"choose parallel.tensor among {[d for d in range(1, n_head + 1) if n_head % d == 0]}")
+
+
+def check_tensor_parallel(config: GPTConfig, tp: int) -> None:
     """Shapes tensor parallelism needs; a ValueError naming the config key and the fix."""
-    if config.n_head % tp:
-        raise ValueError(f"model.n_head {config.n_head} is not divisible by parallel.tensor {tp}: each rank "
-                         f"holds n_head/t heads; choose parallel.tensor among "
-                         f"{[d for d in range(1, config.n_head + 1) if config.n_head % d == 0]}")
-    if sequence_parallel and seq_len is not None and seq_len % tp:
-        raise ValueError(f"sequence length {seq_len} is not divisible by parallel.tensor {tp}: sequence "
-                         f"parallelism gives each rank seq_len/t positions; choose a seq_len that is a "
-                         f"multiple of {tp} or set parallel.sequence_parallel false")
+    problem = heads_problem(config.n_head, tp)
+    if problem:
+        raise ValueError(problem)
