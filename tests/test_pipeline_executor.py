@@ -11,6 +11,7 @@ from _mpi import run_mpi
 from minidist import distributed as dist
 from minidist.defaults import SCHEDULES
 from minidist.testing import train_steps
+from minidist.train import main as train_main
 from minidist.training.config import ConfigError
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.timeout(60)]
@@ -146,12 +147,11 @@ def test_mpirun_equals_in_process():
 def test_report_pipeline_section(tmp_path):
     """The train CLI's report: measured bubble and in-flight beside the schedule's theory; with
     compute-bound devices (tiny α, huge β) and m = 8 the 1F1B bubble is near (p−1)/(m+p−1)."""
-    from minidist.train import main
     cfg = {**config(2, "1f1b", 8, n_layer=4), "dtype": "float32", "steps": 1, "eval_iters": 1,
            "device": {"flops": 1e9, "alpha": 1e-12, "beta": 1e15}}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    assert main(["--config", str(tmp_path / "c.json"), "--world-size", "2", "--report", str(tmp_path / "r.json"),
-                 "--quiet"]) == 0
+    assert train_main(["--config", str(tmp_path / "c.json"), "--world-size", "2", "--report", str(tmp_path / "r.json"),
+                       "--quiet"]) == 0
     pipe = json.loads((tmp_path / "r.json").read_text())["pipeline"]
     assert pipe["schedule"] == "1f1b" and pipe["ranks"] == 2 and pipe["micro_batches"] == 8
     assert pipe["bubble_fraction_theory"] == pytest.approx(1 / 9)     # (p−1)/(m+p−1), from the estimator

@@ -26,7 +26,7 @@ from .activations import CHECKPOINTING, activation_memory
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops, training_time
 from .memory import OPTIMIZERS, bytes_per_param, model_state_memory
-from .pipeline import peak_in_flight, pipeline_bubble, runnable
+from .pipeline import check_pipeline, peak_in_flight, pipeline_bubble, runnable
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 _NUMBER = re.compile(r"^\s*(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*([kmbgt]?)\s*$", re.IGNORECASE)
@@ -150,7 +150,7 @@ def compute(a: argparse.Namespace) -> dict:
     v_shown = a.virtual_stages if a.virtual_stages > 1 else 2
     pipeline = None
     if a.pp > 1:
-        pipeline_bubble(a.schedule, a.pp, m, a.virtual_stages)
+        check_pipeline(a.schedule, a.pp, m, a.virtual_stages)
         pipeline = [pipeline_bubble(s, a.pp, m, v_shown if s == INTERLEAVED_1F1B else 1) for s in runnable(a.pp, m)]
     if a.params is None and not (a.layers and a.hidden and a.vocab):        # --pp alone: the bubble only
         return {"inputs": {k: v for k, v in vars(a).items() if k != "json"}, "params": None, "pipeline": pipeline}

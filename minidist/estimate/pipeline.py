@@ -86,7 +86,15 @@ def check_pipeline(schedule: str, p: int, m: int, v: int = 1) -> str:
 
 def runnable(p: int, m: int) -> list:
     """The schedules that can run m micro-batches on p ranks, in :data:`SCHEDULES` order."""
-    return [s for s in SCHEDULES if not (s == INTERLEAVED_1F1B and m % p) and not (s in V_SCHEDULES and m < 2 * p)]
+    return [s for s in SCHEDULES if _can_run(s, p, m)]
+
+
+def _can_run(schedule: str, p: int, m: int) -> bool:
+    try:
+        check_pipeline(schedule, p, m)
+    except ValueError:
+        return False
+    return True
 
 
 def peak_in_flight_per_rank(schedule: str, p: int, m: int, v: int = 1) -> list:

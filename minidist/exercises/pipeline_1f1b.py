@@ -7,7 +7,7 @@ the helpers here are shared with :mod:`.zb_h1_split`.
 from __future__ import annotations
 
 from ..defaults import ONE_F_ONE_B
-from ..parallel.pipeline import Action, Schedule, ScheduleError, simulate, validate
+from ..parallel.pipeline import Action, Schedule, ScheduleError, validate
 from ..parallel.pipeline.one_f_one_b import one_f_one_b
 from .grading import Wrong
 
@@ -106,11 +106,10 @@ def unit_time_run(s: Schedule):
     """The student's schedule on the unit-time clock (:func:`simulate`), or :class:`Wrong` when
     it is not a valid program (the first check says why)."""
     try:
-        validate(s)
+        return validate(s)
     except ScheduleError:
         raise Wrong(f"p={s.ranks}, m={s.micro_batches}: not measured — the program is not valid "
                     f"(see the first check)") from None
-    return simulate(s)
 
 
 def forwards_before_first_backward(s: Schedule) -> list:

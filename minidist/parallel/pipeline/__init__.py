@@ -75,7 +75,7 @@ def config_problem(cfg: dict):
     n_layer = cfg["model"]["n_layer"]
     if n_layer % s.n_stages:
         return ("model.n_layer", f"{n_layer} layers do not split evenly into {s.n_stages} pipeline chunks "
-                                 f"({pp} ranks × {s.n_stages // pp} chunk(s) per rank for {s.name!r}); use a "
+                                 f"({pp} ranks × {s.virtual_stages} chunk(s) per rank for {s.name!r}); use a "
                                  f"multiple of {s.n_stages}")
     return None
 

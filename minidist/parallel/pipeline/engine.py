@@ -154,7 +154,7 @@ def pipeline_report(trainer, ranks: list) -> dict:
     mine = sorted((r["pipeline"] for r in ranks if r.get("pipeline") and r["coords"]["dp"] == 0),
                   key=lambda r: r["pp_rank"])
     return {"schedule": s.name, "ranks": s.ranks, "micro_batches": s.micro_batches,
-            "virtual_stages": s.n_stages // s.ranks, "stage_to_rank": s.stage_to_rank,
+            "virtual_stages": s.virtual_stages, "stage_to_rank": s.stage_to_rank,
             "bubble_fraction": bubble_from_ranks(mine) if mine else None,
             "peak_in_flight": [r["peak_in_flight"] for r in mine],
             "step_time": max(r["t_end"] for r in mine) - min(r["t_begin"] for r in mine) if mine else None}

@@ -52,8 +52,9 @@ def from_wire(x: np.ndarray, fmt: str | None) -> np.ndarray:
 class PipelineExecutor:
     """Runs ``schedule`` on this rank (``comm`` = the pipeline group, its rank = pipeline rank)."""
 
-    def __init__(self, schedule, chunks: dict, comm, device, fmt: str | None = None):
-        self.s, self.chunks, self.comm, self.device, self.fmt = schedule, chunks, comm, device, fmt
+    def __init__(self, schedule, chunks: dict, comm, device):
+        self.s, self.chunks, self.comm, self.device = schedule, chunks, comm, device
+        self.fmt = None                     # the step's wire format, set by :meth:`run`
         self.rank = comm.rank if comm is not None else 0
         self.split = schedule._split
 

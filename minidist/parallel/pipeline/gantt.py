@@ -16,7 +16,7 @@ def cell_label(action, chunks_per_rank: int) -> str:
 
 
 def text_gantt(s: Schedule) -> str:
-    chunks = s.n_stages // s.ranks
+    chunks = s.virtual_stages
     head = (f"{s.name}: {s.ranks} ranks, {s.micro_batches} micro-batches, {s.n_stages} chunks "
             f"(stage_to_rank {s.stage_to_rank})")
     try:
@@ -28,7 +28,7 @@ def text_gantt(s: Schedule) -> str:
     slots = int(round(tl.step_time))
     rows = []
     for r, events in enumerate(tl.events):
-        cells = ["." * 1] * slots
+        cells = ["."] * slots
         for a, start, end in events:
             for t in range(int(round(start)), int(round(end))):
                 cells[t] = cell_label(a, chunks) if t == int(round(start)) else "~"

@@ -44,4 +44,4 @@ def interleaved_1f1b(ranks: int, micro_batches: int, virtual_stages: int = 2) ->
         prog += bwd[total - warmup:]
         acts.append(prog)
     stage_to_rank = [s % p for s in range(p * v)]
-    return Schedule(INTERLEAVED_1F1B, p, m, stage_to_rank, acts, virtual_stages=v)
+    return Schedule(INTERLEAVED_1F1B, p, m, stage_to_rank, acts)

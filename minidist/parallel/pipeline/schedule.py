@@ -47,22 +47,23 @@ class Schedule:
     micro_batches: int
     stage_to_rank: list
     actions: list                       # actions[r]: list of Action, rank r's program
-    virtual_stages: int = 1             # chunks per rank (2 for the V schedules)
 
     @property
     def n_stages(self) -> int:
         return len(self.stage_to_rank)
 
+    @property
+    def virtual_stages(self) -> int:
+        """Chunks per rank (v of interleaved 1F1B, 2 for the V schedules, else 1)."""
+        return self.n_stages // self.ranks
+
     def stages_of(self, rank: int) -> list:
         """The chunks rank ``rank`` holds, in model order."""
         return [s for s, r in enumerate(self.stage_to_rank) if r == rank]
 
-    def has_weight_pass(self, micro_batch: int, stage: int) -> bool:
-        """True when the backward of (micro_batch, stage) is split into B and a later W."""
-        return (micro_batch, stage) in self._split
-
     @property
     def _split(self) -> set:
+        """The (micro_batch, stage) pairs whose backward is split into B and a later W."""
         return {(a.micro_batch, a.stage) for acts in self.actions for a in acts if a.op == "W"}
 
     def __str__(self) -> str:
@@ -93,9 +94,10 @@ class ScheduleError(ValueError):
     """A schedule is not a valid program: a pass is missing, repeated, misplaced or stuck."""
 
 
-def validate(s: Schedule) -> None:
+def validate(s: Schedule) -> Timeline:
     """Raise :class:`ScheduleError` unless every (micro-batch, chunk) has one F and one B (and at
-    most one W) on the rank that holds the chunk, and the program runs without deadlock."""
+    most one W) on the rank that holds the chunk, and the program runs without deadlock; return
+    its unit-time :class:`Timeline`."""
     seen: dict = {}
     for r, acts in enumerate(s.actions):
         for a in acts:
@@ -115,7 +117,7 @@ def validate(s: Schedule) -> None:
             for op in ("F", "B"):
                 if Action(op, i, st) not in seen:
                     raise ScheduleError(f"{s.name}: {op} of micro-batch {i} on chunk {st} is missing")
-    simulate(s)         # raises ScheduleError on a deadlock
+    return simulate(s)  # raises ScheduleError on a deadlock
 
 
 @dataclasses.dataclass

@@ -77,7 +77,7 @@ def zb_v(ranks: int, micro_batches: int) -> Schedule:
             end[(a.op, a.micro_batch, a.stage)] = free[r] = t + 1
             left -= 1
         t += 1
-    return Schedule(ZB_V, p, m, stages, acts, virtual_stages=2)
+    return Schedule(ZB_V, p, m, stages, acts)
 
 
 def dualpipe_v(ranks: int, micro_batches: int) -> Schedule:
@@ -86,7 +86,7 @@ def dualpipe_v(ranks: int, micro_batches: int) -> Schedule:
     acts = []
     for r in range(p):
         acts.append(_DualPipeVRank(r, p, m).program())
-    return Schedule(DUALPIPE_V, p, m, v_shape(p), acts, virtual_stages=2)
+    return Schedule(DUALPIPE_V, p, m, v_shape(p), acts)
 
 
 class _DualPipeVRank:
