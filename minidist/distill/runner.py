@@ -24,6 +24,7 @@ import numpy as np
 from .. import distributed as dist
 from ..device import Device
 from ..training.config import ConfigError, load_config
+from ..training.data import shard_batch
 from ..training.trainer import Trainer
 from .losses import kd_loss, pkd_loss, pkd_pairs
 from .streaming import TAGS, LocalSource, RemoteSource, Wire, payload_bytes, serve, students_of, teacher_of
@@ -87,6 +88,16 @@ def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
     return t
 
 
+def _precision(cfg: dict) -> str | None:
+    """The run's 16-bit format ("fp16" / "bf16"), or None for full-precision training."""
+    return "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
+
+
+def _wire(cfg: dict, d: dict, vocab_size: int) -> Wire:
+    """How the teacher's outputs travel: in the run's precision, full logits or top-K."""
+    return Wire(wire_dtype(_precision(cfg), cfg["dtype"]), vocab_size, d["temperature"], d["top_k"])
+
+
 def _loaded_run(tcfg: dict, device, ckpt, state: dict) -> Trainer:
     """The teacher's Trainer holding a checkpoint's weights instead of training them: its
     loss history is the manifest's, its held-out figures are evaluated here."""
@@ -134,7 +145,6 @@ class DistillRank:
         else:
             tcomm = scomm = comm
         self.device = comm.device if comm is not None else Device(cfg["device"], rank=0)
-        mp = "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
         self.teacher_run = self.teacher = self.student = None
         if self.is_teacher:                                           # phase 1
             dev = Device(cfg["device"], rank=r)
@@ -144,7 +154,7 @@ class DistillRank:
                 self.teacher_run.fit(progress=progress and r == 0, stream=stream)
             else:
                 self.teacher_run = _loaded_run(tcfg, dev, self.loaded, state)
-            self.teacher = FrozenTeacher(self.teacher_run.model, self.device, mp)
+            self.teacher = FrozenTeacher(self.teacher_run.model, self.device, _precision(cfg))
         scfg = dict(cfg, distillation=None)
         lt, ls = d["teacher"]["model"]["n_layer"], cfg["model"]["n_layer"]
         self.blocks = [j for _, j in pkd_pairs(ls, lt, d["patient"]["mapping"])] if d["patient"] else []
@@ -153,15 +163,13 @@ class DistillRank:
             self.student = StudentTrainer(scfg, scomm if scomm is not None and scomm.size > 1 else None,
                                           self.device, d)
             self.student.cfg["distillation"] = d                      # the report shows the whole config
-            self.wire = Wire(wire_dtype(mp, cfg["dtype"]), self.student.model_config.vocab_size,
-                             d["temperature"], d["top_k"])
+            self.wire = _wire(cfg, d, self.student.model_config.vocab_size)
             j = r - k
             self.student.source = LocalSource(self.teacher, self.wire, self.blocks) if k == 0 else \
                 RemoteSource(comm, teacher_of(j, k), self.wire, self.blocks, TEACHER_TRAINING_WAIT)
             self.student.fit(progress=progress and r == k, stream=stream)
         else:                                                         # phase 2, teacher side
-            self.wire = Wire(wire_dtype(mp, cfg["dtype"]), self.teacher_run.model_config.vocab_size,
-                             d["temperature"], d["top_k"])
+            self.wire = _wire(cfg, d, self.teacher_run.model_config.vocab_size)
             serve(comm, self.teacher, self.wire, self.blocks, self._batches(k))
         self.stream_log = comm.log.since(mark) if comm is not None else None
 
@@ -173,7 +181,7 @@ class DistillRank:
             for micro in range(acc):
                 x, _ = run.dataset.get_batch(b * self.n_students, step * acc + micro, self.cfg["seed"])
                 for j in students_of(self.rank, k, self.n_students):
-                    yield k + j, x[j * b:(j + 1) * b]                  # (b, s) student j's slice
+                    yield k + j, shard_batch(x, j, self.n_students)   # (b, s) student j's slice
 
     # -- figures for the report ----------------------------------------------------------
     def expected_bytes_per_step(self, top_k="config") -> int:
@@ -231,11 +239,9 @@ def distil_with(teacher: FrozenTeacher, config, progress: bool = False) -> Stude
     cfg = load_config(config)
     d = cfg["distillation"]
     d = dict(d, teacher=dict(d["teacher"], model=vars(teacher.config)))     # the teacher given (or loaded) is the truth
-    mp = "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
     student = StudentTrainer(dict(cfg, distillation=None), None, None, d)
     blocks = [j for _, j in student.pairs]
-    student.source = LocalSource(teacher, Wire(wire_dtype(mp, cfg["dtype"]), student.model_config.vocab_size,
-                                               d["temperature"], d["top_k"]), blocks)
+    student.source = LocalSource(teacher, _wire(cfg, d, student.model_config.vocab_size), blocks)
     student.fit(progress=progress)
     return student
 

@@ -105,17 +105,11 @@ def _check(p, shape, seed):
     return lambda sol: _result_check(sol, p, shape, seed)
 
 
-def check_traffic(sol):
-    p, n = 4, 16
-    xs = _inputs(p, (n,), 7)
-    _, sends = run_on_ranks(sol.ring_all_reduce, xs)
-    check_ring_traffic(sends, p, n, 2 * (p - 1), exact_chunk=False, name="ring all-reduce")
-
-
-def check_traffic_uneven(sol):
-    p, n = 3, 10
-    _, sends = run_on_ranks(sol.ring_all_reduce, _inputs(p, (n,), 8))
-    check_ring_traffic(sends, p, n, 2 * (p - 1), exact_chunk=False, name="ring all-reduce")
+def _traffic(p, n, seed):
+    def check(sol):
+        _, sends = run_on_ranks(sol.ring_all_reduce, _inputs(p, (n,), seed))
+        check_ring_traffic(sends, p, n, 2 * (p - 1), exact_chunk=False, name="ring all-reduce")
+    return check
 
 
 CHECKS = [
@@ -123,6 +117,6 @@ CHECKS = [
     ("sum on 2 ranks", _check(2, (6,), 2)),
     ("sum on 3 ranks, 10 elements (p does not divide n)", _check(3, (10,), 3)),
     ("sum on 5 ranks, a (3, 4) array", _check(5, (3, 4), 4)),
-    ("traffic: 2(p-1) messages of n/p elements to the right neighbour", check_traffic),
-    ("traffic with p = 3, n = 10", check_traffic_uneven),
+    ("traffic: 2(p-1) messages of n/p elements to the right neighbour", _traffic(4, 16, 7)),
+    ("traffic with p = 3, n = 10", _traffic(3, 10, 8)),
 ]

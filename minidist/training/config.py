@@ -69,7 +69,7 @@ def _leaves(tree, prefix=""):
 
 def _check_numbers(cfg: dict) -> None:
     """Every number is finite (Python's JSON reader accepts NaN and Infinity), so that the
-    key is named here and not by a traceback far away; then whole numbers and ranges."""
+    key is named here and not by a traceback far away (whole numbers and ranges: :func:`_check_ranges`)."""
     for path, value in _leaves(cfg):
         for v in (value if isinstance(value, list) else [value]):
             if isinstance(v, float) and not math.isfinite(v):
@@ -140,7 +140,8 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
         raise ConfigError("world_size", f"must be a positive integer, got {world_size!r}")
     par = cfg["parallel"]
     mp = par["tensor"] * par["pipeline"]
-    problem = tensor_config_problem(cfg, world_size, sequence_length(cfg)[0])   # tp > world first
+    seq, key = sequence_length(cfg)
+    problem = tensor_config_problem(cfg, world_size, seq)   # tp > world first
     if problem:
         raise ConfigError(*problem)
     if world_size % mp:
@@ -153,7 +154,6 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     m = cfg["model"]
     if m["n_embd"] % m["n_head"]:
         raise ConfigError("model.n_head", f"n_embd {m['n_embd']} is not divisible by n_head {m['n_head']}")
-    seq, key = sequence_length(cfg)
     if seq > m["block_size"]:
         if key == "data.seq_len":
             raise ConfigError(key, f"{seq} exceeds model.block_size {m['block_size']}; raise block_size or "

@@ -66,6 +66,11 @@ class CharTokenizer:
             raise ValueError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.vocab_size})")
         return "".join(self.chars[i] for i in ids)
 
+    def decode_rows(self, x) -> str:
+        """The sequences of ``x`` (..., T) as text, one per line."""
+        x = np.asarray(x)
+        return "\n".join(self.decode(row) for row in x.reshape(-1, x.shape[-1]))
+
 
 def _entropy_nats(ids: np.ndarray, vocab_size: int) -> float:
     """H(p) = -sum_c p(c) ln p(c) of the empirical distribution of ``ids``."""
@@ -124,8 +129,7 @@ class TextDataset:
         return _entropy_nats(self.data, self.vocab_size)
 
     def format(self, x) -> str:
-        x = np.asarray(x)
-        return "\n".join(self.tokenizer.decode(row) for row in x.reshape(-1, x.shape[-1]))
+        return self.tokenizer.decode_rows(x)
 
 
 # ----------------------------------------------------------------------------- synthetic tasks
@@ -242,8 +246,7 @@ class SyntheticTask:
         return float((pred == answers).all(axis=1).mean())
 
     def format(self, x) -> str:
-        x = np.asarray(x)
-        return "\n".join(self.tokenizer.decode(row) for row in x.reshape(-1, x.shape[-1]))
+        return self.tokenizer.decode_rows(x)
 
 
 def greedy_decode(model, prompt, n_tokens: int) -> np.ndarray:
