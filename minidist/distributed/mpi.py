@@ -16,6 +16,7 @@ Every wait polls ``Testall`` until a deadline (``timeout``), so a deadlock becom
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -126,11 +127,12 @@ class MPIComm(Communicator):
         return code
 
     def _unpack(self, h: np.ndarray):
-        name = self._names.get
-        header = Header(float(h[0]), float(h[1]), int(h[2]), name(int(h[3]), f"#{int(h[3])}"),
-                        name(int(h[4]), f"#{int(h[4])}"), int(h[5]), int(h[14]),
-                        _DTYPE_NAMES[int(h[15])] if h[15] >= 0 else "", int(h[13]))
-        return header, _DTYPES[int(h[6])], tuple(int(v) for v in h[8:8 + int(h[7])])
+        v = h.tolist()      # Python floats at once: indexing the array element by element costs more
+        op, algorithm, ndim, dtype = int(v[3]), int(v[4]), int(v[7]), int(v[15])
+        names = self._names
+        header = Header(v[0], v[1], int(v[2]), names.get(op) or f"#{op}", names.get(algorithm) or f"#{algorithm}", int(v[5]),
+                        int(v[14]), _DTYPE_NAMES[dtype] if dtype >= 0 else "", int(v[13]))
+        return header, _DTYPES[int(v[6])], tuple(int(n) for n in v[8:8 + ndim])
 
     # -- transport ------------------------------------------------------------------------
     def _wait(self, reqs, peer, verb):
@@ -164,7 +166,7 @@ class MPIComm(Communicator):
             self._wait([hreq], source, "receive from")
             header, dtype, shape = self._unpack(h)
             on_header(header)
-            if out is not None and (out.dtype != dtype or out.size != int(np.prod(shape))):
+            if out is not None and (out.dtype != dtype or out.size != math.prod(shape)):
                 raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
                                  f"{self.world_rank(source)} sent {dtype} of shape {shape}")
             if preq is not None:
