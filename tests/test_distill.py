@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from minidist import distributed as dist
-from minidist.distill.runner import distill_rank, run
+from minidist.distill.runner import run
 from minidist.train import main as train_main
 from minidist.training.config import ConfigError
 from minidist.training.trainer import Trainer
+from _distill import errors_on_every_rank
 
 pytestmark = pytest.mark.distill
 
@@ -106,13 +106,7 @@ def test_bytes_teacher_to_students_follow_the_formula(top_k, patient):
 def test_bad_input_fails_clearly_on_every_rank(distill, world, key):
     cfg = dict(config(), distillation=distill)
 
-    def attempt(comm):
-        try:
-            distill_rank(comm, cfg)
-        except ConfigError as e:
-            return e.key, str(e)
-        return None
-    out = dist.spawn(attempt, world, timeout=10)
+    out = errors_on_every_rank(cfg, world)
     assert [k for k, _ in out] == [key] * world                          # every rank, same error, no hang
     assert "set it to" in out[0][1] or "raise it" in out[0][1] or "lower" in out[0][1] or "--save" in out[0][1] \
         or "remove it" in out[0][1]

@@ -8,10 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from minidist import distributed as dist
-from minidist.distill.runner import distill_rank, run
+from minidist.distill.runner import run
 from minidist.train import main as train_main
-from minidist.training.config import ConfigError
+from _distill import errors_on_every_rank
 
 pytestmark = pytest.mark.distill
 
@@ -119,13 +118,7 @@ def test_bad_teacher_checkpoint_fails_clearly_on_every_rank(tmp_path, saved, cas
     if case == "both":
         cfg["distillation"]["teacher"]["model"] = TEACHER
 
-    def attempt(comm):
-        try:
-            distill_rank(comm, cfg)
-        except ConfigError as e:
-            return e.key, str(e)
-        return None
-    out = dist.spawn(attempt, 2, timeout=10)
+    out = errors_on_every_rank(cfg, 2)
     assert [k for k, _ in out] == [key] * 2                              # every rank, same error, no hang
     assert words in out[0][1] and out[0][1] == out[1][1]
 

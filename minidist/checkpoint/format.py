@@ -132,7 +132,8 @@ def resolve(path: str) -> str:
             raise CheckpointError(os.path.join(path, MANIFEST), "is missing: this save did not complete; "
                                                                 "load the folder above it (its 'latest')")
         raise CheckpointError(latest, "is missing: no complete checkpoint was saved in this folder")
-    name = open(latest).read().strip()
+    with open(latest) as f:
+        name = f.read().strip()
     step_dir = os.path.join(path, name)
     if not name or os.sep in name or not os.path.isdir(step_dir):
         raise CheckpointError(latest, f"names {name!r}, which is not a checkpoint folder in {path}")
