@@ -137,9 +137,13 @@ class _HookHandle:
 
 
 class ModuleList(Module):
-    def __init__(self, modules):
+    """Modules named 0, 1, 2, … — or by ``names`` (a pipeline stage's blocks keep their
+    index in the whole model: ``transformer.h.4`` on the rank that holds layers 4 and 5)."""
+
+    def __init__(self, modules, names=None):
         super().__init__()
-        for i, m in enumerate(modules):
+        modules = list(modules)
+        for i, m in zip(range(len(modules)) if names is None else names, modules):
             setattr(self, str(i), m)
 
     def __iter__(self):
@@ -149,7 +153,20 @@ class ModuleList(Module):
         return len(self._modules)
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        """The module named ``i`` (its position, unless the list was built with names)."""
+        return self._modules[str(i)]
+
+
+def _with_arrays(cls, params: dict, **attrs) -> Module:
+    """A ``cls`` holding the given arrays as its parameters (None: no such parameter), with
+    no random draw; charged to the current device like any Parameter."""
+    m = cls.__new__(cls)
+    Module.__init__(m)
+    for name, value in attrs.items():
+        object.__setattr__(m, name, value)
+    for name, a in params.items():
+        setattr(m, name, Parameter(a) if a is not None else None)
+    return m
 
 
 def _rng(rng):
@@ -164,6 +181,11 @@ class Linear(Module):
         self.weight = Parameter(_rng(rng).normal(0.0, std, (in_features, out_features)).astype(dtype))
         self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
 
+    @classmethod
+    def from_arrays(cls, weight, bias=None) -> "Linear":
+        """The layer holding ``weight`` (in, out) and ``bias`` (out,) or None."""
+        return _with_arrays(cls, {"weight": weight, "bias": bias})
+
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
@@ -175,6 +197,10 @@ class LayerNorm(Module):
         self.weight = Parameter(np.ones(n, dtype=dtype))
         self.bias = Parameter(np.zeros(n, dtype=dtype)) if bias else None
 
+    @classmethod
+    def from_arrays(cls, weight, bias=None, eps=1e-5) -> "LayerNorm":
+        return _with_arrays(cls, {"weight": weight, "bias": bias}, eps=eps)
+
     def forward(self, x):
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
@@ -183,6 +209,10 @@ class Embedding(Module):
     def __init__(self, num_embeddings, embedding_dim, rng=None, std=0.02, dtype=np.float32):
         super().__init__()
         self.weight = Parameter(_rng(rng).normal(0.0, std, (num_embeddings, embedding_dim)).astype(dtype))
+
+    @classmethod
+    def from_arrays(cls, weight) -> "Embedding":
+        return _with_arrays(cls, {"weight": weight})
 
     def forward(self, idx):
         return F.embedding(idx, self.weight)

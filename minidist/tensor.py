@@ -216,6 +216,20 @@ class Parameter(Tensor):
     ``dtype_tag`` names an emulated storage format ("fp16", "bf16"…) for the accounting."""
 
     is_param = True
+    # How the parameter is split over ranks: attributes of the parameter, read by tensor
+    # parallelism, checkpoints, clipping and ZeRO alike (Megatron-LM's
+    # ``set_tensor_model_parallel_attributes``). Set by :class:`minidist.model.Layers`.
+    partition_dim = None        # the axis cut over the tensor-parallel ranks; None: replicated
+    partition_stride = 1        # that axis is first cut into this many parts (c_attn's q | k | v: 3)
+    partition_padded = False    # the axis is padded to a multiple of the ranks (the vocabulary)
+    sequence_parallel = False   # replicated, but sees s/t positions: its gradient is summed over tp
+    shared = False              # a second copy of a weight another rank counts (the tied LM head)
+    expert = False              # one expert's weight (split over the expert-parallel ranks)
+
+    @property
+    def frozen(self) -> bool:
+        """Not trained (a distillation teacher, a fine-tuned model's base): torch's requires_grad=False."""
+        return not self.requires_grad
 
     def __init__(self, data, requires_grad: bool = True, name: str | None = None):
         super().__init__(data, requires_grad=requires_grad, name=name)

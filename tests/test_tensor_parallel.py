@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from minidist import distributed as dist
-from minidist.model import GPT, GPTConfig
+from minidist.model import GPT, GPTConfig, parameter_splits
 from minidist.parallel.grid import GridShape
 from minidist.parallel.tensor import gather_state_dict, padded_vocab_size, shard_state_dict
 from minidist.testing import train_steps
@@ -66,12 +66,13 @@ def test_trains_like_one_rank(tp, dp, sp, extra):
 
 def test_shards_are_slices_of_the_one_rank_weights_and_vocab_is_padded():
     cfg = GPTConfig(block_size=8, vocab_size=75, n_layer=1, n_head=4, n_embd=16)
-    full = GPT(cfg, seed=5, dtype=np.float64).state_dict()
+    model = GPT(cfg, seed=5, dtype=np.float64)
+    full, splits = model.state_dict(), parameter_splits(model)
     # Megatron's padding: up to a multiple of make_vocab_size_divisible_by × t
     assert [padded_vocab_size(75, t, d) for t, d in ((1, 1), (2, 1), (4, 1), (2, 128))] == [75, 76, 76, 256]
     for t in (2, 4):
-        shards = [shard_state_dict(full, t, r) for r in range(t)]
-        back = gather_state_dict(shards, 75)
+        shards = [shard_state_dict(full, splits, t, r) for r in range(t)]
+        back = gather_state_dict(shards, splits, 75)
         assert all(np.array_equal(back[k], full[k]) for k in full)
         C, n = 16, 16 // t
         for r, sd in enumerate(shards):
@@ -119,7 +120,7 @@ def test_megatron_vocab_padding_from_the_config_trains_like_one_rank():
     ref = reference()
     runs = dist.spawn(train_steps, 2, cfg)
     V = ref["trainer"].model_config.vocab_size
-    assert runs[1]["trainer"].model.padded_vocab_size == 128
+    assert runs[1]["trainer"].model.layers.padded_vocab_size == 128
     assert runs[1]["trainer"].model.transformer.wte.weight.shape == (64, 16)
     for step in range(BASE["steps"]):
         assert rel_diff(runs[0]["params"][step], ref["params"][step]) <= 1e-9
@@ -128,9 +129,10 @@ def test_megatron_vocab_padding_from_the_config_trains_like_one_rank():
 
 def _logits(comm, cfg, ids, sp):
     from minidist.parallel.grid import ProcessGrid
-    from minidist.parallel.tensor import TensorParallelGPT
+    from minidist.parallel.tensor import TensorParallelLayers
     from minidist.tensor import no_grad
-    model = TensorParallelGPT(cfg, ProcessGrid(comm, tp=comm.size).tp, seed=1, dtype=np.float64, sequence_parallel=sp)
+    layers = TensorParallelLayers(ProcessGrid(comm, tp=comm.size).tp, sequence_parallel=sp)
+    model = GPT(cfg, seed=1, dtype=np.float64, layers=layers)
     with no_grad():
         return model(ids)[0].data
 

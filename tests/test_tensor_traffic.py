@@ -97,7 +97,7 @@ def test_activation_peak_follows_korthikanti_mapped_onto_the_engine(tp, sp):
     # the estimator's term-by-term version agrees (its softmax dropout output removed)
     est = layer_activation_terms(S, B, H, A, t, sp, precision_bytes=W, mask_bytes=0)
     assert sum(est.values()) - est["softmax dropout output"] == per_layer
-    Vp = r["trainer"].model.padded_vocab_size if tp > 1 else r["trainer"].model_config.vocab_size
+    Vp = r["trainer"].model.layers.padded_vocab_size if tp > 1 else r["trainer"].model_config.vocab_size
     outside = (8 * (B * S + S)                                     # int64 ids of wte and wpe
                + W * (sbh + S * B) / (t if sp else 1)             # ln_f x̂ and 1/σ
                + W * sbh / (t if sp else 1)                        # LM head input

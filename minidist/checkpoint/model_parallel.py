@@ -7,12 +7,13 @@ layout can load it:
 
 * **pipeline**: a rank holds whole parameters of its stages only; it saves those (the tied
   embedding is saved by the first and the last stage alike: the same bits) and loads those;
-* **tensor**: a rank holds slices (:data:`~minidist.parallel.tensor.model.SPLITS`). Each
+* **tensor**: a rank holds slices, cut by the split each parameter carries
+  (``partition_dim``, ``partition_stride``: :mod:`minidist.parallel.split`). Each
   piece it saves — a whole shard, or under ZeRO a flat chunk of it — is cut into
   rectangular blocks, and each block becomes a fragment with one ``[lo, hi)`` per
   dimension of the *full* array (Megatron's ``c_attn`` shard is three blocks, this rank's
   heads of q, k and v; rows of the vocabulary padding are dropped). Loading cuts this rank's
-  shard out of the full arrays with :func:`~minidist.parallel.tensor.shard_state_dict`,
+  shard out of the full arrays with :func:`~minidist.parallel.split.shard`,
   padding included — the resharding of DeepSpeed's universal checkpoint and Megatron's
   ``--ckpt-format torch_dist``, for one more dimension.
 """
@@ -20,12 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..parallel.tensor.model import SPLITS, shard_state_dict
-from .layout import param_shapes
-
-
-def _rule(name: str):
-    return next((rule for suffix, rule in SPLITS.items() if name.endswith(suffix)), None)
+from ..model import one_rank_shapes, parameter_splits
+from ..parallel.split import shard
 
 
 def flat_blocks(shape: tuple, lo: int, hi: int) -> list:
@@ -47,30 +44,34 @@ def flat_blocks(shape: tuple, lo: int, hi: int) -> list:
 
 
 class TensorParallelPlacement:
-    """Where this tp rank's slices sit in the full arrays of the one-rank model."""
+    """Where this tp rank's slices sit in the full arrays of the one-rank model, read from
+    the splits its parameters carry."""
 
     def __init__(self, model):
-        self.t, self.rank = model.ctx.size, model.ctx.rank
-        self.vocab_size = model.config.vocab_size
-        self.divisible_by = model.make_vocab_size_divisible_by
+        layers = model.layers
+        self.t, self.rank = layers.size, layers.rank
+        self.vocab_size = model.config.vocab_size            # the unpadded length of a padded axis
+        self.divisible_by = layers.divisible_by
+        self.splits = parameter_splits(model)
 
     def sharded(self, name: str) -> bool:
-        return _rule(name) is not None
+        return self.splits.get(name) is not None
 
     def full_shape(self, name: str, local_shape: tuple) -> tuple:
-        rule = _rule(name)
-        if rule is None:
+        split = self.splits.get(name)
+        if split is None:
             return tuple(local_shape)
         shape = list(local_shape)
-        shape[rule[0]] = self.vocab_size if name.endswith("wte.weight") else shape[rule[0]] * self.t
+        shape[split.dim] = self.vocab_size if split.padded else shape[split.dim] * self.t
         return tuple(shape)
 
     def to_full(self, name: str, local_shape: tuple, piece: np.ndarray, lo: int) -> list:
         """``[(per-dimension [lo, hi) in the full array, block)]`` for ``piece``, the elements
         ``[lo, lo + piece.size)`` of this rank's flattened shard of ``name``."""
-        axis, groups = _rule(name)
-        per = local_shape[axis] // groups                  # this rank's part of one group
-        limit = self.vocab_size if name.endswith("wte.weight") else None   # rows past V: padding
+        split = self.splits[name]
+        axis = split.dim
+        per = local_shape[axis] // split.stride            # this rank's part of one group
+        limit = self.vocab_size if split.padded else None  # rows past V: padding
         out = []
         for start, block in flat_blocks(tuple(local_shape), lo, lo + piece.size):
             arr = piece[start - lo:start - lo + int(np.prod([h - l for l, h in block]))]
@@ -88,7 +89,7 @@ class TensorParallelPlacement:
 
     def shard(self, name: str, full: np.ndarray) -> np.ndarray:
         """This rank's slice of a full array of ``name`` (the vocabulary padded with zeros)."""
-        return shard_state_dict({name: full}, self.t, self.rank, self.divisible_by)[name]
+        return shard(full, self.splits[name], self.t, self.rank, self.divisible_by)
 
 
 def placement_of(trainer):
@@ -97,11 +98,9 @@ def placement_of(trainer):
 
 
 def full_shapes(trainer) -> dict:
-    """name → shape of every parameter of the one-rank model (every rank records all of them)."""
-    shapes = {name: tuple(p.shape) for name, p in trainer.model.named_parameters()}
-    shapes.update(param_shapes(trainer.strategy))      # ZeRO-3's released parameters: from its units
-    place = placement_of(trainer)
-    return {name: place.full_shape(name, shape) if place else shape for name, shape in shapes.items()}
+    """name → shape of every parameter of the one-rank model (every rank records all of them,
+    whatever part it holds)."""
+    return one_rank_shapes(trainer.model_config)
 
 
 def local_universal(trainer, universal: dict) -> dict:

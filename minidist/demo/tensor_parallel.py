@@ -19,7 +19,7 @@ import numpy as np
 
 from ..device import Device
 from ..estimate.activations import layer_activation_bytes
-from ..model import GPT, GPTConfig
+from ..model import GPT, GPTConfig, parameter_splits
 from ..parallel.tensor import accounting, shard_state_dict
 from ..plotting.tensor import plot_activation_bytes, plot_layer_collectives, plot_weight_shards
 from ..training.trainer import Trainer
@@ -40,18 +40,19 @@ def ownership(tp: int, n_embd: int = 8, vocab: int = 11) -> dict:
     names = {"attn.c_attn [q | k | v]": "transformer.h.0.attn.c_attn.weight", "attn.c_proj": "transformer.h.0.attn.c_proj.weight",
              "mlp.c_fc": "transformer.h.0.mlp.c_fc.weight", "mlp.c_proj": "transformer.h.0.mlp.c_proj.weight",
              "wte (transposed)": "transformer.wte.weight"}
-    shapes = {k: v.shape for k, v in GPT(cfg).state_dict().items()}
+    model = GPT(cfg)
+    shapes, splits = {k: v.shape for k, v in model.state_dict().items()}, parameter_splits(model)
     index = {n: np.arange(1, np.prod(s) + 1, dtype=np.float64).reshape(s) for n, s in shapes.items()}   # 1, 2, …
     owners = {}
     for label, name in names.items():
         own = np.full(shapes[name], -1)
         for r in range(tp):
-            held = shard_state_dict(index, tp, r)[name]            # padding rows are 0 (no index)
+            held = shard_state_dict(index, splits, tp, r)[name]            # padding rows are 0 (no index)
             own.flat[held[held > 0].astype(int) - 1] = r
-        if name.endswith("wte.weight"):
+        if splits[name].padded:
             pad = held.shape[0] * tp - vocab
             own = np.concatenate([own, np.full((pad, own.shape[1]), -2)])
-        owners[label] = own.T if name.endswith("wte.weight") else own
+        owners[label] = own.T if splits[name].padded else own             # the table, drawn as the head
     return owners
 
 
@@ -81,7 +82,7 @@ def run(comm, out_dir) -> dict:
         dp = world // tp if tp > 1 else 1
         trainer = _run(comm, tp, sp) if tp > 1 else _run(None, 1, False)
         V = trainer.model_config.vocab_size
-        Vp = trainer.model.padded_vocab_size if tp > 1 else V
+        Vp = trainer.model.layers.padded_vocab_size if tp > 1 else V
         measured = int(trainer.device.memory.curves()[1]["activations"].max())
         formula = sum(accounting.model_activation_items(L, B, S, H, A, Vp, tp, sp, w=W).values())
         paper = L * layer_activation_bytes(S, B, H, A, tp, sp)           # 16-bit, 1-byte masks, layers

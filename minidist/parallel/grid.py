@@ -1,104 +1,174 @@
-"""The 3D process grid: which ranks hold which slice of the model and of the batch (SPEC §6.1).
+"""The process grid: which ranks hold which slice of the model and of the batch (SPEC §6.1).
 
-A world of ``N`` ranks is arranged as ``dp × pp × tp`` with Megatron-LM's rank order: the
-tensor-parallel rank varies fastest (tensor-parallel partners are neighbours, in a real
-cluster inside one NVLink node), then the data-parallel rank, then the pipeline rank::
+The grid's dimensions are one ordered list, fastest-varying first, as Megatron-LM's
+``RankGenerator`` orders them (``order="tp-cp-ep-dp-pp"``) and as torch's ``DeviceMesh``
+names them::
 
-    rank = tp_rank + tp · (dp_rank + dp · pp_rank)
+    DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")
+
+* ``tp`` tensor parallel — the ranks that share one layer's weights (in a real cluster the
+  neighbours inside one NVLink node, hence fastest);
+* ``cp`` context parallel and ``ep`` expert parallel — room for the sequence and expert
+  splits (degree 1 until a model uses them: a dimension of size 1 changes no rank);
+* ``dp`` data parallel — the ranks that hold the same weights and see different data;
+* ``pp`` pipeline parallel — the ranks that hold consecutive stages of one replica.
+
+A rank's coordinates are its digits in that mixed radix; with cp = ep = 1 this is SPEC §6.1's
+``rank = tp_rank + tp · (dp_rank + dp · pp_rank)``::
 
     N = 8, tp = 2, pp = 2 (so dp = 2):
         pp 0:  dp 0 → ranks 0 1 (tp 0, 1)    dp 1 → ranks 2 3
         pp 1:  dp 0 → ranks 4 5              dp 1 → ranks 6 7
 
-Every group is a sub-communicator made with :meth:`Communicator.split` (MPI_Comm_split), so
-its messages are logged like any other, and the grid is passed explicitly to whoever needs
-it — there is no process global (in-process ranks are threads of one process; picotron's
-global process-group manager is the habit STYLE.md asks us to avoid).
+The data-parallel degree is what is left: ``dp = N / (tp · cp · ep · pp)``. Every group is a
+sub-communicator made with :meth:`Communicator.split` (MPI_Comm_split) — ranks that agree on
+every *other* coordinate — so its messages are logged like any other. This module is the one
+place a grid is built; the trainer builds it and passes it to whoever needs it (there is no
+process global: in-process ranks are threads of one process).
 
-* ``grid.tp`` — the ranks that share one layer's weights (same dp, same pp);
-* ``grid.dp`` — the ranks that hold the same weights and see different data (same tp, pp);
-* ``grid.pp`` — the ranks that hold consecutive stages of one model replica (same tp, dp);
-* ``grid.mp`` — the model-parallel group, tp × pp ranks that together hold one replica.
+* ``grid.tp``, ``grid.cp``, ``grid.ep``, ``grid.dp``, ``grid.pp`` — one group per dimension;
+* ``grid.mp`` — the model-parallel group, tp × pp ranks that together hold one replica
+  (Megatron's ``get_model_parallel_group``: the gradient norm and the overflow check span it).
 """
 from __future__ import annotations
 
-import dataclasses
+import math
+
+DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")      # fastest-varying first (Megatron's order)
+ALWAYS_SHOWN = ("dp", "pp", "tp")                # coords a report always carries (SPEC §6.1, §10)
+CONFIG_KEYS = {"tp": "parallel.tensor", "pp": "parallel.pipeline", "cp": "parallel.context.size",
+               "ep": "parallel.expert"}
 
 
-@dataclasses.dataclass(frozen=True)
 class GridShape:
     """The degrees of a grid and its rank arithmetic; needs no communicator (for teaching,
-    plots and config checks)."""
+    plots, config checks and the exercises). ``GridShape(8, tp=2, pp=2)``."""
 
-    world_size: int
-    tp: int = 1
-    pp: int = 1
-
-    def __post_init__(self):
-        for name in ("world_size", "tp", "pp"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+    def __init__(self, world_size: int, tp: int = 1, pp: int = 1, *, cp: int = 1, ep: int = 1):
+        given = {"world_size": world_size, "tp": tp, "pp": pp, "cp": cp, "ep": ep}
+        for name, value in given.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"process grid: {name} must be a positive integer, got {value!r}")
-        if self.world_size % (self.tp * self.pp):
-            raise ValueError(f"process grid: world size {self.world_size} is not divisible by tensor × pipeline "
-                             f"= {self.tp} × {self.pp}; use a world size that is a multiple of {self.tp * self.pp} "
-                             f"(parallel.tensor, parallel.pipeline)")
+        model = tp * cp * ep * pp
+        if world_size % model:
+            others = [d for d in DIMENSIONS if d != "dp" and (given[d] > 1 or d in ("tp", "pp"))]
+            names = {"tp": "tensor", "pp": "pipeline", "cp": "context", "ep": "expert"}
+            raise ValueError(f"process grid: world size {world_size} is not divisible by "
+                             f"{' × '.join(names[d] for d in others)} = {' × '.join(str(given[d]) for d in others)}; "
+                             f"use a world size that is a multiple of {model} "
+                             f"({', '.join(CONFIG_KEYS[d] for d in others)})")
+        self.world_size = world_size
+        self.sizes = {"tp": tp, "cp": cp, "ep": ep, "dp": world_size // model, "pp": pp}
+
+    tp = property(lambda self: self.sizes["tp"])
+    cp = property(lambda self: self.sizes["cp"])
+    ep = property(lambda self: self.sizes["ep"])
+    dp = property(lambda self: self.sizes["dp"])
+    pp = property(lambda self: self.sizes["pp"])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GridShape) and (self.world_size, self.sizes) == (other.world_size, other.sizes)
+
+    def __repr__(self) -> str:
+        return f"GridShape({self.world_size}, " + ", ".join(f"{d}={s}" for d, s in self.sizes.items()) + ")"
 
     @property
-    def dp(self) -> int:
-        return self.world_size // (self.tp * self.pp)
+    def shown(self) -> tuple:
+        """The dimensions a coordinate dict carries: dp, pp, tp, and any other of size > 1."""
+        return tuple(d for d in DIMENSIONS if d in ALWAYS_SHOWN or self.sizes[d] > 1)
 
     def coords(self, rank: int) -> dict:
-        """``{"dp", "pp", "tp"}`` of world rank ``rank`` (Megatron order: tp fastest)."""
-        if not 0 <= rank < self.world_size:
-            raise ValueError(f"process grid: rank {rank} is outside a world of {self.world_size}")
-        return {"dp": (rank // self.tp) % self.dp, "pp": rank // (self.tp * self.dp), "tp": rank % self.tp}
+        """This world rank's coordinates: its digits in the mixed radix of :data:`DIMENSIONS`."""
+        if not isinstance(rank, int) or not 0 <= rank < self.world_size:
+            raise ValueError(f"process grid: rank {rank!r} is outside a world of {self.world_size}")
+        digits, rest = {}, rank
+        for d in DIMENSIONS:                       # fastest first: tp, then cp, ep, dp, pp
+            rest, digits[d] = divmod(rest, self.sizes[d])
+        return {d: digits[d] for d in sorted(self.shown)}
 
-    def rank_of(self, dp: int = 0, pp: int = 0, tp: int = 0) -> int:
-        """The world rank at coordinates (dp, pp, tp)."""
-        return tp + self.tp * (dp + self.dp * pp)
+    def rank_of(self, **coords) -> int:
+        """The world rank at the given coordinates (those not given are 0)."""
+        unknown = set(coords) - set(DIMENSIONS)
+        if unknown:
+            raise ValueError(f"process grid: unknown dimension(s) {sorted(unknown)}; the grid's are {DIMENSIONS}")
+        rank, stride = 0, 1
+        for d in DIMENSIONS:
+            c = coords.get(d, 0)
+            if not 0 <= c < self.sizes[d]:
+                raise ValueError(f"process grid: {d} coordinate {c} is outside 0..{self.sizes[d] - 1}")
+            rank, stride = rank + c * stride, stride * self.sizes[d]
+        return rank
+
+    def group_of(self, rank: int, dims) -> tuple:
+        """The world ranks that share every coordinate of ``rank`` except those in ``dims``
+        (one dimension name or several), in the order of their coordinates along ``dims``."""
+        dims = (dims,) if isinstance(dims, str) else tuple(dims)
+        mine = self._all_coords(rank)
+        free = [d for d in DIMENSIONS if d in dims]
+        out = []
+        for i in range(math.prod(self.sizes[d] for d in free)):
+            c = dict(mine)
+            for d in free:                              # first named dimension varies fastest
+                i, c[d] = divmod(i, self.sizes[d])
+            out.append(self.rank_of(**c))
+        return tuple(sorted(out)) if len(free) > 1 else tuple(out)
+
+    def groups(self, dims) -> list:
+        """Every group along ``dims`` (e.g. ``"dp"``, or ``("tp", "pp")`` for the model-parallel
+        groups), each a tuple of world ranks; groups in order of their lowest rank."""
+        return sorted({self.group_of(r, dims) for r in range(self.world_size)}, key=min)
+
+    def _all_coords(self, rank: int) -> dict:
+        digits, rest = {}, rank
+        for d in DIMENSIONS:
+            rest, digits[d] = divmod(rest, self.sizes[d])
+        return digits
 
     def table(self) -> str:
         """A text picture of the grid: one line per pipeline stage, ranks grouped by dp."""
-        lines = [f"{self.world_size} ranks = dp {self.dp} × pp {self.pp} × tp {self.tp}"]
+        lines = [f"{self.world_size} ranks = " + " × ".join(f"{d} {self.sizes[d]}" for d in ("dp", "pp", "tp"))
+                 + "".join(f" × {d} {self.sizes[d]}" for d in ("cp", "ep") if self.sizes[d] > 1)]
         for p in range(self.pp):
-            groups = ["[" + " ".join(str(self.rank_of(d, p, t)) for t in range(self.tp)) + "]"
-                      for d in range(self.dp)]
-            lines.append(f"  pp {p}: " + "  ".join(f"dp {d} {g}" for d, g in enumerate(groups)))
+            parts = []
+            for d in range(self.dp):
+                ranks = [r for r in range(self.world_size)
+                         if self._all_coords(r)["pp"] == p and self._all_coords(r)["dp"] == d]
+                parts.append(f"dp {d} [" + " ".join(map(str, ranks)) + "]")
+            lines.append(f"  pp {p}: " + "  ".join(parts))
         return "\n".join(lines)
 
 
 class ProcessGrid:
-    """This rank's place in a DP × PP × TP grid and its sub-communicators.
+    """This rank's place in the grid and its sub-communicators, one per dimension.
 
     ``ProcessGrid(comm, tp=2, pp=2)`` is collective: every rank of ``comm`` must build it
     with the same degrees (each ``split`` is a collective call).
     """
 
-    def __init__(self, comm, tp: int = 1, pp: int = 1):
-        self.shape = GridShape(comm.size, tp, pp)
+    def __init__(self, comm, tp: int = 1, pp: int = 1, *, cp: int = 1, ep: int = 1):
+        self.shape = GridShape(comm.size, tp, pp, cp=cp, ep=ep)
         self.world = comm
         self.coords = self.shape.coords(comm.rank)
-        c = self.coords
-        # each split: ranks with the same colour form a group, ordered by the key
-        self.tp = comm.split(color=(c["dp"], c["pp"]), key=c["tp"])            # same layer's shards
-        self.dp = comm.split(color=(c["pp"], c["tp"]), key=c["dp"])            # same weights, other data
-        self.pp = comm.split(color=(c["dp"], c["tp"]), key=c["pp"])            # consecutive stages
-        self.mp = comm.split(color=c["dp"], key=c["pp"] * tp + c["tp"])        # one whole replica
+        mine = self.shape._all_coords(comm.rank)
+        self.groups = {}
+        for d in DIMENSIONS:
+            # why: a dimension's group is the ranks that agree on every other coordinate
+            colour = tuple(mine[o] for o in DIMENSIONS if o != d)
+            self.groups[d] = comm.split(color=colour, key=mine[d])
+        # why: the tp × pp ranks of one replica share the gradient norm and the overflow verdict
+        self.mp = comm.split(color=tuple(mine[o] for o in DIMENSIONS if o not in ("tp", "pp")),
+                             key=mine["pp"] * tp + mine["tp"])
 
-    @property
-    def tp_size(self) -> int:
-        return self.shape.tp
-
-    @property
-    def pp_size(self) -> int:
-        return self.shape.pp
-
-    @property
-    def dp_size(self) -> int:
-        return self.shape.dp
+    tp = property(lambda self: self.groups["tp"])
+    cp = property(lambda self: self.groups["cp"])
+    ep = property(lambda self: self.groups["ep"])
+    dp = property(lambda self: self.groups["dp"])
+    pp = property(lambda self: self.groups["pp"])
+    tp_size = property(lambda self: self.shape.tp)
+    pp_size = property(lambda self: self.shape.pp)
+    dp_size = property(lambda self: self.shape.dp)
 
     def __repr__(self) -> str:
         c = self.coords
-        return (f"<ProcessGrid rank {self.world.rank}: dp {c['dp']}/{self.dp_size} pp {c['pp']}/{self.pp_size} "
-                f"tp {c['tp']}/{self.tp_size}>")
+        return ("<ProcessGrid rank " + str(self.world.rank) + ": "
+                + " ".join(f"{d} {c[d]}/{self.shape.sizes[d]}" for d in DIMENSIONS if d in c) + ">")

@@ -33,11 +33,12 @@ from .. import optim
 from .config import ConfigError, data_config, load_config
 from .data import TextDataset, greedy_decode, make_dataset, shard_batch
 from ..device import Device
-from ..model import GPT, GPTConfig
+from ..model import GPT, GPTConfig, one_rank_parameters, split_of
 from ..parallel import build_strategy
 from ..parallel import tensor as tensor_parallel
 from ..parallel.grid import ProcessGrid
 from ..parallel.pipeline.engine import PipelineEngine
+from ..parallel.split import gather_state_dict, norm_duplicates
 from ..precision import autocast, precision_from_config
 from ..tensor import no_grad
 
@@ -68,34 +69,33 @@ class Trainer:
             raise ConfigError("model.vocab_size", f"{mcfg['vocab_size']} is smaller than the dataset's "
                                                   f"vocabulary ({self.dataset.vocab_size}); remove the key to derive it")
         self.model_config = GPTConfig(**mcfg)
-        # the process grid (SPEC §6.1): data parallelism runs over grid.dp, each batch slice by dp rank
-        tp = cfg["parallel"]["tensor"]
-        self.grid = ProcessGrid(comm, tp=tp) if tp > 1 else None
-        self.dp_comm = comm if self.grid is None else (self.grid.dp if self.grid.dp_size > 1 else None)
-        self.pipeline = None                 # a PipelineEngine when parallel.pipeline > 1
+        # the process grid (SPEC §6.1), built here and nowhere else: tp × dp × pp ranks
+        par = cfg["parallel"]
+        tp, pp = par["tensor"], par["pipeline"]
+        self.grid = ProcessGrid(comm, tp=tp, pp=pp) if comm is not None else None
+        model_parallel = tp * pp > 1
+        # data parallelism runs over grid.dp (the world itself when nothing else splits it)
+        self.dp_comm = comm if not model_parallel else (self.grid.dp if self.grid.dp_size > 1 else None)
         self.dp_size = self.dp_comm.size if self.dp_comm is not None else 1
         self.dp_rank = self.dp_comm.rank if self.dp_comm is not None else 0
+        self.layers = tensor_parallel.layers_for(cfg, self.grid)    # the layer factory: plain, or Megatron's
+        self.pipeline = None                 # a PipelineEngine when parallel.pipeline > 1
+        dtype = np.dtype(cfg["dtype"])
         with self.device:
-            if tp > 1:
-                self.model = tensor_parallel.build_model(cfg, self.model_config, self.grid)
+            if pp > 1:                       # this rank's chunks of the one GPT (parallel/pipeline/stage.py)
+                self.pipeline = PipelineEngine(cfg, self.model_config, self.grid, self.layers, self.device)
+                self.model = self.pipeline.model
             else:
-                self.model = GPT(self.model_config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
-            held = self.model                # what this rank trains: the whole model, or its pipeline chunks
-            if cfg["parallel"]["pipeline"] > 1:
-                self.pipeline = PipelineEngine(cfg, self.model, comm, self.device)
-                self.grid, self.dp_comm, held = self.pipeline.grid, self.pipeline.dp_comm, self.pipeline.module
-                self.dp_size, self.dp_rank = self.grid.dp_size, self.grid.coords["dp"]
-            self.optimizer = optim.build(cfg["optimizer"]["type"], held.parameters(),
+                self.model = GPT(self.model_config, seed=cfg["seed"], dtype=dtype, layers=self.layers)
+            self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
                                          **cfg["optimizer"]["params"])
-            self.n_params = self.model.num_parameters()
+            self.n_params = self.model.num_parameters()          # what this rank holds
             self.precision = precision_from_config(cfg)          # None for fp32 training
-            if self.precision is not None and self.grid is not None:
+            if self.precision is not None and model_parallel:
                 self.precision = tensor_parallel.TensorParallelPrecision(self.precision, comm)
-            self.strategy = build_strategy(cfg, held, self.optimizer, self.dp_comm, self.precision)
-            if self.grid is not None:        # clipping: the norm over every tp shard / pipeline stage (grid.mp)
-                duplicates = self.pipeline.norm_duplicates() if self.pipeline is not None \
-                    else tensor_parallel.norm_duplicates(self.model)
-                self.strategy.count_in_norm(self.grid.mp, duplicates)
+            self.strategy = build_strategy(cfg, self.model, self.optimizer, self.dp_comm, self.precision)
+            if model_parallel:               # clipping: the norm over every tp shard and pipeline stage (grid.mp)
+                self.strategy.count_in_norm(self.grid.mp, norm_duplicates(self.model, self.grid.coords["tp"]))
         self.autocast_dtype = self.precision.dtype if self.precision is not None else None
         self.micro_batch = cfg["train_micro_batch_size_per_gpu"]
         self.accumulation = cfg["gradient_accumulation_steps"]
@@ -149,19 +149,27 @@ class Trainer:
 
     def full_parameters(self) -> dict:
         """name → value of every parameter of the one-rank model (a collective: call it on
-        every rank): the strategy's parameters (ZeRO-3 gathers its shards over dp), then under
-        tensor parallelism the tp shards joined (:func:`~minidist.parallel.tensor.gather_state_dict`,
-        padding dropped), under pipeline parallelism every stage's parameters. What the
-        equivalence tests compare with one rank after every step."""
+        every rank): the strategy's parameters (ZeRO-3 gathers its shards over dp), then every
+        pipeline stage's, then the tp slices joined by the split each parameter carries
+        (padding dropped). What the equivalence tests compare with one rank after every step.
+        The exchanges use the control channel (not logged, not timed)."""
         params = self.strategy.full_parameters()
         if self.grid is None:
             return params
         if self.pipeline is not None:
-            # why: each pipeline rank holds only its stages; the control channel (not logged, not timed)
-            held = dict(pair for part in self.grid.pp.exchange_objects(params) for pair in part.items())
-            return {name: held[name] for name, _ in self.model.named_parameters()}
-        # why: each tp rank holds only its slices; the control channel (not logged, not timed)
-        return tensor_parallel.gather_state_dict(self.grid.tp.exchange_objects(params), self.model_config.vocab_size)
+            # why: each pipeline rank holds only its stages
+            params = dict(pair for part in self.grid.pp.exchange_objects(params) for pair in part.items())
+        whole = one_rank_parameters(self.model_config)
+        if self.grid.tp_size > 1:
+            # why: each tp rank holds only its slices
+            splits = {name: split_of(p) for name, p in whole.items()}
+            params = gather_state_dict(self.grid.tp.exchange_objects(params), splits, self.model_config.vocab_size)
+        return {name: params[name] for name in whole}
+
+    def eval_model(self):
+        """The model evaluation runs: this rank's, or under pipeline parallelism the whole model
+        (evaluation is not pipelined here; a collective over ``grid.pp``)."""
+        return self.pipeline.whole_model() if self.pipeline is not None else self.model
 
     def compute_loss(self, x, y, step: int, micro: int):
         """The loss of one micro-batch: the model's cross-entropy. A distillation student
@@ -171,23 +179,22 @@ class Trainer:
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Validation loss (and exact-match accuracy for synthetic tasks); not on the sim clock."""
-        if self.pipeline is not None:        # evaluation is not pipelined: every rank gets the whole model
-            self.pipeline.gather_model()
-        self.model.eval()
+        model = self.eval_model()
+        model.eval()
         out = {}
         with no_grad(), autocast(self.autocast_dtype):
             if isinstance(self.val_dataset, TextDataset):
-                losses = [float(self.model(x, y)[1].data)
+                losses = [float(model(x, y)[1].data)
                           for x, y in self.val_dataset.eval_batches(self.micro_batch, self.cfg["eval_iters"])]
                 out["val_loss"] = float(np.mean(losses))
                 out["unigram_entropy"] = float(self.val_dataset.unigram_entropy())
             if hasattr(self.dataset, "exact_match"):
                 out["exact_match"] = float(self.dataset.exact_match(
-                    lambda prompt: greedy_decode(self.model, prompt, self.dataset.answer_len)))
-                losses = [float(self.model(x, y)[1].data)
+                    lambda prompt: greedy_decode(model, prompt, self.dataset.answer_len)))
+                losses = [float(model(x, y)[1].data)
                           for x, y in self.dataset.eval_batches(self.micro_batch, self.cfg["eval_iters"])]
                 out["val_loss"] = float(np.mean(losses))
-        self.model.train()
+        model.train()
         return out
 
     # -- the whole run ------------------------------------------------------------------------

@@ -62,9 +62,10 @@ def config_problem(cfg: dict):
     pp, m = par["pipeline"], cfg["gradient_accumulation_steps"]
     if pp == 1:
         return None
-    if par["tensor"] > 1:
-        return ("parallel", "pipeline together with tensor parallelism (3D) is not available yet; set "
-                            "parallel.tensor or parallel.pipeline to 1")
+    if cfg["zero_optimization"]["stage"] == 3:
+        return ("zero_optimization.stage", "ZeRO-3 does not compose with parallel.pipeline > 1 here (each stage "
+                                           "would gather parameters it does not hold); use stage 1 or 2 over the "
+                                           "data-parallel group, as DeepSpeed's pipeline engine does")
     try:
         s = build_schedule(par["schedule"], pp, m, par["virtual_stages"])
     except ValueError as e:

@@ -21,27 +21,30 @@ same accumulation and micro-batch × dp sequences.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import numpy as np
 
 from ... import distributed as dist
-from ..grid import ProcessGrid
+from ...model import GPT
 from . import build_schedule
 from .executor import PipelineExecutor
 from .stage import build_stage
 
 
 class PipelineEngine:
-    """This rank's part of the pipeline: its grid, schedule, chunks and executor."""
+    """This rank's part of the pipeline: its schedule, its chunks (``model``: the GPT holding
+    them) and the executor, on the trainer's grid. Built inside ``with device:``."""
 
-    def __init__(self, cfg: dict, model, comm, device):
+    def __init__(self, cfg: dict, model_config, grid, layers, device):
         par = cfg["parallel"]
-        self.grid = ProcessGrid(comm, tp=par["tensor"], pp=par["pipeline"])
+        self.grid, self.layers, self.cfg = grid, layers, cfg
         self.pp_rank = self.grid.coords["pp"]
         self.schedule = build_schedule(par["schedule"], par["pipeline"], cfg["gradient_accumulation_steps"],
                                        par["virtual_stages"])
-        self.chunks, self.module = build_stage(model, self.schedule, self.pp_rank)
-        self.model = model
+        self.chunks, self.model = build_stage(model_config, self.schedule, self.pp_rank, seed=cfg["seed"],
+                                              dtype=np.dtype(cfg["dtype"]), layers=layers)
+        self._whole = None                       # the whole model for evaluation, built when first asked
         self.executor = PipelineExecutor(self.schedule, self.chunks, self.grid.pp, device)
         s = self.schedule
         self.last_rank = s.stage_to_rank[-1]
@@ -85,40 +88,42 @@ class PipelineEngine:
                                 "bytes_sent": trainer.step_log.bytes_sent()})
         return loss
 
-    def norm_duplicates(self) -> list:
-        """What this rank leaves out of the global gradient norm: its copy of the tied
-        embedding unless it holds the first chunk, whose rank counts it (Megatron marks the
-        last stage's word embeddings ``shared`` and skips them: ``param_is_not_shared``)."""
-        wte = self.model.transformer.wte.weight
-        held = {id(p) for p in self.module.parameters()}
-        return [wte] if id(wte) in held and self.pp_rank != self.schedule.stage_to_rank[0] else []
-
     def reduce_tied_embedding(self) -> None:
         if self.tied_group is None or self.tied_group.size == 1:
             return
-        wte = self.model.transformer.wte.weight
+        wte = self.model.transformer.wte.weight       # the embedding, or the last stage's copy
         grad = wte.grad if wte.grad is not None else np.zeros_like(wte.data)
         # why: wte (first chunk) and the LM head (last chunk) are one weight: each rank has
         # only its part of the gradient, and both copies must take the same step
         wte.grad = dist.all_reduce(self.tied_group, grad, op="sum", algorithm="ring")
 
     def average_losses(self, trainer) -> None:
-        """Only the last chunk's rank knows the loss: sum over the world (zeros elsewhere) and
-        divide by the replicas, once at the end of the run."""
-        local = np.array([h["loss"] for h in trainer.history], dtype=np.float64)
+        """Only the last chunk's ranks know the loss (each of its tp ranks the same value): sum
+        over the world what tp rank 0 of each replica's last stage holds, divide by the replicas,
+        once at the end of the run."""
+        counts = self.holds_loss and self.grid.coords["tp"] == 0
+        local = np.array([h["loss"] if counts else 0.0 for h in trainer.history], dtype=np.float64)
         # why: the loss of the global batch is the mean of the dp replicas' last-stage losses
         total = dist.all_reduce(trainer.comm, local, op="sum", algorithm="ring")
         for h, v in zip(trainer.history, total / self.grid.dp_size):
             h["rank_loss"], h["loss"] = h["loss"], float(v)
 
-    def gather_model(self) -> None:
-        """Give every rank the whole model (for evaluation, which is not pipelined here): each
-        pipeline rank broadcasts the parameters it holds, in model order."""
-        s = self.schedule
-        for name, p in self.model.named_parameters():
-            owner = _owner(name, s, self.model.config.n_layer)
-            # why: only ``owner`` trained this parameter; the others still hold its initial value
-            p.data[...] = dist.broadcast(self.grid.pp, p.data, root=owner)
+    def whole_model(self) -> GPT:
+        """Every rank's copy of the whole model (its tensor-parallel shards), for evaluation,
+        which is not pipelined here: each parameter broadcast over ``grid.pp`` by a rank that
+        trained it. Built off the device once (not charged), refreshed at every call."""
+        cfg = self.cfg
+        if self._whole is None:
+            self._whole = contextvars.Context().run(
+                lambda: GPT(self.model.config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]), layers=self.layers))
+        mine = dict(self.model.named_parameters())
+        # control channel (not logged): which pipeline rank holds which parameter
+        held = self.grid.pp.exchange_objects(sorted(mine))
+        for name, p in self._whole.named_parameters():
+            owner = next(r for r, names in enumerate(held) if name in names)
+            # why: only ``owner`` trained this parameter; the others hold none or an old copy
+            p.data[...] = dist.broadcast(self.grid.pp, mine[name].data if name in mine else p.data, root=owner)
+        return self._whole
 
     def measured(self) -> dict:
         """This rank's measurements of the last step (the report's ``pipeline`` section)."""
@@ -126,16 +131,6 @@ class PipelineEngine:
         return {"pp_rank": self.pp_rank, "t_begin": run["t_begin"], "t_end": run["t_end"], "busy": run["busy"],
                 "peak_in_flight": run["peak_in_flight"],
                 "timeline": [(a.op, a.micro_batch, a.stage, t0, t1) for a, t0, t1 in run["events"]]}
-
-
-def _owner(name: str, s, n_layer: int) -> int:
-    """The pipeline rank that trains parameter ``name``."""
-    if name.startswith("transformer.h."):
-        layer = int(name.split(".")[2])
-        return s.stage_to_rank[layer // (n_layer // s.n_stages)]
-    if name.startswith("transformer.ln_f"):
-        return s.stage_to_rank[-1]
-    return s.stage_to_rank[0]                      # wte, wpe
 
 
 def bubble_from_ranks(measured: list) -> float:

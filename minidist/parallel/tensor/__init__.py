@@ -12,9 +12,9 @@ module                 what a student finds there
 :mod:`.cross_entropy`  the loss over vocabulary slices: max, target logit and sum-exp
                        all-reduced, the (b, s, V) logits never gathered
 :mod:`.random`         dropout masks as slices of the one-rank mask
-:mod:`.model`          the TP GPT built from the one-rank weights; shard_state_dict /
-                       gather_state_dict; vocabulary padding
-:mod:`.build`          what the trainer calls: config check, model, precision
+:mod:`.factory`        Megatron's layer factory: the one GPT (:mod:`minidist.model`)
+                       built with these layers, from the one-rank weights
+:mod:`.build`          what the trainer calls: config check, factory, precision
 :mod:`.accounting`     activation bytes (Korthikanti et al. 2022 mapped onto the engine)
                        and the collectives of one step, as formulas
 =====================  ==========================================================
@@ -23,20 +23,20 @@ Papers: Shoeybi et al. 2019, "Megatron-LM: Training Multi-Billion Parameter Lang
 Using Model Parallelism"; Korthikanti et al. 2022, "Reducing Activation Recomputation in
 Large Transformer Models".
 """
-from .build import TensorParallelPrecision, build_model, config_problem
+from ..split import gather_state_dict, padded_vocab_size, shard_state_dict
+from .build import TensorParallelPrecision, config_problem, heads_problem, layers_for
 from .cross_entropy import vocab_parallel_cross_entropy
+from .factory import TensorParallelLayers
 from .layers import (ColumnParallelLinear, RowParallelLinear, SequenceParallelLayerNorm,
                      TensorParallelContext, VocabParallelEmbedding, linear_with_sequence_parallel)
 from .mappings import (copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
                        gather_from_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region, scatter_to_sequence_parallel_region)
-from .model import (TensorParallelGPT, check_tensor_parallel, gather_state_dict, norm_duplicates,
-                    padded_vocab_size, shard_state_dict)
 
-__all__ = ["TensorParallelPrecision", "build_model", "config_problem", "ColumnParallelLinear", "RowParallelLinear",
-           "SequenceParallelLayerNorm", "TensorParallelContext", "TensorParallelGPT",
-           "VocabParallelEmbedding", "check_tensor_parallel", "copy_to_tensor_model_parallel_region",
+__all__ = ["TensorParallelPrecision", "config_problem", "heads_problem", "layers_for", "ColumnParallelLinear",
+           "RowParallelLinear", "SequenceParallelLayerNorm", "TensorParallelContext", "TensorParallelLayers",
+           "VocabParallelEmbedding", "copy_to_tensor_model_parallel_region",
            "gather_from_sequence_parallel_region", "gather_from_tensor_model_parallel_region",
-           "gather_state_dict", "linear_with_sequence_parallel", "norm_duplicates", "padded_vocab_size",
+           "gather_state_dict", "linear_with_sequence_parallel", "padded_vocab_size",
            "reduce_from_tensor_model_parallel_region", "reduce_scatter_to_sequence_parallel_region",
            "scatter_to_sequence_parallel_region", "shard_state_dict", "vocab_parallel_cross_entropy"]

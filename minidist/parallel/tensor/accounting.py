@@ -132,17 +132,18 @@ def rank_summary(trainer) -> dict:
     """The report's ``tensor_parallel`` section of one rank: what it measured (activation
     peak, bytes sent on the tp group in the last step) beside the formulas above."""
     cfg, model, grid = trainer.cfg, trainer.model, trainer.grid
-    c, t, sp = trainer.model_config, grid.tp_size, model.ctx.sequence_parallel
+    c, t, layers = trainer.model_config, grid.tp_size, model.layers
+    sp = layers.sequence_parallel
     lowp = trainer.precision is not None
     w32 = np.dtype(cfg["dtype"]).itemsize
     w = 2 if lowp else w32
     b, s = trainer.micro_batch, trainer.dataset.seq_len
     by_op = tp_bytes_by_op(trainer)
-    items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, model.padded_vocab_size, t, sp, w, w32,
+    items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, layers.padded_vocab_size, t, sp, w, w32,
                                    loss_scalars=2 if lowp else 1)
     return {
-        "tp": t, "sequence_parallel": sp, "vocab_size": c.vocab_size, "padded_vocab_size": model.padded_vocab_size,
-        "make_vocab_size_divisible_by": model.make_vocab_size_divisible_by,
+        "tp": t, "sequence_parallel": sp, "vocab_size": c.vocab_size, "padded_vocab_size": layers.padded_vocab_size,
+        "make_vocab_size_divisible_by": layers.divisible_by,
         "bytes_sent_per_step": sum(by_op.values()), "bytes_sent_per_step_by_op": by_op,
         "bytes_sent_per_step_expected": step_bytes(c.n_layer, b, s, c.n_embd, t, sp, c.bias,
                                                    trainer.accumulation, w, w32),

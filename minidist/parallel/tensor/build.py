@@ -1,19 +1,27 @@
-"""What the trainer needs from tensor parallelism: the config check, the model, the precision.
+"""What the trainer needs from tensor parallelism: the config check, the layer factory, the precision.
 
 * :func:`config_problem` — every bad combination of a config, found before any rank trains
   (heads not divisible by t, tp larger than the world, a sequence that does not split over
   t under sequence parallelism, …), as the ``(key, message)`` of a ConfigError;
-* :func:`build_model` — this rank's :class:`~.model.TensorParallelGPT` on ``grid.tp``;
+* :func:`layers_for` — this rank's :class:`~.factory.TensorParallelLayers` on ``grid.tp``,
+  the factory the one GPT is built with;
 * :class:`TensorParallelPrecision` — fp16/bf16 whose overflow verdict is agreed over the
   whole grid: each tp rank sees only its shards' gradients, and all must skip together
   (Megatron all-reduces ``found_inf`` over the model-parallel group).
 """
 from __future__ import annotations
 
-import numpy as np
-
+from ...model import Layers
 from ...precision import Precision
-from .model import TensorParallelGPT, heads_problem
+from .factory import TensorParallelLayers
+
+
+def heads_problem(n_head: int, tp: int) -> str | None:
+    """Why ``n_head`` heads cannot be split over ``tp`` ranks (naming the config key and the fix), or None."""
+    if n_head % tp == 0:
+        return None
+    return (f"model.n_head {n_head} is not divisible by parallel.tensor {tp}: each rank holds n_head/t heads; "
+            f"choose parallel.tensor among {[d for d in range(1, n_head + 1) if n_head % d == 0]}")
 
 
 def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] | None:
@@ -43,12 +51,13 @@ def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] 
     return None
 
 
-def build_model(cfg: dict, model_config, grid) -> TensorParallelGPT:
-    """This rank's shard of the GPT of ``cfg`` (built inside ``with device:``)."""
+def layers_for(cfg: dict, grid):
+    """The layer factory of this rank: the plain one, or Megatron's on ``grid.tp``."""
     par = cfg["parallel"]
-    return TensorParallelGPT(model_config, grid.tp, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]),
-                             sequence_parallel=par.get("sequence_parallel", False),
-                             make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"])
+    if par["tensor"] == 1:
+        return Layers()
+    return TensorParallelLayers(grid.tp, sequence_parallel=par.get("sequence_parallel", False),
+                                make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"])
 
 
 class TensorParallelPrecision(Precision):

@@ -124,9 +124,12 @@ def scatter_to_sequence_parallel_region(x, group) -> Tensor:
         return make_result(sequence_slice(group, x.data), (x,), backward, "scatter_to_sp")
 
 
-def gather_from_sequence_parallel_region(x, group) -> Tensor:
+def gather_from_sequence_parallel_region(x, group, tensor_parallel_output_grad: bool = True) -> Tensor:
     """All-gather along T forward (the column-parallel layer needs the whole sequence);
-    backward reduce-scatters (each rank's gradient covers all positions but only its columns)."""
+    backward reduce-scatters (each rank's gradient covers all positions but only its columns).
+    ``tensor_parallel_output_grad=False`` (Megatron's flag): the consumer is replicated — every
+    tp rank computes the same function of the whole sequence (a distillation loss on the
+    hidden states) — so every rank's gradient is already whole: backward keeps my positions."""
     x = as_tensor(x)
     wire = autocast_dtype()
     # why: the next (column-parallel) layer mixes positions only through attention, but every
@@ -134,6 +137,8 @@ def gather_from_sequence_parallel_region(x, group) -> Tensor:
     out = all_gather_sequence(group, x.data, wire)
 
     def backward(g, needs):
+        if not tensor_parallel_output_grad:
+            return (np.ascontiguousarray(sequence_slice(group, g)),)
         # why: sum the partial gradients of all tp ranks and keep my positions
         return (reduce_scatter_sequence(group, g, wire),)
     with autocast(None):                       # a gather changes no value
