@@ -9,9 +9,13 @@ Examples::
         --tokens 300B --gpu A100-80GB-NVLink --mfu 0.4                       # GPT-3 175B
     python -m minidist.estimate --params 350M --dp 8 --zero 2 --json        # machine-readable
     python -m minidist.estimate --pp 4 --schedule zb_h1 --micro-batches 8   # the bubble alone
+    python -m minidist.estimate --layers 4 --hidden 32 --heads 4 --seq 8 --vocab 65 \\
+        --dp 2 --tp 2 --pp 2 --sp --zero 1 --micro-batches 4  # per pipeline rank, to the byte
 
-Every number printed is also in ``--json``. Bytes use decimal units (GB = 1e9 bytes), as
-the ZeRO paper does.
+With the whole shape (``--layers --hidden --heads --seq --vocab``) a table per pipeline rank
+follows: model-state bytes and bytes sent per step of minidist's own layout, exact
+(:mod:`minidist.estimate.grid3d`). Every number printed is also in ``--json``. Bytes use
+decimal units (GB = 1e9 bytes), as the ZeRO paper does.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from ..device import PRESETS
 from .activations import CHECKPOINTING, activation_memory
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops, training_time
-from .memory import OPTIMIZERS, bytes_per_param, model_state_memory
+from .grid3d import estimate_3d
+from .memory import OPTIMIZER_BYTES, OPTIMIZERS, bytes_per_param, model_state_memory
 from .pipeline import check_pipeline, peak_in_flight, pipeline_bubble, runnable
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
@@ -110,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--micro-batch", type=_positive_int, default=1, help="micro-batch size b (default 1)")
     shape.add_argument("--vocab", type=_positive_int, help="vocabulary size V")
     shape.add_argument("--sp", action="store_true", help="sequence parallelism with --tp")
+    shape.add_argument("--make-vocab-size-divisible-by", type=_positive_int, default=1,
+                       help="Megatron's vocabulary padding multiple under --tp (default 1; Megatron's 128)")
     shape.add_argument("--checkpointing", choices=CHECKPOINTING, default="none",
                        help="activation recomputation (default none)")
     pipe = p.add_argument_group("pipeline and time")
@@ -186,6 +193,14 @@ def compute(a: argparse.Namespace) -> dict:
         out["flops_total"] = training_flops(params, a.tokens, **kw)
         out["time"] = training_time(out["flops_total"]["flops"], n_gpus, a.gpu, a.mfu)
     out["pipeline"] = pipeline
+    out["per_pipeline_rank"] = None
+    if a.layers and a.hidden and a.heads and a.seq and a.vocab and not a.offload:
+        out["per_pipeline_rank"] = [estimate_3d(
+            a.layers, a.hidden, a.heads, a.vocab, a.seq, a.seq, a.micro_batch, m, a.dp, a.tp, a.pp,
+            a.sp and a.tp > 1, s, a.precision, a.schedule,
+            a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1,
+            make_vocab_size_divisible_by=a.make_vocab_size_divisible_by,
+            moments=OPTIMIZER_BYTES[a.optimizer] // 4) for s in stages if s <= 2] or None
     return out
 
 
@@ -260,9 +275,30 @@ def render(r: dict) -> str:
                      f"8ND = {f['flops_8nd']:.3g}, counted = {f['flops']:.3g}"),
                 (f"time on {t['n_gpus']} x {t['gpu']} at MFU {t['mfu']:g}: {t['days']:.2f} days "
                  f"({t['hours']:.1f} h)")]
+    if r["per_pipeline_rank"]:
+        out += ["", *_render_ranks(r["per_pipeline_rank"])]
     if r["pipeline"]:
         out += ["", *_render_pipeline(r)]
     return "\n".join(out)
+
+
+def _render_ranks(per_stage: list) -> list[str]:
+    """Model states and bytes sent per step of every pipeline rank (:mod:`.grid3d`)."""
+    out = ["Per pipeline rank, minidist's layout (L/n blocks per chunk, wte+wpe on the first chunk, ln_f + "
+           "tied head on the last, no recomputation); every tp and dp rank of a pipeline rank alike. Bytes sent "
+           "per step (the "
+           "total adds the one-float64 all-reduces: overflow flag, gradient norm):"]
+    rows = [["stage", "pp rank", "chunks", "params", "model states", "TP", "PP p2p", "tied wte", "DP",
+             "total sent"]]
+    for est in per_stage:
+        for rank in est["ranks"]:
+            sent = rank["bytes_sent"]
+            rows.append([str(est["inputs"]["zero_stage"]), str(rank["pp_rank"]),
+                         ",".join(map(str, rank["chunks"])), f"{rank['params']:,}",
+                         fmt_bytes(rank["model_states"]["total"])]
+                        + [fmt_bytes(sent[k]) for k in ("tensor_parallel", "pipeline", "tied_embedding",
+                                                        "data_parallel", "total")])
+    return out + [_table(rows)]
 
 
 def _render_pipeline(r: dict) -> list[str]:
