@@ -36,17 +36,16 @@ S = Σ_buckets ⌈n_b/d⌉ its shard (:mod:`minidist.parallel.data.buckets`' pad
   world under tensor or pipeline parallelism, over dp for ZeRO) and, when clipping, the norm
   over the model-parallel group (and over dp for ZeRO).
 
-Assumed: no fp16 overflow (a skipped ZeRO step sends no all-gather) and, under the pipeline,
-ZeRO-2 with ``overlap_comm`` false; ZeRO-3, offload and the parameter server are not
-modelled here (:func:`estimate_for_config` notes them).
-tests/test_estimate_3d.py checks every rank against measured TP × DP, PP × DP and ZeRO runs,
-and against 3D runs where the trainer accepts tensor × pipeline.
+Assumed: no fp16 overflow (a skipped ZeRO step sends no all-gather); under the pipeline
+ZeRO-2 reduces after the flush (the config refuses ``overlap_comm`` there); ZeRO-3, offload
+and the parameter server are not modelled here (:func:`estimate_for_config` notes them).
+tests/test_estimate_3d.py checks every rank against measured TP × DP, PP × DP, ZeRO and 3D runs.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..defaults import INTERLEAVED_1F1B, REDUCE_BUCKET_SIZE, normalize_schedule
+from ..defaults import DDP, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, REDUCE_BUCKET_SIZE, normalize_schedule
 from ..parallel.pipeline import build_schedule
 from ..parallel.tensor.accounting import collective_bytes, step_collectives
 from ..parallel.tensor import padded_vocab_size
@@ -140,7 +139,7 @@ def scalar_bytes(n: int) -> int:
 
 def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: int, seq: int,
                 micro_batch: int = 1, micro_batches: int = 1, dp: int = 1, tp: int = 1, pp: int = 1,
-                sp: bool = False, zero_stage: int = 0, precision: str = "fp32", schedule: str = "1f1b",
+                sp: bool = False, zero_stage: int = 0, precision: str = "fp32", schedule: str = DEFAULT_SCHEDULE,
                 virtual_stages: int = 1, bias: bool = True, make_vocab_size_divisible_by: int = 1,
                 moments: int = 2, dtype_bytes: int = 4, bucket_size: int = REDUCE_BUCKET_SIZE,
                 clip: bool = False) -> dict:
@@ -222,10 +221,8 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
     notes = []
     if zero["offload_optimizer"]["device"] != "none":
         notes.append("optimizer offload not modelled: device optimizer states are predicted as without it")
-    if zero["stage"] == 0 and par["data_parallel"] != "ddp":
+    if zero["stage"] == 0 and par["data_parallel"] != DDP:
         notes.append(f"data_parallel {par['data_parallel']!r} not modelled: predicted as DDP")
-    if zero["stage"] == 2 and zero["overlap_comm"] and pp > 1:
-        notes.append("ZeRO-2 with overlap_comm under the pipeline not modelled: predicted with overlap_comm false")
     out = estimate_3d(
         model["n_layer"], model["n_embd"], model["n_head"], model["vocab_size"] or vocab_size, model["block_size"],
         sequence_length(cfg)[0], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"],
