@@ -149,7 +149,11 @@ def _refusal(comm, cfg):
      "ZeRO-3"),
     (4, {"parallel": {"pipeline": 2}, "zero_optimization": {"stage": 3}}, "zero_optimization.stage",
      "parallel.pipeline"),
-], ids=["world", "layers", "heads", "batch", "zero3-tp-pp", "zero3-pp"])
+    (4, {"parallel": {"pipeline": 2}, "zero_optimization": {"stage": 2, "overlap_comm": True}},
+     "zero_optimization.overlap_comm", "waits for the pipeline's flush"),
+    (2, {"parallel": {"tensor": 2}, "distillation": {"teacher": {"steps": 1}}}, "parallel.tensor",
+     "distillation trains the student data parallel"),
+], ids=["world", "layers", "heads", "batch", "zero3-tp-pp", "zero3-pp", "zero2-overlap-pp", "distill-tp"])
 def test_a_layout_that_does_not_divide_is_refused_on_every_rank(world, change, key, words):
     cfg = copy.deepcopy(BASE)
     for section, values in change.items():
