@@ -218,7 +218,7 @@ class Parameter(Tensor):
     is_param = True
     # How the parameter is split over ranks: attributes of the parameter, read by tensor
     # parallelism, checkpoints, clipping and ZeRO alike (Megatron-LM's
-    # ``set_tensor_model_parallel_attributes``). Set by :class:`minidist.model.Layers`.
+    # ``set_tensor_model_parallel_attributes``). Set by :class:`minidist.layers.Layers`.
     partition_dim = None        # the axis cut over the tensor-parallel ranks; None: replicated
     partition_stride = 1        # that axis is first cut into this many parts (c_attn's q | k | v: 3)
     partition_padded = False    # the axis is padded to a multiple of the ranks (the vocabulary)

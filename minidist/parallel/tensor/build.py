@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from ...model import Layers
+from ...layers import Layers
 from ...precision import Precision
 from .factory import TensorParallelLayers
 

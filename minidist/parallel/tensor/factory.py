@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 
 from ... import functional as F
-from ...model import Layers
+from ...layers import Layers
 from ...nn import Dropout
 from ..split import padded_vocab_size, shard
 from .cross_entropy import vocab_parallel_cross_entropy
