@@ -19,15 +19,18 @@ check states the rule it tests, so a failing message names the mistake.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import dataclasses
 import importlib.util
 import io
 import os
+import sys
 import threading
 import tokenize
 import traceback
+import types
 import uuid
 
 import numpy as np
@@ -139,6 +142,60 @@ def code_names(path: str) -> set[str]:
             return set()
 
 
+def imported_names(path: str) -> set[str]:
+    """The dotted names the file's code imports or reaches through an import, wherever the
+    import stands: ``import a.b`` -> a.b; ``from a.b import c`` -> a.b.c (and, when a.b
+    re-exports c, where c is defined); ``b.c.d`` after ``from a import b`` -> a.b.c.d; a string
+    "a.b" (for importlib). An exercise's ``FORBIDDEN_IMPORTS`` is checked against these, so that
+    forbidding a module never forbids a name a student may give their own variable."""
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return set()
+    found, alias = set(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                found.add(a.name)
+                alias[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                found.add(f"{node.module}.{a.name}")
+                alias[a.asname or a.name] = f"{node.module}.{a.name}"
+                obj = getattr(sys.modules.get(node.module), a.name, None)   # only modules already loaded
+                if isinstance(obj, types.ModuleType):
+                    found.add(obj.__name__)
+                elif isinstance(getattr(obj, "__module__", None), str):   # a re-exported class or function
+                    found.add(f"{obj.__module__}.{a.name}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                all(part.isidentifier() for part in node.value.split(".")):
+            found.add(node.value)                   # importlib.import_module("a.b")
+    for node in ast.walk(tree):
+        chain = []
+        while isinstance(node, ast.Attribute):
+            chain.insert(0, node.attr)
+            node = node.value
+        if chain and isinstance(node, ast.Name) and node.id in alias:
+            found.add(".".join([alias[node.id], *chain]))
+    return found
+
+
+def broken_rules(exercise, path: str) -> str:
+    """What the file uses that the exercise forbids (``FORBIDDEN`` identifiers,
+    ``FORBIDDEN_IMPORTS`` modules), as the end of a sentence; "" when nothing."""
+    used = sorted(set(getattr(exercise, "FORBIDDEN", ())) & code_names(path))
+    banned = getattr(exercise, "FORBIDDEN_IMPORTS", ())
+    names = imported_names(path) if banned else set()
+    modules = [m for m in banned if any(n == m or n.startswith(m + ".") for n in names)]
+    parts = []
+    if used:
+        parts.append("uses " + ", ".join(f"`{w}`" for w in used))
+    if modules:
+        parts.append("imports " + ", ".join(f"`{m}`" for m in modules))
+    return " and ".join(parts)
+
+
 # -- exceptions in the student's terms ----------------------------------------------------------
 def _causes(exc: BaseException):
     seen = set()
@@ -232,11 +289,11 @@ def grade(exercise, path: str | None = None, reference: bool = False) -> Report:
         source = sol.__grader_source__
     for name, check in exercise.CHECKS:
         report.checks.append(run_check(name, check, sol, source))
-    used = sorted(set(getattr(exercise, "FORBIDDEN", ())) & code_names(source)) if source else []
-    if used:
+    broken = broken_rules(exercise, source) if source else ""
+    if broken:
         report.checks.append(CheckResult(
             "rules of the exercise", "failed",
-            f"your file uses {', '.join(f'`{w}`' for w in used)}, which does the work this exercise asks "
+            f"your file {broken}, which does the work this exercise asks "
             f"you to write; build it from the primitives named in the statement"))
     return report
 
