@@ -11,7 +11,10 @@
   ``dist.spawn`` ranks, a real GPT, the real optimizers — and raises :class:`Wrong` with a
   message in the student's terms: which rank, which step, which chunk, expected vs got,
   and, when the result matches a typical mistake, which mistake it is;
-* ``HINTS`` — shown on request (``hint NAME``), never in the grade.
+* ``HINTS`` — shown on request (``hint NAME``), never in the grade;
+* optionally ``FORBIDDEN`` — identifiers that would do the work (minidist's own function
+  names), and ``FORBIDDEN_IMPORTS`` — modules the file may not import (minidist's own answer);
+  using either fails the "rules of the exercise" check.
 
 The grading core (:mod:`.grading`) loads the file by path and never lets a student's
 traceback escape. The tests (``pytest -m exercises``) run the same checks.
@@ -23,6 +26,7 @@ from . import (
     dynamic_loss_scaler,
     fp16_round_to_nearest_even,
     gradient_accumulation,
+    grid_rank_map,
     kd_loss,
     korthikanti_activations,
     layer_norm_backward,
@@ -37,7 +41,7 @@ from . import (
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 08, 09
+_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 08, 09, 10
     layer_norm_backward, adam_bias_correction,
     ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
     gradient_accumulation, zero_memory, zero2_gradient_partition,
@@ -46,6 +50,7 @@ _MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 08, 09
     pipeline_1f1b, zb_h1_split,
     kd_loss,
     korthikanti_activations,
+    grid_rank_map,
 )
 
 EXERCISES = {m.NAME: m for m in _MODULES}
