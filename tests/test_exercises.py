@@ -25,15 +25,24 @@ NAMES = list(exercises.EXERCISES)
 # each exercise also carries its topic's marker, so that `pytest -m zero` runs the ZeRO exercises too
 TOPIC_MARKER = {"autograd": "engine", "optimizers": "engine", "training": "engine", "collectives": "dist",
                 "zero": "zero", "mixed precision": "precision", "tensor parallel": "tensor",
-                "pipeline": "pipeline", "distillation": "distill", "estimator": "estimate"}
+                "pipeline": "pipeline", "distillation": "distill", "estimator": "estimate",
+                "3D parallelism": "grid"}
+
+
+def _topic_mark(name):
+    return getattr(pytest.mark, TOPIC_MARKER[exercises.EXERCISES[name].TOPIC])
 
 
 def _by_topic(names):
-    return [pytest.param(n, marks=getattr(pytest.mark, TOPIC_MARKER[exercises.EXERCISES[n].TOPIC])) for n in names]
+    return [pytest.param(n, marks=_topic_mark(n)) for n in names]
 
 
 def _files():
     return sorted(p for p in MISTAKES.glob("*__*.py"))
+
+
+def _files_by_topic():
+    return [pytest.param(p, id=p.stem, marks=_topic_mark(p.stem.split("__")[0])) for p in _files()]
 
 
 def _expect(path: Path) -> list:
@@ -79,7 +88,7 @@ def test_every_exercise_has_two_wrong_solutions_and_a_right_one():
         assert (MISTAKES / f"{name}__correct.py").exists()
 
 
-@pytest.mark.parametrize("path", _files(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", _files_by_topic())
 def test_solution_is_graded_with_a_message_naming_the_mistake(path):
     name = path.stem.split("__")[0]
     report = exercises.grade(exercises.get(name), str(path))
@@ -132,6 +141,42 @@ def test_forbidden_shortcut_is_refused(tmp_path):
         "    return dist.all_reduce(comm, x)\n")
     report = exercises.grade(exercises.get("ring_all_reduce"), str(tmp_path / "ring_all_reduce.py"))
     assert report.status == "failed" and "`all_reduce`" in report.checks[-1].message
+
+
+@pytest.mark.grid
+@pytest.mark.parametrize("source, refused", [
+    ("from minidist.parallel.grid import GridShape as G\n", True),
+    ("import minidist.parallel.grid\n", True),
+    ("import minidist\n\ndef f():\n    return minidist.parallel.grid.GridShape\n", True),
+    ("from minidist import parallel\n\ndef f():\n    return parallel.grid.ProcessGrid\n", True),
+    ("def f():\n    from minidist.parallel import grid\n    return grid\n", True),
+    ("import importlib\n\ng = importlib.import_module('minidist.parallel.grid')\n", True),
+    ("from minidist.parallel import data\n\ngrid = GridShape = ProcessGrid = rank_of = None\n", False),
+    ('"""Do not import minidist.parallel.grid: the statement may say so."""\n', False),
+])
+def test_forbidden_import_is_a_module_not_a_name(tmp_path, source, refused):
+    """grid_rank_map forbids importing minidist.parallel.grid however it is reached, and never the
+    names a student may define (grid, GridShape, rank_of, ...)."""
+    right = (MISTAKES / "grid_rank_map__correct.py").read_text()
+    (tmp_path / "grid_rank_map.py").write_text(source + "\n" + right)
+    report = exercises.grade(exercises.get("grid_rank_map"), str(tmp_path / "grid_rank_map.py"))
+    assert (report.status == "failed") == refused, report.text()
+    if refused:
+        assert report.checks[-1].name == "rules of the exercise" and report.passed == report.total - 1
+        assert "imports `minidist.parallel.grid`" in report.checks[-1].message
+
+
+@pytest.mark.grid
+def test_grid_statement_example_is_minidist_grid():
+    """The picture in grid_rank_map's statement (8 = dp 2 × tp 2 × pp 2) is what GridShape says."""
+    from minidist.parallel.grid import GridShape
+
+    ex, shape = exercises.get("grid_rank_map"), GridShape(8, tp=2, pp=2)
+    for kind, dims in ex.FREE.items():
+        line = next(line for line in ex.STUB.splitlines() if line.strip().startswith(f"{kind} groups"))
+        assert line.split(":", 1)[1].split("(")[0].split() == " ".join(map(str, map(list, shape.groups(dims)))).split()
+    assert "[   0     1 ]   dp 1 [   2     3 ]" in ex.STUB and "[   4     5 ]   dp 1 [   6     7 ]" in ex.STUB
+    assert all((8, 2, 2) != layout for layout in ex.LAYOUTS)        # the graded layouts are held out
 
 
 def test_check_all_json_score_sheet_and_exit_status(tmp_path):
