@@ -187,7 +187,7 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
                 "pipeline": pp_bytes_of_rank(stage_to_rank, r, m, micro_batch * (seq // tp if sp else seq) * h, w),
                 "tied_embedding": 0, "data_parallel": 0, "scalars": scalars}
         if (first or last) and stage_to_rank[0] != stage_to_rank[-1]:
-            wte = next(k for name, k in params if name.endswith("wte.weight"))
+            wte = next(k for name, k in params if name == "transformer.wte.weight")
             sent["tied_embedding"] = collective_bytes("all_reduce", wte, 2, wid["w32"])
         if dp > 1:                         # ZeRO-2 outside a pipeline reduce-scatters every micro-batch
             collectives = m + 1 if zero_stage == 2 and pp == 1 else 2
