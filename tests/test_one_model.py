@@ -85,7 +85,7 @@ def test_return_hidden_under_tensor_parallelism_equals_one_rank(sp):
         loss = loss + (h * h).mean()
     loss.backward()
     runs = dist.spawn(_hidden_and_grads, 2, sp, ids, targets)
-    for r, (h2, l2, grads, splits) in enumerate(runs):
+    for h2, l2, _, _ in runs:
         assert abs(l2 - float(loss.data)) <= 1e-12
         for a, b in zip(h2, hidden):                           # every position, on every tp rank
             np.testing.assert_allclose(a, b.data, rtol=0, atol=1e-12)
