@@ -11,6 +11,11 @@ Per rank, ``data_parallel`` holds
 
 The job-level ``data_parallel.formula`` is :func:`minidist.estimate.model_state_memory` and
 :func:`minidist.estimate.comm_volume` for the same Ψ, world size, stage and optimizer.
+
+Under tensor or pipeline parallelism the job-level ``layout`` section puts, for every rank,
+the measured model states and bytes sent in the last step beside the 3D estimate of the same
+config (:func:`minidist.estimate.grid3d.estimate_for_config`: its pipeline rank's figures),
+and the pipeline's measured bubble beside the schedule's theory.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import numpy as np
 from .defaults import DDP, zero_strategy
 from .distributed.objects import jsonable
 from .estimate import comm_volume, estimate, model_state_memory
+from .estimate.grid3d import estimate_for_config
 from .estimate.pipeline import pipeline_bubble
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
@@ -54,6 +60,7 @@ def rank_report(trainer) -> dict:
             "shard_elements": getattr(s, "shard", None),
         },
         "tensor_parallel": tp,
+        "bytes_sent_last_step": trainer.history[-1].get("bytes_sent", 0) if trainer.history else 0,
     }
 
 
@@ -108,7 +115,54 @@ def build_report(trainer, ranks: list[dict]) -> dict:
         report["pipeline"] = pipeline_report(trainer, ranks)
         report["pipeline"].update(_pipeline_theory(report["pipeline"]))
     report["estimate"] = estimate(trainer.cfg, trainer.world_size)
+    par = trainer.cfg["parallel"]
+    if par["tensor"] * par["pipeline"] > 1:
+        report["layout"] = layout_report(trainer, ranks, report.get("pipeline"))
     return report
+
+
+STATES = ("parameters", "gradients", "optimizer_states")
+
+
+def layout_report(trainer, ranks: list, pipeline: dict | None) -> dict:
+    """Measured beside estimated, per rank of a tensor/pipeline-parallel run (SPEC §8, §10)."""
+    est = estimate_for_config(trainer.cfg, trainer.world_size, trainer.model_config.vocab_size)
+    rows = []
+    for r in ranks:
+        e = est["ranks"][r["coords"]["pp"]]
+        measured = r["data_parallel"]["model_states"] or {}
+        rows.append({"rank": r["rank"], "coords": r["coords"],
+                     "model_states": {k: measured.get(k, 0) for k in STATES},
+                     "model_states_estimate": {k: e["model_states"][k] for k in STATES},
+                     "bytes_sent_per_step": r["bytes_sent_last_step"],
+                     "bytes_sent_per_step_estimate": e["bytes_sent"]["total"]})
+    out = {"grid": {d: n for d, n in (("dp", trainer.grid.dp_size), ("tp", trainer.grid.tp_size),
+                                       ("pp", trainer.grid.pp_size))},
+           "ranks": rows, "notes": est.get("notes", [])}
+    if pipeline is not None:
+        out["bubble_fraction"] = pipeline["bubble_fraction"]
+        out["bubble_fraction_theory"] = pipeline.get("bubble_fraction_theory")
+    return out
+
+
+def format_layout(report: dict) -> str:
+    """Per rank: model states and bytes per step, measured and estimated; the bubble."""
+    lay = report["layout"]
+    g = lay["grid"]
+    lines = [f"layout: dp {g['dp']} × tp {g['tp']} × pp {g['pp']} — measured / estimate "
+             f"(minidist.estimate.grid3d)",
+             f"{'rank':>4} {'(dp,pp,tp)':>10} {'model states B':>21} {'sent/step B':>19}"]
+    for r in lay["ranks"]:
+        c = r["coords"]
+        ms, me = sum(r["model_states"].values()), sum(r["model_states_estimate"].values())
+        lines.append(f"{r['rank']:>4} {'(%d,%d,%d)' % (c['dp'], c['pp'], c['tp']):>10} {ms:>10}/{me:<10} "
+                     f"{r['bytes_sent_per_step']:>9}/{r['bytes_sent_per_step_estimate']:<9}")
+    if lay.get("bubble_fraction") is not None:
+        theory = lay.get("bubble_fraction_theory")
+        lines.append(f"bubble: {lay['bubble_fraction']:.3f} measured, "
+                     f"{'-' if theory is None else f'{theory:.3f}'} the schedule's theory")
+    lines += [f"note: {n}" for n in lay["notes"]]
+    return "\n".join(lines)
 
 
 def _pipeline_theory(section: dict) -> dict:
@@ -199,6 +253,8 @@ def format_data_parallel(report: dict) -> str:
                      f"{r['data_parallel']['bytes_sent_per_step']:>12}")
     if report["ranks"][0].get("tensor_parallel"):
         lines.append(format_tensor_parallel(report))
+    if report.get("layout"):
+        lines.append(format_layout(report))
     return "\n".join(lines)
 
 
@@ -217,7 +273,7 @@ def format_tensor_parallel(report: dict) -> str:
         f"tensor parallel: t = {tp['tp']}, sequence parallel {'on' if tp['sequence_parallel'] else 'off'}; {pad}",
         f"{'rank 0':<22} {'measured':>10} {'formula':>10} {'estimate':>10}",
         f"{'activation peak B':<22} {tp['activations_peak']:>10} {fmt(exp):>10} {fmt(act_est):>10}",
-        f"{'TP bytes sent/step':<22} {tp['bytes_sent_per_step']:>10} {tp['bytes_sent_per_step_expected']:>10} "
+        f"{'TP bytes sent/step':<22} {tp['bytes_sent_per_step']:>10} {fmt(tp['bytes_sent_per_step_expected']):>10} "
         f"{fmt(tp_est):>10}",
         "(formula: the engine's inventory and every TP collective; estimate: Korthikanti's 16-bit terms "
         "with dropout masks, layer traffic only)"])

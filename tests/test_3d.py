@@ -162,3 +162,26 @@ def test_a_layout_that_does_not_divide_is_refused_on_every_rank(world, change, k
     assert len(set(errors)) == 1, errors                  # every rank, the same message
     e = errors[0]
     assert e is not None and e.startswith(f"config key '{key}'") and words in e, e
+
+
+def test_report_shows_measured_beside_the_estimate_for_the_runs_config(tmp_path):
+    """``python -m minidist.train --report`` on DP2 × TP2 × PP2: every rank's model states and
+    bytes sent per step equal minidist.estimate.grid3d's exactly; with compute-bound devices
+    (tiny α, huge β) and blocks much wider than the vocabulary, the measured bubble is the
+    schedule's theory (p−1)/(m+p−1) up to the first and last stages' extra work."""
+    import json
+
+    from minidist.train import main as train_main
+    cfg = config(2, 2, 2, "1f1b", 8, zero=1, sp=True, steps=1, dtype="float32",
+                 device={"flops": 1e9, "alpha": 1e-12, "beta": 1e15})
+    cfg["model"] = {"n_layer": 4, "n_embd": 64, "n_head": 4, "block_size": 8}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert train_main(["--config", str(tmp_path / "c.json"), "--world-size", "8", "--report",
+                       str(tmp_path / "r.json"), "--quiet"]) == 0
+    layout = json.loads((tmp_path / "r.json").read_text())["layout"]
+    assert layout["grid"] == {"dp": 2, "tp": 2, "pp": 2} and len(layout["ranks"]) == 8
+    for r in layout["ranks"]:
+        assert r["model_states"] == r["model_states_estimate"], r
+        assert r["bytes_sent_per_step"] == r["bytes_sent_per_step_estimate"], r
+    assert layout["bubble_fraction_theory"] == pytest.approx(1 / 9)
+    assert layout["bubble_fraction"] == pytest.approx(1 / 9, abs=0.03)

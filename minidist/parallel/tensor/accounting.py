@@ -134,6 +134,7 @@ def rank_summary(trainer) -> dict:
     cfg, model, grid = trainer.cfg, trainer.model, trainer.grid
     c, t, layers = trainer.model_config, grid.tp_size, model.layers
     sp = layers.sequence_parallel
+    whole = trainer.pipeline is None
     lowp = trainer.precision is not None
     w32 = np.dtype(cfg["dtype"]).itemsize
     w = 2 if lowp else w32
@@ -145,10 +146,12 @@ def rank_summary(trainer) -> dict:
         "tp": t, "sequence_parallel": sp, "vocab_size": c.vocab_size, "padded_vocab_size": layers.padded_vocab_size,
         "make_vocab_size_divisible_by": layers.divisible_by,
         "bytes_sent_per_step": sum(by_op.values()), "bytes_sent_per_step_by_op": by_op,
+        # the whole model's formulas; under the pipeline a rank holds only its blocks (the
+        # report's ``layout`` section compares it with minidist.estimate.grid3d instead)
         "bytes_sent_per_step_expected": step_bytes(c.n_layer, b, s, c.n_embd, t, sp, c.bias,
-                                                   trainer.accumulation, w, w32),
+                                                   trainer.accumulation, w, w32) if whole else None,
         "activations_peak": int(trainer.device.memory.curves()[1]["activations"].max()),
         # the itemised formula holds for dropout 0 (the engine's masks are not the paper's 1 byte)
-        "activations_expected": sum(items.values()) if c.dropout == 0 else None,
+        "activations_expected": sum(items.values()) if c.dropout == 0 and whole else None,
         "activation_items": items,
     }
