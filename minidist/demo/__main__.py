@@ -24,6 +24,7 @@ CHAPTERS = [
     ("distillation", "minidist.demo.distillation"),
     ("tensor", "minidist.demo.tensor_parallel"),
     ("pipeline", "minidist.demo.pipeline"),
+    ("3d", "minidist.demo.grid3d"),
 ]
 
 
