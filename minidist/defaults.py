@@ -130,6 +130,10 @@ DEFAULTS = {
     "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
                  "virtual_stages": 1, "sequence_parallel": False,
                  "make_vocab_size_divisible_by": 1},   # Megatron's padding multiple (its default: 128)
+    # Megatron's recompute_granularity / recompute_method / recompute_num_layers; DeepSpeed's
+    # cpu_checkpointing and partition_activations (not built yet: refused when true)
+    "activation_checkpointing": {"granularity": "none", "method": "uniform", "num_layers": 1,
+                                 "cpu_checkpointing": False, "partition_activations": False},
     "device": DEFAULT_DEVICE,
     "distillation": None,
 }

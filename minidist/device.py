@@ -199,6 +199,7 @@ class Device:
         cap = self.spec.memory if memory_capacity is None else memory_capacity
         self.memory = MemoryTracker(cap, f"rank {rank} ({self.spec.name})", lambda: self.clock.now("compute"))
         self.host = MemoryTracker(self.spec.host_memory, f"rank {rank} host", lambda: self.clock.now("compute"))
+        self.label_prefix = ""    # "recompute " while activation checkpointing re-runs a forward
         self.flops = 0            # every counted FLOP, all ops
         self.matmul_flops = 0     # the part done by matmuls (what 6·N·D counts)
         self.flops_by_op: dict[str, int] = {}
@@ -221,6 +222,7 @@ class Device:
     def compute(self, name: str, flops: int, matmul: bool = False, stream: str = "compute",
                 flops_per_s: float | None = None) -> tuple[float, float]:
         """Charge ``flops`` of op ``name`` to this device and advance its compute stream."""
+        name = self.label_prefix + name
         self.flops += flops
         if matmul:
             self.matmul_flops += flops

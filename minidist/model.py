@@ -33,9 +33,10 @@ import numpy as np
 from . import functional as F
 from .layers import Layers, Split, mark, parameter_splits, split_of
 from .nn import Module, ModuleList
+from .recompute import checkpoint
 from .tensor import Tensor
 
-__all__ = ["GPT", "GPTConfig", "Layers", "Split", "mark", "one_rank_parameters", "one_rank_shapes",
+__all__ = ["GPT", "GPTConfig", "Layers", "Recompute", "Split", "mark", "one_rank_parameters", "one_rank_shapes",
            "parameter_splits", "split_of"]
 
 
@@ -106,6 +107,12 @@ class CausalSelfAttention(Module):
         self.attn_dropout = layers.dropout(cfg.dropout, seed + 1, "heads")   # on the attention probabilities
         self.resid_dropout = layers.dropout(cfg.dropout, seed)
         self.head_size = C // cfg.n_head
+        self.recompute_core = False       # selective recomputation (Korthikanti et al. 2022, §5)
+
+    def core(self, q, k, v):
+        """softmax(QKᵀ/√d)·V with dropout on the probabilities: the (B, nh, T, T) part."""
+        p = self.attn_dropout.p if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, rng=self.attn_dropout.rng)
 
     def forward(self, x):
         qkv = self.c_attn(x)                                        # (B, T, 3·C) — 3·C/t: my heads' q, k, v
@@ -116,8 +123,8 @@ class CausalSelfAttention(Module):
         q = q.reshape(B, T, nh, hs).transpose(1, 2)                 # (B, nh, T, hs)
         k = k.reshape(B, T, nh, hs).transpose(1, 2)
         v = v.reshape(B, T, nh, hs).transpose(1, 2)
-        p = self.attn_dropout.p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, rng=self.attn_dropout.rng)
+        # selective: keep q, k, v and recompute the scores in backward (the 5as/h term is never held)
+        y = checkpoint(self.core, q, k, v) if self.recompute_core else self.core(q, k, v)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)                # heads side by side again
         return self.resid_dropout(self.c_proj(y))                   # (B, T, C) — (B, T/t, C) under SP
 
@@ -166,6 +173,33 @@ class Transformer(Module):
             self.ln_f = _layer_norm(layers, init, "transformer.ln_f.", C, cfg.bias)
 
 
+@dataclasses.dataclass(frozen=True)
+class Recompute:
+    """Which activations the blocks recompute in backward instead of keeping (Megatron-LM's
+    ``recompute_granularity`` / ``recompute_method`` / ``recompute_num_layers``; the config's
+    ``activation_checkpointing`` section):
+
+    * ``granularity`` "none"; "selective": the attention core of every block (Korthikanti et
+      al. 2022, §5); "full": whole blocks, keeping only their inputs;
+    * ``method`` (full only) "uniform": every ``num_layers`` consecutive blocks form one
+      checkpointed unit; "block": the first ``num_layers`` blocks of each chunk are
+      checkpointed one by one, the others keep their activations.
+    """
+
+    granularity: str = "none"
+    method: str = "uniform"
+    num_layers: int = 1
+
+    def units(self, layer_ids: list) -> list:
+        """``[(layer ids, checkpointed?)]`` in order for the blocks of one chunk."""
+        k = self.num_layers
+        if self.granularity != "full":
+            return [([i], False) for i in layer_ids]
+        if self.method == "block":
+            return [([i], j < k) for j, i in enumerate(layer_ids)]
+        return [(layer_ids[j:j + k], True) for j in range(0, len(layer_ids), k)]
+
+
 class GPT(Module):
     """GPT-2. ``model(idx, targets)`` → ``(logits, loss)``; ``return_hidden=True`` adds the
     list of every block's output (B, T, C), used by Patient knowledge distillation.
@@ -184,6 +218,7 @@ class GPT(Module):
         whole = layer_ids is None and pre_process and post_process
         self.layer_ids = list(range(config.n_layer)) if layer_ids is None else list(layer_ids)
         self.pre_process, self.post_process = pre_process, post_process
+        self.recompute = Recompute()
         full = None
         if layers.size > 1 or not whole:
             # the one-rank values, built in an empty context: no device is active there, so they
@@ -193,6 +228,13 @@ class GPT(Module):
                                        pre_process, post_process)
         for name, p in self._named_parameters_all(""):
             p.name = name
+
+    def set_recompute(self, recompute: Recompute) -> "GPT":
+        """Choose what backward recomputes (see :class:`Recompute`); values never change."""
+        self.recompute = recompute
+        for i in self.layer_ids:
+            self.transformer.h[i].attn.recompute_core = recompute.granularity == "selective"
+        return self
 
     # -- the three steps ----------------------------------------------------------------------
     def embed(self, idx):
@@ -210,9 +252,16 @@ class GPT(Module):
 
     def blocks(self, x, layer_ids=None, hidden: list | None = None):
         """Run the blocks ``layer_ids`` (default: all this model holds); append each output
-        to ``hidden`` (as (B, T, C)) when a list is given."""
-        for i in (self.layer_ids if layer_ids is None else layer_ids):
-            x = self.transformer.h[i](x)
+        to ``hidden`` (as (B, T, C)) when a list is given. Under full recomputation each
+        checkpointed unit keeps only its input (a unit is one block when ``hidden`` is asked)."""
+        ids = self.layer_ids if layer_ids is None else list(layer_ids)
+        recompute = self.recompute
+        if hidden is not None and recompute.granularity == "full":
+            recompute = dataclasses.replace(recompute, num_layers=1) if recompute.method == "uniform" else recompute
+        for unit, saved in recompute.units(ids):
+            blocks = [self.transformer.h[i] for i in unit]
+            x = checkpoint(blocks[0], x) if saved and len(blocks) == 1 else \
+                checkpoint(_Chain(blocks), x) if saved else blocks[0](x)
             if hidden is not None:
                 hidden.append(self.layers.gather_tokens(x))
         return x
@@ -234,6 +283,19 @@ class GPT(Module):
         if return_hidden:
             return logits, loss, hidden
         return logits, loss
+
+
+class _Chain(Module):
+    """Consecutive blocks as one checkpointed unit (``method`` "uniform", ``num_layers`` > 1)."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.units = ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.units:
+            x = block(x)
+        return x
 
 
 def one_rank_parameters(config: GPTConfig) -> dict:

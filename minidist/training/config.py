@@ -192,6 +192,11 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if zero["stage"] > 0 and cfg["optimizer"]["type"].lower() == "lamb":
         raise ConfigError("optimizer.type", "LAMB needs whole-tensor norms and cannot update a ZeRO shard; "
                                             "use Adam, AdamW or SGD with zero_optimization.stage > 0")
+    ac = cfg["activation_checkpointing"]
+    for key in ("cpu_checkpointing", "partition_activations"):
+        if ac[key] is not False:
+            raise ConfigError(f"activation_checkpointing.{key}", "is not built in minidist yet; remove it (or set "
+                                                                 "it false) and keep the checkpoints on the device")
     if cfg["distillation"] is not None:
         cfg["distillation"] = check_distillation(cfg, cfg["distillation"], world_size)
     if cfg["optimizer"]["type"].lower() not in ("sgd", "adam", "adamw", "lamb"):

@@ -19,6 +19,8 @@ _CHOICES = {
     "parallel.data_parallel": DATA_PARALLEL,
     "zero_optimization.stage": (0, 1, 2, 3),
     "zero_optimization.offload_optimizer.device": ("none", "cpu"),
+    "activation_checkpointing.granularity": ("none", "selective", "full"),
+    "activation_checkpointing.method": ("uniform", "block"),
 }
 
 # keys other frameworks have that minidist spells differently: what to write instead
@@ -29,7 +31,8 @@ _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps
                   "eval_iters", "zero_optimization.reduce_bucket_size",
                   "zero_optimization.allgather_bucket_size", "zero_optimization.stage3_max_live_parameters",
                   "fp16.loss_scale_window", "fp16.hysteresis", "parallel.tensor", "parallel.pipeline",
-                  "parallel.virtual_stages", "parallel.make_vocab_size_divisible_by", "data.seq_len"}
+                  "parallel.virtual_stages", "parallel.make_vocab_size_divisible_by", "data.seq_len",
+                  "activation_checkpointing.num_layers"}
 
 
 class ConfigError(ValueError):

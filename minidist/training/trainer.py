@@ -33,7 +33,7 @@ from .. import optim
 from .config import ConfigError, data_config, load_config
 from .data import TextDataset, greedy_decode, make_dataset, shard_batch
 from ..device import Device
-from ..model import GPT, GPTConfig, one_rank_parameters, split_of
+from ..model import GPT, GPTConfig, Recompute, one_rank_parameters, split_of
 from ..parallel import build_strategy
 from ..parallel import tensor as tensor_parallel
 from ..parallel.grid import ProcessGrid
@@ -87,6 +87,8 @@ class Trainer:
                 self.model = self.pipeline.model
             else:
                 self.model = GPT(self.model_config, seed=cfg["seed"], dtype=dtype, layers=self.layers)
+            ac = cfg["activation_checkpointing"]
+            self.model.set_recompute(Recompute(ac["granularity"], ac["method"], ac["num_layers"]))
             self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
                                          **cfg["optimizer"]["params"])
             self.n_params = self.model.num_parameters()          # what this rank holds

@@ -1,0 +1,98 @@
+"""Activation checkpointing: keep a function's inputs, forget its activations, run it again
+in backward (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost";
+``torch.utils.checkpoint``; Megatron-LM's ``recompute``).
+
+``y = checkpoint(fn, *inputs)`` runs ``fn`` without recording a graph — so none of its
+intermediate arrays is charged as "activations" — and saves only ``inputs``. Its backward:
+
+1. puts back what made the forward what it was: the autocast format and every dropout
+   layer's random key (a pipeline may have run other micro-batches' forwards in between,
+   each setting its own key), as torch's ``preserve_rng_state`` does;
+2. runs ``fn`` again on the saved inputs, this time recording (the *recompute*: its FLOPs
+   are charged again and its ops appear on the timeline as ``recompute <op>``);
+3. back-propagates the upstream gradient through that graph, which frees its activations
+   as it goes; the parameters' gradients accumulate as usual (DDP/ZeRO hooks fire), and
+   the inputs' gradients are the op's result.
+
+Under a zero-bubble schedule's split backward (``defer_weight_grad``) step 3 computes only
+input gradients and keeps the recomputed graph's weight-gradient work for the ``W`` pass.
+The numbers are bit-identical to running ``fn`` without checkpointing: the same ops on the
+same values in the same order.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from .autocast import autocast, autocast_dtype
+from .device import current_device
+from .nn import Dropout, Module
+from .tensor import Tensor, as_tensor, is_grad_enabled, make_result, no_grad
+
+
+def _dropout_rngs(fn) -> list:
+    """The dropout streams ``fn`` may draw from: a Module's, or a bound method's module's."""
+    owner = getattr(fn, "__self__", fn)
+    return [m.rng for m in owner.modules() if isinstance(m, Dropout)] if isinstance(owner, Module) else []
+
+
+def _rng_state(rng):
+    inner = getattr(rng, "rng", rng)               # a tensor-parallel SlicedGenerator wraps the DropoutRNG
+    return inner, inner.key, inner._sequential.bit_generator.state
+
+
+@contextlib.contextmanager
+def _replay(states):
+    """Dropout keys and streams as they were at the checkpointed forward; restored after."""
+    now = [_rng_state(inner) for inner, _, _ in states]
+    for inner, key, seq in states:
+        inner.key, inner._sequential.bit_generator.state = key, seq
+    try:
+        yield
+    finally:
+        for inner, key, seq in now:
+            inner.key, inner._sequential.bit_generator.state = key, seq
+
+
+@contextlib.contextmanager
+def recomputing(device):
+    """Label the compute of a recomputed forward ``recompute <op>`` on ``device``."""
+    if device is None:
+        yield
+        return
+    prefix, device.label_prefix = device.label_prefix, "recompute "
+    try:
+        yield
+    finally:
+        device.label_prefix = prefix
+
+
+def checkpoint(fn, *inputs) -> Tensor:
+    """``fn(*inputs)`` keeping only ``inputs`` for backward (``fn`` returns one Tensor). When
+    ``fn`` is a Module its parameters are parents of the op, so that a split backward can
+    defer their gradients; a plain function's parameters get their gradients in backward too."""
+    inputs = tuple(as_tensor(x) for x in inputs)
+    if not is_grad_enabled() or not any(x.requires_grad for x in inputs):
+        return fn(*inputs)
+    fmt, device = autocast_dtype(), current_device()
+    states = [_rng_state(r) for r in _dropout_rngs(fn)]
+    with no_grad():
+        out = fn(*inputs)                                          # no graph: nothing saved
+    params = tuple(p for p in fn.parameters() if p.requires_grad) if isinstance(fn, Module) else ()
+    work = []                                                      # a deferred W pass, if any
+
+    def backward(g, needs):
+        n_in = len(inputs)
+        if not any(needs[:n_in]) and work:                         # the W pass of a split backward
+            work.pop().run()
+            return [None] * len(needs)
+        detached = [Tensor(x.data, requires_grad=x.requires_grad) for x in inputs]
+        # why: the forward's activations were not kept; run it again, as it ran, to get them back
+        with _replay(states), recomputing(device), autocast(fmt):
+            again = fn(*detached)
+        defer = bool(params) and not any(needs[n_in:])             # the params' gradients wait for W
+        w = again.backward(g, defer_weight_grad=defer)
+        if defer:
+            work.append(w)
+        return [d.grad if n else None for d, n in zip(detached, needs[:n_in])] + [None] * len(params)
+
+    return make_result(out.data, inputs + params, backward, "checkpoint", saved=[x.data for x in inputs])

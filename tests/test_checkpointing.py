@@ -1,0 +1,139 @@
+"""Activation checkpointing (minidist.recompute; the config's ``activation_checkpointing``):
+values never change — bit-identical to no recomputation on one rank, under TP + SP, under
+pipeline schedules with a split backward, and in 3D; ``full`` costs exactly one more forward
+of the blocks; the activations kept per layer follow Korthikanti et al. 2022 (2sbh per layer
+for full, 2sbh/t under sequence parallelism; selective drops the attention scores)."""
+import copy
+
+import numpy as np
+import pytest
+
+from minidist import distributed as dist
+from minidist.device import Device
+from minidist.model import GPT, GPTConfig, Recompute
+from minidist.testing import train_steps
+
+pytestmark = [pytest.mark.checkpointing, pytest.mark.timeout(120)]
+
+BASE = {"model": {"n_layer": 4, "n_embd": 16, "n_head": 4, "block_size": 8, "dropout": 0.1},
+        "data": {"dataset": "english", "seq_len": 8}, "dtype": "float64", "steps": 2, "eval_iters": 1,
+        "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2,
+        "optimizer": {"type": "Adam", "params": {"lr": 1e-2}}}
+POLICIES = {"selective": {"granularity": "selective"}, "full": {"granularity": "full"},
+            "full_uniform_2": {"granularity": "full", "num_layers": 2},
+            "full_block_1": {"granularity": "full", "method": "block", "num_layers": 1}}
+
+
+def config(policy=None, **extra):
+    cfg = copy.deepcopy(BASE)
+    cfg.update(extra)
+    if policy:
+        cfg["activation_checkpointing"] = POLICIES[policy]
+    return cfg
+
+
+def assert_identical(a, b):
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    for pa, pb in zip(a["params"], b["params"]):
+        for k in pb:
+            assert np.array_equal(pa[k], pb[k]), k
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_one_rank_is_bit_identical_to_no_recomputation(policy):
+    assert_identical(train_steps(config(policy)), train_steps(config()))
+
+
+def test_bf16_full_recomputation_is_bit_identical():
+    mixed = {"dtype": "float32", "bf16": {"enabled": True}}
+    assert_identical(train_steps(config("full", **mixed)), train_steps(config(**mixed)))
+
+
+LAYOUTS = {   # id: (world, parallel section)
+    "tp2+sp": (2, {"tensor": 2, "sequence_parallel": True}),
+    "pp2_zb_h1": (2, {"pipeline": 2, "schedule": "zb_h1"}),               # B and W apart
+    "pp2_interleaved": (2, {"pipeline": 2, "schedule": "interleaved_1f1b", "virtual_stages": 2}),
+    "dp2xtp2xpp2_zb_v": (8, {"tensor": 2, "pipeline": 2, "schedule": "zb_v", "sequence_parallel": True}),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("policy", ["selective", "full_uniform_2", "full_block_1"])
+def test_parallel_layouts_are_bit_identical_to_no_recomputation(layout, policy):
+    world, par = LAYOUTS[layout]
+    extra = {"parallel": par, "gradient_accumulation_steps": 4}
+    if world == 8:
+        extra["zero_optimization"] = {"stage": 1}
+    with_ = dist.spawn(train_steps, world, config(policy, **extra), timeout=60)
+    without = dist.spawn(train_steps, world, config(**extra), timeout=60)
+    for a, b in zip(with_, without):
+        assert_identical(a, b)
+
+
+CFG = GPTConfig(block_size=8, vocab_size=11, n_layer=4, n_head=4, n_embd=16, dropout=0.0)
+
+
+def _step(recompute, n_layer=4, dtype=np.float64):
+    """One forward and backward on a fresh device: (flops by op, activations at the end of forward)."""
+    cfg = GPTConfig(**{**vars(CFG), "n_layer": n_layer})
+    ids = np.random.default_rng(0).integers(0, 11, (2, 8))
+    dev = Device("laptop")
+    with dev:
+        model = GPT(cfg, seed=1, dtype=dtype).set_recompute(recompute)
+        _, loss = model(ids, ids)
+        held = dev.memory.current["activations"]
+        loss.backward()
+    return dev, held
+
+
+def test_full_recomputation_costs_exactly_one_more_forward_of_the_blocks():
+    none, _ = _step(Recompute())
+    full, _ = _step(Recompute("full"))
+    dev = Device("laptop")                            # one forward of the blocks alone
+    with dev:
+        model = GPT(CFG, seed=1, dtype=np.float64)
+        x = model.embed(np.random.default_rng(0).integers(0, 11, (2, 8)))
+        before, before_mm = dev.flops, dev.matmul_flops
+        model.blocks(x)
+        blocks_forward, blocks_matmuls = dev.flops - before, dev.matmul_flops - before_mm
+    recomputed = sum(v for k, v in full.flops_by_op.items() if k.startswith("recompute "))
+    assert recomputed == blocks_forward > 0
+    assert full.flops - none.flops == blocks_forward
+    # the blocks' matmuls: 6·N·D becomes 8·N·D (forward 2, backward 4, recompute 2 per weight per token)
+    assert full.matmul_flops - none.matmul_flops == blocks_matmuls
+    N, D = 12 * CFG.n_embd ** 2 * CFG.n_layer, 2 * 8                   # the blocks' weights, the tokens
+    assert blocks_matmuls >= 2 * N * D                                 # plus attention's QKᵀ and PV
+
+
+def test_full_keeps_2sbh_per_layer_and_selective_drops_the_attention_scores():
+    """Per layer = (4 layers − 2 layers) / 2: only the layers' bytes, whatever the ends hold."""
+    s, b, h, a, w = 8, 2, 16, 4, 8                    # float64: 8 bytes an element
+    per_layer = lambda r: (_step(r, 4)[1] - _step(r, 2)[1]) / 2
+    assert per_layer(Recompute("full")) == w * s * b * h                  # the block input: 2sbh in 16 bits
+    none, selective = per_layer(Recompute()), per_layer(Recompute("selective"))
+    assert none - selective == w * a * s * s * b                         # the (a, s, s) probabilities
+    assert per_layer(Recompute("full", "uniform", 2)) == w * s * b * h / 2  # one input per two layers
+
+
+def _per_layer_tp(comm, recompute):
+    from minidist.parallel.grid import ProcessGrid
+    from minidist.parallel.tensor import TensorParallelLayers
+    grid = ProcessGrid(comm, tp=comm.size)
+    held = []
+    for n_layer in (4, 2):
+        dev = Device("laptop")
+        with dev:
+            model = GPT(GPTConfig(**{**vars(CFG), "n_layer": n_layer}), seed=1, dtype=np.float64,
+                        layers=TensorParallelLayers(grid.tp, sequence_parallel=True)).set_recompute(recompute)
+            ids = np.random.default_rng(0).integers(0, 11, (2, 8))
+            model(ids, ids)
+            held.append(dev.memory.current["activations"])
+    return (held[0] - held[1]) / 2
+
+
+def test_under_sequence_parallelism_full_keeps_2sbh_over_t_and_selective_drops_my_heads_scores():
+    s, b, h, a, w, t = 8, 2, 16, 4, 8, 2
+    assert dist.spawn(_per_layer_tp, t, Recompute("full")) == [w * s * b * h / t] * t
+    none = dist.spawn(_per_layer_tp, t, Recompute())
+    selective = dist.spawn(_per_layer_tp, t, Recompute("selective"))
+    assert [n - m for n, m in zip(none, selective)] == [w * a * s * s * b / t] * t
