@@ -15,8 +15,7 @@ from minidist import distributed as dist
 from minidist.defaults import SCHEDULES
 from minidist.parallel.grid import GridShape
 from minidist.testing import train_steps
-from minidist.training.config import ConfigError
-from minidist.training.trainer import Trainer
+from _refusal import trainer_errors
 
 pytestmark = [pytest.mark.grid, pytest.mark.tensor, pytest.mark.pipeline, pytest.mark.timeout(120)]
 
@@ -132,14 +131,6 @@ def test_mixed_precision_3d_stays_within_its_tolerance_of_one_rank(fmt):
     assert all(s == [h["loss_scale"] for h in ref["history"]] for s in scales)
 
 
-def _refusal(comm, cfg):
-    try:
-        Trainer(cfg, comm)
-    except ConfigError as e:
-        return str(e)
-    return None
-
-
 @pytest.mark.parametrize("world,change,key,words", [
     (6, {"parallel": {"tensor": 2, "pipeline": 2}}, "parallel",
      "world size 6 is not divisible by tensor × pipeline = 4"),
@@ -162,7 +153,7 @@ def test_a_layout_that_does_not_divide_is_refused_on_every_rank(world, change, k
     cfg = copy.deepcopy(BASE)
     for section, values in change.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
-    errors = dist.spawn(_refusal, world, cfg, timeout=20)
+    errors = trainer_errors(cfg, world)
     assert len(set(errors)) == 1, errors                  # every rank, the same message
     e = errors[0]
     assert e is not None and e.startswith(f"config key '{key}'") and words in e, e

@@ -11,8 +11,7 @@ from minidist.model import GPT, GPTConfig, parameter_splits
 from minidist.parallel.grid import GridShape
 from minidist.parallel.tensor import gather_state_dict, padded_vocab_size, shard_state_dict
 from minidist.testing import train_steps
-from minidist.training.config import ConfigError
-from minidist.training.trainer import Trainer
+from _refusal import trainer_errors
 
 pytestmark = [pytest.mark.tensor, pytest.mark.timeout(60)]
 
@@ -86,14 +85,6 @@ def test_shards_are_slices_of_the_one_rank_weights_and_vocab_is_padded():
         assert not shards[-1]["transformer.wte.weight"][75 - 76:].any()   # the padded row is zero
 
 
-def _error_on(comm, cfg):
-    try:
-        Trainer(cfg, comm)
-    except ConfigError as e:
-        return str(e)
-    return None
-
-
 @pytest.mark.parametrize("world,change,key,words", [
     (3, {"parallel": {"tensor": 3}}, "parallel.tensor", "n_head 4 is not divisible by parallel.tensor 3"),
     (4, {"parallel": {"tensor": 4}, "model": {"n_embd": 18}}, "parallel.tensor", "n_embd 18 is not divisible"),
@@ -108,7 +99,7 @@ def test_bad_input_is_refused_on_every_rank_before_training(world, change, key, 
     cfg = copy.deepcopy(BASE)
     for section, values in change.items():
         cfg[section] = {**cfg.get(section, {}), **values}
-    errors = dist.spawn(_error_on, world, cfg, timeout=10)
+    errors = trainer_errors(cfg, world, timeout=10)
     assert len(errors) == world
     for e in errors:                    # every rank, the same message, naming the key and the numbers
         assert e is not None and e.startswith(f"config key '{key}'") and words in e, e
