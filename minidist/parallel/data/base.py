@@ -64,6 +64,22 @@ class LocalStrategy:
         """Gradients are synchronised only in the last micro-step (no_sync before it)."""
         self.sync_gradients = micro == n_micro - 1
 
+    @contextlib.contextmanager
+    def no_sync(self):
+        """torch's ``DistributedDataParallel.no_sync()``: backward inside accumulates local
+        gradients without communicating; the first backward after it synchronises them all::
+
+            with strategy.no_sync():
+                loss_0.backward(); strategy.after_backward()     # no message
+            loss_1.backward(); strategy.after_backward()         # the reduction, once
+
+        (ZeRO-2 and 3 cannot hold an unreduced full gradient and keep reducing every micro-step.)"""
+        before, self.sync_gradients = self.sync_gradients, self.stage >= 2
+        try:
+            yield
+        finally:
+            self.sync_gradients = before
+
     def after_backward(self) -> None:
         pass
 
