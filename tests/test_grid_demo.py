@@ -65,7 +65,7 @@ def test_bubble_and_step_time_against_the_theory(result):
     res, _, _ = result
     m = chapter.MICRO_STEPS
     rows = {row["layout"]: row for row in res["layouts"]}
-    for (dp, tp, pp), row in rows.items():
+    for (_, _, pp), row in rows.items():
         if pp == 1:
             assert row["bubble_measured"] is None
             continue
