@@ -137,3 +137,51 @@ def test_under_sequence_parallelism_full_keeps_2sbh_over_t_and_selective_drops_m
     none = dist.spawn(_per_layer_tp, t, Recompute())
     selective = dist.spawn(_per_layer_tp, t, Recompute("selective"))
     assert [n - m for n, m in zip(none, selective)] == [w * a * s * s * b / t] * t
+
+
+S, B, H, A = 16, 2, 32, 4
+
+
+def korthikanti(granularity: str, t: int = 1, sp: bool = False) -> float:
+    """Korthikanti et al. 2022 (Table 2 and §5) per layer: 16-bit activations, 1-byte masks."""
+    sbh, attn = S * B * H, 5 * A * S / H
+    if granularity == "full":
+        return 2 * sbh / (t if sp else 1)                                  # the block input
+    if sp:
+        return sbh / t * (34 + (attn if granularity == "none" else 0))
+    return sbh * (10 + 24 / t + (attn / t if granularity == "none" else 0))
+
+
+def engine_extras(granularity: str, t: int = 1, sp: bool = False) -> float:
+    """What the engine keeps that the paper does not count: LayerNorm runs in fp32, so its two
+    normalised inputs take 4 bytes an element (the paper's 2: +4sbh), and it keeps 1/σ per
+    token in fp32 (+8sb) — both in the regions sequence parallelism splits by t."""
+    if granularity == "full":
+        return 0
+    return (4 * S * B * H + 8 * S * B) / (t if sp else 1)
+
+
+def _per_layer_bf16(comm, granularity, sp):
+    """Activation bytes one layer holds at the end of forward, bf16, dropout 0.1."""
+    from minidist.autocast import autocast
+    from minidist.parallel.grid import ProcessGrid
+    from minidist.parallel.tensor import TensorParallelLayers
+    layers = TensorParallelLayers(ProcessGrid(comm, tp=comm.size).tp, sequence_parallel=sp) if comm.size > 1 else None
+    held = []
+    for n_layer in (4, 2):
+        dev = Device("laptop")
+        with dev:
+            cfg = GPTConfig(block_size=S, vocab_size=11, n_layer=n_layer, n_head=A, n_embd=H, dropout=0.1)
+            model = GPT(cfg, seed=1, layers=layers).set_recompute(Recompute(granularity))
+            model.set_dropout_key(0, 0)
+            with autocast("bf16"):
+                model(np.random.default_rng(0).integers(0, 11, (B, S)), np.zeros((B, S), dtype=int))
+            held.append(dev.memory.current["activations"])
+    return (held[0] - held[1]) / 2
+
+
+@pytest.mark.parametrize("t,sp", [(1, False), (2, False), (2, True), (4, True)], ids=["one", "tp2", "tp2+sp", "tp4+sp"])
+@pytest.mark.parametrize("granularity", ["none", "selective", "full"])
+def test_activation_bytes_per_layer_are_korthikantis_to_the_byte_after_the_named_extras(granularity, t, sp):
+    got = dist.spawn(_per_layer_bf16, t, granularity, sp)
+    assert got == [korthikanti(granularity, t, sp) + engine_extras(granularity, t, sp)] * t
