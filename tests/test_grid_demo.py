@@ -4,18 +4,21 @@ like one rank, measures its bubble near the theory; the rank map it draws is Meg
 its figures are written."""
 import contextlib
 import io
+from pathlib import Path
 
 import pytest
 from _mpi import run_mpi
 
 from minidist import distributed as dist
 from minidist.demo import grid3d as chapter
+from minidist.estimate.cli import main as estimate_main
 from minidist.parallel.grid import GridShape
 
 pytestmark = [pytest.mark.grid, pytest.mark.timeout(120)]
 
 LAYOUTS = [(4, 1, 1), (2, 2, 1), (2, 1, 2), (1, 2, 2), (1, 4, 1), (1, 1, 4)]     # dp, tp, pp
 SUMMARY = "all layouts, the most any rank holds or sends"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,12 @@ def test_bubble_and_step_time_against_the_theory(result):
     # DP 4 is within 2% of it on this device; every other layout pays for messages or a bubble
     assert rows[(4, 1, 1)]["step_ms"] == pytest.approx(res["compute_only_ms"], rel=0.02)
     assert all(row["step_ms"] > rows[(4, 1, 1)]["step_ms"] for lay, row in rows.items() if lay != (4, 1, 1))
+    # tp 4 holds the least and sends the most; the pure pipelines send the least
+    most = {lay: {k: max(r[k] for r in row["ranks"]) for k in ("model_states_total", "bytes_sent")}
+            for lay, row in rows.items()}
+    assert min(most, key=lambda lay: most[lay]["model_states_total"]) == (1, 4, 1)
+    assert max(most, key=lambda lay: most[lay]["bytes_sent"]) == (1, 4, 1)
+    assert sorted(most, key=lambda lay: most[lay]["bytes_sent"])[:2] == [(1, 1, 4), (2, 1, 2)]
 
 
 def test_rank_map_is_megatrons_order(result):
@@ -104,6 +113,31 @@ def test_figures_are_written(result):
     _, out, _ = result
     for name in ("10_grid_map.png", "10_layouts.png"):
         assert (out / name).stat().st_size > 30_000
+
+
+def _readme_block(starts: str) -> list:
+    """The lines of the README's code block whose first line starts with ``starts``."""
+    lines = README.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(starts))
+    return lines[i:lines.index("```", i)]
+
+
+def test_readme_quotes_the_chapters_summary(result):
+    """The README's table is what the chapter prints (the last column, rounding ~1e-13, aside)."""
+    _, _, text = result
+    printed = text[text.index(SUMMARY):].splitlines()[1:8]
+    assert [line.rsplit(None, 1)[0] for line in _readme_block("DP×TP×PP  model states")] == \
+           [line.rsplit(None, 1)[0] for line in printed]
+
+
+def test_readme_quotes_what_the_estimator_prints(capsys):
+    block = _readme_block("$ python -m minidist.estimate --layers 4")
+    assert estimate_main(block[0].split()[4:]) == 0          # after "$ python -m minidist.estimate"
+    printed = capsys.readouterr().out.splitlines()
+    quoted = [line for line in block[1:] if line != "..."]
+    assert len(quoted) == 8
+    i = printed.index(quoted[0])
+    assert printed[i:i + len(quoted)] == quoted
 
 
 @pytest.mark.mpi
