@@ -127,7 +127,8 @@ def test_readme_quotes_the_chapters_summary(result):
     _, _, text = result
     printed = text[text.index(SUMMARY):].splitlines()[1:8]
     assert [line.rsplit(None, 1)[0] for line in _readme_block("DP×TP×PP  model states")] == \
-           [line.rsplit(None, 1)[0] for line in printed]
+           [line.rsplit(None, 1)[0] for line in printed], \
+        "the README's 3D table is stale: paste the summary of `python -m minidist.demo --chapters 3d`"
 
 
 def test_readme_quotes_what_the_estimator_prints(capsys):
@@ -137,7 +138,7 @@ def test_readme_quotes_what_the_estimator_prints(capsys):
     quoted = [line for line in block[1:] if line != "..."]
     assert len(quoted) == 8
     i = printed.index(quoted[0])
-    assert printed[i:i + len(quoted)] == quoted
+    assert printed[i:i + len(quoted)] == quoted, "the README's estimator table is stale: paste what the command prints"
 
 
 @pytest.mark.mpi
