@@ -80,8 +80,8 @@ def config(dp: int = 1, tp: int = 1, pp: int = 1) -> dict:
 def measure(comm, dp: int, tp: int, pp: int):
     """Train ``STEPS`` steps of one layout on a fresh device per rank (a collective). On rank 0:
     every rank's measurements, the estimate and the full parameters; None elsewhere."""
-    # why: a private communicator with a fresh device, so this layout's memory, clock and
-    # message log start at zero and no earlier run is counted
+    # why: a private communicator with a fresh device, so this layout's memory and clock start
+    # at zero (its bytes are each step's messages, read from the log since the step began)
     comm = comm.dup()
     comm.device = Device(DEVICE, rank=comm.rank)
     trainer = Trainer(config(dp, tp, pp), comm)
