@@ -129,6 +129,7 @@ DEFAULTS = {
     # the pipeline's micro-batches per step are gradient_accumulation_steps (SPEC §9)
     "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
                  "virtual_stages": 1, "sequence_parallel": False,
+                 "tp_comm_overlap": False,   # Megatron: backward's TP collectives under the matmuls
                  "make_vocab_size_divisible_by": 1},   # Megatron's padding multiple (its default: 128)
     # Megatron's recompute_granularity / recompute_method / recompute_num_layers; DeepSpeed's
     # cpu_checkpointing and partition_activations (not built yet: refused when true)

@@ -33,6 +33,8 @@ def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] 
                                    f"splits each layer over t ranks; launch at least {t} ranks or lower it")
     if sp and t == 1:
         return "parallel.sequence_parallel", "needs parallel.tensor > 1 (it splits over the tensor-parallel ranks)"
+    if par.get("tp_comm_overlap") and t == 1:
+        return "parallel.tp_comm_overlap", "needs parallel.tensor > 1 (it overlaps the tensor-parallel collectives)"
     if t == 1:
         return None
     heads = heads_problem(m["n_head"], t)
@@ -57,7 +59,8 @@ def layers_for(cfg: dict, grid):
     if par["tensor"] == 1:
         return Layers()
     return TensorParallelLayers(grid.tp, sequence_parallel=par.get("sequence_parallel", False),
-                                make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"])
+                                make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"],
+                                overlap_comm=par["tp_comm_overlap"])
 
 
 class TensorParallelPrecision(Precision):

@@ -32,7 +32,7 @@ from ...autocast import autocast_dtype, cast_input
 from ...device import current_device
 from ...nn import LayerNorm, Module
 from ...tensor import Parameter, Tensor, as_tensor, make_result
-from .mappings import (all_gather_sequence, copy_to_tensor_model_parallel_region,
+from .mappings import (all_gather_sequence, all_reduce, copy_to_tensor_model_parallel_region,
                        reduce_from_tensor_model_parallel_region, reduce_scatter_sequence,
                        reduce_scatter_to_sequence_parallel_region)
 
@@ -44,6 +44,7 @@ class TensorParallelContext:
 
     group: object                   # grid.tp
     sequence_parallel: bool = False
+    overlap_comm: bool = False      # backward's collectives on the comm stream, under the matmuls
 
     @property
     def size(self) -> int:
@@ -72,10 +73,14 @@ def _charge(name: str, flops: int) -> None:
         dev.compute(name, int(flops), matmul=True)
 
 
-def linear_with_sequence_parallel(x, weight, bias, group) -> Tensor:
+def linear_with_sequence_parallel(x, weight, bias, group, overlap: bool = False) -> Tensor:
     """``all_gather(x) @ W + b`` for x ``(B, T/t, in)``: output ``(B, T, out)``.
 
     Saves only ``x``'s shard; backward gathers it again for ``dW`` and reduce-scatters ``dx``.
+    ``overlap`` (Megatron's ``LinearWithGradAccumulationAndAsyncCommunication``): backward
+    launches the all-gather on the communication stream and computes ``dx`` meanwhile, then
+    launches the reduce-scatter of ``dx`` and computes ``dW`` meanwhile — the same values,
+    only the simulated clock differs.
     """
     x, weight = as_tensor(x), as_tensor(weight)
     wire = autocast_dtype()
@@ -94,6 +99,20 @@ def linear_with_sequence_parallel(x, weight, bias, group) -> Tensor:
     def backward(g, needs):
         gx = gw = gb = None
         g2 = g.reshape(B * T, n)                                  # (B·T, out)
+        if overlap and needs[0] and needs[1]:
+            # why: dW needs every position of the input: gather it while dx is computed
+            gathering = all_gather_sequence(group, xs, wire, async_op=True)
+            _charge("linear.dx", flops)
+            dx = (g2 @ wd.T).reshape(B, T, k)                     # (B, T, in), partial over tp
+            x_full = gathering.wait()
+            # why: sum every rank's share of dx and keep my positions, while dW is computed
+            scattering = reduce_scatter_sequence(group, dx, wire, async_op=True)
+            _charge("linear.dW", flops)
+            gw = F.linear_weight_grad(x_full, g2)
+            gx = scattering.wait()
+            if bias is not None and needs[2]:
+                gb = g2.sum(axis=0)
+            return gx, gw, gb
         if needs[0]:
             _charge("linear.dx", flops)
             dx = (g2 @ wd.T).reshape(B, T, k)                     # (B, T, in), partial over tp
@@ -110,6 +129,44 @@ def linear_with_sequence_parallel(x, weight, bias, group) -> Tensor:
     return make_result(out, parents, backward, "linear", saved=[xs], flops=flops, matmul=True)
 
 
+def linear_with_async_all_reduce(x, weight, bias, group) -> Tensor:
+    """``f`` and a column-parallel ``x @ W + b`` as one op (tensor parallelism without SP), so
+    that backward can launch the all-reduce of ``dx`` on the communication stream and compute
+    ``dW`` while it travels (Megatron's ``async_tensor_model_parallel_allreduce``). The same
+    values as ``F.linear(copy_to_tensor_model_parallel_region(x), W, b)``: the all-reduce sums
+    the same ``dx`` on the same wire format."""
+    x, weight = as_tensor(x), as_tensor(weight)
+    wire = autocast_dtype()
+    xd, wd = cast_input(x.data), cast_input(weight.data)
+    x2 = xd.reshape(-1, x.shape[-1])                              # (B·T, in)
+    out = x2 @ wd                                                 # (B·T, out/t)
+    if bias is not None:
+        bias = as_tensor(bias)
+        out += bias.data
+    m, k, n = x2.shape[0], wd.shape[0], wd.shape[1]
+    out = out.reshape(*x.shape[:-1], n)
+    flops = 2 * m * n * k
+
+    def backward(g, needs):
+        gx = gw = gb = None
+        g2 = g.reshape(-1, n)
+        if needs[0]:
+            _charge("linear.dx", flops)
+            dx = (g2 @ wd.T).reshape(x.shape)                     # my columns' share of dL/dx
+            # why: every tp rank used the whole x; dL/dx sums their shares — sent while dW computes
+            summing = all_reduce(group, dx, wire, async_op=needs[1])
+        if needs[1]:
+            _charge("linear.dW", flops)
+            gw = F.linear_weight_grad(x2, g2)
+        if bias is not None and needs[2]:
+            gb = g2.sum(axis=0)
+        if needs[0]:
+            gx = summing.wait() if needs[1] else summing
+        return gx, gw, gb
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return make_result(out, parents, backward, "linear", saved=[xd], flops=flops, matmul=True)
+
+
 class ColumnParallelLinear(Module):
     """``y_r = x @ W[:, cols_r] + b[cols_r]`` — output features split over tp ranks."""
 
@@ -121,7 +178,9 @@ class ColumnParallelLinear(Module):
 
     def forward(self, x):
         if self.ctx.sequence_parallel:                            # x: (B, T/t, in)
-            return linear_with_sequence_parallel(x, self.weight, self.bias, self.ctx.group)
+            return linear_with_sequence_parallel(x, self.weight, self.bias, self.ctx.group, self.ctx.overlap_comm)
+        if self.ctx.overlap_comm:                                 # f fused in: dx's all-reduce under dW
+            return linear_with_async_all_reduce(x, self.weight, self.bias, self.ctx.group)
         x = copy_to_tensor_model_parallel_region(x, self.ctx.group)   # f
         return F.linear(x, self.weight, self.bias)                # (B, T, out/t)
 

@@ -42,25 +42,34 @@ from ...tensor import Tensor, as_tensor, make_result
 
 
 # -- the collectives on arrays (B, T, C) -------------------------------------------------------
-def all_reduce(group, x: np.ndarray, wire=None) -> np.ndarray:
-    return dist.all_reduce(group, x, op="sum", algorithm="ring", wire_dtype=wire)
+def _reshaped(out, shape_fn, async_op: bool):
+    """The collective's result reshaped — at once, or inside its Work (``async_op``)."""
+    if async_op:
+        out.result = shape_fn(out.result)
+        return out
+    return shape_fn(out)
 
 
-def all_gather_sequence(group, x: np.ndarray, wire=None) -> np.ndarray:
-    """(B, T/t, C) on every rank → (B, T, C): the ranks' slices side by side along T."""
+def all_reduce(group, x: np.ndarray, wire=None, async_op: bool = False):
+    return dist.all_reduce(group, x, op="sum", algorithm="ring", wire_dtype=wire, async_op=async_op)
+
+
+def all_gather_sequence(group, x: np.ndarray, wire=None, async_op: bool = False):
+    """(B, T/t, C) on every rank → (B, T, C): the ranks' slices side by side along T.
+    ``async_op``: a Work whose ``wait()`` gives it (the gather runs on the comm stream)."""
     t = group.size
     B, Ts, C = x.shape
-    flat = dist.all_gather(group, x, algorithm="ring", wire_dtype=wire)     # (t·B·Ts·C,) rank order
-    return flat.reshape(t, B, Ts, C).transpose(1, 0, 2, 3).reshape(B, t * Ts, C)
+    flat = dist.all_gather(group, x, algorithm="ring", wire_dtype=wire, async_op=async_op)   # (t·B·Ts·C,)
+    return _reshaped(flat, lambda f: f.reshape(t, B, Ts, C).transpose(1, 0, 2, 3).reshape(B, t * Ts, C), async_op)
 
 
-def reduce_scatter_sequence(group, x: np.ndarray, wire=None) -> np.ndarray:
+def reduce_scatter_sequence(group, x: np.ndarray, wire=None, async_op: bool = False):
     """(B, T, C) partial sums on every rank → (B, T/t, C): my positions, summed over ranks."""
     t = group.size
     B, T, C = x.shape
     chunks = np.ascontiguousarray(x.reshape(B, t, T // t, C).transpose(1, 0, 2, 3))   # (t, B, T/t, C)
-    out = dist.reduce_scatter(group, chunks, op="sum", algorithm="ring", wire_dtype=wire)
-    return out.reshape(B, T // t, C)
+    out = dist.reduce_scatter(group, chunks, op="sum", algorithm="ring", wire_dtype=wire, async_op=async_op)
+    return _reshaped(out, lambda o: o.reshape(B, T // t, C), async_op)
 
 
 def sequence_slice(group, x: np.ndarray) -> np.ndarray:
