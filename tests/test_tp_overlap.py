@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.tensor, pytest.mark.checkpointing, pytest.mark.timeout
 
 BASE = {"model": {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 16, "dropout": 0.1},
         "data": {"dataset": "english", "seq_len": 16}, "steps": 2, "eval_iters": 1,
-        "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
-        "device": {"flops": 1e9, "alpha": 1e-5, "beta": 1e8}}
+        "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}
+DEVICE = {"flops": 1e10, "alpha": 1e-6, "beta": 1e9}   # a matmul and a collective take comparable time
 
 
 def config(overlap, sp, **extra):
@@ -35,8 +35,8 @@ def step_time(run) -> float:
 @pytest.mark.parametrize("fmt", ["fp32", "bf16"])
 def test_overlap_changes_only_the_clock(sp, fmt):
     extra = {"bf16": {"enabled": True}} if fmt == "bf16" else {}
-    on = dist.spawn(train_steps, 2, config(True, sp, **extra))
-    off = dist.spawn(train_steps, 2, config(False, sp, **extra))
+    on = dist.spawn(train_steps, 2, config(True, sp, **extra), device=DEVICE)
+    off = dist.spawn(train_steps, 2, config(False, sp, **extra), device=DEVICE)
     for a, b in zip(on, off):
         assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
         assert [h["bytes_sent"] for h in a["history"]] == [h["bytes_sent"] for h in b["history"]]
