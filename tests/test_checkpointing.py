@@ -185,3 +185,45 @@ def _per_layer_bf16(comm, granularity, sp):
 def test_activation_bytes_per_layer_are_korthikantis_to_the_byte_after_the_named_extras(granularity, t, sp):
     got = dist.spawn(_per_layer_bf16, t, granularity, sp)
     assert got == [korthikanti(granularity, t, sp) + engine_extras(granularity, t, sp)] * t
+
+
+def test_the_estimator_writes_korthikantis_table_with_the_sequence_parallel_full_shard():
+    from minidist.estimate.activations import layer_activation_bytes
+    for granularity in ("none", "selective", "full"):
+        for t, sp in ((1, False), (2, False), (2, True), (4, True)):
+            assert layer_activation_bytes(S, B, H, A, t, sp, granularity) == korthikanti(granularity, t, sp)
+
+
+def _blocks_measured(granularity, method, k, n_layer=4):
+    """(activation bytes the blocks hold at the end of forward, recomputed matmul FLOPs) on one rank, bf16."""
+    from minidist.autocast import autocast
+    cfg = GPTConfig(block_size=S, vocab_size=11, n_layer=n_layer, n_head=A, n_embd=H, dropout=0.1)
+    dev = Device("laptop")
+    with dev:
+        model = GPT(cfg, seed=1).set_recompute(Recompute(granularity, method, k))
+        model.set_dropout_key(0, 0)
+        with autocast("bf16"):
+            x = model.embed(np.random.default_rng(0).integers(0, 11, (B, S)))
+            before = dev.memory.current["activations"]
+            y = model.blocks(x)
+            held = dev.memory.current["activations"] - before
+            (y * y).mean().backward()
+    recomputed = sum(dev.flops_by_op.get(f"recompute {op}", 0) for op in ("linear", "attention", "matmul"))
+    return held, recomputed
+
+
+@pytest.mark.parametrize("granularity,method,k", [
+    ("none", "uniform", 1), ("selective", "uniform", 1), ("full", "uniform", 1), ("full", "uniform", 2),
+    ("full", "uniform", 3), ("full", "block", 1), ("full", "block", 3)])
+def test_the_estimator_and_the_measured_run_agree_on_activation_bytes_and_recompute_flops(granularity, method, k):
+    from minidist.estimate.activations import activation_memory, checkpointed_layers
+    from minidist.estimate.flops import training_flops
+    L = 4
+    held, recomputed = _blocks_measured(granularity, method, k, L)
+    est = activation_memory(S, B, H, A, L, checkpointing=granularity, precision_bytes=2, method=method, num_layers=k)
+    whole = checkpointed_layers(L, granularity, method, k)[1]
+    assert held == est["total"] + whole * engine_extras("none")          # the named extras of whole layers
+    D = B * S
+    f = training_flops(1.0, D, L, H, S, granularity, recomputed_fraction=(L - whole) / L,
+                       block_params=12 * H * H * L)
+    assert recomputed == f["recompute_flops"]

@@ -22,7 +22,7 @@ tensor parallel (t)             sbh (10 + 24/t + 5as/(ht))
 tensor + sequence parallel      sbh/t (34 + 5as/h)
 TP + selective recompute        sbh (10 + 24/t)
 TP + SP + selective recompute   sbh · 34/t
-full recompute                  sbh · 2   (only the layer input)
+full recompute                  sbh · 2   (only the layer input; sbh · 2/t under SP)
 ==============================  ================================
 
 Tensor parallelism splits everything inside the attention core and MLP (24sbh + 5as²b)
@@ -52,9 +52,10 @@ def layer_activation_terms(seq: int, micro_batch: int, hidden: int, heads: int, 
     if not sp:
         rep = 1                                   # LayerNorm/dropout regions replicated over TP
     if checkpointing == "full":
-        # Only the layer's input is kept; everything else is recomputed from it (Table 2
-        # counts it unsplit, 2sbh, even with sequence parallelism).
-        return {"layer_input": p * sbh}
+        # Only the layer's input is kept; everything else is recomputed from it. Under
+        # sequence parallelism a rank keeps its s/t shard of it, as Megatron does (Table 2
+        # writes 2sbh for the unsplit case).
+        return {"layer_input": p * sbh / rep}
     terms = {
         # replicated by TP, split by SP (along s)
         "ln_1 input": p * sbh / rep,
@@ -83,15 +84,37 @@ def layer_activation_bytes(*args, **kwargs) -> float:
     return float(sum(layer_activation_terms(*args, **kwargs).values()))
 
 
+METHODS = ("uniform", "block")
+
+
+def checkpointed_layers(layers_per_stage: int, checkpointing: str = "none", method: str = "uniform",
+                        num_layers: int = 1) -> tuple[int, int]:
+    """``(checkpoints kept, layers kept whole)`` of a stage under full recomputation
+    (Megatron's ``recompute_method``): ``uniform`` keeps one input per ``num_layers``
+    consecutive layers; ``block`` checkpoints the first ``num_layers`` layers one by one and
+    keeps the others' activations. Other granularities: (0, all layers)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown checkpointing method {method!r}; choose one of {', '.join(METHODS)}")
+    if num_layers < 1:
+        raise ValueError(f"checkpointing num_layers must be at least 1, got {num_layers}")
+    if checkpointing != "full":
+        return 0, layers_per_stage
+    if method == "uniform":
+        return -(-layers_per_stage // num_layers), 0
+    k = min(num_layers, layers_per_stage)
+    return k, layers_per_stage - k
+
+
 def activation_memory(seq: int, micro_batch: int, hidden: int, heads: int, layers: int,
                       tp: int = 1, sp: bool = False, checkpointing: str = "none",
                       precision_bytes: int = 2, pp: int = 1, in_flight: float = 1.0,
-                      vocab: int | None = None) -> dict:
+                      vocab: int | None = None, method: str = "uniform", num_layers: int = 1) -> dict:
     """Activation bytes per device for one pipeline stage of ``layers/pp`` layers.
 
     ``in_flight`` is how many micro-batches' activations a stage holds at its peak (1
     without pipelining; see :func:`minidist.estimate.pipeline.peak_in_flight`: ``p`` for
-    1F1B's first stage, ``m`` for GPipe). With ``vocab`` the embedding and output-layer
+    1F1B's first stage, ``m`` for GPipe). ``method``/``num_layers``: see
+    :func:`checkpointed_layers` (``per_layer`` is then the stage's average). With ``vocab`` the embedding and output-layer
     terms of Korthikanti §4.3 are added as if this stage held both ends of the model (an
     upper bound): the embedding dropout mask, ``sbh/t`` bytes per in-flight micro-batch,
     and the final LayerNorm input, LM-head input and fp32 logits, ``4sbh/t·(1 + v/h)``.
@@ -101,7 +124,13 @@ def activation_memory(seq: int, micro_batch: int, hidden: int, heads: int, layer
     per_layer = layer_activation_bytes(seq, micro_batch, hidden, heads, tp, sp, checkpointing,
                                        precision_bytes)
     layers_per_stage = layers // pp
-    blocks = per_layer * layers_per_stage * in_flight
+    kept, whole = checkpointed_layers(layers_per_stage, checkpointing, method, num_layers)
+    if checkpointing == "full":          # kept inputs, plus the layers ``block`` leaves whole
+        per_layer_whole = layer_activation_bytes(seq, micro_batch, hidden, heads, tp, sp, "none", precision_bytes)
+        blocks = (per_layer * kept + per_layer_whole * whole) * in_flight
+        per_layer = blocks / in_flight / layers_per_stage
+    else:
+        blocks = per_layer * layers_per_stage * in_flight
     extra = 0.0
     if vocab:
         sbh = seq * micro_batch * hidden
@@ -109,6 +138,7 @@ def activation_memory(seq: int, micro_batch: int, hidden: int, heads: int, layer
     return {
         "seq": seq, "micro_batch": micro_batch, "hidden": hidden, "heads": heads,
         "layers": layers, "tp": tp, "sp": sp, "pp": pp, "checkpointing": checkpointing,
+        "method": method, "num_layers": num_layers,
         "precision_bytes": precision_bytes, "in_flight_micro_batches": in_flight,
         "per_layer": per_layer, "layers_per_stage": layers_per_stage,
         "embedding_and_logits": extra,

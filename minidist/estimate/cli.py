@@ -26,7 +26,7 @@ import re
 
 from ..defaults import DEFAULT_DEVICE, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, SCHEDULES, normalize_schedule
 from ..device import PRESETS
-from .activations import CHECKPOINTING, activation_memory
+from .activations import CHECKPOINTING, METHODS, activation_memory, checkpointed_layers
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops, training_time
 from .grid3d import estimate_3d
@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Megatron's vocabulary padding multiple under --tp (default 1; Megatron's 128)")
     shape.add_argument("--checkpointing", choices=CHECKPOINTING, default="none",
                        help="activation recomputation (default none)")
+    shape.add_argument("--checkpointing-method", choices=METHODS, default="uniform",
+                       help="with full: uniform (one input per --checkpointing-layers layers) or block "
+                            "(the first --checkpointing-layers layers of each stage); Megatron's recompute_method")
+    shape.add_argument("--checkpointing-layers", type=_positive_int, default=1,
+                       help="Megatron's recompute_num_layers (default 1)")
     pipe = p.add_argument_group("pipeline and time")
     pipe.add_argument("--schedule", type=_schedule, choices=SCHEDULES, default=DEFAULT_SCHEDULE,
                       help=f"pipeline schedule (default {DEFAULT_SCHEDULE}; torch class names accepted)")
@@ -183,10 +188,16 @@ def compute(a: argparse.Namespace) -> dict:
     if shape and a.heads:
         out["activations"] = {
             mode: activation_memory(a.seq, a.micro_batch, a.hidden, a.heads, a.layers, a.tp, a.sp,
-                                    mode, 4 if a.precision == "fp32" else 2, a.pp, in_flight, a.vocab)
+                                    mode, 4 if a.precision == "fp32" else 2, a.pp, in_flight, a.vocab,
+                                    a.checkpointing_method, a.checkpointing_layers)
             for mode in CHECKPOINTING}
     step_tokens = a.micro_batch * (a.seq or 0) * m * a.dp
     kw = {"layers": a.layers, "hidden": a.hidden, "seq": a.seq, "checkpointing": a.checkpointing}
+    if a.layers and a.hidden:
+        per_stage = a.layers // a.pp
+        whole = checkpointed_layers(per_stage, a.checkpointing, a.checkpointing_method, a.checkpointing_layers)[1]
+        kw.update(recomputed_fraction=(per_stage - whole) / per_stage if a.checkpointing == "full" else 1.0,
+                  block_params=12 * a.hidden ** 2 * a.layers)
     out["flops_per_step"] = training_flops(params, step_tokens, **kw) if a.seq else None
     out["flops_total"] = out["time"] = None
     if a.tokens:

@@ -31,7 +31,7 @@ from ..defaults import DEFAULTS, INTERLEAVED_1F1B, normalize_schedule
 from ..device import get_spec
 from ..training.config import sequence_length
 from ..training.data import make_dataset
-from .activations import activation_memory
+from .activations import activation_memory, checkpointed_layers
 from .comm import comm_volume
 from .flops import gpt2_param_count, training_flops
 from .memory import model_state_memory
@@ -113,6 +113,8 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     schedule = normalize_schedule(_get(config, "parallel.schedule", used))
     v = int(_get(config, "parallel.virtual_stages", used))
     checkpointing = _checkpointing(config.get("activation_checkpointing"))
+    ac = config.get("activation_checkpointing") if isinstance(config.get("activation_checkpointing"), dict) else {}
+    method, num_layers = ac.get("method", "uniform"), int(ac.get("num_layers", 1))
     device = _get(config, "device", used)
 
     if world_size % (tp * pp):
@@ -126,12 +128,15 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     states = model_state_memory(params, dp, stage, precision, optimizer, offload, tp, pp)
     in_flight = peak_in_flight(schedule, pp, micro_batches, v) if pp > 1 else 1.0
     act = activation_memory(seq, b, h, a, L, tp, sp, checkpointing,
-                            4 if precision == "fp32" else 2, pp, in_flight, vocab=V)
+                            4 if precision == "fp32" else 2, pp, in_flight, vocab=V, method=method,
+                            num_layers=num_layers)
+    kept, whole = checkpointed_layers(L // pp, checkpointing, method, num_layers)
     comm = comm_volume(params, dp, stage, precision, tp, pp, layers=L, hidden=h, seq=seq,
                        micro_batch=b, micro_batches=micro_batches, sp=sp,
                        checkpointing=checkpointing, v=v if schedule == INTERLEAVED_1F1B else 1)
     tokens = b * seq * micro_batches * dp               # tokens per optimizer step, all ranks
-    flops = training_flops(params, tokens, L, h, seq, checkpointing)
+    recomputed = 1.0 if method == "uniform" else (L // pp - whole) / (L // pp)
+    flops = training_flops(params, tokens, L, h, seq, checkpointing, recomputed, block_params=12 * h * h * L)
     spec = get_spec(device)
     compute_s = flops["flops"] / world_size / (spec.flops * mfu)
     bubble = pipeline_bubble(schedule, pp, micro_batches, v) if pp > 1 else None
@@ -142,6 +147,7 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
                    "seq_len": seq, "micro_batch": b, "micro_batches": micro_batches,
                    "zero_stage": stage, "offload": offload, "precision": precision,
                    "optimizer": optimizer, "checkpointing": checkpointing,
+                   "checkpointing_method": method, "checkpointing_layers": num_layers,
                    "schedule": schedule, "sequence_parallel": sp, "device": spec.name},
         "defaults_used": used,
         "params": count,

@@ -50,12 +50,16 @@ def gpt2_param_count(layers: int, hidden: int, vocab: int, block_size: int, bias
 
 def training_flops(params: float, tokens: float, layers: int | None = None,
                    hidden: int | None = None, seq: int | None = None,
-                   checkpointing: str = "none") -> dict:
+                   checkpointing: str = "none", recomputed_fraction: float = 1.0,
+                   block_params: float | None = None) -> dict:
     """FLOPs to train ``params`` parameters on ``tokens`` tokens.
 
     Always returns the rules of thumb ``flops_6nd`` and ``flops_8nd``. With the shape
     (``layers``, ``hidden``, ``seq``) also the count with attention, ``flops`` (what this
-    step costs with the given ``checkpointing``), and its parts.
+    step costs with the given ``checkpointing``), and its parts. ``recomputed_fraction``:
+    the share of layers full recomputation re-runs (``block`` method: k of L);
+    ``block_params``: the weights a recomputed forward multiplies (the blocks' matmul
+    weights, 12·h² per layer, when known; else all ``params``, the 8·N·D rule).
     """
     if checkpointing not in CHECKPOINTING:
         raise ValueError(f"unknown checkpointing {checkpointing!r}; choose one of {', '.join(CHECKPOINTING)}")
@@ -64,9 +68,10 @@ def training_flops(params: float, tokens: float, layers: int | None = None,
            "flops_6nd": 6 * n * d, "flops_8nd": 8 * n * d}
     # forward passes of the dense (weight) matmuls and of the attention core, per token:
     # 1 fwd + backward (2 fwd-equivalents) + the recomputed forward, if any
-    dense_passes = {"none": 3, "selective": 3, "full": 4}[checkpointing]
-    attn_passes = {"none": 3, "selective": 4, "full": 4}[checkpointing]
-    dense = 2 * n * dense_passes                      # 6N or 8N
+    f = recomputed_fraction if checkpointing == "full" else 0.0
+    recomputed = float(block_params if block_params is not None else n) * f
+    attn_passes = {"none": 3, "selective": 4, "full": 3 + f}[checkpointing]
+    dense = 2 * n * 3 + 2 * recomputed                # 6N, or 8N when every weight is recomputed
     out["dense_per_token"] = dense
     if layers is not None and hidden is not None and seq is not None:
         attention = 4 * layers * hidden * seq * attn_passes   # 12·L·h·s or 16·L·h·s
