@@ -2,7 +2,8 @@
 
 A real GPU's memory during training splits into four big components (the source notes'
 参数 / 梯度 / 中间结果 / 优化器 — parameters, gradients, intermediate results, optimizer
-states) plus communication buffers and odds and ends. A :class:`MemoryTracker` is the
+states) plus communication buffers and odds and ends; during generation the keys and values
+of past tokens (``kv_cache``, :mod:`minidist.inference`) are a fifth. A :class:`MemoryTracker` is the
 simulated allocator of one rank's device (or its host pool, for offload): callers
 ``alloc`` bytes under a category and ``free`` the handle later. The tracker keeps
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "buffers", "other")
+CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "kv_cache", "buffers", "other")
 
 # Bytes per element of every dtype name minidist knows, emulated formats included.
 DTYPE_BYTES = {
@@ -70,6 +71,7 @@ class MemoryTracker:
         self.total = 0
         self.peak = 0
         self.peak_by_category = dict(self.current)
+        self.max_by_category = dict(self.current)      # each category's own maximum (SPEC §10)
         self._live: dict[int, tuple[str, int, str]] = {}
         self._next = 1
         # timeline rows: (time_s, category, delta_bytes, total_after)
@@ -105,6 +107,8 @@ class MemoryTracker:
 
     def _change(self, category: str, delta: int) -> None:
         self.current[category] += delta
+        if self.current[category] > self.max_by_category[category]:
+            self.max_by_category[category] = self.current[category]
         self.total += delta
         self.timeline.append((self._clock(), category, delta, self.total))
         if self.total > self.peak:
@@ -141,4 +145,5 @@ class MemoryTracker:
             "peak_bytes": self.peak,
             "peak_by_category": dict(self.peak_by_category),
             "resident_by_category": self.resident(),
+            "max_by_category": dict(self.max_by_category),
         }

@@ -47,6 +47,8 @@ def rank_report(trainer) -> dict:
         "memory": dev.memory.summary(),
         "host_memory": dev.host.summary(),
         "flops": dev.flops,
+        "matmul_flops": dev.matmul_flops,
+        "recompute_flops": sum(dev.flops_by_op.get(f"recompute {op}", 0) for op in ("linear", "attention", "matmul")),
         "sim_time": dev.clock.time,
         "comm": comm_totals(comm.log if comm is not None else None),
         "data_parallel": {
@@ -115,10 +117,41 @@ def build_report(trainer, ranks: list[dict]) -> dict:
         report["pipeline"] = pipeline_report(trainer, ranks)
         report["pipeline"].update(_pipeline_theory(report["pipeline"]))
     report["estimate"] = estimate(trainer.cfg, trainer.world_size)
+    report["activation_checkpointing"] = recompute_report(trainer, ranks, report["estimate"])
     par = trainer.cfg["parallel"]
     if par["tensor"] * par["pipeline"] > 1:
         report["layout"] = layout_report(trainer, ranks, report.get("pipeline"))
     return report
+
+
+def recompute_report(trainer, ranks: list, est: dict) -> dict:
+    """Activation checkpointing: rank 0's measured activation peak and FLOPs per step (the
+    recomputed forward's apart) beside the estimator's figures for the same config."""
+    ac, steps = trainer.cfg["activation_checkpointing"], max(len(trainer.history), 1)
+    r0 = ranks[0]
+    return {"granularity": ac["granularity"], "method": ac["method"], "num_layers": ac["num_layers"],
+            "measured": {"activations_peak": r0["memory"]["max_by_category"].get("activations", 0),
+                         "matmul_flops_per_step": r0["matmul_flops"] / steps,
+                         "recompute_flops_per_step": r0["recompute_flops"] / steps},
+            "estimate": {"activations": est["activations"]["total"],
+                         "flops_per_step_per_rank": est["flops"]["flops"] / trainer.world_size,
+                         "recompute_flops_per_step_per_rank": est["flops"]["recompute_flops"] / trainer.world_size}}
+
+
+def format_recompute(report: dict) -> str:
+    r = report["activation_checkpointing"]
+    m, e = r["measured"], r["estimate"]
+    return "\n".join([
+        f"activation checkpointing: {r['granularity']}" + (f" ({r['method']}, num_layers {r['num_layers']})"
+                                                           if r["granularity"] == "full" else ""),
+        f"{'rank 0':<26} {'measured':>12} {'estimate':>12}",
+        f"{'activation peak B':<26} {m['activations_peak']:>12.0f} {e['activations']:>12.0f}",
+        f"{'FLOPs per step':<26} {m['matmul_flops_per_step']:>12.4g} {e['flops_per_step_per_rank']:>12.4g}",
+        f"{'recomputed FLOPs per step':<26} {m['recompute_flops_per_step']:>12.4g} "
+        f"{e['recompute_flops_per_step_per_rank']:>12.4g}",
+        "(measured peak: during backward, one recomputed unit's activations on top of the checkpoints, fp32 "
+        "LayerNorm inputs and per-token statistics included; estimate: Korthikanti's 16-bit terms at the end "
+        "of forward. FLOPs: matmuls, estimate 6·N·D + attention with N all parameters)"])
 
 
 STATES = ("parameters", "gradients", "optimizer_states")
@@ -255,6 +288,8 @@ def format_data_parallel(report: dict) -> str:
         lines.append(format_tensor_parallel(report))
     if report.get("layout"):
         lines.append(format_layout(report))
+    if report.get("activation_checkpointing", {}).get("granularity", "none") != "none":
+        lines.append(format_recompute(report))
     return "\n".join(lines)
 
 

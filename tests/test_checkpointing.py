@@ -227,3 +227,18 @@ def test_the_estimator_and_the_measured_run_agree_on_activation_bytes_and_recomp
     f = training_flops(1.0, D, L, H, S, granularity, recomputed_fraction=(L - whole) / L,
                        block_params=12 * H * H * L)
     assert recomputed == f["recompute_flops"]
+
+
+@pytest.mark.parametrize("granularity", ["selective", "full"])
+def test_report_puts_measured_recompute_flops_beside_the_estimate(tmp_path, granularity):
+    import json
+
+    from minidist.train import main as train_main
+    cfg = {"model": {"n_layer": 2, "n_embd": 32, "n_head": 4, "block_size": 16}, "data": {"seq_len": 16},
+           "steps": 2, "eval_iters": 1, "train_micro_batch_size_per_gpu": 2,
+           "activation_checkpointing": {"granularity": granularity}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert train_main(["--config", str(tmp_path / "c.json"), "--report", str(tmp_path / "r.json"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())["activation_checkpointing"]
+    assert r["granularity"] == granularity
+    assert r["measured"]["recompute_flops_per_step"] == r["estimate"]["recompute_flops_per_step_per_rank"] > 0
