@@ -108,6 +108,7 @@ class CausalSelfAttention(Module):
         self.resid_dropout = layers.dropout(cfg.dropout, seed)
         self.head_size = C // cfg.n_head
         self.recompute_core = False       # selective recomputation (Korthikanti et al. 2022, §5)
+        self.recompute_cpu = False        # its checkpoint (q, k, v) in the host pool
 
     def core(self, q, k, v):
         """softmax(QKᵀ/√d)·V with dropout on the probabilities: the (B, nh, T, T) part."""
@@ -124,7 +125,7 @@ class CausalSelfAttention(Module):
         k = k.reshape(B, T, nh, hs).transpose(1, 2)
         v = v.reshape(B, T, nh, hs).transpose(1, 2)
         # selective: keep q, k, v and recompute the scores in backward (the 5as/h term is never held)
-        y = checkpoint(self.core, q, k, v) if self.recompute_core else self.core(q, k, v)
+        y = checkpoint(self.core, q, k, v, cpu=self.recompute_cpu) if self.recompute_core else self.core(q, k, v)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)                # heads side by side again
         return self.resid_dropout(self.c_proj(y))                   # (B, T, C) — (B, T/t, C) under SP
 
@@ -183,12 +184,16 @@ class Recompute:
       al. 2022, §5); "full": whole blocks, keeping only their inputs;
     * ``method`` (full only) "uniform": every ``num_layers`` consecutive blocks form one
       checkpointed unit; "block": the first ``num_layers`` blocks of each chunk are
-      checkpointed one by one, the others keep their activations.
+      checkpointed one by one, the others keep their activations;
+    * ``cpu``: the checkpoints wait in the host pool; ``partition`` (full only, blocks'
+      inputs replicated over tp): each tp rank keeps 1/t of them (:mod:`minidist.recompute`).
     """
 
     granularity: str = "none"
     method: str = "uniform"
     num_layers: int = 1
+    cpu: bool = False             # DeepSpeed's cpu_checkpointing: checkpoints in the host pool
+    partition: object = None      # DeepSpeed's partition_activations: a CheckpointPartition over tp
 
     def units(self, layer_ids: list) -> list:
         """``[(layer ids, checkpointed?)]`` in order for the blocks of one chunk."""
@@ -233,7 +238,9 @@ class GPT(Module):
         """Choose what backward recomputes (see :class:`Recompute`); values never change."""
         self.recompute = recompute
         for i in self.layer_ids:
-            self.transformer.h[i].attn.recompute_core = recompute.granularity == "selective"
+            attn = self.transformer.h[i].attn
+            attn.recompute_core = recompute.granularity == "selective"
+            attn.recompute_cpu = recompute.cpu
         return self
 
     # -- the three steps ----------------------------------------------------------------------
@@ -260,8 +267,11 @@ class GPT(Module):
             recompute = dataclasses.replace(recompute, num_layers=1) if recompute.method == "uniform" else recompute
         for unit, saved in recompute.units(ids):
             blocks = [self.transformer.h[i] for i in unit]
-            x = checkpoint(blocks[0], x) if saved and len(blocks) == 1 else \
-                checkpoint(_Chain(blocks), x) if saved else blocks[0](x)
+            if saved:
+                x = checkpoint(blocks[0] if len(blocks) == 1 else _Chain(blocks), x, cpu=recompute.cpu,
+                               partition=recompute.partition)
+            else:
+                x = blocks[0](x)
             if hidden is not None:
                 hidden.append(self.layers.gather_tokens(x))
         return x

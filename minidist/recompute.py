@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from .autocast import autocast, autocast_dtype
 from .device import current_device
+from .memory import nbytes
 from .nn import Dropout, Module
 from .tensor import Tensor, as_tensor, is_grad_enabled, make_result, no_grad
 
@@ -66,10 +69,47 @@ def recomputing(device):
         device.label_prefix = prefix
 
 
-def checkpoint(fn, *inputs) -> Tensor:
+class _Offloaded:
+    """DeepSpeed's ``cpu_checkpointing``: the checkpoint lives in the host pool, copied there
+    after the forward (device → host) and back before the recompute (host → device), each
+    copy ``bytes / host_bandwidth`` on its own stream of the timeline."""
+
+    def __init__(self, device, arrays, fmt):
+        self.device, self.bytes = device, sum(nbytes(a, fmt if a.dtype.kind == "f" else None) for a in arrays)
+        clock, bw = device.clock, device.spec.host_bandwidth
+        # why (d2h): the device keeps nothing of this block until its backward
+        clock.run("d2h", self.bytes / bw, "d2h checkpoint", "memcpy", start_after=clock.now("compute"),
+                  args={"bytes": self.bytes})
+        self.handle = device.host.alloc(self.bytes, "activations", "checkpoint")
+
+    def fetch(self) -> None:
+        clock, bw = self.device.clock, self.device.spec.host_bandwidth
+        # why (h2d): the recompute needs the block's input back on the device
+        _, done = clock.run("h2d", self.bytes / bw, "h2d checkpoint", "memcpy", start_after=clock.now("compute"),
+                            args={"bytes": self.bytes})
+        clock.wait("compute", done)
+        self.device.host.free(self.handle)
+
+
+class _Partitioned:
+    """DeepSpeed's ``partition_activations``: a checkpoint every tensor-parallel rank holds
+    whole is kept as 1/t of it per rank and gathered before the recompute. ``partition`` does
+    the cutting and the gathering (:class:`minidist.parallel.tensor.CheckpointPartition`)."""
+
+    def __init__(self, partition, x: np.ndarray, fmt):
+        self.partition, self.shape, self.fmt = partition, x.shape, fmt
+        self.chunk = partition.split(x)                           # what is saved
+
+    def full(self) -> np.ndarray:
+        return self.partition.gather(self.chunk, self.shape, self.fmt)
+
+
+def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
     """``fn(*inputs)`` keeping only ``inputs`` for backward (``fn`` returns one Tensor). When
     ``fn`` is a Module its parameters are parents of the op, so that a split backward can
-    defer their gradients; a plain function's parameters get their gradients in backward too."""
+    defer their gradients; a plain function's parameters get their gradients in backward too.
+    ``cpu``: keep the inputs in the host pool; ``partition``: shard the (replicated) inputs
+    over the tensor-parallel ranks while they wait (see the classes above)."""
     inputs = tuple(as_tensor(x) for x in inputs)
     if not is_grad_enabled() or not any(x.requires_grad for x in inputs):
         return fn(*inputs)
@@ -79,13 +119,19 @@ def checkpoint(fn, *inputs) -> Tensor:
         out = fn(*inputs)                                          # no graph: nothing saved
     params = tuple(p for p in fn.parameters() if p.requires_grad) if isinstance(fn, Module) else ()
     work = []                                                      # a deferred W pass, if any
+    parts = [_Partitioned(partition, x.data, fmt) for x in inputs] if partition is not None else None
+    kept = [p.chunk for p in parts] if parts else [x.data for x in inputs]
+    offloaded = _Offloaded(device, kept, fmt) if cpu and device is not None else None
 
     def backward(g, needs):
         n_in = len(inputs)
         if not any(needs[:n_in]) and work:                         # the W pass of a split backward
             work.pop().run()
             return [None] * len(needs)
-        detached = [Tensor(x.data, requires_grad=x.requires_grad) for x in inputs]
+        if offloaded is not None:
+            offloaded.fetch()
+        values = [p.full() for p in parts] if parts else [x.data for x in inputs]
+        detached = [Tensor(v, requires_grad=x.requires_grad) for v, x in zip(values, inputs)]
         # why: the forward's activations were not kept; run it again, as it ran, to get them back
         with _replay(states), recomputing(device), autocast(fmt):
             again = fn(*detached)
@@ -95,4 +141,4 @@ def checkpoint(fn, *inputs) -> Tensor:
             work.append(w)
         return [d.grad if n else None for d, n in zip(detached, needs[:n_in])] + [None] * len(params)
 
-    return make_result(out.data, inputs + params, backward, "checkpoint", saved=[x.data for x in inputs])
+    return make_result(out.data, inputs + params, backward, "checkpoint", saved=[] if offloaded else kept)

@@ -242,3 +242,54 @@ def test_report_puts_measured_recompute_flops_beside_the_estimate(tmp_path, gran
     r = json.loads((tmp_path / "r.json").read_text())["activation_checkpointing"]
     assert r["granularity"] == granularity
     assert r["measured"]["recompute_flops_per_step"] == r["estimate"]["recompute_flops_per_step_per_rank"] > 0
+
+
+@pytest.mark.parametrize("extra", [
+    {"activation_checkpointing": {"granularity": "full", "cpu_checkpointing": True}},
+    {"activation_checkpointing": {"granularity": "selective", "cpu_checkpointing": True}},
+    {"activation_checkpointing": {"granularity": "full", "partition_activations": True}, "parallel": {"tensor": 2}},
+    {"activation_checkpointing": {"granularity": "full", "partition_activations": True, "cpu_checkpointing": True,
+                                  "num_layers": 2}, "parallel": {"tensor": 2, "pipeline": 2, "schedule": "zb_h1"},
+     "gradient_accumulation_steps": 4}], ids=["cpu_full", "cpu_selective", "partition_tp2", "partition_cpu_3d"])
+def test_deepspeeds_cpu_checkpointing_and_partition_activations_change_no_value(extra):
+    world = 1
+    for key, size in (("tensor", 2), ("pipeline", 2)):
+        world *= size if extra.get("parallel", {}).get(key, 1) > 1 else 1
+    plain = {k: v for k, v in extra.items() if k != "activation_checkpointing"}
+    a = dist.spawn(train_steps, world, config(**extra), timeout=60)
+    b = dist.spawn(train_steps, world, config(**plain), timeout=60)
+    for x, y in zip(a, b):
+        assert_identical(x, y)
+
+
+def _checkpoint_bytes(comm, cpu, partition):
+    """Device and host activation bytes of 4 full-recomputed layers' checkpoints, and the log."""
+    from minidist.parallel.grid import ProcessGrid
+    from minidist.parallel.tensor import CheckpointPartition, TensorParallelLayers
+    grid = ProcessGrid(comm, tp=comm.size)
+    held = []
+    for n_layer in (4, 2):
+        dev = Device("laptop")
+        with dev:
+            model = GPT(GPTConfig(**{**vars(CFG), "n_layer": n_layer}), seed=1, dtype=np.float64,
+                        layers=TensorParallelLayers(grid.tp) if comm.size > 1 else None)
+            model.set_recompute(Recompute("full", cpu=cpu, partition=CheckpointPartition(grid.tp) if partition else None))
+            ids = np.random.default_rng(0).integers(0, 11, (2, 8))
+            mark = comm.log.mark()
+            _, loss = model(ids, ids)
+            held.append((dev.memory.current["activations"], dev.host.current["activations"]))
+            loss.backward()
+            gathers = comm.log.since(mark).bytes_sent("all_gather")
+            events = {e["name"] for e in dev.trace.events}
+    return [(a - b) / 2 for a, b in zip(held[0], held[1])], gathers, events
+
+
+def test_cpu_checkpointing_moves_2sbh_per_layer_to_the_host_and_partition_keeps_1_over_t():
+    s, b, h, w, t = 8, 2, 16, 8, 2
+    (device, host), _, events = dist.spawn(_checkpoint_bytes, 1, True, False)[0]
+    assert device == 0 and host == w * s * b * h                          # the block input, on the host
+    assert {"d2h checkpoint", "h2d checkpoint"} <= events                 # the copies on the timeline
+    assert any(name.startswith("recompute ") for name in events)         # and the recomputed forward
+    for (device, host), gathers, _ in dist.spawn(_checkpoint_bytes, t, False, True):
+        assert device == w * s * b * h / t and host == 0                   # one chunk of each checkpoint
+        assert gathers > 0                                                 # gathered back in backward

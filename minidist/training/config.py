@@ -193,10 +193,17 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
         raise ConfigError("optimizer.type", "LAMB needs whole-tensor norms and cannot update a ZeRO shard; "
                                             "use Adam, AdamW or SGD with zero_optimization.stage > 0")
     ac = cfg["activation_checkpointing"]
-    for key in ("cpu_checkpointing", "partition_activations"):
-        if ac[key] is not False:
-            raise ConfigError(f"activation_checkpointing.{key}", "is not built in minidist yet; remove it (or set "
-                                                                 "it false) and keep the checkpoints on the device")
+    if ac["cpu_checkpointing"] and ac["granularity"] == "none":
+        raise ConfigError("activation_checkpointing.cpu_checkpointing", "moves the checkpoints of recomputation to "
+                                                                        "the host: set granularity full or selective")
+    if ac["partition_activations"]:
+        why = ("needs granularity full (it shards the blocks' checkpointed inputs)" if ac["granularity"] != "full"
+               else "needs parallel.tensor > 1 (it shards the checkpoints over the tensor-parallel ranks)"
+               if par["tensor"] == 1 else
+               "under sequence parallelism each rank already keeps only s/t of every checkpoint; set it false"
+               if par["sequence_parallel"] else None)
+        if why:
+            raise ConfigError("activation_checkpointing.partition_activations", why)
     if cfg["distillation"] is not None:
         cfg["distillation"] = check_distillation(cfg, cfg["distillation"], world_size)
     if cfg["optimizer"]["type"].lower() not in ("sgd", "adam", "adamw", "lamb"):

@@ -88,7 +88,9 @@ class Trainer:
             else:
                 self.model = GPT(self.model_config, seed=cfg["seed"], dtype=dtype, layers=self.layers)
             ac = cfg["activation_checkpointing"]
-            self.model.set_recompute(Recompute(ac["granularity"], ac["method"], ac["num_layers"]))
+            partition = tensor_parallel.CheckpointPartition(self.grid.tp) if ac["partition_activations"] else None
+            self.model.set_recompute(Recompute(ac["granularity"], ac["method"], ac["num_layers"],
+                                               ac["cpu_checkpointing"], partition))
             self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
                                          **cfg["optimizer"]["params"])
             self.n_params = self.model.num_parameters()          # what this rank holds

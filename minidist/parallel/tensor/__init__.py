@@ -29,11 +29,12 @@ from .cross_entropy import vocab_parallel_cross_entropy
 from .factory import TensorParallelLayers
 from .layers import (ColumnParallelLinear, RowParallelLinear, SequenceParallelLayerNorm,
                      TensorParallelContext, VocabParallelEmbedding, linear_with_sequence_parallel)
-from .mappings import (copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
+from .mappings import (CheckpointPartition, copy_to_tensor_model_parallel_region, gather_from_sequence_parallel_region,
                        gather_from_tensor_model_parallel_region, reduce_from_tensor_model_parallel_region,
                        reduce_scatter_to_sequence_parallel_region, scatter_to_sequence_parallel_region)
 
-__all__ = ["TensorParallelPrecision", "config_problem", "heads_problem", "layers_for", "ColumnParallelLinear",
+__all__ = ["CheckpointPartition", "TensorParallelPrecision", "config_problem", "heads_problem", "layers_for",
+           "ColumnParallelLinear",
            "RowParallelLinear", "SequenceParallelLayerNorm", "TensorParallelContext", "TensorParallelLayers",
            "VocabParallelEmbedding", "copy_to_tensor_model_parallel_region",
            "gather_from_sequence_parallel_region", "gather_from_tensor_model_parallel_region",

@@ -166,3 +166,22 @@ def reduce_scatter_to_sequence_parallel_region(x, group) -> Tensor:
         # why: the row-parallel layer needs the gradient at every position
         return (all_gather_sequence(group, g, wire),)
     return make_result(out, (x,), backward, "reduce_scatter_to_sp")
+
+
+class CheckpointPartition:
+    """How ``partition_activations`` (DeepSpeed) shards an activation checkpoint that every tp
+    rank holds whole (a block's input without sequence parallelism): each rank keeps one flat
+    chunk (padded to a multiple of t) and the chunks are all-gathered before the recompute."""
+
+    def __init__(self, group):
+        self.group = group
+
+    def split(self, x: np.ndarray) -> np.ndarray:
+        flat = x.reshape(-1)
+        pad = -flat.size % self.group.size
+        return np.split(np.concatenate([flat, np.zeros(pad, flat.dtype)]), self.group.size)[self.group.rank].copy()
+
+    def gather(self, chunk: np.ndarray, shape: tuple, wire=None) -> np.ndarray:
+        # why: the recompute needs the whole input; each tp rank kept one chunk of it
+        flat = dist.all_gather(self.group, chunk, algorithm="ring", wire_dtype=wire)
+        return flat[:int(np.prod(shape))].reshape(shape)
