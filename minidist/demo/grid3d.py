@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed as dist
+from ..defaults import ONE_F_ONE_B
 from ..device import Device
 from ..estimate import training_flops
 from ..estimate.grid3d import estimate_for_config
@@ -48,7 +49,7 @@ SEQ = 16
 GLOBAL_MICRO = 4         # sequences per micro-step of the global batch: 4/dp per data-parallel rank
 MICRO_STEPS = 4          # gradient_accumulation_steps: the pipeline's micro-batches m
 STEPS = 2
-SCHEDULE = "1f1b"
+SCHEDULE = ONE_F_ONE_B
 MAP = GridShape(8, tp=2, pp=2)       # the rank map figure's grid: DP 2 × TP 2 × PP 2
 MAP_RANK = 3                         # whose groups the map outlines
 STATES = ("parameters", "gradients", "optimizer_states")
