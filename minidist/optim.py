@@ -61,7 +61,11 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self.update(p.data, p.grad, self.state_for(p), group)
+                    self.update_for(p, p.data, p.grad, self.state_for(p), group)
+
+    def update_for(self, p, param: np.ndarray, grad: np.ndarray, state: dict, group: dict) -> None:
+        """:meth:`update` of the arrays of parameter ``p`` (its data, or its fp32 master)."""
+        self.update(param, grad, state, group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
@@ -207,11 +211,29 @@ class LAMB(Adam):
     shardable = False
     decoupled = True     # the decay is added to the Adam direction below, never to the gradient
 
+    def __init__(self, params, **hyper):
+        super().__init__(params, **hyper)
+        # ``(p, [‖w‖², ‖u‖²]) -> the whole tensor's``: under tensor parallelism a rank holds a
+        # slice of ``p``, and the trust ratio needs the whole tensor's norms (set by the trainer)
+        self.whole_tensor_squares = None
+        self._current = None
+
+    def update_for(self, p, param, grad, state, group) -> None:
+        self._current = p
+        try:
+            self.update(param, grad, state, group)
+        finally:
+            self._current = None
+
     def update(self, param, grad, state, group):
         r = self._direction(param, grad, state, group)
         if group["weight_decay"]:
             r = r + group["weight_decay"] * param
-        w_norm, r_norm = float(np.linalg.norm(param)), float(np.linalg.norm(r))
+        if self.whole_tensor_squares is not None and self._current is not None:
+            squares = np.array([np.sum(np.square(param, dtype=np.float64)), np.sum(np.square(r, dtype=np.float64))])
+            w_norm, r_norm = np.sqrt(self.whole_tensor_squares(self._current, squares)).tolist()
+        else:
+            w_norm, r_norm = float(np.linalg.norm(param)), float(np.linalg.norm(r))
         trust = w_norm / r_norm if w_norm > 0 and r_norm > 0 else 1.0
         param -= group["lr"] * trust * r
 

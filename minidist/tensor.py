@@ -87,8 +87,9 @@ class Tensor:
             arr = arr.astype(np.float32)
         elif arr.dtype.kind in "iub" and requires_grad:
             raise TypeError("only floating-point tensors can require gradients")
-        elif not isinstance(data, np.ndarray) and arr.dtype == np.float64:
-            arr = arr.astype(np.float32)  # Python floats/lists default to float32, like torch
+        elif not isinstance(data, (np.ndarray, np.generic)) and arr.dtype == np.float64:
+            arr = arr.astype(np.float32)  # Python floats/lists default to float32, like torch;
+            # a NumPy scalar keeps its dtype (a 0-d op result is one: float64 stays float64)
         self.data = arr
         self._grad = None
         self.requires_grad = requires_grad
@@ -132,6 +133,14 @@ class Tensor:
 
     def numpy(self):
         return self.data
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(tensor)``: its values (torch refuses the same for a tensor that
+        requires grad: convert ``tensor.detach()`` or ``tensor.data`` to say you mean it)."""
+        if self.requires_grad:
+            raise RuntimeError("can't convert a Tensor that requires grad to a NumPy array: use "
+                               "tensor.detach() or tensor.data (the values, outside the graph)")
+        return self.data if dtype is None else self.data.astype(dtype, copy=False)
 
     def item(self):
         return self.data.item()

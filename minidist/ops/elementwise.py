@@ -17,12 +17,16 @@ def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def _binary(a, b):
+    """Both operands as Tensors, torch's promotion rule: a Python or NumPy scalar takes the
+    other operand's dtype (float32 stays float32, float64 stays float64); two Tensors — 0-d
+    ones included — promote as NumPy arrays do."""
+    a_scalar = not isinstance(a, Tensor) and np.ndim(a) == 0
+    b_scalar = not isinstance(b, Tensor) and np.ndim(b) == 0
     a, b = as_tensor(a), as_tensor(b)
-    # Python/NumPy scalars take the tensor's dtype (float32 stays float32).
-    if a.data.ndim == 0 and not a.requires_grad and b.data.dtype.kind == "f":
-        a = Tensor(a.data.astype(b.data.dtype))
-    if b.data.ndim == 0 and not b.requires_grad and a.data.dtype.kind == "f":
-        b = Tensor(b.data.astype(a.data.dtype))
+    if a_scalar and b.data.dtype.kind == "f":
+        a = Tensor(np.asarray(a.data, dtype=b.data.dtype))
+    if b_scalar and a.data.dtype.kind == "f":
+        b = Tensor(np.asarray(b.data, dtype=a.data.dtype))
     return a, b
 
 

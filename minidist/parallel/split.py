@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import distributed as dist
 from ..layers import Split, split_of
 
 
@@ -72,3 +73,15 @@ def norm_duplicates(model, tp_rank: int) -> list:
     (Megatron's ``param_is_not_tensor_parallel_duplicate``), and a ``shared`` copy (the last
     stage's tied LM head, counted by the first stage: Megatron's ``param_is_not_shared``)."""
     return [p for p in model.parameters() if p.shared or (tp_rank != 0 and split_of(p) is None)]
+
+
+def whole_tensor_squares(tp_group):
+    """For LAMB under tensor parallelism: ``(p, [Σw², Σu²] of my slice) → the whole tensor's``,
+    summed over ``tp_group`` for a split parameter (a replicated one is whole already). The
+    trust ratio ‖w‖/‖u‖ is then the one-rank model's (You et al. 2020 take it per tensor)."""
+    def squares(p, local):
+        if split_of(p) is None:
+            return local
+        # why: each tp rank holds one slice of p; the tensor's norms sum the slices' squares
+        return dist.all_reduce(tp_group, local, op="sum", algorithm="ring")
+    return squares

@@ -269,7 +269,7 @@ class MixedPrecision:
                     g = next(grads)
                     if g is None:
                         continue
-                    self.optimizer.update(master.data, g, self.optimizer.state_for(master), group)
+                    self.optimizer.update_for(p, master.data, g, self.optimizer.state_for(master), group)
                     p.data[...] = quantize(master.data, self.dtype)   # fp16 copy for the next forward
         self.precision.end_step(overflow)       # DeepSpeed's backoff / hysteresis / growth
         return not overflow

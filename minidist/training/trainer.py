@@ -38,7 +38,7 @@ from ..parallel import build_strategy
 from ..parallel import tensor as tensor_parallel
 from ..parallel.grid import ProcessGrid
 from ..parallel.pipeline.engine import PipelineEngine
-from ..parallel.split import gather_state_dict, norm_duplicates
+from ..parallel.split import gather_state_dict, norm_duplicates, whole_tensor_squares
 from ..precision import autocast, precision_from_config
 from ..tensor import no_grad
 
@@ -93,6 +93,8 @@ class Trainer:
                                                ac["cpu_checkpointing"], partition))
             self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
                                          **cfg["optimizer"]["params"])
+            if hasattr(self.optimizer, "whole_tensor_squares") and tp > 1:   # LAMB's norms span the tp slices
+                self.optimizer.whole_tensor_squares = whole_tensor_squares(self.grid.tp)
             self.n_params = self.model.num_parameters()          # what this rank holds
             self.precision = precision_from_config(cfg)          # None for fp32 training
             if self.precision is not None and model_parallel:
