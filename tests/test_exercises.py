@@ -1,9 +1,10 @@
-"""Classroom exercises (issue 14, SPEC §13): the grader passes minidist's own implementations,
-calls untouched stubs unfinished, and names the mistake in typical wrong solutions.
+"""Classroom exercises (SPEC §13): the grader passes minidist's own implementations, calls
+untouched stubs unfinished, names the mistake in typical wrong solutions, and passes right
+ones written in other ways than minidist's own.
 
-Each wrong solution lives in tests/exercise_mistakes/NAME__MISTAKE.py with ``EXPECT``, the
-phrases the grader's message must contain; NAME__correct.py files are hand-written right
-answers (other ways than minidist's own) that must pass.
+Each student file lives in tests/exercise_mistakes/NAME__WHAT.py with ``EXPECT``: the phrases
+the grader's message must contain for a wrong solution, ``[]`` for a right one (which must
+pass). Files are graded on the held-out inputs of a fixed seed, right ones on two.
 """
 import json
 import os
@@ -26,7 +27,7 @@ NAMES = list(exercises.EXERCISES)
 TOPIC_MARKER = {"autograd": "engine", "optimizers": "engine", "training": "engine", "collectives": "dist",
                 "zero": "zero", "mixed precision": "precision", "tensor parallel": "tensor",
                 "pipeline": "pipeline", "distillation": "distill", "estimator": "estimate",
-                "3D parallelism": "grid"}
+                "3D parallelism": "grid", "inference": "inference"}
 
 
 def _topic_mark(name):
@@ -81,26 +82,28 @@ def test_untouched_stub_is_unfinished(name, tmp_path, capsys):
     assert report.passed == 0
 
 
-def test_every_exercise_has_two_wrong_solutions_and_a_right_one():
+def test_every_exercise_has_two_wrong_and_two_right_solutions():
     for name in NAMES:
-        wrong = [p for p in _files() if p.name.startswith(name + "__") and not p.name.endswith("__correct.py")]
-        assert len(wrong) >= 2, f"{name}: only {len(wrong)} typical wrong solutions"
-        assert (MISTAKES / f"{name}__correct.py").exists()
+        files = [p for p in _files() if p.name.startswith(name + "__")]
+        right = [p for p in files if not _expect(p)]
+        assert len(files) - len(right) >= 2, f"{name}: only {len(files) - len(right)} typical wrong solutions"
+        assert len(right) >= 2, f"{name}: only {len(right)} right solutions written another way"
 
 
 @pytest.mark.parametrize("path", _files_by_topic())
 def test_solution_is_graded_with_a_message_naming_the_mistake(path):
     name = path.stem.split("__")[0]
-    report = exercises.grade(exercises.get(name), str(path))
     expect = _expect(path)
-    if not expect:                                   # a right answer written another way
-        assert report.status == "passed", report.text()
-        return
-    assert report.status == "failed", report.text()
-    messages = "\n".join(c.message for c in report.checks if c.status == "failed")
-    for phrase in expect:
-        assert phrase in messages, f"{path.name}: {phrase!r} not in\n{report.text()}"
-    assert "Traceback" not in messages
+    for seed in (1, 2) if not expect else (1,):
+        report = exercises.grade(exercises.get(name), str(path), seed=seed)
+        if not expect:                               # a right answer written another way
+            assert report.status == "passed", report.text()
+            continue
+        assert report.status == "failed", report.text()
+        messages = "\n".join(c.message for c in report.checks if c.status == "failed")
+        for phrase in expect:
+            assert phrase in messages, f"{path.name}: {phrase!r} not in\n{report.text()}"
+        assert "Traceback" not in messages
 
 
 def test_student_exceptions_become_messages_with_a_line(tmp_path):
@@ -116,7 +119,9 @@ def test_hang_and_bad_files_are_reported(tmp_path, monkeypatch):
     (tmp_path / "ring_all_reduce.py").write_text(
         "def ring_all_reduce(comm, x):\n    return comm.recv((comm.rank + 1) % comm.size)\n")
     report = exercises.grade(exercises.get("ring_all_reduce"), str(tmp_path / "ring_all_reduce.py"))
-    assert "timed out" in report.checks[0].message and "line 2" in report.checks[0].message
+    msg = report.checks[0].message
+    assert "timed out" in msg and "line 2" in msg
+    assert "debug=True" not in msg and "needs a comm.send(..., dest) on rank `source`" in msg   # advice for p2p
     (tmp_path / "zero_memory.py").write_text("def model_state_bytes(psi, n_d, stage, k=12)\n    return 0\n")
     report = exercises.grade(exercises.get("zero_memory"), str(tmp_path / "zero_memory.py"))
     assert report.status == "failed" and "syntax error at line 1" in report.problem
@@ -140,7 +145,62 @@ def test_forbidden_shortcut_is_refused(tmp_path):
         "from minidist import distributed as dist\n\n\ndef ring_all_reduce(comm, x):\n"
         "    return dist.all_reduce(comm, x)\n")
     report = exercises.grade(exercises.get("ring_all_reduce"), str(tmp_path / "ring_all_reduce.py"))
-    assert report.status == "failed" and "`all_reduce`" in report.checks[-1].message
+    assert report.status == "failed" and "`minidist.distributed.all_reduce`" in report.checks[-1].message
+    assert "line 5" in report.checks[-1].message
+
+
+FP16_BODY = "\ndef round_to_fp16(x):\n    return x\n"
+
+
+@pytest.mark.precision
+@pytest.mark.parametrize("source, refused", [
+    ("import numpy as np\nhalf = np.uint32(1 << 12)\n", False),          # a constant the student names
+    ("import numpy as np\n\ndef to_bits(x):\n    return x.view(np.uint32)\n", False),
+    ("import numpy as np\ny = np.zeros(3, dtype='float32').astype(np.float64)\n", False),
+    ("import numpy as np\ny = np.zeros(3).astype(np.half)\n", True),
+    ("import numpy\ny = numpy.float16(1.0)\n", True),
+    ("from numpy import float16 as h\n", True),
+    ("import numpy as np\nt = getattr(np, 'float16')\n", True),
+    ("import numpy as np\ny = np.ones(2).astype('f2')\n", True),
+    ("import numpy as np\ny = np.array([1.0], dtype='half')\n", True),
+    ("from minidist.numerics import quantize\n", True),
+])
+def test_forbidden_is_what_the_file_calls_not_what_it_names(tmp_path, source, refused):
+    """fp16's rules: NumPy's half type under any spelling is refused, a name the student defines
+    (even `half`) never is."""
+    (tmp_path / "fp16_round_to_nearest_even.py").write_text(source + FP16_BODY)
+    broken = grading.broken_rules(exercises.get("fp16_round_to_nearest_even"),
+                                  str(tmp_path / "fp16_round_to_nearest_even.py"))
+    assert bool(broken) == refused, broken
+
+
+def test_every_statement_lists_what_it_forbids():
+    """What an exercise refuses is written in the statement the student reads."""
+    for name, ex in exercises.EXERCISES.items():
+        for entry in grading.forbidden(ex):
+            short = entry.replace("minidist.distributed.", "dist.").replace("numpy.", "np.")
+            assert entry in ex.STUB or short in ex.STUB, f"{name}: the statement does not name {entry}"
+
+
+def test_same_seed_same_grade_and_json_carries_it(tmp_path, capsys):
+    """Held-out inputs come from the printed seed: the same seed grades the same way."""
+    wrong = str(MISTAKES / "kd_loss__no_max_subtraction.py")
+    texts = []
+    for _ in range(2):
+        assert main(["check", "kd_loss", wrong, "--seed", "123", "--json"]) == 1
+        sheet = json.loads(capsys.readouterr().out)
+        assert sheet["seed"] == 123 and sheet["exercises"][0]["seed"] == 123
+        texts.append(sheet["exercises"][0]["checks"])
+    assert texts[0] == texts[1]
+    assert main(["check", "kd_loss", wrong]) == 1
+    out = capsys.readouterr().out
+    assert "— seed " in out and "--seed" in out
+
+
+def test_expected_and_got_are_printed_with_digits_that_differ():
+    text = grading.expected_got(1.2345678901, 1.2345679901)
+    expected, got = text.split(", got ")
+    assert expected.split()[-1] != got.split()[0] and "relative error 8.1e-08" in text
 
 
 @pytest.mark.grid

@@ -5,9 +5,11 @@
     python -m minidist.exercises check NAME [DIR|FILE]     # grades DIR/NAME.py
     python -m minidist.exercises check NAME --reference    # grades minidist's own implementation
     python -m minidist.exercises check --all DIR [--json]  # every exercise in DIR: a score sheet
+    python -m minidist.exercises check NAME [DIR] --seed N # the held-out inputs of an earlier run
     python -m minidist.exercises hint NAME
 
-``check`` exits with status 0 only when every check passes.
+``check`` exits with status 0 only when every check passes. Each run draws held-out inputs
+from a seed it prints (and puts in ``--json``); ``--seed N`` grades on the same inputs again.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import os
 import sys
 
 from . import EXERCISES, get, grade, topics
+from .grading import new_seed
 
 
 def _path(name: str, where: str) -> str:
@@ -47,17 +50,19 @@ def cmd_start(args) -> int:
 
 
 def cmd_check(args) -> int:
+    seed = new_seed() if args.seed is None else args.seed
     if args.all:
-        reports = [grade(ex, _path(ex.NAME, args.all)) for ex in EXERCISES.values()]
+        reports = [grade(ex, _path(ex.NAME, args.all), seed=seed) for ex in EXERCISES.values()]
     elif args.name is None:
         print("check needs an exercise NAME or --all DIR", file=sys.stderr)
         return 2
     else:
         ex = get(args.name)
-        reports = [grade(ex, reference=True) if args.reference else grade(ex, _path(ex.NAME, args.dir))]
+        reports = [grade(ex, reference=True, seed=seed) if args.reference else
+                   grade(ex, _path(ex.NAME, args.dir), seed=seed)]
     ok = all(r.status == "passed" for r in reports)
     if args.json:
-        sheet = {"passed": ok, "score": round(sum(r.score for r in reports), 3), "max_score": len(reports),
+        sheet = {"passed": ok, "seed": seed, "score": round(sum(r.score for r in reports), 3), "max_score": len(reports),
                  "exercises": [r.to_dict() for r in reports]}
         print(json.dumps(sheet, indent=2))
     else:
@@ -66,6 +71,7 @@ def cmd_check(args) -> int:
             done = sum(r.status == "passed" for r in reports)
             print(f"\n{done}/{len(reports)} exercises passed; score {sum(r.score for r in reports):.2f}"
                   f"/{len(reports)}")
+        print(f"(held-out inputs from seed {seed}: add --seed {seed} to grade on the same ones again)")
     return 0 if ok else 1
 
 
@@ -92,6 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--all", metavar="DIR", help="grade every exercise's file in DIR")
     p.add_argument("--reference", action="store_true", help="grade minidist's own implementation")
     p.add_argument("--json", action="store_true", help="print a JSON score sheet")
+    p.add_argument("--seed", type=int, help="draw the held-out inputs from this seed (default: a fresh one, printed)")
     p.set_defaults(fn=cmd_check)
     p = sub.add_parser("hint", help="hints for one exercise")
     p.add_argument("name")

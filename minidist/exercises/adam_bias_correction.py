@@ -8,14 +8,14 @@ import numpy as np
 
 from .. import optim
 from ..model import GPT, GPTConfig
-from .grading import Wrong, compare, diagnose
+from .grading import Wrong, compare, diagnose, on_case, shapes
 
 NAME = "adam_bias_correction"
 TOPIC = "optimizers"
 TITLE = "Adam with bias correction, one step on arrays"
 NOTEBOOK = "01_autograd_and_memory"
 FUNCTIONS = ("adam_step",)
-FORBIDDEN = ("Adam", "AdamW", "optim")
+FORBIDDEN = ("minidist.optim", "torch", "optax")     # optimizers that would do the step
 
 STUB = '''"""Adam (Kingma & Ba 2015, Algorithm 1) — the optimizer whose two moments are most of
 ZeRO's K = 12 bytes per parameter.
@@ -33,6 +33,13 @@ and returns nothing. ``t`` is the number of this step, starting at 1.
 Without the corrections the first step would move each weight by about
 lr * (1 - beta1) / sqrt(1 - beta2) ≈ 3.2 * lr instead of lr. minidist runs your function
 as the update of its Adam optimizer while training a tiny GPT.
+
+The arrays may have any shape (1 to 4 axes) and be float32 or float64; they must keep
+their dtype (an in-place update does). The grader also tries shapes, dtypes and
+hyper-parameters of its own, drawn from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): minidist.optim, torch,
+optax. Helpers of your own may have any name.
 """
 import numpy as np
 
@@ -72,12 +79,15 @@ def _mistake(**kw):
     return lambda p, g, m, v, t, lr, b1, b2, eps: _model(p, g, m, v, t, lr, b1, b2, eps, **kw)
 
 
+T_MINUS_ONE = ("your bias corrections use t - 1: at step t = 1 that divides by 1 - beta**0 = 0, hence NaN or inf. "
+               "t is already the number of this step (1, 2, …): use beta1**t and beta2**t")
 MISTAKES = [
     (_mistake(corr1=False, corr2=False), "you skip both bias corrections: divide m by (1 - beta1**t) and v by "
                                          "(1 - beta2**t)"),
     (_mistake(corr1=False), "you correct v but not m: m_hat = m / (1 - beta1**t)"),
     (_mistake(corr2=False), "you correct m but not v: v_hat = v / (1 - beta2**t)"),
     (_mistake(t_shift=1), "your bias corrections use t + 1: t is already the number of this step (1, 2, …)"),
+    (_mistake(t_shift=-1), T_MINUS_ONE),
     (_mistake(eps_in=True), "you put eps inside the square root: sqrt(v_hat) + eps"),
     (_mistake(square=False), "your second moment averages |grad|, not grad**2"),
 ]
@@ -88,32 +98,56 @@ def _arrays(seed, n=6):
     return rng.normal(size=n), [rng.normal(size=n) * 10.0 ** rng.integers(-3, 1) for _ in range(4)]
 
 
-def _steps(sol, hyper, what):
-    param, grads = _arrays(0)
+def _steps(sol, hyper, what, arrays=None):
+    param, grads = arrays if arrays is not None else _arrays(0)
     mine = [param.copy(), np.zeros_like(param), np.zeros_like(param)]
     ref = [param.copy(), np.zeros_like(param), np.zeros_like(param)]
     lr, (b1, b2), eps = hyper["lr"], hyper["betas"], hyper["eps"]
+    tol = {"rtol": 1e-4, "atol": 1e-7} if param.dtype == np.float32 else {"rtol": 1e-7, "atol": 1e-12}
     for t, g in enumerate(grads, start=1):
         before = [a.copy() for a in mine]
-        out = sol.adam_step(mine[0], g.copy(), mine[1], mine[2], t, **hyper)
+        with on_case(sol, f"{what}: step {t}"):
+            out = sol.adam_step(mine[0], g.copy(), mine[1], mine[2], t, **hyper)
         reference().adam_step(ref[0], g.copy(), ref[1], ref[2], t, **hyper)
         if out is not None and np.shape(out) == param.shape and np.allclose(mine[0], before[0]):
             raise Wrong("adam_step returned a new parameter array but left `param` unchanged: update it in place "
                         "(param -= ...), the optimizer keeps using the same array")
         for name, i in (("m", 1), ("v", 2)):
             if np.array_equal(mine[i], before[i]) and not np.array_equal(ref[i], before[i]):
-                raise Wrong(f"step {t}: `{name}` did not change: update it in place ({name} *= beta; "
+                raise Wrong(f"{what}: step {t}: `{name}` did not change: update it in place ({name} *= beta; "
                             f"{name} += ...), a plain `{name} = ...` only rebinds a local name")
+        for name, a in (("param", mine[0]), ("m", mine[1]), ("v", mine[2])):
+            if a.dtype != param.dtype:
+                raise Wrong(f"{what}: `{name}` became {a.dtype}; it was {param.dtype}: update the arrays in place, "
+                            f"which keeps their dtype")
         try:
-            compare(mine[0], ref[0], f"{what}: param after step {t}", rtol=1e-7, atol=1e-12)
+            compare(mine[0], ref[0], f"{what}: param after step {t}", **tol)
         except Wrong as exc:
-            why = diagnose(mine[0], MISTAKES, before[0], g, before[1], before[2], t, lr, b1, b2, eps, rtol=1e-7)
-            ratio = (before[0] - mine[0]) / (before[0] - ref[0])
+            args = [a.astype(np.float64) for a in (before[0], g, before[1], before[2])]
+            why = diagnose(mine[0], MISTAKES, *args, t, lr, b1, b2, eps, **tol)
+            if not why and not np.isfinite(mine[0]).all() and t == 1:
+                why = T_MINUS_ONE
+            with np.errstate(all="ignore"):
+                ratio = (before[0] - mine[0]) / (before[0] - ref[0])
             extra = f"\nY{why[1:]}." if why else (f"\nYour step is {np.median(ratio):.3g}× Adam's."
                                                   if np.all(np.isfinite(ratio)) else "")
             raise Wrong(f"{exc}{extra}") from None
         for name, i in (("m", 1), ("v", 2)):
-            compare(mine[i], ref[i], f"{what}: {name} after step {t}", rtol=1e-7, atol=1e-15)
+            compare(mine[i], ref[i], f"{what}: {name} after step {t}", rtol=tol["rtol"], atol=1e-15)
+
+
+def held_out(sol, rng):
+    """Arrays of 1 to 4 axes, float64 and float32, hyper-parameters of the grader's."""
+    for i, shape in enumerate(shapes(rng, 4, 1, 4, size=(1, 5))):
+        dtype = (np.float64, np.float32)[i % 2]
+        param = rng.normal(size=shape).astype(dtype)
+        grads = [(rng.normal(size=shape) * 10.0 ** rng.integers(-3, 1)).astype(dtype) for _ in range(4)]
+        hyper = {"lr": float(10 ** rng.uniform(-3, -1)), "betas": (float(rng.uniform(0.5, 0.95)),
+                                                                    float(rng.uniform(0.9, 0.9999))),
+                 "eps": float(10 ** rng.uniform(-8, -3))}
+        what = (f"{np.dtype(dtype)} arrays of shape {shape}, lr = {hyper['lr']:.3g}, betas = "
+                f"({hyper['betas'][0]:.3g}, {hyper['betas'][1]:.4g}), eps = {hyper['eps']:.2g}")
+        _steps(sol, hyper, what, (param, grads))
 
 
 def _check(hyper, what):
@@ -152,5 +186,6 @@ CHECKS = [
     ("4 steps with the default hyper-parameters", _check({}, "default betas")),
     ("4 steps with betas = (0.5, 0.9), lr = 0.1, eps = 1e-3", _check({"lr": 0.1, "betas": (0.5, 0.9), "eps": 1e-3},
                                                                       "betas (0.5, 0.9)")),
+    ("held out: arrays of 1 to 4 axes, float32 and float64, the grader's hyper-parameters", held_out),
     ("3 training steps of a tiny GPT equal minidist's Adam", check_gpt),
 ]

@@ -13,7 +13,7 @@ TOPIC = "mixed precision"
 TITLE = "Dynamic loss scaling with DeepSpeed's window and hysteresis"
 NOTEBOOK = "04_mixed_precision"
 FUNCTIONS = ("LossScaler",)
-FORBIDDEN = ("DynamicLossScaler", "loss_scaler")
+FORBIDDEN = ("minidist.precision", "deepspeed", "torch")     # loss scalers that would do the work
 
 STUB = '''"""DeepSpeed's dynamic loss scaler (deepspeed/runtime/fp16/loss_scaler.py).
 
@@ -41,6 +41,12 @@ and ``cur_hysteresis`` (starts at delayed_shift):
 
 So with scale_window = 3 and no overflow the scale doubles after iterations 2, 5, 8, …;
 with delayed_shift = 2 the first overflow only spends hysteresis, the second halves S.
+The scale is any positive number, not only a power of scale_factor: with init_scale = 12,
+scale_factor = 2 and min_scale = 2, overflows take it to 6, 3, then max(1.5, 2) = 2.
+
+The grader also tries settings and overflow patterns of its own, drawn from the seed it
+prints. Not allowed (the grader looks at what your code calls or imports):
+minidist.precision, deepspeed, torch. Helpers of your own may have any name.
 """
 
 
@@ -81,7 +87,12 @@ class _Model:
         m = self.mistake
         if overflow:
             if m == "no hysteresis" or self.d == 1 or self.hyst == 1:
-                self.loss_scale = self.loss_scale / self.f if m == "no floor" else max(self.loss_scale / self.f, self.min)
+                if m == "no floor":
+                    self.loss_scale = self.loss_scale / self.f
+                elif m == "stop above floor":
+                    self.loss_scale = self.loss_scale / self.f if self.loss_scale / self.f >= self.min else self.loss_scale
+                else:
+                    self.loss_scale = max(self.loss_scale / self.f, self.min)
             else:
                 self.hyst -= 1
             if m != "window from start":
@@ -92,6 +103,8 @@ class _Model:
             since = self.it + 1 if m == "window from start" else self.it - self.last
             if m == "window off by one":
                 since -= 1
+            elif m == "window early":
+                since += 1
             if since % self.w == 0 and (m != "window off by one" or since > 0):
                 if m != "never refill":
                     self.hyst = self.d
@@ -108,8 +121,13 @@ MISTAKES = {
     "refill every clean step": "you refill the hysteresis after every clean step (that is DeepSpeed's "
                                "consecutive_hysteresis option, off by default): refill only when the scale grows",
     "no floor": "the scale went below min_scale: back off with max(scale / scale_factor, min_scale)",
+    "stop above floor": "a back-off that would go below min_scale keeps the old scale; it must land ON the floor: "
+                        "scale = max(scale / scale_factor, min_scale)",
     "window off by one": "your scale grows one iteration late: with last_overflow_iter = -1 the first growth comes "
                          "after iteration scale_window - 1 (cur_iter counts from 0 and is incremented last)",
+    "window early": "your scale grows one iteration early: the window is (cur_iter - last_overflow_iter) % "
+                    "scale_window == 0 with cur_iter before its increment (the first growth after iteration "
+                    "scale_window - 1, not scale_window - 2)",
 }
 
 
@@ -142,13 +160,28 @@ def _run(sol, kwargs, pattern, what):
             mistake = f"\nThat is the trace of a scaler where {text}."
             break
     step = "after the last update" if i == len(pattern) else f"at iteration {i}"
-    raise Wrong(f"{what} ({cfg}): {step} ({history}) the scale should be {want[i]:g}, yours is {got[i]:g}.\n"
-                f"expected scales: {', '.join(f'{v:g}' for v in want[:i + 2])}, …\n"
-                f"yours:           {', '.join(f'{v:g}' for v in got[:i + 2])}, …{mistake}")
+    raise Wrong(f"{what} ({cfg}): {step} ({history}) the scale should be {want[i]:.10g}, yours is {got[i]:.10g}.\n"
+                f"expected scales: {', '.join(f'{v:.10g}' for v in want[:i + 2])}, …\n"
+                f"yours:           {', '.join(f'{v:.10g}' for v in got[:i + 2])}, …{mistake}")
 
 
 def _check(kwargs, pattern, what):
     return lambda sol: _run(sol, kwargs, pattern, what)
+
+
+def held_out(sol, rng):
+    """Settings of the grader's: a scale that is no power of the factor and reaches the floor
+    between two values, factors 1.5 to 4, windows 1 to 6, hysteresis 1 to 3, overflow bursts."""
+    for _ in range(3):
+        factor = float(rng.choice([1.5, 2.0, 3.0, 4.0]))
+        min_scale = float(rng.choice([1.0, 2.0, 0.5, 8.0]))
+        k, shift = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        init = round(min_scale * factor ** k * float(rng.uniform(1.1, factor - 0.05)), 2)   # no power of the factor
+        pattern = [bool(v) for v in rng.random(12) < 0.3] + [True] * (k + 2 * shift + 2) + \
+                  [bool(v) for v in rng.random(20) < 0.2]
+        kwargs = {"init_scale": init, "scale_factor": factor, "scale_window": int(rng.integers(1, 7)),
+                  "min_scale": min_scale, "delayed_shift": shift}
+        _run(sol, kwargs, pattern, "held-out settings")
 
 
 _rng = np.random.default_rng(3)
@@ -168,6 +201,8 @@ CHECKS = [
             "refill")),
     ("the scale never goes below min_scale",
      _check({"init_scale": 8.0, "scale_window": 100, "min_scale": 2.0}, [1, 1, 1, 1, 0], "floor")),
+    ("held out: scales that reach min_scale between two values, other factors, windows and hysteresis",
+     held_out),
     ("60 iterations of random overflows (window 4, delayed_shift 3, factor 4)",
      _check({"init_scale": 2.0 ** 16, "scale_factor": 4.0, "scale_window": 4, "delayed_shift": 3, "min_scale": 1.0},
             RANDOM, "random overflows")),

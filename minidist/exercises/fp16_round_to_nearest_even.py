@@ -7,19 +7,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..numerics import quantize
-from .grading import Wrong, as_array
+from .grading import Wrong, as_array, on_case, shapes
 
 NAME = "fp16_round_to_nearest_even"
 TOPIC = "mixed precision"
 TITLE = "Round float32 to fp16 (ties to even) with integer operations on the bits"
 NOTEBOOK = "04_mixed_precision"
 FUNCTIONS = ("round_to_fp16",)
-FORBIDDEN = ("float16", "half", "quantize", "to_bits", "from_bits")
+# NumPy's half type under any spelling (np.half is np.float16; dtype strings and struct's "e" are
+# resolved too) and minidist's own rounding; a constant of the student's called `half` is theirs
+FORBIDDEN = ("numpy.float16", "minidist.numerics", "minidist.precision", "torch")
 
 STUB = '''"""Round float32 values to the nearest fp16 value — what ``x.half()`` does on a GPU.
 
-Write ``round_to_fp16(x)``: ``x`` is a float32 array; return a float32 array of the same
-shape whose every value is exactly representable in IEEE fp16 (1 sign bit, 5 exponent
+Write ``round_to_fp16(x)``: ``x`` is a float32 array of any shape (0-D to 4-D); return a
+float32 array of the same shape whose every value is exactly representable in IEEE fp16 (1 sign bit, 5 exponent
 bits with bias 15, 10 mantissa bits), chosen by **round to nearest, ties to even**
 (IEEE 754 §4.3.1). Do not use np.float16 or any half-precision cast: work on the bits.
 
@@ -39,7 +41,13 @@ dropping the low 13 mantissa bits of the float32 pattern ``b = x.view(np.uint32)
   (2**-25 rounds to 0, 3 * 2**-25 to 2**-23).
 
 Useful: ``b = x.view(np.uint32)``, ``(b >> 13) & 1``, ``np.uint32(0x1FFF)``,
-``y.view(np.float32)``. ``np.rint`` rounds half to even, too.
+``y.view(np.float32)``. ``np.rint`` rounds half to even, too. The grader also tries values
+and shapes of its own (ties, subnormals, values near 65504), drawn from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): NumPy's half type under
+any spelling — np.float16, np.half, x.astype("float16"), dtype "e" or "f2", struct's "e"
+format — and minidist.numerics, minidist.precision, torch. Constants and helpers of your own
+may have any name (``half = ...`` is fine).
 """
 import numpy as np
 
@@ -110,7 +118,8 @@ def _why(x: float, want: float, got: float) -> str:
 
 def _compare(sol, xs, what):
     x = np.array(xs, dtype=np.float32)
-    got = as_array(sol.round_to_fp16(x.copy()), what)
+    with on_case(sol, f"{what}: x of shape {x.shape}"):
+        got = as_array(sol.round_to_fp16(x.copy()), what)
     want = np.asarray(quantize(x, "fp16"), dtype=np.float64)
     if got.shape != x.shape:
         raise Wrong(f"{what}: input of shape {x.shape}, you returned shape {got.shape}; keep the shape")
@@ -137,6 +146,24 @@ def check_random(sol):
     _compare(sol, mags * rng.choice([-1.0, 1.0], size=mags.size), "4000 random values, 2**-26 .. 2**16.5")
 
 
+def held_out(sol, rng):
+    """Shapes 1-D to 4-D of values the grader draws: fp16 values, exact ties between two of them
+    (normal and subnormal), values a hair above and below a tie, values near 65504."""
+    for shape in shapes(rng, 4, 1, 4, size=(1, 6)):
+        n = int(np.prod(shape))
+        exponent = rng.integers(-18, 16, size=n)                  # below -14: subnormal, grid step 2**-24
+        sub = exponent < -14
+        step = np.where(sub, 2.0 ** -24, 2.0 ** (exponent - 10))
+        grid = np.where(sub, rng.integers(0, 1 << 10, size=n), rng.integers(1 << 10, 1 << 11, size=n)) * step
+        kind = rng.integers(0, 5, size=n)
+        x = np.where(kind == 0, grid, grid + step / 2)                 # an fp16 value, or an exact tie
+        x = np.where(kind == 2, grid + step / 2 * (1 + 2.0 ** -8), x)  # just above a tie
+        x = np.where(kind == 3, grid + step / 2 * (1 - 2.0 ** -8), x)  # just below a tie
+        x = np.where(kind == 4, rng.uniform(65000, 65600, size=n), x)  # near the largest fp16 value
+        x = x * rng.choice([-1.0, 1.0], size=n)
+        _compare(sol, x.astype(np.float32).reshape(shape), f"held-out values, shape {shape}")
+
+
 U = 2.0 ** -10          # fp16's last mantissa bit at 1.0
 CHECKS = [
     ("fp16 values stay exactly as they are", _values([1.0, 0.5, -3.25, 65504.0, 2.0 ** -14, 0.0, 1 + U], "exact values")),
@@ -149,4 +176,5 @@ CHECKS = [
         [2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -25, 1e-8, 2.0 ** -15 + 2.0 ** -24, 5e-6, -1.5 * 2.0 ** -24],
         "subnormals")),
     ("4000 random values against minidist.numerics.quantize", check_random),
+    ("held out: shapes 1-D to 4-D of ties, near-ties, subnormals and values near 65504", held_out),
 ]

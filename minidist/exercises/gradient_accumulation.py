@@ -10,13 +10,14 @@ import numpy as np
 from .. import optim
 from ..model import GPT, GPTConfig
 from ..testing import max_abs_diff
-from .grading import Wrong
+from .grading import Wrong, on_case, plural
 
 NAME = "gradient_accumulation"
 TOPIC = "training"
 TITLE = "Gradient accumulation equals one big batch"
 NOTEBOOK = "03_data_parallel_and_zero"
 FUNCTIONS = ("train_step",)
+FORBIDDEN = ("minidist.training",)       # the trainer's own micro-step loop
 
 STUB = '''"""Gradient accumulation (DeepSpeed's ``gradient_accumulation_steps``).
 
@@ -37,6 +38,10 @@ Write ``train_step(model, optimizer, x, y, k)``:
 The batch loss is the mean over all B·T tokens, so each micro-batch's loss must be
 scaled by 1 / k before its backward. Gradients must start from zero and the optimizer
 must step exactly once per call. Backward works on a scaled loss: ``(loss * (1.0 / k)).backward()``.
+The grader also tries batch sizes, k and optimizers of its own, drawn from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): minidist.training (the
+trainer's own loop). Helpers of your own may have any name.
 """
 
 
@@ -59,11 +64,11 @@ def reference():
     return Reference
 
 
-def _variant(model, optimizer, x, y, k, scale=True, zero_inside=False, step_inside=False):
+def _variant(model, optimizer, x, y, k, scale=True, zero_inside=False, step_inside=False, drop_last=False):
     """The micro-step loop of Trainer.train_step, with one typical mistake switched on."""
     b = x.shape[0] // k
     total = 0.0
-    for i in range(k):
+    for i in range(k - 1 if drop_last else k):
         if zero_inside:
             optimizer.zero_grad()
         _, loss = model(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b])         # (b, T) micro-batch
@@ -85,6 +90,9 @@ MISTAKES = [
                             "to the step"),
     ({"step_inside": True}, "you step the optimizer after every micro-batch: that is k small steps, not one step "
                             "on the batch"),
+    ({"drop_last": True}, "you run k - 1 micro-batches: the last micro-batch's gradient is missing (range(k), "
+                          "micro-batch i is rows i*b .. (i+1)*b - 1)"),
+    ({"scale": False, "drop_last": True}, "you run k - 1 micro-batches and do not scale by 1/k"),
 ]
 
 CFG = GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8)
@@ -107,7 +115,9 @@ def _train(fn, k, steps, batch, opt_name, **kw):
 
 
 def _run(sol, k, steps, batch, opt_name):
-    got, losses = _train(sol.train_step, k, steps, batch, opt_name)
+    what = f"{opt_name.upper()}, batch {batch} in k = {plural(k, 'micro-batch', 'micro-batches')} of {batch // k}"
+    with on_case(sol, what):
+        got, losses = _train(sol.train_step, k, steps, batch, opt_name)
     want, ref_losses = _train(_variant, 1, steps, batch, opt_name)      # one rank, the whole batch at once
     diff = max_abs_diff(got, want)
     if diff > 1e-9:
@@ -117,8 +127,8 @@ def _run(sol, k, steps, batch, opt_name):
             if max_abs_diff(got, _train(_variant, k, steps, batch, opt_name, **kw)[0]) <= 1e-9:
                 why = f"\nY{text[1:]}."
                 break
-        raise Wrong(f"{opt_name.upper()}, batch {batch} in k = {k} micro-batches, {steps} step(s): the parameters "
-                    f"differ from one step on the whole batch by up to {diff:.3g} (largest in {name}).{why}")
+        raise Wrong(f"{what}, {plural(steps, 'step')}: the parameters differ from one step on the whole batch by up "
+                    f"to {diff:.3g} (largest in {name}).{why}")
     for step, (g, w) in enumerate(zip(losses, ref_losses)):
         try:
             g = float(g)
@@ -127,11 +137,17 @@ def _run(sol, k, steps, batch, opt_name):
         if abs(g - w) > 1e-9 * abs(w):
             why = "divide the sum of the micro-batches' losses by k" if abs(g - k * w) < 1e-6 * k * abs(w) \
                 else "return the mean of the micro-batches' losses"
-            raise Wrong(f"k = {k}, step {step + 1}: you returned loss {g:.6g}, the batch loss is {w:.6g} — {why}")
+            raise Wrong(f"{what}, step {step + 1}: the batch loss is {w:.10g}, you returned {g:.10g} — {why}")
 
 
 def _check(k, steps, batch, opt_name):
     return lambda sol: _run(sol, k, steps, batch, opt_name)
+
+
+def held_out(sol, rng):
+    """k from 2 to 5, micro-batches of 1 or 2 rows, SGD or Adam, two steps."""
+    k = int(rng.integers(2, 6))
+    _run(sol, k, 2, k * int(rng.integers(1, 3)), str(rng.choice(["sgd", "adam"])))
 
 
 CHECKS = [
@@ -139,4 +155,5 @@ CHECKS = [
     ("SGD: 4 micro-batches of 2 equal one batch of 8", _check(4, 1, 8, "sgd")),
     ("SGD, two steps: gradients start from zero each step", _check(2, 2, 4, "sgd")),
     ("Adam: 3 micro-batches, two steps", _check(3, 2, 6, "adam")),
+    ("held out: k, batch size and optimizer of the grader's", held_out),
 ]

@@ -9,14 +9,17 @@ import numpy as np
 
 from .. import functional as F
 from ..tensor import Tensor
-from .grading import Wrong, as_array, compare, diagnose
+from .grading import Wrong, as_array, compare, diagnose, on_case, shapes
 
 NAME = "layer_norm_backward"
 TOPIC = "autograd"
 TITLE = "Layer norm backward: dx, dweight, dbias"
 NOTEBOOK = "01_autograd_and_memory"
 FUNCTIONS = ("layer_norm_backward",)
-FORBIDDEN = ("layer_norm", "backward", "Tensor")
+# minidist's engine (its autograd computes this backward) and other autograd libraries; a helper of
+# the student's called layer_norm is theirs
+FORBIDDEN = ("minidist.tensor", "minidist.functional", "minidist.ops", "minidist.nn", "minidist.layers",
+             "minidist.model", "minidist.gradcheck", "torch", "jax", "autograd")
 
 STUB = '''"""The backward pass of layer normalisation (Ba et al. 2016), as minidist's engine needs it.
 
@@ -39,7 +42,14 @@ as x). Shapes: dx like x, dweight and dbias like weight.
   so each row of dx sums to zero (a layer norm's output does not change if the same
   number is added to every feature).
 
-Use NumPy only. The grader compares with minidist's autograd (F.layer_norm + backward).
+x may have 1 to 4 axes and be float32 or float64; eps is any positive number. Use NumPy
+only. The grader compares with minidist's autograd (F.layer_norm + backward), also on
+shapes, dtypes and eps of its own, drawn from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): minidist's engine
+(minidist.tensor, minidist.functional, minidist.ops, minidist.nn, minidist.layers,
+minidist.model, minidist.gradcheck), torch, jax, autograd. Helpers of your own may have any name (a ``layer_norm`` forward
+of your own is fine).
 """
 import numpy as np
 
@@ -116,6 +126,9 @@ def _case(seed, shape, scale=1.0):
 
 def _run(sol, g, x, w, eps=1e-5):
     out = sol.layer_norm_backward(g.copy(), x.copy(), w.copy(), eps)
+    if isinstance(out, (tuple, list)) and len(out) == 3 and any(o is None for o in out):
+        missing = [n for o, n in zip(out, ("dx", "dweight", "dbias")) if o is None]
+        raise Wrong(f"for x of shape {x.shape}: your {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} None")
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise Wrong(f"return the tuple (dx, dweight, dbias); you returned {type(out).__name__}"
                     + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
@@ -161,6 +174,31 @@ def _dx_check(seed, shape, eps, ones):
     return check
 
 
+def held_out(sol, rng):
+    """x with 1 to 4 axes (a feature axis of 2 to 6), float64 and float32, eps from 1e-6 to 0.5."""
+    for i, shape in enumerate(shapes(rng, 4, 1, 4, size=(2, 6))):
+        dtype = (np.float64, np.float32)[i % 2]
+        g, x, w = (a.astype(dtype) for a in _case(int(rng.integers(1 << 30)), shape))
+        eps = float(10.0 ** rng.uniform(-6, np.log10(0.5)))
+        case = f"{np.dtype(dtype)} x of shape {shape}, eps = {eps:.3g}"
+        with on_case(sol, case, "The statement promises x of 1 to 4 axes: sum over every axis but the last, "
+                                "however many there are (axis=tuple(range(x.ndim - 1)), not axis=(0, 1))"):
+            got = _run(sol, g, x, w, eps)
+        want = reference().layer_norm_backward(g, x, w, eps)
+        tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-6, "atol": 1e-8}
+        for name, mine, right in zip(("dx", "dweight", "dbias"), got, want):
+            if mine.shape != right.shape:
+                every = (" — sum over EVERY axis but the last, however many x has: "
+                         "grad_out.reshape(-1, C).sum(0) or .sum(axis=tuple(range(x.ndim - 1)))") if name != "dx" else ""
+                raise Wrong(f"{case}: {name} has shape {mine.shape}, expected {right.shape}{every}")
+            try:
+                compare(mine, right, f"{case}: {name}", **tol)
+            except Wrong as exc:
+                why = diagnose(mine, DX_MISTAKES, *(a.astype(np.float64) for a in (g, x, w)), eps,
+                               **tol) if name == "dx" else ""
+                raise Wrong(f"{exc}" + (f"\nY{why[1:]}." if why else "")) from None
+
+
 CHECKS = [
     ("shapes: dx like x, dweight and dbias like weight", check_shapes),
     ("dbias = grad_out summed over all positions", _param_grad(2, "dbias", "grad_out summed over every axis but the last")),
@@ -169,4 +207,5 @@ CHECKS = [
     ("dx with weight = 1", _dx_check(2, (4, 6), 1e-5, True)),
     ("dx with a random weight, (2, 3, 8) input", _dx_check(3, (2, 3, 8), 1e-5, False)),
     ("dx with a large eps = 0.5 (eps inside the square root)", _dx_check(4, (3, 4), 0.5, False)),
+    ("held out: x with 1 to 4 axes, float32 and float64, eps of the grader's", held_out),
 ]

@@ -15,8 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import distributed as dist
-from .grading import Wrong, as_array
+from .grading import Wrong, as_array, expected_got
 
+# minidist's own collectives (and the modules that implement them): the collectives exercises forbid
+# calling or importing them, never a helper of the student's that has the same name
+COLLECTIVES = ("minidist.distributed.all_reduce", "minidist.distributed.reduce_scatter",
+               "minidist.distributed.all_gather", "minidist.distributed.reduce", "minidist.distributed.broadcast",
+               "minidist.distributed.halving_doubling", "minidist.distributed.collectives")
 RANK_TIMEOUT = 5.0       # seconds a rank waits for a message before the grader calls it a hang
 
 
@@ -102,35 +107,68 @@ def tagged_diagnosis(fn, p: int, n: int, chunk_of_result, rule: str = "") -> str
             + "\n  ".join(lines[:4]) + (f"\n{rule}" if rule else ""))
 
 
-def check_results(outs, expected, p: int, what: str, bounds=None, hint: str = "") -> None:
-    """Every rank's result equals ``expected[rank]``; a wrong one is named by rank and chunk."""
+def check_results(outs, expected, p: int, what: str, bounds=None, hint: str = "", dtype=None) -> None:
+    """Every rank's result equals ``expected[rank]``; a wrong one is named by rank and chunk.
+    With ``dtype`` (the input's), no result may be narrower (float32 inputs compared to 1e-5)."""
+    rtol = 1e-5 if dtype is not None and np.dtype(dtype) == np.float32 else 1e-9
     for r, (got, exp) in enumerate(zip(outs, expected)):
+        check_dtype(got, dtype, f"{what}: rank {r}")
         got = as_array(got, f"rank {r}")
         exp = np.asarray(exp, dtype=np.float64)
         if got.shape != exp.shape:
             raise Wrong(f"{what}: rank {r} returned shape {got.shape}, expected {exp.shape}. {hint}".strip())
-        bad = ~np.isclose(got, exp, rtol=1e-9, atol=1e-9)
+        scale = float(np.abs(exp).max()) if exp.size else 1.0
+        bad = ~np.isclose(got, exp, rtol=rtol, atol=rtol * scale)
         if bad.any():
             i = int(np.flatnonzero(bad.reshape(-1))[0])
             chunk = ""
             if bounds is not None:
                 c = next(k for k, (a, b) in enumerate(bounds) if a <= i < b)
-                chunk = f" chunk {c} (elements {bounds[c][0]}..{bounds[c][1] - 1}),"
-            raise Wrong(f"{what}: rank {r},{chunk} element {i}: expected {exp.reshape(-1)[i]:.6g}, got "
-                        f"{got.reshape(-1)[i]:.6g} ({int(bad.sum())} of {bad.size} elements wrong). {hint}".strip())
+                chunk = f" chunk {c} (elements {bounds[c][0]}..{bounds[c][1] - 1} of the flattened array),"
+            raise Wrong(f"{what}: rank {r},{chunk} element {i}: {expected_got(exp.reshape(-1)[i], got.reshape(-1)[i])}; "
+                        f"{int(bad.sum())} of {bad.size} elements wrong. {hint}".strip())
 
 
-def describe_sends(sends, itemsize: int = 8) -> str:
-    return ", ".join(f"{e.nbytes // itemsize} elements to rank {e.peer}" for e in sends[:6]) + \
+def check_dtype(got, dtype, where: str) -> None:
+    """The dtype is kept: a result may be x's dtype or a wider float, never a narrower one
+    (a float64 input summed in float32 loses half its digits)."""
+    if dtype is None or not isinstance(got, np.ndarray):
+        return
+    dtype = np.dtype(dtype)
+    if got.dtype.kind != "f" or got.dtype.itemsize < dtype.itemsize:
+        raise Wrong(f"{where} returned a {got.dtype} array for a {dtype} input: keep x's dtype (make buffers "
+                    f"with dtype=x.dtype); {got.dtype} cannot hold every {dtype} sum.")
+
+
+def elements(entry, dtype) -> float:
+    """A message's size in elements of ``dtype`` (the array's own: 4 bytes for float32)."""
+    return entry.nbytes / np.dtype(dtype).itemsize
+
+
+def _count(v: float):
+    return int(v) if v == int(v) else round(v, 2)
+
+
+def describe_sends(sends, dtype=np.float64) -> str:
+    return ", ".join(f"{_count(elements(e, dtype))} elements to rank {e.peer}" for e in sends[:6]) + \
         (" …" if len(sends) > 6 else "")
 
 
-def check_ring_traffic(sends, p: int, n: int, steps: int, exact_chunk: bool, name: str) -> None:
-    """A ring: every rank sends ``steps`` messages, each one chunk of about n/p elements, all
-    to its right neighbour (rank+1) % p. Wrong patterns are named (gather-to-root, whole
-    vector, wrong neighbour, extra or missing steps)."""
+def check_ring_traffic(sends, p: int, n: int, steps: int, exact_chunk: bool, name: str,
+                       dtype=np.float64, shape=None) -> None:
+    """A ring: every rank sends ``steps`` messages, each one chunk of about n/p elements of the
+    array's ``dtype`` (or of float64, for a solution that works in a float64 buffer), all to
+    its right neighbour (rank+1) % p. Wrong patterns are named (gather-to-root, whole vector,
+    wrong neighbour, extra or missing steps, rows of an unflattened array)."""
+    dtype = np.dtype(dtype)
+    if dtype.itemsize < 8 and all(len(sends[r]) == steps and
+                                  all(e.nbytes % 8 == 0 and e.nbytes // 8 in ({-(-n // p)} if exact_chunk else
+                                                                              {n // p, -(-n // p)}) for e in sends[r])
+                                  for r in range(p)) and all(e.peer == (r + 1) % p for r in range(p) for e in sends[r]):
+        return              # a ring that works in float64: the same number of elements, each 8 bytes
     c = -(-n // p)
     allowed = {c} if exact_chunk else {n // p, c}
+    what = f"a {dtype} array of {n} elements" + (f", shape {tuple(shape)}" if shape is not None and len(shape) > 1 else "")
     to_zero = [r for r in range(1, p) if sends[r] and all(e.peer == 0 for e in sends[r])]
     if p > 2 and len(to_zero) == p - 1:
         raise Wrong(f"traffic: ranks 1..{p - 1} all send to rank 0: that is gather-to-root (reduce then "
@@ -143,17 +181,22 @@ def check_ring_traffic(sends, p: int, n: int, steps: int, exact_chunk: bool, nam
             raise Wrong(f"traffic: rank {r} sends to rank{'s' if len(peers) > 1 else ''} "
                         f"{', '.join(map(str, peers))}, but in a ring rank {r} sends only to its right "
                         f"neighbour {right} = (rank + 1) % {p} (and receives from (rank - 1) % {p}).")
-        sizes = [e.nbytes // 8 for e in sends[r]]
+        sizes = [_count(elements(e, dtype)) for e in sends[r]]
         if sizes and max(sizes) >= n and n > c:
-            raise Wrong(f"traffic: rank {r} sends the whole vector ({n} elements) in one message: "
-                        f"{describe_sends(sends[r])}. A ring cuts it into {p} chunks of "
+            raise Wrong(f"traffic on {what}: rank {r} sends the whole array ({n} elements) in one message: "
+                        f"{describe_sends(sends[r], dtype)}. A ring cuts it into {p} chunks of "
                         f"{'ceil(n/p) = ' if exact_chunk else 'about n/p = '}{c} elements and passes one "
                         f"chunk per step — that is what makes it bandwidth-optimal.")
         if len(sizes) != steps:
-            raise Wrong(f"traffic: rank {r} sent {len(sizes)} messages ({describe_sends(sends[r])}); "
+            raise Wrong(f"traffic on {what}: rank {r} sent {len(sizes)} messages ({describe_sends(sends[r], dtype)}); "
                         f"{name} on {p} ranks takes exactly {steps} steps of one message each.")
         wrong = [s for s in sizes if s not in allowed]
         if wrong:
             want = f"{c} elements (ceil({n}/{p}), padding included)" if exact_chunk else \
-                f"one chunk ({' or '.join(map(str, sorted(allowed)))} elements)"
-            raise Wrong(f"traffic: rank {r} sent messages of {sizes} elements; each step sends {want}.")
+                f"one chunk of the flattened array ({' or '.join(map(str, sorted(allowed)))} elements)"
+            why = ""
+            if shape is not None and len(shape) > 1 and all(s % int(np.prod(shape[1:])) == 0 for s in sizes):
+                why = (f" Each of your messages is a number of whole rows of the {tuple(shape)} array: "
+                       f"np.array_split(x, p) splits a 2-D array along its first axis; cut x.reshape(-1) instead.")
+            raise Wrong(f"traffic on {what}: rank {r} sent messages of {sizes} {dtype} elements; each step sends "
+                        f"{want}.{why}")

@@ -7,20 +7,21 @@ from __future__ import annotations
 import numpy as np
 
 from .. import distributed as dist
-from .grading import Wrong
-from .ranks import chunk_bounds, check_results, check_ring_traffic, run_on_ranks, tagged_diagnosis
+from .grading import Wrong, shapes
+from .ranks import COLLECTIVES, chunk_bounds, check_results, check_ring_traffic, run_on_ranks, tagged_diagnosis
 
 NAME = "ring_all_reduce"
 TOPIC = "collectives"
 TITLE = "Ring all-reduce on comm.send / comm.recv"
 NOTEBOOK = "02_collectives"
 FUNCTIONS = ("ring_all_reduce",)
-FORBIDDEN = ("all_reduce", "reduce_scatter", "all_gather")      # minidist's own collectives
+FORBIDDEN = COLLECTIVES                     # minidist's own collectives: what a student may call, not name
 
 STUB = '''"""Ring all-reduce, written on point-to-point messages only.
 
-Every rank holds an array ``x`` of the same shape; afterwards every rank must hold the
-element-wise SUM over all ranks. Do it the way NCCL does (Patarasuk & Yuan 2009):
+Every rank holds an array ``x`` of the same shape (any shape, 1-D to 4-D; float32 or
+float64, the same on every rank); afterwards every rank must hold the element-wise SUM over
+all ranks. Do it the way NCCL does (Patarasuk & Yuan 2009):
 
 1. Cut the flattened ``x`` into p chunks (p = comm.size), e.g. with ``np.array_split``.
 2. Reduce-scatter, p - 1 steps: in step s, rank r sends its running sum of chunk
@@ -34,12 +35,21 @@ Use only ``comm.send(array, dest)``, ``comm.recv(source)`` (or ``comm.isend``/``
 + ``.wait()``) and ``comm.rank`` / ``comm.size``. A send does not wait for the receiver
 here (buffered), so "send, then receive" in every step does not deadlock.
 
-Each rank must send exactly 2(p - 1) messages of about n/p elements, all to its right
+Each rank must send exactly 2(p - 1) messages of about n/p elements (n = x.size, counted
+in x's own dtype, or in float64 if you work in a float64 buffer), all to its right
 neighbour: ``2(p-1)/p * n`` elements in total, the bandwidth-optimal volume. The grader
 reads ``comm.log`` to check that; gathering everything to rank 0 is not a ring.
 
-Return a NEW array with the shape of ``x`` (do not modify ``x``). It must work for any
-p >= 2 and any n, also when p does not divide n.
+Return a NEW array with the shape of ``x`` in x's dtype (float64 for a float32 x is fine
+too; a narrower dtype is not) and do not modify ``x``. It must work
+for any p >= 2 and any n, also when p does not divide n. The grader also tries shapes,
+dtypes and rank counts of its own, drawn from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): minidist's collectives
+dist.all_reduce, dist.reduce_scatter, dist.all_gather, dist.reduce and dist.broadcast
+(and their modules, such as minidist.distributed.halving_doubling and
+minidist.distributed.collectives).
+Helpers of your own may have any name (a ``reduce_scatter`` of your own is fine).
 
 Try it:  python -m minidist.exercises check ring_all_reduce
 """
@@ -76,23 +86,26 @@ def reference():
     return Reference
 
 
-def _inputs(p, shape, seed):
+def _inputs(p, shape, seed, dtype=np.float64, integers=True):
     rng = np.random.default_rng(seed)
-    return [rng.integers(-9, 10, size=shape).astype(np.float64) for _ in range(p)]
+    if integers:
+        return [rng.integers(-9, 10, size=shape).astype(dtype) for _ in range(p)]
+    return [(rng.normal(size=shape) * 10).astype(dtype) for _ in range(p)]
 
 
-def _result_check(sol, p, shape, seed):
-    xs = _inputs(p, shape, seed)
+def _result_check(sol, p, shape, seed, dtype=np.float64, integers=True):
+    xs = _inputs(p, shape, seed, dtype, integers)
     outs, _ = run_on_ranks(sol.ring_all_reduce, xs)
-    total = sum(xs)
+    total = sum(x.astype(np.float64) for x in xs)
     n = int(np.prod(shape))
-    means = [o is not None and np.shape(o) == shape and np.allclose(o, total / p) for o in outs]
+    what = f"sum on {p} ranks, {np.dtype(dtype)} array of shape {shape}"
+    means = [o is not None and np.shape(o) == shape and np.allclose(o, total / p, rtol=1e-5) for o in outs]
     if all(means) and p > 1:
-        raise Wrong(f"on {p} ranks every rank returned the MEAN (sum / {p}); all-reduce here returns the SUM.")
+        raise Wrong(f"{what}: every rank returned the MEAN (sum / {p}); all-reduce here returns the SUM.")
     try:
-        check_results(outs, [total] * p, p, f"sum on {p} ranks, shape {shape}", chunk_bounds(n, p))
+        check_results(outs, [total] * p, p, what, chunk_bounds(n, p), dtype=dtype)
     except Wrong as exc:
-        why = tagged_diagnosis(sol.ring_all_reduce, p, 2 * p, _chunk_of, RULE)
+        why = tagged_diagnosis(sol.ring_all_reduce, p, 2 * p, _chunk_of, RULE) if "keep x's dtype" not in str(exc) else ""
         raise Wrong(f"{exc}\n{why}".strip()) from None
 
 
@@ -105,11 +118,26 @@ def _check(p, shape, seed):
     return lambda sol: _result_check(sol, p, shape, seed)
 
 
-def _traffic(p, n, seed):
+def _traffic(p, shape, seed, dtype=np.float64):
     def check(sol):
-        _, sends = run_on_ranks(sol.ring_all_reduce, _inputs(p, (n,), seed))
-        check_ring_traffic(sends, p, n, 2 * (p - 1), exact_chunk=False, name="ring all-reduce")
+        _, sends = run_on_ranks(sol.ring_all_reduce, _inputs(p, shape, seed, dtype))
+        check_ring_traffic(sends, p, int(np.prod(shape)), 2 * (p - 1), exact_chunk=False, name="ring all-reduce",
+                           dtype=dtype, shape=shape)
     return check
+
+
+def held_out_values(sol, rng):
+    """Shapes 1-D to 4-D, float64 and float32, non-integer values, 2 to 6 ranks."""
+    for i, shape in enumerate(shapes(rng, 4, 1, 4, size=(1, 5))):
+        dtype = (np.float64, np.float32)[i % 2]
+        _result_check(sol, int(rng.integers(2, 7)), shape, int(rng.integers(1 << 30)), dtype, integers=False)
+
+
+def held_out_traffic(sol, rng):
+    """An unflattened (a, b) float32 array with fewer rows than ranks, then a 3-D float64 one."""
+    p = int(rng.integers(3, 6))
+    _traffic(p, (int(rng.integers(1, p)), int(rng.integers(3, 7))), int(rng.integers(1 << 30)), np.float32)(sol)
+    _traffic(p, tuple(int(v) for v in rng.integers(2, 4, size=3)), int(rng.integers(1 << 30)), np.float64)(sol)
 
 
 CHECKS = [
@@ -117,6 +145,9 @@ CHECKS = [
     ("sum on 2 ranks", _check(2, (6,), 2)),
     ("sum on 3 ranks, 10 elements (p does not divide n)", _check(3, (10,), 3)),
     ("sum on 5 ranks, a (3, 4) array", _check(5, (3, 4), 4)),
-    ("traffic: 2(p-1) messages of n/p elements to the right neighbour", _traffic(4, 16, 7)),
-    ("traffic with p = 3, n = 10", _traffic(3, 10, 8)),
+    ("held out: shapes 1-D to 4-D, float32 and float64, 2 to 6 ranks; x's shape kept, no narrower dtype", held_out_values),
+    ("traffic: 2(p-1) messages of n/p elements to the right neighbour", _traffic(4, (16,), 7)),
+    ("traffic with p = 3, n = 10", _traffic(3, (10,), 8)),
+    ("held out traffic: a float32 2-D array and a 3-D array, counted in the array's own elements",
+     held_out_traffic),
 ]

@@ -15,7 +15,7 @@ TOPIC = "pipeline"
 TITLE = "ZB-H1: split the backward into B and W, and fill 1F1B's bubble with the W passes"
 NOTEBOOK = "06_pipeline_schedules"
 FUNCTIONS = ("schedule_zb_h1",)
-FORBIDDEN = (ZB_H1, "zero_bubble_program", "build_schedule", "BUILDERS")
+FORBIDDEN = ("minidist.parallel.pipeline",)      # minidist's own schedules (its simulator checks yours)
 
 STUB = '''"""ZB-H1 (Qi et al. 2023, "Zero Bubble Pipeline Parallelism", §2.2), as DATA.
 
@@ -39,7 +39,11 @@ Rank r (stage r of p, m micro-batches) runs:
 Write ``schedule_zb_h1(p, m)`` returning a list of p lists: element r is rank r's program,
 a list of ("F", i), ("B", i) and ("W", i) pairs in the order rank r runs them — every
 micro-batch gets one F, one B and one W on every rank. The grader runs your lists on
-minidist's schedule simulator for p in 2, 3, 4, 8.
+minidist's schedule simulator for p in 2, 3, 4, 8, and for more (p, m) of its own, drawn
+from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): minidist.parallel.pipeline
+(minidist's own schedules). Helpers of your own may have any name.
 """
 
 
@@ -86,20 +90,21 @@ def _explain(s, text: str) -> str:
     return ""
 
 
-def _valid(sol) -> None:
-    for p, m in SIZES + FEW:
+def _valid(sol, sizes=SIZES + FEW) -> None:
+    for p, m in sizes:
         s = _schedule(sol, p, m)
         check_valid(s, _explain)
         for r, acts in enumerate(s.actions):
             weights = {a.micro_batch for a in acts if a.op == "W"}
             missing = sorted(set(range(m)) - weights)
             if missing:
-                raise Wrong(f"p={p}, m={m}: rank {r} has no W for micro-batch(es) {missing}: split every backward "
+                raise Wrong(f"p={p}, m={m}: rank {r} has no weight-gradient pass (W) for micro-batch(es) {missing}: "
+                            f"split every backward "
                             f"into B (input gradient) and W (weight gradient)")
 
 
-def _bubble(sol) -> None:
-    for p, m in SIZES:
+def _bubble(sol, sizes=SIZES) -> None:
+    for p, m in sizes:
         s = _schedule(sol, p, m)
         got, want = unit_time_run(s).bubble_fraction, (p - 1) / (3 * m + p - 1)
         if abs(got - want) <= 1e-9:
@@ -114,8 +119,8 @@ def _bubble(sol) -> None:
                     f"{3 * (p - 1)}): {why}")
 
 
-def _memory(sol) -> None:
-    for p, m in SIZES + FEW:
+def _memory(sol, sizes=SIZES + FEW) -> None:
+    for p, m in sizes:
         s = _schedule(sol, p, m)
         got = unit_time_run(s).in_flight               # micro-batches whose W has not run yet
         for r in range(p):
@@ -126,8 +131,20 @@ def _memory(sol) -> None:
                             f"min(p, m) = {min(p, m)}{why}")
 
 
+def held_out(sol, rng):
+    """(p, m) of the grader's: m ≥ p for the bubble, and one m < p for validity and memory."""
+    p = int(rng.integers(2, 9))
+    big = [(p, int(rng.integers(p, 3 * p + 1))), (int(rng.integers(2, 9)), 0)]
+    big[1] = (big[1][0], int(rng.integers(big[1][0], 3 * big[1][0] + 1)))
+    few = [(p + 1, int(rng.integers(1, p + 1)))]
+    _valid(sol, big + few)
+    _bubble(sol, big)
+    _memory(sol, big + few)
+
+
 CHECKS = [
     ("a valid program: every F, B and W once, W after its B, no deadlock (p = 2, 3, 4, 8)", _valid),
     ("bubble (p−1)/(3m+p−1) with F = B = W = 1: a third of 1F1B's idle time", _bubble),
     ("memory: at most min(p, m) micro-batches in flight on every rank, as 1F1B", _memory),
+    ("held out: (p, m) of the grader's", held_out),
 ]

@@ -17,6 +17,7 @@ TOPIC = "zero"
 TITLE = "ZeRO-2: the slice of each bucket a rank owns, and its averaged gradient shard"
 NOTEBOOK = "03_data_parallel_and_zero"
 FUNCTIONS = ("owned_range", "gradient_shard")
+FORBIDDEN = ("minidist.parallel",)       # ZeRO's own buckets and shard ranges (dist.reduce_scatter is allowed)
 
 STUB = '''"""ZeRO stage 2 (Rajbhandari et al. 2020, §5.2): every rank keeps only ITS slice of the gradients.
 
@@ -37,7 +38,12 @@ to p * c — and rank r owns elements [r * c, (r + 1) * c) of the padded bucket.
 
 The grader builds the buckets of a real GPT with minidist's make_buckets, computes every
 rank's gradient on its micro-batch, runs your gradient_shard on dist.spawn ranks and
-compares with the full-batch gradient of one rank.
+compares with the full-batch gradient of one rank, also for bucket sizes and rank counts of
+its own, drawn from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): minidist.parallel
+(ZeRO's own buckets and shard ranges). dist.reduce_scatter is allowed; helpers of your own
+may have any name.
 """
 from minidist import distributed as dist
 
@@ -73,8 +79,8 @@ def reference():
 CFG = GPTConfig(block_size=8, vocab_size=13, n_layer=1, n_head=2, n_embd=8)
 
 
-def check_ranges(sol):
-    for numel, p in ((12, 4), (10, 3), (7, 5), (1, 2), (1000, 7)):
+def check_ranges(sol, cases=((12, 4), (10, 3), (7, 5), (1, 2), (1000, 7))):
+    for numel, p in cases:
         c = -(-numel // p)
         for r in range(p):
             got = sol.owned_range(numel, p, r)
@@ -88,6 +94,10 @@ def check_ranges(sol):
                        if numel % p else f"chunks have c = {numel}/{p} = {c} elements")
                 if got[1] - got[0] == numel // p and numel % p:
                     why += f"; you used numel // p = {numel // p}, which leaves elements no rank owns"
+                elif got == (want[0], want[1] - 1):
+                    why += "; your stop is one short: stop is EXCLUSIVE, as in a Python slice bucket[start:stop]"
+                elif got == (want[0] + c, want[1] + c) or got == (want[0] + 1, want[1] + 1):
+                    why += "; yours is one off the other way: ranks count from 0, so rank 0 starts at element 0"
                 raise Wrong(f"bucket of {numel} elements on {p} ranks: rank {r} owns [{want[0]}, {want[1]}), "
                             f"you said [{got[0]}, {got[1]}) — {why}.")
 
@@ -134,12 +144,19 @@ def _check_shards(sol, p):
                             f"ZeRO keeps the MEAN (divide by comm.size), which equals one rank's gradient on the "
                             f"whole global batch.")
             i = int(np.flatnonzero(~np.isclose(got, want, rtol=1e-9, atol=1e-12))[0])
-            raise Wrong(f"{label}: element {lo + i} of the padded bucket: expected {want[i]:.6g} (the full-batch "
-                        f"gradient{', padding' if lo + i >= b.numel else ''}), got {got[i]:.6g}.")
+            raise Wrong(f"{label}: element {lo + i} of the padded bucket: expected {want[i]:.10g} (the full-batch "
+                        f"gradient{', padding' if lo + i >= b.numel else ''}), got {got[i]:.10g}.")
+
+
+def held_out_ranges(sol, rng):
+    """Bucket sizes 1 to 10**6 on 2 to 64 ranks, most not multiples."""
+    check_ranges(sol, [(int(10 ** rng.uniform(0, 6)), int(rng.integers(2, 65))) for _ in range(20)])
 
 
 CHECKS = [
     ("owned_range: rank r owns [r*c, (r+1)*c) of the padded bucket", check_ranges),
     ("gradient shards on 2 ranks equal the full-batch gradient", lambda sol: _check_shards(sol, 2)),
     ("gradient shards on 3 ranks (buckets padded to a multiple of 3)", lambda sol: _check_shards(sol, 3)),
+    ("held out: owned_range for bucket sizes and rank counts of the grader's", held_out_ranges),
+    ("held out: gradient shards on 4 or 5 ranks", lambda sol, rng: _check_shards(sol, int(rng.integers(4, 6)))),
 ]

@@ -13,7 +13,7 @@ TOPIC = "zero"
 TITLE = "ZeRO's memory formula: what each stage shards"
 NOTEBOOK = "03_data_parallel_and_zero"
 FUNCTIONS = ("model_state_bytes",)
-FORBIDDEN = ("model_state_memory",)
+FORBIDDEN = ("minidist.estimate",)      # minidist's own calculators
 
 STUB = '''"""Model-state memory per device under ZeRO (Rajbhandari et al. 2020, §5 and Figure 1).
 
@@ -29,7 +29,12 @@ With N_d data-parallel ranks:
 Write ``model_state_bytes(psi, n_d, stage, k=12)``: the bytes ONE device holds for a model
 of ``psi`` parameters, as a dict ``{"parameters": ..., "gradients": ..., "optimizer_states":
 ...}``. The paper's example: psi = 7.5e9, N_d = 64 gives 120 GB, 31.4 GB, 16.6 GB and
-1.9 GB in all (GB = 1e9 bytes) for stages 0 to 3.
+1.9 GB in all (GB = 1e9 bytes) for stages 0 to 3. psi, n_d and k may be any positive
+numbers (psi need not be a multiple of n_d); the grader also tries values of its own, drawn
+from the seed it prints.
+
+Not allowed (the grader looks at what your code calls or imports): minidist.estimate.
+Helpers of your own may have any name.
 """
 
 
@@ -56,6 +61,13 @@ def reference():
     return Reference
 
 
+def _shifted(psi, n, stage, k, part, shift):
+    """Bytes of ``part`` when every part is sharded ``shift`` stages later than ZeRO does."""
+    per_param, first = PARTS[part]
+    per_param = k if per_param is None else per_param
+    return per_param * psi / (n if stage >= first + shift else 1)
+
+
 def _run(sol, psi, n, stage, k, label):
     want = reference().model_state_bytes(psi, n, stage, k)
     got = sol.model_state_bytes(psi, n, stage, k)
@@ -76,8 +88,13 @@ def _run(sol, psi, n, stage, k, label):
             why = f"stage {stage} shards the {part} over the N_d = {n} ranks (from stage {first_stage} on): ÷ N_d"
         else:
             why = f"{part} take {per_param} bytes per parameter" + (f", divided by N_d = {n}" if sharded else "")
+        for shift, when in ((1, "one stage late"), (-1, "one stage early")):
+            if all(abs(float(got[q]) - _shifted(psi, n, stage, k, q, shift)) <= 1e-6 * float(want[q]) for q in PARTS):
+                why += (f". Your numbers shard every part {when}: stage 1 shards the optimizer states, stage 2 the "
+                        f"gradients too, stage 3 the parameters too")
+                break
         raise Wrong(f"{label}: Ψ = {psi:g}, N_d = {n}, stage {stage}, K = {k}: {part} should be "
-                    f"{want[part] / 1e9:.4g} GB, yours {value / 1e9:.4g} GB — {why}.")
+                    f"{want[part]:,.0f} bytes ({want[part] / 1e9:.4g} GB), yours {value:,.0f} bytes — {why}.")
 
 
 def _check(psi, n, stages, k, label):
@@ -87,10 +104,19 @@ def _check(psi, n, stages, k, label):
     return check
 
 
+def held_out(sol, rng):
+    """Model sizes, data-parallel degrees and K of the grader's, every stage."""
+    for _ in range(3):
+        psi = float(rng.integers(10 ** 6, 10 ** 11))
+        n, k = int(rng.integers(2, 1025)), int(rng.choice([4, 8, 12, 16]))
+        _check(psi, n, [0, 1, 2, 3], k, "held out")(sol)
+
+
 CHECKS = [
     ("stage 0: (2 + 2 + K)Ψ on every rank", _check(7.5e9, 64, [0], 12, "stage 0")),
     ("stage 1 shards the optimizer states", _check(7.5e9, 64, [1], 12, "stage 1")),
     ("stage 2 shards gradients too", _check(7.5e9, 64, [2], 12, "stage 2")),
     ("stage 3 shards parameters too", _check(7.5e9, 64, [3], 12, "stage 3")),
     ("other sizes and K = 8 (fp32 Adam moments only)", _check(1.3e9, 8, [0, 1, 2, 3], 8, "K = 8")),
+    ("held out: model sizes, N_d and K of the grader's", held_out),
 ]

@@ -5,6 +5,6 @@ EXPECT = []
 def activation_bytes_per_layer(s, b, h, a, t=1, sp=False, recompute="none"):
     sbh, as2b = s * b * h, a * s * s * b
     if recompute == "full":
-        return 2 * sbh
+        return 2 * sbh / t if sp else 2 * sbh
     core = 0 if recompute == "selective" else 5 * as2b / t
     return sbh * (10 / t if sp else 10) + 24 * sbh / t + core

@@ -1,5 +1,5 @@
 """Warms up with p−r forwards instead of p−r−1: still runs, but holds one micro-batch too many."""
-EXPECT = ["one forward too long (p−r instead of p−r−1)", "1F1B holds min(p−r, m)"]
+EXPECT = ["one forward too many on every rank: p−r+1 instead of p−r", "1F1B holds min(p−r, m)"]
 
 
 def schedule_1f1b(p, m):

@@ -1,7 +1,7 @@
 """Right result, too many bytes: the whole vector goes around the ring p - 1 times."""
 import numpy as np
 
-EXPECT = ["whole vector"]
+EXPECT = ["whole array"]
 
 
 def ring_all_reduce(comm, x):
