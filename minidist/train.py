@@ -25,15 +25,16 @@ from ._malloc import tune_malloc
 from .report import (build_distill_report, build_report, distill_rank_report, format_data_parallel,
                      format_distillation, rank_report, write_report)
 from .training.trainer import Trainer, TrainingDivergedError
-from .checkpoint import CheckpointError, check_compatible, load_into, read_checkpoint, saver
+from .checkpoint import CheckpointError, check_compatible, load_into, load_weights, read_checkpoint, saver
 
-def run(config, comm=None, progress=True, save=None, save_interval=0, loaded=None):
+def run(config, comm=None, progress=True, save=None, save_interval=0, loaded=None, weights_only=False):
     """Train on this rank; returns (trainer, rank_report). ``loaded``: a checkpoint already
-    read and verified (:func:`minidist.checkpoint.read_checkpoint`) to continue from;
+    read and verified (:func:`minidist.checkpoint.read_checkpoint`) to continue from — or,
+    with ``weights_only``, whose weights start a new run (DeepSpeed's ``load_module_only``);
     ``save``/``save_interval``: where and how often to checkpoint (Megatron's flags)."""
     trainer = Trainer(config, comm)
     if loaded is not None:
-        load_into(trainer, loaded)
+        (load_weights if weights_only else load_into)(trainer, loaded)
     trainer.fit(progress=progress, on_step=saver(save, save_interval) if save else None)
     return trainer, rank_report(trainer)
 
@@ -157,11 +158,17 @@ def _checkpoint_args(args, cfg) -> dict:
             os.makedirs(args.save, exist_ok=True)
         except OSError as e:
             raise UsageError("--save", f"cannot create {args.save}: {e.strerror}; choose a writable folder") from None
+    if args.load_weights_only and not args.load:
+        raise UsageError("--load-weights-only", "needs --load DIR: the checkpoint whose weights start this run")
     loaded = None
     if args.load:
         loaded = read_checkpoint(args.load)
-        check_compatible(loaded, cfg)
-    return {"save": args.save, "save_interval": args.save_interval, "loaded": loaded}
+        check_compatible(loaded, cfg, args.world_size, weights_only=args.load_weights_only)
+        if not args.load_weights_only and loaded.step == cfg["steps"] and dist.launch_rank() == 0:
+            print(f"note: {loaded.step_dir} is at step {loaded.step} = this run's steps: nothing to train; "
+                  f"evaluating it (raise 'steps' to train on)", file=sys.stderr)
+    return {"save": args.save, "save_interval": args.save_interval, "loaded": loaded,
+            "weights_only": args.load_weights_only}
 
 
 # what a run stops with when the input or the training is at fault: the message says it all
@@ -192,6 +199,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save-interval", type=int, default=0, metavar="N",
                     help="a checkpoint every N steps (default: only after the last step)")
     ap.add_argument("--load", metavar="DIR", help="continue from DIR's latest checkpoint (any world size or ZeRO stage)")
+    ap.add_argument("--load-weights-only", action="store_true",
+                    help="with --load: start a new run from the checkpoint's weights only (DeepSpeed's "
+                         "load_module_only): step 0, fresh optimizer; the config may change all but the model")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.world_size is not None and args.world_size < 1:
@@ -218,7 +228,8 @@ def main(argv=None) -> int:
         if (cfg["distillation"] or {}).get("teacher", {}).get("load"):
             read_teacher(cfg)                   # a missing or damaged teacher checkpoint: refused before launch
     except (ConfigError, UsageError, CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if dist.launch_rank() == 0:             # every rank found the same: one of them says it
+            print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     if cfg["distillation"] is not None:
         try:
@@ -253,5 +264,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def quiet_broken_pipe(entry):
+    """Run ``entry()``; a reader that closed the pipe (``… | head -1``) ends it quietly, as
+    the Python documentation recommends for command-line tools."""
+    try:
+        return entry()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())             # no second error when Python flushes stdout
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(quiet_broken_pipe(main))

@@ -21,9 +21,9 @@ In a program::
 """
 from .consolidate import consolidate, describe
 from .format import FORMAT_VERSION, CheckpointError
-from .load import Checkpoint, check_compatible, load_into, read_checkpoint
+from .load import Checkpoint, check_compatible, load_into, load_weights, read_checkpoint
 from .reshard import assemble, full_state_dict
 from .save import save_checkpoint, saver
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "assemble", "check_compatible", "consolidate",
-           "describe", "full_state_dict", "load_into", "read_checkpoint", "save_checkpoint", "saver"]
+           "describe", "full_state_dict", "load_into", "load_weights", "read_checkpoint", "save_checkpoint", "saver"]

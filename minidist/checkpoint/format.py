@@ -87,6 +87,13 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest's own content (every key but ``manifest_sha256``, canonical JSON):
+    a manifest edited by hand — a step changed, a file dropped — no longer matches it."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return sha256(json.dumps(body, sort_keys=True).encode())
+
+
 # ----------------------------------------------------------------------------- shards
 
 def npz_bytes(arrays: dict) -> bytes:
@@ -155,9 +162,12 @@ def read_manifest(step_dir: str) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(path, f"has format version {manifest.get('format_version')!r}; this minidist "
                                     f"reads version {FORMAT_VERSION}")
-    for key in ("step", "world_size", "files", "config", "layout"):
+    for key in ("step", "world_size", "files", "config", "layout", "manifest_sha256"):
         if key not in manifest:
             raise CheckpointError(path, f"has no {key!r} entry; the file is damaged")
+    if manifest["manifest_sha256"] != manifest_checksum(manifest):
+        raise CheckpointError(path, "does not match its own SHA-256 (manifest_sha256): it was edited or "
+                                    "damaged after the save; load an intact checkpoint")
     return manifest
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from ..numerics.quantize import quantize
 from ..precision.mixed import MixedPrecisionStep
 from .format import CheckpointError, MANIFEST, read_manifest, read_shards, resolve
 from .layout import apply, holds_optimizer_state, state_keys
@@ -31,8 +32,12 @@ from .reshard import assemble
 
 # config keys that must be the same to load (the rest — world size, ZeRO stage, offload,
 # buckets, steps, batch sizes, learning rate — may change)
-MUST_MATCH = ("model.block_size", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_embd",
-              "model.bias", "dtype", "fp16.enabled", "bf16.enabled", "optimizer.type", "data.dataset")
+# the model: must match even to load the weights alone (--load-weights-only)
+MODEL_KEYS = ("model.block_size", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_embd", "model.bias")
+# what else decides the trajectory: must match to resume (the layout, steps and lr may change)
+TRAJECTORY_KEYS = ("dtype", "fp16.enabled", "bf16.enabled", "optimizer.type", "seed", "data.dataset",
+                   "data.seq_len", "data.n_digits", "data.val_fraction", "model.dropout", "gradient_clipping")
+MUST_MATCH = MODEL_KEYS + TRAJECTORY_KEYS
 
 
 @dataclasses.dataclass
@@ -64,20 +69,63 @@ def _get(cfg: dict, key: str):
     return cfg
 
 
-def check_compatible(ckpt: Checkpoint, cfg: dict) -> None:
-    """Refuse a checkpoint whose model, dtype, precision or optimizer differ from ``cfg``'s."""
+def _global_batch(cfg: dict, world_size: int) -> int:
+    par = cfg["parallel"]
+    dp = world_size // (par["tensor"] * par["pipeline"])
+    return cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * dp
+
+
+def check_compatible(ckpt: Checkpoint, cfg: dict, world_size: int | None = None, weights_only: bool = False) -> None:
+    """Refuse a checkpoint this config cannot continue: another model always; to resume (not
+    ``weights_only``) also anything that changes the trajectory — dtype, precision, optimizer
+    and its hyper-parameters but lr, seed, data, dropout, clipping, the global batch
+    (micro-batch × accumulation × data-parallel degree) — naming the key and the way out."""
     saved = ckpt.manifest["config"]
     where = os.path.join(ckpt.step_dir, MANIFEST)
-    for key in MUST_MATCH:
+    switch = "; to start a new run from its weights only, add --load-weights-only"
+    for key in MODEL_KEYS if weights_only else MUST_MATCH:
         if key.split(".")[0] not in cfg:
             continue                                       # a section this version does not have
         if _get(saved, key) != _get(cfg, key):
             raise CheckpointError(where, f"was saved with config key '{key}' = {_get(saved, key)!r}, but this "
-                                         f"run has {_get(cfg, key)!r}; use the saved value to resume (only the "
-                                         f"layout, batch sizes, steps and learning rate may change)")
+                                         f"run has {_get(cfg, key)!r}; use the saved value"
+                                         + (" (the model must match to load its weights)" if key in MODEL_KEYS
+                                            else " to resume" + switch))
+    if weights_only:
+        return
+    params = {k: v for k, v in cfg["optimizer"]["params"].items() if k != "lr"}
+    saved_params = {k: v for k, v in saved["optimizer"]["params"].items() if k != "lr"}
+    if params != saved_params:
+        raise CheckpointError(where, f"was saved with optimizer.params {saved_params} (lr aside), this run has "
+                                     f"{params}; use the saved values to resume" + switch)
+    if world_size is not None:
+        before, now = _global_batch(saved, ckpt.manifest["world_size"]), _global_batch(cfg, world_size)
+        if before != now:
+            raise CheckpointError(where, f"was trained on a global batch of {before} sequences (micro-batch × "
+                                         f"accumulation × data-parallel degree), this run's is {now}; keep "
+                                         f"{before} to resume" + switch)
     if ckpt.step > cfg["steps"]:
         raise CheckpointError(where, f"is at step {ckpt.step}, past this run's steps = {cfg['steps']}; "
                                      f"raise 'steps' to continue training")
+
+
+def load_weights(trainer, ckpt: Checkpoint) -> None:
+    """DeepSpeed's ``load_module_only``: this rank's part of the checkpoint's weights (the fp32
+    masters where there are some), nothing else — a new run, at step 0, with a fresh
+    optimizer, loss scaler, data position and history."""
+    mine = full_shapes(trainer)
+    for name, shape in mine.items():
+        if name not in ckpt.universal or tuple(ckpt.universal[name]["param"].shape) != shape:
+            raise CheckpointError(ckpt.step_dir, f"has no parameter {name} of shape {shape}; load it with the "
+                                                 f"model config it was saved with")
+    weights = {}
+    for name in mine:
+        u = ckpt.universal[name]
+        w = u.get("master", u["param"])
+        # in mixed precision the model holds the master rounded to the 16-bit format
+        weights[name] = {"param": quantize(w, trainer.precision.dtype), "master": w} \
+            if trainer.precision is not None else {"param": w}
+    apply(trainer.strategy, local_universal(trainer, weights))
 
 
 def load_into(trainer, ckpt: Checkpoint) -> None:

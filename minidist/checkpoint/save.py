@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 
 from ..nn import Dropout
-from .format import (FORMAT, FORMAT_VERSION, LATEST, MANIFEST, encode_shard, sha256, shard_filename,
-                     step_dirname, write_atomic, write_json_atomic)
+from .format import (FORMAT, FORMAT_VERSION, LATEST, MANIFEST, encode_shard, manifest_checksum, sha256,
+                     shard_filename, step_dirname, write_atomic, write_json_atomic)
 from ..parallel.grid import GridShape
 from .layout import fragments
 from .model_parallel import full_shapes, placement_of
@@ -87,6 +87,7 @@ def save_checkpoint(trainer, root: str, step: int) -> str:
                     # the job's loss of each step so far: the mean of the ranks' slices
                     "losses": [float(sum(v) / len(v)) for v in zip(*(losses for _, losses in files if losses))],
                     "consumed_samples": meta["consumed_samples"]}
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
         write_json_atomic(os.path.join(step_dir, MANIFEST), manifest)
         write_atomic(os.path.join(root, LATEST), (step_dirname(step) + "\n").encode())   # last: the commit point
     # why: no rank goes on (or reads `latest`) before the checkpoint is complete

@@ -63,6 +63,15 @@ def is_mpi_launch() -> bool:
     return any(v in os.environ for v in _LAUNCH_VARS)
 
 
+def launch_rank() -> int:
+    """This process's rank as mpirun set it in the environment (0 when not under mpirun), read
+    before MPI starts: so that one rank, not every one, prints a message about the input."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def init(device=None, timeout: float = 60.0, debug: bool = False):
     """The MPI world communicator when launched under mpirun, else ``None``.
 
