@@ -85,7 +85,7 @@ def test_cli_writes_the_report(tmp_path):
     assert set(r["steps"][0]) >= {"step", "loss", "loss_scale", "sim_time"}
     rank = r["ranks"][0]
     assert set(rank["memory"]) >= {"peak_bytes", "peak_by_category", "resident_by_category"}
-    cats = {"parameters", "gradients", "optimizer_states", "activations", "buffers", "other"}
+    cats = {"parameters", "gradients", "optimizer_states", "activations", "kv_cache", "buffers", "other"}
     assert set(rank["memory"]["resident_by_category"]) == cats
     n = r["model"]["n_params"]
     assert rank["memory"]["resident_by_category"]["parameters"] == 4 * n

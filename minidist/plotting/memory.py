@@ -11,9 +11,10 @@ from ..memory import CATEGORIES  # noqa: E402
 from . import save  # noqa: E402
 
 COLORS = {"parameters": "#4C72B0", "gradients": "#DD8452", "optimizer_states": "#55A868",
-          "activations": "#C44E52", "buffers": "#8172B3", "other": "#937860"}
+          "activations": "#C44E52", "kv_cache": "#DA8BC3", "buffers": "#8172B3", "other": "#937860"}
 LABELS = {"parameters": "parameters", "gradients": "gradients", "optimizer_states": "optimizer states",
-          "activations": "activations (saved for backward)", "buffers": "comm buffers", "other": "other"}
+          "activations": "activations (saved for backward)", "kv_cache": "KV cache (generation)",
+          "buffers": "comm buffers", "other": "other"}
 
 
 def _mib(x):
@@ -28,9 +29,10 @@ def plot_memory_timeline(tracker, path, title="Memory of one training step", mar
     """
     _, per = tracker.curves()
     x = np.arange(len(per["parameters"]))
+    cats = [c for c in CATEGORIES if c != "kv_cache" or per[c].any()]      # training never holds a KV cache
     fig, ax = plt.subplots(figsize=(10, 4.2))
-    ax.stackplot(x, *[_mib(per[c]) for c in CATEGORIES], labels=[LABELS[c] for c in CATEGORIES],
-                 colors=[COLORS[c] for c in CATEGORIES], alpha=0.9, step="post")
+    ax.stackplot(x, *[_mib(per[c]) for c in cats], labels=[LABELS[c] for c in cats],
+                 colors=[COLORS[c] for c in cats], alpha=0.9, step="post")
     for idx, label in marks or []:
         ax.axvline(idx, color="k", ls="--", lw=0.8)
         ax.text(idx, ax.get_ylim()[1] * 0.98, " " + label, va="top", ha="left", fontsize=8, rotation=90)
