@@ -72,15 +72,25 @@ SCHEDULE_ALIASES = {
     "schedulegpipe": GPIPE,
     "schedule1f1b": ONE_F_ONE_B,
     "scheduleinterleaved1f1b": INTERLEAVED_1F1B,
-    # torch documents it as the paper's ZB-1p: the automatic zero-bubble schedule under
-    # 1F1B's memory limit, i.e. what the hand-made ZB-H1 approximates, over v chunks per rank
-    "scheduleinterleavedzerobubble": ZB_H1,
     "schedulezbvzerobubble": ZB_V,
     "scheduledualpipev": DUALPIPE_V,
     # ScheduleLoopedBFS (breadth-first, Lamy-Poirier 2022) is none of minidist's schedules.
     # Names from papers, Megatron-LM and picotron
     "afab": GPIPE, "allforwardallbackward": GPIPE, "pipedreamflush": ONE_F_ONE_B,
-    "interleaved": INTERLEAVED_1F1B, "zb1p": ZB_H1, "zb2p": ZB_H2, "dualpipev": DUALPIPE_V,
+    "interleaved": INTERLEAVED_1F1B, "dualpipev": DUALPIPE_V,
+}
+
+# Names of schedules minidist does not build, and what to use instead. Qi et al. 2023's ZB-1p
+# and ZB-2p are found by their automatic scheduler (a heuristic refined by an ILP) for given
+# pass times and memory; torch's ScheduleInterleavedZeroBubble is its ZB-1p order over v chunks
+# per rank. minidist's zb_h1 and zb_h2 are the paper's hand-made one-chunk schedules (§2.2).
+REFUSED_SCHEDULES = {
+    "zb1p": "the zero-bubble paper's automatically searched ZB-1p; use 'zb_h1', its hand-made form with "
+            "the same memory (1F1B's), or 'zb_v'",
+    "zb2p": "the zero-bubble paper's automatically searched ZB-2p; use 'zb_h2', its hand-made form with "
+            "the same memory (2p−1 micro-batches)",
+    "scheduleinterleavedzerobubble": "torch's ZB-1p over several chunks per rank; use 'zb_h1' (the "
+                                     "hand-made ZB-H1, one chunk per rank) or 'zb_v' (two chunks per rank)",
 }
 
 
@@ -93,7 +103,10 @@ _SCHEDULE_KEYS = {**{_key(s): s for s in SCHEDULES}, **SCHEDULE_ALIASES}
 
 def normalize_schedule(name: str) -> str:
     """The canonical name of a pipeline schedule, case-insensitive: "ZB-H1", "zbh1" -> "zb_h1",
-    "ScheduleGPipe" -> "gpipe". Raises ValueError listing the choices for an unknown name."""
+    "ScheduleGPipe" -> "gpipe". Raises ValueError listing the choices for an unknown name, and
+    saying what to use for a schedule minidist does not build (:data:`REFUSED_SCHEDULES`)."""
+    if _key(name) in REFUSED_SCHEDULES:
+        raise ValueError(f"minidist does not build pipeline schedule {name!r}: {REFUSED_SCHEDULES[_key(name)]}")
     try:
         return _SCHEDULE_KEYS[_key(name)]
     except KeyError:
@@ -129,6 +142,7 @@ DEFAULTS = {
     # the pipeline's micro-batches per step are gradient_accumulation_steps (SPEC §9)
     "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
                  "virtual_stages": 1, "sequence_parallel": False,
+                 "pass_times": None,   # [T_F, T_B, T_W] of a stage that zb_v's order is built for; None: equal
                  "tp_comm_overlap": False,   # Megatron: backward's TP collectives under the matmuls
                  "make_vocab_size_divisible_by": 1},   # Megatron's padding multiple (its default: 128)
     # Megatron's recompute_granularity / recompute_method / recompute_num_layers; DeepSpeed's

@@ -1,6 +1,7 @@
 """Execute notebooks/06_pipeline_schedules.ipynb and check what it prints: the schedules'
-charts, the validator's refusals, every bubble against the formulas written here, the executor
-equal to one rank, b·s·h bytes per message from the log, measured beside theory."""
+charts drawn to scale, the validator's refusals, every bubble against the formulas written
+here, zb_v built for unequal pass times, the executor equal to one rank, b·s·h bytes per
+message from the log, measured beside theory."""
 import re
 
 import pytest
@@ -19,8 +20,12 @@ NUMBER = r"([\d.e+-]+)"
 def test_notebook_06_runs_and_its_numbers_are_the_textbooks(tmp_path):
     text, outputs = run_notebook("06_pipeline_schedules.ipynb", workdir=tmp_path)
     # 1. the 1F1B chart: rank 0 starts with its p−1 = 3 warm-up forwards and one more before B0
-    assert "rank 0 |F0 F1 F2 F3 .  ." in text and "bubble 0.273 (F=B=W=1, step 33 units)" in text
+    assert "rank 0 |F0 F1 F2 F3 .  ." in text
+    assert "step 33 units (F = B = W = 1 per stage of L/p layers; a cell is 1 unit); bubble 0.273" in text
     assert "stage_to_rank [0, 1, 2, 3, 3, 2, 1, 0]" in text                       # zb_v's V
+    # the charts to scale: ZB-V's half-size chunk passes make a shorter step than ZB-H1's
+    assert "step 25.5 units (F = B = W = 1 per stage of L/p layers; a cell is 1/2 unit); bubble 0.059" in text
+    assert "step 27 units (F = B = W = 1 per stage of L/p layers; a cell is 1 unit); bubble 0.111" in text
     # 2. the validator refuses both broken programs, naming what is wrong
     assert re.search(r"swapped F/B on rank 1: refused — .*deadlock", text)
     assert "a backward missing on rank 3: refused — broken: B of micro-batch 7 on chunk 3 is missing" in text
@@ -31,6 +36,13 @@ def test_notebook_06_runs_and_its_numbers_are_the_textbooks(tmp_path):
         assert [float(x) for x in row.groups()] == pytest.approx([want] * 3, abs=1e-4), name
     agree = re.search(r"simulation = estimator = formula in (\d+) of (\d+) cases", text)
     assert agree and agree.group(1) == agree.group(2) == str(4 * 3 * 8)
+    # unequal pass times: zb_v built for them never idles more than the hand-made order, never
+    # less than the staircase (p−1)·T_F/2, and reaches it with W = 2F
+    rows = re.findall(r"^\s+\(([\d., ]+)\)\s+" + r"\s+".join([NUMBER] * 3) + "$", text, re.M)
+    assert len(rows) == 5
+    for times, hand, built, stair in rows:
+        assert float(stair) - 1e-9 <= float(built) <= float(hand) + 1e-9, times
+    assert [r[1:] for r in rows if r[0] == "1, 1, 2"] == [("2.5", "1.5", "1.5")]
     # 4. the executor trains like one rank, in float64
     diffs = re.findall(rf"relative loss difference = {NUMBER}, max \|weight difference\| = {NUMBER}", text)
     assert len(diffs) == 4

@@ -10,6 +10,7 @@ from _mpi import run_mpi
 
 from minidist import distributed as dist
 from minidist.defaults import SCHEDULES
+from minidist.parallel.pipeline import build_schedule
 from minidist.testing import train_steps
 from minidist.train import main as train_main
 from minidist.training.config import ConfigError
@@ -57,6 +58,18 @@ def test_every_schedule_trains_like_one_rank(name, p):
     assert abs(want[-1] - want[0]) > 1e-3                  # the model really trained
 
 
+def test_zb_v_built_for_the_configs_pass_times_trains_like_one_rank():
+    """parallel.pass_times reaches the engine: its zb_v is the one built for those times (here
+    with fewer micro-batches than 2p, which torch's ZB-V pads and minidist's too)."""
+    extra = {"parallel": {"pipeline": 2, "schedule": "zb_v", "pass_times": [1, 2, 1]}}
+    cfg = config(2, "zb_v", 3, extra=extra)
+    ref = train_steps(None, config(m=3))
+    runs = dist.spawn(train_steps, 2, cfg)
+    assert runs[0]["trainer"].pipeline.schedule.actions == build_schedule("zb_v", 2, 3, times=(1, 2, 1)).actions
+    for got, want in zip(losses(runs), [h["loss"] for h in ref["history"]]):
+        assert abs(got - want) <= 1e-9 * abs(want)
+
+
 @pytest.mark.parametrize("name,p", [("1f1b", 4), ("interleaved_1f1b", 2), ("zb_v", 2)])
 def test_bytes_between_stages_are_bsh_each_way(name, p):
     m, v = shape(name, p)
@@ -98,8 +111,11 @@ def test_fp16_pipeline_two_byte_wire():
 
 @pytest.mark.parametrize("extra,world,key,match", [
     ({"parallel": {"pipeline": 2, "schedule": "fancy"}}, 2, "parallel.schedule", "choose one of naive"),
-    ({"parallel": {"pipeline": 2, "schedule": "zb_v"}, "gradient_accumulation_steps": 3}, 2,
+    ({"parallel": {"pipeline": 2, "schedule": "dualpipe_v"}, "gradient_accumulation_steps": 3}, 2,
      "gradient_accumulation_steps", "at least 2 × pipeline ranks = 4"),
+    ({"parallel": {"pipeline": 2, "schedule": "zb1p"}}, 2, "parallel.schedule", "use 'zb_h1'"),
+    ({"parallel": {"pipeline": 2, "schedule": "zb_v", "pass_times": [1, -2, 1]}}, 2, "parallel.pass_times",
+     "three positive numbers"),
     ({"parallel": {"pipeline": 2}, "model": {"n_layer": 3, "n_embd": 8, "n_head": 2, "block_size": 8}}, 2,
      "model.n_layer", "do not split evenly into 2"),
     ({"parallel": {"pipeline": 2}}, 3, "parallel", "not divisible by tensor × pipeline = 2"),

@@ -1,9 +1,16 @@
 """Pipeline schedules as data (no ranks): every schedule is a valid program for p ∈ {2,3,4,8}
 and the micro-batch counts it supports, and its unit-time bubble and memory equal the
-textbook's (SPEC §6.3; Qi et al. 2023; Narayanan et al. 2021)."""
+textbook's (Qi et al. 2023; Narayanan et al. 2021); zb_v built for other pass times keeps
+its memory limit and is never slower than its hand-made order; the text Gantt chart is
+drawn to scale."""
+import random
+import re
+
 import pytest
 
 from minidist.parallel.pipeline import SCHEDULES, Action, Schedule, ScheduleError, build_schedule, simulate, validate
+from minidist.parallel.pipeline.gantt import cells_per_unit
+from minidist.parallel.pipeline.v_schedules import zb_v, zb_v_program
 
 pytestmark = pytest.mark.pipeline
 
@@ -14,7 +21,9 @@ def supported(name, p):
     """The micro-batch counts the tests try for schedule ``name`` on ``p`` ranks."""
     if name == "interleaved_1f1b":
         return [p, 2 * p, 3 * p]
-    if name in ("zb_v", "dualpipe_v"):
+    if name == "zb_v":                                   # any m, like torch's (it pads to max(2p−1, m))
+        return [1, 2, p - 1 or 1, p, 2 * p - 1, 2 * p, 2 * p + 1, 3 * p, 4 * p]
+    if name == "dualpipe_v":
         return [2 * p, 2 * p + 1, 3 * p, 4 * p]
     return [1, 2, p - 1 or 1, p, p + 1, 2 * p, 3 * p + 1]
 
@@ -64,10 +73,13 @@ def test_every_schedule_is_a_valid_program(name, p, m):
         if name == "zb_h2":
             assert b <= h1 + 1e-12
             assert max(tl.peak_in_flight) <= 2 * p - 1
-        if name in ("zb_v", "dualpipe_v"):               # half-size chunks: the V's lower bound
+        if name in ("zb_v", "dualpipe_v") and m >= p:    # half-size chunks: the V's lower bound
             assert b == pytest.approx((p - 1) / (6 * m + p - 1))
             assert b < h1
-            assert max(tl.peak_in_flight) <= (p if name == "zb_v" else p + 0.5)
+        if name == "zb_v":
+            assert max(tl.peak_in_flight) == min(p, m)   # 2p chunks of L/(2p) layers: 1F1B's memory
+        if name == "dualpipe_v":
+            assert max(tl.peak_in_flight) == p + 0.5
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -107,6 +119,56 @@ def test_text_gantt():
     assert "bubble 0.273" in text                          # 3/11
 
 
+@pytest.mark.parametrize("name,times", [("zb_v", (1, 1, 1)), ("zb_h1", (1, 1, 1)), ("interleaved_1f1b", (1, 1, 1)),
+                                        ("1f1b", (1, 1, 1)), ("zb_v", (1, 1.5, 0.5)), ("dualpipe_v", (2, 1, 1)),
+                                        ("interleaved_1f1b", (1, 2, 1))])
+def test_text_gantt_to_scale(name, times):
+    """A chunk's pass is drawn 1/v as long as a stage's: the chart has step × cells-per-unit
+    cells per row, and the printed step is the simulation's, in units of one stage's pass."""
+    v = 3 if name == "interleaved_1f1b" else 1
+    s = build_schedule(name, 3, 6, v, times=times)
+    tl = simulate(s, *times)
+    text = str(s)
+    q = cells_per_unit(s)
+    for line in (x for x in text.splitlines() if x.startswith("rank")):
+        assert len(line.split("|")[1].split()) == round(tl.step_time * q)
+    step = float(re.search(r"step ([\d.]+) units", text).group(1))
+    assert step == pytest.approx(tl.step_time, abs=1e-3)
+    assert f"a cell is {'1 unit' if q == 1 else f'1/{q} unit'}" in text
+
+
+def test_chunk_passes_count_by_their_size():
+    """With equal times ZB-V (2 chunks per rank) and ZB-H1 do the same work per rank: the V's
+    step is the shorter one, not twice as long (p = 4, m = 8: 25.5 against 27 units)."""
+    v, h1 = simulate(build_schedule("zb_v", 4, 8)), simulate(build_schedule("zb_h1", 4, 8))
+    assert (v.step_time, h1.step_time) == (25.5, 27)
+    assert v.busy == h1.busy == [24.0] * 4
+    inter = simulate(build_schedule("interleaved_1f1b", 2, 4, 3), 3, 3, 3)
+    assert {round(b - a, 9) for events in inter.events for _, a, b in events} == {1, 2}   # F 1, B + W 2
+
+
+def test_zb_v_memory_limit_and_times():
+    """zb_v keeps its memory limit (p micro-batches by default, or ``max_in_flight``) whatever the
+    times, and is never slower than its hand-made order (the one torch runs) for any times."""
+    rng = random.Random(0)
+    for _ in range(30):
+        p, m = rng.choice([2, 3, 4, 8]), rng.randint(1, 20)
+        times = tuple(round(rng.uniform(0.3, 3), 2) for _ in range(3))
+        limit = rng.choice([None, p + 0.5, p + 1, 2 * p])
+        s = zb_v(p, m, times, limit)
+        tl = validate(s)
+        tl = simulate(s, *times)
+        assert max(tl.peak_in_flight) <= (p if limit is None else limit), (p, m, times, limit)
+        hand = Schedule("zb_v", p, m, s.stage_to_rank, [zb_v_program(r, p, m) for r in range(p)])
+        assert tl.step_time <= simulate(hand, *times).step_time + 1e-9, (p, m, times, limit)
+    assert build_schedule("zb_v", 4, 8, times=(1, 2, 1)).times == (1, 2, 1)
+    for bad in ((1, 0, 1), (1, 2), "fast"):
+        with pytest.raises(ValueError, match="three positive numbers"):
+            build_schedule("zb_v", 2, 4, times=bad)
+    with pytest.raises(ValueError, match="at least the 4 micro-batches"):
+        zb_v(4, 8, max_in_flight=3)
+
+
 def test_aliases_and_unknown_names():
     assert build_schedule("Schedule1F1B", 2, 4).name == "1f1b"
     assert build_schedule("ScheduleZBVZeroBubble", 2, 4).name == "zb_v"
@@ -115,7 +177,16 @@ def test_aliases_and_unknown_names():
         build_schedule("fancy", 2, 4)
 
 
-@pytest.mark.parametrize("name,m,match", [("zb_v", 3, "at least 2 × pipeline ranks = 4"),
+@pytest.mark.parametrize("name,use", [("ScheduleInterleavedZeroBubble", "'zb_h1'"), ("zb1p", "'zb_h1'"),
+                                      ("ZB-2p", "'zb_h2'")])
+def test_names_of_schedules_minidist_does_not_build_are_refused(name, use):
+    """The paper's searched ZB-1p/ZB-2p and torch's multi-chunk interleaved zero bubble are not
+    the hand-made one-chunk ZB-H1/ZB-H2: the name is refused, saying what to use."""
+    with pytest.raises(ValueError, match=f"does not build.*{use}"):
+        build_schedule(name, 2, 4)
+
+
+@pytest.mark.parametrize("name,m,match", [("dualpipe_v", 3, "at least 2 × pipeline ranks = 4"),
                                           ("dualpipe_v", 2, "at least 2 × pipeline ranks"),
                                           ("interleaved_1f1b", 3, "multiple of the pipeline ranks")])
 def test_micro_batches_a_schedule_cannot_run(name, m, match):

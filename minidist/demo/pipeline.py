@@ -11,13 +11,15 @@ wire's. For each run the chapter prints, beside the estimator's theory
 * the step time.
 
 Figures: ``06_pipeline_schedules.png`` — for every schedule the planned Gantt chart (the
-schedule's own data on its unit-time clock) above the executed timeline (each rank's
-actions on the simulated clock); ``06_bubble_vs_microbatches.png`` — bubble theory and
-measured as the micro-batches per step grow.
+schedule's own data with F = B = W = 1 per stage of L/p layers, a chunk's pass 1/chunks of
+that, so all are drawn to one scale) above the executed timeline (each rank's actions on
+the simulated clock); ``06_bubble_vs_microbatches.png`` — bubble theory and measured as the
+micro-batches per step grow.
 
 Why measured and theory differ a little (the chapter prints the times): F, B and W do not
 take exactly equal times (attention and softmax have no weights, so W is lighter than B),
-the last stage also computes the loss, and zb_v's action order is fixed for equal times.
+and the last stage also computes the loss. zb_v is built for equal times here (the
+config's ``parallel.pass_times`` unset).
 Why the measured in-flight count can be lower: after a split ``B`` the activations only
 the input gradient needed are freed; a micro-batch waiting for its ``W`` holds the rest.
 """
@@ -77,7 +79,8 @@ def summarise(name: str, p: int, m: int, ranks: list) -> dict:
 
 
 def planned(name: str, p: int, m: int) -> list:
-    """The schedule's own Gantt chart: its unit-time simulation, F = B = W = 1."""
+    """The schedule's own Gantt chart: its simulation with F = B = W = 1 per stage of L/p layers
+    (a chunk's pass 1/chunks of that, so every schedule is drawn to the same scale)."""
     tl = simulate(build_schedule(name, p, m, chunks_per_rank(name, V)))
     return [(r, a.op, a.micro_batch, a.stage, t0, t1) for r, events in enumerate(tl.events) for a, t0, t1 in events]
 

@@ -47,7 +47,7 @@ def _gantt(ax, boxes: list, p: int, chunks: int, xlabel: str, title: str) -> Non
 
 
 def plot_schedules(rows: list, p: int, path) -> None:
-    """For every schedule, the planned chart (``row["planned"]``, unit time) above the executed
+    """For every schedule, the planned chart (``row["planned"]``, stage units) above the executed
     one (``row["executed"]``, ms). ``rows``: the chapter's table rows, one per schedule."""
     cols = 2
     pairs = (len(rows) + cols - 1) // cols
@@ -55,8 +55,10 @@ def plot_schedules(rows: list, p: int, path) -> None:
     for k, r in enumerate(rows):
         top, bottom = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
         chunks = 1 + max(b[3] for b in r["planned"]) // p
-        _gantt(top, r["planned"], p, chunks, "time (units: one F, B or W of a chunk)",
-               f"{r['schedule']} — planned: the schedule's data, F = B = W = 1; bubble {r['bubble_theory']:.1%}")
+        _gantt(top, r["planned"], p, chunks, "time (unit: one F, B or W of a stage of L/p layers; a chunk's pass "
+                                             "takes 1/chunks of it)",
+               f"{r['schedule']} — planned: the schedule's data, F = B = W = 1 per stage; step "
+               f"{max(b[5] for b in r['planned']):g} units, bubble {r['bubble_theory']:.1%}")
         _gantt(bottom, r["executed"], p, chunks, "simulated time (ms)",
                f"{r['schedule']} — executed on the simulated clock; bubble {r['bubble_measured']:.1%}, "
                f"step {r['step_ms']:.1f} ms")

@@ -12,7 +12,7 @@ module                  what a student finds there
 :mod:`.one_f_one_b`     ``1f1b``, PipeDream-Flush (Narayanan et al. 2021)
 :mod:`.interleaved`     ``interleaved_1f1b``, Megatron's virtual pipeline (Narayanan et al. 2021)
 :mod:`.zero_bubble`     ``zb_h1``, ``zb_h2``: B/W split (Qi et al. 2023)
-:mod:`.v_schedules`     ``zb_v`` and ``dualpipe_v``: two chunks per rank in a V
+:mod:`.v_schedules`     ``zb_v`` (built for the pass times) and ``dualpipe_v``: two chunks per rank in a V
 :mod:`.stage`           the GPT cut into chunks: embedding first, blocks evenly, ln_f + tied head last
 :mod:`.executor`        runs any schedule on the ranks of ``grid.pp`` with send/recv
 :mod:`.engine`          the pipelined training step: tied embedding, DP/ZeRO over ``grid.dp``
@@ -23,7 +23,8 @@ module                  what a student finds there
     from minidist.parallel.pipeline import build_schedule
     s = build_schedule("1f1b", ranks=4, micro_batches=8)
     s.actions[0][:3]      # [Action(op='F', micro_batch=0, stage=0), …]
-    print(s)              # Gantt chart with F = B = W = 1
+    print(s)              # Gantt chart with F = B = W = 1 per stage of L/p layers
+    build_schedule("zb_v", 4, 8, times=(1, 2, 1))   # ZB-V for a backward twice the forward
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from .fill_drain import gpipe, naive
 from .interleaved import interleaved_1f1b
 from .one_f_one_b import one_f_one_b
 from .schedule import Action, Schedule, ScheduleError, Timeline, simulate, validate
-from .v_schedules import dualpipe_v, zb_v
+from .v_schedules import EQUAL_TIMES, check_times, dualpipe_v, zb_v
 from .zero_bubble import zb_h1, zb_h2
 
 BUILDERS = {NAIVE: naive, GPIPE: gpipe, ONE_F_ONE_B: one_f_one_b, INTERLEAVED_1F1B: interleaved_1f1b,
@@ -42,22 +43,29 @@ V_SCHEDULES = (ZB_V, DUALPIPE_V)          # two chunks per rank in a V
 assert set(BUILDERS) == set(SCHEDULES)
 
 
-def build_schedule(name: str, ranks: int, micro_batches: int, virtual_stages: int = 1) -> Schedule:
+def build_schedule(name: str, ranks: int, micro_batches: int, virtual_stages: int = 1,
+                   times=None) -> Schedule:
     """The schedule ``name`` (canonical or a torch.distributed.pipelining alias) for ``ranks``
     pipeline ranks and ``micro_batches`` micro-batches; ``virtual_stages`` chunks per rank for
-    ``interleaved_1f1b`` (the V schedules always have 2, the others 1)."""
+    ``interleaved_1f1b`` (the V schedules always have 2, the others 1). ``times``: the pass
+    times (T_F, T_B, T_W) of one stage, equal when None; only ``zb_v``'s order depends on
+    them (the others are fixed orders), and the schedule keeps them for its Gantt chart."""
     canonical = normalize_schedule(name)
+    times = EQUAL_TIMES if times is None else check_times(canonical, times)
     if canonical == INTERLEAVED_1F1B:
-        return interleaved_1f1b(ranks, micro_batches, virtual_stages)
-    fixed = chunks_per_rank(canonical)
-    if virtual_stages not in (1, fixed):
-        raise ValueError(f"schedule {canonical!r} has {fixed} chunk(s) per rank; parallel.virtual_stages="
-                         f"{virtual_stages} applies to {INTERLEAVED_1F1B!r} only")
-    return BUILDERS[canonical](ranks, micro_batches)
+        s = interleaved_1f1b(ranks, micro_batches, virtual_stages)
+    else:
+        fixed = chunks_per_rank(canonical)
+        if virtual_stages not in (1, fixed):
+            raise ValueError(f"schedule {canonical!r} has {fixed} chunk(s) per rank; parallel.virtual_stages="
+                             f"{virtual_stages} applies to {INTERLEAVED_1F1B!r} only")
+        s = zb_v(ranks, micro_batches, times) if canonical == ZB_V else BUILDERS[canonical](ranks, micro_batches)
+    s.times = times
+    return s
 
 
 def config_problem(cfg: dict):
-    """What is wrong with a config's pipeline settings, as (key, message), or None (SPEC §9)."""
+    """What is wrong with a config's pipeline settings, as (key, message), or None."""
     par = cfg["parallel"]
     pp, m = par["pipeline"], cfg["gradient_accumulation_steps"]
     if pp == 1:
@@ -72,11 +80,12 @@ def config_problem(cfg: dict):
                                                   "so ZeRO-2 cannot reduce-scatter during backward; set overlap_comm "
                                                   "false")
     try:
-        s = build_schedule(par["schedule"], pp, m, par["virtual_stages"])
+        s = build_schedule(par["schedule"], pp, m, par["virtual_stages"], times=par["pass_times"])
     except ValueError as e:
         text = str(e)
         key = ("parallel.virtual_stages" if "virtual_stages" in text else
-               "parallel.schedule" if "unknown pipeline schedule" in text else "gradient_accumulation_steps")
+               "parallel.pass_times" if "pass times" in text else
+               "parallel.schedule" if "pipeline schedule" in text else "gradient_accumulation_steps")
         return (key, text)
     n_layer = cfg["model"]["n_layer"]
     if n_layer % s.n_stages:

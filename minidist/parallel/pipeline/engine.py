@@ -41,7 +41,7 @@ class PipelineEngine:
         self.grid, self.layers, self.cfg = grid, layers, cfg
         self.pp_rank = self.grid.coords["pp"]
         self.schedule = build_schedule(par["schedule"], par["pipeline"], cfg["gradient_accumulation_steps"],
-                                       par["virtual_stages"])
+                                       par["virtual_stages"], times=par["pass_times"])
         self.chunks, self.model = build_stage(model_config, self.schedule, self.pp_rank, seed=cfg["seed"],
                                               dtype=np.dtype(cfg["dtype"]), layers=layers)
         self._whole = None                       # the whole model for evaluation, built when first asked

@@ -16,8 +16,13 @@ which rank holds chunk ``s``. Dependencies follow from the model alone: ``F(i, s
 :func:`validate` checks a schedule is a program that can run (every pass exactly once, on
 the right rank) and :func:`simulate` runs it on an imaginary clock: each rank takes its next
 action as soon as the action's inputs exist — exactly what the executor's blocking receives
-do — so a schedule that deadlocks here would hang the executor, and the simulated bubble
-is the bubble the schedule has when every F, B and W takes its unit time.
+do — so a schedule that deadlocks here would hang the executor.
+
+**Time unit.** ``simulate``'s times ``t_f``, ``t_b``, ``t_w`` are those of one *stage* of
+L/p layers — what one rank holds in 1F1B. A schedule with v chunks per rank (interleaved
+1F1B, the V schedules) cuts the model into v·p chunks of L/(v·p) layers, so each of its
+passes takes 1/v of that: ZB-V and ZB-H1 do the same work per rank, and their step times
+compare directly.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ class Schedule:
     micro_batches: int
     stage_to_rank: list
     actions: list                       # actions[r]: list of Action, rank r's program
+    times: tuple = (1.0, 1.0, 1.0)      # the T_F, T_B, T_W the order was built for (only zb_v's depends on them)
 
     @property
     def n_stages(self) -> int:
@@ -97,7 +103,7 @@ class ScheduleError(ValueError):
 def validate(s: Schedule) -> Timeline:
     """Raise :class:`ScheduleError` unless every (micro-batch, chunk) has one F and one B (and at
     most one W) on the rank that holds the chunk, and the program runs without deadlock; return
-    its unit-time :class:`Timeline`."""
+    its :class:`Timeline` with F = B = W = 1 per stage."""
     seen: dict = {}
     for r, acts in enumerate(s.actions):
         for a in acts:
@@ -132,7 +138,7 @@ class Timeline:
 
     @property
     def bubble_fraction(self) -> float:
-        """1 − Σ busy / (ranks × step time): the idle share of the ranks' time (SPEC §6.3)."""
+        """1 − Σ busy / (ranks × step time): the idle share of the ranks' time."""
         return 1.0 - sum(self.busy) / (self.schedule.ranks * self.step_time)
 
     @property
@@ -145,12 +151,15 @@ class Timeline:
 
 def simulate(s: Schedule, t_f: float = 1.0, t_b: float = 1.0, t_w: float = 1.0,
              t_comm: float = 0.0) -> Timeline:
-    """Run the schedule on a clock where F, B, W take ``t_f``, ``t_b``, ``t_w`` (a B without a W
-    is the whole backward, ``t_b + t_w``) and a message between ranks ``t_comm``.
+    """Run the schedule on a clock where F, B, W of one stage of L/p layers take ``t_f``,
+    ``t_b``, ``t_w`` (a B without a W is the whole backward, ``t_b + t_w``), a pass of one of
+    a rank's v chunks 1/v of that, and a message between ranks ``t_comm``.
 
     Each rank executes its list in order; an action starts when the rank is free and its
     inputs have arrived. If no rank can move while actions remain, the schedule deadlocks."""
     split = s._split
+    chunk = s.ranks / s.n_stages                 # a chunk's share of a stage's layers
+    t_f, t_b, t_w = t_f * chunk, t_b * chunk, t_w * chunk
     end: dict = {}                               # (op, i, stage) -> end time
     pos = [0] * s.ranks
     free = [0.0] * s.ranks
