@@ -273,7 +273,12 @@ def format_data_parallel(report: dict) -> str:
     """A small table: per rank, measured model states and bytes per step beside the formula."""
     f = report["data_parallel"]["formula"]
     fm = f["model_states"]
-    lines = [f"data parallel: {report['data_parallel']['strategy']} on {report['world_size']} rank(s), "
+    par = report["config"]["parallel"]
+    tp, pp = par["tensor"], par["pipeline"]
+    dp = report["world_size"] // (tp * pp)
+    layout = f"tensor {tp} × pipeline {pp} × data {dp}"
+    strategy = report["data_parallel"]["strategy"]
+    lines = [f"{layout}: data parallel {strategy} over {dp} replica(s) of {report['world_size']} rank(s), "
              f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "
              f"({f.get('precision', 'fp32')}, K = {f.get('K')})",
              f"{'rank':>4} {'params B':>10} {'grads B':>10} {'optim B':>10} {'host B':>10} {'sent/step B':>12}"]

@@ -38,4 +38,5 @@ def test_bad_teacher_ranks_fail_on_every_mpi_rank(tmp_path):
     cfg.write_text(json.dumps({**CONFIG, "distillation": {"teacher_ranks": 3}}))
     p = run_mpi(3, ["-m", "minidist.train", "--config", cfg, "--quiet"], timeout=60)
     assert p.returncode != 0
-    assert p.stderr.count("distillation.teacher_ranks") == 3, p.stderr
+    # every rank finds it before any message and exits; one of them says it
+    assert p.stderr.count("distillation.teacher_ranks") == 1, p.stderr

@@ -53,7 +53,7 @@ def test_train_cli_two_mpi_ranks_and_bad_config(tmp_path):
     assert {e["pid"] for e in events if e["ph"] == "X" and e["tid"] == "comm"} == {0, 1}
     bad, _ = mpirun(2, tmp_path, {"zero_optimization": {"stage": 4}})
     assert bad.returncode != 0
-    assert bad.stderr.count("zero_optimization.stage") == 2        # both ranks said why
+    assert bad.stderr.count("zero_optimization.stage") == 1        # both ranks stopped; one said why
 
 
 @pytest.mark.precision

@@ -213,6 +213,8 @@ class Trainer:
         for step in range(self.start_step, steps):
             loss = self.train_step(step)
             self._check_finite(step, loss)
+            if progress:
+                loss = self.global_loss(loss)            # a collective: every rank shows progress or none
             if progress and self.rank == 0:
                 rate = (step + 1) / max(time.perf_counter() - t0, 1e-9)
                 bar = "#" * int(20 * (step + 1) / steps)
@@ -228,6 +230,17 @@ class Trainer:
         self._average_losses()
         self.wall_time = time.perf_counter() - t0
         return self.final
+
+    def global_loss(self, loss: float) -> float:
+        """This step's loss as the report shows it: the mean over the data-parallel replicas of
+        what the rank holding it measured (tp rank 0 of the last pipeline stage). A collective
+        on the control channel (not logged, not timed)."""
+        if self.comm is None or self.comm.size == 1:
+            return loss
+        holds = (self.pipeline is None or self.pipeline.holds_loss) and \
+            (self.grid is None or self.grid.coords["tp"] == 0)
+        values = [v for v in self.comm.exchange_objects(loss if holds else None) if v is not None]
+        return float(sum(values) / len(values))
 
     def _check_finite(self, step: int, loss: float, final: bool = False) -> None:
         """Stop a diverged run: in fp32/fp64 at the first non-finite loss (nothing would skip
