@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from . import (
     adam_bias_correction,
+    checkpoint_resume,
+    dp_comm_volume,
     dynamic_loss_scaler,
     fp16_round_to_nearest_even,
     gradient_accumulation,
@@ -31,8 +33,10 @@ from . import (
     korthikanti_activations,
     layer_norm_backward,
     pipeline_1f1b,
+    pkd_layer_map,
     recursive_doubling_all_gather,
     reduce_scatter_padding,
+    sequence_parallel_g,
     tensor_parallel_f_g,
     ring_all_reduce,
     zb_h1_split,
@@ -44,12 +48,12 @@ from .grading import CheckResult, Report, Wrong, grade
 _MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 08, 09, 10
     layer_norm_backward, adam_bias_correction,
     ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
-    gradient_accumulation, zero_memory, zero2_gradient_partition,
+    gradient_accumulation, checkpoint_resume, zero_memory, zero2_gradient_partition,
     fp16_round_to_nearest_even, dynamic_loss_scaler,
-    tensor_parallel_f_g,
+    tensor_parallel_f_g, sequence_parallel_g,
     pipeline_1f1b, zb_h1_split,
-    kd_loss,
-    korthikanti_activations,
+    kd_loss, pkd_layer_map,
+    korthikanti_activations, dp_comm_volume,
     grid_rank_map,
 )
 

@@ -134,9 +134,9 @@ def held_out_values(sol, rng):
 
 
 def held_out_traffic(sol, rng):
-    """An unflattened (a, b) float32 array with fewer rows than ranks, then a 3-D float64 one."""
+    """An unflattened (a, b) float32 array with 2 to p - 1 rows, then a 3-D float64 one."""
     p = int(rng.integers(3, 6))
-    _traffic(p, (int(rng.integers(1, p)), int(rng.integers(3, 7))), int(rng.integers(1 << 30)), np.float32)(sol)
+    _traffic(p, (int(rng.integers(2, p)), int(rng.integers(3, 7))), int(rng.integers(1 << 30)), np.float32)(sol)
     _traffic(p, tuple(int(v) for v in rng.integers(2, 4, size=3)), int(rng.integers(1 << 30)), np.float64)(sol)
 
 

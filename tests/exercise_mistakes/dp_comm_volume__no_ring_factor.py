@@ -1,0 +1,12 @@
+"""Wrong: each collective counted as whole messages of Ψ, without the ring's (n−1)/n."""
+EXPECT = ["(n−1)/n of the message per rank"]
+
+
+def elements_sent(psi, n, strategy, k=1):
+    if n == 1:
+        return 0.0
+    if strategy == "parameter_server":
+        return psi
+    per_step = {"ddp": 2, "zero1": 2, "zero2": 1, "zero3": 0}[strategy]
+    per_micro = {"ddp": 0, "zero1": 0, "zero2": 1, "zero3": 3}[strategy]
+    return psi * (per_step + k * per_micro)
