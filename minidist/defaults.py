@@ -5,7 +5,7 @@ The trainer's config (:mod:`minidist.training.config`), the estimator
 names from here, so that they cannot disagree. This module imports nothing from minidist:
 it sits below every layer.
 
-* :data:`DEFAULTS` — the DeepSpeed-style training config with every key filled (SPEC §9);
+* :data:`DEFAULTS` — the DeepSpeed-style training config with every key filled (DeepSpeed's key names);
 * :data:`DEFAULT_DEVICE` — the simulated device preset used when none is named;
 * the ZeRO bucket sizes (DeepSpeed's defaults, in elements);
 * :data:`STRATEGIES` — the data-parallel strategy names ("single" … "zero3");
@@ -117,7 +117,7 @@ def normalize_schedule(name: str) -> str:
 
 DEFAULTS = {
     "train_micro_batch_size_per_gpu": 16,
-    "gradient_accumulation_steps": 1,    # also the pipeline's micro-batches per step (SPEC §9)
+    "gradient_accumulation_steps": 1,    # also the pipeline's micro-batches per step
     "train_batch_size": None,            # DeepSpeed: micro × accumulation × data-parallel degree
     "gradient_clipping": 0.0,
     "steps": 200,
@@ -139,7 +139,7 @@ DEFAULTS = {
     # seq_len None: TEXT_SEQ_LEN for a text corpus, the task's own length for a synthetic task;
     # n_digits None: TASK_DIGITS; val_fraction None: TEXT_VAL_FRACTION (see config.data_config)
     "data": {"dataset": DEFAULT_DATASET, "seq_len": None, "n_digits": None, "val_fraction": None},
-    # the pipeline's micro-batches per step are gradient_accumulation_steps (SPEC §9)
+    # the pipeline's micro-batches per step are gradient_accumulation_steps (as in DeepSpeed)
     "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
                  "virtual_stages": 1, "sequence_parallel": False,
                  "pass_times": None,   # [T_F, T_B, T_W] of a stage that zb_v's order is built for; None: equal

@@ -1,4 +1,4 @@
-"""The training report (SPEC §10): config, per-step losses, per-rank memory and traffic,
+"""The training report: config, per-step losses, per-rank memory and traffic,
 and — next to what each rank measured — what the ZeRO formulas say for the same config.
 
 Per rank, ``data_parallel`` holds
@@ -113,7 +113,7 @@ def build_report(trainer, ranks: list[dict]) -> dict:
         "ranks": ranks,
         "data_parallel": {"strategy": trainer.strategy.name, "formula": formulas(trainer)},
     }
-    if trainer.pipeline is not None:     # SPEC §10: measured bubble beside the theory
+    if trainer.pipeline is not None:     # measured bubble beside the theory
         report["pipeline"] = pipeline_report(trainer, ranks)
         report["pipeline"].update(_pipeline_theory(report["pipeline"]))
     report["estimate"] = estimate(trainer.cfg, trainer.world_size)
@@ -158,7 +158,7 @@ STATES = ("parameters", "gradients", "optimizer_states")
 
 
 def layout_report(trainer, ranks: list, pipeline: dict | None) -> dict:
-    """Measured beside estimated, per rank of a tensor/pipeline-parallel run (SPEC §8, §10)."""
+    """Measured beside estimated, per rank of a tensor/pipeline-parallel run (:mod:`minidist.estimate`)."""
     est = estimate_for_config(trainer.cfg, trainer.world_size, trainer.model_config.vocab_size)
     rows = []
     for r in ranks:
@@ -221,7 +221,7 @@ def distill_rank_report(run) -> dict:
 
 
 def build_distill_report(run, ranks: list[dict]) -> dict:
-    """A distillation job's report (SPEC §10), on rank 0 from every rank's :func:`distill_rank_report`:
+    """A distillation job's report, on rank 0 from every rank's :func:`distill_rank_report`:
     the student's steps and final figures, and ``distillation`` with the teacher's and the
     student's figures, the losses' parts per step and the teacher → student bytes."""
     parts = [r["distillation"] for r in ranks]

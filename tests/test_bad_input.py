@@ -1,4 +1,4 @@
-"""The catalog of bad inputs (SPEC §14, issue 13 item 5): every one is answered with a clear
+"""The catalog of bad inputs (issue 13 item 5): every one is answered with a clear
 error — a non-zero exit or the documented exception, a message that names the key or the
 argument and says what to give instead, no traceback from the CLIs, no hang.
 

@@ -1,4 +1,4 @@
-"""Checkpoints (SPEC §14): straight 6 steps == 3 steps + save + load + 3 steps, bit for bit,
+"""Checkpoints (minidist.checkpoint): straight 6 steps == 3 steps + save + load + 3 steps, bit for bit,
 for every data-parallel layout and precision; resharding onto another world size / ZeRO
 stage; consolidation equals the one-rank model's state dict."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""Checkpoints of tensor- and pipeline-parallel runs (SPEC §14 with §6.2/§6.3): each rank saves
+"""Checkpoints of tensor- and pipeline-parallel runs (minidist.checkpoint): each rank saves
 its tp slices or its stages' parameters, masters and moments as fragments of the one-rank
 model's arrays; resuming with the same layout is bit for bit; loading onto another layout
 (TP 2 → 1, PP 2 → 1, 1 → TP 2) continues within 1e-12 in float64; ``consolidate`` gives the

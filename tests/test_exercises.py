@@ -1,4 +1,4 @@
-"""Classroom exercises (SPEC §13): the grader passes minidist's own implementations, calls
+"""Classroom exercises (minidist.exercises): the grader passes minidist's own implementations, calls
 untouched stubs unfinished, names the mistake in typical wrong solutions, and passes right
 ones written in other ways than minidist's own.
 

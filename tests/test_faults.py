@@ -1,4 +1,4 @@
-"""Faults (SPEC §14): a rank that raises or is killed ends the whole job fast — in-process and
+"""Faults: a rank that raises or is killed ends the whole job fast — in-process and
 under mpirun, with ``run_main`` and with ``init()`` — with that rank's number and message; a
 diverged run never ends with exit status 0."""
 import json
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.checkpoint, pytest.mark.timeout(60)]
 
 # The one wall-clock fact here is "the job ends at once instead of waiting out the 60 s receive
 # timeout" (measured: about 1 s). Asserting it against half that timeout still fails a job that
-# waits it out, but not a fast one slowed by busy cores; the SPEC's 10 s is the target.
+# waits it out, but not a fast one slowed by busy cores; 10 s is the target.
 WAITED_OUT = 30.0
 
 CONFIG = {"model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 8},

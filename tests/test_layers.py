@@ -44,4 +44,4 @@ def test_import_minidist_loads_only_the_engine():
 def test_no_module_is_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / "minidist").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
-    assert not long, f"split these modules (one concept per file, STYLE.md): {long}"
+    assert not long, f"split these modules (one concept per file): {long}"

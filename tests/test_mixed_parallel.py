@@ -1,4 +1,4 @@
-"""Mixed precision under data parallelism and every ZeRO stage (SPEC §7 with §5).
+"""Mixed precision under data parallelism and every ZeRO stage (minidist.precision with minidist.parallel.data).
 
 * memory: per rank, 2 + 2 + 12 bytes per parameter sharded exactly as the ZeRO formulas
   with K = 12 say (and 4 + 8 + 4 on the host with offload), written in tests/_formulas.py;

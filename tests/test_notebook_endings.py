@@ -1,4 +1,4 @@
-"""Every notebook ends as SPEC §13 asks: questions for the reader, then the chapter's exercises —
+"""Every notebook ends the same way: questions for the reader, then the chapter's exercises —
 and every exercise a notebook names exists in ``python -m minidist.exercises list``."""
 import re
 from pathlib import Path

@@ -171,7 +171,7 @@ def test_report_pipeline_section(tmp_path):
     pipe = json.loads((tmp_path / "r.json").read_text())["pipeline"]
     assert pipe["schedule"] == "1f1b" and pipe["ranks"] == 2 and pipe["micro_batches"] == 8
     assert pipe["bubble_fraction_theory"] == pytest.approx(1 / 9)     # (p−1)/(m+p−1), from the estimator
-    assert "bubble_fraction_formula" not in pipe                        # one theory field (SPEC §10)
+    assert "bubble_fraction_formula" not in pipe                        # one theory field
     assert pipe["peak_in_flight_theory"] == [2, 1]                      # min(p−r, m)
     assert pipe["peak_in_flight"] == pytest.approx([2, 1])    # from the memory tracker
     assert 0.5 / 9 < pipe["bubble_fraction"] < 0.3            # measured: unequal stage times

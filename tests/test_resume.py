@@ -1,4 +1,4 @@
-"""Resume says what it does (SPEC §14): --load at the last step says there is nothing to train;
+"""Resume says what it does: --load at the last step says there is nothing to train;
 a config that would change the trajectory is refused naming the key, unless
 --load-weights-only starts a new run from the checkpoint's weights (DeepSpeed's
 load_module_only); a manifest edited by hand is refused by its own checksum; under mpirun a

@@ -1,4 +1,4 @@
-"""Single-rank training: it learns, the report has SPEC §10's fields, bad configs are named."""
+"""Single-rank training: it learns, the report has minidist.report's fields, bad configs are named."""
 import json
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""minidist.estimate: the analytic calculators (SPEC §8).
+"""minidist.estimate: the analytic calculators.
 
 Closed-form answers to "how much memory, how many bytes, how many FLOPs, how big a bubble"
 for any model size and cluster, from the papers' formulas. The measured numbers of a

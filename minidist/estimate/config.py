@@ -1,6 +1,6 @@
 """The whole estimate for one minidist / DeepSpeed-style training config.
 
-:func:`estimate` reads the keys of a ``python -m minidist.train`` config (SPEC §9) and
+:func:`estimate` reads the keys of a ``python -m minidist.train`` config and
 returns, as a JSON-able dict, every analytic figure for one step of that run: parameters,
 model-state and activation memory per device, communication per rank, FLOPs, pipeline
 bubble and an ideal step time on the config's device. Train reports put it beside the
@@ -121,7 +121,7 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
         raise ValueError(f"world size {world_size} is not divisible by tensor x pipeline = {tp * pp}; "
                          f"change parallel.tensor/parallel.pipeline or the world size")
     dp = world_size // (tp * pp)
-    micro_batches = accum        # per rank per optimizer step; the pipeline's m (SPEC §9)
+    micro_batches = accum        # per rank per optimizer step; the pipeline's m
 
     count = gpt2_param_count(L, h, V, T, bias)
     params = count["total"]

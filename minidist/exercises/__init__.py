@@ -1,4 +1,4 @@
-"""Classroom exercises with a grader that says what is wrong (SPEC §13).
+"""Classroom exercises with a grader that says what is wrong.
 
 ``python -m minidist.exercises list | start NAME [DIR] | check NAME [DIR] | check --all DIR
 [--json] | check NAME --reference | hint NAME``. One module per exercise, each with

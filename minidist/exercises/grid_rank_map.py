@@ -60,7 +60,8 @@ Every function takes the layout as its last three arguments: the world size N, t
   their lowest rank, every rank in exactly one group.
 
 The grader checks every rank of layouts this example does not show (world sizes that are not
-powers of two, tp = 1, pp = 1, a world of one rank). Compute the ranks yourself: importing
+powers of two, tp = 1, pp = 1, a world of one rank), and three more drawn from the seed it
+prints. Compute the ranks yourself: importing
 minidist.parallel.grid, which holds minidist's own answer, fails the exercise.
 """
 
@@ -195,8 +196,8 @@ def _as_coords(got, where: str) -> dict:
     return {d: _int(v, f"{where}, {d}_rank") for d, v in got.items()}
 
 
-def _coords(sol) -> None:
-    for n, tp, pp in LAYOUTS:
+def _coords(sol, layouts=LAYOUTS) -> None:
+    for n, tp, pp in layouts:
         shape, layout = GridShape(n, tp, pp), _layout(n, tp, pp)
         got = [_as_coords(sol.coords(r, n, tp, pp), f"{layout}: coords({r}, {n}, {tp}, {pp})") for r in range(n)]
         for r in range(n):
@@ -213,8 +214,8 @@ def _coords(sol) -> None:
                         f"yours says dp {got[r]['dp']}, pp {got[r]['pp']}, tp {got[r]['tp']}. {_sentence(why)}")
 
 
-def _rank_of(sol) -> None:
-    for n, tp, pp in LAYOUTS:
+def _rank_of(sol, layouts=LAYOUTS) -> None:
+    for n, tp, pp in layouts:
         shape, layout = GridShape(n, tp, pp), _layout(n, tp, pp)
         where = [shape.coords(r) for r in range(n)]
         got = [_int(sol.rank_of(c["dp"], c["pp"], c["tp"], n, tp, pp),
@@ -281,8 +282,8 @@ CONTIGUOUS_MP = ("a replica's tp · pp ranks are not consecutive: dp varies befo
 
 
 def _check_groups(kind):
-    def check(sol):
-        for n, tp, pp in LAYOUTS:
+    def check(sol, layouts=LAYOUTS):
+        for n, tp, pp in layouts:
             layout = _layout(n, tp, pp)
             want = [list(g) for g in GridShape(n, tp, pp).groups(FREE[kind])]
             got = _as_groups(sol.groups(kind, n, tp, pp), f"{layout}: groups({kind!r}, {n}, {tp}, {pp})")
@@ -324,6 +325,19 @@ def _check_groups(kind):
     return check
 
 
+def held_out(sol, rng):
+    """Three layouts of the grader's: tp, dp and pp from 1 to 4 each (the statement's 2 × 2 × 2 left out)."""
+    layouts = []
+    while len(layouts) < 3:
+        tp, dp, pp = (int(v) for v in rng.integers(1, 5, size=3))
+        if (tp, dp, pp) != (2, 2, 2):
+            layouts.append((tp * dp * pp, tp, pp))
+    _coords(sol, layouts)
+    _rank_of(sol, layouts)
+    for kind in FREE:
+        _check_groups(kind)(sol, layouts)
+
+
 CHECKS = [
     (f"coords: tp fastest, then dp, then pp ({RULE}), every rank of {len(LAYOUTS)} layouts", _coords),
     ("rank_of: the inverse of coords", _rank_of),
@@ -331,4 +345,5 @@ CHECKS = [
     ("dp groups: one rank per replica, tp apart (same pp and tp)", _check_groups("dp")),
     ("pp groups: one rank per stage, tp·dp apart (same dp and tp)", _check_groups("pp")),
     ("mp groups: the tp × pp ranks of one replica (same dp)", _check_groups("mp")),
+    ("held out: three layouts of the grader's, tp, dp and pp from 1 to 4", held_out),
 ]

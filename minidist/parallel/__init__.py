@@ -6,12 +6,12 @@ Read this table first; each folder's ``__init__`` is the table of contents of it
 where                      what a student finds there
 =========================  ===================================================================
 :mod:`.grid`               the DP × PP × TP process grid: Megatron's rank order, every group
-                           derived by ``comm.split`` (SPEC §6.1)
-:mod:`.data`               data parallelism (SPEC §5): the parameter server (naive), DDP with
+                           derived by ``comm.split``
+:mod:`.data`               data parallelism: the parameter server (naive), DDP with
                            buckets, ZeRO-1/2/3 and ZeRO-Offload
-:mod:`.tensor`             tensor and sequence parallelism (Megatron-LM, Korthikanti et al.;
-                           SPEC §6.2): f/g, column/row/vocab-parallel layers, the TP GPT
-:mod:`.pipeline`           pipeline parallelism (SPEC §6.3): eight schedules as data (naive …
+:mod:`.tensor`             tensor and sequence parallelism (Megatron-LM, Korthikanti et al.
+                           2022): f/g, column/row/vocab-parallel layers, the TP GPT
+:mod:`.pipeline`           pipeline parallelism: eight schedules as data (naive …
                            dualpipe_v), a validator/simulator, one executor over ``grid.pp``
 =========================  ===================================================================
 

@@ -1,4 +1,4 @@
-"""minidist.precision: mixed-precision training (SPEC §7).
+"""minidist.precision: mixed-precision training.
 
 ==================  ==================================================================
 module              what a student finds there

@@ -1,4 +1,4 @@
-"""The ``distillation`` section of the config (SPEC §11): its defaults and checks, including a
+"""The ``distillation`` section of the config (run by :mod:`minidist.distill`): its defaults and checks, including a
 teacher read from a checkpoint (:func:`check_teacher`, also called by minidist.distill).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from .config_schema import ConfigError, _merge, data_config
 
 
 def check_distillation(cfg: dict, given, world_size: int) -> dict:
-    """The ``distillation`` section with its defaults, checked (SPEC §11; runs in minidist.distill).
+    """The ``distillation`` section with its defaults, checked (runs in minidist.distill).
 
     ``teacher.model`` starts from the student's ``model`` (only what differs is given) and is
     trained for ``teacher.steps`` (default: ``steps``) before the student; or ``teacher.load:

@@ -25,7 +25,7 @@ _CHOICES = {
 
 # keys other frameworks have that minidist spells differently: what to write instead
 _REPLACED = {"parallel.micro_batches": "the pipeline's micro-batches per step are gradient_accumulation_steps "
-                                      "(SPEC §9, as in DeepSpeed); set gradient_accumulation_steps instead"}
+                                      "(as in DeepSpeed's pipeline engine); set gradient_accumulation_steps instead"}
 
 _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps",
                   "eval_iters", "zero_optimization.reduce_bucket_size",

@@ -69,7 +69,7 @@ class Trainer:
             raise ConfigError("model.vocab_size", f"{mcfg['vocab_size']} is smaller than the dataset's "
                                                   f"vocabulary ({self.dataset.vocab_size}); remove the key to derive it")
         self.model_config = GPTConfig(**mcfg)
-        # the process grid (SPEC §6.1), built here and nowhere else: tp × dp × pp ranks
+        # the process grid (minidist.parallel.grid), built here and nowhere else: tp × dp × pp ranks
         par = cfg["parallel"]
         tp, pp = par["tensor"], par["pipeline"]
         self.grid = ProcessGrid(comm, tp=tp, pp=pp) if comm is not None else None
