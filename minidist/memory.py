@@ -71,7 +71,7 @@ class MemoryTracker:
         self.total = 0
         self.peak = 0
         self.peak_by_category = dict(self.current)
-        self.max_by_category = dict(self.current)      # each category's own maximum (SPEC §10)
+        self.max_by_category = dict(self.current)      # each category's own maximum
         self._live: dict[int, tuple[str, int, str]] = {}
         self._next = 1
         # timeline rows: (time_s, category, delta_bytes, total_after)

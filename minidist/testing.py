@@ -1,7 +1,7 @@
 """Run a few training steps of a config and collect what the equivalence tests compare.
 
-The contract of every strategy (CS336 assignment 2; STYLE.md "the serial model is the
-reference"): after every step, the parameters equal those of one rank trained on the
+The contract of every strategy (CS336 assignment 2: the serial model is the
+reference): after every step, the parameters equal those of one rank trained on the
 same global batch. :func:`train_steps` runs one rank's side of that check::
 
     ref = train_steps(serial_config)                          # one rank, micro-batch p·b

@@ -129,7 +129,7 @@ def available_memory() -> int | None:
 
 def _check_memory(cfg, world: int) -> None:
     """In-process ranks share this machine's memory: refuse a world that cannot fit, from
-    the analytic per-rank estimate (model states + activations, SPEC §8) plus the data and
+    the analytic per-rank estimate (model states + activations, :mod:`minidist.estimate`) plus the data and
     the interpreter's own bookkeeping (about 2× the estimate + 4 MiB, measured), plus the
     trace and memory timeline every step appends to (about 48 KiB per step, measured)."""
     per_rank = 2 * estimate(cfg, world)["memory_per_device"] + 4 * 2**20 + cfg["steps"] * 48 * 2**10

@@ -1,4 +1,4 @@
-"""minidist.checkpoint: save, resume bit for bit, reshard, consolidate (SPEC §14).
+"""minidist.checkpoint: save, resume bit for bit, reshard, consolidate.
 
 =====================  ===========================================================================
 :mod:`.format`         the files: a folder per step, a shard per rank, the manifest, ``latest``;

@@ -1,6 +1,6 @@
 """The frozen teacher: a trained GPT that only runs forward.
 
-What freezing means for memory (SPEC §11): the teacher holds its **parameters only** — no
+What freezing means for memory: the teacher holds its **parameters only** — no
 gradients (``requires_grad`` is off and it runs under ``no_grad``, so not even activations
 are saved for a backward), no optimizer states (its optimizer is dropped after training).
 In an fp16/bf16 run the teacher is kept in that 16-bit format (2 bytes per parameter, as

@@ -1,4 +1,4 @@
-"""minidist.numerics: what the bits of a number format mean, and rounding into it (SPEC §7).
+"""minidist.numerics: what the bits of a number format mean, and rounding into it.
 
 A leaf: it imports nothing of minidist, so the engine's autocast can use it without
 loading any training machinery.

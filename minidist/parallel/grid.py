@@ -1,4 +1,4 @@
-"""The process grid: which ranks hold which slice of the model and of the batch (SPEC §6.1).
+"""The process grid: which ranks hold which slice of the model and of the batch.
 
 The grid's dimensions are one ordered list, fastest-varying first, as Megatron-LM's
 ``RankGenerator`` orders them (``order="tp-cp-ep-dp-pp"``) and as torch's ``DeviceMesh``
@@ -13,7 +13,7 @@ names them::
 * ``dp`` data parallel — the ranks that hold the same weights and see different data;
 * ``pp`` pipeline parallel — the ranks that hold consecutive stages of one replica.
 
-A rank's coordinates are its digits in that mixed radix; with cp = ep = 1 this is SPEC §6.1's
+A rank's coordinates are its digits in that mixed radix; with cp = ep = 1 this is Megatron-LM's
 ``rank = tp_rank + tp · (dp_rank + dp · pp_rank)``::
 
     N = 8, tp = 2, pp = 2 (so dp = 2):
@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 
 DIMENSIONS = ("tp", "cp", "ep", "dp", "pp")      # fastest-varying first (Megatron's order)
-ALWAYS_SHOWN = ("dp", "pp", "tp")                # coords a report always carries (SPEC §6.1, §10)
+ALWAYS_SHOWN = ("dp", "pp", "tp")                # coords a report always carries
 CONFIG_KEYS = {"tp": "parallel.tensor", "pp": "parallel.pipeline", "cp": "parallel.context.size",
                "ep": "parallel.expert"}
 

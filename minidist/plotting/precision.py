@@ -1,4 +1,4 @@
-"""Figures for number formats and loss scaling (SPEC §7 teaching views).
+"""Figures for number formats and loss scaling.
 
 * :func:`plot_format_layouts` — the bit layout of each format as coloured boxes;
 * :func:`plot_format_ranges` — each format's subnormal and normal range on a log2 axis;

@@ -1,4 +1,4 @@
-"""minidist.parallel.data: data parallelism and every ZeRO stage (SPEC §5).
+"""minidist.parallel.data: data parallelism and every ZeRO stage.
 
 Read in this order — each file builds on the one before:
 

@@ -134,14 +134,14 @@ class PipelineEngine:
 
 
 def bubble_from_ranks(measured: list) -> float:
-    """1 − Σ busy / (ranks × step time) over one step of every pipeline rank (SPEC §6.3)."""
+    """1 − Σ busy / (ranks × step time) over one step of every pipeline rank."""
     begin = min(r["t_begin"] for r in measured)
     end = max(r["t_end"] for r in measured)
     return 1.0 - sum(r["busy"] for r in measured) / (len(measured) * (end - begin)) if end > begin else 0.0
 
 
 def pipeline_report(trainer, ranks: list) -> dict:
-    """The measured part of the report's ``pipeline`` section (SPEC §10): the last step's bubble
+    """The measured part of the report's ``pipeline`` section: the last step's bubble
     and peak in-flight micro-batches of the first replica's pipeline ranks (the report adds the
     theory beside them from :mod:`minidist.estimate`)."""
     engine = trainer.pipeline

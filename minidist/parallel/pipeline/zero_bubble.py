@@ -18,7 +18,7 @@ ZB-H2 fills every rank's own span completely (no idle unit between a rank's firs
 pass when m ≥ 2p−1) by holding up to 2p−1 micro-batches. What remains, (p−1) units, is the
 staircase at the start and end of the step (rank p−1 cannot start before p−1 forwards
 reached it): the paper removes it by not synchronising before the optimizer step
-("optimizer post-validation"); a synchronous step, as here and in the SPEC's bubble
+("optimizer post-validation"); a synchronous step, as here and in minidist's bubble
 fraction, keeps it, so both reach (p−1)/(3m+p−1) — the least any 1-chunk-per-rank schedule
 can have (see :func:`~.schedule.simulate`).
 """
