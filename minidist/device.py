@@ -14,6 +14,7 @@ per message (Hockney's model, as in Thakur, Rabenseifner & Gropp 2005).
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import json
@@ -228,6 +229,28 @@ class Device:
             self.matmul_flops += flops
         self.flops_by_op[name] = self.flops_by_op.get(name, 0) + flops
         return self.clock.run(stream, flops / (flops_per_s or self.spec.flops), name, "compute")
+
+    @contextlib.contextmanager
+    def phase(self, name: str, **args):
+        """One span ``name`` on the trace's ``phase`` track around the work inside the block
+        (generation's ``prefill`` and ``decode``, :mod:`minidist.inference`). Every stream is
+        synchronised on entry and exit — the host reads each step's result before the next
+        one starts — so the span holds exactly the block's compute and messages. Its args:
+        ``args``, plus what the caller adds to the yielded dict, plus the FLOPs counted inside
+        and the bytes held per memory category at the end."""
+        t0, flops, matmul = self.clock.sync(), self.flops, self.matmul_flops
+        extra = dict(args)
+        yield extra
+        t1 = self.clock.sync()
+        self.trace.complete(name, "phase", "phase", t0, t1,
+                            {**extra, "flops": self.flops - flops, "matmul_flops": self.matmul_flops - matmul,
+                             "memory": self.memory.resident(), "t_start": t0, "t_end": t1})
+
+    def phases(self, name: str | None = None) -> list[dict]:
+        """The spans :meth:`phase` recorded (optionally only those called ``name``), in order:
+        ``{"name", "t_start", "t_end", "flops", "matmul_flops", "memory", …}``."""
+        return [{"name": e["name"], **e["args"]} for e in self.trace.events
+                if e["cat"] == "phase" and (name is None or e["name"] == name)]
 
     # -- activations saved by autograd ----------------------------------------------------
     def save_for_backward(self, arrays, dtype: str | None = None) -> list[int]:

@@ -15,7 +15,9 @@ stored (in_features, out_features) so every layer computes y = x @ W + b.
 * a pipeline rank builds only its blocks (``layer_ids``), the embeddings if it holds the
   first stage (``pre_process``) and ``ln_f`` + the head if it holds the last
   (``post_process``), Megatron's names; :mod:`minidist.parallel.pipeline.stage` runs the three
-  steps chunk by chunk.
+  steps chunk by chunk;
+* generation (:meth:`GPT.generate`, :mod:`minidist.inference`) runs the same three steps with a
+  KV cache: each attention appends its keys and values and attends to all of them.
 
 How each parameter is split is an attribute of the parameter (``partition_dim``,
 ``partition_stride``, …, see :class:`~minidist.tensor.Parameter`), set once by the factory
@@ -31,13 +33,14 @@ import math
 import numpy as np
 
 from . import functional as F
+from .inference import KVCache, generate
 from .layers import Layers, Split, mark, parameter_splits, split_of
 from .nn import Module, ModuleList
 from .recompute import checkpoint
 from .tensor import Tensor
 
-__all__ = ["GPT", "GPTConfig", "Layers", "Recompute", "Split", "mark", "one_rank_parameters", "one_rank_shapes",
-           "parameter_splits", "split_of"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "Layers", "Recompute", "Split", "mark", "one_rank_parameters",
+           "one_rank_shapes", "parameter_splits", "split_of"]
 
 
 @dataclasses.dataclass
@@ -111,11 +114,11 @@ class CausalSelfAttention(Module):
         self.recompute_cpu = False        # its checkpoint (q, k, v) in the host pool
 
     def core(self, q, k, v):
-        """softmax(QKᵀ/√d)·V with dropout on the probabilities: the (B, nh, T, T) part."""
+        """softmax(QKᵀ/√d)·V with dropout on the probabilities: the (B, nh, T, Tk) part."""
         p = self.attn_dropout.p if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, rng=self.attn_dropout.rng)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         qkv = self.c_attn(x)                                        # (B, T, 3·C) — 3·C/t: my heads' q, k, v
         B, T, _ = qkv.shape
         hs = self.head_size
@@ -124,6 +127,8 @@ class CausalSelfAttention(Module):
         q = q.reshape(B, T, nh, hs).transpose(1, 2)                 # (B, nh, T, hs)
         k = k.reshape(B, T, nh, hs).transpose(1, 2)
         v = v.reshape(B, T, nh, hs).transpose(1, 2)
+        if kv_cache is not None:                                    # generation: this layer's LayerKV
+            k, v = kv_cache.update(k, v)                            # (B, nh, L + T, hs): the past, then these
         # selective: keep q, k, v and recompute the scores in backward (the 5as/h term is never held)
         y = checkpoint(self.core, q, k, v, cpu=self.recompute_cpu) if self.recompute_core else self.core(q, k, v)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)                # heads side by side again
@@ -153,8 +158,8 @@ class Block(Module):
         self.ln_2 = _layer_norm(layers, init, prefix + "ln_2.", cfg.n_embd, cfg.bias)
         self.mlp = MLP(cfg, layers, init, prefix + "mlp.", seed + 2)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -244,30 +249,37 @@ class GPT(Module):
         return self
 
     # -- the three steps ----------------------------------------------------------------------
-    def embed(self, idx):
-        """Token ids (B, T) → the residual stream (B, T, C), this rank's T/t under SP."""
+    def embed(self, idx, start: int = 0):
+        """Token ids (B, T) at positions ``start`` … ``start + T − 1`` (``start``: the positions a
+        KV cache already holds) → the residual stream (B, T, C), this rank's T/t under SP."""
         ids = idx.data if isinstance(idx, Tensor) else np.asarray(idx)
         if ids.ndim != 2:
             raise ValueError(f"GPT expects token ids of shape (batch, time), got {ids.shape}")
         T = ids.shape[1]
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}; "
-                             f"raise model.block_size or shorten data.seq_len")
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T}{f' ({start} cached + {T} new)' if start else ''} exceeds "
+                             f"block_size {self.config.block_size}; raise model.block_size or shorten data.seq_len")
         tr = self.transformer
-        x = self.layers.scatter_tokens(tr.wte(ids) + tr.wpe(np.arange(T)))   # (B, T, C)
+        x = self.layers.scatter_tokens(tr.wte(ids) + tr.wpe(np.arange(start, start + T)))   # (B, T, C)
         return tr.drop(x)
 
-    def blocks(self, x, layer_ids=None, hidden: list | None = None):
+    def blocks(self, x, layer_ids=None, hidden: list | None = None, kv_cache: KVCache | None = None):
         """Run the blocks ``layer_ids`` (default: all this model holds); append each output
         to ``hidden`` (as (B, T, C)) when a list is given. Under full recomputation each
-        checkpointed unit keeps only its input (a unit is one block when ``hidden`` is asked)."""
+        checkpointed unit keeps only its input (a unit is one block when ``hidden`` is asked).
+        With a ``kv_cache`` (generation: no backward, nothing to recompute) block i reads and
+        extends ``kv_cache[i]``."""
         ids = self.layer_ids if layer_ids is None else list(layer_ids)
         recompute = self.recompute
+        if kv_cache is not None:
+            recompute = Recompute()
         if hidden is not None and recompute.granularity == "full":
             recompute = dataclasses.replace(recompute, num_layers=1) if recompute.method == "uniform" else recompute
         for unit, saved in recompute.units(ids):
             blocks = [self.transformer.h[i] for i in unit]
-            if saved:
+            if kv_cache is not None:
+                x = blocks[0](x, kv_cache[unit[0]])                 # one block per unit, none recomputed
+            elif saved:
                 x = checkpoint(blocks[0] if len(blocks) == 1 else _Chain(blocks), x, cpu=recompute.cpu,
                                partition=recompute.partition)
             else:
@@ -285,14 +297,34 @@ class GPT(Module):
             return self.layers.full_logits(logits), None
         return logits, self.layers.cross_entropy(logits, targets)
 
-    def forward(self, idx, targets=None, return_hidden: bool = False):
+    def forward(self, idx, targets=None, return_hidden: bool = False, kv_cache: KVCache | None = None,
+                logits_to_keep: int = 0):
+        """``kv_cache``: a :class:`~minidist.inference.KVCache` that ``idx`` continues (its
+        positions start after the cached ones) and that every attention extends.
+        ``logits_to_keep`` (Hugging Face's name): without targets, only the last so many
+        positions' logits (generation needs one); 0 keeps them all."""
         T = np.shape(idx.data if isinstance(idx, Tensor) else idx)[-1]
+        start = len(kv_cache) if kv_cache is not None else 0
         with self.layers.sequence(T):
             hidden = [] if return_hidden else None
-            logits, loss = self.head(self.blocks(self.embed(idx), hidden=hidden), targets)
+            x = self.blocks(self.embed(idx, start), hidden=hidden, kv_cache=kv_cache)
+            keep = logits_to_keep if targets is None and 0 < logits_to_keep < T else 0
+            if keep and x.shape[1] == T:
+                x = x[:, T - keep:]                                 # the head on the last positions only
+            logits, loss = self.head(x, targets)
+            if keep and logits.shape[1] > keep:                     # under SP the head ran on every position
+                logits = logits[:, T - keep:]
         if return_hidden:
             return logits, loss, hidden
         return logits, loss
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 use_cache: bool = True, seed: int | None = None):
+        """``idx`` (B, P) followed by ``max_new_tokens`` sampled tokens, (B, P + n) (nanoGPT's
+        ``generate``): greedy when ``temperature`` is 0, ``top_k`` keeps the k likeliest,
+        ``use_cache`` keeps the keys and values of past positions (prefill, then one position
+        per token), ``seed`` makes the draws repeatable. See :mod:`minidist.inference`."""
+        return generate(self, idx, max_new_tokens, temperature, top_k, use_cache, seed)
 
 
 class _Chain(Module):

@@ -78,6 +78,31 @@ def test_the_t_squared_factor_keeps_the_soft_gradient_scale():
     assert np.abs(grads[0] - grads[1]).max() < tol and np.abs(grads[1] - approx).max() < tol
 
 
+def test_the_kls_own_gradient_is_q_minus_p_over_t_and_falls_as_one_over_t_squared():
+    """kd_loss's docstring and notebook 08: the KL's gradient per logit is exactly (q − p)/T, and
+    q − p ≈ (z_s − z_t)/(V·T) for large T, so the gradient without the T² factor falls as 1/T²."""
+    rng = np.random.default_rng(3)
+    zs, zt = rng.standard_normal((1, 4, V)), rng.standard_normal((1, 4, V))
+    zs -= zs.mean(-1, keepdims=True)
+    zt -= zt.mean(-1, keepdims=True)
+    y = np.zeros((1, 4), dtype=np.int64)
+    kl_grad = {}
+    for temp in (1.0, 2.0, 50.0, 100.0, 200.0):
+        s = Tensor(zs, requires_grad=True)
+        kd_loss(s, zt, y, temp, alpha=1.0).backward()
+        kl_grad[temp] = s.grad / temp ** 2                   # the gradient of the KL alone (α = 1, no T²)
+        q = np.exp(zs / temp) / np.exp(zs / temp).sum(-1, keepdims=True)
+        p = np.exp(zt / temp) / np.exp(zt / temp).sum(-1, keepdims=True)
+        np.testing.assert_allclose(kl_grad[temp], (q - p) / temp / 4, rtol=1e-10, atol=1e-15)   # exact, N = 4
+    for temp in (50.0, 100.0, 200.0):                       # q − p ≈ (z_s − z_t)/(V·T): O(1/T)
+        q_minus_p = kl_grad[temp] * temp * 4
+        np.testing.assert_allclose(q_minus_p, (zs - zt) / (V * temp), atol=0.03 * np.abs(zs - zt).max() / (V * temp))
+    for small, large in ((50.0, 100.0), (100.0, 200.0)):    # doubling T divides the KL's gradient by ≈ 4
+        ratio = np.abs(kl_grad[small]).sum() / np.abs(kl_grad[large]).sum()
+        assert ratio == pytest.approx(4.0, rel=0.02)
+    assert np.abs(kl_grad[1.0]).sum() / np.abs(kl_grad[2.0]).sum() != pytest.approx(4.0, rel=0.02)   # only for large T
+
+
 def test_top_k_spreads_the_rest_uniformly_and_k_equal_v_minus_1_is_exact():
     _, zt, y = _data(3)
     tk = top_k(zt, 3, temperature=2.0)

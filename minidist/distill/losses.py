@@ -85,8 +85,11 @@ def kd_loss(student_logits, teacher_logits, targets, temperature: float = 2.0, a
     :class:`TopK` a teacher rank sent (the mass outside the K tokens spread uniformly over
     the V − K others, see :class:`TopK`); ``targets`` (B, T) ints, ``ignore_index`` where a
     position has no target. The KL and the CE are each averaged over the target positions.
-    Why T²: the soft part's gradient is (q_s − p_t)/T per logit, so multiplying by T² keeps
-    its scale comparable to the hard part's as T changes (Hinton et al. §2).
+    Why T²: the KL's gradient is exactly (q_s − p_t)/T per logit (q_s, p_t the student's and
+    the teacher's softmax at T), and for large T the difference q_s − p_t is itself O(1/T):
+    both distributions approach uniform and, for zero-mean logits, q_s − p_t ≈ (z_s − z_t)/(V·T)
+    — so the KL's gradient falls as 1/T², and multiplying by T² keeps the soft part's scale
+    comparable to the hard part's as T changes (Hinton et al. 2015 §2).
 
     α = 0 is plain cross-entropy; T = 1, α = 1 the plain KL. With ``return_parts`` it also
     returns ``{"kl": KL, "ce": CE}`` (floats, before weighting).

@@ -250,12 +250,17 @@ class SyntheticTask:
 
 
 def greedy_decode(model, prompt, n_tokens: int) -> np.ndarray:
-    """Append ``n_tokens`` argmax tokens to ``prompt`` (B, P) with ``model(idx) -> (logits, loss)``.
+    """Append ``n_tokens`` argmax tokens to ``prompt`` (B, P); returns only the new tokens,
+    (B, n_tokens).
 
-    Returns only the new tokens, (B, n_tokens). Runs in eval mode (no dropout) and under
-    ``no_grad`` (no graph, no saved activations); the model's mode is restored afterwards.
+    The GPT decodes with its KV cache (``model.generate(..., temperature=0)``, see
+    :mod:`minidist.inference`): one prefill of the prompts, then one position per token. Any
+    other ``model(idx) -> (logits, loss)`` re-runs the whole context per token. Either way
+    in eval mode (no dropout) and under ``no_grad``; the model's mode is restored afterwards.
     """
     idx = np.asarray(prompt, dtype=np.int64)                                # (B, P)
+    if callable(getattr(model, "generate", None)):
+        return model.generate(idx, n_tokens, temperature=0.0)[:, idx.shape[1]:]
     block_size = getattr(getattr(model, "config", None), "block_size", None)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):

@@ -118,6 +118,24 @@ def step_bytes(n_layer: int, b: int, s: int, h: int, t: int, sp: bool = False, b
     return total * micro_batches
 
 
+def decode_collectives(n_layer: int, b: int, h: int, vocab_padded: int, tokens: int = 1) -> list:
+    """Every collective on the tp group in one generation step over ``tokens`` new positions
+    of ``b`` sequences (forward only, without sequence parallelism; :mod:`minidist.inference`):
+    the vocabulary-parallel embedding's ``g``, the two ``g`` of every layer (``f`` is the
+    identity forward), and the all-gather of the last position's ``V/t`` logits. The KV cache,
+    split by heads, never travels."""
+    bth = b * tokens * h
+    out = [("wte g", "all_reduce", bth)]
+    for i in range(n_layer):
+        out += [(f"h.{i} g after attention", "all_reduce", bth), (f"h.{i} g after MLP", "all_reduce", bth)]
+    return out + [("last position's logits gathered", "all_gather", b * vocab_padded)]
+
+
+def decode_step_bytes(n_layer: int, b: int, h: int, vocab_padded: int, t: int, w: int = 4, tokens: int = 1) -> int:
+    """Bytes one tp rank sends in one generation step (:func:`decode_collectives`, ``w`` bytes per element)."""
+    return sum(collective_bytes(op, n, t, w) for _, op, n in decode_collectives(n_layer, b, h, vocab_padded, tokens))
+
+
 def tp_bytes_by_op(trainer) -> dict:
     """op → bytes this rank sent on its tensor-parallel group in the trainer's last step (measured)."""
     log = getattr(trainer, "step_log", None)
