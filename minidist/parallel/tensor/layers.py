@@ -15,9 +15,13 @@ Weights are stored ``(in_features, out_features)`` (nanoGPT's layout, ``y = x @ 
 
 Under sequence parallelism (Korthikanti et al. 2022, §4.2.2) the column-parallel layer
 all-gathers its ``(B, T/t, C)`` input but **saves only the shard** for backward and gathers
-it again there to form ``dW`` (:func:`linear_with_sequence_parallel`, Megatron's
+it again there to form ``dW`` (:func:`linear_with_sequence_parallel`, after Megatron's
 ``LinearWithGradAccumulationAndAsyncCommunication``): the saved input is ``sbh/t``, at the
-price of one more all-gather per column-parallel layer in backward. Parameters replicated
+price of one more all-gather per column-parallel layer in backward. Megatron's layer is
+*asynchronous* — the backward's all-gather and reduce-scatter travel while the matmuls run;
+here they do so only with ``parallel.tp_comm_overlap`` (``overlap_comm``, the collectives on
+the communication stream of the simulated clock); without it every collective runs before
+or after the matmul that needs it, one after the other, with the same values. Parameters replicated
 over tp but used on only ``T/t`` positions (LayerNorm weights, row-parallel biases) get
 partial gradients; :func:`sequence_parallel_param` sums them over tp in the graph.
 """

@@ -1,13 +1,20 @@
 """Dropout masks under tensor and sequence parallelism: the one-rank mask, sliced.
 
-Inside a tensor-parallel region (attention probabilities of this rank's heads) and inside a
-sequence-parallel region (this rank's ``s/t`` positions) each rank holds a *slice* of the
-activation, so each must drop a slice of the mask. Megatron-LM forks a separate generator
-per tensor-parallel rank for this (``tensor_parallel.random.CudaRNGStatesTracker``): cheap,
-statistically right, but not the mask one rank would draw. minidist wants every parallel
-run to equal the one-rank run, so :class:`SlicedGenerator` draws the *whole* mask from the
-one-rank generator (same seed, same shape, same stream position) and keeps this rank's
-slice — ``t`` times the random numbers, for masks that are the one-rank mask exactly.
+**Megatron-LM's rule** (``tensor_parallel.random.model_parallel_cuda_manual_seed``): two
+generators per rank. The default one gets the *same* seed on every tensor-parallel rank and
+drops activations that are *replicated* over tp (after ``g``'s all-reduce, the embeddings),
+so every rank drops the same positions and the copies stay equal. A second one, seeded
+``seed + 2718 + tp_rank`` and forked with ``CudaRNGStatesTracker``, drops activations that
+are *split* over tp (the attention probabilities of this rank's heads, and under sequence
+parallelism this rank's ``s/t`` positions), so that the ranks' slices get independent masks.
+
+minidist keeps the first half of the rule — replicated regions draw from the one-rank
+generator with the same seed on every rank — and replaces the second: every parallel run must
+equal the one-rank run, and Megatron's per-rank masks are statistically right but not the
+mask one rank would draw. So in a split region :class:`SlicedGenerator` draws the *whole*
+mask from the one-rank generator (same seed, same shape, same stream position) and keeps
+this rank's slice — ``t`` times the random numbers, for masks that are the one-rank mask
+exactly (tests/test_tensor_parallel.py: TP and TP+SP with dropout equal one rank).
 """
 from __future__ import annotations
 
