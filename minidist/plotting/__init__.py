@@ -1,7 +1,7 @@
 """Figures. Only this package imports matplotlib (with the Agg backend).
 
 Every figure is drawn by one function of a chapter's module (``memory``, ``collectives``,
-``zero``, ``precision``, ``tensor``, ``pipeline``, ``distill``, ``grid``) and written by :func:`save`.
+``zero``, ``precision``, ``tensor``, ``pipeline``, ``checkpointing``, ``distill``, ``grid``) and written by :func:`save`.
 """
 from __future__ import annotations
 
