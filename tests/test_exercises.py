@@ -27,7 +27,8 @@ NAMES = list(exercises.EXERCISES)
 TOPIC_MARKER = {"autograd": "engine", "optimizers": "engine", "training": "engine", "collectives": "dist",
                 "zero": "zero", "mixed precision": "precision", "tensor parallel": "tensor",
                 "pipeline": "pipeline", "distillation": "distill", "estimator": "estimate",
-                "3D parallelism": "grid", "inference": "inference", "checkpoint": "checkpoint"}
+                "3D parallelism": "grid", "inference": "inference",
+                "checkpointing": "checkpointing", "checkpoint": "checkpoint"}
 
 
 def _topic_mark(name):

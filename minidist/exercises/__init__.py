@@ -22,6 +22,7 @@ traceback escape. The tests (``pytest -m exercises``) run the same checks.
 from __future__ import annotations
 
 from . import (
+    activation_checkpointing_bytes,
     adam_bias_correction,
     checkpoint_resume,
     dp_comm_volume,
@@ -45,13 +46,14 @@ from . import (
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 08, 09, 10
+_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10
     layer_norm_backward, adam_bias_correction,
     ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
     gradient_accumulation, checkpoint_resume, zero_memory, zero2_gradient_partition,
     fp16_round_to_nearest_even, dynamic_loss_scaler,
     tensor_parallel_f_g, sequence_parallel_g,
     pipeline_1f1b, zb_h1_split,
+    activation_checkpointing_bytes,
     kd_loss, pkd_layer_map,
     korthikanti_activations, dp_comm_volume,
     grid_rank_map,

@@ -1,7 +1,7 @@
 """Exercise: the 1F1B pipeline schedule as data (PipeDream-Flush, Narayanan et al. 2021).
 
 Reference: ``minidist.parallel.pipeline.one_f_one_b``. The student's action lists are checked
-with minidist's own validator and unit-time simulator (:mod:`minidist.parallel.pipeline.schedule`);
+with minidist's own validator and simulator (:mod:`minidist.parallel.pipeline.schedule`, F = 1, B = 2);
 the helpers here are shared with :mod:`.zb_h1_split`.
 """
 from __future__ import annotations
@@ -36,9 +36,10 @@ needs the gradient rank r+1 sends back; on the last rank the backward starts fro
    repeated;
 3. cool-down: the backwards still owed.
 
-With every forward and backward taking one unit, the bubble (idle share of the step) is
-(p−1)/(m+p−1), the same as GPipe's, but rank r holds at most min(p−r, m) micro-batches
-at once instead of m.
+With a forward taking one unit and a backward two (it computes the gradients of both the
+input and the weights; the grader's clock runs F = 1, B = 2), the bubble (idle share of the
+step) is (p−1)/(m+p−1), the same as GPipe's — whatever the two times, in fact — but rank r
+holds at most min(p−r, m) micro-batches at once instead of m.
 
 Write ``schedule_1f1b(p, m)`` returning a list of p lists: element r is rank r's program,
 a list of ("F", i) and ("B", i) pairs — forward or backward of micro-batch i on stage r —
@@ -127,8 +128,9 @@ def check_valid(s: Schedule, explain) -> None:
 
 
 def unit_time_run(s: Schedule):
-    """The student's schedule on the unit-time clock (:func:`simulate`), or :class:`Wrong` when
-    it is not a valid program (the first check says why)."""
+    """The student's schedule on the clock F = B = W = 1 (:func:`simulate`; a backward not split
+    into B and W takes 2), or :class:`Wrong` when it is not a valid program (the first check
+    says why)."""
     try:
         return validate(s)
     except ScheduleError:
@@ -232,7 +234,7 @@ CHECKS = [
     ("a valid program: every F and B once, no deadlock (p = 2, 3, 4, 8)", _valid),
     ("min(p−r, m) forwards before rank r's first backward (warm-up, then the steady state's first forward)",
      _warmup),
-    ("bubble (p−1)/(m+p−1) with unit times", _bubble),
+    ("bubble (p−1)/(m+p−1) with F = 1, B = 2", _bubble),
     ("peak in flight min(p−r, m) on rank r", _memory),
     ("held out: (p, m) of the grader's, m below, at and above p", held_out),
 ]
