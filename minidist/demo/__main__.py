@@ -25,6 +25,7 @@ CHAPTERS = [
     ("tensor", "minidist.demo.tensor_parallel"),
     ("pipeline", "minidist.demo.pipeline"),
     ("3d", "minidist.demo.grid3d"),
+    ("inference", "minidist.demo.inference"),
     ("checkpointing", "minidist.demo.checkpointing"),
 ]
 

@@ -32,6 +32,7 @@ from . import (
     grid_rank_map,
     kd_loss,
     korthikanti_activations,
+    kv_cache_decode_step,
     layer_norm_backward,
     pipeline_1f1b,
     pkd_layer_map,
@@ -57,6 +58,7 @@ _MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10
     kd_loss, pkd_layer_map,
     korthikanti_activations, dp_comm_volume,
     grid_rank_map,
+    kv_cache_decode_step,
 )
 
 EXERCISES = {m.NAME: m for m in _MODULES}
