@@ -126,7 +126,7 @@ def load_solution(path: str, functions) -> object:
             spec.loader.exec_module(module)
     except SyntaxError as exc:
         raise LoadError(f"your file has a syntax error at line {exc.lineno}: {exc.msg}") from None
-    except Exception as exc:  # noqa: BLE001 - whatever a student's module does on import
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever a student's module does on import
         raise LoadError(f"importing your file raised {describe_exception(exc, path)}") from None
     missing = [f for f in functions if not callable(getattr(module, f, None))]
     if missing:
