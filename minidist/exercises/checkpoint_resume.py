@@ -209,7 +209,7 @@ def _check_state(sol, opt, before, after, seed, parts):
                     f"learning-rate schedule would restart its warm-up (lr {fresh.lr_at(fresh.iteration):.4g} "
                     f"instead of {fresh.lr_at(record['iteration']):.4g} at the next step).")
     if "continue" in parts:
-        for k in range(after):
+        for _ in range(after):
             fresh.train_step()
         for name, p in dict(fresh.model.named_parameters()).items():
             live = dict(run.model.named_parameters())[name].data
