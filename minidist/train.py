@@ -13,6 +13,7 @@ import os
 import sys
 
 from . import distributed as dist
+from .training.composition import support_matrix
 from .training.config import ConfigError, data_config, load_config
 from .training.data import make_dataset
 from .device import export_chrome_trace
@@ -144,6 +145,19 @@ def _check_memory(cfg, world: int) -> None:
               f"will be slow", file=sys.stderr)
 
 
+def _note_unused(config: dict, cfg: dict) -> None:
+    """Say which keys the user set that this layout does not use (rank 0 only)."""
+    par, given = cfg["parallel"], config.get("parallel") or {}
+    unused = [(k, why) for k, why in (("make_vocab_size_divisible_by", "pads the vocabulary only under "
+                                       "parallel.tensor > 1"),
+                                      ("schedule", "only a pipeline (parallel.pipeline > 1) runs a schedule"),
+                                      ("virtual_stages", "only a pipeline (parallel.pipeline > 1) has stages"))
+              if k in given and (par["tensor"] == 1 if k == "make_vocab_size_divisible_by" else par["pipeline"] == 1)]
+    if dist.launch_rank() == 0:
+        for key, why in unused:
+            print(f"note: parallel.{key} has no effect here: {why}", file=sys.stderr)
+
+
 def _checkpoint_args(args, cfg) -> dict:
     """--save/--save-interval/--load, checked (and the checkpoint read and verified) before
     any rank starts, so that every rank fails the same way."""
@@ -203,7 +217,12 @@ def main(argv=None) -> int:
                     help="with --load: start a new run from the checkpoint's weights only (DeepSpeed's "
                          "load_module_only): step 0, fresh optimizer; the config may change all but the model")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--support-matrix", action="store_true",
+                    help="print which features compose (minidist/training/composition.py) and exit")
     args = ap.parse_args(argv)
+    if args.support_matrix:
+        print(support_matrix())
+        return 0
     if args.world_size is not None and args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
     tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
@@ -225,6 +244,7 @@ def main(argv=None) -> int:
         if not mpi:
             _check_memory(cfg, args.world_size)
         ckpt = _checkpoint_args(args, cfg)
+        _note_unused(config, cfg)
         if (cfg["distillation"] or {}).get("teacher", {}).get("load"):
             read_teacher(cfg)                   # a missing or damaged teacher checkpoint: refused before launch
     except (ConfigError, UsageError, CheckpointError, ValueError, OSError) as e:

@@ -23,8 +23,10 @@ import argparse
 import json
 import math
 import re
+import sys
 
 from ..defaults import DEFAULT_DEVICE, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, SCHEDULES, normalize_schedule
+from ..parallel.pipeline import V_SCHEDULES
 from ..device import PRESETS
 from .activations import CHECKPOINTING, METHODS, activation_memory, checkpointed_layers
 from .comm import comm_volume
@@ -152,6 +154,17 @@ def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.schedule == INTERLEAVED_1F1B and a.pp > 1 and a.micro_batches % a.pp:
         p.error(f"--schedule {INTERLEAVED_1F1B} needs --micro-batches divisible by --pp {a.pp} "
                 f"(got {a.micro_batches})")
+    # what the trainer refuses, the estimator refuses too, with the same reasons
+    if a.sp and a.tp == 1:
+        p.error("--sp needs --tp > 1 (sequence parallelism splits over the tensor-parallel ranks)")
+    if a.sp and a.seq and a.seq % a.tp:
+        p.error(f"--seq {a.seq} is not divisible by --tp {a.tp}: under --sp each rank holds seq/tp positions")
+    chunks = a.pp * (a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 2 if a.schedule in V_SCHEDULES else 1)
+    if a.layers and a.pp > 1 and a.layers % chunks:
+        p.error(f"--layers {a.layers} do not fill the {chunks} model chunks of --schedule {a.schedule} on --pp "
+                f"{a.pp}; use a multiple of {chunks}")
+    if a.pp == 1 and a.schedule != DEFAULT_SCHEDULE:
+        print(f"note: --schedule {a.schedule} has no effect with --pp 1 (no pipeline)", file=sys.stderr)
 
 
 def compute(a: argparse.Namespace) -> dict:

@@ -17,6 +17,7 @@ from ..optim import OPTIMIZERS
 from ..parallel.tensor.build import config_problem as tensor_config_problem
 from ..parallel.pipeline import config_problem as pipeline_config_problem
 from ..precision.loss_scaler import from_config
+from . import composition
 from .config_distillation import check_distillation
 from .config_schema import (_POSITIVE_INTS, ConfigError, _check_types, _merge, data_config,  # noqa: F401
                             sequence_length)   # ConfigError, data_config, sequence_length: re-exported
@@ -141,6 +142,8 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     par = cfg["parallel"]
     mp = par["tensor"] * par["pipeline"]
     seq, key = sequence_length(cfg)
+    if mp <= world_size and world_size % mp == 0:
+        composition.check(cfg, world_size)   # which features compose: one table (training/composition.py)
     problem = tensor_config_problem(cfg, world_size, seq)   # tp > world first
     if problem:
         raise ConfigError(*problem)
@@ -167,8 +170,6 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if tbs is not None and tbs != expect:
         raise ConfigError("train_batch_size", f"{tbs} != train_micro_batch_size_per_gpu × "
                                               f"gradient_accumulation_steps × data-parallel degree = {expect}")
-    if cfg["fp16"]["enabled"] and cfg["bf16"]["enabled"]:
-        raise ConfigError("fp16.enabled", "fp16 and bf16 cannot both be enabled; pick one")
     if cfg["fp16"]["enabled"] or cfg["bf16"]["enabled"]:
         key = "fp16.enabled" if cfg["fp16"]["enabled"] else "bf16.enabled"
         if cfg["dtype"] != "float32":
@@ -179,9 +180,6 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
         except ValueError as e:
             raise ConfigError("fp16", str(e)) from None
     zero = cfg["zero_optimization"]
-    if zero["offload_optimizer"]["device"] == "cpu" and zero["stage"] == 0:
-        raise ConfigError("zero_optimization.offload_optimizer.device",
-                          "offload needs ZeRO stage 1, 2 or 3 (DeepSpeed's ZeRO-Offload); set zero_optimization.stage")
     pre = zero["stage3_prefetch_bucket_size"]
     if pre != int(pre):
         raise ConfigError("zero_optimization.stage3_prefetch_bucket_size",
@@ -189,13 +187,7 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if zero["stage"] > 0 and par["data_parallel"] == PARAMETER_SERVER:
         raise ConfigError("parallel.data_parallel", "the parameter server keeps whole optimizer states on "
                                                    "rank 0; ZeRO needs data_parallel 'ddp' (or stage 0)")
-    if zero["stage"] > 0 and cfg["optimizer"]["type"].lower() == "lamb":
-        raise ConfigError("optimizer.type", "LAMB needs whole-tensor norms and cannot update a ZeRO shard; "
-                                            "use Adam, AdamW or SGD with zero_optimization.stage > 0")
     ac = cfg["activation_checkpointing"]
-    if ac["cpu_checkpointing"] and ac["granularity"] == "none":
-        raise ConfigError("activation_checkpointing.cpu_checkpointing", "moves the checkpoints of recomputation to "
-                                                                        "the host: set granularity full or selective")
     if ac["partition_activations"]:
         why = ("needs granularity full (it shards the blocks' checkpointed inputs)" if ac["granularity"] != "full"
                else "needs parallel.tensor > 1 (it shards the checkpoints over the tensor-parallel ranks)"

@@ -20,13 +20,6 @@ def check_distillation(cfg: dict, given, world_size: int) -> dict:
     if not isinstance(given, dict):
         raise ConfigError("distillation", f"expected an object such as {{'teacher': {{'model': {{'n_layer': 4}}}}}} "
                                           f"or null, got {given!r}")
-    par = cfg["parallel"]
-    if par["tensor"] > 1 or par["pipeline"] > 1:
-        key = "parallel.tensor" if par["tensor"] > 1 else "parallel.pipeline"
-        raise ConfigError(key, "distillation trains the student data parallel (or ZeRO) only: its loss needs the "
-                               "whole vocabulary's logits and every block's output on one rank, which tensor and "
-                               "pipeline parallelism split; set parallel.tensor and parallel.pipeline to 1 (the "
-                               "teacher can still have its own ranks: distillation.teacher_ranks)")
     student = cfg["model"]
     d = _merge({"teacher": {"model": student, "steps": cfg["steps"], "load": None}, "temperature": 2.0,
                 "alpha": 0.5, "patient": None, "teacher_ranks": 0, "top_k": None}, given, "distillation.")

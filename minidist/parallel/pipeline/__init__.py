@@ -70,15 +70,6 @@ def config_problem(cfg: dict):
     pp, m = par["pipeline"], cfg["gradient_accumulation_steps"]
     if pp == 1:
         return None
-    if cfg["zero_optimization"]["stage"] == 3:
-        return ("zero_optimization.stage", "ZeRO-3 does not compose with parallel.pipeline > 1 here (each stage "
-                                           "would gather parameters it does not hold); use stage 1 or 2 over the "
-                                           "data-parallel group, as DeepSpeed's pipeline engine does")
-    if cfg["zero_optimization"]["stage"] == 2 and cfg["zero_optimization"]["overlap_comm"]:
-        return ("zero_optimization.overlap_comm", "with parallel.pipeline > 1 the data-parallel reduction waits for "
-                                                  "the pipeline's flush (DeepSpeed's pipeline engine does the same), "
-                                                  "so ZeRO-2 cannot reduce-scatter during backward; set overlap_comm "
-                                                  "false")
     try:
         s = build_schedule(par["schedule"], pp, m, par["virtual_stages"], times=par["pass_times"])
     except ValueError as e:

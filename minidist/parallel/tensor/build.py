@@ -25,16 +25,13 @@ def heads_problem(n_head: int, tp: int) -> str | None:
 
 
 def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] | None:
-    """The first thing wrong with the tensor-parallel part of a (merged) config, or None."""
+    """The first thing wrong with the tensor-parallel part of a (merged) config, or None (what
+    tensor parallelism composes with is decided by :mod:`minidist.training.composition`)."""
     par, m = cfg["parallel"], cfg["model"]
     t, sp = par["tensor"], par.get("sequence_parallel", False)
     if t > world_size:
         return "parallel.tensor", (f"{t} is greater than the world size {world_size}: tensor parallelism "
                                    f"splits each layer over t ranks; launch at least {t} ranks or lower it")
-    if sp and t == 1:
-        return "parallel.sequence_parallel", "needs parallel.tensor > 1 (it splits over the tensor-parallel ranks)"
-    if par.get("tp_comm_overlap") and t == 1:
-        return "parallel.tp_comm_overlap", "needs parallel.tensor > 1 (it overlaps the tensor-parallel collectives)"
     if t == 1:
         return None
     heads = heads_problem(m["n_head"], t)
@@ -47,9 +44,6 @@ def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] 
         return "parallel.sequence_parallel", (f"the sequence length {seq_len} is not divisible by parallel.tensor "
                                               f"{t}: each rank holds seq_len/t positions; choose a multiple of {t} "
                                               f"or set parallel.sequence_parallel false")
-    if cfg["zero_optimization"]["stage"] == 3:
-        return "zero_optimization.stage", ("ZeRO-3 does not compose with parallel.tensor > 1 here; use stage 1 "
-                                           "or 2 over the data-parallel group (as Megatron + DeepSpeed do)")
     return None
 
 

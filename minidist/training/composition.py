@@ -1,0 +1,225 @@
+"""What composes with what: one table, consulted by every entry point before any rank starts.
+
+Each technique minidist trains with is a *feature*: a fragment of the config that turns it on
+(:data:`FEATURES`). Two features either compose — and then a test proves that the pair trains
+like one rank (``tests/test_composition.py`` walks every cell) — or are refused here, with one
+message that names both keys and says what to use instead (:data:`REFUSED`). A few features
+only make sense beside another (sequence parallelism beside tensor parallelism…):
+:data:`NEEDS`. Features that set the same key differently (two optimizers, two ZeRO stages)
+are not a pair at all.
+
+:func:`check` is what :func:`minidist.training.config.load_config` calls — so the train CLI,
+the Python API (``Trainer``), distillation and the estimator's config path all refuse the same
+combinations with the same words; :func:`support_matrix` renders the table for the README and
+``python -m minidist.train --support-matrix``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from ..defaults import DDP, PARAMETER_SERVER
+from .config_schema import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One technique: the config fragment that turns it on, the key a message names, the
+    ranks it needs (``tp``/``pp``/``dp`` factors of the world) and ``on(cfg)``, how to tell
+    it is on in a merged config."""
+
+    name: str
+    key: str
+    fragment: dict
+    on: object
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+
+
+def _par(cfg):
+    return cfg["parallel"]
+
+
+def _zero(cfg):
+    return cfg["zero_optimization"]["stage"]
+
+
+def _dp(cfg, world):
+    par = _par(cfg)
+    return world // (par["tensor"] * par["pipeline"])
+
+
+def _opt(name):
+    return lambda cfg, world: cfg["optimizer"]["type"].lower() == name.lower()
+
+
+_DATA = {"zero_optimization": {"stage": 0}}
+FEATURES = {f.name: f for f in (
+    Feature("DDP", "parallel.data_parallel", {"parallel": {"data_parallel": DDP}, **_DATA},
+            lambda c, w: _zero(c) == 0 and _par(c)["data_parallel"] == DDP and _dp(c, w) > 1, dp=2),
+    Feature("parameter server", "parallel.data_parallel", {"parallel": {"data_parallel": PARAMETER_SERVER}, **_DATA},
+            lambda c, w: _zero(c) == 0 and _par(c)["data_parallel"] == PARAMETER_SERVER and _dp(c, w) > 1, dp=2),
+    Feature("ZeRO-1", "zero_optimization.stage", {"zero_optimization": {"stage": 1}},
+            lambda c, w: _zero(c) == 1, dp=2),
+    Feature("ZeRO-2", "zero_optimization.stage", {"zero_optimization": {"stage": 2}},
+            lambda c, w: _zero(c) == 2, dp=2),
+    Feature("ZeRO-3", "zero_optimization.stage", {"zero_optimization": {"stage": 3}},
+            lambda c, w: _zero(c) == 3, dp=2),
+    Feature("ZeRO-Offload", "zero_optimization.offload_optimizer.device",
+            {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}},
+            lambda c, w: c["zero_optimization"]["offload_optimizer"]["device"] == "cpu"),
+    Feature("overlap_comm", "zero_optimization.overlap_comm", {"zero_optimization": {"overlap_comm": True}},
+            lambda c, w: c["zero_optimization"]["overlap_comm"]),
+    Feature("TP", "parallel.tensor", {"parallel": {"tensor": 2}}, lambda c, w: _par(c)["tensor"] > 1, tp=2),
+    Feature("SP", "parallel.sequence_parallel", {"parallel": {"sequence_parallel": True}},
+            lambda c, w: _par(c)["sequence_parallel"]),
+    Feature("tp_comm_overlap", "parallel.tp_comm_overlap", {"parallel": {"tp_comm_overlap": True}},
+            lambda c, w: _par(c)["tp_comm_overlap"]),
+    Feature("PP", "parallel.pipeline", {"parallel": {"pipeline": 2}, "gradient_accumulation_steps": 4},
+            lambda c, w: _par(c)["pipeline"] > 1, pp=2),
+    Feature("fp16", "fp16.enabled", {"fp16": {"enabled": True}, "dtype": "float32"},
+            lambda c, w: c["fp16"]["enabled"]),
+    Feature("bf16", "bf16.enabled", {"bf16": {"enabled": True}, "dtype": "float32"},
+            lambda c, w: c["bf16"]["enabled"]),
+    Feature("SGD", "optimizer.type", {"optimizer": {"type": "SGD", "params": {"momentum": 0.9}}}, _opt("sgd")),
+    Feature("Adam", "optimizer.type", {"optimizer": {"type": "Adam"}}, _opt("adam")),
+    Feature("LAMB", "optimizer.type", {"optimizer": {"type": "LAMB"}}, _opt("lamb")),
+    Feature("clipping", "gradient_clipping", {"gradient_clipping": 0.05}, lambda c, w: c["gradient_clipping"] > 0),
+    Feature("selective recompute", "activation_checkpointing.granularity",
+            {"activation_checkpointing": {"granularity": "selective"}},
+            lambda c, w: c["activation_checkpointing"]["granularity"] == "selective"),
+    Feature("full recompute", "activation_checkpointing.granularity",
+            {"activation_checkpointing": {"granularity": "full", "num_layers": 2}},
+            lambda c, w: c["activation_checkpointing"]["granularity"] == "full"),
+    Feature("cpu_checkpointing", "activation_checkpointing.cpu_checkpointing",
+            {"activation_checkpointing": {"cpu_checkpointing": True}},
+            lambda c, w: c["activation_checkpointing"]["cpu_checkpointing"]),
+    Feature("distillation", "distillation", {"distillation": {"teacher": {"steps": 1}}},
+            lambda c, w: c["distillation"] is not None),
+)}
+
+# the features that split the world: the ranks a pair needs is the product of theirs
+PARALLEL = ("DDP", "parameter server", "ZeRO-1", "ZeRO-2", "ZeRO-3", "TP", "PP")
+
+
+def _why(text: str, instead: str) -> str:
+    return f"{text}; {instead}"
+
+
+# pairs refused, with the one message that says why and what to use instead (the first
+# feature's key is the one the error names)
+REFUSED = {pair: message for pair, message in {
+    ("ZeRO-3", "TP"): _why("ZeRO-3 does not compose with parallel.tensor > 1 here",
+                           "use stage 1 or 2 over the data-parallel group (as Megatron + DeepSpeed do)"),
+    ("ZeRO-3", "PP"): _why("ZeRO-3 does not compose with parallel.pipeline > 1 here (each stage would gather "
+                           "parameters it does not hold)", "use stage 1 or 2 over the data-parallel group, as "
+                                                           "DeepSpeed's pipeline engine does"),
+    ("LAMB", "ZeRO-1"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",
+                             "use Adam, AdamW or SGD with zero_optimization.stage > 0, or LAMB with stage 0"),
+    ("LAMB", "ZeRO-2"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",
+                             "use Adam, AdamW or SGD with zero_optimization.stage > 0, or LAMB with stage 0"),
+    ("LAMB", "ZeRO-3"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",
+                             "use Adam, AdamW or SGD with zero_optimization.stage > 0, or LAMB with stage 0"),
+    ("fp16", "bf16"): _why("fp16 and bf16 cannot both be enabled", "pick one"),
+    ("TP", "distillation"): _why("distillation trains the student data parallel (or ZeRO) only: its loss needs "
+                                 "the whole vocabulary's logits on one rank, which tensor parallelism splits",
+                                 "set parallel.tensor to 1 (the teacher can have its own ranks: "
+                                 "distillation.teacher_ranks)"),
+    ("PP", "distillation"): _why("distillation trains the student data parallel (or ZeRO) only: its loss needs "
+                                 "every block's output on one rank, which pipeline parallelism splits",
+                                 "set parallel.pipeline to 1 (the teacher can have its own ranks: "
+                                 "distillation.teacher_ranks)"),
+    ("ZeRO-3", "distillation"): _why("a distillation student under ZeRO-3 is not built here",
+                                     "use zero_optimization.stage 1 or 2 for the student"),
+}.items()}
+
+# three features refused together though every two of them compose
+REFUSED_TRIPLES = {
+    ("overlap_comm", "ZeRO-2", "PP"): _why("with parallel.pipeline > 1 the data-parallel reduction waits for the "
+                                           "pipeline's flush (DeepSpeed's pipeline engine does the same), so ZeRO-2 "
+                                           "cannot reduce-scatter during backward", "set overlap_comm false"),
+}
+
+# features that need another one beside them: (the other(s), one of which must be on; why)
+NEEDS = {
+    "ZeRO-Offload": (("ZeRO-1", "ZeRO-2", "ZeRO-3"), "offload needs ZeRO stage 1, 2 or 3 (DeepSpeed's "
+                                                     "ZeRO-Offload); set zero_optimization.stage"),
+    "SP": (("TP",), "needs parallel.tensor > 1 (it splits over the tensor-parallel ranks)"),
+    "tp_comm_overlap": (("TP",), "needs parallel.tensor > 1 (it overlaps the tensor-parallel collectives)"),
+    "cpu_checkpointing": (("selective recompute", "full recompute"),
+                          "moves the checkpoints of recomputation to the host: set "
+                          "activation_checkpointing.granularity full or selective"),
+}
+
+# the same key set two ways: not a pair (the matrix shows "—")
+EXCLUSIVE = [("DDP", "parameter server", "ZeRO-1", "ZeRO-2", "ZeRO-3"), ("SGD", "Adam", "LAMB"),
+             ("selective recompute", "full recompute"),
+             ("DDP", "ZeRO-Offload"), ("parameter server", "ZeRO-Offload")]   # offload needs a ZeRO stage
+
+
+def active(cfg: dict, world_size: int) -> list:
+    """The features a (merged) config turns on, in table order."""
+    return [name for name, f in FEATURES.items() if f.on(cfg, world_size)]
+
+
+def exclusive(a: str, b: str) -> bool:
+    return any(a in group and b in group for group in EXCLUSIVE) or a == b
+
+
+def refusal(a: str, b: str) -> tuple[str, str] | None:
+    """``(first, message)`` when features ``a`` and ``b`` are refused together, else None."""
+    for pair in ((a, b), (b, a)):
+        if pair in REFUSED:
+            return pair[0], REFUSED[pair]
+    return None
+
+
+def cell(a: str, b: str) -> str:
+    """"works", "—" (not a pair) or the refusal message, for features ``a`` and ``b``."""
+    if exclusive(a, b):
+        return "—"
+    r = refusal(a, b)
+    return r[1] if r else "works"
+
+
+def check(cfg: dict, world_size: int) -> None:
+    """Refuse (ConfigError naming the keys and the way out) the first refused pair or unmet
+    need among the features ``cfg`` turns on."""
+    on = active(cfg, world_size)
+    for name in on:
+        if name in NEEDS and not any(other in on for other in NEEDS[name][0]):
+            raise ConfigError(FEATURES[name].key, NEEDS[name][1])
+    for a, b in itertools.combinations(on, 2):
+        r = refusal(a, b)
+        if r:
+            first, message = r
+            second = b if first == a else a
+            raise ConfigError(FEATURES[first].key, f"{first} ({FEATURES[first].key}) with {second} "
+                                                   f"({FEATURES[second].key}): {message}")
+    for triple, message in REFUSED_TRIPLES.items():
+        if all(t in on for t in triple):
+            raise ConfigError(FEATURES[triple[0]].key, f"{' with '.join(triple)}: {message}")
+
+
+def support_matrix() -> str:
+    """The table as Markdown: one row per feature, ✓ works, ✗ refused (numbered reasons
+    below), — not a pair."""
+    names = list(FEATURES)
+    reasons: list[str] = []
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for a in names:
+        row = []
+        for b in names:
+            c = cell(a, b)
+            if c in ("works", "—"):
+                row.append("✓" if c == "works" else "—")
+            else:
+                if c not in reasons:
+                    reasons.append(c)
+                row.append(f"✗{reasons.index(c) + 1}")
+        lines.append(f"| **{a}** | " + " | ".join(row) + " |")
+    lines += [""] + [f"{i}. {r}" for i, r in enumerate(reasons, 1)]
+    lines += [""] + [f"* {' with '.join(t)}: refused: {m}" for t, m in REFUSED_TRIPLES.items()]
+    lines += [f"* {a} needs {' or '.join(others)}: {why}" for a, (others, why) in NEEDS.items()]
+    return "\n".join(lines)
