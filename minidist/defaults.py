@@ -146,7 +146,7 @@ DEFAULTS = {
                  "tp_comm_overlap": False,   # Megatron: backward's TP collectives under the matmuls
                  "make_vocab_size_divisible_by": 1},   # Megatron's padding multiple (its default: 128)
     # Megatron's recompute_granularity / recompute_method / recompute_num_layers; DeepSpeed's
-    # cpu_checkpointing and partition_activations (not built yet: refused when true)
+    # cpu_checkpointing and partition_activations (minidist.recompute)
     "activation_checkpointing": {"granularity": "none", "method": "uniform", "num_layers": 1,
                                  "cpu_checkpointing": False, "partition_activations": False},
     "device": DEFAULT_DEVICE,
