@@ -243,6 +243,11 @@ def main(argv=None) -> int:
         _check_output("--trace", args.trace)
         if not mpi:
             _check_memory(cfg, args.world_size)
+        if cfg["distillation"] is not None and (args.save or args.load):
+            flag = "--save" if args.save else "--load"
+            raise UsageError(flag, "a distillation run does not write or resume checkpoints here; save the teacher "
+                                   "with a run of its own (--save DIR) and distil from it with "
+                                   "distillation.teacher.load: DIR, or drop " + flag)
         ckpt = _checkpoint_args(args, cfg)
         _note_unused(config, cfg)
         if (cfg["distillation"] or {}).get("teacher", {}).get("load"):

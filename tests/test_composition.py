@@ -198,3 +198,27 @@ def test_the_progress_line_shows_the_loss_the_report_shows():
     runs = dist.spawn(_progress, 4, cfg)
     shown = [float(part.split("loss ")[1].split()[0]) for part in runs[0][0].split("\r") if "loss " in part]
     assert shown == pytest.approx([round(v, 4) for v in runs[0][1]], abs=1e-4) and min(shown) > 0
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("accumulation", [1, 3])
+def test_the_reports_formula_rows_hold_with_accumulation(stage, accumulation):
+    """What the report prints beside the measurement (the strategy's expected bytes and model
+    states) equals the measurement, with gradient accumulation too (ZeRO-3's 3·m reductions)."""
+    cfg = merge(BASE, {"zero_optimization": {"stage": stage}, "gradient_accumulation_steps": accumulation,
+                       "train_micro_batch_size_per_gpu": 2, "steps": 1})
+    for r in dist.spawn(train_steps, 2, cfg):
+        assert r["history"][0]["bytes_sent"] == r["expected_bytes_sent"] > 0
+        assert {k: r["model_states"][k] for k in r["expected_model_states"]} == r["expected_model_states"]
+
+
+@pytest.mark.parametrize("flag", ["--save", "--load"])
+def test_distillation_with_checkpoint_flags_is_refused_not_ignored(tmp_path, capsys, flag):
+    import json
+
+    from minidist.train import main as train_main
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**BASE, "distillation": {"teacher": {"steps": 1}}}))
+    assert train_main(["--config", str(cfg), "--quiet", flag, str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "distillation.teacher.load" in err
