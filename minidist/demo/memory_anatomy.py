@@ -49,9 +49,8 @@ def run(comm, out_dir) -> dict:
     print(f"GPT with {n:,} parameters ({cfg.n_layer} layers, width {cfg.n_embd}), batch 8 × 64 tokens, AdamW, fp32")
     times, per = dev.memory.curves()
     print(f"{'category':<18}{'at the peak':>13}{'most held':>12}{'bytes/param':>13}   expected")
-    formula = {"parameters": "4 (fp32 weights)   参数", "gradients": "4 (fp32 grads)     梯度",
-               "optimizer_states": "8 (Adam m and v)   优化器",
-               "activations": "∝ batch·seq·layers 中间结果"}
+    formula = {"parameters": "4 (fp32 weights)", "gradients": "4 (fp32 grads)",
+               "optimizer_states": "8 (Adam m and v)", "activations": "∝ batch·seq·layers"}
     most = {}
     for c in CATEGORIES:
         b, most[c] = r["peak_by_category"][c], int(per[c].max())
