@@ -12,9 +12,13 @@
   message in the student's terms: which rank, which step, which chunk, expected vs got,
   and, when the result matches a typical mistake, which mistake it is;
 * ``HINTS`` — shown on request (``hint NAME``), never in the grade;
-* optionally ``FORBIDDEN`` — identifiers that would do the work (minidist's own function
-  names), and ``FORBIDDEN_IMPORTS`` — modules the file may not import (minidist's own answer);
-  using either fails the "rules of the exercise" check.
+* ``CHECKS`` may take ``(sol, rng)``: ``rng`` draws the run's held-out inputs from the seed the
+  grade prints (``check --seed N`` repeats them);
+* optionally ``FORBIDDEN`` (and ``FORBIDDEN_IMPORTS``) — dotted names of what would do the work:
+  functions, classes, modules (minidist's own answer, ``numpy.float16``). The file's imports
+  are resolved with ``ast`` (:func:`.grading.used_names`), so calling or importing one fails the
+  "rules of the exercise" check under any spelling, and a name the student defines never does.
+  The statement lists them.
 
 The grading core (:mod:`.grading`) loads the file by path and never lets a student's
 traceback escape. The tests (``pytest -m exercises``) run the same checks.
