@@ -25,8 +25,9 @@ CHAPTERS = [
     ("tensor", "minidist.demo.tensor_parallel"),
     ("pipeline", "minidist.demo.pipeline"),
     ("3d", "minidist.demo.grid3d"),
-    ("inference", "minidist.demo.inference"),
     ("checkpointing", "minidist.demo.checkpointing"),
+    ("inference", "minidist.demo.inference"),
+    ("compression", "minidist.demo.compression"),
 ]
 
 
