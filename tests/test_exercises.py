@@ -27,7 +27,7 @@ NAMES = list(exercises.EXERCISES)
 TOPIC_MARKER = {"autograd": "engine", "optimizers": "engine", "training": "engine", "collectives": "dist",
                 "zero": "zero", "mixed precision": "precision", "tensor parallel": "tensor",
                 "pipeline": "pipeline", "distillation": "distill", "estimator": "estimate",
-                "3D parallelism": "grid", "inference": "inference",
+                "3D parallelism": "grid", "inference": "inference", "compression": "compression",
                 "checkpointing": "checkpointing", "checkpoint": "checkpoint"}
 
 

@@ -34,12 +34,14 @@ from . import (
     fp16_round_to_nearest_even,
     gradient_accumulation,
     grid_rank_map,
+    int8_quantization,
     kd_loss,
     korthikanti_activations,
     kv_cache_decode_step,
     layer_norm_backward,
     pipeline_1f1b,
     pkd_layer_map,
+    pruning_masks,
     recursive_doubling_all_gather,
     reduce_scatter_padding,
     sequence_parallel_g,
@@ -51,7 +53,7 @@ from . import (
 )
 from .grading import CheckResult, Report, Wrong, grade
 
-_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10
+_MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10, 11
     layer_norm_backward, adam_bias_correction,
     ring_all_reduce, reduce_scatter_padding, recursive_doubling_all_gather,
     gradient_accumulation, checkpoint_resume, zero_memory, zero2_gradient_partition,
@@ -62,7 +64,7 @@ _MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10
     kd_loss, pkd_layer_map,
     korthikanti_activations, dp_comm_volume,
     grid_rank_map,
-    kv_cache_decode_step,
+    kv_cache_decode_step, int8_quantization, pruning_masks,
 )
 
 EXERCISES = {m.NAME: m for m in _MODULES}

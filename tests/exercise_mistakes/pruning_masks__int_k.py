@@ -1,0 +1,26 @@
+"""k = int(sparsity * n): truncation instead of rounding."""
+import numpy as np
+
+EXPECT = ["sparsity 0.25 (k = round(s·n))", "floor(sparsity · n)"]
+
+
+def _masks(scores, sparsity, scope):
+    groups = [[n] for n in scores] if scope == "layer" else [list(scores)]
+    out = {}
+    for group in groups:
+        flat = np.concatenate([scores[n].reshape(-1) for n in group])
+        keep = np.ones(flat.size, bool)
+        keep[np.argsort(flat, kind="stable")[:int(sparsity * flat.size)]] = False
+        i = 0
+        for n in group:
+            out[n] = keep[i:i + scores[n].size].reshape(scores[n].shape)
+            i += scores[n].size
+    return out
+
+
+def magnitude_masks(weights, sparsity, scope="layer"):
+    return _masks({n: np.abs(w) for n, w in weights.items()}, sparsity, scope)
+
+
+def taylor_masks(weights, grads, sparsity, scope="layer"):
+    return _masks({n: sum(np.abs(w * g) for g in grads[n]) for n, w in weights.items()}, sparsity, scope)
