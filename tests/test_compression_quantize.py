@@ -93,6 +93,16 @@ def test_codes_scales_and_zero_points_equal_the_oracle(scheme, granularity, grou
     check_against_oracle(x, bits, scheme, granularity, group_size)
 
 
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric"])
+def test_the_usual_group_sizes_along_the_input_dimension(group_size, scheme):
+    """GPTQ/AWQ-style groups of 32, 64 and 128 inputs of each output column, 4 and 8 bits."""
+    x = np.random.default_rng(group_size).standard_t(4, size=(128, 3)).astype(np.float32) * 0.02
+    for bits in (8, 4):
+        got = check_against_oracle(x, bits, scheme, "group", group_size)
+        assert got.scale.shape == (128 // group_size, 3)
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_exact_ties_round_half_to_even_and_clamp_after_rounding(bits):
     """max|x| = qmax/16: the scale is exactly 1/16, so (k + ½)/16 are exact ties."""
