@@ -31,7 +31,7 @@ def test_frozen_teacher_holds_parameters_only_and_student_memory_is_apart():
     t = r.teacher
     psi_t, psi_s = t.n_params, r.student.n_params
     assert t.memory() == {"parameters": 4 * psi_t, "gradients": 0, "optimizer_states": 0, "activations": 0,
-                          "buffers": 0, "other": 0}
+                          "buffers": 0, "other": 0, "kv_cache": 0}
     assert t.holds_no_state()
     # the student's model states (AdamW, fp32: 4 + 4 + 8 bytes per parameter), the teacher's taken out
     ms = r.section()["student"]["model_states"]

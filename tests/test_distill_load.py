@@ -84,7 +84,7 @@ def test_loaded_teacher_holds_parameters_only(saved):
     assert psi_t == sum(int(np.prod(s)) for s in json.load(open(os.path.join(
         saved["one"], "step_00000003", "manifest.json")))["parameters"].values())
     assert t.memory() == {"parameters": 4 * psi_t, "gradients": 0, "optimizer_states": 0, "activations": 0,
-                          "buffers": 0, "other": 0}
+                          "buffers": 0, "other": 0, "kv_cache": 0}
     assert t.holds_no_state()
     assert not any(n.startswith("teacher.") for c, _, n in r.device.memory.live() if c != "parameters")
     assert r.device.memory.current["optimizer_states"] == 8 * r.student.n_params      # AdamW: the student's only

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..autocast import autocast
+from ..defaults import DDP, ZERO3
 from ..device import Device
 from ..estimate.activations import activation_memory, checkpointed_layers, layer_activation_bytes
 from ..estimate.flops import training_flops
@@ -249,9 +250,9 @@ def summary(pair: dict) -> dict:
 
 def overlap_runs(comm, pair) -> dict:
     """Every overlap measurement; ``pair``: ranks 0 and 1 (None on the others)."""
-    out = {"ddp": pair_off(ddp_no_sync(comm, False), ddp_no_sync(comm, True))}
+    out = {DDP: pair_off(ddp_no_sync(comm, False), ddp_no_sync(comm, True))}
     z3 = {"stage": 3, "overlap_comm": True}
-    out["zero3"] = pair_off(trained(_fresh(comm), zero_optimization={**z3, "stage3_prefetch_bucket_size": 0}),
+    out[ZERO3] = pair_off(trained(_fresh(comm), zero_optimization={**z3, "stage3_prefetch_bucket_size": 0}),
                             trained(_fresh(comm), zero_optimization=z3))          # DeepSpeed's default budget
     for label, sp in (("tp", False), ("tp+sp", True)):
         runs = []
@@ -341,12 +342,12 @@ def report(r: dict) -> None:
     print(f"\noverlap: the same step with it off and on, rank 0 (losses and weights bit-identical: "
           f"{all(v['identical'] for v in o.values() if v)})")
     print(f"{'mechanism':<34} {'off µs':>8} {'on µs':>8} {'saved µs':>9}")
-    names = {"ddp": f"DDP overlap_comm, {MICRO_BATCHES} micro-batches", "zero3": "ZeRO-3 prefetch",
+    names = {DDP: f"DDP overlap_comm, {MICRO_BATCHES} micro-batches", ZERO3: "ZeRO-3 prefetch",
              "tp": "TP 2 tp_comm_overlap", "tp+sp": "TP 2 + SP tp_comm_overlap"}
     for k, name in names.items():
         x = o[k]
         print(f"{name:<34} {x['off_us']:>8.1f} {x['on_us']:>8.1f} {x['saved_us']:>9.1f}"
               + (f"   (of {x['tp_comm_us']:.1f} µs of TP collectives)" if k.startswith("tp") else ""))
-    d = o["ddp"]
+    d = o[DDP]
     print(f"DDP bytes sent per micro-batch: {d['sent']} (no_sync() before the last; the step's one reduction: "
           f"{d['expected_bytes']:,} expected)")

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from ..defaults import DDP, ZERO3  # noqa: E402
 from . import save  # noqa: E402
 
 GRAN_COLORS = {"none": "#4C72B0", "selective": "#DD8452", "full": "#C44E52"}
@@ -171,14 +172,14 @@ def plot_overlap_timelines(overlap: dict, micro_batches: int, path, title=None):
     (``overlap_comm``, under ``no_sync`` but in the last micro-batch), ZeRO-3 prefetch,
     ``tp_comm_overlap`` under TP 2 and TP 2 + SP. ``overlap``: {name: {"off", "on"}}, each run
     {"events", "step_us"} (DDP also "spans": each micro-batch's compute span)."""
-    panels = [("ddp", f"DDP on 4 ranks, {micro_batches} micro-batches: overlap_comm off / on"),
-              ("zero3", "ZeRO-3 on 4 ranks: stage3_prefetch_bucket_size 0 (off) / DeepSpeed's default (on)"),
+    panels = [(DDP, f"DDP on 4 ranks, {micro_batches} micro-batches: overlap_comm off / on"),
+              (ZERO3, "ZeRO-3 on 4 ranks: stage3_prefetch_bucket_size 0 (off) / DeepSpeed's default (on)"),
               ("tp", "TP 2: tp_comm_overlap off / on (dX's all-reduce under dW)"),
               ("tp+sp", "TP 2 + SP: tp_comm_overlap off / on (all-gather under dX, reduce-scatter under dW)")]
     panels = [(k, t) for k, t in panels if overlap.get(k)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(14, 2.3 * len(panels) + 0.8))
     for ax, (key, label) in zip(np.atleast_1d(axes), panels):
-        _overlap_panel(ax, overlap[key], label, micro_batches if key == "ddp" else 0)
+        _overlap_panel(ax, overlap[key], label, micro_batches if key == DDP else 0)
     handles = [Patch(color="#4C72B0", label="compute")] + [Patch(color=c, label=k.replace("_", "-"))
                                                           for k, c in COMM_COLORS.items()]
     handles.append(plt.Line2D([], [], color="k", lw=1.5, label="end of the step"))
