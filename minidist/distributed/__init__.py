@@ -39,6 +39,7 @@ from .errors import (
     CollectiveMismatchError,
     CommError,
     CommTimeoutError,
+    DeadlockError,
     PeerFailedError,
 )
 from .inproc import InProcessComm, single_rank_comm, spawn
@@ -122,6 +123,7 @@ __all__ = [
     "CollectiveRecord",
     "CommError",
     "CommTimeoutError",
+    "DeadlockError",
     "Communicator",
     "InProcessComm",
     "MessageEntry",

@@ -155,6 +155,23 @@ class Communicator:
         req.wait()
         return y
 
+    def batch_isend_irecv(self, ops: list) -> list:
+        """Post a batch of point-to-point operations at once and return their requests, in
+        the order given (torch.distributed's ``batch_isend_irecv``; Megatron's
+        ``_batched_p2p_ops``, picotron's ``bidirectional_pipeline_communicate``). ``ops``:
+        ``("isend", array, peer, tag)`` and ``("irecv", out_or_None, peer, tag)`` tuples.
+        Every receive is posted before any request is waited for, so two ranks that
+        exchange in one batch each never wait for the other, even when a send completes only
+        once its receive is posted (rendezvous)."""
+        reqs: list = [None] * len(ops)
+        for pass_ops in (("irecv",), ("isend",)):            # receives first: posted when the batch is
+            for k, (op, array, peer, tag) in enumerate(ops):
+                if op not in ("isend", "irecv"):
+                    raise ValueError(f"batch_isend_irecv: op must be 'isend' or 'irecv', got {op!r}")
+                if op in pass_ops:
+                    reqs[k] = self.irecv(peer, tag, array) if op == "irecv" else self.isend(array, peer, tag)
+        return reqs
+
     def isend(self, x, dest: int, tag: int = 0) -> Request:
         self._check_peer(dest)
         x = np.ascontiguousarray(x)

@@ -20,3 +20,8 @@ class CollectiveMismatchError(CommError):
 
 class PeerFailedError(CommError):
     """Another rank raised, so this rank was woken from its wait and stopped."""
+
+
+class DeadlockError(CommError):
+    """Every running rank waits for another (a receive whose message never comes, or a
+    rendezvous send whose receive is never posted); the message lists each rank's wait."""

@@ -10,33 +10,52 @@ and its own message log, and runs ``fn(comm, *args, **kwargs)`` on every rank::
     dist.spawn(main, world_size=4)      # -> [array([10., 10., 10., 10.]), ...]
 
 Messages travel through mailboxes, one FIFO per (communicator, source, destination, tag).
-A send copies the array into the mailbox and returns at once (like MPI's *eager*
-protocol), a receive waits for its mailbox — until the timeout, or until another rank
-fails, whichever comes first. The first exception on any rank wakes every other rank
+A send copies the array into the mailbox at once; a receive waits for its mailbox — until
+the timeout, or until another rank fails, whichever comes first. When a send *completes*
+(``send`` returns, an ``isend``'s ``wait`` returns) depends on the mode:
+
+* **buffered** (the default, MPI's *eager* protocol for small messages): at once;
+* **rendezvous** (``spawn(..., rendezvous=True)``, or ``MINIDIST_P2P=rendezvous`` in the
+  environment): only once the matching receive has been *posted* (``recv``/``irecv``
+  called), as MPI_Ssend does and as NCCL's send does, which waits for its receiver. A
+  program that relies on a send returning before its peer gets to the receive — two ranks
+  that both ``send`` to each other before they ``recv`` — hangs on real hardware, and here
+  stops with :class:`DeadlockError`. Control data (``exchange_objects``) stays buffered.
+
+In rendezvous mode, whenever every running rank is blocked — in a receive whose message was
+never sent, or in a send whose receive was never posted — no rank can ever move again: the
+rank that sees it raises :class:`DeadlockError` naming every rank and the operation it waits
+in, at once rather than after the timeout (buffered mode waits for the timeout, as MPI
+would hang). The first exception on any rank wakes every other rank
 (:class:`PeerFailedError`) and is re-raised by ``spawn`` with its rank in the message.
 """
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 
 from ..defaults import DEFAULT_DEVICE
 from ..device import Device
 from .comm import CTRL_TAG, Communicator
-from .errors import CommError, CommTimeoutError, PeerFailedError
+from .errors import CommError, CommTimeoutError, DeadlockError, PeerFailedError
 from .log import MessageLog
 
 
 class _World:
-    """Mailboxes shared by the threads of one ``spawn``, and who has failed or finished."""
+    """Mailboxes shared by the threads of one ``spawn``, who has failed or finished, and what
+    every blocked rank is waiting for (to see a deadlock as soon as it happens)."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, rendezvous: bool = False):
+        self.size, self.rendezvous = size, rendezvous
         self.cond = threading.Condition()
         self.boxes: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
+        self.sent: dict[tuple, int] = collections.defaultdict(int)       # key -> sends made
+        self.posted: dict[tuple, int] = collections.defaultdict(int)     # key -> receives posted
         self.failed: tuple[int, BaseException] | None = None
         self.finished = [False] * size
+        self.blocked: dict[int, tuple] = {}       # world rank -> (can_go() -> bool, what it waits in)
 
     def _raise_if_failed(self, rank):
         if self.failed is not None:
@@ -44,28 +63,62 @@ class _World:
             raise PeerFailedError(f"rank {rank} stopped because rank {r} failed with "
                                   f"{type(exc).__name__}: {exc}")
 
-    def put(self, key, item, rank):
+    def put(self, key, item, rank) -> int:
+        """Append a message; returns its index among the sends on ``key``."""
         with self.cond:
             self._raise_if_failed(rank)
             self.boxes[key].append(item)
+            k = self.sent[key]
+            self.sent[key] = k + 1
+            self.cond.notify_all()
+            return k
+
+    def post(self, key) -> None:
+        """A receive on ``key`` is posted: the rendezvous send it matches may complete."""
+        with self.cond:
+            self.posted[key] += 1
             self.cond.notify_all()
 
-    def take(self, key, rank, source, timeout, describe):
-        deadline = time.monotonic() + timeout
+    def take(self, key, rank, source, timeout, describe, what="a receive"):
+        def ready():
+            return bool(self.boxes.get(key))
         with self.cond:
-            while True:
-                box = self.boxes.get(key)
-                if box:
-                    return box.popleft()
-                self._raise_if_failed(rank)
-                if self.finished[source]:
-                    raise CommError(f"rank {rank} waits for a message from rank {source}, but rank "
-                                    f"{source} has already returned from its function: the ranks "
-                                    f"did not make the same sends/collectives")
+            self._wait(ready, rank, source, timeout, describe, what)
+            return self.boxes[key].popleft()
+
+    def matched(self, key, index, rank, dest, timeout, describe, what="a send"):
+        """Return once the send number ``index`` on ``key`` may complete (rendezvous: its
+        receive is posted; buffered: at once)."""
+        if not self.rendezvous:
+            return
+        with self.cond:
+            self._wait(lambda: self.posted[key] > index, rank, dest, timeout, describe, what)
+
+    def _wait(self, ready, rank, peer, timeout, describe, what):
+        """Wait (holding ``cond``) until ``ready()``; raise on failure, timeout or deadlock."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            self._raise_if_failed(rank)
+            if self.finished[peer]:
+                raise CommError(f"rank {rank} waits in {what}, but rank {peer} has already returned from "
+                                f"its function: the ranks did not make the same sends/collectives")
+            self.blocked[rank] = (ready, what)
+            try:
+                self._check_deadlock(rank)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CommTimeoutError(describe())
                 self.cond.wait(left)
+            finally:
+                self.blocked.pop(rank, None)
+
+    def _check_deadlock(self, rank):
+        if not self.rendezvous:          # buffered: a wait ends with the timeout, as it always did
+            return
+        running = [r for r in range(self.size) if not self.finished[r]]
+        if all(r in self.blocked and not self.blocked[r][0]() for r in running):
+            waits = "; ".join(f"rank {r} waits in {self.blocked[r][1]}" for r in running)
+            raise DeadlockError(f"deadlock (rendezvous sends): every rank waits for another — {waits}")
 
     def fail(self, rank, exc):
         with self.cond:
@@ -93,16 +146,23 @@ class InProcessComm(Communicator):
         return (self._ctx, self.world_rank(source), self.world_rank(dest), wire_tag)
 
     def _post_send(self, x, dest, wire_tag, header):
-        # the mailbox keeps its own copy: the sender may overwrite x right after (buffered send)
-        self._world.put(self._key(self.rank, dest, wire_tag), (x.copy(), header), self.world_rank())
-        return lambda: None
+        # the mailbox keeps its own copy: the sender may overwrite x right after
+        key = self._key(self.rank, dest, wire_tag)
+        index = self._world.put(key, (x.copy(), header), self.world_rank())
+        what = self._what("send to", dest, wire_tag) + ", whose receive is not posted"
+        # the send completes when its receive is posted (rendezvous) or at once (buffered)
+        return lambda: self._world.matched(key, index, self.world_rank(), self.world_rank(dest), self.timeout,
+                                           lambda: self._describe_wait(dest, "have its send received by"), what)
 
     def _post_recv(self, source, wire_tag, out, first_in_line, on_header):
         key = self._key(source, self.rank, wire_tag)
+        self._world.post(key)                   # posted now: a rendezvous send to it may complete
+
+        what = self._what("receive from", source, wire_tag)
 
         def finish():
             payload, header = self._world.take(key, self.world_rank(), self.world_rank(source),
-                                               self.timeout, lambda: self._describe_wait(source, "receive from"))
+                                               self.timeout, lambda: self._describe_wait(source, "receive from"), what)
             on_header(header)
             if out is not None:
                 if out.size != payload.size:
@@ -114,6 +174,12 @@ class InProcessComm(Communicator):
 
         return finish
 
+    def _what(self, verb, peer, wire_tag) -> str:
+        """The operation, as a deadlock report names it: peer, tag, collective and step."""
+        c = self._coll
+        where = f"{c.op}(algorithm={c.algorithm!r}) step {c.step}" if c else f"a plain send/recv, tag {wire_tag}"
+        return f"{verb} rank {self.world_rank(peer)} ({where})"
+
     def _send_object(self, obj, dest):
         self._world.put(self._key(self.rank, dest, CTRL_TAG), obj, self.world_rank())
         return lambda: None
@@ -121,7 +187,8 @@ class InProcessComm(Communicator):
     def _recv_object(self, source):
         return self._world.take(self._key(source, self.rank, CTRL_TAG), self.world_rank(),
                                 self.world_rank(source), self.timeout,
-                                lambda: self._describe_wait(source, "exchange control data with"))
+                                lambda: self._describe_wait(source, "exchange control data with"),
+                                f"an exchange of control data with rank {self.world_rank(source)}")
 
     def _make_split(self, color, members):
         self._splits += 1    # every rank of this comm splits in the same order: same counter
@@ -145,16 +212,20 @@ def _with_rank(exc: BaseException, rank: int, size: int) -> BaseException:
 
 
 def spawn(fn, world_size: int = 4, *args, device=DEFAULT_DEVICE, timeout: float = 60.0,
-          debug: bool = False, **kwargs) -> list:
+          debug: bool = False, rendezvous: bool | None = None, **kwargs) -> list:
     """Run ``fn(comm, *args, **kwargs)`` on ``world_size`` thread ranks; results in rank order.
 
     ``device``: a preset name, dict or DeviceSpec used for every rank's Device.
     ``timeout``: seconds a blocking receive may wait before raising CommTimeoutError.
     ``debug``: check at every collective that all ranks called the same one.
+    ``rendezvous``: a send completes only once its receive is posted (see the module
+    docstring); None: ``MINIDIST_P2P=rendezvous`` in the environment, else buffered.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
-    world = _World(world_size)
+    if rendezvous is None:
+        rendezvous = os.environ.get("MINIDIST_P2P", "buffered") == "rendezvous"
+    world = _World(world_size, rendezvous)
     comms = [InProcessComm(world, ("world",), r, range(world_size), Device(device, rank=r),
                            MessageLog(), timeout, debug) for r in range(world_size)]
     results: list = [None] * world_size

@@ -11,11 +11,21 @@ It knows nothing about 1F1B or zero-bubble: it walks this rank's action list in 
   ``backward(defer_weight_grad=True)`` returns the weight-gradient work, and
 * ``W(i, s)`` runs it.
 
-Every receive blocks until the data is there, exactly like :func:`~.schedule.simulate`, so a
-schedule that passes :func:`~.schedule.validate` cannot hang here. Sends are non-blocking
-(``isend``) and waited for at the end of the step. On the wire an activation or its gradient
-is b·s·h elements, at the training format's size (2 bytes in fp16/bf16: the values already
-are fp16/bf16 numbers — autocast rounded them — so 16 bits carry them exactly).
+**Communication, one batch per action** (Megatron's ``_batched_p2p_ops``, picotron's
+``bidirectional_pipeline_communicate``): after each action the rank posts, in one
+:meth:`~minidist.distributed.Communicator.batch_isend_irecv`, the sends of what the action
+produced and the receive of what its *next* action needs; that receive is waited for just
+before the next action runs, and the sends at the end of the step (as torch's pipelining
+runtime does). So a rank blocks only in a receive, until its peer has computed the data —
+exactly the waits of :func:`~.schedule.simulate` — and a schedule that passes
+:func:`~.schedule.validate` cannot hang here, whether a send completes at once (buffered)
+or only once its receive is posted (``spawn(..., rendezvous=True)``, as MPI_Ssend and NCCL):
+by the end of the step every receive has been posted. (Not modelled: NCCL runs the
+operations of one stream in order, so an unwaited send can hold back a later receive.)
+
+On the wire an activation or its gradient is b·s·h elements, at the training format's size
+(2 bytes in fp16/bf16: the values already are fp16/bf16 numbers — autocast rounded them —
+so 16 bits carry them exactly).
 
 Measured per step: every action's start and end on the simulated compute clock (the
 executed timeline), busy time, and — from the memory tracker — how many micro-batches'
@@ -75,14 +85,17 @@ class PipelineExecutor:
         held, charged = {}, {}     # activation bytes per (i, stage), and what its F charged
         losses, events, sends = {}, [], []
         busy, peak, t_begin = 0.0, 0.0, clock.now("compute")
-        for a in s.actions[me]:
+        posted: dict = {}          # (i, stage, kind) -> receive posted with the previous action's sends
+        program = s.actions[me]
+        for k, a in enumerate(program):
             i, st = a.micro_batch, a.stage
             before = mem.current["activations"]
+            outgoing = []          # (array, micro-batch, to_stage, kind) this action produces
             if a.op == "F":
                 if st == 0:
                     data = inputs[i]
                 else:
-                    data = self._receive(i, st - 1, "act", inbox)
+                    data = self._receive(i, st - 1, "act", inbox, posted)
                     data = x_in[(i, st)] = Tensor(data, requires_grad=True)
                 t0 = clock.now("compute")
                 if before_forward is not None:
@@ -94,20 +107,20 @@ class PipelineExecutor:
                     out[(i, st)] = scale_loss(y)
                 else:
                     out[(i, st)] = y
-                    sends += self._send(y.data, i, st + 1, "act", inbox)
+                    outgoing.append((y.data, i, st + 1, "act"))
             elif a.op == "B":
-                grad = None if st == s.n_stages - 1 else self._receive(i, st + 1, "grad", inbox)
+                grad = None if st == s.n_stages - 1 else self._receive(i, st + 1, "grad", inbox, posted)
                 t0 = clock.now("compute")
                 root = out.pop((i, st))
                 w = root.backward(grad, defer_weight_grad=(i, st) in self.split)
                 if w is not None:
                     work[(i, st)] = w
                 if st > 0:
-                    g = x_in.pop((i, st)).grad
-                    sends += self._send(g, i, st - 1, "grad", inbox)
+                    outgoing.append((x_in.pop((i, st)).grad, i, st - 1, "grad"))
             else:
                 t0 = clock.now("compute")
                 work.pop((i, st)).run()
+            sends += self._communicate(outgoing, program[k + 1] if k + 1 < len(program) else None, inbox, posted)
             t1 = clock.now("compute")
             busy += t1 - t0
             events.append((a, t0, t1))
@@ -122,21 +135,51 @@ class PipelineExecutor:
                 "t_begin": t_begin, "t_end": clock.now("compute"),
                 "peak_in_flight": peak * s.ranks / s.n_stages}
 
-    def _send(self, x: np.ndarray, i: int, to_stage: int, kind: str, inbox: dict) -> list:
-        peer = self.s.stage_to_rank[to_stage]
-        if peer == self.rank:                     # the next chunk is on this rank: no message
-            inbox[(i, to_stage, kind)] = x
-            return []
-        from_stage = to_stage - 1 if kind == "act" else to_stage + 1
-        # why: chunk ``to_stage`` lives on rank ``peer``; it needs this activation for its forward
-        # (kind "act") or this gradient of its output for its backward (kind "grad")
-        return [self.comm.isend(to_wire(x, self.fmt), peer, self._tag(i, min(from_stage, to_stage), kind == "grad"))]
+    def _communicate(self, outgoing: list, nxt, inbox: dict, posted: dict) -> list:
+        """One batch: the sends of what an action produced and the receive the next action
+        ``nxt`` needs (outputs for a chunk on this rank go to ``inbox``, no message).
+        Returns the send requests, waited for at the end of the step."""
+        ops = []
+        for x, i, to_stage, kind in outgoing:
+            peer = self.s.stage_to_rank[to_stage]
+            if peer == self.rank:                     # the next chunk is on this rank: no message
+                inbox[(i, to_stage, kind)] = x
+                continue
+            from_stage = to_stage - 1 if kind == "act" else to_stage + 1
+            # why: chunk ``to_stage`` lives on rank ``peer``; it needs this activation for its forward
+            # (kind "act") or this gradient of its output for its backward (kind "grad")
+            ops.append(("isend", to_wire(x, self.fmt), peer,
+                        self._tag(i, min(from_stage, to_stage), kind == "grad")))
+        need = self._remote_input(nxt)
+        if need is not None:
+            i, from_stage, kind = need
+            # why: posted now, with this action's sends, so that a neighbour sending to this rank
+            # while this rank sends to it never waits for a receive that is not posted yet
+            ops.append(("irecv", None, self.s.stage_to_rank[from_stage],
+                        self._tag(i, min(from_stage, nxt.stage), kind == "grad")))
+        reqs = self.comm.batch_isend_irecv(ops) if ops else []
+        if need is not None:
+            posted[(need[0], nxt.stage, need[2])] = reqs.pop()
+        return reqs
 
-    def _receive(self, i: int, from_stage: int, kind: str, inbox: dict) -> np.ndarray:
+    def _remote_input(self, a):
+        """(micro-batch, producing stage, kind) of the message action ``a`` receives, or None
+        when it needs none (a first forward, the last chunk's backward, a W, an input made on
+        this rank)."""
+        if a is None or a.op == "W":
+            return None
+        from_stage = a.stage - 1 if a.op == "F" else a.stage + 1
+        if not 0 <= from_stage < self.s.n_stages or self.s.stage_to_rank[from_stage] == self.rank:
+            return None
+        return a.micro_batch, from_stage, "act" if a.op == "F" else "grad"
+
+    def _receive(self, i: int, from_stage: int, kind: str, inbox: dict, posted: dict) -> np.ndarray:
         to_stage = from_stage + 1 if kind == "act" else from_stage - 1
         if (i, to_stage, kind) in inbox:
             return inbox.pop((i, to_stage, kind))
-        peer = self.s.stage_to_rank[from_stage]
-        # why: this chunk's input (or its output's gradient) was computed by chunk ``from_stage`` on ``peer``
-        data = self.comm.recv(peer, self._tag(i, min(from_stage, to_stage), kind == "grad"))
-        return from_wire(data, self.fmt)
+        req = posted.pop((i, to_stage, kind), None)
+        if req is None:                               # the step's first action: nothing posted it
+            peer = self.s.stage_to_rank[from_stage]
+            # why: this chunk's input (or its output's gradient) was computed by chunk ``from_stage`` on ``peer``
+            req = self.comm.irecv(peer, self._tag(i, min(from_stage, to_stage), kind == "grad"))
+        return from_wire(req.wait(), self.fmt)
