@@ -173,8 +173,9 @@ def layout_report(trainer, ranks: list, pipeline: dict | None) -> dict:
                                        ("pp", trainer.grid.pp_size))},
            "ranks": rows, "notes": est.get("notes", [])}
     if pipeline is not None:
-        out["bubble_fraction"] = pipeline["bubble_fraction"]
-        out["bubble_fraction_theory"] = pipeline.get("bubble_fraction_theory")
+        for key in ("bubble_fraction", "bubble_fraction_theory", "bubble_fraction_without_communication",
+                    "step_split"):
+            out[key] = pipeline.get(key)
     return out
 
 
@@ -191,18 +192,24 @@ def format_layout(report: dict) -> str:
         lines.append(f"{r['rank']:>4} {'(%d,%d,%d)' % (c['dp'], c['pp'], c['tp']):>10} {ms:>10}/{me:<10} "
                      f"{r['bytes_sent_per_step']:>9}/{r['bytes_sent_per_step_estimate']:<9}")
     if lay.get("bubble_fraction") is not None:
-        theory = lay.get("bubble_fraction_theory")
-        lines.append(f"bubble: {lay['bubble_fraction']:.3f} measured, "
-                     f"{'-' if theory is None else f'{theory:.3f}'} the schedule's theory")
+        theory, free, split = (lay.get(k) for k in ("bubble_fraction_theory", "bubble_fraction_without_communication",
+                                                     "step_split"))
+        lines.append(f"bubble: {lay['bubble_fraction']:.3f} measured (idle and waiting for messages), "
+                     f"{'-' if free is None else f'{free:.3f}'} without communication (the executed step "
+                     f"replayed with free messages), {'-' if theory is None else f'{theory:.3f}'} the schedule's theory")
+        if split:
+            lines.append(f"step: compute {split['compute']:.1%}, exposed communication "
+                         f"{split['exposed_communication']:.1%}, idle {split['idle']:.1%} (of ranks × step time)")
     lines += [f"note: {n}" for n in lay["notes"]]
     return "\n".join(lines)
 
 
 def _pipeline_theory(section: dict) -> dict:
-    """The run's schedule in :func:`minidist.estimate.pipeline_bubble` (T_F = T_B = T_W, synchronous
-    flush: what the schedule's unit-time simulation gives too), beside the measured figures."""
+    """The run's schedule in :func:`minidist.estimate.pipeline_bubble` for the pass times it was
+    built for (the config's ``parallel.pass_times``, equal by default; synchronous flush), beside
+    the measured figures."""
     theory = pipeline_bubble(section["schedule"], section["ranks"], section["micro_batches"],
-                             section["virtual_stages"])
+                             section["virtual_stages"], *section.get("pass_times", (1.0, 1.0, 1.0)))
     return {"bubble_fraction_theory": theory["bubble_fraction"],
             "peak_in_flight_theory": theory["peak_in_flight_per_rank"]}
 

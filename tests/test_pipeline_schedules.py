@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from minidist.parallel.pipeline import SCHEDULES, Action, Schedule, ScheduleError, build_schedule, simulate, validate
+from minidist.parallel.pipeline import (SCHEDULES, Action, Schedule, ScheduleError, build_schedule, replay,
+                                       simulate, validate)
 from minidist.parallel.pipeline.gantt import cells_per_unit
 from minidist.parallel.pipeline.v_schedules import zb_v, zb_v_program
 
@@ -145,6 +146,19 @@ def test_chunk_passes_count_by_their_size():
     assert v.busy == h1.busy == [24.0] * 4
     inter = simulate(build_schedule("interleaved_1f1b", 2, 4, 3), 3, 3, 3)
     assert {round(b - a, 9) for events in inter.events for _, a, b in events} == {1, 2}   # F 1, B + W 2
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_replay_removes_the_messages_time(name):
+    """replay: the executed actions with their own durations and free messages — a run whose
+    messages took 0.3 units replays as the same schedule with messages that take none."""
+    s = build_schedule(name, 4, 8, 2 if name == "interleaved_1f1b" else 1)
+    slow = simulate(s, 1, 2, 1, t_comm=0.3)
+    timelines = [[(a.op, a.micro_batch, a.stage, t0, t1) for a, t0, t1 in events] for events in slow.events]
+    free = replay(s, timelines)
+    assert free.step_time == pytest.approx(simulate(s, 1, 2, 1).step_time)
+    assert free.busy == pytest.approx(slow.busy)
+    assert free.step_time <= slow.step_time
 
 
 def test_zb_v_memory_limit_and_times():

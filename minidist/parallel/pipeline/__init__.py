@@ -33,7 +33,7 @@ from ...defaults import (DUALPIPE_V, GPIPE, INTERLEAVED_1F1B, NAIVE, ONE_F_ONE_B
 from .fill_drain import gpipe, naive
 from .interleaved import interleaved_1f1b
 from .one_f_one_b import one_f_one_b
-from .schedule import Action, Schedule, ScheduleError, Timeline, simulate, validate
+from .schedule import Action, Schedule, ScheduleError, Timeline, replay, simulate, validate
 from .v_schedules import EQUAL_TIMES, check_times, dualpipe_v, zb_v
 from .zero_bubble import zb_h1, zb_h2
 
@@ -95,4 +95,4 @@ def chunks_per_rank(name: str, virtual_stages: int = 1) -> int:
 
 
 __all__ = ["Action", "BUILDERS", "SCHEDULES", "Schedule", "ScheduleError", "Timeline", "build_schedule",
-           "chunks_per_rank", "config_problem", "simulate", "validate"]
+           "chunks_per_rank", "config_problem", "replay", "simulate", "validate"]

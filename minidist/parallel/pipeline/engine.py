@@ -28,6 +28,7 @@ import numpy as np
 from ... import distributed as dist
 from ...model import GPT
 from . import build_schedule
+from .schedule import replay
 from .executor import PipelineExecutor
 from .stage import build_stage
 
@@ -149,7 +150,23 @@ def pipeline_report(trainer, ranks: list) -> dict:
     mine = sorted((r["pipeline"] for r in ranks if r.get("pipeline") and r["coords"]["dp"] == 0),
                   key=lambda r: r["pp_rank"])
     return {"schedule": s.name, "ranks": s.ranks, "micro_batches": s.micro_batches,
-            "virtual_stages": s.virtual_stages, "stage_to_rank": s.stage_to_rank,
+            "virtual_stages": s.virtual_stages, "stage_to_rank": s.stage_to_rank, "pass_times": list(s.times),
             "bubble_fraction": bubble_from_ranks(mine) if mine else None,
             "peak_in_flight": [r["peak_in_flight"] for r in mine],
-            "step_time": max(r["t_end"] for r in mine) - min(r["t_begin"] for r in mine) if mine else None}
+            "step_time": max(r["t_end"] for r in mine) - min(r["t_begin"] for r in mine) if mine else None,
+            **(step_split(s, mine) if mine else {})}
+
+
+def step_split(s, measured: list) -> dict:
+    """The step of every pipeline rank split into compute, exposed communication and idle
+    (shares of ranks × step time, summing to 1), and ``bubble_fraction_without_communication``:
+    the idle share of the executed actions replayed with free messages (:func:`~.schedule.replay`),
+    what the schedule alone leaves idle — the figure its theory predicts."""
+    step = max(r["t_end"] for r in measured) - min(r["t_begin"] for r in measured)
+    if step <= 0:
+        return {}
+    p, busy = len(measured), sum(r["busy"] for r in measured)
+    free = replay(s, [r["timeline"] for r in measured])
+    return {"bubble_fraction_without_communication": free.bubble_fraction,
+            "step_split": {"compute": busy / (p * step), "exposed_communication": (step - free.step_time) / step,
+                           "idle": (p * free.step_time - busy) / (p * step)}}

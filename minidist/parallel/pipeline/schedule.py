@@ -150,10 +150,11 @@ class Timeline:
 
 
 def simulate(s: Schedule, t_f: float = 1.0, t_b: float = 1.0, t_w: float = 1.0,
-             t_comm: float = 0.0) -> Timeline:
+             t_comm: float = 0.0, durations: dict | None = None) -> Timeline:
     """Run the schedule on a clock where F, B, W of one stage of L/p layers take ``t_f``,
     ``t_b``, ``t_w`` (a B without a W is the whole backward, ``t_b + t_w``), a pass of one of
-    a rank's v chunks 1/v of that, and a message between ranks ``t_comm``.
+    a rank's v chunks 1/v of that, and a message between ranks ``t_comm``; ``durations``
+    (Action -> time), when given, is each action's own time instead (see :func:`replay`).
 
     Each rank executes its list in order; an action starts when the rank is free and its
     inputs have arrived. If no rank can move while actions remain, the schedule deadlocks."""
@@ -176,7 +177,10 @@ def simulate(s: Schedule, t_f: float = 1.0, t_b: float = 1.0, t_w: float = 1.0,
                 ready = _inputs_ready(s, a, end, t_comm)
                 if ready is None:
                     break
-                dur = {"F": t_f, "W": t_w}.get(a.op, t_b if (a.micro_batch, a.stage) in split else t_b + t_w)
+                if durations is not None:
+                    dur = durations[a]
+                else:
+                    dur = {"F": t_f, "W": t_w}.get(a.op, t_b if (a.micro_batch, a.stage) in split else t_b + t_w)
                 start = max(free[r], ready)
                 free[r] = start + dur
                 end[(a.op, a.micro_batch, a.stage)] = free[r]
@@ -194,6 +198,14 @@ def simulate(s: Schedule, t_f: float = 1.0, t_b: float = 1.0, t_w: float = 1.0,
             stuck = {r: str(s.actions[r][pos[r]]) for r in range(s.ranks) if pos[r] < len(s.actions[r])}
             raise ScheduleError(f"{s.name}: deadlock — every rank waits for an input that never comes: {stuck}")
     return Timeline(s, events, max(free), busy, peak)
+
+
+def replay(s: Schedule, timelines: list) -> Timeline:
+    """The executed step again, each action taking the time it took, but every message free:
+    what the schedule alone leaves idle. ``timelines[r]``: rank r's executed actions as
+    ``(op, micro_batch, stage, start, end)`` (the pipeline engine's measurement)."""
+    durations = {Action(op, i, st): t1 - t0 for events in timelines for op, i, st, t0, t1 in events}
+    return simulate(s, durations=durations)
 
 
 def _inputs_ready(s: Schedule, a: Action, end: dict, t_comm: float):
