@@ -271,3 +271,12 @@ def test_check_exit_status_zero_only_when_all_pass(tmp_path, capsys):
     capsys.readouterr()
     assert main(["hint", "ring_all_reduce"]) == 0
     assert "1. " in capsys.readouterr().out
+
+
+def test_start_into_a_place_it_cannot_write_says_so_without_a_traceback(tmp_path, capsys):
+    from minidist.exercises.__main__ import main
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    assert main(["start", "ring_all_reduce", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write or read" in err and "Traceback" not in err

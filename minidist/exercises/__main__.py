@@ -110,6 +110,11 @@ def main(argv=None) -> int:
     except ValueError as exc:     # an unknown exercise name
         print(exc, file=sys.stderr)
         return 2
+    except OSError as exc:        # a folder that is a file, a read-only place, a full disk…
+        where = exc.filename or getattr(args, "dir", "")
+        print(f"cannot write or read {where}: {exc.strerror}; give a folder you can write to "
+              f"(python -m minidist.exercises start NAME DIR) or the student's .py file", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
