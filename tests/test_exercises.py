@@ -280,3 +280,22 @@ def test_start_into_a_place_it_cannot_write_says_so_without_a_traceback(tmp_path
     assert main(["start", "ring_all_reduce", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "cannot write or read" in err and "Traceback" not in err
+
+
+def test_an_endless_loop_is_stopped_once_and_the_grader_says_what_it_runs(tmp_path, monkeypatch, capsys):
+    """A student's `while True` costs one check's time limit, not one per check, and the
+    grader says which check it is running while the student waits."""
+    import time
+
+    from minidist.exercises import grading
+    from minidist.exercises.__main__ import main
+    monkeypatch.setattr(grading, "CHECK_TIME_LIMIT", 1.0)
+    assert main(["start", "kd_loss", str(tmp_path)]) == 0
+    path = tmp_path / "kd_loss.py"
+    path.write_text(path.read_text().replace("raise NotImplementedError", "while True:\n        pass", 1))
+    t0 = time.perf_counter()
+    assert main(["check", "kd_loss", str(tmp_path), "--seed", "1"]) == 1
+    assert time.perf_counter() - t0 < 10
+    captured = capsys.readouterr()
+    assert "did not finish within 1 s" in captured.out and "not run:" in captured.out
+    assert "kd_loss: checking" in captured.err

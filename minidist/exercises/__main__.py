@@ -49,17 +49,22 @@ def cmd_start(args) -> int:
     return 0
 
 
+def _progress(text: str) -> None:
+    """One line per check on stderr while the student waits (stdout stays the grade, or the JSON)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def cmd_check(args) -> int:
     seed = new_seed() if args.seed is None else args.seed
     if args.all:
-        reports = [grade(ex, _path(ex.NAME, args.all), seed=seed) for ex in EXERCISES.values()]
+        reports = [grade(ex, _path(ex.NAME, args.all), seed=seed, progress=_progress) for ex in EXERCISES.values()]
     elif args.name is None:
         print("check needs an exercise NAME or --all DIR", file=sys.stderr)
         return 2
     else:
         ex = get(args.name)
-        reports = [grade(ex, reference=True, seed=seed) if args.reference else
-                   grade(ex, _path(ex.NAME, args.dir), seed=seed)]
+        reports = [grade(ex, reference=True, seed=seed, progress=_progress) if args.reference else
+                   grade(ex, _path(ex.NAME, args.dir), seed=seed, progress=_progress)]
     ok = all(r.status == "passed" for r in reports)
     if args.json:
         sheet = {"passed": ok, "seed": seed, "score": round(sum(r.score for r in reports), 3), "max_score": len(reports),

@@ -207,10 +207,11 @@ def _hang_advice(text: str) -> str:
             f"the same number of steps")
 
 
-def run_check(name: str, check, sol, path: str | None, time_limit: float = CHECK_TIME_LIMIT,
+def run_check(name: str, check, sol, path: str | None, time_limit: float | None = None,
               seed: int = 0) -> CheckResult:
     """Run one check in a daemon thread (so that an endless loop cannot hang the grader).
     A check ``check(sol, rng)`` gets :func:`check_rng` of ``seed``: its held-out inputs."""
+    time_limit = CHECK_TIME_LIMIT if time_limit is None else time_limit
     box: dict = {}
 
     def target():
@@ -251,9 +252,13 @@ def new_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") % 100_000
 
 
-def grade(exercise, path: str | None = None, reference: bool = False, seed: int | None = None) -> Report:
+def grade(exercise, path: str | None = None, reference: bool = False, seed: int | None = None,
+          progress=None) -> Report:
     """Grade the file at ``path`` (or, with ``reference=True``, minidist's own implementation).
-    The held-out inputs are drawn from ``seed`` (a fresh one when None; the report carries it)."""
+    The held-out inputs are drawn from ``seed`` (a fresh one when None; the report carries it).
+    ``progress(text)`` is told which check runs (the CLI prints it while the student waits).
+    Once a check runs past its time limit the others are not run: the same endless loop would
+    cost each of them the limit again."""
     seed = new_seed() if seed is None else int(seed)
     report = Report(exercise.NAME, exercise.TOPIC, "reference" if reference else os.path.abspath(path), seed=seed)
     if reference:
@@ -265,8 +270,17 @@ def grade(exercise, path: str | None = None, reference: bool = False, seed: int 
             report.problem = str(exc)
             return report
         source = sol.__grader_source__
+    timed_out = None
     for name, check in exercise.CHECKS:
-        report.checks.append(run_check(name, check, sol, source, seed=seed))
+        if timed_out is not None:
+            report.checks.append(CheckResult(name, "failed", f"not run: `{timed_out}` did not finish in time"))
+            continue
+        if progress is not None:
+            progress(f"{exercise.NAME}: checking {name} …")
+        result = run_check(name, check, sol, source, seed=seed)
+        if result.message.startswith("did not finish within"):
+            timed_out = name
+        report.checks.append(result)
     broken = broken_rules(exercise, source) if source else ""
     if broken:
         report.checks.append(CheckResult(
