@@ -142,6 +142,7 @@ DEFAULTS = {
     # the pipeline's micro-batches per step are gradient_accumulation_steps (as in DeepSpeed)
     "parallel": {"data_parallel": DDP, "tensor": 1, "pipeline": 1, "schedule": DEFAULT_SCHEDULE,
                  "virtual_stages": 1, "sequence_parallel": False,
+                 "sequence_parallel_naive": False,   # SP's column linear keeps the gathered input (sbh)
                  "pass_times": None,   # [T_F, T_B, T_W] of a stage that zb_v's order is built for; None: equal
                  "tp_comm_overlap": False,   # Megatron: backward's TP collectives under the matmuls
                  "make_vocab_size_divisible_by": 1},   # Megatron's padding multiple (its default: 128)

@@ -32,6 +32,9 @@ def config_problem(cfg: dict, world_size: int, seq_len: int) -> tuple[str, str] 
     if t > world_size:
         return "parallel.tensor", (f"{t} is greater than the world size {world_size}: tensor parallelism "
                                    f"splits each layer over t ranks; launch at least {t} ranks or lower it")
+    if par.get("sequence_parallel_naive") and not sp:
+        return "parallel.sequence_parallel_naive", ("chooses how sequence parallelism gathers: set "
+                                                    "parallel.sequence_parallel true, or drop it")
     if t == 1:
         return None
     heads = heads_problem(m["n_head"], t)
@@ -54,7 +57,8 @@ def layers_for(cfg: dict, grid):
         return Layers()
     return TensorParallelLayers(grid.tp, sequence_parallel=par.get("sequence_parallel", False),
                                 make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"],
-                                overlap_comm=par["tp_comm_overlap"])
+                                overlap_comm=par["tp_comm_overlap"],
+                                naive_sequence_parallel=par["sequence_parallel_naive"])
 
 
 class TensorParallelPrecision(Precision):

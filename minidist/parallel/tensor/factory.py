@@ -39,8 +39,8 @@ class TensorParallelLayers(Layers):
     """The layers of one tensor-parallel rank (``group`` = ``grid.tp``)."""
 
     def __init__(self, group, sequence_parallel: bool = False, make_vocab_size_divisible_by: int = 1,
-                 overlap_comm: bool = False):
-        self.ctx = TensorParallelContext(group, sequence_parallel, overlap_comm)
+                 overlap_comm: bool = False, naive_sequence_parallel: bool = False):
+        self.ctx = TensorParallelContext(group, sequence_parallel, overlap_comm, naive_sequence_parallel)
         self.divisible_by = make_vocab_size_divisible_by
         self._sp = sequence_parallel
         self.vocab_size = self.padded_vocab_size = self.vocab_start = None   # set by the token table

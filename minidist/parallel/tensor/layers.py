@@ -37,6 +37,7 @@ from ...device import current_device
 from ...nn import LayerNorm, Module
 from ...tensor import Parameter, Tensor, as_tensor, make_result
 from .mappings import (all_gather_sequence, all_reduce, copy_to_tensor_model_parallel_region,
+                       gather_from_sequence_parallel_region,
                        reduce_from_tensor_model_parallel_region, reduce_scatter_sequence,
                        reduce_scatter_to_sequence_parallel_region)
 
@@ -49,6 +50,7 @@ class TensorParallelContext:
     group: object                   # grid.tp
     sequence_parallel: bool = False
     overlap_comm: bool = False      # backward's collectives on the comm stream, under the matmuls
+    naive_sequence_parallel: bool = False   # gather, then an ordinary linear that keeps the whole input
 
     @property
     def size(self) -> int:
@@ -181,6 +183,10 @@ class ColumnParallelLinear(Module):
         self.bias = Parameter(bias) if bias is not None else None  # (out/t,)
 
     def forward(self, x):
+        if self.ctx.sequence_parallel and self.ctx.naive_sequence_parallel:
+            # the naive way: all-gather the sequence (backward: reduce-scatter), then a linear that
+            # saves the gathered (B, T, in) input — sbh where Megatron's keeps sbh/t
+            return F.linear(gather_from_sequence_parallel_region(x, self.ctx.group), self.weight, self.bias)
         if self.ctx.sequence_parallel:                            # x: (B, T/t, in)
             return linear_with_sequence_parallel(x, self.weight, self.bias, self.ctx.group, self.ctx.overlap_comm)
         if self.ctx.overlap_comm:                                 # f fused in: dx's all-reduce under dW
