@@ -115,16 +115,22 @@ def test_full_keeps_2sbh_per_layer_and_selective_drops_the_attention_scores():
     assert per_layer(Recompute("full", "uniform", 2)) == w * s * b * h / 2  # one input per two layers
 
 
+def _tp_model(grid, n_layer, recompute, sp=False):
+    """CFG with ``n_layer`` blocks on this tp rank (plain layers on one rank), float64."""
+    from minidist.parallel.tensor import TensorParallelLayers
+    layers = TensorParallelLayers(grid.tp, sequence_parallel=sp) if grid.tp_size > 1 else None
+    model = GPT(GPTConfig(**{**vars(CFG), "n_layer": n_layer}), seed=1, dtype=np.float64, layers=layers)
+    return model.set_recompute(recompute)
+
+
 def _per_layer_tp(comm, recompute):
     from minidist.parallel.grid import ProcessGrid
-    from minidist.parallel.tensor import TensorParallelLayers
     grid = ProcessGrid(comm, tp=comm.size)
     held = []
     for n_layer in (4, 2):
         dev = Device("laptop")
         with dev:
-            model = GPT(GPTConfig(**{**vars(CFG), "n_layer": n_layer}), seed=1, dtype=np.float64,
-                        layers=TensorParallelLayers(grid.tp, sequence_parallel=True)).set_recompute(recompute)
+            model = _tp_model(grid, n_layer, recompute, sp=True)
             ids = np.random.default_rng(0).integers(0, 11, (2, 8))
             model(ids, ids)
             held.append(dev.memory.current["activations"])
@@ -265,15 +271,14 @@ def test_deepspeeds_cpu_checkpointing_and_partition_activations_change_no_value(
 def _checkpoint_bytes(comm, cpu, partition):
     """Device and host activation bytes of 4 full-recomputed layers' checkpoints, and the log."""
     from minidist.parallel.grid import ProcessGrid
-    from minidist.parallel.tensor import CheckpointPartition, TensorParallelLayers
+    from minidist.parallel.tensor import CheckpointPartition
     grid = ProcessGrid(comm, tp=comm.size)
     held = []
     for n_layer in (4, 2):
         dev = Device("laptop")
         with dev:
-            model = GPT(GPTConfig(**{**vars(CFG), "n_layer": n_layer}), seed=1, dtype=np.float64,
-                        layers=TensorParallelLayers(grid.tp) if comm.size > 1 else None)
-            model.set_recompute(Recompute("full", cpu=cpu, partition=CheckpointPartition(grid.tp) if partition else None))
+            model = _tp_model(grid, n_layer, Recompute("full", cpu=cpu, partition=CheckpointPartition(grid.tp)
+                                                       if partition else None))
             ids = np.random.default_rng(0).integers(0, 11, (2, 8))
             mark = comm.log.mark()
             _, loss = model(ids, ids)
