@@ -145,7 +145,9 @@ DEFAULTS = {
                  "sequence_parallel_naive": False,   # SP's column linear keeps the gathered input (sbh)
                  "pass_times": None,   # [T_F, T_B, T_W] of a stage that zb_v's order is built for; None: equal
                  "tp_comm_overlap": False,   # Megatron: backward's TP collectives under the matmuls
-                 "make_vocab_size_divisible_by": 1},   # Megatron's padding multiple (its default: 128)
+                 "make_vocab_size_divisible_by": 1,    # Megatron's padding multiple (its default: 128)
+                 # context parallelism: the sequence split over size ranks (minidist.parallel.context)
+                 "context": {"size": 1, "algorithm": "ring"}},
     # Megatron's recompute_granularity / recompute_method / recompute_num_layers; DeepSpeed's
     # cpu_checkpointing and partition_activations (minidist.recompute)
     "activation_checkpointing": {"granularity": "none", "method": "uniform", "num_layers": 1,

@@ -130,6 +130,16 @@ class Layers:
         """A block's output as (B, T, C) on every rank (``return_hidden``)."""
         return x
 
+    def context_tokens(self, ids, start: int = 0):
+        """The token ids (B, T) this rank embeds and their positions (``start`` … ``start + T − 1``);
+        context parallelism keeps its chunks of the sequence (:mod:`minidist.parallel.context`)."""
+        return ids, np.arange(start, start + ids.shape[1])
+
+    def attention(self, q, k, v, is_causal: bool = True, dropout_p: float = 0.0, rng=None):
+        """The attention core softmax(QKᵀ/√d)·V on (B, nh, T, hs); context parallelism runs ring
+        attention or Ulysses over its ranks instead."""
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=dropout_p, rng=rng)
+
     def lm_head(self, x, wte: Parameter):
         """The tied head: (B, T, C) → logits (B, T, V)."""
         return F.matmul(x, wte.T)

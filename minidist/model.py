@@ -110,13 +110,14 @@ class CausalSelfAttention(Module):
         self.attn_dropout = layers.dropout(cfg.dropout, seed + 1, "heads")   # on the attention probabilities
         self.resid_dropout = layers.dropout(cfg.dropout, seed)
         self.head_size = C // cfg.n_head
+        self.attention = layers.attention     # the core's kernel: context parallelism gives ring or Ulysses
         self.recompute_core = False       # selective recomputation (Korthikanti et al. 2022, §5)
         self.recompute_cpu = False        # its checkpoint (q, k, v) in the host pool
 
     def core(self, q, k, v):
         """softmax(QKᵀ/√d)·V with dropout on the probabilities: the (B, nh, T, Tk) part."""
         p = self.attn_dropout.p if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p, rng=self.attn_dropout.rng)
+        return self.attention(q, k, v, is_causal=True, dropout_p=p, rng=self.attn_dropout.rng)
 
     def forward(self, x, kv_cache=None):
         qkv = self.c_attn(x)                                        # (B, T, 3·C) — 3·C/t: my heads' q, k, v
@@ -260,7 +261,8 @@ class GPT(Module):
             raise ValueError(f"sequence length {start + T}{f' ({start} cached + {T} new)' if start else ''} exceeds "
                              f"block_size {self.config.block_size}; raise model.block_size or shorten data.seq_len")
         tr = self.transformer
-        x = self.layers.scatter_tokens(tr.wte(ids) + tr.wpe(np.arange(start, start + T)))   # (B, T, C)
+        ids, pos = self.layers.context_tokens(ids, start)          # all T, or this cp rank's T/cp and their positions
+        x = self.layers.scatter_tokens(tr.wte(ids) + tr.wpe(pos))  # (B, T, C)
         return tr.drop(x)
 
     def blocks(self, x, layer_ids=None, hidden: list | None = None, kv_cache: KVCache | None = None):

@@ -39,7 +39,9 @@ def _dropout_rngs(fn) -> list:
 
 
 def _rng_state(rng):
-    inner = getattr(rng, "rng", rng)               # a tensor-parallel SlicedGenerator wraps the DropoutRNG
+    inner = rng
+    while hasattr(inner, "rng"):                   # tensor- and context-parallel slicers wrap the DropoutRNG
+        inner = inner.rng
     return inner, inner.key, inner._sequential.bit_generator.state
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from .defaults import DDP, zero_strategy
 from .distributed.objects import jsonable
 from .estimate import comm_volume, estimate, model_state_memory
+from .estimate.context import context_bytes_per_step
 from .estimate.grid3d import estimate_for_config
 from .estimate.pipeline import pipeline_bubble
 from .parallel.pipeline.engine import pipeline_report
@@ -40,6 +41,8 @@ def rank_report(trainer) -> dict:
     micro = trainer.accumulation
     expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
     tp = _tp_rank_summary(trainer) if trainer.grid is not None and trainer.grid.tp_size > 1 else None
+    cp = context_summary(trainer) if trainer.grid is not None and trainer.grid.cp_size > 1 else None
+    others = (tp["bytes_sent_per_step"] if tp else 0) + (cp["bytes_sent_per_step"] if cp else 0)
     return {
         "rank": trainer.rank,
         "coords": dict(trainer.grid.coords) if trainer.grid is not None else {"dp": trainer.rank, "tp": 0, "pp": 0},
@@ -55,15 +58,41 @@ def rank_report(trainer) -> dict:
             "strategy": s.name,
             "model_states": s.model_states,
             "model_states_expected": s.expected_model_states(),
-            # the step's bytes beyond the tensor-parallel group's (which the tensor_parallel section counts)
-            "bytes_sent_per_step": (trainer.history[-1].get("bytes_sent", 0) - (tp["bytes_sent_per_step"] if tp else 0)
-                                    if trainer.history else 0),
+            # the step's bytes beyond the tensor- and context-parallel groups' (their sections count them)
+            "bytes_sent_per_step": trainer.history[-1].get("bytes_sent", 0) - others if trainer.history else 0,
             "bytes_sent_per_step_expected": expected_bytes,
             "shard_elements": getattr(s, "shard", None),
         },
         "tensor_parallel": tp,
+        "context_parallel": cp,
         "bytes_sent_last_step": trainer.history[-1].get("bytes_sent", 0) if trainer.history else 0,
     }
+
+
+def context_summary(trainer) -> dict:
+    """The report's ``context_parallel`` section of one rank: the bytes its attention sent on
+    ``grid.cp`` in the last step beside :func:`minidist.estimate.context.context_bytes_per_step`,
+    and its activation peak (each rank keeps its s/cp tokens' activations)."""
+    par, c = trainer.cfg["parallel"], trainer.model_config
+    log, group = getattr(trainer, "step_log", None), trainer.grid.cp.group
+    ops = ("ring_attention", "ring_attention_backward") if par["context"]["algorithm"] == "ring" else ("all_to_all",)
+    sent = sum(x.bytes_sent for x in (log.collectives if log is not None else []) if x.group == group and x.op in ops)
+    w = 2 if trainer.precision is not None else np.dtype(trainer.cfg["dtype"]).itemsize
+    expected = context_bytes_per_step(par["context"]["algorithm"], trainer.grid.cp_size, c.n_layer,
+                                      trainer.micro_batch, trainer.dataset.seq_len, c.n_embd, trainer.accumulation,
+                                      w, trainer.grid.tp_size, trainer.cfg["activation_checkpointing"]["granularity"])
+    return {"cp": trainer.grid.cp_size, "algorithm": par["context"]["algorithm"],
+            "tokens_per_rank": trainer.dataset.seq_len // trainer.grid.cp_size, "bytes_sent_per_step": sent,
+            "bytes_sent_per_step_expected": expected["bytes_per_step"],
+            "activations_peak": trainer.device.memory.max_by_category.get("activations", 0)}
+
+
+def format_context_parallel(report: dict) -> str:
+    """Rank 0's context-parallel figures: measured beside the formula."""
+    c = report["ranks"][0]["context_parallel"]
+    return (f"context parallel: {c['algorithm']}, cp = {c['cp']}, {c['tokens_per_rank']} tokens per rank; attention "
+            f"bytes sent per step {c['bytes_sent_per_step']} measured, {c['bytes_sent_per_step_expected']} by the "
+            f"formula (minidist.estimate.context); activation peak {c['activations_peak']} B")
 
 
 def comm_totals(log) -> dict:
@@ -80,7 +109,8 @@ def formulas(trainer) -> dict:
     ``bytes_sent_per_step`` adds to the textbook volume the one-element all-reduces the
     run makes (ring, float64: ``2·(p−1)·8`` bytes each): the gradient norm when ZeRO clips,
     the overflow flag when a ZeRO stage or the parameter server trains in mixed precision."""
-    cfg, p = trainer.cfg, trainer.dp_size           # Ψ below is this rank's (tensor-parallel) shard
+    cfg = trainer.cfg                   # Ψ below is this rank's (tensor-parallel) shard; p: the ranks gradients span
+    p = trainer.dp_comm.size if trainer.dp_comm is not None else 1
     precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
     w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
     scale = np.dtype(cfg["dtype"]).itemsize / 4    # the estimate counts fp32 as 4 bytes (float64: 8)
@@ -281,9 +311,9 @@ def format_data_parallel(report: dict) -> str:
     f = report["data_parallel"]["formula"]
     fm = f["model_states"]
     par = report["config"]["parallel"]
-    tp, pp = par["tensor"], par["pipeline"]
-    dp = report["world_size"] // (tp * pp)
-    layout = f"tensor {tp} × pipeline {pp} × data {dp}"
+    tp, pp, cp = par["tensor"], par["pipeline"], par["context"]["size"]
+    dp = report["world_size"] // (tp * pp * cp)
+    layout = f"tensor {tp} × pipeline {pp} × data {dp}" + (f" × context {cp}" if cp > 1 else "")
     strategy = report["data_parallel"]["strategy"]
     lines = [f"{layout}: data parallel {strategy} over {dp} replica(s) of {report['world_size']} rank(s), "
              f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "
@@ -298,6 +328,8 @@ def format_data_parallel(report: dict) -> str:
                      f"{r['data_parallel']['bytes_sent_per_step']:>12}")
     if report["ranks"][0].get("tensor_parallel"):
         lines.append(format_tensor_parallel(report))
+    if report["ranks"][0].get("context_parallel"):
+        lines.append(format_context_parallel(report))
     if report.get("layout"):
         lines.append(format_layout(report))
     if report.get("activation_checkpointing", {}).get("granularity", "none") != "none":

@@ -23,7 +23,7 @@ BASE = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 4, "block_size": 8, "dro
         "gradient_accumulation_steps": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}}
 # the ranks' equivalents on one rank: everything that splits the work is turned off
 SERIAL = {"parallel": {"tensor": 1, "pipeline": 1, "sequence_parallel": False, "tp_comm_overlap": False,
-                       "data_parallel": "ddp"},
+                       "data_parallel": "ddp", "context": {"size": 1}},
           "zero_optimization": {"stage": 0, "overlap_comm": False, "offload_optimizer": {"device": "none"}}}
 
 
@@ -44,14 +44,14 @@ def with_needs(names) -> list:
 
 
 def cell_config(names) -> tuple[dict, int]:
-    """The config of a cell and its world: tp × pp × dp of its features."""
-    cfg, tp, pp, dp = copy.deepcopy(BASE), 1, 1, 1
+    """The config of a cell and its world: tp × cp × dp × pp of its features."""
+    cfg, tp, pp, dp, cp = copy.deepcopy(BASE), 1, 1, 1, 1
     for n in with_needs(names):
         f = C.FEATURES[n]
         cfg = merge(cfg, f.fragment)
-        tp, pp, dp = max(tp, f.tp), max(pp, f.pp), max(dp, f.dp)
+        tp, pp, dp, cp = max(tp, f.tp), max(pp, f.pp), max(dp, f.dp), max(cp, f.cp)
     cfg["train_micro_batch_size_per_gpu"] = GLOBAL_MICRO // dp
-    return cfg, tp * pp * dp
+    return cfg, tp * pp * dp * cp
 
 
 def serial_config(cfg: dict) -> dict:

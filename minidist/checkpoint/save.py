@@ -40,9 +40,15 @@ def layout_of(trainer) -> dict:
 
 def dropout_rngs(model) -> list:
     """The per-layer dropout generators (:class:`~minidist.nn.DropoutRNG`), in module order;
-    a tensor-parallel layer's sliced generator wraps the one-rank layer's (``.rng``)."""
-    rngs = [m.rng for m in model.modules() if isinstance(m, Dropout)]
-    return [getattr(r, "rng", r) for r in rngs]
+    a tensor- or context-parallel layer's generator wraps the one-rank layer's (``.rng``, maybe twice)."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            r = m.rng
+            while hasattr(r, "rng"):
+                r = r.rng
+            out.append(r)
+    return out
 
 
 def rank_state(trainer, step: int) -> tuple[dict, dict]:

@@ -11,6 +11,8 @@ Examples::
     python -m minidist.estimate --pp 4 --schedule zb_h1 --micro-batches 8   # the bubble alone
     python -m minidist.estimate --layers 4 --hidden 32 --heads 4 --seq 8 --vocab 65 \\
         --dp 2 --tp 2 --pp 2 --sp --zero 1 --micro-batches 4  # per pipeline rank, to the byte
+    python -m minidist.estimate --layers 32 --hidden 4096 --heads 32 --seq 131072 --vocab 32000 \\
+        --tp 8 --cp 8 --cp-algorithm ring --zero 1           # long context: bytes and memory per rank
 
 With the whole shape (``--layers --hidden --heads --seq --vocab``) a table per pipeline rank
 follows: model-state bytes and bytes sent per step of minidist's own layout, exact
@@ -30,6 +32,7 @@ from ..parallel.pipeline import V_SCHEDULES
 from ..device import PRESETS
 from .activations import CHECKPOINTING, METHODS, activation_memory, checkpointed_layers
 from .comm import comm_volume
+from .context import ALGORITHMS as CP_ALGORITHMS, context_activation_memory, context_bytes_per_step, context_problem
 from .flops import gpt2_param_count, training_flops, training_time
 from .grid3d import estimate_3d
 from .memory import OPTIMIZER_BYTES, OPTIMIZERS, bytes_per_param, model_state_memory
@@ -103,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp", type=_positive_int, default=1, help="data-parallel degree N_d (default 1)")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree (default 1)")
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel degree (default 1)")
+    p.add_argument("--cp", type=_positive_int, default=1, help="context-parallel degree: the sequence split over "
+                   "cp ranks (default 1)")
+    p.add_argument("--cp-algorithm", choices=CP_ALGORITHMS, default="ring",
+                   help="context parallelism's attention: ring (K/V around a ring) or ulysses (all-to-all)")
     p.add_argument("--zero", type=_zero, default="all", help="ZeRO stage 0-3 or 'all' (default all)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16",
                    help="training precision; fp16/bf16 = mixed precision with fp32 master weights")
@@ -163,6 +170,11 @@ def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.layers and a.pp > 1 and a.layers % chunks:
         p.error(f"--layers {a.layers} do not fill the {chunks} model chunks of --schedule {a.schedule} on --pp "
                 f"{a.pp}; use a multiple of {chunks}")
+    if a.cp > 1 and a.pp > 1:
+        p.error("--cp with --pp > 1: context parallelism is not built into the pipeline engine; use --pp 1")
+    problem = context_problem(a.cp_algorithm, a.cp, a.seq, a.heads, a.tp)
+    if problem:
+        p.error(f"--cp {a.cp} --cp-algorithm {a.cp_algorithm}: {problem}")
     if a.pp == 1 and a.schedule != DEFAULT_SCHEDULE:
         print(f"note: --schedule {a.schedule} has no effect with --pp 1 (no pipeline)", file=sys.stderr)
 
@@ -185,14 +197,16 @@ def compute(a: argparse.Namespace) -> dict:
     params = a.params if a.params is not None else derived["total"]
     stages = [0, 1, 2, 3] if a.zero == "all" else [a.zero]
     shape = bool(a.layers and a.hidden and a.seq)
-    n_gpus = a.dp * a.tp * a.pp
+    n_gpus = a.dp * a.tp * a.pp * a.cp
+    zero_group = a.dp * a.cp                     # cp ranks replicate the parameters: ZeRO and DP span dp × cp
+    local_seq = a.seq // a.cp if a.seq else a.seq   # what TP and PP messages carry: this cp rank's tokens
     out = {"inputs": {k: v for k, v in vars(a).items() if k != "json"},
            "params": params, "params_from_shape": derived,
            "bytes_per_param": bytes_per_param(a.precision, a.optimizer), "n_gpus": n_gpus}
-    out["model_states"] = [model_state_memory(params, a.dp, s, a.precision, a.optimizer, a.offload,
+    out["model_states"] = [model_state_memory(params, zero_group, s, a.precision, a.optimizer, a.offload,
                                               a.tp, a.pp) for s in stages]
-    out["comm"] = [comm_volume(params, a.dp, s, a.precision, a.tp, a.pp, layers=a.layers,
-                               hidden=a.hidden, seq=a.seq, micro_batch=a.micro_batch,
+    out["comm"] = [comm_volume(params, zero_group, s, a.precision, a.tp, a.pp, layers=a.layers,
+                               hidden=a.hidden, seq=local_seq, micro_batch=a.micro_batch,
                                micro_batches=m, sp=a.sp, checkpointing=a.checkpointing,
                                v=a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1)
                    for s in stages]
@@ -204,6 +218,16 @@ def compute(a: argparse.Namespace) -> dict:
                                     mode, 4 if a.precision == "fp32" else 2, a.pp, in_flight, a.vocab,
                                     a.checkpointing_method, a.checkpointing_layers)
             for mode in CHECKPOINTING}
+    out["context"] = None
+    if a.cp > 1 and shape and a.heads:
+        w = 4 if a.precision == "fp32" else 2
+        out["context"] = {
+            "cp": a.cp, "algorithm": a.cp_algorithm,
+            "bytes": context_bytes_per_step(a.cp_algorithm, a.cp, a.layers, a.micro_batch, a.seq, a.hidden, m, w,
+                                            a.tp, a.checkpointing),
+            "activations": {mode: context_activation_memory(a.seq, a.micro_batch, a.hidden, a.heads, a.layers,
+                                                            a.cp, a.cp_algorithm, a.tp, a.sp, mode, w, a.vocab)
+                            for mode in CHECKPOINTING}}
     step_tokens = a.micro_batch * (a.seq or 0) * m * a.dp
     kw = {"layers": a.layers, "hidden": a.hidden, "seq": a.seq, "checkpointing": a.checkpointing}
     if a.layers and a.hidden:
@@ -220,7 +244,7 @@ def compute(a: argparse.Namespace) -> dict:
     out["per_pipeline_rank"] = None
     if a.layers and a.hidden and a.heads and a.seq and a.vocab and not a.offload:
         out["per_pipeline_rank"] = [estimate_3d(
-            a.layers, a.hidden, a.heads, a.vocab, a.seq, a.seq, a.micro_batch, m, a.dp, a.tp, a.pp,
+            a.layers, a.hidden, a.heads, a.vocab, a.seq, local_seq, a.micro_batch, m, zero_group, a.tp, a.pp,
             a.sp and a.tp > 1, s, a.precision, a.schedule,
             a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1,
             make_vocab_size_divisible_by=a.make_vocab_size_divisible_by,
@@ -250,8 +274,9 @@ def render(r: dict) -> str:
     if r["params"] is None:
         return "\n".join(_render_pipeline(r))
     a, b = r["inputs"], r["bytes_per_param"]
+    cp_part = f" cp={a['cp']}" if a.get("cp", 1) > 1 else ""
     title = (f"minidist.estimate: {r['params'] / 1e9:.3g}B parameters on {r['n_gpus']} devices "
-             f"(dp={a['dp']} tp={a['tp']} pp={a['pp']}), {a['precision']} + {a['optimizer']}: "
+             f"(dp={a['dp']} tp={a['tp']} pp={a['pp']}{cp_part}), {a['precision']} + {a['optimizer']}: "
              f"{b['parameters']}+{b['gradients']}+K bytes/param with K={b['K']}")
     legend = ("Model states per device (Rajbhandari et al. 2020, ZeRO §5); DP comm = bytes each "
               "rank sends per step for gradients/parameters")
@@ -273,10 +298,13 @@ def render(r: dict) -> str:
     if c["tp_bytes"] is not None and (a["tp"] > 1 or a["pp"] > 1):
         out.append(f"tensor-parallel traffic/rank/step: {fmt_bytes(c['tp_bytes'])}; "
                    f"pipeline send/recv/rank/step: {fmt_bytes(c['pp_bytes'])}")
+    if r.get("context"):
+        out += ["", *_render_context(r)]
     if r["activations"]:
         acts = r["activations"]
         first = acts["none"]
-        out += ["", f"Activations per device (Korthikanti et al. 2022), s={a['seq']} b={a['micro_batch']} "
+        out += ["", f"Activations per device{' without context parallelism' if cp_part else ''} (Korthikanti et "
+                f"al. 2022), s={a['seq']} b={a['micro_batch']} "
                 f"h={a['hidden']} a={a['heads']}, {first['layers_per_stage']} layers/stage x "
                 f"{first['in_flight_micro_batches']:g} micro-batches in flight"
                 + (", sequence parallel" if a["sp"] else "")]
@@ -304,6 +332,22 @@ def render(r: dict) -> str:
     if r["pipeline"]:
         out += ["", *_render_pipeline(r)]
     return "\n".join(out)
+
+
+def _render_context(r: dict) -> list[str]:
+    """Context parallelism: its bytes per step and the activations each rank keeps (:mod:`.context`)."""
+    c, a = r["context"], r["inputs"]
+    b = c["bytes"]
+    lines = [f"Context parallel ({c['algorithm']}, cp={c['cp']}): each rank holds s/cp = {a['seq'] // c['cp']} "
+             f"positions; attention traffic per rank per layer: forward {fmt_bytes(b['per_layer_forward'])}, "
+             f"backward {fmt_bytes(b['per_layer_backward'])}; per step {fmt_bytes(b['bytes_per_step'])}"]
+    rows = [["checkpointing", "activations per rank", "one rank (cp = 1)"]]
+    for mode, act in c["activations"].items():
+        mark = " <-" if mode == a["checkpointing"] else ""
+        rows.append([mode + mark, fmt_bytes(act["total"]),
+                     fmt_bytes(r["activations"][mode]["total"]) if r.get("activations") else "-"])
+    return lines + [_table(rows), "(the tables of data, tensor and pipeline traffic count data parallelism over "
+                                  "dp × cp ranks and messages of s/cp tokens; the attention traffic above comes on top)"]
 
 
 def _render_ranks(per_stage: list) -> list[str]:

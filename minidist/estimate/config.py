@@ -12,7 +12,7 @@ Keys read (anything else is ignored here; the trainer validates the config)::
     train_micro_batch_size_per_gpu, gradient_accumulation_steps
     zero_optimization {stage, offload_optimizer {device}}
     fp16 {enabled}, bf16 {enabled}, optimizer {type}
-    parallel {tensor, pipeline, schedule, virtual_stages, sequence_parallel}
+    parallel {tensor, pipeline, schedule, virtual_stages, sequence_parallel, context {size, algorithm}}
     data {dataset, seq_len, n_digits}, activation_checkpointing, device
 
 Missing keys fall back to the trainer's own defaults (:data:`minidist.defaults.DEFAULTS`),
@@ -33,6 +33,7 @@ from ..training.config import sequence_length
 from ..training.data import make_dataset
 from .activations import activation_memory, checkpointed_layers
 from .comm import comm_volume
+from .context import context_activation_memory, context_bytes_per_step
 from .flops import gpt2_param_count, training_flops
 from .memory import model_state_memory
 from .pipeline import peak_in_flight, pipeline_bubble
@@ -112,26 +113,31 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     sp = bool(_get(config, "parallel.sequence_parallel", used))
     schedule = normalize_schedule(_get(config, "parallel.schedule", used))
     v = int(_get(config, "parallel.virtual_stages", used))
+    cp = int(_get(config, "parallel.context.size", used))
+    cp_algorithm = str(_get(config, "parallel.context.algorithm", used))
     checkpointing = _checkpointing(config.get("activation_checkpointing"))
     ac = config.get("activation_checkpointing") if isinstance(config.get("activation_checkpointing"), dict) else {}
     method, num_layers = ac.get("method", "uniform"), int(ac.get("num_layers", 1))
     device = _get(config, "device", used)
 
-    if world_size % (tp * pp):
-        raise ValueError(f"world size {world_size} is not divisible by tensor x pipeline = {tp * pp}; "
-                         f"change parallel.tensor/parallel.pipeline or the world size")
-    dp = world_size // (tp * pp)
+    if world_size % (tp * pp * cp):
+        raise ValueError(f"world size {world_size} is not divisible by tensor x pipeline x context = {tp * pp * cp}; "
+                         f"change parallel.tensor/parallel.pipeline/parallel.context.size or the world size")
+    dp = world_size // (tp * pp * cp)          # data-parallel slices of the batch; gradients span dp × cp
     micro_batches = accum        # per rank per optimizer step; the pipeline's m
 
     count = gpt2_param_count(L, h, V, T, bias)
     params = count["total"]
-    states = model_state_memory(params, dp, stage, precision, optimizer, offload, tp, pp)
+    states = model_state_memory(params, dp * cp, stage, precision, optimizer, offload, tp, pp)
     in_flight = peak_in_flight(schedule, pp, micro_batches, v) if pp > 1 else 1.0
     act = activation_memory(seq, b, h, a, L, tp, sp, checkpointing,
                             4 if precision == "fp32" else 2, pp, in_flight, vocab=V, method=method,
                             num_layers=num_layers)
     kept, whole = checkpointed_layers(L // pp, checkpointing, method, num_layers)
-    comm = comm_volume(params, dp, stage, precision, tp, pp, layers=L, hidden=h, seq=seq,
+    if cp > 1:                                 # each rank keeps the activations of its s/cp tokens
+        act = context_activation_memory(seq, b, h, a, L, cp, cp_algorithm, tp, sp, checkpointing,
+                                        4 if precision == "fp32" else 2, vocab=V)
+    comm = comm_volume(params, dp * cp, stage, precision, tp, pp, layers=L, hidden=h, seq=seq // cp,
                        micro_batch=b, micro_batches=micro_batches, sp=sp,
                        checkpointing=checkpointing, v=v if schedule == INTERLEAVED_1F1B else 1)
     tokens = b * seq * micro_batches * dp               # tokens per optimizer step, all ranks
@@ -157,6 +163,8 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
         "comm": comm,
         "flops": flops,
         "pipeline": bubble,
+        "context": None if cp == 1 else context_bytes_per_step(cp_algorithm, cp, L, b, seq, h, micro_batches,
+                                                                4 if precision == "fp32" else 2, tp, checkpointing),
         "time": {"compute_s_per_step": compute_s, "step_s_with_bubble": step_s,
                  "dp_comm_s_per_step": comm["dp_bytes"] / spec.beta, "mfu": mfu},
     }

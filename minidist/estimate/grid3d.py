@@ -50,6 +50,7 @@ from ..parallel.pipeline import build_schedule
 from ..parallel.tensor.accounting import collective_bytes, step_collectives
 from ..parallel.tensor import padded_vocab_size
 from ..training.config import sequence_length
+from .context import context_bytes_per_step
 from .memory import OPTIMIZER_BYTES, bytes_per_param
 from .pipeline import check_pipeline, pipeline_bubble
 
@@ -209,9 +210,9 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
     on ``world_size`` ranks; ``vocab_size`` as the trainer's dataset gives it. ``notes`` lists
     the settings of ``cfg`` the figures do not model."""
     par, model, zero = cfg["parallel"], cfg["model"], cfg["zero_optimization"]
-    tp, pp = par["tensor"], par["pipeline"]
-    if world_size % (tp * pp):
-        raise ValueError(f"world size {world_size} is not divisible by tensor × pipeline = {tp * pp}")
+    tp, pp, cp = par["tensor"], par["pipeline"], par["context"]["size"]
+    if world_size % (tp * pp * cp):
+        raise ValueError(f"world size {world_size} is not divisible by tensor × pipeline × context = {tp * pp * cp}")
     precision = "bf16" if cfg["bf16"]["enabled"] else "fp16" if cfg["fp16"]["enabled"] else "fp32"
     schedule = normalize_schedule(par["schedule"])
     opt = cfg["optimizer"]
@@ -225,12 +226,23 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
         notes.append(f"data_parallel {par['data_parallel']!r} not modelled: predicted as DDP")
     out = estimate_3d(
         model["n_layer"], model["n_embd"], model["n_head"], model["vocab_size"] or vocab_size, model["block_size"],
-        sequence_length(cfg)[0], cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"],
-        dp=world_size // (tp * pp), tp=tp, pp=pp, sp=par["sequence_parallel"], zero_stage=zero["stage"],
+        sequence_length(cfg)[0] // cp, cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"],
+        dp=world_size // (tp * pp), tp=tp, pp=pp, sp=par["sequence_parallel"], zero_stage=zero["stage"],   # dp × cp
         precision=precision, schedule=schedule,
         virtual_stages=par["virtual_stages"] if schedule == INTERLEAVED_1F1B else 1, bias=model["bias"],
         make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"], moments=moments,
         dtype_bytes=np.dtype(cfg["dtype"]).itemsize, bucket_size=zero["reduce_bucket_size"],
         clip=cfg["gradient_clipping"] > 0)
+    if cp > 1:                           # each rank's s/cp tokens above; its attention's messages on top
+        w = 2 if precision != "fp32" else np.dtype(cfg["dtype"]).itemsize
+        attn = context_bytes_per_step(par["context"]["algorithm"], cp, model["n_layer"] // pp,
+                                      cfg["train_micro_batch_size_per_gpu"], sequence_length(cfg)[0], model["n_embd"],
+                                      cfg["gradient_accumulation_steps"], w, tp,
+                                      cfg["activation_checkpointing"]["granularity"])["bytes_per_step"]
+        for rank in out["ranks"]:
+            rank["bytes_sent"]["context_parallel"] = attn
+            rank["bytes_sent"]["total"] += attn
+        notes.append(f"context parallel {par['context']['algorithm']} over {cp} ranks: each rank holds s/{cp} of "
+                     f"every sequence, its attention's messages counted apart; data parallelism spans dp × cp")
     out["notes"] = notes
     return out

@@ -13,6 +13,8 @@ where                      what a student finds there
                            2022): f/g, column/row/vocab-parallel layers, the TP GPT
 :mod:`.pipeline`           pipeline parallelism: eight schedules as data (naive …
                            dualpipe_v), a validator/simulator, one executor over ``grid.pp``
+:mod:`.context`            context parallelism: the sequence split over ``grid.cp``, ring
+                           attention (online softmax, zigzag) and Ulysses (all-to-all)
 =========================  ===================================================================
 
 :func:`build_strategy` is the one place a strategy is built from a (validated) DeepSpeed-style

@@ -8,8 +8,9 @@ names them::
 
 * ``tp`` tensor parallel — the ranks that share one layer's weights (in a real cluster the
   neighbours inside one NVLink node, hence fastest);
-* ``cp`` context parallel and ``ep`` expert parallel — room for the sequence and expert
-  splits (degree 1 until a model uses them: a dimension of size 1 changes no rank);
+* ``cp`` context parallel — the ranks that share one sequence, s/cp positions each
+  (``parallel.context``, :mod:`minidist.parallel.context`); ``ep`` expert parallel — room for
+  the expert split (degree 1 until a model uses it: a dimension of size 1 changes no rank);
 * ``dp`` data parallel — the ranks that hold the same weights and see different data;
 * ``pp`` pipeline parallel — the ranks that hold consecutive stages of one replica.
 
@@ -28,7 +29,10 @@ process global: in-process ranks are threads of one process).
 
 * ``grid.tp``, ``grid.cp``, ``grid.ep``, ``grid.dp``, ``grid.pp`` — one group per dimension;
 * ``grid.mp`` — the model-parallel group, tp × pp ranks that together hold one replica
-  (Megatron's ``get_model_parallel_group``: the gradient norm and the overflow check span it).
+  (Megatron's ``get_model_parallel_group``: the gradient norm and the overflow check span it);
+* ``grid.dp_cp`` — the dp × cp ranks that hold the same parameters (Megatron's data-parallel
+  group with context parallel): context-parallel ranks replicate the parameters as
+  data-parallel ones do, so gradients are averaged over both (``grid.dp`` itself when cp = 1).
 """
 from __future__ import annotations
 
@@ -158,6 +162,9 @@ class ProcessGrid:
         # why: the tp × pp ranks of one replica share the gradient norm and the overflow verdict
         self.mp = comm.split(color=tuple(mine[o] for o in DIMENSIONS if o not in ("tp", "pp")),
                              key=mine["pp"] * tp + mine["tp"])
+        # why: cp ranks hold the same parameters as dp ranks do: their gradients are averaged over both
+        self.dp_cp = self.groups["dp"] if cp == 1 else comm.split(
+            color=tuple(mine[o] for o in DIMENSIONS if o not in ("cp", "dp")), key=mine["dp"] * cp + mine["cp"])
 
     tp = property(lambda self: self.groups["tp"])
     cp = property(lambda self: self.groups["cp"])
@@ -167,6 +174,7 @@ class ProcessGrid:
     tp_size = property(lambda self: self.shape.tp)
     pp_size = property(lambda self: self.shape.pp)
     dp_size = property(lambda self: self.shape.dp)
+    cp_size = property(lambda self: self.shape.cp)
 
     def __repr__(self) -> str:
         c = self.coords

@@ -35,6 +35,7 @@ class Feature:
     tp: int = 1
     pp: int = 1
     dp: int = 1
+    cp: int = 1
 
 
 def _par(cfg):
@@ -47,7 +48,7 @@ def _zero(cfg):
 
 def _dp(cfg, world):
     par = _par(cfg)
-    return world // (par["tensor"] * par["pipeline"])
+    return world // (par["tensor"] * par["pipeline"] * par["context"]["size"])
 
 
 def _opt(name):
@@ -97,10 +98,12 @@ FEATURES = {f.name: f for f in (
             lambda c, w: c["activation_checkpointing"]["cpu_checkpointing"]),
     Feature("distillation", "distillation", {"distillation": {"teacher": {"steps": 1}}},
             lambda c, w: c["distillation"] is not None),
+    Feature("CP", "parallel.context.size", {"parallel": {"context": {"size": 2, "algorithm": "ring"}}},
+            lambda c, w: _par(c)["context"]["size"] > 1, cp=2),
 )}
 
 # the features that split the world: the ranks a pair needs is the product of theirs
-PARALLEL = ("DDP", "parameter server", "ZeRO-1", "ZeRO-2", "ZeRO-3", "TP", "PP")
+PARALLEL = ("DDP", "parameter server", "ZeRO-1", "ZeRO-2", "ZeRO-3", "TP", "PP", "CP")
 
 
 def _why(text: str, instead: str) -> str:
@@ -132,6 +135,13 @@ REFUSED = {pair: message for pair, message in {
                                  "distillation.teacher_ranks)"),
     ("ZeRO-3", "distillation"): _why("a distillation student under ZeRO-3 is not built here",
                                      "use zero_optimization.stage 1 or 2 for the student"),
+    ("CP", "PP"): _why("context parallelism is not built into the pipeline engine here (its stages exchange "
+                       "whole sequences)", "set parallel.context.size 1, or parallel.pipeline 1 and combine CP "
+                                           "with tensor and data parallelism"),
+    ("CP", "distillation"): _why("distillation's losses need every position's logits and hidden states on one "
+                                 "rank, which context parallelism splits", "set parallel.context.size 1 (the "
+                                                                           "teacher can have its own ranks: "
+                                                                           "distillation.teacher_ranks)"),
 }.items()}
 
 # three features refused together though every two of them compose

@@ -16,6 +16,7 @@ from ..device import get_spec
 from ..optim import OPTIMIZERS
 from ..parallel.tensor.build import config_problem as tensor_config_problem
 from ..parallel.pipeline import config_problem as pipeline_config_problem
+from ..parallel.context import config_problem as context_config_problem
 from ..precision.loss_scaler import from_config
 from . import composition
 from .config_distillation import check_distillation
@@ -91,7 +92,9 @@ def _check_ranges(cfg: dict) -> None:
         tree[key] = int(value)
     for path in _POSITIVE_INTS:                 # 1e3 is a fine way to write 1000: use it as an int
         section, _, key = path.rpartition(".")
-        tree = cfg[section] if section else cfg
+        tree = cfg
+        for part in section.split(".") if section else ():    # parallel.context.size: two levels down
+            tree = tree[part]
         if tree.get(key) is not None:
             tree[key] = int(tree[key])
     for path, (zero_ok, text) in _OPEN_UNIT.items():
@@ -153,7 +156,10 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     problem = pipeline_config_problem(cfg)      # schedule, micro-batches it can run, layers per chunk
     if problem:
         raise ConfigError(*problem)
-    dp = world_size // mp
+    problem = context_config_problem(cfg, world_size, seq)   # cp divides the world, the sequence, the heads
+    if problem:
+        raise ConfigError(*problem)
+    dp = world_size // (mp * par["context"]["size"])
     m = cfg["model"]
     if m["n_embd"] % m["n_head"]:
         raise ConfigError("model.n_head", f"n_embd {m['n_embd']} is not divisible by n_head {m['n_head']}")

@@ -21,6 +21,7 @@ _CHOICES = {
     "zero_optimization.offload_optimizer.device": ("none", "cpu"),
     "activation_checkpointing.granularity": ("none", "selective", "full"),
     "activation_checkpointing.method": ("uniform", "block"),
+    "parallel.context.algorithm": ("ring", "ulysses"),
 }
 
 # keys other frameworks have that minidist spells differently: what to write instead
@@ -32,7 +33,7 @@ _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps
                   "zero_optimization.allgather_bucket_size", "zero_optimization.stage3_max_live_parameters",
                   "fp16.loss_scale_window", "fp16.hysteresis", "parallel.tensor", "parallel.pipeline",
                   "parallel.virtual_stages", "parallel.make_vocab_size_divisible_by", "data.seq_len",
-                  "activation_checkpointing.num_layers"}
+                  "activation_checkpointing.num_layers", "parallel.context.size"}
 
 
 class ConfigError(ValueError):

@@ -35,6 +35,7 @@ from .data import TextDataset, greedy_decode, make_dataset, shard_batch
 from ..device import Device
 from ..model import GPT, GPTConfig, Recompute, one_rank_parameters, split_of
 from ..parallel import build_strategy
+from ..parallel import context as context_parallel
 from ..parallel import tensor as tensor_parallel
 from ..parallel.grid import ProcessGrid
 from ..parallel.pipeline.engine import PipelineEngine
@@ -69,16 +70,20 @@ class Trainer:
             raise ConfigError("model.vocab_size", f"{mcfg['vocab_size']} is smaller than the dataset's "
                                                   f"vocabulary ({self.dataset.vocab_size}); remove the key to derive it")
         self.model_config = GPTConfig(**mcfg)
-        # the process grid (minidist.parallel.grid), built here and nowhere else: tp × dp × pp ranks
+        # the process grid (minidist.parallel.grid), built here and nowhere else: tp × cp × dp × pp ranks
         par = cfg["parallel"]
-        tp, pp = par["tensor"], par["pipeline"]
-        self.grid = ProcessGrid(comm, tp=tp, pp=pp) if comm is not None else None
+        tp, pp, cp = par["tensor"], par["pipeline"], par["context"]["size"]
+        self.grid = ProcessGrid(comm, tp=tp, pp=pp, cp=cp) if comm is not None else None
         model_parallel = tp * pp > 1
-        # data parallelism runs over grid.dp (the world itself when nothing else splits it)
-        self.dp_comm = comm if not model_parallel else (self.grid.dp if self.grid.dp_size > 1 else None)
-        self.dp_size = self.dp_comm.size if self.dp_comm is not None else 1
-        self.dp_rank = self.dp_comm.rank if self.dp_comm is not None else 0
-        self.layers = tensor_parallel.layers_for(cfg, self.grid)    # the layer factory: plain, or Megatron's
+        # gradients are averaged over grid.dp (the world itself when nothing else splits it), over
+        # grid.dp_cp under context parallelism (cp ranks hold the same parameters, other tokens)
+        self.dp_comm = comm if not (model_parallel or cp > 1) else \
+            (self.grid.dp_cp if self.grid.dp_cp.size > 1 else None)
+        # the data: dp slices of the global batch (cp ranks of one slice share it)
+        self.dp_size = self.grid.dp_size if self.grid is not None else 1
+        self.dp_rank = self.grid.coords["dp"] if self.grid is not None else 0
+        # the layer factory: plain or Megatron's, on this cp rank's positions under context parallelism
+        self.layers = context_parallel.layers_for(cfg, self.grid, tensor_parallel.layers_for(cfg, self.grid))
         self.pipeline = None                 # a PipelineEngine when parallel.pipeline > 1
         dtype = np.dtype(cfg["dtype"])
         with self.device:

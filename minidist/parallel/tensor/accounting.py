@@ -156,7 +156,8 @@ def rank_summary(trainer) -> dict:
     lowp = trainer.precision is not None
     w32 = np.dtype(cfg["dtype"]).itemsize
     w = 2 if lowp else w32
-    b, s = trainer.micro_batch, trainer.dataset.seq_len
+    cp = grid.cp_size                     # under context parallelism the tp messages carry s/cp tokens
+    b, s = trainer.micro_batch, trainer.dataset.seq_len // cp
     by_op = tp_bytes_by_op(trainer)
     items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, layers.padded_vocab_size, t, sp, w, w32,
                                    loss_scalars=2 if lowp else 1)
@@ -170,6 +171,6 @@ def rank_summary(trainer) -> dict:
                                                    trainer.accumulation, w, w32) if whole else None,
         "activations_peak": int(trainer.device.memory.curves()[1]["activations"].max()),
         # the itemised formula holds for dropout 0 (the engine's masks are not the paper's 1 byte)
-        "activations_expected": sum(items.values()) if c.dropout == 0 and whole else None,
+        "activations_expected": sum(items.values()) if c.dropout == 0 and whole and cp == 1 else None,
         "activation_items": items,
     }
