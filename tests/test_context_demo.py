@@ -1,0 +1,37 @@
+"""The context-parallel chapter (python -m minidist.demo --chapters context) on 4 in-process ranks:
+ring and Ulysses equal one rank with the formulas' bytes, zigzag balances the causal ring, every
+sweep point's bytes equal the formula, activations per rank fall as 1/cp, training equals one
+rank, the figures are written, and the README quotes what it prints."""
+import pathlib
+import re
+
+import pytest
+
+from minidist import distributed as dist
+
+pytestmark = [pytest.mark.context, pytest.mark.timeout(120)]
+
+
+def test_the_chapter_on_four_ranks_and_the_readme_quotes_it(tmp_path, capsys):
+    from minidist.demo import context as chapter
+    r = dist.spawn(chapter.run, 4, tmp_path, timeout=100)[0]
+    printed = capsys.readouterr().out.splitlines()
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert r["softmax"]["error"] < 1e-14
+    for row in r["equality"]:
+        assert row["error"] < 1e-12 and row["bytes"] == row["formula"] > 0
+        assert re.search(rf"^ +{row['cp']} +{row['algorithm']} +\S+ +{row['bytes']} +{row['formula']}$", readme, re.M)
+    balance = {lay: max(t[lay]["time"] for t in r["balance"]) for lay in ("contiguous", "zigzag")}
+    assert balance["zigzag"] < balance["contiguous"]
+    assert len({sum(t["zigzag"]["work"]) for t in r["balance"]}) == 1                  # every rank alike
+    assert all(r["sweep"][a]["bytes"] == r["sweep"][a]["formula"] for a in r["sweep"])
+    for algorithm, by_cp in r["memory"]["by_cp"].items():
+        assert all(held * cp == by_cp[1] for cp, held in by_cp.items()), (algorithm, by_cp)
+    assert max(r["training"].values()) <= 1e-9
+    quoted = [x for x in printed if x.startswith(("causal ring on", "activations per rank"))]
+    quoted += [x for x in printed if re.match(r"^ +\d+ +\d+ +\d+ +[\d.]+ \(", x)]        # the sweep's rows
+    assert len(quoted) == 2 + len(chapter.SEQS)
+    for line in quoted:
+        assert line in readme, f"the README's context-parallel section is stale: {line!r}"
+    for name in ("13_zigzag_timeline.png", "13_ring_vs_ulysses.png", "13_activation_memory.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
