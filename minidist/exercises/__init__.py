@@ -39,6 +39,7 @@ from . import (
     korthikanti_activations,
     kv_cache_decode_step,
     layer_norm_backward,
+    online_softmax_merge,
     pipeline_1f1b,
     pkd_layer_map,
     pruning_masks,
@@ -64,7 +65,7 @@ _MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10
     kd_loss, pkd_layer_map,
     korthikanti_activations, dp_comm_volume,
     grid_rank_map,
-    kv_cache_decode_step, int8_quantization, pruning_masks,
+    kv_cache_decode_step, int8_quantization, pruning_masks, online_softmax_merge,
 )
 
 EXERCISES = {m.NAME: m for m in _MODULES}
