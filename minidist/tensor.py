@@ -234,6 +234,7 @@ class Parameter(Tensor):
     sequence_parallel = False   # replicated, but sees s/t positions: its gradient is summed over tp
     shared = False              # a second copy of a weight another rank counts (the tied LM head)
     expert = False              # one expert's weight (split over the expert-parallel ranks)
+    adapter = False             # added by parameter-efficient fine-tuning (minidist.peft): LoRA's A, B, …
 
     @property
     def frozen(self) -> bool:

@@ -195,7 +195,7 @@ class MixedPrecision:
         self.comm = comm
         self.gradient_clipping = float(gradient_clipping)
         self.clip_ = clip_ or (lambda grads: global_norm_clip_(grads, self.gradient_clipping))
-        params = list(model.parameters() if hasattr(model, "parameters") else model)
+        params = [p for p in (model.parameters() if hasattr(model, "parameters") else model) if p.requires_grad]
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if {id(p) for p in params} != owned:
             raise ValueError("MixedPrecision: the model's parameters and the optimizer's differ")

@@ -47,7 +47,11 @@ class LocalStrategy:
         self.world_size = comm.size if comm is not None else 1
         self.rank = comm.rank if comm is not None else 0
         self.clip = float(clip)
-        self.params = model.parameters()
+        # only what trains: a frozen parameter (requires_grad False: a fine-tuned model's base,
+        # minidist.peft) gets no gradient, no optimizer state, no bucket — it is counted as a parameter only
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.frozen = [p for p in model.parameters() if not p.requires_grad]
+        self.frozen_bytes = sum(element_bytes(p) * p.size for p in self.frozen)
         self.numel = sum(p.size for p in self.params)
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.sync_gradients = True
@@ -183,10 +187,16 @@ class LocalStrategy:
     def expected_model_states(self) -> dict:
         """Exact bytes of each model state this strategy should hold at the step, padding
         included (subclasses override). Here: everything replicated, ``(w + w + K)·Ψ`` —
-        w = 2 and K = 12 for Adam in mixed precision, w = 4 and K = 8 in fp32."""
+        w = 2 and K = 12 for Adam in mixed precision, w = 4 and K = 8 in fp32 — with Ψ the
+        trainable elements, plus the frozen parameters' bytes."""
         w = _bytes(self.params[0])
-        return {"parameters": w * self.numel, "gradients": w * self.numel,
-                "optimizer_states": self.state_bytes_per_element() * self.numel, "host": 0}
+        states = self.state_bytes_per_element() * self.numel
+        if getattr(self.optimizer, "paged", False):        # QLoRA's paged optimizer: states in the host pool
+            return {"parameters": w * self.numel + self.frozen_bytes, "gradients": w * self.numel,
+                    "optimizer_states": states - self.moment_bytes_per_element() * self.numel,
+                    "host": self.moment_bytes_per_element() * self.numel}
+        return {"parameters": w * self.numel + self.frozen_bytes, "gradients": w * self.numel,
+                "optimizer_states": states, "host": 0}
 
     def state_bytes_per_element(self) -> int:
         """K: optimizer-state bytes per element — the moments plus, in mixed precision, the

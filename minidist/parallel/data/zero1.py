@@ -238,8 +238,8 @@ class ZeRO1(LocalStrategy):
         return {"parameters": params, "gradients": grads, "optimizer_states": K * S, "host": 0}
 
     def expected_parameter_bytes(self) -> int:
-        """Stages 1 and 2 hold the whole model, w·Ψ (stage 3 overrides: w·S)."""
-        return self.buckets[0].bytes_per_element * self.numel
+        """Stages 1 and 2 hold the whole model, w·Ψ and the frozen parameters (stage 3 overrides: w·S)."""
+        return self.buckets[0].bytes_per_element * self.numel + self.frozen_bytes
 
     def expected_gradient_bytes(self) -> int:
         """Stage 1 holds the whole gradient, w·Ψ (stage 2 overrides: w·S)."""

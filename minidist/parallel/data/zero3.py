@@ -28,6 +28,12 @@ and for the whole backward. Gathered parameters are charged to "parameters" whil
 so that category rises and falls unit by unit; at the optimizer step only the shards are
 held. Traffic per micro-step: two all-gathers and one reduce-scatter of ``(p−1)·S``
 elements — 3·(p−1)/p·Ψ, 1.5× DDP (§7). Memory at the step: ``(w + w + K)·S``.
+
+**Frozen parameters** (fine-tuning, :mod:`minidist.peft`) are partitioned too: each unit keeps
+a second bucket of them (``frozen_buckets``) whose shard travels in the same all-gather as
+the trainable one (one message, ``[trainable chunk | frozen chunk]`` per rank), but has no
+gradient, no reduce-scatter and no optimizer state: ``(p−1)·(3·S + 2·S_f)`` elements per
+micro-step, ``S_f`` the frozen shard.
 """
 from __future__ import annotations
 
@@ -67,20 +73,45 @@ class ZeRO3(ZeRO2):
         self._install_hooks()
 
     def make_buckets(self, size):
-        self.unit_names = [name for name, _, _ in zero3_units(self.model)]
-        return [Bucket(i, params, self.world_size) for i, (_, _, params) in enumerate(zero3_units(self.model))]
+        """One bucket per unit of its trainable parameters (what is reduce-scattered and updated);
+        a unit's frozen parameters (fine-tuning, minidist.peft) form a second bucket,
+        ``frozen_buckets[unit]``, partitioned and gathered with it, never reduced."""
+        units = zero3_units(self.model)
+        self.unit_names = [name for name, _, _ in units]
+        buckets, self.unit_buckets, self.frozen_buckets = [], [], []
+        for i, (_, _, params) in enumerate(units):
+            trainable = [p for p in params if p.requires_grad]
+            frozen = [p for p in params if not p.requires_grad]
+            b = Bucket(len(buckets), trainable, self.world_size) if trainable else None
+            if b is not None:
+                b.unit = i
+                buckets.append(b)
+            self.unit_buckets.append(b)
+            self.frozen_buckets.append(Bucket(i, frozen, self.world_size) if frozen else None)
+        return buckets
+
+    def unit_parts(self, i: int) -> list:
+        """(bucket, my shard of it) of unit ``i``: trainable, then frozen."""
+        b, f = self.unit_buckets[i], self.frozen_buckets[i]
+        return ([(b, self.param_shards[b.index])] if b is not None else []) + \
+            ([(f, self.frozen_shards[i])] if f is not None else [])
 
     # -- partitioning: keep my chunk, drop the rest ------------------------------------------
     def _partition(self) -> None:
         dev = self.device
         self.param_shards: dict[int, np.ndarray] = {}
-        for b in self.buckets:
-            lo, hi = self.my_range(b)
-            self.param_shards[b.index] = b.flat_params()[lo:hi].copy()          # (c,)
-            dev.memory.alloc(b.chunk * b.bytes_per_element, "parameters", f"parameter shard {self.unit_names[b.index]}")
-            for p in b.params:
-                p.unplace()                       # the full copy is no longer charged...
-                p.data = _released(p.dtype)       # ...nor held
+        self.frozen_shards: dict[int, np.ndarray] = {}      # unit -> my chunk of its frozen parameters
+        for i in range(len(self.unit_names)):
+            for b, shards, what in ((self.unit_buckets[i], self.param_shards, "parameter"),
+                                    (self.frozen_buckets[i], self.frozen_shards, "frozen")):
+                if b is None:
+                    continue
+                lo, hi = self.my_range(b)
+                shards[b.index] = b.flat_params()[lo:hi].copy()              # (c,)
+                dev.memory.alloc(b.chunk * b.bytes_per_element, "parameters", f"{what} shard {self.unit_names[i]}")
+                for p in b.params:
+                    p.unplace()                   # the full copy is no longer charged...
+                    p.data = _released(p.dtype)   # ...nor held
 
     def param_shard(self, b) -> np.ndarray:
         return self.param_shards[b.index]          # updated in place: the rank's only copy
@@ -96,23 +127,37 @@ class ZeRO3(ZeRO2):
         """Issue the all-gather of unit ``i`` on the comm stream (no wait)."""
         if i in self._gathered or i in self._inflight:
             return
-        b, dev = self.buckets[i], self.device
-        handle = dev.memory.alloc(b.padded * b.bytes_per_element, "parameters", f"gathered {self.unit_names[i]}")
+        dev = self.device
+        parts = self.unit_parts(i)
+        w = parts[0][0].bytes_per_element
+        handle = dev.memory.alloc(sum(b.padded for b, _ in parts) * w, "parameters", f"gathered {self.unit_names[i]}")
+        mine = parts[0][1] if len(parts) == 1 else np.concatenate([shard for _, shard in parts])   # (c_t + c_f,)
         # why: unit i is about to run (forward or backward) and each rank holds only 1/p of it
-        work = dist.all_gather(self.comm, self.param_shards[i], algorithm=self.algorithm, async_op=True,
-                               bytes_per_element=b.bytes_per_element)
-        flat = work.result                                                   # (p·c,)
-        for p, v in zip(b.params, b.views(flat)):
-            p.data = v
-        dev.param_arrays.add(id(flat))            # a parameter, not an activation, when ops save it
-        self._inflight[i] = (work, handle, flat)
+        work = dist.all_gather(self.comm, mine, algorithm=self.algorithm, async_op=True, bytes_per_element=w)
+        flats = self._unpack(parts, work.result)
+        for (b, _), flat in zip(parts, flats):
+            for p, v in zip(b.params, b.views(flat)):
+                p.data = v
+            dev.param_arrays.add(id(flat))        # a parameter, not an activation, when ops save it
+        self._inflight[i] = (work, handle, flats)
+
+    def _unpack(self, parts, gathered) -> list:
+        """The gathered (p·Σc,) rank-major buffer as one flat (p·c,) per part."""
+        if len(parts) == 1:
+            return [gathered]
+        full = gathered.reshape(self.world_size, -1)                         # (p, c_t + c_f)
+        cols = np.cumsum([0] + [b.chunk for b, _ in parts])
+        return [np.ascontiguousarray(full[:, lo:hi]).reshape(-1) for lo, hi in zip(cols[:-1], cols[1:])]
+
+    def unit_numel(self, i: int) -> int:
+        return sum(b.numel for b, _ in self.unit_parts(i))
 
     def prefetch_ahead(self, upcoming) -> None:
         """Issue the all-gathers of the ``upcoming`` units (in the order they will run) that
         fit the prefetch budget (see the module docstring)."""
         if not self.prefetch:
             return
-        held = sum(self.buckets[j].numel for j in (*self._gathered, *self._inflight))
+        held = sum(self.unit_numel(j) for j in (*self._gathered, *self._inflight))
         budget = min(self.prefetch_bucket_size, self.max_live_parameters - held)
         fetched = 0
         for j in upcoming:
@@ -121,26 +166,28 @@ class ZeRO3(ZeRO2):
             if j in self._gathered or j in self._inflight:
                 continue                          # already here or on its way: costs no budget
             self.fetch(j)
-            fetched += self.buckets[j].numel
+            fetched += self.unit_numel(j)
 
     def ensure(self, i: int) -> None:
         """Unit ``i`` must be usable now: gather it if needed and wait for the gather."""
         self.fetch(i)
         if i in self._inflight:
-            work, handle, flat = self._inflight.pop(i)
+            work, handle, flats = self._inflight.pop(i)
             work.wait()                           # compute waits for the parameters to arrive
-            self._gathered[i] = (handle, flat)
+            self._gathered[i] = (handle, flats)
 
     def release(self, i: int) -> None:
-        handle, flat = self._gathered.pop(i)
+        handle, flats = self._gathered.pop(i)
         self.device.memory.free(handle)
-        self.device.param_arrays.discard(id(flat))
-        for p in self.buckets[i].params:
-            p.data = _released(p.dtype)
+        for flat in flats:
+            self.device.param_arrays.discard(id(flat))
+        for b, _ in self.unit_parts(i):
+            for p in b.params:
+                p.data = _released(p.dtype)
 
     # -- hooks ---------------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        n = len(self.buckets)
+        n = len(self.unit_names)
         forward_order = list(range(n))                             # root, h.0, h.1, …
         backward_order = [0] + list(range(n - 1, 0, -1))           # root, h.L-1, …, h.0
         for i, (_, module, _) in enumerate(zero3_units(self.model)):
@@ -153,7 +200,23 @@ class ZeRO3(ZeRO2):
         def hook(module, args):
             self.ensure(i)
             self.prefetch_ahead(upcoming)         # overlaps unit i's forward
+            if i != 0 and self.frozen_buckets[i] is not None and args:
+                return (self._release_after_backward(args[0], i),) + tuple(args[1:])
         return hook
+
+    def _release_after_backward(self, x, i):
+        """An identity op on unit ``i``'s input, whose backward runs once the unit's backward is
+        over and releases it. A unit with frozen parameters needs it: they signal nothing when
+        backward is done with them (no gradient), so the last gradient of its trainable
+        parameters may come before the frozen ones are used for the last time."""
+        if not getattr(x, "requires_grad", False):
+            return x                              # no backward through the input: released at the end
+
+        def backward(g, needs):
+            if i in self._gathered:
+                self.release(i)
+            return [g]
+        return make_result(x.data, (x,), backward, f"zero3.post_backward[{self.unit_names[i]}]")
 
     def _post_forward(self, i, upcoming):
         def hook(module, args, out):
@@ -184,8 +247,8 @@ class ZeRO3(ZeRO2):
                                                              "gradients", self.names[id(p)])
         b = self._bucket_of[id(p)]
         super()._on_grad_ready(p)                 # counts; reduce-scatters a complete bucket
-        if b.ready == 0 and b.index in self._gathered:   # 0 again: the unit just completed
-            self.release(b.index)                 # backward of this unit is over
+        if b.ready == 0 and b.unit in self._gathered and self.frozen_buckets[b.unit] is None:
+            self.release(b.unit)                  # 0 again: backward of this unit is over
 
     def after_reduce(self, b) -> None:
         for p in b.params:
@@ -201,22 +264,29 @@ class ZeRO3(ZeRO2):
     def full_parameters(self) -> dict:
         """Collective: gather every unit and return name → copy of every parameter."""
         out = {}
-        for b in self.buckets:
-            # why: nobody holds whole parameters between steps; a checkpoint must gather them
-            flat = dist.all_gather(self.comm, self.param_shards[b.index], algorithm=self.algorithm,
-                                   bytes_per_element=b.bytes_per_element)
-            for p, v in zip(b.params, b.views(flat)):
-                out[self.names[id(p)]] = v.copy()
+        for i in range(len(self.unit_names)):
+            for b, shard in self.unit_parts(i):
+                # why: nobody holds whole parameters between steps; a checkpoint must gather them
+                flat = dist.all_gather(self.comm, shard, algorithm=self.algorithm,
+                                       bytes_per_element=b.bytes_per_element)
+                for p, v in zip(b.params, b.views(flat)):
+                    out[self.names[id(p)]] = v.copy()
         return out
 
+    def frozen_shard(self) -> int:
+        """S_f: the elements of frozen parameters this rank keeps (0 unless fine-tuning)."""
+        return sum(f.chunk for f in self.frozen_buckets if f is not None)
+
     def expected_parameter_bytes(self) -> int:
-        """Only my shard of the parameters between steps: w·S."""
-        return self.buckets[0].bytes_per_element * self.shard
+        """Only my shard of the parameters between steps: w·S (and w·S_f of the frozen ones)."""
+        return self.buckets[0].bytes_per_element * (self.shard + self.frozen_shard())
 
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
-        """Per micro-step: all-gather in forward, again in backward, one reduce-scatter."""
+        """Per micro-step: all-gather in forward, again in backward, one reduce-scatter — the
+        frozen shards are gathered too, but never reduced: (p−1)·(3·S + 2·S_f) elements."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
-        return 3 * micro_batches * (p - 1) * self.shard * w + self.scalar_bytes() if p > 1 else 0
+        return micro_batches * (p - 1) * (3 * self.shard + 2 * self.frozen_shard()) * w + self.scalar_bytes() \
+            if p > 1 else 0
 
 
 def _released(dtype) -> np.ndarray:
