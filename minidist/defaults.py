@@ -10,7 +10,9 @@ it sits below every layer.
 * the ZeRO bucket sizes (DeepSpeed's defaults, in elements);
 * :data:`STRATEGIES` — the data-parallel strategy names ("single" … "zero3");
 * :data:`SCHEDULES` and :func:`normalize_schedule` — pipeline schedule names, with
-  torch.distributed.pipelining's class names as aliases.
+  torch.distributed.pipelining's class names as aliases;
+* :data:`PEFT_DEFAULTS` — the ``peft`` section (parameter-efficient fine-tuning), in the
+  Hugging Face PEFT library's key names.
 """
 from __future__ import annotations
 
@@ -154,4 +156,29 @@ DEFAULTS = {
                                  "cpu_checkpointing": False, "partition_activations": False},
     "device": DEFAULT_DEVICE,
     "distillation": None,
+    "peft": None,                        # a fine-tuning method: PEFT_DEFAULTS below (minidist.peft)
 }
+
+# ----------------------------------------------------------------------------- parameter-efficient fine-tuning
+
+# The ``peft`` section, in Hugging Face PEFT's key names (LoraConfig, PrefixTuningConfig); the
+# adapter's width is LLM-Adapters' ``bottleneck_size``; QLoRA's 4-bit base takes bitsandbytes'
+# BitsAndBytesConfig names. Each key applies to the peft_types listed in PEFT_KEYS.
+LORA, ADAPTER, PREFIX_TUNING = "LORA", "ADAPTER", "PREFIX_TUNING"
+PEFT_TYPES = (LORA, ADAPTER, PREFIX_TUNING)
+PEFT_DEFAULTS = {
+    "peft_type": LORA,
+    "r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["c_attn"],         # Hu et al. 2021
+    "bottleneck_size": 8,                                                               # Houlsby et al. 2019
+    "num_virtual_tokens": 4, "prefix_projection": False, "encoder_hidden_size": 16,     # Li & Liang 2021
+    "load_in_4bit": False, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,  # Dettmers et al. 2023
+    "paged_optimizer": False,            # QLoRA's paged optimizer: its states in the host pool
+}
+PEFT_KEYS = {"r": (LORA,), "lora_alpha": (LORA,), "lora_dropout": (LORA,), "target_modules": (LORA,),
+             "load_in_4bit": (LORA,), "bnb_4bit_quant_type": (LORA,), "bnb_4bit_use_double_quant": (LORA,),
+             "bottleneck_size": (ADAPTER,),
+             "num_virtual_tokens": (PREFIX_TUNING,), "prefix_projection": (PREFIX_TUNING,),
+             "encoder_hidden_size": (PREFIX_TUNING,),
+             "peft_type": PEFT_TYPES, "paged_optimizer": PEFT_TYPES}
+# the linear layers of a block LoRA can adapt (nanoGPT's names); "c_proj" names both
+LORA_TARGETS = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")

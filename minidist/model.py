@@ -113,6 +113,7 @@ class CausalSelfAttention(Module):
         self.attention = layers.attention     # the core's kernel: context parallelism gives ring or Ulysses
         self.recompute_core = False       # selective recomputation (Korthikanti et al. 2022, §5)
         self.recompute_cpu = False        # its checkpoint (q, k, v) in the host pool
+        self.kv_prefix = None             # prefix-tuning / P-tuning v2: trainable keys and values (minidist.peft)
 
     def core(self, q, k, v):
         """softmax(QKᵀ/√d)·V with dropout on the probabilities: the (B, nh, T, Tk) part."""
@@ -130,6 +131,8 @@ class CausalSelfAttention(Module):
         v = v.reshape(B, T, nh, hs).transpose(1, 2)
         if kv_cache is not None:                                    # generation: this layer's LayerKV
             k, v = kv_cache.update(k, v)                            # (B, nh, L + T, hs): the past, then these
+        if self.kv_prefix is not None:                              # p virtual positions before every query
+            k, v = self.kv_prefix(k, v)                             # (B, nh, p + Tk, hs)
         # selective: keep q, k, v and recompute the scores in backward (the 5as/h term is never held)
         y = checkpoint(self.core, q, k, v, cpu=self.recompute_cpu) if self.recompute_core else self.core(q, k, v)
         y = y.transpose(1, 2).reshape(B, T, nh * hs)                # heads side by side again

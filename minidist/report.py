@@ -117,10 +117,17 @@ def formulas(trainer) -> dict:
     stage = cfg["zero_optimization"]["stage"]
     opt = cfg["optimizer"]["type"].lower()
     offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    mem = model_state_memory(trainer.n_params, dp=p, stage=stage, precision=precision, optimizer=opt, offload=offload)
+    # fine-tuning (minidist.peft): Ψ is what trains; the frozen weights are parameters only, and ZeRO-3 gathers them
+    psi = trainer.strategy.numel if cfg["peft"] is not None else trainer.n_params
+    mem = model_state_memory(psi, dp=p, stage=stage, precision=precision, optimizer=opt, offload=offload)
     dp = cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)
-    vol = comm_volume(trainer.n_params, dp=p, stage=stage, precision=precision, strategy=dp,
+    vol = comm_volume(psi, dp=p, stage=stage, precision=precision, strategy=dp,
                       micro_batches=trainer.accumulation)
+    if cfg["peft"] is not None:
+        frozen = trainer.n_params - psi if stage == 3 else 0
+        mem["parameters"] += (frozen / p * w if stage == 3 else trainer.strategy.frozen_bytes) / scale
+        mem["total"] = mem["parameters"] + mem["gradients"] + mem["optimizer_states"]
+        vol["dp_bytes"] += 2 * trainer.accumulation * (p - 1) / p * frozen * w / scale
     scalars = ((stage > 0 and cfg["gradient_clipping"] > 0)
                + (trainer.precision is not None and dp != DDP)) * (2 * (p - 1) * 8 if p > 1 else 0)
     return {"bytes_per_element": w, "precision": precision, "K": mem["bytes_per_param"]["K"],

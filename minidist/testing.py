@@ -14,6 +14,7 @@ import copy
 
 import numpy as np
 
+from .peft.trainer import PeftTrainer
 from .training.trainer import Trainer
 
 
@@ -23,7 +24,8 @@ def train_steps(comm, config: dict | None = None, steps: int | None = None) -> d
     pipeline parallelism), the history, the model-state snapshot and the expected numbers."""
     if config is None and isinstance(comm, dict):       # train_steps(config) on one rank
         comm, config = None, comm
-    trainer = Trainer(copy.deepcopy(config), comm)
+    cls = PeftTrainer if isinstance(config, dict) and config.get("peft") is not None else Trainer
+    trainer = cls(copy.deepcopy(config), comm)
     steps = trainer.cfg["steps"] if steps is None else steps
     params = []
     for step in range(steps):

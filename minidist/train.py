@@ -27,15 +27,21 @@ from .report import (build_distill_report, build_report, distill_rank_report, fo
                      format_distillation, rank_report, write_report)
 from .training.trainer import Trainer, TrainingDivergedError
 from .checkpoint import CheckpointError, check_compatible, load_into, load_weights, read_checkpoint, saver
+from .peft.trainer import PeftTrainer, pretrained_weights
 
 def run(config, comm=None, progress=True, save=None, save_interval=0, loaded=None, weights_only=False):
     """Train on this rank; returns (trainer, rank_report). ``loaded``: a checkpoint already
     read and verified (:func:`minidist.checkpoint.read_checkpoint`) to continue from — or,
     with ``weights_only``, whose weights start a new run (DeepSpeed's ``load_module_only``);
-    ``save``/``save_interval``: where and how often to checkpoint (Megatron's flags)."""
-    trainer = Trainer(config, comm)
-    if loaded is not None:
-        (load_weights if weights_only else load_into)(trainer, loaded)
+    ``save``/``save_interval``: where and how often to checkpoint (Megatron's flags). A config
+    with a ``peft`` section fine-tunes (:class:`~minidist.peft.trainer.PeftTrainer`): the
+    checkpoint's weights are loaded before the method freezes them and adds its own."""
+    if (config or {}).get("peft") is not None:      # fine-tuning: the base's weights go in before the method
+        trainer = PeftTrainer(config, comm, pretrained=pretrained_weights(loaded) if loaded is not None else None)
+    else:
+        trainer = Trainer(config, comm)
+        if loaded is not None:
+            (load_weights if weights_only else load_into)(trainer, loaded)
     trainer.fit(progress=progress, on_step=saver(save, save_interval) if save else None)
     return trainer, rank_report(trainer)
 
@@ -248,6 +254,10 @@ def main(argv=None) -> int:
             raise UsageError(flag, "a distillation run does not write or resume checkpoints here; save the teacher "
                                    "with a run of its own (--save DIR) and distil from it with "
                                    "distillation.teacher.load: DIR, or drop " + flag)
+        if cfg["peft"] is not None and (args.save or (args.load and not args.load_weights_only)):
+            flag = "--save" if args.save else "--load"
+            raise UsageError(flag, "a fine-tuning run (peft section) starts from --load DIR --load-weights-only and "
+                                   "does not write or resume checkpoints here; drop " + flag)
         ckpt = _checkpoint_args(args, cfg)
         _note_unused(config, cfg)
         if (cfg["distillation"] or {}).get("teacher", {}).get("load"):

@@ -98,6 +98,9 @@ FEATURES = {f.name: f for f in (
             lambda c, w: c["activation_checkpointing"]["cpu_checkpointing"]),
     Feature("distillation", "distillation", {"distillation": {"teacher": {"steps": 1}}},
             lambda c, w: c["distillation"] is not None),
+    Feature("PEFT (LoRA)", "peft", {"peft": {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "lora_dropout": 0.1,
+                                             "target_modules": ["c_attn", "c_proj"]}},
+            lambda c, w: c["peft"] is not None),
     Feature("CP", "parallel.context.size", {"parallel": {"context": {"size": 2, "algorithm": "ring"}}},
             lambda c, w: _par(c)["context"]["size"] > 1, cp=2),
 )}
@@ -135,6 +138,13 @@ REFUSED = {pair: message for pair, message in {
                                  "distillation.teacher_ranks)"),
     ("ZeRO-3", "distillation"): _why("a distillation student under ZeRO-3 is not built here",
                                      "use zero_optimization.stage 1 or 2 for the student"),
+    ("PEFT (LoRA)", "TP"): _why("parameter-efficient fine-tuning wraps whole layers here, not Megatron's "
+                                "column- and row-parallel shards", "set parallel.tensor 1 and fine-tune data "
+                                                                   "parallel or with ZeRO"),
+    ("PEFT (LoRA)", "PP"): _why("parameter-efficient fine-tuning wraps the whole model here, not the pipeline "
+                                "engine's stages", "set parallel.pipeline 1 and fine-tune data parallel or with ZeRO"),
+    ("PEFT (LoRA)", "distillation"): _why("a distillation student trains every parameter here",
+                                          "remove the peft section or the distillation section"),
     ("CP", "PP"): _why("context parallelism is not built into the pipeline engine here (its stages exchange "
                        "whole sequences)", "set parallel.context.size 1, or parallel.pipeline 1 and combine CP "
                                            "with tensor and data parallelism"),

@@ -20,6 +20,7 @@ from ..parallel.context import config_problem as context_config_problem
 from ..precision.loss_scaler import from_config
 from . import composition
 from .config_distillation import check_distillation
+from .config_peft import check_peft
 from .config_schema import (_POSITIVE_INTS, ConfigError, _check_types, _merge, data_config,  # noqa: F401
                             sequence_length)   # ConfigError, data_config, sequence_length: re-exported
 
@@ -204,6 +205,8 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
             raise ConfigError("activation_checkpointing.partition_activations", why)
     if cfg["distillation"] is not None:
         cfg["distillation"] = check_distillation(cfg, cfg["distillation"], world_size)
+    if cfg["peft"] is not None:
+        cfg["peft"] = check_peft(cfg, cfg["peft"])
     if cfg["optimizer"]["type"].lower() not in ("sgd", "adam", "adamw", "lamb"):
         raise ConfigError("optimizer.type", f"{cfg['optimizer']['type']!r} is not supported; "
                                             f"choose SGD, Adam, AdamW or LAMB")

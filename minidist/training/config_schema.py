@@ -12,7 +12,7 @@ from ..defaults import (DATA_PARALLEL, DEFAULT_DATASET, TASK_DIGITS, TEXT_SEQ_LE
 from .data import TASKS, SyntheticTask, available_corpora
 
 # keys whose value is free-form (checked by the component that uses it)
-_FREE = {"optimizer.params", "device", "distillation", "parallel.pass_times"}
+_FREE = {"optimizer.params", "device", "distillation", "parallel.pass_times", "peft"}
 
 _CHOICES = {
     "dtype": ("float32", "float64"),

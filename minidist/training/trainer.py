@@ -58,6 +58,9 @@ class Trainer:
         if cfg["distillation"] is not None:
             raise ConfigError("distillation", "a distillation run trains a teacher, then a student: run it with "
                                               "minidist.distill.distill_rank (python -m minidist.train does)")
+        if cfg["peft"] is not None and type(self).prepare_model is Trainer.prepare_model:
+            raise ConfigError("peft", "a fine-tuning run freezes a pretrained model and adds the method's parameters: "
+                                      "run it with minidist.peft.PeftTrainer (python -m minidist.train does)")
         self.comm = comm
         self.device = device or (comm.device if comm is not None else Device(cfg["device"], rank=0))
         self.dataset = make_dataset(data_config(cfg))
@@ -92,12 +95,12 @@ class Trainer:
                 self.model = self.pipeline.model
             else:
                 self.model = GPT(self.model_config, seed=cfg["seed"], dtype=dtype, layers=self.layers)
+            self.model = self.prepare_model(self.model)
             ac = cfg["activation_checkpointing"]
             partition = tensor_parallel.CheckpointPartition(self.grid.tp) if ac["partition_activations"] else None
             self.model.set_recompute(Recompute(ac["granularity"], ac["method"], ac["num_layers"],
                                                ac["cpu_checkpointing"], partition))
-            self.optimizer = optim.build(cfg["optimizer"]["type"], self.model.parameters(),
-                                         **cfg["optimizer"]["params"])
+            self.optimizer = self.build_optimizer([p for p in self.model.parameters() if p.requires_grad])
             if hasattr(self.optimizer, "whole_tensor_squares") and tp > 1:   # LAMB's norms span the tp slices
                 self.optimizer.whole_tensor_squares = whole_tensor_squares(self.grid.tp)
             self.n_params = self.model.num_parameters()          # what this rank holds
@@ -112,6 +115,15 @@ class Trainer:
         self.accumulation = cfg["gradient_accumulation_steps"]
         self.history: list[dict] = []
         self.start_step = 0                 # where fit() begins: > 0 after minidist.checkpoint's load_into
+
+    def prepare_model(self, model):
+        """The model as built, before its optimizer; a fine-tuning run (:mod:`minidist.peft`)
+        loads pretrained weights and freezes and adds parameters here."""
+        return model
+
+    def build_optimizer(self, params):
+        """The optimizer of ``params`` (the trainable ones), from the ``optimizer`` section."""
+        return optim.build(self.cfg["optimizer"]["type"], params, **self.cfg["optimizer"]["params"])
 
     # -- one step -----------------------------------------------------------------------------
     def batch(self, step: int, micro: int):
@@ -165,7 +177,7 @@ class Trainer:
         (padding dropped). What the equivalence tests compare with one rank after every step.
         The exchanges use the control channel (not logged, not timed)."""
         params = self.strategy.full_parameters()
-        if self.grid is None:
+        if self.grid is None or self.cfg["peft"] is not None:   # fine-tuning: a whole model, its own names
             return params
         if self.pipeline is not None:
             # why: each pipeline rank holds only its stages
