@@ -28,7 +28,8 @@ TOPIC_MARKER = {"autograd": "engine", "optimizers": "engine", "training": "engin
                 "zero": "zero", "mixed precision": "precision", "tensor parallel": "tensor",
                 "pipeline": "pipeline", "distillation": "distill", "estimator": "estimate",
                 "3D parallelism": "grid", "inference": "inference", "compression": "compression",
-                "checkpointing": "checkpointing", "checkpoint": "checkpoint", "context parallel": "context"}
+                "checkpointing": "checkpointing", "checkpoint": "checkpoint", "context parallel": "context",
+                "fine-tuning": "peft"}
 
 
 def _topic_mark(name):

@@ -39,7 +39,9 @@ from . import (
     korthikanti_activations,
     kv_cache_decode_step,
     layer_norm_backward,
+    lora_layer,
     online_softmax_merge,
+    peft_parameter_counts,
     pipeline_1f1b,
     pkd_layer_map,
     pruning_masks,
@@ -66,6 +68,7 @@ _MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10
     korthikanti_activations, dp_comm_volume,
     grid_rank_map,
     kv_cache_decode_step, int8_quantization, pruning_masks, online_softmax_merge,
+    lora_layer, peft_parameter_counts,
 )
 
 EXERCISES = {m.NAME: m for m in _MODULES}
