@@ -14,6 +14,7 @@ from minidist.model import GPT, GPTConfig
 from minidist.peft import costs as C
 from minidist.peft import drop_reparameterization, get_peft_model, lora_layers, merge_and_unload
 from minidist.peft.trainer import PeftTrainer
+from minidist.report import formulas
 from minidist.tensor import no_grad
 from minidist.training.config import ConfigError, load_config
 from minidist.training.trainer import Trainer
@@ -122,7 +123,10 @@ def _traffic(comm, cfg):
     else:
         units, frozen = [s.numel], []
     gathers = t.step_log.bytes_sent("all_gather")
-    return t.history[0]["bytes_sent"], units, frozen, s.name, gathers
+    report = formulas(t)                       # the report's formula row: Ψ the trainable part, frozen as parameters
+    close = abs(report["bytes_sent_per_step"] - t.history[0]["bytes_sent"]) <= 0.01 * t.history[0]["bytes_sent"] and \
+        abs(report["model_states"]["parameters"] - s.model_states["parameters"]) <= 0.01 * s.model_states["parameters"]
+    return t.history[0]["bytes_sent"], units, frozen, s.name, gathers, close
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
@@ -130,8 +134,8 @@ def _traffic(comm, cfg):
 def test_bytes_per_step_equal_the_formula_and_zero3_gathers_the_frozen_shards(method, stage):
     cfg = config(method, train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=2,
                  zero_optimization={"stage": stage})
-    for sent, units, frozen, name, gathers in dist.spawn(_traffic, 2, cfg):
-        assert sent == C.bytes_per_step(name, 2, units, frozen, 8, micro_batches=2) > 0
+    for sent, units, frozen, name, gathers, report_close in dist.spawn(_traffic, 2, cfg):
+        assert sent == C.bytes_per_step(name, 2, units, frozen, 8, micro_batches=2) > 0 and report_close
         trainable = sum(units)
         assert trainable == C.trainable_parameters(shape(cfg), load_config(cfg)["peft"])
         if stage == 3:          # the frozen shards travel in the all-gathers, 2 per micro-step: measured
