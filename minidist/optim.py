@@ -53,9 +53,14 @@ class Optimizer:
             st = self.state[id(p)] = self.init_state(p.shape, p.dtype)
             dev = getattr(p, "device", None)
             if dev is not None:
-                self._handles[id(p)] = [dev.memory.alloc(nbytes(a), "optimizer_states", f"{p.name}.{k}")
+                pool, label = self.state_pool(dev)
+                self._handles[id(p)] = [pool.alloc(nbytes(a), "optimizer_states", f"{p.name}.{k}{label}")
                                         for k, a in st.items() if isinstance(a, np.ndarray)]
         return st
+
+    def state_pool(self, device) -> tuple:
+        """Where the states are charged, and a label: the device (a paged optimizer: the host)."""
+        return device.memory, ""
 
     def step(self) -> None:
         for group in self.param_groups:

@@ -3,13 +3,11 @@ staircase it prints is Korthikanti et al. 2022's bytes per layer plus the engine
 (and the estimator's), for none / selective / full, alone, TP 2 and TP 2 + SP; full costs one
 more forward of the blocks; overlap saves time and changes no number; DDP reduces only in the
 last micro-batch; its figures are written."""
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
+from _chapter import run_chapter
 
-from minidist import distributed as dist
 from minidist.demo import checkpointing as chapter
 
 pytestmark = [pytest.mark.checkpointing, pytest.mark.timeout(120)]
@@ -21,10 +19,8 @@ SBH = S * B * H
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("figures")
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):          # the ranks are threads of this process
-        res = dist.spawn(chapter.run, 4, out)[0]
-    return res, out, text.getvalue()
+    res, text = run_chapter(chapter.run, out)
+    return res, out, text
 
 
 def test_every_stair_is_korthikanti_plus_the_named_extras_and_the_table_says_so(result):

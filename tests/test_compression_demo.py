@@ -5,8 +5,8 @@ import re
 
 import numpy as np
 import pytest
+from _chapter import run_chapter
 
-from minidist import distributed as dist
 from minidist.compression import accuracy as A
 from minidist.demo import compression
 from minidist.demo.__main__ import CHAPTERS
@@ -17,12 +17,8 @@ pytestmark = [pytest.mark.compression, pytest.mark.timeout(300)]
 @pytest.fixture(scope="module")
 def chapter(tmp_path_factory):
     out = tmp_path_factory.mktemp("figures")
-    import contextlib
-    import io
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = dist.spawn(compression.run, 4, out)[0]
-    return res, buf.getvalue(), out
+    res, text = run_chapter(compression.run, out)
+    return res, text, out
 
 
 def _per_seed(res, *keys):

@@ -2,14 +2,12 @@
 layout of 4 ranks holds and sends exactly what ``estimate_for_config`` says on every rank, trains
 like one rank, measures its bubble near the theory; the rank map it draws is Megatron's order;
 its figures are written."""
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
+from _chapter import run_chapter
 from _mpi import run_mpi
 
-from minidist import distributed as dist
 from minidist.demo import grid3d as chapter
 from minidist.estimate.cli import main as estimate_main
 from minidist.parallel.grid import GridShape
@@ -24,10 +22,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("figures")
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):          # the ranks are threads of this process
-        res = dist.spawn(chapter.run, 4, out)[0]
-    return res, out, text.getvalue()
+    res, text = run_chapter(chapter.run, out)
+    return res, out, text
 
 
 def test_every_layout_of_four_ranks_is_run():

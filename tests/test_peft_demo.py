@@ -1,15 +1,13 @@
 """The parameter-efficient fine-tuning chapter (issue 27): the side-by-side table comes from
 held-out runs over 3 seeds; every cost it prints equals its formula; and the README's
 sentences about its results hold (each assertion below is one of them)."""
-import contextlib
-import io
 import pathlib
 import re
 
 import numpy as np
 import pytest
+from _chapter import run_chapter
 
-from minidist import distributed as dist
 from minidist.demo import peft
 from minidist.demo.__main__ import CHAPTERS
 from minidist.peft import compare as P
@@ -21,10 +19,8 @@ pytestmark = [pytest.mark.peft, pytest.mark.timeout(300)]
 @pytest.fixture(scope="module")
 def chapter(tmp_path_factory):
     out = tmp_path_factory.mktemp("figures")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        res = dist.spawn(peft.run, 4, out)[0]
-    return res, buf.getvalue(), out
+    res, text = run_chapter(peft.run, out)
+    return res, text, out
 
 
 def losses(res, label):

@@ -24,7 +24,6 @@ import numpy as np
 from .. import functional as F
 from ..compression.nf4 import quantize_nf4
 from ..device import current_device
-from ..memory import nbytes
 from ..nn import Linear, Module
 from ..tensor import Tensor
 
@@ -63,15 +62,8 @@ class PagedStates:
 
     paged = True
 
-    def state_for(self, p) -> dict:
-        st = self.state.get(id(p))
-        if st is None:
-            st = self.state[id(p)] = self.init_state(p.shape, p.dtype)
-            dev = getattr(p, "device", None)
-            if dev is not None:
-                self._handles[id(p)] = [dev.host.alloc(nbytes(a), "optimizer_states", f"{p.name}.{k} (paged)")
-                                        for k, a in st.items() if isinstance(a, np.ndarray)]
-        return st
+    def state_pool(self, device) -> tuple:
+        return device.host, " (paged)"
 
     def update_for(self, p, param, grad, state, group) -> None:
         dev = getattr(p, "device", None)
