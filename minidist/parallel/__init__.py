@@ -5,12 +5,13 @@ Read this table first; each folder's ``__init__`` is the table of contents of it
 =========================  ===================================================================
 where                      what a student finds there
 =========================  ===================================================================
-:mod:`.grid`               the DP × PP × TP process grid: Megatron's rank order, every group
-                           derived by ``comm.split``
+:mod:`.grid`               the process grid: ordered dimensions tp-cp-ep-dp-pp (Megatron's
+                           rank order), every group derived by ``comm.split``
+:mod:`.split`              cutting and joining arrays by the split each parameter carries
 :mod:`.data`               data parallelism: the parameter server (naive), DDP with
                            buckets, ZeRO-1/2/3 and ZeRO-Offload
 :mod:`.tensor`             tensor and sequence parallelism (Megatron-LM, Korthikanti et al.
-                           2022): f/g, column/row/vocab-parallel layers, the TP GPT
+                           2022): f/g, column/row/vocab-parallel layers, the TP layer factory
 :mod:`.pipeline`           pipeline parallelism: eight schedules as data (naive …
                            dualpipe_v), a validator/simulator, one executor over ``grid.pp``
 :mod:`.context`            context parallelism: the sequence split over ``grid.cp``, ring
