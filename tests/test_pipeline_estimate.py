@@ -157,3 +157,15 @@ def test_cli_bad_pipeline_input(argv, fix, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and fix in capsys.readouterr().err
+
+
+def test_the_config_estimate_uses_the_pass_times_the_schedule_is_built_for():
+    """``parallel.pass_times`` builds zb_v for those times; the config's estimate states its
+    bubble for the same times (not the unit-time one)."""
+    from minidist.estimate import estimate
+    from minidist.estimate.pipeline import pipeline_bubble
+    cfg = {"parallel": {"pipeline": 4, "schedule": "zb_v", "pass_times": [1.0, 2.0, 1.0]},
+           "model": {"n_layer": 8}, "gradient_accumulation_steps": 8}
+    got = estimate(cfg, 4)["pipeline"]["bubble_fraction"]
+    assert got == pipeline_bubble("zb_v", 4, 8, 1, 1.0, 2.0, 1.0)["bubble_fraction"]
+    assert got != pipeline_bubble("zb_v", 4, 8)["bubble_fraction"]

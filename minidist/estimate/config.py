@@ -145,7 +145,8 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     flops = training_flops(params, tokens, L, h, seq, checkpointing, recomputed, block_params=12 * h * h * L)
     spec = get_spec(device)
     compute_s = flops["flops"] / world_size / (spec.flops * mfu)
-    bubble = pipeline_bubble(schedule, pp, micro_batches, v) if pp > 1 else None
+    times = (config.get("parallel") or {}).get("pass_times") or (1.0, 1.0, 1.0)   # zb_v's build times
+    bubble = pipeline_bubble(schedule, pp, micro_batches, v, *times) if pp > 1 else None
     step_s = compute_s * (1 + bubble["bubble_relative"]) if bubble else compute_s
     return {
         "world_size": world_size, "dp": dp, "tp": tp, "pp": pp,
