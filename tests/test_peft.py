@@ -294,3 +294,16 @@ def test_the_cli_fine_tunes_from_a_checkpoints_weights(tmp_path, capsys):
     for flags in (["--save", str(tmp_path / "x")], ["--load", str(tmp_path / "ck")]):
         assert main(["--config", str(ft), "--quiet", *flags]) == 2
         assert "--load DIR --load-weights-only" in capsys.readouterr().err
+
+
+def test_prefix_methods_with_context_parallelism_are_refused_naming_the_way_out():
+    """The prefixes are extra key/value positions the ring and the all-to-all do not carry:
+    refused before any rank starts (it used to fail inside attention with a shape error)."""
+    from minidist.training.config import ConfigError, load_config
+    cfg = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 4, "block_size": 16}, "data": {"seq_len": 16},
+           "parallel": {"context": {"size": 2, "algorithm": "ring"}}}
+    for peft in ({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2},
+                 {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 2, "prefix_projection": False}):
+        with pytest.raises(ConfigError, match="peft.peft_type.*use peft_type LORA with parallel.context"):
+            load_config({**cfg, "peft": peft}, 2)
+    assert load_config({**cfg, "peft": {"peft_type": "LORA", "r": 2}}, 2)["peft"]["peft_type"] == "LORA"

@@ -74,6 +74,10 @@ def check_peft(cfg: dict, given) -> dict:
         raise ConfigError("peft.paged_optimizer", "ZeRO keeps its own optimizer shards; for states in host memory "
                                                   "use zero_optimization.offload_optimizer, or stage 0 with a "
                                                   "paged optimizer")
+    if kind == PREFIX_TUNING and cfg["parallel"]["context"]["size"] > 1:
+        raise ConfigError("peft.peft_type", "prefix-tuning and P-tuning v2 add key/value positions that context "
+                                            "parallelism's ring and all-to-all do not carry: not built together; "
+                                            "use peft_type LORA with parallel.context, or set parallel.context.size 1")
     if kind == PREFIX_TUNING and p["prefix_projection"] and \
             cfg["activation_checkpointing"]["granularity"] == "full":
         raise ConfigError("peft.prefix_projection", "the reparameterisation MLP runs once per forward, outside the "
