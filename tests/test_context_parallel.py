@@ -7,10 +7,10 @@ ranks — alone, with data and with tensor parallelism — equals one rank after
 input is refused on every rank, naming the fix."""
 import copy
 import json
-import math
 
 import numpy as np
 import pytest
+from _attention import reference_attention
 from _mpi import run_mpi
 
 from minidist import distributed as dist
@@ -31,19 +31,6 @@ pytestmark = [pytest.mark.context, pytest.mark.timeout(120)]
 B, NH, T, HS = 2, 4, 16, 3
 RNG = np.random.default_rng(0)
 Q, K, V, G = (RNG.normal(size=(B, NH, T, HS)) for _ in range(4))
-
-
-def sdpa(q, k, v, g, causal):
-    """Scaled dot-product attention and its gradients, in NumPy: the independent reference."""
-    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
-    if causal:
-        s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    dp = g @ np.swapaxes(v, -1, -2)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
-    return p @ v, ds @ k / math.sqrt(q.shape[-1]), np.swapaxes(ds, -1, -2) @ q / math.sqrt(q.shape[-1]), \
-        np.swapaxes(p, -1, -2) @ g
 
 
 def one_rank(causal):
@@ -82,7 +69,7 @@ def test_the_online_softmax_merge_of_two_blocks_is_the_softmax_over_both():
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("algorithm", ["ring", "ulysses"])
 def test_attention_equals_one_rank_and_an_independent_sdpa_and_sends_the_formulas_bytes(algorithm, causal):
-    independent, minidist_one = sdpa(Q, K, V, G, causal), one_rank(causal)
+    independent, minidist_one = reference_attention(Q, K, V, G, causal), one_rank(causal)
     for cp in (2, 4):
         for r, (pos, got, sent) in enumerate(dist.spawn(_attend, cp, algorithm, causal)):
             for name, mine, a, b in zip(("y", "dq", "dk", "dv"), got, independent, minidist_one):
