@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -347,8 +348,15 @@ class _Chain(Module):
 
 def one_rank_parameters(config: GPTConfig) -> dict:
     """name → parameter of a one-rank model of ``config``, built off any device: the shape and
-    split of every parameter, for a rank that holds only part of the model."""
-    return dict(contextvars.Context().run(lambda: GPT(config)).named_parameters())
+    split of every parameter, for a rank that holds only part of the model (read them, do not
+    change them: the model is built once per config)."""
+    return dict(_one_rank_model(tuple(dataclasses.astuple(config))).named_parameters())
+
+
+@functools.lru_cache(maxsize=8)
+def _one_rank_model(fields: tuple) -> "GPT":
+    # thread-safe for the in-process ranks; a few configs at most are in use at once
+    return contextvars.Context().run(lambda: GPT(GPTConfig(*fields)))
 
 
 def one_rank_shapes(config: GPTConfig) -> dict:
