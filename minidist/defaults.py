@@ -137,7 +137,8 @@ DEFAULTS = {
                           "stage3_max_live_parameters": STAGE3_MAX_LIVE_PARAMETERS,
                           "offload_optimizer": {"device": "none"}},
     "model": {"block_size": 64, "vocab_size": None, "n_layer": 2, "n_head": 4, "n_embd": 64,
-              "dropout": 0.0, "bias": True},
+              "dropout": 0.0, "bias": True,
+              "moe": None},                 # a mixture of experts: MOE_DEFAULTS below (minidist.moe)
     # seq_len None: TEXT_SEQ_LEN for a text corpus, the task's own length for a synthetic task;
     # n_digits None: TASK_DIGITS; val_fraction None: TEXT_VAL_FRACTION (see config.data_config)
     "data": {"dataset": DEFAULT_DATASET, "seq_len": None, "n_digits": None, "val_fraction": None},
@@ -149,7 +150,8 @@ DEFAULTS = {
                  "tp_comm_overlap": False,   # Megatron: backward's TP collectives under the matmuls
                  "make_vocab_size_divisible_by": 1,    # Megatron's padding multiple (its default: 128)
                  # context parallelism: the sequence split over size ranks (minidist.parallel.context)
-                 "context": {"size": 1, "algorithm": "ring"}},
+                 "context": {"size": 1, "algorithm": "ring"},
+                 "expert": 1},        # expert parallelism: E/ep experts per rank, ep drawn from dp (minidist.parallel.expert)
     # Megatron's recompute_granularity / recompute_method / recompute_num_layers; DeepSpeed's
     # cpu_checkpointing and partition_activations (minidist.recompute)
     "activation_checkpointing": {"granularity": "none", "method": "uniform", "num_layers": 1,
@@ -158,6 +160,14 @@ DEFAULTS = {
     "distillation": None,
     "peft": None,                        # a fine-tuning method: PEFT_DEFAULTS below (minidist.peft)
 }
+
+# ----------------------------------------------------------------------------- mixture of experts
+
+# The ``model.moe`` section (minidist.moe): Megatron-LM's names where it has one (num_experts,
+# top_k, aux_loss_coef, z_loss_coef; its moe_layer_freq is every_n_layers). group_size: the
+# tokens of one routing group (GShard's groups); None: every token a rank holds in one micro-batch.
+MOE_DEFAULTS = {"num_experts": 4, "top_k": 2, "capacity_factor": 1.25, "aux_loss_coef": 0.01,
+                "z_loss_coef": 0.001, "every_n_layers": 1, "group_size": None}
 
 # ----------------------------------------------------------------------------- parameter-efficient fine-tuning
 

@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 
 from . import functional as F
+from .moe import MoEMLP
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module
 from .tensor import Parameter
 
@@ -77,6 +78,7 @@ class Layers:
     sequence_parallel = False
     divisible_by = 1
     padded_vocab_size = None      # the tensor-parallel factory pads the vocabulary
+    expert_parallel = None        # minidist.parallel.expert's dispatcher over the ep ranks, when ep > 1
 
     # -- layers ------------------------------------------------------------------------------
     def column_linear(self, weight, bias, stride: int = 1) -> Module:
@@ -111,6 +113,14 @@ class Layers:
     def embedding(self, weight) -> Module:
         """A replicated table (the positions)."""
         return Embedding.from_arrays(weight)
+
+    def moe_mlp(self, config, layer_id: int, init, prefix: str, seed: int, proj_std: float) -> Module | None:
+        """Block ``layer_id``'s MLP as a mixture of experts (:class:`minidist.moe.MoEMLP`, its experts
+        built with this factory's linears), or None where the block keeps the dense MLP."""
+        moe = config.moe
+        if moe is None or not moe.is_moe_layer(layer_id):
+            return None
+        return MoEMLP(moe, config.n_embd, config.bias, self, init, prefix, config.dropout, seed, proj_std)
 
     def dropout(self, p: float, seed: int, region: str = "tokens") -> Dropout:
         """``region``: "heads" (attention probabilities) or "tokens" (the residual stream)."""

@@ -36,6 +36,7 @@ import numpy as np
 from . import functional as F
 from .inference import KVCache, generate
 from .layers import Layers, Split, mark, parameter_splits, split_of
+from .moe import MoEConfig
 from .nn import Module, ModuleList
 from .recompute import checkpoint
 from .tensor import Tensor
@@ -55,8 +56,13 @@ class GPTConfig:
     n_embd: int = 64
     dropout: float = 0.0
     bias: bool = True
+    moe: MoEConfig | None = None      # a mixture of experts in every every_n_layers-th block (minidist.moe)
 
     def __post_init__(self):
+        if isinstance(self.moe, dict):
+            self.moe = MoEConfig(**self.moe)
+        elif isinstance(self.moe, tuple):             # dataclasses.astuple's form (one_rank_parameters' cache key)
+            self.moe = MoEConfig(*self.moe)
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
@@ -156,12 +162,14 @@ class MLP(Module):
 class Block(Module):
     """The Transformer layer: the only one in minidist, whatever the layout."""
 
-    def __init__(self, cfg: GPTConfig, layers: Layers, init: _Init, prefix: str, seed: int):
+    def __init__(self, cfg: GPTConfig, layers: Layers, init: _Init, prefix: str, seed: int, layer_id: int = 0):
         super().__init__()
         self.ln_1 = _layer_norm(layers, init, prefix + "ln_1.", cfg.n_embd, cfg.bias)
         self.attn = CausalSelfAttention(cfg, layers, init, prefix + "attn.", seed)
         self.ln_2 = _layer_norm(layers, init, prefix + "ln_2.", cfg.n_embd, cfg.bias)
-        self.mlp = MLP(cfg, layers, init, prefix + "mlp.", seed + 2)
+        # the factory decides: a mixture of experts in this block (minidist.moe), or the dense MLP
+        moe = layers.moe_mlp(cfg, layer_id, init, prefix + "mlp.", seed + 2, 0.02 / math.sqrt(2 * cfg.n_layer))
+        self.mlp = moe if moe is not None else MLP(cfg, layers, init, prefix + "mlp.", seed + 2)
 
     def forward(self, x, kv_cache=None):
         x = x + self.attn(self.ln_1(x), kv_cache)
@@ -178,7 +186,7 @@ class Transformer(Module):
         if pre:
             self.wpe = layers.embedding(init.normal("transformer.wpe.weight", (cfg.block_size, C)))
             self.drop = layers.dropout(cfg.dropout, seed)
-        self.h = ModuleList([Block(cfg, layers, init, f"transformer.h.{i}.", seed + 10 * (i + 1)) for i in layer_ids],
+        self.h = ModuleList([Block(cfg, layers, init, f"transformer.h.{i}.", seed + 10 * (i + 1), i) for i in layer_ids],
                             names=layer_ids)
         if post:
             self.ln_f = _layer_norm(layers, init, "transformer.ln_f.", C, cfg.bias)
@@ -235,7 +243,7 @@ class GPT(Module):
         self.pre_process, self.post_process = pre_process, post_process
         self.recompute = Recompute()
         full = None
-        if layers.size > 1 or not whole:
+        if layers.size > 1 or not whole or layers.expert_parallel is not None:
             # the one-rank values, built in an empty context: no device is active there, so they
             # are not charged to this rank; only this rank's slices become Parameters
             full = contextvars.Context().run(lambda: GPT(config, seed=seed, dtype=dtype).state_dict())
@@ -318,11 +326,21 @@ class GPT(Module):
             if keep and x.shape[1] == T:
                 x = x[:, T - keep:]                                 # the head on the last positions only
             logits, loss = self.head(x, targets)
+            if loss is not None:
+                loss = self.add_moe_losses(loss)
             if keep and logits.shape[1] > keep:                     # under SP the head ran on every position
                 logits = logits[:, T - keep:]
         if return_hidden:
             return logits, loss, hidden
         return logits, loss
+
+    def add_moe_losses(self, loss):
+        """The language-model loss plus each MoE layer's aux and z losses of this forward (minidist.moe)."""
+        for i in self.layer_ids:
+            mlp = self.transformer.h[i].mlp
+            if getattr(mlp, "loss", None) is not None:
+                loss = loss + mlp.loss
+        return loss
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  use_cache: bool = True, seed: int | None = None):

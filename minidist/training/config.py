@@ -20,6 +20,7 @@ from ..parallel.context import config_problem as context_config_problem
 from ..precision.loss_scaler import from_config
 from . import composition
 from .config_distillation import check_distillation
+from .config_moe import check_moe
 from .config_peft import check_peft
 from .config_schema import (_POSITIVE_INTS, ConfigError, _check_types, _merge, data_config,  # noqa: F401
                             sequence_length)   # ConfigError, data_config, sequence_length: re-exported
@@ -161,6 +162,7 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     if problem:
         raise ConfigError(*problem)
     dp = world_size // (mp * par["context"]["size"])
+    check_moe(cfg, world_size)               # model.moe and parallel.expert (minidist.moe)
     m = cfg["model"]
     if m["n_embd"] % m["n_head"]:
         raise ConfigError("model.n_head", f"n_embd {m['n_embd']} is not divisible by n_head {m['n_head']}")

@@ -12,7 +12,7 @@ from ..defaults import (DATA_PARALLEL, DEFAULT_DATASET, TASK_DIGITS, TEXT_SEQ_LE
 from .data import TASKS, SyntheticTask, available_corpora
 
 # keys whose value is free-form (checked by the component that uses it)
-_FREE = {"optimizer.params", "device", "distillation", "parallel.pass_times", "peft"}
+_FREE = {"optimizer.params", "device", "distillation", "parallel.pass_times", "peft", "model.moe"}
 
 _CHOICES = {
     "dtype": ("float32", "float64"),
@@ -33,7 +33,7 @@ _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps
                   "zero_optimization.allgather_bucket_size", "zero_optimization.stage3_max_live_parameters",
                   "fp16.loss_scale_window", "fp16.hysteresis", "parallel.tensor", "parallel.pipeline",
                   "parallel.virtual_stages", "parallel.make_vocab_size_divisible_by", "data.seq_len",
-                  "activation_checkpointing.num_layers", "parallel.context.size"}
+                  "activation_checkpointing.num_layers", "parallel.context.size", "parallel.expert"}
 
 
 class ConfigError(ValueError):

@@ -34,6 +34,7 @@ from .config import ConfigError, data_config, load_config
 from .data import TextDataset, greedy_decode, make_dataset, shard_batch
 from ..device import Device
 from ..model import GPT, GPTConfig, Recompute, one_rank_parameters, split_of
+from .. import moe
 from ..parallel import build_strategy
 from ..parallel import context as context_parallel
 from ..parallel import tensor as tensor_parallel
@@ -142,7 +143,7 @@ class Trainer:
         if self.pipeline is not None:        # the schedule's flush, then DP and the step (parallel/pipeline/engine.py)
             return self.pipeline.train_step(self, step)
         dev, strategy = self.device, self.strategy
-        total = 0.0
+        total, experts = 0.0, {}
         mark = self.comm.log.mark() if self.comm is not None else None
         # fp16 steps that overflow are expected (the loss scaler probes for them): quiet NumPy
         quiet = np.errstate(over="ignore", invalid="ignore") if self.precision is not None else contextlib.nullcontext()
@@ -160,6 +161,7 @@ class Trainer:
                 strategy.scale_loss(loss * inv_k).backward()
                 strategy.after_backward()
                 total += float(loss.data) / self.accumulation
+                moe.accumulate(experts, self.model)     # load per expert, drops (minidist.moe)
             strategy.step()
             dev.clock.sync()
         self.step_log = self.comm.log.since(mark) if mark is not None else None   # this step's messages
@@ -168,6 +170,8 @@ class Trainer:
         self.history.append({"step": step, "loss": total, "loss_scale": mp.scale if mp else None,
                              "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,
                              "bytes_sent": sent})
+        if experts:
+            self.history[-1]["moe"] = experts
         return total
 
     def full_parameters(self) -> dict:
