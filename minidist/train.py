@@ -21,6 +21,7 @@ from .estimate import estimate
 from .memory import OutOfMemoryError
 from .precision.loss_scaler import LossScaleAtMinimumError
 from .distill.runner import distill_rank
+from .distill.resume import check_resume, nothing_to_train, read_distill_checkpoint
 from .distill.teacher import read_teacher
 from ._malloc import tune_malloc
 from .report import (build_distill_report, build_report, distill_rank_report, format_data_parallel,
@@ -58,23 +59,24 @@ def _rank_main(comm, config, progress, trace_path=None, ckpt=None):
     return trainer, build_report(trainer, ranks)
 
 
-def _distill_rank_main(comm, config, progress):
-    run = distill_rank(comm, config, progress)
+def _distill_rank_main(comm, config, progress, ckpt=None):
+    run = distill_rank(comm, config, progress, **(ckpt or {}))
     # why: rank 0 (it holds the teacher) writes the report of the whole job
     ranks = dist.gather_object(comm, distill_rank_report(run))
     return None if ranks is None else build_distill_report(run, ranks)
 
 
-def _distill_main(config, args, mpi, device) -> int:
-    """A config with a ``distillation`` section: teacher, then student (minidist.distill)."""
+def _distill_main(config, args, mpi, device, ckpt) -> int:
+    """A config with a ``distillation`` section: teacher, then student (minidist.distill);
+    ``ckpt``: --save/--load, as :mod:`minidist.distill.resume` reads them."""
     if args.trace:
         print("note: --trace is not written for distillation runs", file=sys.stderr)
     if mpi:
-        report = dist.run_main(_distill_rank_main, config, not args.quiet, device=device)
+        report = dist.run_main(_distill_rank_main, config, not args.quiet, ckpt, device=device)
     elif args.world_size == 1:
-        report = _distill_rank_main(None, config, not args.quiet)
+        report = _distill_rank_main(None, config, not args.quiet, ckpt)
     else:
-        report = dist.spawn(_distill_rank_main, args.world_size, config, not args.quiet, device=device)[0]
+        report = dist.spawn(_distill_rank_main, args.world_size, config, not args.quiet, ckpt, device=device)[0]
     if report is None:                                       # not rank 0
         return 0
     print(f"done: teacher then student on {report['world_size']} rank(s), student final loss "
@@ -181,7 +183,13 @@ def _checkpoint_args(args, cfg) -> dict:
     if args.load_weights_only and not args.load:
         raise UsageError("--load-weights-only", "needs --load DIR: the checkpoint whose weights start this run")
     loaded = None
-    if args.load:
+    if args.load and cfg["distillation"] is not None:   # a save point of teacher then student (minidist.distill)
+        loaded = read_distill_checkpoint(args.load)
+        check_resume(loaded, cfg, args.world_size, weights_only=args.load_weights_only)
+        note = None if args.load_weights_only else nothing_to_train(loaded, cfg)
+        if note and dist.launch_rank() == 0:
+            print(note, file=sys.stderr)
+    elif args.load:
         loaded = read_checkpoint(args.load)
         check_compatible(loaded, cfg, args.world_size, weights_only=args.load_weights_only)
         if not args.load_weights_only and loaded.step == cfg["steps"] and dist.launch_rank() == 0:
@@ -249,11 +257,6 @@ def main(argv=None) -> int:
         _check_output("--trace", args.trace)
         if not mpi:
             _check_memory(cfg, args.world_size)
-        if cfg["distillation"] is not None and (args.save or args.load):
-            flag = "--save" if args.save else "--load"
-            raise UsageError(flag, "a distillation run does not write or resume checkpoints here; save the teacher "
-                                   "with a run of its own (--save DIR) and distil from it with "
-                                   "distillation.teacher.load: DIR, or drop " + flag)
         if cfg["peft"] is not None and (args.save or (args.load and not args.load_weights_only)):
             flag = "--save" if args.save else "--load"
             raise UsageError(flag, "a fine-tuning run (peft section) starts from --load DIR --load-weights-only and "
@@ -268,7 +271,7 @@ def main(argv=None) -> int:
         return 2
     if cfg["distillation"] is not None:
         try:
-            return _distill_main(config, args, mpi, cfg["device"])
+            return _distill_main(config, args, mpi, cfg["device"], ckpt)
         except RUN_ERRORS as e:                 # the run stopped with a clear message: no traceback
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -141,6 +141,9 @@ def resolve(path: str) -> str:
         raise CheckpointError(latest, "is missing: no complete checkpoint was saved in this folder")
     with open(latest) as f:
         name = f.read().strip()
+    if name.endswith(".json"):           # a save point of minidist.distill.resume
+        raise CheckpointError(path, "is a distillation checkpoint (teacher then student): resume it with its "
+                                    "distillation config, or give one model's folder in it (teacher or student)")
     step_dir = os.path.join(path, name)
     if not name or os.sep in name or not os.path.isdir(step_dir):
         raise CheckpointError(latest, f"names {name!r}, which is not a checkpoint folder in {path}")

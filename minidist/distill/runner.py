@@ -17,8 +17,6 @@
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from .. import distributed as dist
@@ -26,9 +24,11 @@ from ..device import Device
 from ..training.config import ConfigError, load_config
 from ..training.data import shard_batch
 from ..training.trainer import Trainer
+from ..checkpoint import full_state_dict, load_into, load_weights
 from .losses import kd_loss, pkd_loss, pkd_pairs
+from .resume import Saver, check_resume, read_distill_checkpoint
 from .streaming import TAGS, LocalSource, RemoteSource, Wire, payload_bytes, serve, students_of, teacher_of
-from .teacher import FrozenTeacher, read_teacher, wire_dtype
+from .teacher import FrozenTeacher, one_rank_config, read_teacher, run_precision, teacher_config, whole_model, wire_dtype
 
 TEACHER_TRAINING_WAIT = 24 * 3600.0    # seconds a student may wait for its first payload (teacher training)
 PARTS = ("kl", "ce", "pkd")
@@ -78,30 +78,15 @@ class StudentTrainer(Trainer):
             h.update(dict(zip(PARTS, map(float, row))))
 
 
-def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
-    """The teacher's own training config: its model and steps, on the students' global batch."""
-    d = cfg["distillation"]
-    t = copy.deepcopy(cfg)
-    t.update(model=dict(d["teacher"]["model"]), steps=d["teacher"]["steps"], distillation=None, train_batch_size=None)
-    if teacher_ranks:
-        t["train_micro_batch_size_per_gpu"] = cfg["train_micro_batch_size_per_gpu"] * n_students // teacher_ranks
-    return t
-
-
-def _precision(cfg: dict) -> str | None:
-    """The run's 16-bit format ("fp16" / "bf16"), or None for full-precision training."""
-    return "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
-
-
 def _wire(cfg: dict, d: dict, vocab_size: int) -> Wire:
     """How the teacher's outputs travel: in the run's precision, full logits or top-K."""
-    return Wire(wire_dtype(_precision(cfg), cfg["dtype"]), vocab_size, d["temperature"], d["top_k"])
+    return Wire(wire_dtype(run_precision(cfg), cfg["dtype"]), vocab_size, d["temperature"], d["top_k"])
 
 
 def _loaded_run(tcfg: dict, device, ckpt, state: dict) -> Trainer:
     """The teacher's Trainer holding a checkpoint's weights instead of training them: its
     loss history is the manifest's, its held-out figures are evaluated here."""
-    run = Trainer(tcfg, None, device=device)
+    run = Trainer(one_rank_config(tcfg), None, device=device)
     run.model.load_state_dict(state)
     run.history[:] = [{"step": i, "loss": loss} for i, loss in enumerate(ckpt.manifest.get("losses") or [])]
     run.final = run.evaluate()
@@ -121,7 +106,8 @@ class DistillRank:
     """What one rank did: its role, the teacher's training run and frozen teacher (teacher
     ranks), the student trainer (student ranks), and the bytes it streamed."""
 
-    def __init__(self, comm, config, progress: bool = False, stream=None):
+    def __init__(self, comm, config, progress: bool = False, stream=None, save=None, save_interval: int = 0,
+                 loaded=None, weights_only: bool = False):
         self.comm = comm
         self.world_size = W = comm.size if comm is not None else 1
         self.rank = r = comm.rank if comm is not None else 0
@@ -134,6 +120,15 @@ class DistillRank:
             # before any message: a missing, damaged or mismatched checkpoint fails alike on every rank
             d, self.loaded, state = read_teacher(cfg)
             self.d = d
+        # --load of a save point (minidist.distill.resume): in the student phase the teacher is its last step, frozen
+        student_phase = loaded is not None and loaded.phase == "student"
+        if student_phase and loaded.teacher is not None:
+            self.loaded, state = loaded.teacher, full_state_dict(loaded.teacher.universal)
+        saver = Saver(save, save_interval, cfg, W, None if d["teacher"]["load"] else d["teacher"]["steps"]) \
+            if save else None
+        if saver is not None and loaded is not None and (student_phase or (
+                not weights_only and loaded.step == d["teacher"]["steps"])):    # the teacher is done: keep it
+            saver.keep_teacher(loaded.teacher, r)
         k = d["teacher_ranks"]
         self.is_teacher, self.is_student = (k == 0 or r < k), (k == 0 or r >= k)
         self.role = "teacher+student" if k == 0 else ("teacher" if self.is_teacher else "student")
@@ -151,33 +146,41 @@ class DistillRank:
             tcfg = teacher_config(dict(cfg, distillation=d), self.n_students, k)
             if state is None:
                 self.teacher_run = Trainer(tcfg, _group(tcomm, dev), device=dev)
-                self.teacher_run.fit(progress=progress and r == 0, stream=stream)
+                if loaded is not None:                                # a save point of the teacher phase
+                    (load_weights if weights_only else load_into)(self.teacher_run, loaded.teacher)
+                self.teacher_run.fit(progress=progress and r == 0, stream=stream,
+                                     on_step=saver.teacher if saver is not None else None)
             else:
                 self.teacher_run = _loaded_run(tcfg, dev, self.loaded, state)
-            self.teacher = FrozenTeacher(self.teacher_run.model, self.device, _precision(cfg))
+            self.teacher = FrozenTeacher(whole_model(self.teacher_run), self.device, run_precision(cfg))
         scfg = dict(cfg, distillation=None)
         lt, ls = d["teacher"]["model"]["n_layer"], cfg["model"]["n_layer"]
         self.blocks = [j for _, j in pkd_pairs(ls, lt, d["patient"]["mapping"])] if d["patient"] else []
         mark = comm.log.mark() if comm is not None else None
+        start = loaded.step if student_phase and not weights_only else 0
         if self.is_student:                                           # phase 2, student side
             self.student = StudentTrainer(scfg, scomm if scomm is not None and scomm.size > 1 else None,
                                           self.device, d)
             self.student.cfg["distillation"] = d                      # the report shows the whole config
+            if student_phase:
+                (load_weights if weights_only else load_into)(self.student, loaded.student)
             self.wire = _wire(cfg, d, self.student.model_config.vocab_size)
             j = r - k
             self.student.source = LocalSource(self.teacher, self.wire, self.blocks) if k == 0 else \
                 RemoteSource(comm, teacher_of(j, k), self.wire, self.blocks, TEACHER_TRAINING_WAIT)
-            self.student.fit(progress=progress and r == k, stream=stream)
+            self.student.fit(progress=progress and r == k, stream=stream,
+                             on_step=saver.student if saver is not None else None)
         else:                                                         # phase 2, teacher side
             self.wire = _wire(cfg, d, self.teacher_run.model_config.vocab_size)
-            serve(comm, self.teacher, self.wire, self.blocks, self._batches(k))
+            serve(comm, self.teacher, self.wire, self.blocks, self._batches(k, start))
         self.stream_log = comm.log.since(mark) if comm is not None else None
 
-    def _batches(self, k):
-        """(student world rank, its micro-batch) in the order the students consume them."""
+    def _batches(self, k, start: int = 0):
+        """(student world rank, its micro-batch) in the order the students consume them, from
+        step ``start`` (where resumed students continue)."""
         run, b = self.teacher_run, self.cfg["train_micro_batch_size_per_gpu"]
         acc = self.cfg["gradient_accumulation_steps"]
-        for step in range(self.cfg["steps"]):
+        for step in range(start, self.cfg["steps"]):
             for micro in range(acc):
                 x, _ = run.dataset.get_batch(b * self.n_students, step * acc + micro, self.cfg["seed"])
                 for j in students_of(self.rank, k, self.n_students):
@@ -197,7 +200,12 @@ class DistillRank:
     def student_model_states(self) -> dict:
         """The student's model states at its optimizer step: the rank's snapshot (see
         :mod:`minidist.parallel.data.base`) less what a co-located frozen teacher holds."""
-        ms = dict(self.student.strategy.model_states)
+        ms = self.student.strategy.model_states
+        if ms is None:                       # no step taken (a resumed run that had nothing to train): now
+            cur = self.device.memory.current
+            ms = {c: int(cur[c]) for c in ("parameters", "gradients", "optimizer_states")}
+            ms["total"] = sum(ms.values())
+        ms = dict(ms)
         held = self.teacher.memory() if self.teacher is not None else {}
         for c in ("parameters", "gradients", "optimizer_states"):
             ms[c] -= held.get(c, 0)
@@ -246,14 +254,24 @@ def distil_with(teacher: FrozenTeacher, config, progress: bool = False) -> Stude
     return student
 
 
-def distill_rank(comm, config, progress: bool = False, stream=None) -> DistillRank:
-    """Run this rank's part of the distillation job of ``config`` (every rank calls it)."""
-    return DistillRank(comm, config, progress, stream)
+def distill_rank(comm, config, progress: bool = False, stream=None, **checkpoint) -> DistillRank:
+    """Run this rank's part of the distillation job of ``config`` (every rank calls it).
+    ``checkpoint``: ``save``, ``save_interval``, ``loaded`` (a verified
+    :class:`~.resume.DistillCheckpoint`), ``weights_only`` — see :class:`DistillRank`."""
+    return DistillRank(comm, config, progress, stream, **checkpoint)
 
 
-def run(config, world_size: int = 1, **spawn_kwargs) -> list[DistillRank]:
+def run(config, world_size: int = 1, save=None, save_interval: int = 0, load=None, weights_only: bool = False,
+        **spawn_kwargs) -> list[DistillRank]:
     """The whole job on ``world_size`` in-process ranks (one: no communicator); one
-    :class:`DistillRank` per rank, in rank order."""
+    :class:`DistillRank` per rank, in rank order. ``save``/``save_interval``: write save
+    points (:mod:`.resume`); ``load``: resume the one in that folder (checked first, as
+    ``python -m minidist.train --load`` does), ``weights_only``: start anew from its weights."""
+    loaded = None
+    if load is not None:
+        loaded = read_distill_checkpoint(load)
+        check_resume(loaded, load_config(config, world_size), world_size, weights_only)
+    ckpt = {"save": save, "save_interval": save_interval, "loaded": loaded, "weights_only": weights_only}
     if world_size == 1:
-        return [DistillRank(None, config)]
-    return dist.spawn(distill_rank, world_size, config, **spawn_kwargs)
+        return [DistillRank(None, config, **ckpt)]
+    return dist.spawn(distill_rank, world_size, config, **ckpt, **spawn_kwargs)

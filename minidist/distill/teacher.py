@@ -13,10 +13,14 @@ that may share the rank.
 """
 from __future__ import annotations
 
+import contextvars
+import copy
+
 import numpy as np
 
 from ..checkpoint import CheckpointError, full_state_dict, read_checkpoint
 from ..memory import CATEGORIES
+from ..model import GPT
 from ..numerics import quantize
 from ..precision import autocast
 from ..tensor import no_grad
@@ -74,6 +78,48 @@ class FrozenTeacher:
     def holds_no_state(self) -> bool:
         """True when no teacher parameter has a gradient or requires one."""
         return all(p.grad is None and not p.requires_grad for p in self.model.parameters())
+
+
+def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
+    """The teacher's own training config: its model and steps, on the students' global batch."""
+    d = cfg["distillation"]
+    t = copy.deepcopy(cfg)
+    t.update(model=dict(d["teacher"]["model"]), steps=d["teacher"]["steps"], distillation=None, train_batch_size=None)
+    if teacher_ranks:
+        t["train_micro_batch_size_per_gpu"] = cfg["train_micro_batch_size_per_gpu"] * n_students // teacher_ranks
+    return t
+
+
+def run_precision(cfg: dict) -> str | None:
+    """The run's 16-bit format ("fp16" / "bf16"), or None for full-precision training."""
+    return "fp16" if cfg["fp16"]["enabled"] else ("bf16" if cfg["bf16"]["enabled"] else None)
+
+
+def one_rank_config(cfg: dict) -> dict:
+    """``cfg`` laid out on one rank (no tensor or pipeline split, no ZeRO): where a frozen
+    teacher read from a checkpoint is built, whole, on every rank that needs it."""
+    out = copy.deepcopy(cfg)
+    out["parallel"].update(tensor=1, pipeline=1, sequence_parallel=False, tp_comm_overlap=False)
+    out["zero_optimization"]["stage"] = 0
+    out["zero_optimization"]["offload_optimizer"]["device"] = "none"
+    return out
+
+
+def whole_model(run):
+    """The trained teacher as one whole model: ``run.model`` itself when this rank holds all
+    of it (data parallel, ZeRO-1/2), else a GPT built off the device from
+    :meth:`~minidist.training.Trainer.full_parameters` — a collective of the teacher's ranks
+    (tensor slices joined, pipeline stages gathered, ZeRO-3 shards all-gathered). The frozen
+    teacher is then whole on every rank: its forward needs no message, and the student's
+    last pipeline stage, or each tensor-parallel rank, has every logit of it."""
+    cfg = run.cfg
+    par = cfg["parallel"]
+    if par["tensor"] == 1 and par["pipeline"] == 1 and cfg["zero_optimization"]["stage"] < 3:
+        return run.model
+    params = run.full_parameters()
+    model = contextvars.Context().run(lambda: GPT(run.model_config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"])))
+    model.load_state_dict(params)
+    return model
 
 
 def wire_dtype(precision: str | None, model_dtype) -> str:
