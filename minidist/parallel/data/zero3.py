@@ -220,9 +220,11 @@ class ZeRO3(ZeRO2):
 
     def _post_forward(self, i, upcoming):
         def hook(module, args, out):
-            if i == 0 and isinstance(out, tuple):                   # the model: (logits, loss)
-                out = tuple(self._before_backward(t, i, upcoming) if k == len(out) - 1 else t
-                            for k, t in enumerate(out))
+            if i == 0 and isinstance(out, tuple):                   # the model: (logits, loss[, hidden])
+                # backward starts from the loss, or from the logits when the loss is taken outside the
+                # model (distillation's KD loss): that output gathers the root (ln_f, the tied head) again
+                start = 1 if out[1] is not None else 0
+                out = tuple(self._before_backward(t, i, upcoming) if k == start else t for k, t in enumerate(out))
             elif i != 0:
                 out = self._before_backward(out, i, upcoming)
             self.release(i)
