@@ -9,8 +9,9 @@ names them::
 * ``tp`` tensor parallel — the ranks that share one layer's weights (in a real cluster the
   neighbours inside one NVLink node, hence fastest);
 * ``cp`` context parallel — the ranks that share one sequence, s/cp positions each
-  (``parallel.context``, :mod:`minidist.parallel.context`); ``ep`` expert parallel — room for
-  the expert split (degree 1 until a model uses it: a dimension of size 1 changes no rank);
+  (``parallel.context``, :mod:`minidist.parallel.context`); ``ep`` expert parallel — the
+  ranks that share the experts of a mixture of experts, E/ep each (``parallel.expert``,
+  :mod:`minidist.parallel.expert`; degree 1 without experts: a dimension of size 1 changes no rank);
 * ``dp`` data parallel — the ranks that hold the same weights and see different data;
 * ``pp`` pipeline parallel — the ranks that hold consecutive stages of one replica.
 
@@ -32,7 +33,10 @@ process global: in-process ranks are threads of one process).
   (Megatron's ``get_model_parallel_group``: the gradient norm and the overflow check span it);
 * ``grid.dp_cp`` — the dp × cp ranks that hold the same parameters (Megatron's data-parallel
   group with context parallel): context-parallel ranks replicate the parameters as
-  data-parallel ones do, so gradients are averaged over both (``grid.dp`` itself when cp = 1).
+  data-parallel ones do, so gradients are averaged over both (``grid.dp`` itself when cp = 1);
+* ``grid.dp_ep`` — the dp × ep ranks that read different micro-batches: under expert parallelism
+  ``grid.dp`` is the expert-data-parallel group (the ranks holding the same experts) and
+  ``grid.dp_ep`` the whole data-parallel group of the other parameters (``grid.dp`` when ep = 1).
 """
 from __future__ import annotations
 
@@ -165,6 +169,10 @@ class ProcessGrid:
         # why: cp ranks hold the same parameters as dp ranks do: their gradients are averaged over both
         self.dp_cp = self.groups["dp"] if cp == 1 else comm.split(
             color=tuple(mine[o] for o in DIMENSIONS if o not in ("cp", "dp")), key=mine["dp"] * cp + mine["cp"])
+        # why: ep ranks are data-parallel ranks too (they read different micro-batches): the
+        # non-expert gradients are averaged over dp × ep, the experts' over grid.dp only
+        self.dp_ep = self.groups["dp"] if ep == 1 else comm.split(
+            color=tuple(mine[o] for o in DIMENSIONS if o not in ("ep", "dp")), key=mine["dp"] * ep + mine["ep"])
 
     tp = property(lambda self: self.groups["tp"])
     cp = property(lambda self: self.groups["cp"])

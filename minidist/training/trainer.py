@@ -37,6 +37,7 @@ from ..model import GPT, GPTConfig, Recompute, one_rank_parameters, split_of
 from .. import moe
 from ..parallel import build_strategy
 from ..parallel import context as context_parallel
+from ..parallel import expert as expert_parallel
 from ..parallel import tensor as tensor_parallel
 from ..parallel.grid import ProcessGrid
 from ..parallel.pipeline.engine import PipelineEngine
@@ -76,18 +77,20 @@ class Trainer:
         self.model_config = GPTConfig(**mcfg)
         # the process grid (minidist.parallel.grid), built here and nowhere else: tp × cp × dp × pp ranks
         par = cfg["parallel"]
-        tp, pp, cp = par["tensor"], par["pipeline"], par["context"]["size"]
-        self.grid = ProcessGrid(comm, tp=tp, pp=pp, cp=cp) if comm is not None else None
+        tp, pp, cp, ep = par["tensor"], par["pipeline"], par["context"]["size"], par["expert"]
+        self.grid = ProcessGrid(comm, tp=tp, pp=pp, cp=cp, ep=ep) if comm is not None else None
         model_parallel = tp * pp > 1
         # gradients are averaged over grid.dp (the world itself when nothing else splits it), over
-        # grid.dp_cp under context parallelism (cp ranks hold the same parameters, other tokens)
-        self.dp_comm = comm if not (model_parallel or cp > 1) else \
-            (self.grid.dp_cp if self.grid.dp_cp.size > 1 else None)
-        # the data: dp slices of the global batch (cp ranks of one slice share it)
-        self.dp_size = self.grid.dp_size if self.grid is not None else 1
-        self.dp_rank = self.grid.coords["dp"] if self.grid is not None else 0
+        # grid.dp_cp under context parallelism (cp ranks hold the same parameters, other tokens),
+        # over grid.dp_ep under expert parallelism (ep ranks read other micro-batches; experts: grid.dp)
+        data = None if self.grid is None else self.grid.dp_ep if ep > 1 else self.grid.dp_cp
+        self.dp_comm = comm if not (model_parallel or cp > 1) else (data if data.size > 1 else None)
+        # the data: dp slices of the global batch (cp ranks of one slice share it; ep ranks do not)
+        self.dp_size = self.grid.dp_size * ep if self.grid is not None else 1
+        self.dp_rank = self.grid.coords["dp"] * ep + self.grid.coords.get("ep", 0) if self.grid is not None else 0
         # the layer factory: plain or Megatron's, on this cp rank's positions under context parallelism
         self.layers = context_parallel.layers_for(cfg, self.grid, tensor_parallel.layers_for(cfg, self.grid))
+        self.layers = expert_parallel.layers_for(cfg, self.grid, self.layers)     # E/ep experts per ep rank
         self.pipeline = None                 # a PipelineEngine when parallel.pipeline > 1
         dtype = np.dtype(cfg["dtype"])
         with self.device:
@@ -108,7 +111,15 @@ class Trainer:
             self.precision = precision_from_config(cfg)          # None for fp32 training
             if self.precision is not None and model_parallel:
                 self.precision = tensor_parallel.TensorParallelPrecision(self.precision, comm)
-            self.strategy = build_strategy(cfg, self.model, self.optimizer, self.dp_comm, self.precision)
+            if ep > 1:                       # experts averaged over grid.dp, the rest over grid.dp_ep
+                self.strategy = expert_parallel.build_expert_strategy(
+                    build_strategy, cfg, self.model, self.build_optimizer, self.dp_comm,
+                    self.grid.dp if self.grid.dp.size > 1 else None, self.precision)
+                self.optimizer = self.strategy.optimizer
+            else:
+                self.strategy = build_strategy(cfg, self.model, self.optimizer, self.dp_comm, self.precision)
+            if self.pipeline is not None:    # ZeRO-3 gathers each chunk's parameters around its actions
+                self.pipeline.attach(self.strategy)
             if model_parallel:               # clipping: the norm over every tp shard and pipeline stage (grid.mp)
                 self.strategy.count_in_norm(self.grid.mp, norm_duplicates(self.model, self.grid.coords["tp"]))
         self.autocast_dtype = self.precision.dtype if self.precision is not None else None
@@ -186,6 +197,9 @@ class Trainer:
         if self.pipeline is not None:
             # why: each pipeline rank holds only its stages
             params = dict(pair for part in self.grid.pp.exchange_objects(params) for pair in part.items())
+        if self.grid.ep.size > 1:
+            # why: each ep rank holds only its experts
+            params = dict(pair for part in self.grid.ep.exchange_objects(params) for pair in part.items())
         whole = one_rank_parameters(self.model_config)
         if self.grid.tp_size > 1:
             # why: each tp rank holds only its slices

@@ -1,0 +1,111 @@
+"""Expert parallelism (minidist.parallel.expert) trains like one rank with the same groups
+(float64, relative ≤ 1e-9 after every step): ep = 2 and 4, with data parallelism, ZeRO-2 and
+tensor parallelism; the all-to-all traffic is (ep − 1)/ep · E · C · h · itemsize per all-to-all,
+four per MoE layer and micro-batch; bad input is refused on every rank, naming the fix."""
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from minidist import distributed as dist
+from minidist.parallel.expert import all_to_all_bytes
+from minidist.testing import train_steps
+
+from _refusal import trainer_errors
+
+pytestmark = [pytest.mark.moe, pytest.mark.timeout(120)]
+
+SEQ, E, K, CF = 8, 4, 2, 0.75            # capacity 0.75 · 16 · 2 / 4 = 6 of 8: some assignments are dropped
+BASE = {"model": {"n_layer": 2, "n_embd": 8, "n_head": 2, "block_size": SEQ, "dropout": 0.1,
+                  "moe": {"num_experts": E, "top_k": K, "capacity_factor": CF, "every_n_layers": 1,
+                          "aux_loss_coef": 0.1, "z_loss_coef": 0.01}},
+        "data": {"dataset": "english", "seq_len": SEQ}, "steps": 2, "dtype": "float64",
+        "gradient_accumulation_steps": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}}
+GLOBAL = 4                                # sequences per micro-step over all data-parallel ranks
+
+
+def config(world, ep, tp=1, stage=0):
+    dp = world // tp
+    cfg = copy.deepcopy(BASE)
+    cfg["train_micro_batch_size_per_gpu"] = GLOBAL // dp
+    cfg["model"]["moe"]["group_size"] = GLOBAL // dp * SEQ        # one group per rank and micro-batch
+    cfg["parallel"] = {"expert": ep, "tensor": tp}
+    cfg["zero_optimization"] = {"stage": stage}
+    return cfg
+
+
+def one_rank(cfg):
+    serial = copy.deepcopy(cfg)
+    serial["train_micro_batch_size_per_gpu"] = GLOBAL
+    serial["parallel"] = {"expert": 1, "tensor": 1}
+    serial["zero_optimization"] = {"stage": 0}
+    return train_steps(serial)                   # the same groups: group_size tokens each
+
+
+def relative(a, b):
+    return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(b[k]))) for k in b)
+
+
+@pytest.mark.parametrize("world,ep,tp,stage", [(2, 2, 1, 0), (4, 4, 1, 0), (4, 2, 1, 0), (4, 2, 1, 2), (4, 2, 2, 0)],
+                         ids=["ep2", "ep4", "ep2-dp2", "ep2-dp2-zero2", "ep2-tp2"])
+def test_expert_parallel_trains_like_one_rank_with_the_same_groups(world, ep, tp, stage):
+    cfg = config(world, ep, tp, stage)
+    ref = one_rank(cfg)
+    runs = dist.spawn(train_steps, world, cfg, timeout=90)
+    for r in runs:
+        assert r["trainer"].model.transformer.h[0].mlp.expert_ids == \
+            list(range(r["trainer"].grid.coords.get("ep", 0) * E // ep, (r["trainer"].grid.coords.get("ep", 0) + 1) * E // ep))
+        for step, params in enumerate(r["params"]):
+            assert relative(params, ref["params"][step]) <= 1e-9, (step, r["trainer"].rank)
+    dp = world // tp
+    losses = [np.mean([r["history"][s]["loss"] for r in runs if r["trainer"].grid.coords["tp"] == 0])
+              for s in range(2)]
+    np.testing.assert_allclose(losses, [h["loss"] for h in ref["history"]], rtol=1e-9)
+    # load per expert: the data-parallel ranks' counts add up to one rank's
+    for s in range(2):
+        for layer in (0, 1):
+            got = np.sum([r["history"][s]["moe"][layer]["load"] for r in runs
+                          if r["trainer"].grid.coords["tp"] == 0], axis=0)
+            assert got.tolist() == ref["history"][s]["moe"][layer]["load"], (s, layer)
+    assert dp >= ep and sum(ref["history"][0]["moe"][0]["load"]) == 2 * GLOBAL * SEQ * K
+
+
+def _all_to_alls(comm, cfg):
+    run = train_steps(comm, cfg, steps=1)
+    log = run["trainer"].step_log
+    return [(c.op, c.bytes_sent, c.group) for c in log.collectives if c.op == "all_to_all" and c.rank == comm.rank]
+
+
+@pytest.mark.parametrize("ep", [2, 4])
+def test_all_to_all_bytes_are_the_formula_four_per_layer_and_micro_batch(ep):
+    cfg = config(4, ep)
+    got = dist.spawn(_all_to_alls, 4, cfg, timeout=60)
+    tokens = GLOBAL // 4 * SEQ
+    C = math.ceil(CF * tokens * K / E)
+    each = all_to_all_bytes(ep, E, C, BASE["model"]["n_embd"], 8)
+    assert each == (ep - 1) / ep * E * C * 8 * 8
+    for calls in got:
+        n_layers, micro = BASE["model"]["n_layer"], BASE["gradient_accumulation_steps"]
+        assert len(calls) == 4 * n_layers * micro
+        assert all(b == each for _, b, _ in calls), calls
+        assert all(len(g) == ep for _, _, g in calls)
+
+
+@pytest.mark.parametrize("change,key,words", [
+    ({"parallel": {"expert": 3}}, "parallel.expert", "num_experts 4 is not divisible"),
+    ({"parallel": {"expert": 4, "tensor": 2}}, "parallel.expert", "does not divide the data-parallel degree 2"),
+    ({"model": {"moe": {"top_k": 5}}}, "model.moe.top_k", "larger than model.moe.num_experts"),
+    ({"model": {"moe": {"capacity_factor": 0.0}}}, "model.moe.capacity_factor", "must be > 0"),
+])
+def test_bad_expert_parallel_input_is_refused_on_every_rank(change, key, words):
+    cfg = config(4, 2)
+    for section, value in change.items():
+        for k, v in value.items():
+            if isinstance(v, dict):
+                cfg[section][k].update(v)
+            else:
+                cfg[section][k] = v
+    errors = trainer_errors(cfg, 4)
+    assert len(set(errors)) == 1 and errors[0] is not None, errors
+    assert f"'{key}'" in errors[0] and words in errors[0], errors[0]
