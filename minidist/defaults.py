@@ -148,6 +148,7 @@ DEFAULTS = {
                  "sequence_parallel_naive": False,   # SP's column linear keeps the gathered input (sbh)
                  "pass_times": None,   # [T_F, T_B, T_W] of a stage that zb_v's order is built for; None: equal
                  "tp_comm_overlap": False,   # Megatron: backward's TP collectives under the matmuls
+                 "overlap_f_b": False,   # dualpipe_v's F&B pairs overlapped (DualPipe; torch's OVERLAP_F_B)
                  "make_vocab_size_divisible_by": 1,    # Megatron's padding multiple (its default: 128)
                  # context parallelism: the sequence split over size ranks (minidist.parallel.context)
                  "context": {"size": 1, "algorithm": "ring"},

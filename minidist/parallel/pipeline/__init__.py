@@ -15,6 +15,8 @@ module                  what a student finds there
 :mod:`.v_schedules`     ``zb_v`` (built for the pass times) and ``dualpipe_v``: two chunks per rank in a V
 :mod:`.stage`           the GPT cut into chunks: embedding first, blocks evenly, ln_f + tied head last
 :mod:`.executor`        runs any schedule on the ranks of ``grid.pp`` with send/recv
+:mod:`.overlap`         DualPipe's F&B pair: a forward and a backward run together, one's
+                        communication under the other's compute (``parallel.overlap_f_b``)
 :mod:`.engine`          the pipelined training step: tied embedding, DP/ZeRO over ``grid.dp``
 ======================  ===================================================================
 
@@ -33,7 +35,7 @@ from ...defaults import (DUALPIPE_V, GPIPE, INTERLEAVED_1F1B, NAIVE, ONE_F_ONE_B
 from .fill_drain import gpipe, naive
 from .interleaved import interleaved_1f1b
 from .one_f_one_b import one_f_one_b
-from .schedule import Action, Schedule, ScheduleError, Timeline, replay, simulate, validate
+from .schedule import Action, OverlapFB, Schedule, ScheduleError, Timeline, replay, simulate, validate
 from .v_schedules import EQUAL_TIMES, check_times, dualpipe_v, zb_v
 from .zero_bubble import zb_h1, zb_h2
 
@@ -68,6 +70,10 @@ def config_problem(cfg: dict):
     """What is wrong with a config's pipeline settings, as (key, message), or None."""
     par = cfg["parallel"]
     pp, m = par["pipeline"], cfg["gradient_accumulation_steps"]
+    if par.get("overlap_f_b") and (pp == 1 or normalize_schedule(par["schedule"]) != DUALPIPE_V):
+        return ("parallel.overlap_f_b", f"overlaps the forward/backward pairs of schedule {DUALPIPE_V!r} "
+                                        f"(DualPipe); set parallel.schedule {DUALPIPE_V!r} with parallel.pipeline "
+                                        f"> 1, or overlap_f_b false")
     if pp == 1:
         return None
     try:
@@ -94,5 +100,5 @@ def chunks_per_rank(name: str, virtual_stages: int = 1) -> int:
     return 2 if canonical in V_SCHEDULES else 1
 
 
-__all__ = ["Action", "BUILDERS", "SCHEDULES", "Schedule", "ScheduleError", "Timeline", "build_schedule",
+__all__ = ["Action", "BUILDERS", "OverlapFB", "SCHEDULES", "Schedule", "ScheduleError", "Timeline", "build_schedule",
            "chunks_per_rank", "config_problem", "replay", "simulate", "validate"]

@@ -46,7 +46,8 @@ class PipelineEngine:
         self.chunks, self.model = build_stage(model_config, self.schedule, self.pp_rank, seed=cfg["seed"],
                                               dtype=np.dtype(cfg["dtype"]), layers=layers)
         self._whole = None                       # the whole model for evaluation, built when first asked
-        self.executor = PipelineExecutor(self.schedule, self.chunks, self.grid.pp, device)
+        self.executor = PipelineExecutor(self.schedule, self.chunks, self.grid.pp, device,
+                                         overlap=par.get("overlap_f_b", False))
         s = self.schedule
         self.last_rank = s.stage_to_rank[-1]
         self.holds_loss = self.pp_rank == self.last_rank

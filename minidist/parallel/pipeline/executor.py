@@ -10,6 +10,10 @@ It knows nothing about 1F1B or zero-bubble: it walks this rank's action list in 
   back. Where the schedule also has ``W(i, s)``, only input gradients are computed now:
   ``backward(defer_weight_grad=True)`` returns the weight-gradient work, and
 * ``W(i, s)`` runs it.
+* ``F&B`` (:class:`~.schedule.OverlapFB`, with ``parallel.overlap_f_b``): DualPipe's pair, a
+  forward and a backward of two micro-batches run as two lanes that take turns at every
+  wait for communication (:mod:`.overlap`); each lane waits for its own input and sends its
+  own output, so those messages travel under the other lane's compute too.
 
 **Communication, one batch per action** (Megatron's ``_batched_p2p_ops``, picotron's
 ``bidirectional_pipeline_communicate``): after each action the rank posts, in one
@@ -38,6 +42,8 @@ import numpy as np
 
 from ...autocast import autocast
 from ...tensor import Tensor
+from .overlap import run_pair
+from .schedule import OverlapFB
 
 MAX_TAG = 1 << 14
 
@@ -62,8 +68,9 @@ def from_wire(x: np.ndarray, fmt: str | None) -> np.ndarray:
 class PipelineExecutor:
     """Runs ``schedule`` on this rank (``comm`` = the pipeline group, its rank = pipeline rank)."""
 
-    def __init__(self, schedule, chunks: dict, comm, device):
+    def __init__(self, schedule, chunks: dict, comm, device, overlap: bool = False):
         self.s, self.chunks, self.comm, self.device = schedule, chunks, comm, device
+        self.overlap = overlap              # run the schedule's (F, B) pairs overlapped (:mod:`.overlap`)
         self.fmt = None                     # the step's wire format, set by :meth:`run`
         self.rank = comm.rank if comm is not None else 0
         self.split = schedule._split
@@ -83,56 +90,88 @@ class PipelineExecutor:
         inbox: dict = {}           # (i, stage, "act"|"grad") -> array handed over on this rank
         x_in, out, work = {}, {}, {}
         held, charged = {}, {}     # activation bytes per (i, stage), and what its F charged
-        losses, events, sends = {}, [], []
+        losses, events, sends, pairs = {}, [], [], []
         busy, peak, t_begin = 0.0, 0.0, clock.now("compute")
         posted: dict = {}          # (i, stage, kind) -> receive posted with the previous action's sends
-        program = s.actions[me]
-        for k, a in enumerate(program):
+
+        def forward(a, data) -> list:
             i, st = a.micro_batch, a.stage
-            before = mem.current["activations"]
-            outgoing = []          # (array, micro-batch, to_stage, kind) this action produces
+            if st > 0:
+                data = x_in[(i, st)] = Tensor(data, requires_grad=True)
+            if before_forward is not None:
+                before_forward(i)
+            with autocast(self.fmt):
+                y = self.chunks[st].forward(data, targets[i] if st == s.n_stages - 1 else None)
+            if st == s.n_stages - 1:
+                losses[i] = float(y.data)
+                out[(i, st)] = scale_loss(y)
+                return []
+            out[(i, st)] = y
+            return [(y.data, i, st + 1, "act")]
+
+        def backward(a, grad) -> list:
+            i, st = a.micro_batch, a.stage
+            w = out.pop((i, st)).backward(grad, defer_weight_grad=(i, st) in self.split)
+            if w is not None:
+                work[(i, st)] = w
+            return [(x_in.pop((i, st)).grad, i, st - 1, "grad")] if st > 0 else []
+
+        def take(a):
+            """The input of F or B ``a``: token ids, or what another chunk sent (received here)."""
             if a.op == "F":
-                if st == 0:
-                    data = inputs[i]
-                else:
-                    data = self._receive(i, st - 1, "act", inbox, posted)
-                    data = x_in[(i, st)] = Tensor(data, requires_grad=True)
-                t0 = clock.now("compute")
-                if before_forward is not None:
-                    before_forward(i)
-                with autocast(self.fmt):
-                    y = self.chunks[st].forward(data, targets[i] if st == s.n_stages - 1 else None)
-                if st == s.n_stages - 1:
-                    losses[i] = float(y.data)
-                    out[(i, st)] = scale_loss(y)
-                else:
-                    out[(i, st)] = y
-                    outgoing.append((y.data, i, st + 1, "act"))
-            elif a.op == "B":
-                grad = None if st == s.n_stages - 1 else self._receive(i, st + 1, "grad", inbox, posted)
-                t0 = clock.now("compute")
-                root = out.pop((i, st))
-                w = root.backward(grad, defer_weight_grad=(i, st) in self.split)
-                if w is not None:
-                    work[(i, st)] = w
-                if st > 0:
-                    outgoing.append((x_in.pop((i, st)).grad, i, st - 1, "grad"))
+                return inputs[a.micro_batch] if a.stage == 0 else \
+                    self._receive(a.micro_batch, a.stage - 1, "act", inbox, posted)
+            return None if a.stage == s.n_stages - 1 else self._receive(a.micro_batch, a.stage + 1, "grad", inbox,
+                                                                        posted)
+
+        program = s.program(me, self.overlap)
+        for k, item in enumerate(program):
+            before = mem.current["activations"]
+            if isinstance(item, OverlapFB):
+                def lane(a, pass_):
+                    def run():
+                        # the input's wait and the output's sends belong to the pass: they too
+                        # can travel while the other lane computes
+                        return self._communicate(pass_(a, take(a)), None, inbox, posted)
+                    return run
+                f, b = item.forward, item.backward
+                pair = run_pair(self.device, lane(f, forward), lane(b, backward),
+                                probe=lambda: mem.current["activations"])
+                sends += pair["results"][0] + pair["results"][1]
+                outgoing = []
+                t0 = min([st for _, kind, st, _ in pair["spans"] if kind == "compute"], default=pair["t0"])
+                mid = t0 + pair["compute"][0]  # the Gantt chart's split: F's compute, then the rest
+                done = [(f, t0, mid, pair["delta"][0]), (b, mid, pair["t1"], pair["delta"][1])]
+                pairs.append({"forward": f, "backward": b, **{key: pair[key] for key in
+                              ("t0", "t1", "spans", "hidden", "compute", "comm", "switches")}})
             else:
+                a = item
+                data = take(a) if a.op != "W" else None
                 t0 = clock.now("compute")
-                work.pop((i, st)).run()
+                if a.op == "F":
+                    outgoing = forward(a, data)
+                elif a.op == "B":
+                    outgoing = backward(a, data)
+                else:
+                    work.pop((a.micro_batch, a.stage)).run()
+                    outgoing = []
+                done = [(a, t0, None, None)]
             sends += self._communicate(outgoing, program[k + 1] if k + 1 < len(program) else None, inbox, posted)
             t1 = clock.now("compute")
-            busy += t1 - t0
-            events.append((a, t0, t1))
-            delta = mem.current["activations"] - before
-            held[(i, st)] = held.get((i, st), 0) + delta
-            if a.op == "F":
-                charged[(i, st)] = max(delta, 1)
+            busy += t1 - done[0][1]
+            total = mem.current["activations"] - before
+            for a, a0, a1, delta in done:
+                events.append((a, a0, t1 if a1 is None else a1))
+                key = (a.micro_batch, a.stage)
+                delta = total if delta is None else delta
+                held[key] = held.get(key, 0) + delta
+                if a.op == "F":
+                    charged[key] = max(delta, 1)
             peak = max(peak, sum(b / charged[k] for k, b in held.items() if b > 0))
         for req in sends:
             req.wait()
         return {"losses": [losses[i] for i in sorted(losses)], "events": events, "busy": busy,
-                "t_begin": t_begin, "t_end": clock.now("compute"),
+                "t_begin": t_begin, "t_end": clock.now("compute"), "pairs": pairs,
                 "peak_in_flight": peak * s.ranks / s.n_stages}
 
     def _communicate(self, outgoing: list, nxt, inbox: dict, posted: dict) -> list:
@@ -150,16 +189,19 @@ class PipelineExecutor:
             # (kind "act") or this gradient of its output for its backward (kind "grad")
             ops.append(("isend", to_wire(x, self.fmt), peer,
                         self._tag(i, min(from_stage, to_stage), kind == "grad")))
-        need = self._remote_input(nxt)
-        if need is not None:
-            i, from_stage, kind = need
-            # why: posted now, with this action's sends, so that a neighbour sending to this rank
-            # while this rank sends to it never waits for a receive that is not posted yet
-            ops.append(("irecv", None, self.s.stage_to_rank[from_stage],
-                        self._tag(i, min(from_stage, nxt.stage), kind == "grad")))
+        needs = []                                    # (action, what it receives); both passes of a pair
+        for a in ((nxt.forward, nxt.backward) if isinstance(nxt, OverlapFB) else (nxt,)):
+            need = self._remote_input(a)
+            if need is not None:
+                i, from_stage, kind = need
+                # why: posted now, with this action's sends, so that a neighbour sending to this rank
+                # while this rank sends to it never waits for a receive that is not posted yet
+                ops.append(("irecv", None, self.s.stage_to_rank[from_stage],
+                            self._tag(i, min(from_stage, a.stage), kind == "grad")))
+                needs.append((a, need))
         reqs = self.comm.batch_isend_irecv(ops) if ops else []
-        if need is not None:
-            posted[(need[0], nxt.stage, need[2])] = reqs.pop()
+        for a, need in reversed(needs):
+            posted[(need[0], a.stage, need[2])] = reqs.pop()
         return reqs
 
     def _remote_input(self, a):

@@ -43,6 +43,21 @@ class Action:
         return f"{self.op}{self.micro_batch}s{self.stage}"
 
 
+@dataclasses.dataclass(frozen=True)
+class OverlapFB:
+    """A forward and a backward of two micro-batches run together on one rank, so that the
+    communication of one hides under the compute of the other (DeepSeek-V3's DualPipe;
+    torch's ``OVERLAP_F_B`` action with its two ``sub_actions``): see :mod:`.overlap`."""
+
+    forward: Action          # Action("F", i, s)
+    backward: Action         # Action("B", j, s′), a whole backward (no W of its own)
+
+    op = "F&B"
+
+    def __str__(self) -> str:
+        return f"{self.forward}&{self.backward}"
+
+
 @dataclasses.dataclass
 class Schedule:
     """Every rank's actions in execution order, and which rank holds which chunk."""
@@ -53,6 +68,7 @@ class Schedule:
     stage_to_rank: list
     actions: list                       # actions[r]: list of Action, rank r's program
     times: tuple = (1.0, 1.0, 1.0)      # the T_F, T_B, T_W the order was built for (only zb_v's depends on them)
+    overlap: tuple = ()                 # (F, B) pairs that may run overlapped (DualPipe's), each F just before its B
 
     @property
     def n_stages(self) -> int:
@@ -71,6 +87,22 @@ class Schedule:
     def _split(self) -> set:
         """The (micro_batch, stage) pairs whose backward is split into B and a later W."""
         return {(a.micro_batch, a.stage) for acts in self.actions for a in acts if a.op == "W"}
+
+    def program(self, rank: int, overlap: bool = False) -> list:
+        """Rank ``rank``'s actions; with ``overlap``, each of the schedule's (F, B) pairs is one
+        :class:`~.overlap.OverlapFB` (torch's ``OVERLAP_F_B``) instead of two actions."""
+        acts = self.actions[rank]
+        pairs = dict(self.overlap) if overlap else {}
+        out, k = [], 0
+        while k < len(acts):
+            a = acts[k]
+            if a in pairs and k + 1 < len(acts) and acts[k + 1] == pairs[a]:
+                out.append(OverlapFB(a, acts[k + 1]))
+                k += 2
+            else:
+                out.append(a)
+                k += 1
+        return out
 
     def __str__(self) -> str:
         from .gantt import text_gantt      # noqa: PLC0415 (gantt imports this module: cycle)
@@ -123,6 +155,15 @@ def validate(s: Schedule) -> Timeline:
             for op in ("F", "B"):
                 if Action(op, i, st) not in seen:
                     raise ScheduleError(f"{s.name}: {op} of micro-batch {i} on chunk {st} is missing")
+    for f, b in s.overlap:
+        acts = s.actions[s.stage_to_rank[f.stage]]
+        k = acts.index(f) if f in acts else -1
+        if f.op != "F" or b.op != "B" or (b.micro_batch, b.stage) in s._split or not 0 <= k < len(acts) - 1 \
+                or acts[k + 1] != b:
+            raise ScheduleError(f"{s.name}: overlapped pair {f}&{b} is not a forward followed on its rank by a "
+                                f"whole backward")
+    if s.overlap:
+        simulate(s, overlap=True)       # the pairs, each waiting for both inputs, must not deadlock either
     return simulate(s)  # raises ScheduleError on a deadlock
 
 
@@ -150,17 +191,22 @@ class Timeline:
 
 
 def simulate(s: Schedule, t_f: float = 1.0, t_b: float = 1.0, t_w: float = 1.0,
-             t_comm: float = 0.0, durations: dict | None = None) -> Timeline:
+             t_comm: float = 0.0, durations: dict | None = None, overlap: bool = False) -> Timeline:
     """Run the schedule on a clock where F, B, W of one stage of L/p layers take ``t_f``,
     ``t_b``, ``t_w`` (a B without a W is the whole backward, ``t_b + t_w``), a pass of one of
     a rank's v chunks 1/v of that, and a message between ranks ``t_comm``; ``durations``
     (Action -> time), when given, is each action's own time instead (see :func:`replay`).
 
     Each rank executes its list in order; an action starts when the rank is free and its
-    inputs have arrived. If no rank can move while actions remain, the schedule deadlocks."""
+    inputs have arrived. If no rank can move while actions remain, the schedule deadlocks.
+    ``overlap``: each of the schedule's overlapped pairs (:class:`OverlapFB`) starts once the
+    inputs of both passes are there, and sends both outputs when both are done, as the
+    executor runs it (the compute of the two passes adds up: no communication is modelled
+    inside a pass here, so there is nothing to hide)."""
     split = s._split
     chunk = s.ranks / s.n_stages                 # a chunk's share of a stage's layers
     t_f, t_b, t_w = t_f * chunk, t_b * chunk, t_w * chunk
+    programs = [s.program(r, overlap) for r in range(s.ranks)]
     end: dict = {}                               # (op, i, stage) -> end time
     pos = [0] * s.ranks
     free = [0.0] * s.ranks
@@ -168,34 +214,38 @@ def simulate(s: Schedule, t_f: float = 1.0, t_b: float = 1.0, t_w: float = 1.0,
     busy = [0.0] * s.ranks
     held = [0] * s.ranks
     peak = [0] * s.ranks
-    remaining = sum(len(a) for a in s.actions)
+    remaining = sum(len(a) for a in programs)
     while remaining:
         moved = False
         for r in range(s.ranks):
-            while pos[r] < len(s.actions[r]):
-                a = s.actions[r][pos[r]]
-                ready = _inputs_ready(s, a, end, t_comm)
-                if ready is None:
+            while pos[r] < len(programs[r]):
+                item = programs[r][pos[r]]
+                acts = (item.forward, item.backward) if isinstance(item, OverlapFB) else (item,)
+                ready = [_inputs_ready(s, a, end, t_comm) for a in acts]
+                if None in ready:
                     break
-                if durations is not None:
-                    dur = durations[a]
-                else:
-                    dur = {"F": t_f, "W": t_w}.get(a.op, t_b if (a.micro_batch, a.stage) in split else t_b + t_w)
-                start = max(free[r], ready)
-                free[r] = start + dur
-                end[(a.op, a.micro_batch, a.stage)] = free[r]
-                events[r].append((a, start, free[r]))
-                busy[r] += dur
-                if a.op == "F":
-                    held[r] += 1
-                    peak[r] = max(peak[r], held[r])
-                elif a.op == "W" or (a.micro_batch, a.stage) not in split:
-                    held[r] -= 1             # the last pass of this micro-batch frees its activations
+                t = max(free[r], *ready)
+                for a in acts:
+                    if durations is not None:
+                        dur = durations[a]
+                    else:
+                        dur = {"F": t_f, "W": t_w}.get(a.op, t_b if (a.micro_batch, a.stage) in split else t_b + t_w)
+                    events[r].append((a, t, t + dur))
+                    t += dur
+                    busy[r] += dur
+                    if a.op == "F":
+                        held[r] += 1
+                        peak[r] = max(peak[r], held[r])
+                    elif a.op == "W" or (a.micro_batch, a.stage) not in split:
+                        held[r] -= 1             # the last pass of this micro-batch frees its activations
+                for a in acts:                   # a pair's outputs leave when both passes are done
+                    end[(a.op, a.micro_batch, a.stage)] = t
+                free[r] = t
                 pos[r] += 1
                 remaining -= 1
                 moved = True
         if not moved:
-            stuck = {r: str(s.actions[r][pos[r]]) for r in range(s.ranks) if pos[r] < len(s.actions[r])}
+            stuck = {r: str(programs[r][pos[r]]) for r in range(s.ranks) if pos[r] < len(programs[r])}
             raise ScheduleError(f"{s.name}: deadlock — every rank waits for an input that never comes: {stuck}")
     return Timeline(s, events, max(free), busy, peak)
 

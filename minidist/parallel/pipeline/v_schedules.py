@@ -32,8 +32,10 @@ back up; the loss is computed on rank 0, where the backward starts right away.
   switching to B/W-split halfway so the deferred W passes fill the tail. Holds p+½
   micro-batches; needs m ≥ 2p (as torch's). Its order does not depend on the times.
   DualPipe's purpose — running one micro-batch's forward *during* another's backward so
-  that the forward's expert all-to-all hides behind the backward's compute — is not shown
-  here: minidist's ranks run one pass at a time, so a pair is simply F then B.
+  that the communication of one (the expert all-to-all) hides behind the compute of the
+  other — is ``Schedule.overlap``: the (F, B) pairs of phases 4 and 5 (all but the bottom
+  rank's first, which DualPipe runs apart), run overlapped by the executor with
+  ``parallel.overlap_f_b`` (:mod:`.overlap`); without it a pair is simply F then B.
 
 Rank p−1 cannot start before p−1 chunk forwards have reached it, so with any times a V
 schedule idles at least (p−1)·T_F/2 per rank — half of a one-chunk schedule's (p−1)·T_F,
@@ -84,8 +86,10 @@ def dualpipe_v(ranks: int, micro_batches: int, times=EQUAL_TIMES) -> Schedule:
                          f"(gradient_accumulation_steps), got {micro_batches}; raise gradient_accumulation_steps "
                          f"or use {ZB_V!r} or {ZB_H1!r}")
     p, m = ranks, micro_batches
-    acts = [_VRank(r, p).dualpipe_v(m) for r in range(p)]
-    return Schedule(DUALPIPE_V, p, m, v_shape(p), acts, check_times(DUALPIPE_V, times))
+    programs = [_VRank(r, p) for r in range(p)]
+    acts = [v.dualpipe_v(m) for v in programs]
+    pairs = tuple(pair for v in programs for pair in v.pairs)
+    return Schedule(DUALPIPE_V, p, m, v_shape(p), acts, check_times(DUALPIPE_V, times), overlap=pairs)
 
 
 def zb_v_program(rank: int, ranks: int, micro_batches: int) -> list:
@@ -103,6 +107,11 @@ class _VRank:
         self.nf, self.nb = [0, 0], [0, 0]
         self.weights: list = []         # (i, chunk) whose B ran split, W still to do, oldest first
         self.prog: list = []
+        self.pairs: list = []           # (F, B) written one after the other to run overlapped
+
+    def pair(self) -> None:
+        """The last two actions (an F, then a whole B) are one of DualPipe's overlapped pairs."""
+        self.pairs.append((self.prog[-2], self.prog[-1]))
 
     def F(self, c: int) -> None:
         self.prog.append(Action("F", self.nf[c], self.stage[c]))
@@ -160,15 +169,19 @@ class _VRank:
             self.B(1)
             self.W()
             self.F(1)
-        for _ in range(m - 2 * p + r + 1):               # 4: main phase, F0&B1 then F1&B0
+        for k in range(m - 2 * p + r + 1):               # 4: main phase, F0&B1 then F1&B0
             self.F(0)
             self.B(1, split=False)
+            if k > 0 or r < p - 1:      # DualPipe runs the bottom rank's first pair apart (less bubble)
+                self.pair()
             self.F(1)
             self.B(0, split=False)
+            self.pair()
         for _ in range(p - r - 1):                       # 5: no chunk-0 forwards left
             self.B(1, split=False)
             self.F(1)
             self.B(0, split=False)
+            self.pair()
         half = (r + 1) // 2
         for i in range(r + 1):                           # 6: backwards; split from halfway on
             self.B(1, split=i > half or (i == half and r % 2 == 1))
