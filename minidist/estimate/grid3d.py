@@ -17,7 +17,9 @@ replicated: a block holds 12h²/t + 7h/t + 6h parameters (12h²/t + 2h without b
 
 **Model states** (Rajbhandari et al. 2020, ZeRO §5) of the rank's Ψ_r parameters, with
 S = Σ_buckets ⌈n_b/d⌉ its shard (:mod:`minidist.parallel.data.buckets`' padding):
-``w·Ψ_r + w·Ψ_r + K·Ψ_r`` (DDP), ``+ K·S`` (ZeRO-1), ``w·Ψ_r + (w + K)·S`` (ZeRO-2).
+``w·Ψ_r + w·Ψ_r + K·Ψ_r`` (DDP), ``+ K·S`` (ZeRO-1), ``w·Ψ_r + (w + K)·S`` (ZeRO-2),
+``(w + w + K)·S`` (ZeRO-3, whose buckets are its units — the root, the embeddings with the
+LayerNorm ``ln_f``, and each block — so S = Σ_units ⌈n_u/d⌉ whatever the bucket size).
 
 **Bytes sent per step**, the sum of
 
@@ -31,14 +33,20 @@ S = Σ_buckets ⌈n_b/d⌉ its shard (:mod:`minidist.parallel.data.buckets`' pad
   2·⌈V_p·h/(2t)⌉ elements (Megatron's embedding group), none when one rank holds both;
 * data parallel (ZeRO §7): all-reduce (DDP) or reduce-scatter + all-gather (ZeRO-1/2) of the
   shard, 2(d−1)·S·w; ZeRO-2 without a pipeline reduce-scatters every micro-batch,
-  (m+1)(d−1)·S·w (the pipeline reduces once, after its flush);
+  (m+1)(d−1)·S·w (the pipeline reduces once, after its flush); ZeRO-3 all-gathers the units
+  of every chunk for each micro-batch's forward and again for its backward — G elements per
+  pass, the root once per chunk that runs the embedding or the head — and reduce-scatters
+  once after the flush: (d−1)·(2m·G + S)·w; without a pipeline G = S and every micro-batch
+  reduce-scatters, 3m(d−1)·S·w;
 * one-float64 all-reduces, 16(n−1) bytes over n ranks: the fp16/bf16 overflow flag (over the
   world under tensor or pipeline parallelism, over dp for ZeRO) and, when clipping, the norm
   over the model-parallel group (and over dp for ZeRO).
 
 Assumed: no fp16 overflow (a skipped ZeRO step sends no all-gather); under the pipeline
-ZeRO-2 reduces after the flush (the config refuses ``overlap_comm`` there); ZeRO-3, offload
-and the parameter server are not modelled here (:func:`estimate_for_config` notes them).
+ZeRO-2/3 reduce after the flush (the config refuses ``overlap_comm`` there); no activation
+recomputation under ZeRO-3 (a recomputed block gathers its parameters once more); ZeRO-3 with
+tensor parallelism (refused by the trainer), offload and the parameter server are not modelled
+here (:func:`estimate_for_config` notes the last two).
 tests/test_estimate_3d.py checks every rank against measured TP × DP, PP × DP, ZeRO and 3D runs.
 """
 from __future__ import annotations
@@ -83,6 +91,23 @@ def rank_parameters(n_layer: int, n_embd: int, vocab: int, block_size: int, chun
     if last in chunks:
         out += [("transformer.ln_f.weight", h)] + ([("transformer.ln_f.bias", h)] if bias else [])
     return out
+
+
+def zero3_units(params: list, chunks: list, n_chunks: int, n_layer: int) -> tuple[list, list]:
+    """ZeRO-3's units on a pipeline rank (:func:`minidist.parallel.data.zero3.zero3_units`): the
+    elements of every unit (the root — every parameter outside the blocks — if any, then each
+    block) and, per chunk, of each unit it runs (the root if it holds the embedding or the
+    head, then its blocks)."""
+    root = sum(k for name, k in params if not name.startswith("transformer.h."))
+    block = {}
+    for name, k in params:
+        if name.startswith("transformer.h."):
+            i = int(name.split(".")[2])
+            block[i] = block.get(i, 0) + k
+    per = n_layer // n_chunks
+    runs = [([root] if c in (0, n_chunks - 1) and root else []) + [block[i] for i in range(c * per, (c + 1) * per)]
+            for c in sorted(chunks)]
+    return ([root] if root else []) + [block[i] for i in sorted(block)], runs
 
 
 def bucket_sizes(numels: list, bucket_size: int = REDUCE_BUCKET_SIZE) -> list:
@@ -152,8 +177,10 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
         raise ValueError(f"n_head ({n_head}) and n_embd ({n_embd}) must be divisible by tp ({tp})")
     if sp and (tp == 1 or seq % tp):
         raise ValueError(f"sequence parallelism needs tp > 1 dividing the sequence length {seq} (tp = {tp})")
-    if zero_stage not in (0, 1, 2):
-        raise ValueError(f"zero_stage must be 0, 1 or 2 here (ZeRO-3 does not compose with tp/pp), got {zero_stage}")
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+    if zero_stage == 3 and tp > 1:
+        raise ValueError(f"zero_stage 3 with tp {tp}: ZeRO-3 does not compose with tensor parallelism here")
     wid = widths(precision, dtype_bytes, moments)
     w, m, h = wid["w"], micro_batches, n_embd
     if pp > 1:
@@ -178,8 +205,14 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
         params = rank_parameters(n_layer, h, vocab, block_size, chunks, n, tp, bias, make_vocab_size_divisible_by)
         numels = [k for _, k in params]
         psi = sum(numels)
-        shard = shard_elements(numels, dp, bucket_size)
-        states = {"parameters": w * psi, "gradients": w * (shard if zero_stage == 2 else psi),
+        if zero_stage == 3:                # one bucket per unit; G: what one pass of every chunk gathers
+            units, runs = zero3_units(params, chunks, n, n_layer)
+            shard = sum(-(-k // dp) for k in units)
+            gathered = sum(-(-k // dp) for run in runs for k in run)
+        else:
+            shard = shard_elements(numels, dp, bucket_size)
+        states = {"parameters": w * (shard if zero_stage == 3 else psi),
+                  "gradients": w * (shard if zero_stage >= 2 else psi),
                   "optimizer_states": wid["K"] * (shard if zero_stage else psi)}
         states["total"] = sum(states.values())
         blocks = len(chunks) * n_layer // n
@@ -190,7 +223,9 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
         if (first or last) and stage_to_rank[0] != stage_to_rank[-1]:
             wte = next(k for name, k in params if name == "transformer.wte.weight")
             sent["tied_embedding"] = collective_bytes("all_reduce", wte, 2, wid["w32"])
-        if dp > 1:                         # ZeRO-2 outside a pipeline reduce-scatters every micro-batch
+        if dp > 1 and zero_stage == 3:     # gathers per pass; the reduce-scatter per micro-batch without a pipeline
+            sent["data_parallel"] = (dp - 1) * (2 * m * gathered + (m if pp == 1 else 1) * shard) * w
+        elif dp > 1:                       # ZeRO-2 outside a pipeline reduce-scatters every micro-batch
             collectives = m + 1 if zero_stage == 2 and pp == 1 else 2
             sent["data_parallel"] = collectives * (dp - 1) * shard * w
         sent["total"] = sum(sent.values())
@@ -222,6 +257,9 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
     notes = []
     if zero["offload_optimizer"]["device"] != "none":
         notes.append("optimizer offload not modelled: device optimizer states are predicted as without it")
+    if zero["stage"] == 3 and cfg["activation_checkpointing"]["granularity"] == "full":
+        notes.append("full recomputation under ZeRO-3 not modelled: each recomputed block gathers its parameters "
+                     "once more")
     if zero["stage"] == 0 and par["data_parallel"] != DDP:
         notes.append(f"data_parallel {par['data_parallel']!r} not modelled: predicted as DDP")
     out = estimate_3d(

@@ -118,9 +118,6 @@ def _why(text: str, instead: str) -> str:
 REFUSED = {pair: message for pair, message in {
     ("ZeRO-3", "TP"): _why("ZeRO-3 does not compose with parallel.tensor > 1 here",
                            "use stage 1 or 2 over the data-parallel group (as Megatron + DeepSpeed do)"),
-    ("ZeRO-3", "PP"): _why("ZeRO-3 does not compose with parallel.pipeline > 1 here (each stage would gather "
-                           "parameters it does not hold)", "use stage 1 or 2 over the data-parallel group, as "
-                                                           "DeepSpeed's pipeline engine does"),
     ("LAMB", "ZeRO-1"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",
                              "use Adam, AdamW or SGD with zero_optimization.stage > 0, or LAMB with stage 0"),
     ("LAMB", "ZeRO-2"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",
@@ -159,6 +156,9 @@ REFUSED_TRIPLES = {
     ("overlap_comm", "ZeRO-2", "PP"): _why("with parallel.pipeline > 1 the data-parallel reduction waits for the "
                                            "pipeline's flush (DeepSpeed's pipeline engine does the same), so ZeRO-2 "
                                            "cannot reduce-scatter during backward", "set overlap_comm false"),
+    ("overlap_comm", "ZeRO-3", "PP"): _why("with parallel.pipeline > 1 the data-parallel reduction waits for the "
+                                           "pipeline's flush, so ZeRO-3 reduce-scatters once per step, after it, "
+                                           "with no backward left to overlap", "set overlap_comm false"),
 }
 
 # features that need another one beside them: (the other(s), one of which must be on; why)

@@ -29,6 +29,23 @@ so that category rises and falls unit by unit; at the optimizer step only the sh
 held. Traffic per micro-step: two all-gathers and one reduce-scatter of ``(p−1)·S``
 elements — 3·(p−1)/p·Ψ, 1.5× DDP (§7). Memory at the step: ``(w + w + K)·S``.
 
+**ZeRO-3 on a pipeline stage** (:mod:`minidist.parallel.pipeline`, data parallelism over each
+stage's ``grid.dp``): the stage's GPT holds only its chunks' blocks and, on the first and last
+chunk's rank, the embeddings and ``ln_f`` with the tied head (the root unit); each is
+partitioned as above. The executor runs every action of the schedule inside
+:meth:`ZeRO3.pipeline_action`: an F or a B gathers the root first when its chunk runs the
+embedding or the head, the blocks gather themselves in their hooks (prefetching only the next
+blocks of the same action) and each block is released once its backward is over (an identity
+op on its input); at the end of the action everything is released. A zero-bubble ``W`` needs no
+weight values and gathers nothing. So every micro-batch's forward and backward each gather
+``G`` elements — the units of every chunk of the rank, the root once per chunk that runs it
+(twice on a V schedule's first rank, which holds both ends). Gradients accumulate over the
+micro-batches in each parameter's full gradient, no reduction until the flush (the tied
+embedding's two copies are summed then, :mod:`minidist.parallel.pipeline.engine`), then one
+reduce-scatter per step — the pipeline engine's rule for every data-parallel strategy, and
+what torch.distributed.pipelining asks of FSDP (no gradient sync before the last backward):
+``(p−1)·(2·m·G + S)`` elements per step for m micro-batches.
+
 **Frozen parameters** (fine-tuning, :mod:`minidist.peft`) are partitioned too: each unit keeps
 a second bucket of them (``frozen_buckets``) whose shard travels in the same all-gather as
 the trainable one (one message, ``[trainable chunk | frozen chunk]`` per rank), but has no
@@ -36,6 +53,8 @@ gradient, no reduce-scatter and no optimizer state: ``(p−1)·(3·S + 2·S_f)``
 micro-step, ``S_f`` the frozen shard.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -47,12 +66,14 @@ from .zero2 import ZeRO2
 
 
 def zero3_units(model) -> list[tuple[str, object, list]]:
-    """(name, module, parameters) of every unit, in forward order: root, h.0, h.1, …"""
+    """(name, module, parameters) of every unit, in forward order: root, h.0, h.1, … (a pipeline
+    stage's blocks under their index in the whole model: h.2, h.3 on the rank holding 2 and 3)."""
     blocks = list(model.transformer.h) if hasattr(model, "transformer") and hasattr(model.transformer, "h") else []
+    ids = getattr(model, "layer_ids", None) or range(len(blocks))
     in_blocks = {id(p) for blk in blocks for p in blk.parameters()}
     root = [p for p in model.parameters() if id(p) not in in_blocks]
     units = [("root", model, root)] if root else []
-    return units + [(f"h.{i}", blk, blk.parameters()) for i, blk in enumerate(blocks)]
+    return units + [(f"h.{i}", blk, blk.parameters()) for i, blk in zip(ids, blocks)]
 
 
 class ZeRO3(ZeRO2):
@@ -68,6 +89,7 @@ class ZeRO3(ZeRO2):
         self._gathered: dict[int, tuple] = {}         # unit -> (handle, flat) held now
         self._inflight: dict[int, tuple] = {}         # unit -> (work, handle, flat) prefetched
         self._grad_mem: dict[int, int] = {}           # id(param) -> handle of its full gradient
+        self.chunk_units: dict | None = None          # on a pipeline stage: chunk -> the units it runs
         self._partition()
         self.partitioned_at = len(self.device.memory.timeline)    # timeline rows before: the unsharded model
         self._install_hooks()
@@ -190,17 +212,18 @@ class ZeRO3(ZeRO2):
         n = len(self.unit_names)
         forward_order = list(range(n))                             # root, h.0, h.1, …
         backward_order = [0] + list(range(n - 1, 0, -1))           # root, h.L-1, …, h.0
+        self.next_in_forward, self.next_in_backward = {}, {}      # unit -> the units that run after it
         for i, (_, module, _) in enumerate(zero3_units(self.model)):
-            after_fwd = forward_order[forward_order.index(i) + 1:]     # the units forward runs after i
-            after_bwd = backward_order[backward_order.index(i) + 1:]   # the units backward runs after i
-            module.register_forward_pre_hook(self._pre_forward(i, after_fwd))
-            module.register_forward_hook(self._post_forward(i, after_bwd))
+            self.next_in_forward[i] = forward_order[forward_order.index(i) + 1:]
+            self.next_in_backward[i] = backward_order[backward_order.index(i) + 1:]
+            module.register_forward_pre_hook(self._pre_forward(i))
+            module.register_forward_hook(self._post_forward(i))
 
-    def _pre_forward(self, i, upcoming):
+    def _pre_forward(self, i):
         def hook(module, args):
             self.ensure(i)
-            self.prefetch_ahead(upcoming)         # overlaps unit i's forward
-            if i != 0 and self.frozen_buckets[i] is not None and args:
+            self.prefetch_ahead(self.next_in_forward[i])            # overlaps unit i's forward
+            if i != 0 and (self.frozen_buckets[i] is not None or self.chunk_units is not None) and args:
                 return (self._release_after_backward(args[0], i),) + tuple(args[1:])
         return hook
 
@@ -218,27 +241,27 @@ class ZeRO3(ZeRO2):
             return [g]
         return make_result(x.data, (x,), backward, f"zero3.post_backward[{self.unit_names[i]}]")
 
-    def _post_forward(self, i, upcoming):
+    def _post_forward(self, i):
         def hook(module, args, out):
             if i == 0 and isinstance(out, tuple):                   # the model: (logits, loss[, hidden])
                 # backward starts from the loss, or from the logits when the loss is taken outside the
                 # model (distillation's KD loss): that output gathers the root (ln_f, the tied head) again
                 start = 1 if out[1] is not None else 0
-                out = tuple(self._before_backward(t, i, upcoming) if k == start else t for k, t in enumerate(out))
+                out = tuple(self._before_backward(t, i) if k == start else t for k, t in enumerate(out))
             elif i != 0:
-                out = self._before_backward(out, i, upcoming)
+                out = self._before_backward(out, i)
             self.release(i)
             return out
         return hook
 
-    def _before_backward(self, t, i, upcoming):
+    def _before_backward(self, t, i):
         """An identity op whose backward gathers unit ``i`` (and prefetches the next ones)."""
         if t is None or not getattr(t, "requires_grad", False):
             return t
 
         def backward(g, needs):
             self.ensure(i)
-            self.prefetch_ahead(upcoming)         # overlaps unit i's backward
+            self.prefetch_ahead(self.next_in_backward[i])           # overlaps unit i's backward
             return [g]
         return make_result(t.data, (t,), backward, f"zero3.pre_backward[{self.unit_names[i]}]")
 
@@ -249,7 +272,8 @@ class ZeRO3(ZeRO2):
                                                              "gradients", self.names[id(p)])
         b = self._bucket_of[id(p)]
         super()._on_grad_ready(p)                 # counts; reduce-scatters a complete bucket
-        if b.ready == 0 and b.unit in self._gathered and self.frozen_buckets[b.unit] is None:
+        if b.ready == 0 and b.unit in self._gathered and self.frozen_buckets[b.unit] is None \
+                and self.chunk_units is None:     # (a pipeline stage releases each unit after its backward)
             self.release(b.unit)                  # 0 again: backward of this unit is over
 
     def after_reduce(self, b) -> None:
@@ -261,6 +285,65 @@ class ZeRO3(ZeRO2):
         super().after_backward()
         for i in list(self._gathered):            # a unit whose gradients never completed
             self.release(i)
+
+    # -- on a pipeline stage (minidist.parallel.pipeline) --------------------------------------
+    def attach_pipeline(self, chunks: dict) -> None:
+        """Run under the pipeline engine, on this rank's ``chunks`` (stage → chunk with
+        ``layer_ids``, ``first``, ``last``): see "ZeRO-3 on a pipeline stage" in the module
+        docstring. The executor calls :meth:`pipeline_action` around every action."""
+        unit_of = {name: i for i, name in enumerate(self.unit_names)}
+        root = [unit_of["root"]] if "root" in unit_of else []
+        self.chunk_units = {}
+        for stage, c in chunks.items():
+            blocks = [unit_of[f"h.{i}"] for i in c.layer_ids]
+            self.chunk_units[stage] = (root if c.first or c.last else []) + blocks
+            for k, u in enumerate(blocks):        # prefetch only what the same action runs next
+                self.next_in_forward[u], self.next_in_backward[u] = blocks[k + 1:], blocks[:k][::-1]
+
+    @contextlib.contextmanager
+    def pipeline_action(self, action):
+        """Around one action of the schedule on this rank: F and B gather the root unit first (if
+        the chunk holds the embedding or the head; the blocks gather themselves, in their hooks),
+        W gathers nothing; every unit is released when the action ends."""
+        units = self.chunk_units[action.stage]
+        if action.op == "W":
+            with self._shapes_only(units):
+                yield
+            return
+        blocks = [u for u in units if self.unit_names[u] != "root"]
+        if len(blocks) < len(units):
+            self.ensure(units[0])                 # the embedding or the head runs in this action
+        self.prefetch_ahead(blocks if action.op == "F" else blocks[::-1])
+        try:
+            yield
+        finally:
+            for i in list(self._inflight):        # (none: prefetch stays inside the action)
+                self.ensure(i)
+            for i in list(self._gathered):
+                self.release(i)
+
+    @contextlib.contextmanager
+    def _shapes_only(self, units):
+        """The W pass needs no weight values — dW = xᵀ·dy, dγ = Σ dy·x̂ (Qi et al. 2023, §2) —
+        only somewhere to accumulate: each parameter gets a zero-byte stand-in of its shape (no
+        all-gather, nothing charged); were a value read, it would read 0 and the equivalence
+        tests with one rank would fail."""
+        for u in units:
+            for b, _ in self.unit_parts(u):
+                for p, shape in zip(b.params, b.shapes):
+                    p.data = np.broadcast_to(np.zeros((), dtype=b.dtype), shape)
+        try:
+            yield
+        finally:
+            for u in units:
+                for b, _ in self.unit_parts(u):
+                    for p in b.params:
+                        p.data = _released(p.dtype)
+
+    def gathered_per_micro_batch(self) -> int:
+        """G: the elements one forward (or one backward) of every chunk of this rank all-gathers
+        from each other rank — the chunks' units, the root once per chunk that runs it."""
+        return sum(b.chunk for units in self.chunk_units.values() for u in units for b, _ in self.unit_parts(u))
 
     # -- whole parameters, for checks ---------------------------------------------------------
     def full_parameters(self) -> dict:
@@ -285,10 +368,15 @@ class ZeRO3(ZeRO2):
 
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """Per micro-step: all-gather in forward, again in backward, one reduce-scatter — the
-        frozen shards are gathered too, but never reduced: (p−1)·(3·S + 2·S_f) elements."""
+        frozen shards are gathered too, but never reduced: (p−1)·(3·S + 2·S_f) elements. On a
+        pipeline stage: every micro-batch's forward and backward gather G elements, and one
+        reduce-scatter after the flush: (p−1)·(2·m·G + S)."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
-        return micro_batches * (p - 1) * (3 * self.shard + 2 * self.frozen_shard()) * w + self.scalar_bytes() \
-            if p > 1 else 0
+        if p == 1:
+            return 0
+        if self.chunk_units is not None:
+            return (p - 1) * (2 * micro_batches * self.gathered_per_micro_batch() + self.shard) * w + self.scalar_bytes()
+        return micro_batches * (p - 1) * (3 * self.shard + 2 * self.frozen_shard()) * w + self.scalar_bytes()
 
 
 def _released(dtype) -> np.ndarray:

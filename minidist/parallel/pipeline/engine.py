@@ -10,9 +10,12 @@ A step of ``gradient_accumulation_steps`` = m micro-batches:
    are one weight in the one-rank model, so their gradients are summed by an all-reduce
    between the two ranks holding them (Megatron's embedding group) — nothing to do when one
    rank holds both (the V schedules);
-3. **data parallelism** over ``grid.dp``: the strategy (DDP or ZeRO-1/2) reduces the stage's
+3. **data parallelism** over ``grid.dp``: the strategy (DDP or ZeRO-1/2/3) reduces the stage's
    gradients across the replicas of that stage — launched only now, after the flush, as
-   DeepSpeed's pipeline engine does — and takes the optimizer step.
+   DeepSpeed's pipeline engine does — and takes the optimizer step. Under ZeRO-3 the stage's
+   parameters are sharded over ``grid.dp`` too: the executor runs every action inside the
+   strategy's ``pipeline_action``, which gathers the chunk's parameters for each micro-batch's
+   forward and backward and releases them after (:mod:`minidist.parallel.data.zero3`).
 
 The global batch of a step is m micro-batches of ``train_micro_batch_size_per_gpu × dp``
 sequences, each data-parallel replica taking its rows: the batch of a one-rank run with the
@@ -56,6 +59,13 @@ class PipelineEngine:
         self.tied_group = self.grid.pp.split(color=0 if self.pp_rank in self.tied_ranks else None,
                                              key=self.pp_rank)
         self.steps: list = []                    # per step: the executor's measurements
+        self.strategy = None                     # the data-parallel strategy, once attached
+
+    def attach(self, strategy) -> None:
+        """The trainer's strategy over ``grid.dp``; ZeRO-3 learns which units each chunk runs."""
+        self.strategy = strategy
+        if hasattr(strategy, "attach_pipeline"):
+            strategy.attach_pipeline(self.chunks)
 
     @property
     def dp_comm(self):
@@ -75,7 +85,7 @@ class PipelineEngine:
                 [x for x, _ in batches], [y for _, y in batches],
                 lambda loss: strategy.scale_loss(loss * inv_m),
                 lambda i: self.model.set_dropout_key(step, i, row_offset=trainer.dp_rank * trainer.micro_batch),
-                fmt=trainer.autocast_dtype)
+                fmt=trainer.autocast_dtype, around=getattr(strategy, "pipeline_action", None))
             self.reduce_tied_embedding()
             strategy.begin_micro(1, 2)
             strategy.after_backward()
@@ -118,13 +128,16 @@ class PipelineEngine:
         if self._whole is None:
             self._whole = contextvars.Context().run(
                 lambda: GPT(self.model.config, seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]), layers=self.layers))
-        mine = dict(self.model.named_parameters())
+        if getattr(self.strategy, "stage", 0) == 3:    # ZeRO-3: each rank holds 1/dp of its stages (a collective)
+            mine = self.strategy.full_parameters()
+        else:
+            mine = {name: p.data for name, p in self.model.named_parameters()}
         # control channel (not logged): which pipeline rank holds which parameter
         held = self.grid.pp.exchange_objects(sorted(mine))
         for name, p in self._whole.named_parameters():
             owner = next(r for r, names in enumerate(held) if name in names)
             # why: only ``owner`` trained this parameter; the others hold none or an old copy
-            p.data[...] = dist.broadcast(self.grid.pp, mine[name].data if name in mine else p.data, root=owner)
+            p.data[...] = dist.broadcast(self.grid.pp, mine[name] if name in mine else p.data, root=owner)
         return self._whole
 
     def measured(self) -> dict:

@@ -38,6 +38,8 @@ what its F charged).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ...autocast import autocast
@@ -79,9 +81,12 @@ class PipelineExecutor:
         """One tag per (micro-batch, boundary, direction): messages can never be confused."""
         return (2 * (i * self.s.n_stages + stage) + backward) % MAX_TAG
 
-    def run(self, inputs: list, targets: list, scale_loss, before_forward=None, fmt: str | None = None) -> dict:
+    def run(self, inputs: list, targets: list, scale_loss, before_forward=None, fmt: str | None = None,
+            around=None) -> dict:
         """One step's schedule. ``scale_loss(loss)`` gives the tensor backward starts from;
-        ``before_forward(i)`` is called before every forward (dropout keys). Returns the
+        ``before_forward(i)`` is called before every forward (dropout keys); ``around(action)``,
+        a context manager, wraps the compute of every action (ZeRO-3 gathers and releases the
+        chunk's parameters in it: :meth:`~minidist.parallel.data.zero3.ZeRO3.pipeline_action`). Returns the
         micro-batches' losses (last chunk's rank only), the executed timeline and busy time.
         ``fmt``: "fp16"/"bf16" under mixed precision (autocast and the wire format), else None."""
         self.fmt = fmt
@@ -93,6 +98,7 @@ class PipelineExecutor:
         losses, events, sends, pairs = {}, [], [], []
         busy, peak, t_begin = 0.0, 0.0, clock.now("compute")
         posted: dict = {}          # (i, stage, kind) -> receive posted with the previous action's sends
+        around = around or (lambda a: contextlib.nullcontext())
 
         def forward(a, data) -> list:
             i, st = a.micro_batch, a.stage
@@ -100,7 +106,7 @@ class PipelineExecutor:
                 data = x_in[(i, st)] = Tensor(data, requires_grad=True)
             if before_forward is not None:
                 before_forward(i)
-            with autocast(self.fmt):
+            with around(a), autocast(self.fmt):
                 y = self.chunks[st].forward(data, targets[i] if st == s.n_stages - 1 else None)
             if st == s.n_stages - 1:
                 losses[i] = float(y.data)
@@ -111,7 +117,8 @@ class PipelineExecutor:
 
         def backward(a, grad) -> list:
             i, st = a.micro_batch, a.stage
-            w = out.pop((i, st)).backward(grad, defer_weight_grad=(i, st) in self.split)
+            with around(a):
+                w = out.pop((i, st)).backward(grad, defer_weight_grad=(i, st) in self.split)
             if w is not None:
                 work[(i, st)] = w
             return [(x_in.pop((i, st)).grad, i, st - 1, "grad")] if st > 0 else []
@@ -153,7 +160,8 @@ class PipelineExecutor:
                 elif a.op == "B":
                     outgoing = backward(a, data)
                 else:
-                    work.pop((a.micro_batch, a.stage)).run()
+                    with around(a):
+                        work.pop((a.micro_batch, a.stage)).run()
                     outgoing = []
                 done = [(a, t0, None, None)]
             sends += self._communicate(outgoing, program[k + 1] if k + 1 < len(program) else None, inbox, posted)
