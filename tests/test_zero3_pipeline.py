@@ -86,3 +86,94 @@ def test_every_schedule_equals_one_rank_and_the_formulas(schedule, m):
     # the V schedules hold both ends on rank 0: the root is gathered by two chunks per pass
     v = schedule in ("zb_v", "dualpipe_v")
     assert (est["ranks"][0]["bytes_sent"]["data_parallel"] > est["ranks"][1]["bytes_sent"]["data_parallel"] * 1.2) == v
+
+
+@pytest.mark.checkpoint
+def test_checkpoint_resumes_bit_for_bit_and_reshards_to_one_rank(tmp_path):
+    cfg = config("zb_h1", 2, steps=4)
+    straight = train(cfg, 4, save=tmp_path / "a", interval=2)
+    resumed = train(cfg, 4, save=tmp_path / "b", load=tmp_path / "a" / "step_00000002")
+    assert [[h["loss"] for h in t.history] for t in resumed] == [[h["loss"] for h in t.history] for t in straight]
+    assert_same_state(tmp_path / "a", tmp_path / "b")
+    for a, b in zip(straight, resumed):                        # each rank's shards, bit for bit
+        assert all(np.array_equal(a.strategy.param_shards[k], b.strategy.param_shards[k])
+                   for k in a.strategy.param_shards)
+    one = {**copy.deepcopy(BASE), "steps": 4, "gradient_accumulation_steps": 2,
+           "train_micro_batch_size_per_gpu": GLOBAL_MICRO}
+    single = train(one, 1, save=tmp_path / "c", load=tmp_path / "a" / "step_00000002")
+    np.testing.assert_allclose([h["loss"] for h in single[0].history], [h["loss"] for h in straight[0].history],
+                               rtol=0, atol=1e-12)
+    assert_same_state(tmp_path / "a", tmp_path / "c", atol=1e-12)
+    assert read_checkpoint(tmp_path / "a").manifest["layout"]["grid"] == {"dp": 2, "tp": 1, "pp": 2}
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(180)
+def test_mpirun_4_ranks_equals_in_process_and_the_report_and_estimator_agree(tmp_path, capsys):
+    """Under ``mpirun -n 4`` (float32, 1F1B, m = 4): the same checkpoint as the in-process run; the
+    report's layout rows equal the estimate on every rank, and ``python -m minidist.estimate --pp 2
+    --dp 2 --zero 3`` prints the same ZeRO-3 rows."""
+    cfg = config("1f1b", 4, steps=2, dtype="float32")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    p = run_mpi(4, ["-m", "minidist.train", "--config", path, "--quiet", "--save", tmp_path / "mpi",
+                    "--report", tmp_path / "r.json"], timeout=150)
+    assert p.returncode == 0, p.stderr[-3000:]
+    train(cfg, 4, save=tmp_path / "inproc")
+    assert_same_state(tmp_path / "inproc", tmp_path / "mpi")
+    assert read_checkpoint(tmp_path / "mpi").manifest["losses"] == read_checkpoint(tmp_path / "inproc").manifest["losses"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = report["layout"]["ranks"]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["model_states"] == r["model_states_estimate"] and \
+            r["bytes_sent_per_step"] == r["bytes_sent_per_step_estimate"], r
+    V = report["model"]["vocab_size"]
+    argv = ["--layers", "4", "--hidden", "8", "--heads", "2", "--seq", "8", "--vocab", str(V), "--micro-batch", "2",
+            "--dp", "2", "--pp", "2", "--zero", "3", "--precision", "fp32", "--micro-batches", "4", "--json"]
+    assert estimate_main(argv) == 0
+    (cli,) = json.loads(capsys.readouterr().out)["per_pipeline_rank"]
+    by_pp = {r["coords"]["pp"]: r for r in rows}
+    for e in cli["ranks"]:
+        r = by_pp[e["pp_rank"]]
+        assert {k: e["model_states"][k] for k in r["model_states"]} == r["model_states"]
+        assert e["bytes_sent"]["total"] == r["bytes_sent_per_step"] - 2 * 8 * 2   # less the clipping norm's
+    assert cli == estimate_3d(4, 8, 2, V, 8, 8, 2, 4, dp=2, pp=2, zero_stage=3)
+
+
+def test_zero3_by_hand():
+    """L = 4, h = 8, V = 65, T = s = 8, b = 2, m = 4, dp 2 × pp 2, 1f1b, fp32: rank 0 holds the root
+    (wte + wpe) and blocks 0-1, rank 1 the root (wte + ln_f) and blocks 2-3; one unit per bucket."""
+    r0, r1 = estimate_3d(4, 8, 2, 65, 8, 8, 2, 4, dp=2, pp=2, zero_stage=3)["ranks"]
+    block = 12 * 8 ** 2 + 13 * 8                                  # 872 = 12h² + 13h
+    S0 = -(-(65 * 8 + 8 * 8) // 2) + 2 * block // 2              # 292 + 872
+    S1 = -(-(65 * 8 + 2 * 8) // 2) + 2 * block // 2              # 268 + 872
+    assert (r0["shard"], r1["shard"]) == (S0, S1)
+    for r, S in ((r0, S0), (r1, S1)):
+        assert r["model_states"] == {"parameters": 4 * S, "gradients": 4 * S, "optimizer_states": 8 * S,
+                                     "total": 16 * S}
+        assert r["bytes_sent"]["data_parallel"] == (2 - 1) * (2 * 4 * S + S) * 4     # G = S: one chunk each
+    v0 = estimate_3d(4, 8, 2, 65, 8, 8, 2, 4, dp=2, pp=2, zero_stage=3, schedule="zb_v")["ranks"][0]
+    root = -(-(65 * 8 + 8 * 8 + 2 * 8) // 2)                     # both ends on rank 0: one root, two chunks
+    assert v0["shard"] == root + 2 * block // 2
+    assert v0["bytes_sent"]["data_parallel"] == (2 * 4 * (v0["shard"] + root) + v0["shard"]) * 4
+    flat = estimate_3d(4, 8, 2, 65, 8, 8, 2, 4, dp=2, zero_stage=3)["ranks"][0]
+    assert flat["bytes_sent"]["data_parallel"] == 3 * 4 * flat["shard"] * 4      # no pipeline: 3m(d−1)·S·w
+    with pytest.raises(ValueError, match="tensor parallelism"):
+        estimate_3d(4, 8, 2, 65, 8, 8, tp=2, zero_stage=3)
+
+
+def test_overlapped_dualpipe_pairs_are_refused_under_zero3():
+    cfg = config("dualpipe_v", 4)
+    cfg["parallel"]["overlap_f_b"] = True
+    errors = dist.spawn(_error, 4, cfg, timeout=30)
+    assert len(set(errors)) == 1 and errors[0].startswith("config key 'parallel.overlap_f_b'") and "ZeRO-3" in errors[0]
+
+
+def _error(comm, cfg):
+    from minidist.training.config import ConfigError, load_config
+    try:
+        load_config(copy.deepcopy(cfg), comm.size)
+    except ConfigError as e:
+        return str(e).split("] ", 1)[-1]
+    return None

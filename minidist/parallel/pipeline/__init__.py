@@ -74,6 +74,10 @@ def config_problem(cfg: dict):
         return ("parallel.overlap_f_b", f"overlaps the forward/backward pairs of schedule {DUALPIPE_V!r} "
                                         f"(DualPipe); set parallel.schedule {DUALPIPE_V!r} with parallel.pipeline "
                                         f"> 1, or overlap_f_b false")
+    if par.get("overlap_f_b") and cfg["zero_optimization"]["stage"] == 3:
+        return ("parallel.overlap_f_b", "ZeRO-3 gathers and releases a chunk's parameters around each action, and the "
+                                        "two lanes of an overlapped pair would release what the other still uses; set "
+                                        "overlap_f_b false, or zero_optimization.stage 1 or 2")
     if pp == 1:
         return None
     try:
