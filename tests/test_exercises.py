@@ -29,7 +29,7 @@ TOPIC_MARKER = {"autograd": "engine", "optimizers": "engine", "training": "engin
                 "pipeline": "pipeline", "distillation": "distill", "estimator": "estimate",
                 "3D parallelism": "grid", "inference": "inference", "compression": "compression",
                 "checkpointing": "checkpointing", "checkpoint": "checkpoint", "context parallel": "context",
-                "fine-tuning": "peft"}
+                "fine-tuning": "peft", "mixture of experts": "moe"}
 
 
 def _topic_mark(name):

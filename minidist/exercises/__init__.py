@@ -40,6 +40,8 @@ from . import (
     kv_cache_decode_step,
     layer_norm_backward,
     lora_layer,
+    moe_all_to_all,
+    moe_topk_routing,
     online_softmax_merge,
     peft_parameter_counts,
     pipeline_1f1b,
@@ -67,8 +69,8 @@ _MODULES = (  # teaching order: notebooks 01, 02, 03, 04, 05, 06, 07, 08, 09, 10
     kd_loss, pkd_layer_map,
     korthikanti_activations, dp_comm_volume,
     grid_rank_map,
-    kv_cache_decode_step, int8_quantization, pruning_masks, online_softmax_merge,
-    lora_layer, peft_parameter_counts,
+    kv_cache_decode_step, int8_quantization, pruning_masks, moe_topk_routing, moe_all_to_all,
+    online_softmax_merge, lora_layer, peft_parameter_counts,
 )
 
 EXERCISES = {m.NAME: m for m in _MODULES}
