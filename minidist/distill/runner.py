@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import numpy as np
 
 from .. import distributed as dist
 from ..device import Device
@@ -25,57 +24,13 @@ from ..training.config import ConfigError, load_config
 from ..training.data import shard_batch
 from ..training.trainer import Trainer
 from ..checkpoint import full_state_dict, load_into, load_weights
-from .losses import kd_loss, pkd_loss, pkd_pairs
+from .losses import pkd_pairs
+from .student import StudentTrainer
 from .resume import Saver, check_resume, read_distill_checkpoint
 from .streaming import TAGS, LocalSource, RemoteSource, Wire, payload_bytes, serve, students_of, teacher_of
 from .teacher import FrozenTeacher, one_rank_config, read_teacher, run_precision, teacher_config, whole_model, wire_dtype
 
 TEACHER_TRAINING_WAIT = 24 * 3600.0    # seconds a student may wait for its first payload (teacher training)
-PARTS = ("kl", "ce", "pkd")
-
-
-class StudentTrainer(Trainer):
-    """The student: a Trainer whose micro-batch loss is α·T²·KL + (1−α)·CE (+ β·PKD)."""
-
-    def __init__(self, config, comm, device, distillation: dict):
-        super().__init__(config, comm, device)
-        self.d = distillation
-        self.source = None                                       # set by distill_rank
-        p = distillation["patient"]
-        self.pairs = pkd_pairs(self.model_config.n_layer, distillation["teacher"]["model"]["n_layer"],
-                               p["mapping"]) if p else []
-
-    def compute_loss(self, x, y, step, micro):
-        d, p = self.d, self.d["patient"]
-        payload = self.source.payload(x)
-        if p:
-            logits, _, hidden = self.model(x, return_hidden=True)
-        else:
-            logits, _ = self.model(x)
-        loss, parts = kd_loss(logits, payload.soft, y, d["temperature"], d["alpha"], return_parts=True)
-        if p:
-            pkd = pkd_loss(hidden, payload.hidden, p["mapping"], teacher_layers=d["teacher"]["model"]["n_layer"])
-            loss = loss + pkd * p["beta"]
-            parts["pkd"] = float(pkd.data)
-        for k in PARTS:
-            self._parts[k] += parts.get(k, 0.0) / self.accumulation
-        return loss
-
-    def train_step(self, step):
-        self._parts = dict.fromkeys(PARTS, 0.0)
-        loss = super().train_step(step)
-        self.history[-1].update(self._parts)
-        return loss
-
-    def _average_losses(self):
-        super()._average_losses()
-        if self.comm is None or self.comm.size == 1 or not self.history:
-            return
-        local = np.array([[h[k] for k in PARTS] for h in self.history], dtype=np.float64)
-        # why: the report shows the global batch's loss parts, the mean of every student's slice
-        mean = dist.all_reduce(self.comm, local, op="mean", algorithm="ring")
-        for h, row in zip(self.history, mean):
-            h.update(dict(zip(PARTS, map(float, row))))
 
 
 def _wire(cfg: dict, d: dict, vocab_size: int) -> Wire:

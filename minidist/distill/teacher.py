@@ -25,7 +25,7 @@ from ..numerics import quantize
 from ..precision import autocast
 from ..tensor import no_grad
 from ..training.config import ConfigError
-from ..training.config_distillation import check_teacher
+from ..training.config_distillation import check_teacher, teacher_config  # noqa: F401 (re-exported)
 
 PREFIX = "teacher."
 LOAD_KEY = "distillation.teacher.load"
@@ -78,16 +78,6 @@ class FrozenTeacher:
     def holds_no_state(self) -> bool:
         """True when no teacher parameter has a gradient or requires one."""
         return all(p.grad is None and not p.requires_grad for p in self.model.parameters())
-
-
-def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
-    """The teacher's own training config: its model and steps, on the students' global batch."""
-    d = cfg["distillation"]
-    t = copy.deepcopy(cfg)
-    t.update(model=dict(d["teacher"]["model"]), steps=d["teacher"]["steps"], distillation=None, train_batch_size=None)
-    if teacher_ranks:
-        t["train_micro_batch_size_per_gpu"] = cfg["train_micro_batch_size_per_gpu"] * n_students // teacher_ranks
-    return t
 
 
 def run_precision(cfg: dict) -> str | None:

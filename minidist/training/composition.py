@@ -125,16 +125,6 @@ REFUSED = {pair: message for pair, message in {
     ("LAMB", "ZeRO-3"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",
                              "use Adam, AdamW or SGD with zero_optimization.stage > 0, or LAMB with stage 0"),
     ("fp16", "bf16"): _why("fp16 and bf16 cannot both be enabled", "pick one"),
-    ("TP", "distillation"): _why("distillation trains the student data parallel (or ZeRO) only: its loss needs "
-                                 "the whole vocabulary's logits on one rank, which tensor parallelism splits",
-                                 "set parallel.tensor to 1 (the teacher can have its own ranks: "
-                                 "distillation.teacher_ranks)"),
-    ("PP", "distillation"): _why("distillation trains the student data parallel (or ZeRO) only: its loss needs "
-                                 "every block's output on one rank, which pipeline parallelism splits",
-                                 "set parallel.pipeline to 1 (the teacher can have its own ranks: "
-                                 "distillation.teacher_ranks)"),
-    ("ZeRO-3", "distillation"): _why("a distillation student under ZeRO-3 is not built here",
-                                     "use zero_optimization.stage 1 or 2 for the student"),
     ("PEFT (LoRA)", "TP"): _why("parameter-efficient fine-tuning wraps whole layers here, not Megatron's "
                                 "column- and row-parallel shards", "set parallel.tensor 1 and fine-tune data "
                                                                    "parallel or with ZeRO"),

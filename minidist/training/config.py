@@ -19,7 +19,7 @@ from ..parallel.pipeline import config_problem as pipeline_config_problem
 from ..parallel.context import config_problem as context_config_problem
 from ..precision.loss_scaler import from_config
 from . import composition
-from .config_distillation import check_distillation
+from .config_distillation import check_distillation, teacher_ranks_problem
 from .config_moe import check_moe
 from .config_peft import check_peft
 from .config_schema import (_POSITIVE_INTS, ConfigError, _check_types, _merge, data_config,  # noqa: F401
@@ -147,6 +147,9 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     par = cfg["parallel"]
     mp = par["tensor"] * par["pipeline"]
     seq, key = sequence_length(cfg)
+    problem = teacher_ranks_problem(cfg)        # before the layout's errors: no world size would do
+    if problem:
+        raise ConfigError(*problem)
     if mp <= world_size and world_size % mp == 0:
         composition.check(cfg, world_size)   # which features compose: one table (training/composition.py)
     problem = tensor_config_problem(cfg, world_size, seq)   # tp > world first

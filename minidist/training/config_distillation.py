@@ -3,6 +3,7 @@ teacher read from a checkpoint (:func:`check_teacher`, also called by minidist.d
 """
 from __future__ import annotations
 
+import copy
 
 from ..model import GPTConfig
 from .data import make_dataset
@@ -68,9 +69,55 @@ def check_distillation(cfg: dict, given, world_size: int) -> dict:
         if student["n_layer"] < 2:
             raise ConfigError("model.n_layer", "patient KD matches the student's first n_layer − 1 blocks; give the "
                                                "student at least 2 blocks or remove distillation.patient")
+    if d["patient"] is not None and cfg["parallel"]["pipeline"] > 1:
+        raise ConfigError("distillation.patient", "Patient KD's hidden-state losses would have to be added on the "
+                                                  "pipeline stages that hold the matched blocks, which this pipeline "
+                                                  "engine does not do (only the last stage has a loss); remove "
+                                                  "distillation.patient (the KD logit loss works with a pipeline) or "
+                                                  "set parallel.pipeline 1 (tensor parallelism keeps Patient KD)")
     if t["load"] is None:
         check_teacher(cfg, d)
+        _check_teacher_layout(cfg, d, world_size)
     return d
+
+
+def teacher_ranks_problem(cfg: dict):
+    """(key, message) when teacher ranks are asked for beside tensor or pipeline parallelism,
+    else None. Checked before the world's layout (config.py), whose errors would otherwise
+    refuse every world size the user tries in turn."""
+    d, par = cfg.get("distillation"), cfg["parallel"]
+    k = d.get("teacher_ranks") if isinstance(d, dict) else None
+    if isinstance(k, int) and not isinstance(k, bool) and k > 0 and (par["tensor"] > 1 or par["pipeline"] > 1):
+        return ("distillation.teacher_ranks", "teacher ranks stream to data-parallel students only; with "
+                                              "parallel.tensor or parallel.pipeline > 1 set teacher_ranks 0: the "
+                                              "teacher then trains on the students' ranks in their layout and is "
+                                              "frozen whole on each")
+    return None
+
+
+def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
+    """The teacher's own training config: its model and steps, on the students' global batch
+    (the student's layout: on teacher ranks, data parallel over them)."""
+    d = cfg["distillation"]
+    t = copy.deepcopy(cfg)
+    t.update(model=dict(d["teacher"]["model"]), steps=d["teacher"]["steps"], distillation=None, train_batch_size=None)
+    if teacher_ranks:
+        t["train_micro_batch_size_per_gpu"] = cfg["train_micro_batch_size_per_gpu"] * n_students // teacher_ranks
+    return t
+
+
+def _check_teacher_layout(cfg: dict, d: dict, world_size: int) -> None:
+    """The teacher trains in the student's layout (its tensor and pipeline split): its model
+    must fit it too (heads over tp, blocks over the pipeline's chunks). Errors name
+    ``distillation.teacher.model.KEY``."""
+    from .config import load_config              # here: config.py calls this module
+    k = d["teacher_ranks"]
+    try:
+        load_config(teacher_config(dict(cfg, distillation=d), world_size - k, k), k or world_size)
+    except ConfigError as e:
+        key = "distillation.teacher." + e.key if e.key.startswith("model.") else e.key
+        why = str(e).split(": ", 1)[1].replace("model.", "distillation.teacher.model.")
+        raise ConfigError(key, f"the teacher trains in the student's layout: {why}") from None
 
 
 def _student_vocab(cfg: dict) -> int:

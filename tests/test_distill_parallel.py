@@ -1,0 +1,70 @@
+"""Distillation in every layout the Trainer builds: the student tensor parallel (with SP and
+Patient KD: the head's differentiable all-gather gives the KD loss the whole vocabulary),
+pipeline parallel (the KD loss on the last stage, the frozen teacher's soft targets there),
+both, and under ZeRO-3 (the root unit gathered again for the logits' backward) — each equal to
+one rank in float64 (relative ≤ 1e-9: every step's loss and parts, the final weights); and what
+is refused before any rank starts, on every rank, naming the key."""
+import numpy as np
+import pytest
+
+from minidist import distributed as dist
+from minidist.distill.runner import distill_rank, run
+from _distill import errors_on_every_rank
+
+pytestmark = [pytest.mark.distill, pytest.mark.timeout(60)]
+
+PARTS = ("loss", "kl", "ce", "pkd")
+_ONE = {}
+
+
+def config(micro=4, acc=2, parallel=None, zero=0, **distill):
+    return {"data": {"dataset": "english", "seq_len": 8}, "dtype": "float64", "steps": 3, "eval_iters": 1,
+            "model": {"block_size": 8, "n_layer": 2, "n_embd": 16, "n_head": 2},
+            "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": acc,
+            "parallel": parallel or {}, "zero_optimization": {"stage": zero},
+            "distillation": {"teacher": {"model": {"n_layer": 4}, "steps": 2}, **distill}}
+
+
+def one_rank(acc, distill):
+    key = repr((acc, sorted(distill.items())))
+    if key not in _ONE:
+        r, = run(config(acc=acc, **distill))
+        _ONE[key] = (np.array([[h[k] for k in PARTS] for h in r.student.history]),
+                     {n: p.data.copy() for n, p in r.student.model.named_parameters()})
+    return _ONE[key]
+
+
+def _rank(comm, cfg):
+    r = distill_rank(comm, cfg)
+    return np.array([[h[k] for k in PARTS] for h in r.student.history]), r.student.full_parameters()
+
+
+def relative(got, want) -> float:
+    return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("world,micro,acc,parallel,zero,distill", [
+    (2, 4, 2, {"tensor": 2}, 0, {"patient": "skip", "top_k": 5}),
+    (2, 4, 2, {"tensor": 2, "sequence_parallel": True}, 0, {"patient": {"mapping": "last", "beta": 0.5}}),
+    (2, 4, 4, {"pipeline": 2}, 0, {"temperature": 4.0, "alpha": 0.9}),
+    (4, 4, 4, {"pipeline": 2, "tensor": 2}, 0, {"top_k": 5}),
+    (2, 2, 2, {}, 3, {"patient": "skip", "top_k": 5}),
+], ids=["tp2-pkd-topk", "tp2-sp-pkd", "pp2", "pp2-tp2-topk", "zero3-dp2-pkd"])
+def test_student_layouts_equal_one_rank(world, micro, acc, parallel, zero, distill):
+    losses, weights = one_rank(acc, distill)
+    for got, params in dist.spawn(_rank, world, config(micro, acc, parallel, zero, **distill)):
+        assert relative(got, losses) <= 1e-9, (got, losses)
+        for name, want in weights.items():
+            assert relative(params[name], want) <= 1e-9, name
+    assert abs(losses[-1, 0] - losses[0, 0]) > 1e-3                       # it really trained
+
+
+@pytest.mark.parametrize("world,cfg,key,words", [
+    (2, config(parallel={"pipeline": 2}, patient="skip"), "distillation.patient", "parallel.pipeline 1"),
+    (3, config(micro=2, parallel={"tensor": 2}, teacher_ranks=1), "distillation.teacher_ranks", "teacher_ranks 0"),
+    (2, config(parallel={"pipeline": 2}, teacher={"model": {"n_layer": 3}}), "distillation.teacher.model.n_layer",
+     "the teacher trains in the student's layout"),
+], ids=["pkd-pipeline", "teacher-ranks-tp", "teacher-layers-pipeline"])
+def test_what_does_not_compose_is_refused_on_every_rank(world, cfg, key, words):
+    errors = errors_on_every_rank(cfg, world)
+    assert all(e is not None and e[0] == key and words in e[1] for e in errors), errors
