@@ -5,17 +5,25 @@ Launch a program with ``mpirun -n 4 python prog.py``; inside, ``dist.init()`` (o
 are *not* MPI's: they are the same Python algorithms as in-process, on top of MPI's
 point-to-point, so the results and the message log are the same on both backends.
 
-How a message travels: every payload is preceded by a 16-number **header** (simulated
-start and arrival time, wire bytes, collective/algorithm/step, dtype and shape) on a
-duplicate communicator, so headers and payloads never match each other. Payloads go as
-raw bytes with the buffer-based ``Isend``/``Irecv`` (no pickle, no copy); when the
-receiver gives ``out=`` the payload ``Irecv`` is posted at once so the data lands in place.
+How a message travels: every payload carries a 16-number **header** (simulated start and
+arrival time, wire bytes, collective/algorithm/step, dtype and shape, the collective's
+input) in **one MPI message** with it: the header's bytes, then the payload's (a *frame*).
+A payload over ``INLINE_BYTES`` goes as the header frame alone followed by the raw payload on
+a duplicate communicator, so the large array is sent in place, never copied into a frame
+(MPI moves it by rendezvous anyway, where one more small message costs nothing). The
+receiver probes for the frame (``Improbe``), reads the header, checks it, and only then
+receives the large payload — straight into ``out=`` when given. Both sides know which way a
+message goes from its size, so no flag travels.
 
-Every wait polls ``Testall`` until a deadline (``timeout``), so a deadlock becomes a
+Waiting never busy-waits for long: a wait polls for ``SPIN_S`` (a message from a rank on
+another core arrives within it), then sleeps between polls, from ``MIN_SLEEP_S`` doubling
+up to ``MAX_SLEEP_S``, so ranks that share a core (4 ranks on 2 cores) hand it to each
+other instead of burning it. Every wait has a deadline (``timeout``): a deadlock becomes a
 :class:`CommTimeoutError` naming the ranks, and ``run_main`` aborts the whole job.
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import sys
@@ -35,9 +43,13 @@ from .log import MessageLog
 from . import watchdog
 
 ABORT_GRACE_S = 0.25      # see abort_job
-_POLLS_BEFORE_YIELD = 100   # spin this many polls before yielding the core (as MPICH does)
 HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype, ndim, shape[0..4],
 MAX_NDIM = 5             # and the collective's input: shape code, element count, dtype
+HEADER_BYTES = 8 * HEADER_LEN   # 128: the payload that follows it in a frame stays 16-byte aligned
+INLINE_BYTES = 32 << 10  # payloads up to this ride in the header's frame (one copy each side, ~µs)
+SPIN_S = 20e-6           # a wait polls this long before it sleeps between polls
+MIN_SLEEP_S, MAX_SLEEP_S = 2e-6, 200e-6
+_TIMER_SLACK_NS = 1000   # Linux rounds a sleep up by the thread's timer slack (50 µs by default)
 _DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
                                  "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
 # dtype (and its name) -> header code, built once: a per-message str(dtype) costs more than the message
@@ -56,6 +68,16 @@ def _known_names() -> dict[int, str]:
     for table in ALGORITHMS.values():
         names |= set(table)
     return {_code(n): n for n in names}
+
+
+def _short_sleeps() -> None:
+    """Let this thread's sleeps end on time: Linux rounds each up by the thread's timer slack,
+    50 µs by default, longer than a small message takes (prctl PR_SET_TIMERSLACK)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(29, _TIMER_SLACK_NS, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
 
 
 def _bytes(a: np.ndarray):
@@ -100,26 +122,27 @@ class MPIComm(Communicator):
     def __init__(self, mpi_comm, device, log, world_ranks, timeout=60.0, debug=False):
         super().__init__(mpi_comm.Get_rank(), mpi_comm.Get_size(), device, log, world_ranks, timeout, debug)
         self._mpi = mpi_comm
-        self._hdr = mpi_comm.Dup()      # headers: their own context, never matched by a payload
+        self._bulk = mpi_comm.Dup()     # payloads over INLINE_BYTES: never matched by a frame
         self._ctrl = mpi_comm.Dup()     # debug signatures and split: never logged
         self._names = _known_names()     # code -> name; collectives defined elsewhere join on use
 
     @classmethod
     def world(cls, device=None, timeout: float = 60.0, debug: bool = False) -> MPIComm:
+        _short_sleeps()
         w = MPI.COMM_WORLD
         return cls(w.Dup(), Device(device, rank=w.Get_rank()), MessageLog(), range(w.Get_size()), timeout, debug)
 
-    # -- headers --------------------------------------------------------------------------
-    def _pack(self, header: Header, x: np.ndarray) -> np.ndarray:
+    # -- headers ------------------------------------------------------------------------
+    def _pack(self, header: Header, x: np.ndarray, h: np.ndarray) -> None:
+        """Write ``header`` and ``x``'s dtype and shape into the float64 slots ``h``."""
         if x.ndim > MAX_NDIM or x.dtype not in _DTYPE_CODE:
             raise TypeError(f"the MPI backend sends arrays of <= {MAX_NDIM} dims of {[str(d) for d in _DTYPES]}, "
                             f"got {x.dtype} of shape {x.shape}")
-        h = np.zeros(HEADER_LEN)
         h[:8] = (header.t_start, header.arrival, header.nbytes, self._learn(header.op),
                  self._learn(header.algorithm), header.step, _DTYPE_CODE[x.dtype], x.ndim)
         h[8:8 + x.ndim] = x.shape
+        h[8 + x.ndim:13] = 0
         h[13], h[14], h[15] = header.shape_code, header.count, _DTYPE_NAME_CODE.get(header.dtype, -1)
-        return h
 
     def _learn(self, name: str) -> int:
         code = _code(name)
@@ -135,47 +158,67 @@ class MPIComm(Communicator):
         return header, _DTYPES[int(v[6])], tuple(int(n) for n in v[8:8 + ndim])
 
     # -- transport ------------------------------------------------------------------------
+    def _poll(self, test, peer, verb):
+        """``test()`` until it returns something true, and return that: polls for ``SPIN_S``,
+        then sleeps between polls (doubling up to ``MAX_SLEEP_S``) so that a rank sharing this
+        core can run; past ``timeout`` a hang becomes CommTimeoutError naming both ranks."""
+        done = test()
+        if done:
+            return done
+        start = time.monotonic()
+        deadline, nap = start + self.timeout, MIN_SLEEP_S
+        while not (done := test()):
+            now = time.monotonic()
+            if now - start > SPIN_S:
+                if now > deadline:
+                    raise CommTimeoutError(self._describe_wait(peer, verb))
+                time.sleep(nap)     # the core goes to whoever needs it, this rank included
+                nap = min(2 * nap, MAX_SLEEP_S)
+        return done
+
     def _wait(self, reqs, peer, verb):
-        """Poll until ``reqs`` complete; a deadline turns a hang into CommTimeoutError."""
-        if MPI.Request.Testall(reqs):
-            return
-        deadline, spins = time.monotonic() + self.timeout, 0
-        while not MPI.Request.Testall(reqs):
-            spins += 1
-            if spins % 64 == 0 and time.monotonic() > deadline:
-                raise CommTimeoutError(self._describe_wait(peer, verb))
-            if spins > _POLLS_BEFORE_YIELD:
-                os.sched_yield()    # cheap; lets another rank sharing this core make progress
+        """Until the MPI requests ``reqs`` complete (see :meth:`_poll`)."""
+        self._poll(lambda: MPI.Request.Testall(reqs), peer, verb)
 
     def _post_send(self, x, dest, wire_tag, header):
-        h = self._pack(header, x)
-        reqs = [self._hdr.Isend(h, dest, wire_tag), self._mpi.Isend(_bytes(x), dest, wire_tag)]
-        return lambda: self._wait(reqs, dest, "send to")    # the closure keeps h and x alive
+        if x.nbytes <= INLINE_BYTES:      # one message: the frame [header | payload]
+            frame = np.empty(HEADER_BYTES + x.nbytes, np.uint8)
+            self._pack(header, x, frame[:HEADER_BYTES].view(np.float64))
+            frame[HEADER_BYTES:] = x.reshape(-1).view(np.uint8)
+            reqs = [self._mpi.Isend([frame, MPI.BYTE], dest, wire_tag)]
+        else:                             # the header's frame, then the payload in place
+            h = np.empty(HEADER_LEN)
+            self._pack(header, x, h)
+            reqs = [self._mpi.Isend([h, MPI.BYTE], dest, wire_tag), self._bulk.Isend(_bytes(x), dest, wire_tag)]
+        return lambda: self._wait(reqs, dest, "send to")    # the closure keeps the buffers alive
 
     def _post_recv(self, source, wire_tag, out, first_in_line, on_header):
         if self._coll is not None:      # so that a header naming my own collective decodes
             self._learn(self._coll.op)
             self._learn(self._coll.algorithm)
-        h = np.empty(HEADER_LEN)
-        hreq = self._hdr.Irecv(h, source, wire_tag)
-        early = out is not None and first_in_line and out.flags.c_contiguous
-        # with out= and no earlier receive pending on this (source, tag), post the payload now
-        preq = self._mpi.Irecv(_bytes(out), source, wire_tag) if early else None
 
         def finish():
-            self._wait([hreq], source, "receive from")
-            header, dtype, shape = self._unpack(h)
+            status = MPI.Status()
+            message = self._poll(lambda: self._mpi.Improbe(source, wire_tag, status), source, "receive from")
+            frame = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            self._wait([message.Irecv([frame, MPI.BYTE])], source, "receive from")
+            header, dtype, shape = self._unpack(frame[:HEADER_BYTES].view(np.float64))
             on_header(header)
-            if out is not None and (out.dtype != dtype or out.size != math.prod(shape)):
+            size = math.prod(shape)
+            if out is not None and (out.dtype != dtype or out.size != size):
                 raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
                                  f"{self.world_rank(source)} sent {dtype} of shape {shape}")
-            if preq is not None:
-                self._wait([preq], source, "receive from")
+            if size * dtype.itemsize <= INLINE_BYTES:       # it came in the frame
+                payload = frame[HEADER_BYTES:].view(dtype).reshape(shape)
+                if out is None:
+                    return payload, header
+                out[...] = payload.reshape(out.shape)
                 return out, header
-            target = np.empty(shape, dtype)
-            self._wait([self._mpi.Irecv(_bytes(target), source, wire_tag)], source, "receive from")
-            if out is not None:
-                out.reshape(-1)[...] = target.reshape(-1)
+            direct = out is not None and out.flags.c_contiguous
+            target = out if direct else np.empty(shape, dtype)
+            self._wait([self._bulk.Irecv(_bytes(target), source, wire_tag)], source, "receive from")
+            if out is not None and not direct:
+                out[...] = target.reshape(out.shape)
                 target = out
             return target, header
 
@@ -188,13 +231,8 @@ class MPIComm(Communicator):
     def _recv_object(self, source):
         # probe, then receive: a receive posted before the message arrives gets mpi4py's
         # default 32 KiB buffer and truncates a larger pickle (a state dict, say)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if self._ctrl.iprobe(source=source, tag=CTRL_TAG):
-                return self._ctrl.recv(source=source, tag=CTRL_TAG)
-            if time.monotonic() > deadline:
-                raise CommTimeoutError(self._describe_wait(source, "exchange control data with"))
-            time.sleep(1e-5)
+        self._poll(lambda: self._ctrl.iprobe(source=source, tag=CTRL_TAG), source, "exchange control data with")
+        return self._ctrl.recv(source=source, tag=CTRL_TAG)
 
     def _make_split(self, color, members):
         sub = self._mpi.Split(MPI.UNDEFINED if color is None else color,
