@@ -1,7 +1,7 @@
 """Distillation with checkpoints (``--save DIR`` / ``--load DIR``, minidist.distill.resume): a run
 interrupted in the teacher phase or in the student phase and resumed equals the run that never
 stopped bit for bit (losses and their parts, final weights, held-out figures), one rank, data
-parallel with ZeRO and teacher ranks streaming; the resume rules of training apply (trajectory
+parallel with ZeRO-3, a pipeline and teacher ranks streaming; the resume rules of training apply (trajectory
 keys refused, --load-weights-only, the nothing-to-train note, a manifest edited by hand)."""
 import json
 import os
@@ -61,8 +61,9 @@ def test_resume_in_either_phase_is_the_uninterrupted_run_bit_for_bit(tmp_path, o
     # the resumed run's own checkpoint resumes alone: its teacher was copied beside the student
     ckpt = read_distill_checkpoint(tmp_path / "elsewhere")
     assert (ckpt.phase, ckpt.step, ckpt.manifest["teacher"]) == ("student", 4, os.path.join("teacher", "step_00000003"))
+    trained = read_distill_checkpoint(saved).teacher.universal
     for name, u in ckpt.teacher.universal.items():
-        assert np.array_equal(u["param"], read_distill_checkpoint(saved).teacher.universal[name]["param"]), name
+        assert np.array_equal(u["param"], trained[name]["param"]), name
 
 
 def test_a_save_point_names_its_phase_step_and_both_models_with_a_checksum(one_rank):
@@ -82,12 +83,16 @@ def test_a_save_point_names_its_phase_step_and_both_models_with_a_checksum(one_r
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("world,extra", [(3, {"teacher_ranks": 1, "top_k": 4, "patient": "last"}),
-                                         (2, {"zero": 2, "patient": "skip"})])
-def test_teacher_ranks_and_zero_resume_bit_for_bit(tmp_path, world, extra):
-    cfg = config(micro=2, **extra)
+@pytest.mark.parametrize("world,layout,extra,points", [
+    (3, {}, {"teacher_ranks": 1, "top_k": 4, "patient": "last"}, (point_name("teacher", 2), point_name("student", 1))),
+    (2, {"zero_optimization": {"stage": 3}}, {"patient": "skip"}, (point_name("student", 1),)),
+    (2, {"parallel": {"pipeline": 2}, "gradient_accumulation_steps": 2},
+     {"teacher": {"model": {"n_layer": 4}, "steps": 2}}, (point_name("teacher", 1), point_name("student", 1)))],
+    ids=["teacher-ranks", "zero3", "pipeline"])
+def test_teacher_ranks_zero3_and_pipeline_resume_bit_for_bit(tmp_path, world, layout, extra, points):
+    cfg = {**config(micro=2, **extra), **layout}
     full = run(cfg, world, save=tmp_path / "all", save_interval=1)
-    for point in (point_name("teacher", 2), point_name("student", 1)):
+    for point in points:
         folder = interrupted_at(tmp_path / "all", tmp_path / point, point)
         again = run(cfg, world, load=folder)
         for a, b in zip(again, full):
