@@ -9,6 +9,9 @@ module                 what a student finds there
                        parameters only in the memory accounting (16-bit in fp16/bf16 runs)
 :mod:`.streaming`      teacher ranks → student ranks: who serves whom, what is sent,
                        how many bytes (full logits or top-K)
+:mod:`.student`        the student: the ordinary Trainer with the KD loss, in every layout
+                       (data parallel, ZeRO-1/2/3, tensor and sequence parallel, pipeline)
+:mod:`.resume`         ``--save``/``--load``: save points of either phase, resumed bit for bit
 :mod:`.runner`         one rank of a distillation job: train the teacher, freeze it,
                        distil the student (what ``python -m minidist.train`` calls)
 =====================  ==========================================================

@@ -7,13 +7,17 @@
    on the same data as the student, on the students' global batch, by the ranks that will
    hold it: every rank when ``teacher_ranks`` is 0 (data parallel), else the k teacher ranks.
    It runs on a device of its own (a separate job on the same ranks), so the student's
-   memory figures are the distillation's alone. Then it is frozen (:mod:`.teacher`).
+   memory figures are the distillation's alone; co-located, it trains in the student's layout
+   (tensor, pipeline, ZeRO). Then it is frozen (:mod:`.teacher`), whole on every rank.
    With ``distillation.teacher.load: DIR`` it is read from a ``--save`` checkpoint instead
    (:func:`~.teacher.read_teacher`, every rank, before any message) and frozen the same way.
 2. **Distillation** — the student trains with ``kd_loss`` (+ β·``pkd_loss``) instead of
-   cross-entropy: a :class:`StudentTrainer` is the ordinary :class:`~minidist.training.Trainer`
-   (data parallel or ZeRO over the student ranks) whose loss asks a *source* for the
-   teacher's outputs — the co-located frozen teacher, or a teacher rank (:mod:`.streaming`).
+   cross-entropy: a :class:`~.student.StudentTrainer` is the ordinary
+   :class:`~minidist.training.Trainer` (any layout: :mod:`.student`) whose loss asks a
+   *source* for the teacher's outputs — the co-located frozen teacher, or a teacher rank
+   (:mod:`.streaming`).
+
+``--save``/``--load`` write and resume save points of either phase (:mod:`.resume`).
 """
 from __future__ import annotations
 
@@ -59,7 +63,11 @@ def _group(comm, device):
 
 class DistillRank:
     """What one rank did: its role, the teacher's training run and frozen teacher (teacher
-    ranks), the student trainer (student ranks), and the bytes it streamed."""
+    ranks), the student trainer (student ranks), and the bytes it streamed.
+
+    ``save``/``save_interval``: write save points there (:class:`~.resume.Saver`);
+    ``loaded``: a :class:`~.resume.DistillCheckpoint` already read and checked (before any
+    rank started) to resume — or, with ``weights_only``, whose weights start a new run."""
 
     def __init__(self, comm, config, progress: bool = False, stream=None, save=None, save_interval: int = 0,
                  loaded=None, weights_only: bool = False):
