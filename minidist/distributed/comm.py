@@ -26,7 +26,7 @@ Tags: plain ``send``/``recv`` use the caller's tag (0 ≤ tag < 16384); collecti
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import typing
 import zlib
 
 import numpy as np
@@ -40,9 +40,9 @@ COLL_TAG = 1 << 14            # collectives' messages use COLL_TAG + tag
 CTRL_TAG = (1 << 15) - 1      # debug signatures and split: never logged, never timed
 
 
-@dataclasses.dataclass(frozen=True)
-class Header:
-    """What travels with every payload: its simulated timing and who sent it from where."""
+class Header(typing.NamedTuple):
+    """What travels with every payload: its simulated timing and who sent it from where
+    (a named tuple: made twice per message, it costs a third of a frozen dataclass)."""
 
     t_start: float
     arrival: float

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import struct
 import sys
 import threading
 import time
@@ -50,6 +51,8 @@ INLINE_BYTES = 32 << 10  # payloads up to this ride in the header's frame (one c
 SPIN_S = 20e-6           # a wait polls this long before it sleeps between polls
 MIN_SLEEP_S, MAX_SLEEP_S = 2e-6, 200e-6
 _TIMER_SLACK_NS = 1000   # Linux rounds a sleep up by the thread's timer slack (50 µs by default)
+_HEADER = struct.Struct(f"<{HEADER_LEN}d")
+_NO_DIMS = (0,) * MAX_NDIM
 _DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
                                  "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
 # dtype (and its name) -> header code, built once: a per-message str(dtype) costs more than the message
@@ -125,6 +128,7 @@ class MPIComm(Communicator):
         self._bulk = mpi_comm.Dup()     # payloads over INLINE_BYTES: never matched by a frame
         self._ctrl = mpi_comm.Dup()     # debug signatures and split: never logged
         self._names = _known_names()     # code -> name; collectives defined elsewhere join on use
+        self._codes = {name: code for code, name in self._names.items()}
 
     @classmethod
     def world(cls, device=None, timeout: float = 60.0, debug: bool = False) -> MPIComm:
@@ -133,24 +137,25 @@ class MPIComm(Communicator):
         return cls(w.Dup(), Device(device, rank=w.Get_rank()), MessageLog(), range(w.Get_size()), timeout, debug)
 
     # -- headers ------------------------------------------------------------------------
-    def _pack(self, header: Header, x: np.ndarray, h: np.ndarray) -> None:
-        """Write ``header`` and ``x``'s dtype and shape into the float64 slots ``h``."""
+    def _pack(self, header: Header, x: np.ndarray, frame) -> None:
+        """Write ``header`` and ``x``'s dtype and shape as the 16 float64 at the start of ``frame``."""
         if x.ndim > MAX_NDIM or x.dtype not in _DTYPE_CODE:
             raise TypeError(f"the MPI backend sends arrays of <= {MAX_NDIM} dims of {[str(d) for d in _DTYPES]}, "
                             f"got {x.dtype} of shape {x.shape}")
-        h[:8] = (header.t_start, header.arrival, header.nbytes, self._learn(header.op),
-                 self._learn(header.algorithm), header.step, _DTYPE_CODE[x.dtype], x.ndim)
-        h[8:8 + x.ndim] = x.shape
-        h[8 + x.ndim:13] = 0
-        h[13], h[14], h[15] = header.shape_code, header.count, _DTYPE_NAME_CODE.get(header.dtype, -1)
+        _HEADER.pack_into(frame, 0, header.t_start, header.arrival, header.nbytes, self._learn(header.op),
+                          self._learn(header.algorithm), header.step, _DTYPE_CODE[x.dtype], x.ndim,
+                          *x.shape, *_NO_DIMS[x.ndim:], header.shape_code, header.count,
+                          _DTYPE_NAME_CODE.get(header.dtype, -1))
 
     def _learn(self, name: str) -> int:
-        code = _code(name)
-        self._names.setdefault(code, name)
+        code = self._codes.get(name)
+        if code is None:
+            code = self._codes[name] = _code(name)
+            self._names.setdefault(code, name)
         return code
 
-    def _unpack(self, h: np.ndarray):
-        v = h.tolist()      # Python floats at once: indexing the array element by element costs more
+    def _unpack(self, frame):
+        v = _HEADER.unpack_from(frame)      # Python floats at once (no NumPy scalars)
         op, algorithm, ndim, dtype = int(v[3]), int(v[4]), int(v[7]), int(v[15])
         names = self._names
         header = Header(v[0], v[1], int(v[2]), names.get(op) or f"#{op}", names.get(algorithm) or f"#{algorithm}", int(v[5]),
@@ -183,11 +188,11 @@ class MPIComm(Communicator):
     def _post_send(self, x, dest, wire_tag, header):
         if x.nbytes <= INLINE_BYTES:      # one message: the frame [header | payload]
             frame = np.empty(HEADER_BYTES + x.nbytes, np.uint8)
-            self._pack(header, x, frame[:HEADER_BYTES].view(np.float64))
+            self._pack(header, x, frame)
             frame[HEADER_BYTES:] = x.reshape(-1).view(np.uint8)
             reqs = [self._mpi.Isend([frame, MPI.BYTE], dest, wire_tag)]
         else:                             # the header's frame, then the payload in place
-            h = np.empty(HEADER_LEN)
+            h = np.empty(HEADER_BYTES, np.uint8)
             self._pack(header, x, h)
             reqs = [self._mpi.Isend([h, MPI.BYTE], dest, wire_tag), self._bulk.Isend(_bytes(x), dest, wire_tag)]
         return lambda: self._wait(reqs, dest, "send to")    # the closure keeps the buffers alive
@@ -202,7 +207,7 @@ class MPIComm(Communicator):
             message = self._poll(lambda: self._mpi.Improbe(source, wire_tag, status), source, "receive from")
             frame = np.empty(status.Get_count(MPI.BYTE), np.uint8)
             self._wait([message.Irecv([frame, MPI.BYTE])], source, "receive from")
-            header, dtype, shape = self._unpack(frame[:HEADER_BYTES].view(np.float64))
+            header, dtype, shape = self._unpack(frame)
             on_header(header)
             size = math.prod(shape)
             if out is not None and (out.dtype != dtype or out.size != size):
