@@ -146,9 +146,10 @@ def test_mixed_precision_3d_stays_within_its_tolerance_of_one_rank(fmt):
      "zero_optimization.overlap_comm", "ZeRO-3 reduce-scatters once per step"),
     (4, {"parallel": {"pipeline": 2}, "zero_optimization": {"stage": 2, "overlap_comm": True}},
      "zero_optimization.overlap_comm", "waits for the pipeline's flush"),
-    (2, {"parallel": {"tensor": 2}, "distillation": {"teacher": {"steps": 1}}}, "parallel.tensor",
-     "distillation trains the student data parallel"),
-], ids=["world", "layers", "heads", "batch", "zero3-tp-pp", "zero3-overlap-pp", "zero2-overlap-pp", "distill-tp"])
+    (3, {"parallel": {"tensor": 2}, "distillation": {"teacher": {"steps": 1}, "teacher_ranks": 1}},
+     "distillation.teacher_ranks", "teacher ranks stream to data-parallel students only"),
+], ids=["world", "layers", "heads", "batch", "zero3-tp-pp", "zero3-overlap-pp", "zero2-overlap-pp",
+        "distill-teacher-ranks-tp"])
 def test_a_layout_that_does_not_divide_is_refused_on_every_rank(world, change, key, words):
     cfg = copy.deepcopy(BASE)
     for section, values in change.items():
