@@ -19,6 +19,7 @@ and the pipeline's measured bubble beside the schedule's theory.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,6 +29,8 @@ from .distributed.objects import jsonable
 from .estimate import comm_volume, estimate, model_state_memory
 from .estimate.context import context_bytes_per_step
 from .estimate.grid3d import estimate_for_config
+from .estimate.moe import moe_for_config
+from .parallel.expert import accounting as expert_accounting
 from .estimate.pipeline import pipeline_bubble
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
@@ -42,7 +45,9 @@ def rank_report(trainer) -> dict:
     expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
     tp = _tp_rank_summary(trainer) if trainer.grid is not None and trainer.grid.tp_size > 1 else None
     cp = context_summary(trainer) if trainer.grid is not None and trainer.grid.cp_size > 1 else None
-    others = (tp["bytes_sent_per_step"] if tp else 0) + (cp["bytes_sent_per_step"] if cp else 0)
+    moe = expert_accounting.rank_summary(trainer)        # experts: load, drops, memory, all-to-all bytes
+    others = (tp["bytes_sent_per_step"] if tp else 0) + (cp["bytes_sent_per_step"] if cp else 0) \
+        + (moe["all_to_all_bytes_per_step"] if moe else 0)
     return {
         "rank": trainer.rank,
         "coords": dict(trainer.grid.coords) if trainer.grid is not None else {"dp": trainer.rank, "tp": 0, "pp": 0},
@@ -65,6 +70,7 @@ def rank_report(trainer) -> dict:
         },
         "tensor_parallel": tp,
         "context_parallel": cp,
+        "moe": moe,
         "bytes_sent_last_step": trainer.history[-1].get("bytes_sent", 0) if trainer.history else 0,
     }
 
@@ -143,7 +149,7 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     report = {
         "config": trainer.cfg,
         "world_size": trainer.world_size,
-        "model": {"n_params": trainer.n_params, **vars(trainer.model_config)},
+        "model": {"n_params": trainer.n_params, **dataclasses.asdict(trainer.model_config)},   # moe: a dict too
         "steps": trainer.history,
         "final": trainer.final,
         "wall_time_s": trainer.wall_time,
@@ -155,6 +161,9 @@ def build_report(trainer, ranks: list[dict]) -> dict:
         report["pipeline"].update(_pipeline_theory(report["pipeline"]))
     report["estimate"] = estimate(trainer.cfg, trainer.world_size)
     report["activation_checkpointing"] = recompute_report(trainer, ranks, report["estimate"])
+    if ranks[0].get("moe"):             # the experts: measured beside minidist.estimate.moe, load per step
+        report["moe"] = {"estimate": moe_for_config(trainer.cfg, trainer.world_size, trainer.dataset.seq_len),
+                         "load": expert_accounting.job_load(ranks)}
     par = trainer.cfg["parallel"]
     if par["tensor"] * par["pipeline"] > 1:
         report["layout"] = layout_report(trainer, ranks, report.get("pipeline"))
@@ -337,6 +346,8 @@ def format_data_parallel(report: dict) -> str:
         lines.append(format_tensor_parallel(report))
     if report["ranks"][0].get("context_parallel"):
         lines.append(format_context_parallel(report))
+    if report.get("moe"):
+        lines.append(expert_accounting.format_moe(report["moe"], report["ranks"][0]))
     if report.get("layout"):
         lines.append(format_layout(report))
     if report.get("activation_checkpointing", {}).get("granularity", "none") != "none":

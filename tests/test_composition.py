@@ -23,7 +23,7 @@ BASE = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 4, "block_size": 8, "dro
         "gradient_accumulation_steps": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-2}}}
 # the ranks' equivalents on one rank: everything that splits the work is turned off
 SERIAL = {"parallel": {"tensor": 1, "pipeline": 1, "sequence_parallel": False, "tp_comm_overlap": False,
-                       "data_parallel": "ddp", "context": {"size": 1}},
+                       "data_parallel": "ddp", "context": {"size": 1}, "expert": 1},
           "zero_optimization": {"stage": 0, "overlap_comm": False, "offload_optimizer": {"device": "none"}}}
 
 

@@ -58,6 +58,8 @@ def test_expert_parallel_trains_like_one_rank_with_the_same_groups(world, ep, tp
             list(range(r["trainer"].grid.coords.get("ep", 0) * E // ep, (r["trainer"].grid.coords.get("ep", 0) + 1) * E // ep))
         for step, params in enumerate(r["params"]):
             assert relative(params, ref["params"][step]) <= 1e-9, (step, r["trainer"].rank)
+        # the rank's model states at the step: both strategies' exact layouts (experts over grid.dp)
+        assert {k: r["model_states"][k] for k in r["expected_model_states"]} == r["expected_model_states"]
     dp = world // tp
     losses = [np.mean([r["history"][s]["loss"] for r in runs if r["trainer"].grid.coords["tp"] == 0])
               for s in range(2)]

@@ -13,6 +13,8 @@ Examples::
         --dp 2 --tp 2 --pp 2 --sp --zero 1 --micro-batches 4  # per pipeline rank, to the byte
     python -m minidist.estimate --layers 32 --hidden 4096 --heads 32 --seq 131072 --vocab 32000 \\
         --tp 8 --cp 8 --cp-algorithm ring --zero 1           # long context: bytes and memory per rank
+    python -m minidist.estimate --layers 24 --hidden 2048 --heads 16 --seq 2048 --vocab 50257 \\
+        --dp 16 --ep 8 --experts 64 --top-k 2 --capacity-factor 1.25 --zero 1   # experts per rank, all-to-all
 
 With the whole shape (``--layers --hidden --heads --seq --vocab``) a table per pipeline rank
 follows: model-state bytes and bytes sent per step of minidist's own layout, exact
@@ -37,6 +39,8 @@ from .flops import gpt2_param_count, training_flops, training_time
 from .grid3d import estimate_3d
 from .memory import OPTIMIZER_BYTES, OPTIMIZERS, bytes_per_param, model_state_memory
 from .pipeline import check_pipeline, peak_in_flight, pipeline_bubble, runnable
+from .moe import moe_estimate
+from .render import fmt_bytes, render  # noqa: F401  (fmt_bytes: re-exported)
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 _NUMBER = re.compile(r"^\s*(\d+\.?\d*|\.\d+)(e[+-]?\d+)?\s*([kmbgt]?)\s*$", re.IGNORECASE)
@@ -133,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the first --checkpointing-layers layers of each stage); Megatron's recompute_method")
     shape.add_argument("--checkpointing-layers", type=_positive_int, default=1,
                        help="Megatron's recompute_num_layers (default 1)")
+    moe = p.add_argument_group("mixture of experts (with the model shape)")
+    moe.add_argument("--experts", type=_positive_int, help="experts E per MoE layer (minidist.moe)")
+    moe.add_argument("--top-k", type=_positive_int, default=2, help="experts per token k (default 2)")
+    moe.add_argument("--capacity-factor", type=float, default=1.25, help="slots per expert: ⌈cf·T·k/E⌉ (default 1.25)")
+    moe.add_argument("--every-n-layers", type=_positive_int, default=1, help="block i is MoE iff i %% n == 0 "
+                     "(default 1)")
+    moe.add_argument("--ep", type=_positive_int, default=1, help="expert-parallel degree, drawn from --dp (default 1)")
     pipe = p.add_argument_group("pipeline and time")
     pipe.add_argument("--schedule", type=_schedule, choices=SCHEDULES, default=DEFAULT_SCHEDULE,
                       help=f"pipeline schedule (default {DEFAULT_SCHEDULE}; torch class names accepted)")
@@ -175,6 +186,12 @@ def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     problem = context_problem(a.cp_algorithm, a.cp, a.seq, a.heads, a.tp)
     if problem:
         p.error(f"--cp {a.cp} --cp-algorithm {a.cp_algorithm}: {problem}")
+    if a.ep > 1 and not a.experts:
+        p.error("--ep splits the experts of a mixture of experts: give --experts E")
+    if a.experts and not (a.layers and a.hidden):
+        p.error("--experts needs the model shape --layers and --hidden (and --seq for the all-to-all bytes)")
+    if a.experts and not a.capacity_factor > 0:
+        p.error(f"--capacity-factor must be > 0, got {a.capacity_factor}")
     if a.pp == 1 and a.schedule != DEFAULT_SCHEDULE:
         print(f"note: --schedule {a.schedule} has no effect with --pp 1 (no pipeline)", file=sys.stderr)
 
@@ -241,6 +258,11 @@ def compute(a: argparse.Namespace) -> dict:
         out["flops_total"] = training_flops(params, a.tokens, **kw)
         out["time"] = training_time(out["flops_total"]["flops"], n_gpus, a.gpu, a.mfu)
     out["pipeline"] = pipeline
+    out["moe"] = None
+    if a.experts:
+        out["moe"] = [moe_estimate(a.layers, a.hidden, a.experts, a.top_k, a.capacity_factor, a.ep, a.every_n_layers,
+                                   a.micro_batch * local_seq if a.seq else None, 1, m, a.dp, s, a.precision,
+                                   a.optimizer, a.tp) for s in stages if s <= 2 or a.ep == 1] or None
     out["per_pipeline_rank"] = None
     if a.layers and a.hidden and a.heads and a.seq and a.vocab and not a.offload:
         out["per_pipeline_rank"] = [estimate_3d(
@@ -249,139 +271,6 @@ def compute(a: argparse.Namespace) -> dict:
             a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1,
             make_vocab_size_divisible_by=a.make_vocab_size_divisible_by,
             moments=OPTIMIZER_BYTES[a.optimizer] // 4) for s in stages if s <= 2 or a.tp == 1] or None
-    return out
-
-
-def fmt_bytes(n: float | None) -> str:
-    """Decimal units, one decimal place: 31406250000 -> '31.4 GB' (the ZeRO paper's rounding)."""
-    if n is None:
-        return "-"
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def render(r: dict) -> str:
-    """The human-readable report of :func:`compute`'s dict."""
-    if r["params"] is None:
-        return "\n".join(_render_pipeline(r))
-    a, b = r["inputs"], r["bytes_per_param"]
-    cp_part = f" cp={a['cp']}" if a.get("cp", 1) > 1 else ""
-    title = (f"minidist.estimate: {r['params'] / 1e9:.3g}B parameters on {r['n_gpus']} devices "
-             f"(dp={a['dp']} tp={a['tp']} pp={a['pp']}{cp_part}), {a['precision']} + {a['optimizer']}: "
-             f"{b['parameters']}+{b['gradients']}+K bytes/param with K={b['K']}")
-    legend = ("Model states per device (Rajbhandari et al. 2020, ZeRO §5); DP comm = bytes each "
-              "rank sends per step for gradients/parameters")
-    if a["offload"]:
-        legend += "; optimizer step on the host (ZeRO-Offload)"
-    out = [title, "", legend]
-    head = ["stage", "parameters", "gradients", "optimizer", "total/device"]
-    head += ["host/rank"] if a["offload"] else []
-    rows = [head + ["DP comm/rank/step"]]
-    for ms, c in zip(r["model_states"], r["comm"]):
-        row = [str(ms["stage"]), fmt_bytes(ms["parameters"]), fmt_bytes(ms["gradients"]),
-               fmt_bytes(ms["optimizer_states"]), fmt_bytes(ms["total"])]
-        row += [fmt_bytes(ms["host"])] if a["offload"] else []
-        rows.append(row + [fmt_bytes(c["dp_bytes"])])
-    out.append(_table(rows))
-    if r["params_from_shape"]:
-        out.append(f"(parameters from the GPT-2 count 12Lh^2 + 13Lh + (V+s)h + 2h = {r['params']:,.0f})")
-    c = r["comm"][0]
-    if c["tp_bytes"] is not None and (a["tp"] > 1 or a["pp"] > 1):
-        out.append(f"tensor-parallel traffic/rank/step: {fmt_bytes(c['tp_bytes'])}; "
-                   f"pipeline send/recv/rank/step: {fmt_bytes(c['pp_bytes'])}")
-    if r.get("context"):
-        out += ["", *_render_context(r)]
-    if r["activations"]:
-        acts = r["activations"]
-        first = acts["none"]
-        out += ["", f"Activations per device{' without context parallelism' if cp_part else ''} (Korthikanti et "
-                f"al. 2022), s={a['seq']} b={a['micro_batch']} "
-                f"h={a['hidden']} a={a['heads']}, {first['layers_per_stage']} layers/stage x "
-                f"{first['in_flight_micro_batches']:g} micro-batches in flight"
-                + (", sequence parallel" if a["sp"] else "")]
-        rows = [["checkpointing", "per layer", "per device"]
-                + [f"+ZeRO-{ms['stage']} states" for ms in r["model_states"]]]
-        for mode, act in acts.items():
-            mark = " <-" if mode == a["checkpointing"] else ""
-            rows.append([mode + mark, fmt_bytes(act["per_layer"]), fmt_bytes(act["total"])]
-                        + [fmt_bytes(act["total"] + ms["total"]) for ms in r["model_states"]])
-        out.append(_table(rows))
-    elif not (a["layers"] and a["hidden"] and a["seq"] and a["heads"]):
-        out += ["", "(give --layers --hidden --heads --seq for activation memory)"]
-    if r["flops_per_step"]:
-        f = r["flops_per_step"]
-        out += ["", (f"FLOPs per step ({f['tokens']:.3g} tokens): 6ND = {f['flops_6nd']:.3g}, "
-                     f"with attention and {a['checkpointing']} recompute = {f['flops']:.3g}")]
-    if r["flops_total"]:
-        f, t = r["flops_total"], r["time"]
-        out += ["", (f"Training on {f['tokens']:.3g} tokens: 6ND = {f['flops_6nd']:.3g} FLOPs, "
-                     f"8ND = {f['flops_8nd']:.3g}, counted = {f['flops']:.3g}"),
-                (f"time on {t['n_gpus']} x {t['gpu']} at MFU {t['mfu']:g}: {t['days']:.2f} days "
-                 f"({t['hours']:.1f} h)")]
-    if r["per_pipeline_rank"]:
-        out += ["", *_render_ranks(r["per_pipeline_rank"])]
-    if r["pipeline"]:
-        out += ["", *_render_pipeline(r)]
-    return "\n".join(out)
-
-
-def _render_context(r: dict) -> list[str]:
-    """Context parallelism: its bytes per step and the activations each rank keeps (:mod:`.context`)."""
-    c, a = r["context"], r["inputs"]
-    b = c["bytes"]
-    lines = [f"Context parallel ({c['algorithm']}, cp={c['cp']}): each rank holds s/cp = {a['seq'] // c['cp']} "
-             f"positions; attention traffic per rank per layer: forward {fmt_bytes(b['per_layer_forward'])}, "
-             f"backward {fmt_bytes(b['per_layer_backward'])}; per step {fmt_bytes(b['bytes_per_step'])}"]
-    rows = [["checkpointing", "activations per rank", "one rank (cp = 1)"]]
-    for mode, act in c["activations"].items():
-        mark = " <-" if mode == a["checkpointing"] else ""
-        rows.append([mode + mark, fmt_bytes(act["total"]),
-                     fmt_bytes(r["activations"][mode]["total"]) if r.get("activations") else "-"])
-    return lines + [_table(rows), "(the tables of data, tensor and pipeline traffic count data parallelism over "
-                                  "dp × cp ranks and messages of s/cp tokens; the attention traffic above comes on top)"]
-
-
-def _render_ranks(per_stage: list) -> list[str]:
-    """Model states and bytes sent per step of every pipeline rank (:mod:`.grid3d`)."""
-    out = ["Per pipeline rank, minidist's layout (L/n blocks per chunk, wte+wpe on the first chunk, ln_f + "
-           "tied head on the last, no recomputation); every tp and dp rank of a pipeline rank alike. Bytes sent "
-           "per step (the "
-           "total adds the one-float64 all-reduces: overflow flag, gradient norm):"]
-    rows = [["stage", "pp rank", "chunks", "params", "model states", "TP", "PP p2p", "tied wte", "DP",
-             "total sent"]]
-    for est in per_stage:
-        for rank in est["ranks"]:
-            sent = rank["bytes_sent"]
-            rows.append([str(est["inputs"]["zero_stage"]), str(rank["pp_rank"]),
-                         ",".join(map(str, rank["chunks"])), f"{rank['params']:,}",
-                         fmt_bytes(rank["model_states"]["total"])]
-                        + [fmt_bytes(sent[k]) for k in ("tensor_parallel", "pipeline", "tied_embedding",
-                                                        "data_parallel", "total")])
-    return out + [_table(rows)]
-
-
-def _render_pipeline(r: dict) -> list[str]:
-    """The bubble table of every schedule that can run, the chosen one marked, and its notes."""
-    a = r["inputs"]
-    out = [f"Pipeline bubble, p={a['pp']} m={a['micro_batches']} (T_F=T_B=T_W; synchronous flush before the "
-           f"optimizer step); peak in flight in micro-batches of L/p layers, rank 0 … {a['pp'] - 1}:"]
-    rows = [["schedule", "bubble/step", "bubble/ideal", "peak in flight per rank"]]
-    for pb in r["pipeline"]:
-        mark = " <-" if pb["schedule"] == a["schedule"] else ""
-        name = pb["schedule"] + (f" (v={pb['v']})" if pb["schedule"] == INTERLEAVED_1F1B else "")
-        rows.append([name + mark, f"{pb['bubble_fraction']:.1%}", f"{pb['bubble_relative']:.3f}",
-                     " ".join(f"{x:.3g}" for x in pb["peak_in_flight_per_rank"])])
-    out.append(_table(rows))
-    out += [f"note: {note}" for note in dict.fromkeys(pb["note"] for pb in r["pipeline"] if pb["note"])]
     return out
 
 

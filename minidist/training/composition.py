@@ -103,10 +103,16 @@ FEATURES = {f.name: f for f in (
             lambda c, w: c["peft"] is not None),
     Feature("CP", "parallel.context.size", {"parallel": {"context": {"size": 2, "algorithm": "ring"}}},
             lambda c, w: _par(c)["context"]["size"] > 1, cp=2),
+    # a group of 8 tokens (one sequence) on every layout, so that every layout routes the same groups;
+    # block 0 of 2 is MoE (every_n_layers 2: the walk stays cheap)
+    Feature("MoE", "model.moe", {"model": {"moe": {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0,
+                                                   "group_size": 8, "every_n_layers": 2}}},
+            lambda c, w: c["model"].get("moe") is not None),
+    Feature("EP", "parallel.expert", {"parallel": {"expert": 2}}, lambda c, w: _par(c).get("expert", 1) > 1, dp=2),
 )}
 
 # the features that split the world: the ranks a pair needs is the product of theirs
-PARALLEL = ("DDP", "parameter server", "ZeRO-1", "ZeRO-2", "ZeRO-3", "TP", "PP", "CP")
+PARALLEL = ("DDP", "parameter server", "ZeRO-1", "ZeRO-2", "ZeRO-3", "TP", "PP", "CP", "EP")
 
 
 def _why(text: str, instead: str) -> str:
@@ -139,6 +145,33 @@ REFUSED = {pair: message for pair, message in {
                                  "rank, which context parallelism splits", "set parallel.context.size 1 (the "
                                                                            "teacher can have its own ranks: "
                                                                            "distillation.teacher_ranks)"),
+    ("MoE", "PP"): _why("the pipeline engine does not carry the MoE layers' aux and z losses from their stage to the "
+                        "last stage's loss here", "set parallel.pipeline 1: MoE composes with data, tensor and "
+                                                  "expert parallelism"),
+    ("MoE", "CP"): _why("a routing group is the tokens one rank holds, and context parallelism would split every "
+                        "sequence's tokens (and so the groups) over its ranks", "set parallel.context.size 1"),
+    ("MoE", "SP"): _why("under sequence parallelism a tp rank holds s/t positions: the router would route other "
+                        "groups than one rank, and the experts' column-parallel inputs are not gathered here",
+                        "set parallel.sequence_parallel false (MoE composes with parallel.tensor > 1)"),
+    ("MoE", "full recompute"): _why("a recomputed block's aux and z losses would reach the loss without their "
+                                    "gradients (its first forward keeps no graph)",
+                                    "use activation_checkpointing.granularity selective or none"),
+    ("MoE", "distillation"): _why("the distillation runner builds a dense teacher and student here",
+                                  "remove model.moe or the distillation section"),
+    ("MoE", "PEFT (LoRA)"): _why("fine-tuning methods wrap the dense MLP's layers by name, not the experts'",
+                                 "remove model.moe or the peft section"),
+    ("EP", "ZeRO-3"): _why("ZeRO-3 gathers every parameter over one data-parallel group, but the experts' group is "
+                           "another (the expert-data-parallel ranks): not built here",
+                           "use zero_optimization.stage 1 or 2 (or ZeRO-3 with parallel.expert 1)"),
+    ("EP", "fp16"): _why("the experts' and the other parameters' steps are taken over two groups, and each would "
+                         "decide overflow and the loss scale on its own: a joint verdict is not built here",
+                         "train expert parallelism in float32, or set parallel.expert 1 to keep fp16"),
+    ("EP", "bf16"): _why("the experts' and the other parameters' steps are taken over two groups, and each would "
+                         "decide overflow on its own: a joint verdict is not built here",
+                         "train expert parallelism in float32, or set parallel.expert 1 to keep bf16"),
+    ("EP", "clipping"): _why("the gradient norm would be taken over the experts and over the other parameters "
+                             "separately: a norm over both groups is not built here",
+                             "set gradient_clipping 0, or parallel.expert 1 to clip"),
 }.items()}
 
 # three features refused together though every two of them compose
@@ -157,6 +190,8 @@ NEEDS = {
                                                      "ZeRO-Offload); set zero_optimization.stage"),
     "SP": (("TP",), "needs parallel.tensor > 1 (it splits over the tensor-parallel ranks)"),
     "tp_comm_overlap": (("TP",), "needs parallel.tensor > 1 (it overlaps the tensor-parallel collectives)"),
+    "EP": (("MoE",), "splits the experts of a mixture of experts over data-parallel ranks: add a model.moe "
+                     "section (or set parallel.expert 1)"),
     "cpu_checkpointing": (("selective recompute", "full recompute"),
                           "moves the checkpoints of recomputation to the host: set "
                           "activation_checkpointing.granularity full or selective"),

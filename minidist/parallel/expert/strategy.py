@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 
-from ..data.base import MODEL_STATES
-
 
 class ParameterView:
     """The parameters of ``model`` that ``keep(p)`` selects, as a strategy reads a model."""
@@ -70,7 +68,9 @@ class ExpertDataParallel:
     def step(self) -> None:
         for s in self.parts:
             s.step()
-        self.model_states = {c: sum(s.model_states[c] for s in self.parts) for c in (*MODEL_STATES, "total", "host")}
+        # the snapshot of the device at the first step, when the experts' gradients and (after the
+        # first step) their optimizer states are held beside everything else: the whole rank's states
+        self.model_states = self.dense.model_states
 
     def count_in_norm(self, group, duplicates) -> None:
         for s in self.parts:
