@@ -6,6 +6,7 @@ every rank with the table's message, naming the key; the README's support matrix
 table."""
 import copy
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -193,12 +194,14 @@ def _progress(comm, cfg):
 
 
 def test_the_progress_line_shows_the_loss_the_report_shows():
-    """On a pipeline's first rank the loss is not known (it used to print 0.0000): the line
-    shows the global batch's loss, as the report does."""
+    """On a pipeline's first rank the loss is not known (it used to print 0.0000): tqdm's bar
+    shows the global batch's loss of the step it names, as the report does."""
     cfg = merge(cell_config(["PP", "DDP"])[0], {"steps": 2})
     runs = dist.spawn(_progress, 4, cfg)
-    shown = [float(part.split("loss ")[1].split()[0]) for part in runs[0][0].split("\r") if "loss " in part]
-    assert shown == pytest.approx([round(v, 4) for v in runs[0][1]], abs=1e-4) and min(shown) > 0
+    shown = {int(m[1]): float(m[2]) for m in re.finditer(r"step (\d+)/2, loss ([-\d.]+)", runs[0][0])}
+    assert 2 in shown and min(shown.values()) > 0                 # the bar ends on the last step
+    assert shown == pytest.approx({n: round(runs[0][1][n - 1], 4) for n in shown}, abs=1e-4)
+    assert all(text == "" for text, _ in runs[1:])                 # one bar, on rank 0
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

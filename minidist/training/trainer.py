@@ -27,6 +27,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import distributed as dist
 from .. import optim
@@ -242,29 +243,39 @@ class Trainer:
     def fit(self, progress: bool = True, stream=None, on_step=None) -> dict:
         """Train from ``start_step`` (0, or where a loaded checkpoint stopped) to ``steps``;
         ``on_step(trainer, step)`` runs after each step (``--save``'s checkpoints)."""
-        stream = stream or sys.stderr
         steps = self.cfg["steps"]
         t0 = time.perf_counter()
-        for step in range(self.start_step, steps):
-            loss = self.train_step(step)
-            self._check_finite(step, loss)
-            if progress:
-                loss = self.global_loss(loss)            # a collective: every rank shows progress or none
-            if progress and self.rank == 0:
-                rate = (step + 1) / max(time.perf_counter() - t0, 1e-9)
-                bar = "#" * int(20 * (step + 1) / steps)
-                print(f"\r[{bar:<20}] step {step + 1}/{steps} loss {loss:.4f} ({rate:.1f} steps/s)",
-                      end="" if step + 1 < steps else "\n", file=stream, flush=True)
-            interval = self.cfg["eval_interval"]
-            if interval and (step + 1) % interval == 0 and step + 1 < steps:
-                self.history[-1].update(self.evaluate())
-            if on_step is not None:
-                on_step(self, step)
+        with self._progress_bar(progress, stream) as bar:
+            for step in range(self.start_step, steps):
+                loss = self.train_step(step)
+                self._check_finite(step, loss)
+                if progress:
+                    loss = self.global_loss(loss)        # a collective: every rank shows progress or none
+                    bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                    bar.update(1)
+                interval = self.cfg["eval_interval"]
+                if interval and (step + 1) % interval == 0 and step + 1 < steps:
+                    self.history[-1].update(self.evaluate())
+                if on_step is not None:
+                    on_step(self, step)
         self.final = self.evaluate()
         self._check_finite(steps - 1, self.final.get("val_loss", 0.0), final=True)
         self._average_losses()
         self.wall_time = time.perf_counter() - t0
         return self.final
+
+    def _progress_bar(self, progress: bool, stream=None) -> tqdm:
+        """tqdm's bar on rank 0 (the others' is disabled): ``step n/N``, the global batch's loss
+        as the report shows it, elapsed time and rate. Written to ``stream`` (stderr by default,
+        so that stdout keeps only the report); in a log that is not a terminal it is still
+        written, refreshed at most every few seconds (and once at the end)."""
+        stream = stream or sys.stderr
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        return tqdm(total=self.cfg["steps"], initial=self.start_step, file=stream, unit="step",
+                    disable=not (progress and self.rank == 0), mininterval=0.1 if tty else 5.0,
+                    dynamic_ncols=tty, leave=True,
+                    bar_format="{percentage:3.0f}%|{bar:20}| step {n_fmt}/{total_fmt}{postfix} "
+                               "[{elapsed}<{remaining}, {rate_fmt}]")
 
     def global_loss(self, loss: float) -> float:
         """This step's loss as the report shows it: the mean over the data-parallel replicas of
