@@ -14,6 +14,7 @@ from minidist import distributed as dist
 from minidist.parallel.pipeline import OverlapFB, build_schedule, simulate, validate
 from minidist.parallel.pipeline.overlap import hidden_time, run_pair
 from minidist.testing import train_steps
+from minidist.training import composition
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.timeout(60)]
 
@@ -40,23 +41,27 @@ def test_pairs_are_a_forward_then_a_whole_backward_of_dualpipe_v(p):
     assert build_schedule("zb_v", 2, 4).overlap == ()
 
 
-def _passes(comm, dev, flops, x):
-    """A forward and a backward of a toy chunk: compute, an all-reduce, compute, …"""
+COLLECTIVES = {"all_reduce": dist.all_reduce,                      # tensor parallelism's
+               "all_to_all": dist.all_to_all}                      # expert parallelism's dispatch and combine
+
+
+def _passes(comm, dev, flops, x, collective):
+    """A forward and a backward of a toy chunk: compute, a collective, compute, …"""
     def make(tag, steps):
         def run():
             y = x * tag
             for k in range(steps):
                 dev.compute(f"{tag}.{k}", flops)
-                y = dist.all_reduce(comm, y)             # blocking: the lane waits for it
+                y = COLLECTIVES[collective](comm, y)     # blocking: the lane waits for it
             dev.compute(f"{tag}.end", flops)
             return y
         return run
     return make(1.0, 2), make(2.0, 3)
 
 
-def _pair_on_two_ranks(comm, overlapped, flops):
+def _pair_on_two_ranks(comm, overlapped, flops, collective):
     dev = comm.device
-    forward, backward = _passes(comm, dev, flops, np.arange(4.0) + comm.rank)
+    forward, backward = _passes(comm, dev, flops, np.arange(4.0).reshape(2, 2) + comm.rank, collective)
     t0 = dev.clock.now("compute")
     if overlapped:
         pair = run_pair(dev, forward, backward)
@@ -66,12 +71,13 @@ def _pair_on_two_ranks(comm, overlapped, flops):
     return {"time": dev.clock.now("compute") - t0, "out": out}
 
 
+@pytest.mark.parametrize("collective", list(COLLECTIVES))
 @pytest.mark.parametrize("flops", [1e3, 1e5, 1e7])
-def test_a_pair_is_shorter_by_exactly_the_communication_it_hides(flops):
-    """Sequentially every blocking all-reduce is exposed; overlapped, the other lane computes
+def test_a_pair_is_shorter_by_exactly_the_communication_it_hides(flops, collective):
+    """Sequentially every blocking collective is exposed; overlapped, the other lane computes
     under it: the pair is shorter by the hidden time, measured on the pair's own spans."""
-    seq = dist.spawn(_pair_on_two_ranks, 2, False, flops)
-    ovl = dist.spawn(_pair_on_two_ranks, 2, True, flops)
+    seq = dist.spawn(_pair_on_two_ranks, 2, False, flops, collective)
+    ovl = dist.spawn(_pair_on_two_ranks, 2, True, flops, collective)
     for a, b in zip(seq, ovl):
         for x, y in zip(a["out"], b["out"]):
             assert np.array_equal(x, y)
@@ -116,6 +122,26 @@ def test_dualpipe_v_overlap_is_bit_identical_and_shorter_by_at_most_what_it_hide
     # the step is a longest path through the ranks' actions: shortening pairs by what they
     # hide shortens it by at most the sum
     assert 0 < saved <= hidden, (saved, hidden)
+
+
+def test_the_expert_all_to_all_hides_under_the_other_pass(monkeypatch):
+    """DeepSeek-V3's case: an MoE model, experts over 2 of the data-parallel ranks, DualPipeV on 2
+    pipeline ranks; the pairs hide the dispatch and combine all-to-alls."""
+    monkeypatch.delitem(composition.REFUSED, ("MoE", "PP"), raising=False)   # the engine carries the MoE losses
+    moe = {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0}
+    runs = {}
+    for on in (False, True):
+        cfg = config(on, tensor=1, expert=2)
+        cfg["model"]["moe"] = moe
+        runs[on] = dist.spawn(train_steps, 4, cfg, device={"flops": 1e10})
+    for a, b in zip(runs[False], runs[True]):
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+        for pa, pb in zip(a["params"], b["params"]):
+            assert all(np.array_equal(pa[k], pb[k]) for k in pb)
+    replica = [r for r in runs[True] if r["trainer"].grid.coords["dp"] == 0]
+    pairs = [p for r in replica for p in r["trainer"].pipeline.steps[-1]["pairs"]]
+    saved = step_time(runs[False]) - step_time(runs[True])
+    assert 0 < saved <= sum(p["hidden"] for p in pairs)
 
 
 @pytest.mark.parametrize("par,world", [({"schedule": "1f1b"}, 4), ({"pipeline": 1}, 2)])

@@ -93,7 +93,8 @@ class PipelineEngine:
             dev.clock.sync()
         self.steps.append(run)
         trainer.step_log = trainer.comm.log.since(mark)
-        loss = float(np.mean(run["losses"])) if self.holds_loss else 0.0
+        # the last chunk's loss, plus the MoE aux and z losses of this rank's other chunks (0 without)
+        loss = (float(np.mean(run["losses"])) if self.holds_loss else 0.0) + run["moe_losses"]
         mp = trainer.precision.history[-1] if trainer.precision is not None else None
         trainer.history.append({"step": step, "loss": loss, "loss_scale": mp.scale if mp else None,
                                 "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,
@@ -110,12 +111,12 @@ class PipelineEngine:
         wte.grad = dist.all_reduce(self.tied_group, grad, op="sum", algorithm="ring")
 
     def average_losses(self, trainer) -> None:
-        """Only the last chunk's ranks know the loss (each of its tp ranks the same value): sum
-        over the world what tp rank 0 of each replica's last stage holds, divide by the replicas,
-        once at the end of the run."""
-        counts = self.holds_loss and self.grid.coords["tp"] == 0
+        """Only the last chunk's ranks know the language-model loss, and each stage the MoE aux and
+        z losses of its chunks (every tp rank the same values): sum over the world what tp rank 0
+        of every stage of every replica holds, divide by the replicas, once at the end of the run."""
+        counts = self.grid.coords["tp"] == 0      # every stage: the MoE losses of its chunks are its part
         local = np.array([h["loss"] if counts else 0.0 for h in trainer.history], dtype=np.float64)
-        # why: the loss of the global batch is the mean of the dp replicas' last-stage losses
+        # why: the loss of the global batch is the mean over the dp replicas of their stages' parts
         total = dist.all_reduce(trainer.comm, local, op="sum", algorithm="ring")
         for h, v in zip(trainer.history, total / self.grid.dp_size):
             h["rank_loss"], h["loss"] = h["loss"], float(v)

@@ -46,6 +46,7 @@ from ...autocast import autocast
 from ...tensor import Tensor
 from .overlap import run_pair
 from .schedule import OverlapFB
+from .stage import carry_loss
 
 MAX_TAG = 1 << 14
 
@@ -96,6 +97,7 @@ class PipelineExecutor:
         x_in, out, work = {}, {}, {}
         held, charged = {}, {}     # activation bytes per (i, stage), and what its F charged
         losses, events, sends, pairs = {}, [], [], []
+        aux: dict = {}             # micro-batch -> MoE losses of this rank's chunks but the last
         busy, peak, t_begin = 0.0, 0.0, clock.now("compute")
         posted: dict = {}          # (i, stage, kind) -> receive posted with the previous action's sends
         around = around or (lambda a: contextlib.nullcontext())
@@ -108,6 +110,12 @@ class PipelineExecutor:
                 before_forward(i)
             with around(a), autocast(self.fmt):
                 y = self.chunks[st].forward(data, targets[i] if st == s.n_stages - 1 else None)
+                extra = self.chunks[st].moe_loss()            # this chunk's MoE aux + z losses, or None
+                if extra is not None and st == s.n_stages - 1:
+                    y = y + extra
+                elif extra is not None:
+                    aux[i] = aux.get(i, 0.0) + float(extra.data)
+                    y = carry_loss(y, scale_loss(extra))
             if st == s.n_stages - 1:
                 losses[i] = float(y.data)
                 out[(i, st)] = scale_loss(y)
@@ -179,6 +187,7 @@ class PipelineExecutor:
         for req in sends:
             req.wait()
         return {"losses": [losses[i] for i in sorted(losses)], "events": events, "busy": busy,
+                "moe_losses": sum(aux.values()) / len(inputs),
                 "t_begin": t_begin, "t_end": clock.now("compute"), "pairs": pairs,
                 "peak_in_flight": peak * s.ranks / s.n_stages}
 

@@ -12,11 +12,16 @@ names in the whole model (``transformer.h.4``), with ``pre_process`` if it holds
 ``post_process`` if it holds the last — Megatron's names — and the layer factory of the run
 (its tensor-parallel shards under 3D). Its values are the one-rank model's. A :class:`Chunk`
 runs the model's own three steps (``embed → blocks → head``) on its part: there is no second
-copy of the forward here.
+copy of the forward here. A chunk's MoE layers' aux and z losses (:meth:`Chunk.moe_loss`) join
+the step's loss where they are computed: on the last chunk added to its loss, on the others
+carried by the backward of the chunk's output (:func:`carry_loss`).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ...model import GPT
+from ...tensor import make_result
 
 
 def split_layers(n_layer: int, n_chunks: int) -> list:
@@ -45,6 +50,23 @@ class Chunk:
         if not self.last:
             return x
         return self.model.head(x, targets)[1]
+
+    def moe_loss(self):
+        """The aux and z losses (:mod:`minidist.moe`) this chunk's MoE layers computed in its last
+        forward, summed (a Tensor), or None when the chunk has no MoE layer."""
+        blocks = self.model.transformer.h
+        parts = [blocks[i].mlp.loss for i in self.layer_ids if getattr(blocks[i].mlp, "loss", None) is not None]
+        return sum(parts[1:], parts[0]) if parts else None
+
+
+def carry_loss(x, loss):
+    """``x`` unchanged, with ``loss`` (a scalar Tensor, already scaled as the step's loss is)
+    hanging on its backward: when the gradient of ``x`` comes back from the next chunk, the
+    loss's backward starts too, with gradient 1 (Megatron's ``MoEAuxLossAutoScaler``). So a
+    chunk's MoE aux and z losses join the step's loss without travelling to the last chunk."""
+    def backward(g, needs):
+        return g, np.ones_like(loss.data)
+    return make_result(x.data, (x, loss), backward, "carry_loss")
 
 
 def build_stage(config, schedule, rank: int, seed: int = 0, dtype=None, layers=None) -> tuple:
