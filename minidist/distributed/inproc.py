@@ -49,7 +49,11 @@ class _World:
 
     def __init__(self, size: int, rendezvous: bool = False):
         self.size, self.rendezvous = size, rendezvous
-        self.cond = threading.Condition()
+        # one lock for the state, one condition on it per world rank: a message wakes only the
+        # rank it is for (one condition for all would wake all p ranks at every message, and
+        # the p threads would fight for the lock and the GIL: a step would cost O(p²) wake-ups)
+        self.lock = threading.Lock()
+        self.wakeup = [threading.Condition(self.lock) for _ in range(size)]
         self.boxes: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.sent: dict[tuple, int] = collections.defaultdict(int)       # key -> sends made
         self.posted: dict[tuple, int] = collections.defaultdict(int)     # key -> receives posted
@@ -65,42 +69,47 @@ class _World:
 
     def put(self, key, item, rank) -> int:
         """Append a message; returns its index among the sends on ``key``."""
-        with self.cond:
+        with self.lock:
             self._raise_if_failed(rank)
             self.boxes[key].append(item)
             k = self.sent[key]
             self.sent[key] = k + 1
-            self.cond.notify_all()
+            self._wake(key[2])                    # the receiver (key: ctx, source, dest, tag)
             return k
 
     def post(self, key) -> None:
-        """A receive on ``key`` is posted: the rendezvous send it matches may complete."""
-        with self.cond:
+        """A receive on ``key`` is posted: the rendezvous send it matches may complete (a
+        buffered send completes at once: nobody counts the receives)."""
+        if not self.rendezvous:
+            return
+        with self.lock:
             self.posted[key] += 1
-            self.cond.notify_all()
+            self._wake(key[1])                    # the sender, waiting in matched()
 
-    def take(self, key, rank, source, timeout, describe, what="a receive"):
-        def ready():
-            return bool(self.boxes.get(key))
-        with self.cond:
-            self._wait(ready, rank, source, timeout, describe, what)
-            return self.boxes[key].popleft()
+    def take(self, key, rank, source, timeout, describe, what=lambda: "a receive"):
+        box = self.boxes[key]
+        if box:             # sent already: only this rank takes from its mailboxes, so no lock is needed
+            return box.popleft()
+        with self.lock:                           # not sent yet: wait for it
+            self._wait(box.__len__, rank, source, timeout, describe, what)
+            return box.popleft()
 
-    def matched(self, key, index, rank, dest, timeout, describe, what="a send"):
+    def matched(self, key, index, rank, dest, timeout, describe, what=lambda: "a send"):
         """Return once the send number ``index`` on ``key`` may complete (rendezvous: its
         receive is posted; buffered: at once)."""
         if not self.rendezvous:
             return
-        with self.cond:
+        with self.lock:
             self._wait(lambda: self.posted[key] > index, rank, dest, timeout, describe, what)
 
     def _wait(self, ready, rank, peer, timeout, describe, what):
-        """Wait (holding ``cond``) until ``ready()``; raise on failure, timeout or deadlock."""
+        """Wait (holding ``lock``) until ``ready()``; raise on failure, timeout or deadlock.
+        ``what()`` names the operation (built only for an error message)."""
         deadline = time.monotonic() + timeout
         while not ready():
             self._raise_if_failed(rank)
             if self.finished[peer]:
-                raise CommError(f"rank {rank} waits in {what}, but rank {peer} has already returned from "
+                raise CommError(f"rank {rank} waits in {what()}, but rank {peer} has already returned from "
                                 f"its function: the ranks did not make the same sends/collectives")
             self.blocked[rank] = (ready, what)
             try:
@@ -108,7 +117,7 @@ class _World:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CommTimeoutError(describe())
-                self.cond.wait(left)
+                self.wakeup[rank].wait(left)
             finally:
                 self.blocked.pop(rank, None)
 
@@ -117,19 +126,29 @@ class _World:
             return
         running = [r for r in range(self.size) if not self.finished[r]]
         if all(r in self.blocked and not self.blocked[r][0]() for r in running):
-            waits = "; ".join(f"rank {r} waits in {self.blocked[r][1]}" for r in running)
+            waits = "; ".join(f"rank {r} waits in {self.blocked[r][1]()}" for r in running)
             raise DeadlockError(f"deadlock (rendezvous sends): every rank waits for another — {waits}")
 
     def fail(self, rank, exc):
-        with self.cond:
+        with self.lock:
             if self.failed is None:
                 self.failed = (rank, exc)
-            self.cond.notify_all()
+            self._wake_all()
 
     def finish(self, rank):
-        with self.cond:
+        with self.lock:
             self.finished[rank] = True
-            self.cond.notify_all()
+            self._wake_all()       # whoever waits for this rank learns it never will send
+
+    def _wake(self, rank):
+        """Wake ``rank`` if it waits (holding ``lock``); a rank that is running will see the
+        change when it next looks."""
+        if rank in self.blocked:
+            self.wakeup[rank].notify_all()
+
+    def _wake_all(self):
+        for cond in self.wakeup:
+            cond.notify_all()
 
 
 class InProcessComm(Communicator):
@@ -141,44 +160,53 @@ class InProcessComm(Communicator):
         super().__init__(rank, len(world_ranks), device, log, world_ranks, timeout, debug)
         self._world, self._ctx = world, ctx
         self._splits = 0
+        self._me = self._world_ranks[rank]      # this rank's world rank (on every message: looked up once)
 
     def _key(self, source, dest, wire_tag):
-        return (self._ctx, self.world_rank(source), self.world_rank(dest), wire_tag)
+        return (self._ctx, self._world_ranks[source], self._world_ranks[dest], wire_tag)
 
     def _post_send(self, x, dest, wire_tag, header):
         # the mailbox keeps its own copy: the sender may overwrite x right after
         key = self._key(self.rank, dest, wire_tag)
-        index = self._world.put(key, (x.copy(), header), self.world_rank())
-        what = self._what("send to", dest, wire_tag) + ", whose receive is not posted"
-        # the send completes when its receive is posted (rendezvous) or at once (buffered)
-        return lambda: self._world.matched(key, index, self.world_rank(), self.world_rank(dest), self.timeout,
+        index = self._world.put(key, (x.copy(), header), self._me)
+        if not self._world.rendezvous:          # buffered: the send completes at once
+            return _done
+        what = self._what("send to", dest, wire_tag, ", whose receive is not posted")
+        # the send completes when its receive is posted
+        return lambda: self._world.matched(key, index, self._me, key[2], self.timeout,
                                            lambda: self._describe_wait(dest, "have its send received by"), what)
 
     def _post_recv(self, source, wire_tag, out, first_in_line, on_header):
         key = self._key(source, self.rank, wire_tag)
         self._world.post(key)                   # posted now: a rendezvous send to it may complete
-
         what = self._what("receive from", source, wire_tag)
 
         def finish():
-            payload, header = self._world.take(key, self.world_rank(), self.world_rank(source),
-                                               self.timeout, lambda: self._describe_wait(source, "receive from"), what)
+            payload, header = self._world.take(key, self._me, key[1], self.timeout,
+                                               lambda: self._describe_wait(source, "receive from"), what)
             on_header(header)
             if out is not None:
                 if out.size != payload.size:
                     raise ValueError(f"recv into a buffer of {out.size} elements but rank "
-                                     f"{self.world_rank(source)} sent {payload.size}")
+                                     f"{key[1]} sent {payload.size}")
                 out.reshape(-1)[...] = payload.reshape(-1)
                 payload = out
             return payload, header
 
         return finish
 
-    def _what(self, verb, peer, wire_tag) -> str:
-        """The operation, as a deadlock report names it: peer, tag, collective and step."""
+    def _what(self, verb, peer, wire_tag, suffix=""):
+        """``() -> str``: the operation, as a deadlock report names it: peer, tag, collective and
+        the step it was posted in (the text is built only when a report needs it)."""
         c = self._coll
-        where = f"{c.op}(algorithm={c.algorithm!r}) step {c.step}" if c else f"a plain send/recv, tag {wire_tag}"
-        return f"{verb} rank {self.world_rank(peer)} ({where})"
+        posted = (c.op, c.algorithm, c.step) if c else None
+        peer = self._world_ranks[peer]
+
+        def what():
+            where = f"{posted[0]}(algorithm={posted[1]!r}) step {posted[2]}" if posted else \
+                f"a plain send/recv, tag {wire_tag}"
+            return f"{verb} rank {peer} ({where}){suffix}"
+        return what
 
     def _send_object(self, obj, dest):
         self._world.put(self._key(self.rank, dest, CTRL_TAG), obj, self.world_rank())
@@ -188,7 +216,7 @@ class InProcessComm(Communicator):
         return self._world.take(self._key(source, self.rank, CTRL_TAG), self.world_rank(),
                                 self.world_rank(source), self.timeout,
                                 lambda: self._describe_wait(source, "exchange control data with"),
-                                f"an exchange of control data with rank {self.world_rank(source)}")
+                                lambda: f"an exchange of control data with rank {self.world_rank(source)}")
 
     def _make_split(self, color, members):
         self._splits += 1    # every rank of this comm splits in the same order: same counter
@@ -198,6 +226,10 @@ class InProcessComm(Communicator):
         return InProcessComm(self._world, ctx, members.index(self.rank),
                              [self._world_ranks[m] for m in members], self.device, self.log,
                              self.timeout, self.debug)
+
+
+def _done() -> None:
+    """A buffered send's completion: nothing to wait for."""
 
 
 def _with_rank(exc: BaseException, rank: int, size: int) -> BaseException:
