@@ -119,7 +119,7 @@ def check_resume(ckpt: DistillCheckpoint, cfg: dict, world_size: int, weights_on
     saved, d = ckpt.manifest["config"], cfg["distillation"]
     k = d["teacher_ranks"]
     teachers, students = (k or world_size), world_size - k
-    for key in MODEL_KEYS + ("distillation.teacher.model",):
+    for key in MODEL_KEYS + ("distillation.teacher.load", "distillation.teacher.model"):
         if _get(saved, key) != _get(cfg, key):
             raise CheckpointError(ckpt.path, f"was saved with config key '{key}' = {_get(saved, key)!r}, but this "
                                              f"run has {_get(cfg, key)!r}; use the saved value (the models must "
@@ -131,12 +131,10 @@ def check_resume(ckpt: DistillCheckpoint, cfg: dict, world_size: int, weights_on
                                              f"steps = {steps}; raise distillation.teacher.steps to continue")
         check_compatible(ckpt.teacher, teacher_config(cfg, students, k), teachers, weights_only=weights_only)
         return
-    keys = ("distillation.teacher.load",) if weights_only else DISTILL_KEYS
-    for key in keys:
+    for key in () if weights_only else DISTILL_KEYS:
         if _get(saved, key) != _get(cfg, key):
             raise CheckpointError(ckpt.path, f"was saved with config key '{key}' = {_get(saved, key)!r}, but this "
-                                             f"run has {_get(cfg, key)!r}; use the saved value to resume"
-                                             + ("" if weights_only else SWITCH))
+                                             f"run has {_get(cfg, key)!r}; use the saved value to resume" + SWITCH)
     check_compatible(ckpt.student, dict(cfg, distillation=None), students, weights_only=weights_only)
 
 
