@@ -1,45 +1,83 @@
 """Tokens/s of one GPT training step: minidist vs the same model in PyTorch CPU.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_engine.py [--threads 1] [--steps 5]
+    python benchmarks/bench_engine.py [--threads 1] [--steps 5] [--repeats 3]
 
 Reference config: 4 layers, 256 wide, 8 heads, sequence 128, batch 8 (fp32, AdamW).
-Both run in this process with the same thread count; the ratio is minidist / PyTorch.
+Both run in this process with the same thread count, side by side: each repetition times
+minidist with its accounting on (what users run), PyTorch, and minidist with its accounting
+off (``Device(accounting=False)``), one after the other. It prints
+
+* the ratio minidist / PyTorch of every repetition, their median and spread;
+* the accounting's overhead (memory tracker, simulated clock, FLOP counters, trace): the
+  same step with accounting on vs off, in percent;
+* a profile table of one more step, timed per op family (every GEMM under matmul/BLAS;
+  each op's own time outside its GEMMs under its family), the share of the step outside
+  BLAS, and the bound on tokens/s: 6·N·D FLOPs at this machine's sgemm rate.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
-import numpy as np
 
-from minidist._malloc import tune_malloc
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per repetition (median taken)")
+    ap.add_argument("--repeats", type=int, default=3, help="side-by-side repetitions (median and spread)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile table")
+    return ap.parse_args(argv)
 
 
-def bench_minidist(cfg, B, T, steps, warmup=1):
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:   # BLAS reads its thread count when NumPy is first imported
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import numpy as np  # noqa: E402
+
+from minidist._malloc import tune_malloc  # noqa: E402
+
+
+# -- minidist ---------------------------------------------------------------------------------
+def minidist_setup(cfg, B, T):
     from minidist.model import GPT, GPTConfig
     from minidist.optim import AdamW
-    from minidist.device import Device
     model = GPT(GPTConfig(**cfg), seed=0)
     opt = AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg["vocab_size"], (B, T))
     y = rng.integers(0, cfg["vocab_size"], (B, T))
-    dev = Device()
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        with dev:  # accounting on: the benchmark measures what users run
-            _, loss = model(x, y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return B * T / np.median(times), dev
+    return model, opt, x, y
 
 
-def bench_torch(cfg, B, T, steps, warmup=1):
+def minidist_step(model, opt, x, y, dev):
+    with dev:
+        _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return loss
+
+
+def minidist_runner(cfg, B, T, accounting=True):
+    """A one-step callable (parameters placed on the device, as a trainer does), and the device."""
+    from minidist.device import Device
+    dev = Device(accounting=accounting)
+    with dev:
+        model, opt, x, y = minidist_setup(cfg, B, T)
+    return (lambda: minidist_step(model, opt, x, y, dev)), dev
+
+
+# -- PyTorch ----------------------------------------------------------------------------------
+def torch_setup(cfg, B, T):
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -77,48 +115,227 @@ def bench_torch(cfg, B, T, steps, warmup=1):
     torch.manual_seed(0)
     model = GPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randint(0, V, (B, T))
-    y = torch.randint(0, V, (B, T))
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
+    return model, opt, torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+
+
+def torch_runner(cfg, B, T):
+    model, opt, x, y = torch_setup(cfg, B, T)
+
+    def step():
         loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return B * T / np.median(times)
+    return step
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
-    args = ap.parse_args()
+def side_by_side(runners: dict, steps: int) -> dict:
+    """Per runner, median (wall, CPU) seconds per step, timed one step each in turn (the order
+    rotating every round), so that a change in the machine's load hits all of them alike.
+    CPU time (``time.process_time``: every thread of this process) leaves out the time the
+    process waited for a core: on a machine others load, it is what a step costs."""
+    names = list(runners)
+    for name in names:
+        runners[name]()                                   # warm-up: optimizer states, caches
+    wall, cpu = ({name: [] for name in names} for _ in range(2))
+    for i in range(steps):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            runners[name]()
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - t0)
+    return {name: (float(np.median(wall[name])), float(np.median(cpu[name]))) for name in names}
+
+
+# -- profile ----------------------------------------------------------------------------------
+FAMILIES = {
+    "linear": "linear (bias)", "matmul": "linear (bias)",
+    "attention": "attention (mask, softmax)", "scaled_dot_product_attention": "attention (mask, softmax)",
+    "softmax": "softmax", "log_softmax": "softmax",
+    "layer_norm": "layernorm", "gelu": "GELU",
+    "embedding": "embedding", "cross_entropy": "loss",
+    "reshape": "shape (split, reshape)", "transpose": "shape (split, reshape)",
+    "slice": "shape (split, reshape)", "getitem": "shape (split, reshape)",
+    "concat": "shape (split, reshape)", "split": "shape (split, reshape)",
+}
+BLAS_LINEAR, BLAS_ATTENTION = "BLAS: linear, LM head GEMMs", "BLAS: attention GEMMs"
+BLAS = (BLAS_LINEAR, BLAS_ATTENTION)
+ORDER = [*BLAS, "attention (mask, softmax)", "softmax", "layernorm", "GELU", "elementwise",
+         "linear (bias)", "shape (split, reshape)", "embedding", "loss", "optimizer", "accounting",
+         "autograd engine, Python glue"]
+
+
+def family(op_name: str) -> str:
+    return FAMILIES.get(op_name.split(".")[0], "elementwise")
+
+
+class OpProfiler:
+    """Exclusive wall time per op family over the steps run inside ``with OpProfiler():``.
+
+    It swaps in timed wrappers, and puts the originals back on exit: every GEMM (``np.matmul``
+    as seen by :mod:`minidist.ops.linalg` and :mod:`minidist.ops.attention`), every op's
+    forward (the ``minidist.functional`` names and Tensor's operators), every op's backward
+    (the closure its graph node holds), the optimizer, and the accounting (the device's
+    FLOP/clock/trace charge, saved-activation registry, memory tracker). A wrapper's time
+    excludes the wrapped calls made inside it, so the families add up to the step.
+    """
+
+    def __init__(self, optimizer):
+        self.opt = optimizer
+        self.acc: dict[str, float] = {}
+        self._stack: list[float] = []
+        self._undo: list = []
+
+    def timed(self, fn, fam):
+        acc, stack, clock = self.acc, self._stack, time.process_time
+
+        def wrapper(*a, **k):
+            stack.append(0.0)
+            t0 = clock()
+            try:
+                return fn(*a, **k)
+            finally:
+                dt = clock() - t0
+                acc[fam] = acc.get(fam, 0.0) + dt - stack.pop()
+                if stack:
+                    stack[-1] += dt
+        return wrapper
+
+    def _patch(self, owner, name, new):
+        """Set ``owner.name = new``; on exit, put back what ``owner.__dict__`` held (or nothing)."""
+        self._undo.append((owner, name, owner.__dict__.get(name, _ABSENT)))
+        setattr(owner, name, new)
+
+    def __enter__(self):
+        import types
+        import minidist.functional as F
+        from minidist import device, memory, tensor
+        from minidist.ops import attention, linalg, methods
+        for mod, fam in ((linalg, BLAS_LINEAR), (attention, BLAS_ATTENTION)):
+            blas_np = types.ModuleType("numpy_timed_matmul")
+            blas_np.__dict__.update(np.__dict__)
+            blas_np.matmul = self.timed(np.matmul, fam)
+            self._patch(mod, "np", blas_np)
+        for name in F.__all__:
+            self._patch(F, name, self.timed(getattr(F, name), family(name)))
+        for name in ("add", "sub", "mul", "div", "neg", "pow", "exp", "log", "tanh", "matmul", "getitem",
+                     "reshape", "split", "transpose", "sum", "mean", "max"):
+            self._patch(methods, name, self.timed(getattr(methods, name), family(name)))
+        node_cls, timed = tensor.Node, self.timed
+        self._patch(tensor, "Node", lambda parents, backward, name, dev, keys:
+                    node_cls(parents, timed(backward, family(name)), name, dev, keys))
+        for cls, names in ((device.Device, ("compute", "save_for_backward", "release_saved")),
+                           (memory.MemoryTracker, ("alloc", "free"))):
+            for name in names:
+                self._patch(cls, name, self.timed(getattr(cls, name), "accounting"))
+        for name in ("step", "zero_grad"):
+            self._patch(self.opt, name, self.timed(getattr(self.opt, name), "optimizer"))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, old in reversed(self._undo):
+            if old is _ABSENT:
+                delattr(owner, name)     # an instance attribute shadowing the class's method
+            else:
+                setattr(owner, name, old)
+        self._undo.clear()
+
+
+_ABSENT = object()
+
+
+def sgemm_rate(m, k, n, reps=10) -> float:
+    """FLOP/s of float32 (m×k)·(k×n) products on this machine, best of ``reps``."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
+    best = min(_timeit(lambda: a @ b) for _ in range(reps))
+    return 2 * m * k * n / best
+
+
+def _timeit(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def profile_step(cfg, B, T, steps=3):
+    """Seconds per family of one step (mean over ``steps``), and the step's seconds."""
+    from minidist.device import Device
+    dev = Device()
+    with dev:
+        model, opt, x, y = minidist_setup(cfg, B, T)
+    minidist_step(model, opt, x, y, dev)                    # warm-up: optimizer states, caches
+    with OpProfiler(opt) as prof:
+        t0 = time.process_time()
+        for _ in range(steps):
+            minidist_step(model, opt, x, y, dev)
+        total = (time.process_time() - t0) / steps
+    fams = {k: v / steps for k, v in prof.acc.items()}
+    fams["autograd engine, Python glue"] = total - sum(fams.values())
+    n_params = sum(p.size for p in model.parameters())
+    return fams, total, n_params
+
+
+def print_profile(cfg, B, T, ours_s):
+    fams, total, n_params = profile_step(cfg, B, T)
+    C = cfg["n_embd"]
+    rate = sgemm_rate(B * T, C, 4 * C)                    # the MLP's first product: the model's typical GEMM
+    flops_6nd = 6 * n_params * B * T
+    print(f"\nprofile of one step (timers on: {total * 1e3:.0f} ms; untimed median {ours_s * 1e3:.0f} ms)")
+    print(f"  {'family':30s} {'ms':>7s} {'share':>6s}")
+    for fam in ORDER + sorted(set(fams) - set(ORDER)):
+        if fam in fams:
+            print(f"  {fam:30s} {fams[fam] * 1e3:7.1f} {fams[fam] / total:6.1%}")
+    blas = sum(fams.get(f, 0.0) for f in BLAS)
+    print(f"  inside BLAS {blas / total:.1%}, outside BLAS {1 - blas / total:.1%} of the step")
+    print(f"  sgemm rate here ({B * T}x{C}x{4 * C}): {rate / 1e9:.1f} GFLOP/s; 6·N·D = 6 × {n_params / 1e6:.2f}M "
+          f"× {B * T} = {flops_6nd / 1e9:.1f} GFLOP → bound {B * T * rate / flops_6nd:,.0f} tokens/s "
+          f"({flops_6nd / rate * 1e3:.0f} ms/step); minidist reaches {flops_6nd / rate / ours_s:.0%} of it")
+
+
+# -- main -------------------------------------------------------------------------------------
+def main(args):
     tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
     cfg = dict(n_layer=args.layers, n_embd=args.width, n_head=args.heads, block_size=args.seq, vocab_size=65)
-    print(f"GPT {args.layers}L/{args.width}w/{args.heads}h, seq {args.seq}, batch {args.batch}, "
-          f"{args.threads} thread(s)")
-    ours, dev = bench_minidist(cfg, args.batch, args.seq, args.steps)
-    print(f"minidist : {ours:10.0f} tokens/s")
-    top = sorted(dev.flops_by_op.items(), key=lambda kv: -kv[1])[:5]
-    print("  counted FLOPs by op (top 5): " + ", ".join(f"{k} {v / 1e9:.2f}G" for k, v in top))
+    B, T = args.batch, args.seq
+    print(f"GPT {args.layers}L/{args.width}w/{args.heads}h, seq {T}, batch {B}, {args.threads} thread(s), "
+          f"{args.steps} steps × {args.repeats} side-by-side repetitions")
     try:
         import torch
         torch.set_num_threads(args.threads)
     except ImportError:
-        print("PyTorch not installed: no peer to compare with (pip install torch==2.13.0)")
-        return
-    theirs = bench_torch(cfg, args.batch, args.seq, args.steps)
-    print(f"PyTorch  : {theirs:10.0f} tokens/s")
-    print(f"ratio minidist/PyTorch = {ours / theirs:.2f}x")
+        torch = None
+        print("PyTorch not installed: no peer to compare with (pip install torch)")
+    ours_step, dev = minidist_runner(cfg, B, T, accounting=True)
+    bare_step, _ = minidist_runner(cfg, B, T, accounting=False)
+    runners = {"minidist": ours_step, "off": bare_step}
+    if torch is not None:
+        runners["torch"] = torch_runner(cfg, B, T)
+    rows = []                          # per run: (wall, cpu) ratio, accounting overhead (wall, cpu), our step
+    for r in range(args.repeats):
+        t = side_by_side(runners, args.steps)
+        nan = (float("nan"),) * 2
+        (ours, ours_c), (bare, bare_c), (theirs, theirs_c) = t["minidist"], t["off"], t.get("torch", nan)
+        rows.append((theirs / ours, theirs_c / ours_c, ours / bare - 1, ours_c / bare_c - 1, ours))
+        print(f"  run {r + 1}: minidist {B * T / ours:6.0f} tokens/s, PyTorch {B * T / theirs:6.0f} tokens/s: "
+              f"ratio {theirs / ours:.2f}x (CPU time {theirs_c / ours_c:.2f}x); accounting off "
+              f"{B * T / bare:6.0f} tokens/s: accounting {ours / bare - 1:+.1%} (CPU time {ours_c / bare_c - 1:+.1%})")
+    top = sorted(dev.flops_by_op.items(), key=lambda kv: -kv[1])[:5]
+    print("counted FLOPs by op (top 5, all steps): "
+          + ", ".join(f"{k} {v / 1e9:.2f}G" for k, v in top))
+    cols = list(zip(*rows))
+
+    def stat(values, fmt):
+        return f"median {fmt(np.median(values))}, spread {fmt(min(values))} to {fmt(max(values))}"
+    times = lambda v: f"{v:.2f}x"          # noqa: E731
+    percent = lambda v: f"{v:+.1%}"        # noqa: E731
+    print(f"ratio minidist/PyTorch over {args.repeats} runs: wall {stat(cols[0], times)}; "
+          f"CPU time {stat(cols[1], times)}")
+    print(f"accounting overhead: wall {stat(cols[2], percent)}; CPU time {stat(cols[3], percent)}")
+    ours_s = float(np.median(cols[4]))
+    if not args.no_profile:
+        print_profile(cfg, B, T, ours_s)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(ARGS))

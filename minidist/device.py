@@ -189,17 +189,25 @@ class Device:
         with dev:
             loss.backward()
         dev.memory.peak, dev.flops, dev.clock.time
+
+    ``accounting=False`` turns the bookkeeping off — the memory trackers, the FLOP counters,
+    the compute clock and the trace — for a run that wants only the numbers NumPy computes
+    (and its speed): the values, losses and gradients are the same bit for bit, while
+    ``flops``, ``memory.peak``, ``clock.time`` stay 0 and nothing is out of memory.
     """
 
     def __init__(self, spec: "str | dict | DeviceSpec | None" = None, rank: int = 0,
-                 trace: bool = True, memory_capacity: float | None = None):
+                 trace: bool = True, memory_capacity: float | None = None, accounting: bool = True):
         self.spec = get_spec(spec)
         self.rank = rank
-        self.trace = Trace(rank, enabled=trace)
+        self.accounting = accounting
+        self.trace = Trace(rank, enabled=trace and accounting)
         self.clock = Clock(self.trace)
         cap = self.spec.memory if memory_capacity is None else memory_capacity
-        self.memory = MemoryTracker(cap, f"rank {rank} ({self.spec.name})", lambda: self.clock.now("compute"))
-        self.host = MemoryTracker(self.spec.host_memory, f"rank {rank} host", lambda: self.clock.now("compute"))
+        self.memory = MemoryTracker(cap, f"rank {rank} ({self.spec.name})", lambda: self.clock.now("compute"),
+                                    enabled=accounting)
+        self.host = MemoryTracker(self.spec.host_memory, f"rank {rank} host", lambda: self.clock.now("compute"),
+                                  enabled=accounting)
         self.label_prefix = ""    # "recompute " while activation checkpointing re-runs a forward
         self.flops = 0            # every counted FLOP, all ops
         self.matmul_flops = 0     # the part done by matmuls (what 6·N·D counts)
@@ -223,6 +231,9 @@ class Device:
     def compute(self, name: str, flops: int, matmul: bool = False, stream: str = "compute",
                 flops_per_s: float | None = None) -> tuple[float, float]:
         """Charge ``flops`` of op ``name`` to this device and advance its compute stream."""
+        if not self.accounting:
+            t = self.clock.now(stream)
+            return t, t
         name = self.label_prefix + name
         self.flops += flops
         if matmul:
@@ -259,6 +270,8 @@ class Device:
         ``dtype`` ("fp16", "bf16"…): the emulated format float arrays are held in under
         autocast, charged at its size (2 bytes) instead of float32's 4.
         """
+        if not self.accounting:
+            return []
         keys = []
         for a in arrays:
             root = a

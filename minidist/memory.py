@@ -60,10 +60,13 @@ class MemoryTracker:
     """Simulated allocator for one memory pool of one rank.
 
     ``clock`` is a callable returning the rank's current simulated time (seconds); it
-    stamps the timeline. ``capacity`` is in bytes (``None`` = unlimited).
+    stamps the timeline. ``capacity`` is in bytes (``None`` = unlimited). ``enabled=False``
+    (a device with its accounting off): :meth:`alloc` records nothing and returns ``None``,
+    which :meth:`free` ignores, so every count stays 0 and nothing is ever out of memory.
     """
 
-    def __init__(self, capacity: float | None = None, name: str = "device", clock=None):
+    def __init__(self, capacity: float | None = None, name: str = "device", clock=None, enabled: bool = True):
+        self.enabled = enabled
         self.capacity = capacity
         self.name = name
         self._clock = clock or (lambda: 0.0)
@@ -78,10 +81,12 @@ class MemoryTracker:
         self.timeline: list[tuple[float, str, int, int]] = []
 
     # -- allocation -----------------------------------------------------------------------
-    def alloc(self, nbytes: int, category: str, name: str = "") -> int:
+    def alloc(self, nbytes: int, category: str, name: str = "") -> int | None:
         """Account ``nbytes`` under ``category``; returns a handle for :meth:`free`."""
         if category not in self.current:
             raise ValueError(f"unknown memory category {category!r}; use one of {CATEGORIES}")
+        if not self.enabled:
+            return None
         nbytes = int(nbytes)
         if self.capacity is not None and self.total + nbytes > self.capacity:
             held = ", ".join(f"{c}={format_bytes(b)}" for c, b in self.current.items() if b)

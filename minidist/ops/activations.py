@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..tensor import Tensor, as_tensor, make_result
+from ..tensor import Tensor, as_tensor, is_grad_enabled, make_result
 
 
 def softmax(x, axis: int = -1) -> Tensor:
@@ -57,43 +57,56 @@ def _gelu_tanh(xd: np.ndarray, out: np.ndarray) -> np.ndarray:
 def gelu(x) -> Tensor:
     """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — Hendrycks & Gimpel 2016, GPT-2's form.
 
-    Only the input is saved (as PyTorch does); backward recomputes the tanh.
-    Both directions walk the tensor in L2-sized blocks (``_blocks``); the arithmetic is the
-    same, step for step, as on the whole array.
+    What a GPU keeps for backward is the input alone (as PyTorch does), and that is what is
+    charged. When a gradient will be wanted, the forward — which has the tanh at hand —
+    also writes the local derivative dGELU/dx into a buffer of x's size (NumPy's, not the
+    simulated device's), so backward is one multiply instead of the tanh again and a dozen
+    elementwise steps; the steps and their order are the ones backward used to run, so
+    the gradient is the same to the last bit. Both directions walk the tensor in L2-sized
+    blocks (``_blocks``); the arithmetic is the same, step for step, as on the whole array.
     """
     x = as_tensor(x)
     xd = x.data
     xf = xd.reshape(-1)                                    # flat view (a copy only if strided)
     y = np.empty(xd.shape, dtype=xd.dtype)
     yf = y.reshape(-1)
-    for blk in _blocks(xf.size, xf.itemsize):
-        xb = xf[blk]
-        yb = _gelu_tanh(xb, out=yf[blk])
-        yb += 1.0
-        yb *= xb
-        yb *= 0.5
-
-    def backward(g, needs):
-        d = np.empty(xd.shape, dtype=xd.dtype)
-        df, gf = d.reshape(-1), g.reshape(-1)
+    grad = x.requires_grad and is_grad_enabled()
+    d = np.empty(xd.shape, dtype=xd.dtype) if grad else None     # dGELU/dx, for backward
+    df = d.reshape(-1) if grad else None
+    if grad:
         t = np.empty(min(BLOCK_BYTES // xf.itemsize, xf.size), dtype=xd.dtype)   # per-block scratch
         dinner = np.empty_like(t)
-        for blk in _blocks(xf.size, xf.itemsize):
-            xb, db = xf[blk], df[blk]
+    for blk in _blocks(xf.size, xf.itemsize):
+        xb = xf[blk]
+        if grad:
             tb = _gelu_tanh(xb, out=t[:xb.size])
-            di = np.multiply(xb, xb, out=dinner[:xb.size])     # d(inner)/dx = √(2/π)·(1 + 3·0.044715·x²)
-            di *= 3 * 0.044715 * _GELU_C
-            di += _GELU_C
-            np.multiply(tb, tb, out=db)                        # 0.5·x·(1 - t²)·dinner + 0.5·(1 + t)
-            np.subtract(1.0, db, out=db)
-            db *= xb
-            db *= di
-            tb += 1.0
-            db += tb
-            db *= 0.5
-            db *= gf[blk]
-        return (d,)
+            _gelu_derivative(xb, tb, dinner[:xb.size], df[blk])       # turns tb into 1 + t
+            np.multiply(tb, xb, out=yf[blk])                          # y = (1 + t)·x·0.5
+            yf[blk] *= 0.5
+        else:
+            yb = _gelu_tanh(xb, out=yf[blk])
+            yb += 1.0
+            yb *= xb
+            yb *= 0.5
+
+    def backward(g, needs):
+        return (np.multiply(d, g, out=np.empty_like(d)),)
     return make_result(y, (x,), backward, "gelu", saved=[xd], flops=12 * x.size)
+
+
+def _gelu_derivative(xb, tb, di, db):
+    """db = 0.5·x·(1 - t²)·dinner + 0.5·(1 + t), dinner = √(2/π)·(1 + 3·0.044715·x²);
+    leaves 1 + t in ``tb``."""
+    np.multiply(xb, xb, out=di)
+    di *= 3 * 0.044715 * _GELU_C
+    di += _GELU_C
+    np.multiply(tb, tb, out=db)
+    np.subtract(1.0, db, out=db)
+    db *= xb
+    db *= di
+    tb += 1.0
+    db += tb
+    db *= 0.5
 
 
 def dropout(x, p: float = 0.0, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:

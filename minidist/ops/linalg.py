@@ -10,7 +10,9 @@ different times; :func:`linear_input_grad` and :func:`linear_weight_grad` are th
 halves, and :meth:`minidist.Tensor.backward` with ``defer_weight_grad=True`` calls them apart.
 FLOPs: a (m×k)·(k×n) product costs 2·m·n·k. Under ``autocast`` both operands are rounded
 to the low-precision format first (:func:`cast_input`): the float32 product of rounded
-operands is what a tensor core computes (exact products, fp32 accumulation).
+operands is what a tensor core computes (exact products, fp32 accumulation). Every product
+is an ``np.matmul`` call, never ``@`` (the same ufunc), so that a profiler can time the BLAS
+part by swapping this module's ``np.matmul`` (benchmarks/bench_engine.py does).
 """
 from __future__ import annotations
 
@@ -24,12 +26,12 @@ from .elementwise import unbroadcast
 
 def linear_input_grad(dy: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """dx = dy @ Wᵀ for W stored (in, out)."""
-    return dy @ weight.T
+    return np.matmul(dy, weight.T)
 
 
 def linear_weight_grad(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
     """dW = xᵀ @ dy with the leading (batch, time) axes folded into one: (in, out)."""
-    return x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])
+    return np.matmul(x.reshape(-1, x.shape[-1]).T, dy.reshape(-1, dy.shape[-1]))
 
 
 def _charge(name, flops):
@@ -46,7 +48,7 @@ def linear(x, weight, bias=None) -> Tensor:
                          f"(in_features, out_features)")
     xd, wd = cast_input(x.data), cast_input(weight.data)       # rounded under autocast
     x2 = xd.reshape(-1, x.shape[-1])                           # (B*T, in)
-    out = x2 @ wd                                              # (B*T, out)
+    out = np.matmul(x2, wd)                                    # (B*T, out)
     if bias is not None:
         bias = as_tensor(bias)
         out += bias.data
@@ -79,7 +81,7 @@ def matmul(a, b) -> Tensor:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned "
                          f"({a.shape[-1]} != {b.shape[-2]})")
     ad, bd = cast_input(a.data), cast_input(b.data)           # rounded under autocast
-    out = ad @ bd
+    out = np.matmul(ad, bd)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = out.size // (m * n)
 
@@ -87,10 +89,10 @@ def matmul(a, b) -> Tensor:
         ga = gb = None
         if needs[0]:
             _charge("matmul.da", 2 * batch * m * n * k)
-            ga = unbroadcast(g @ np.swapaxes(bd, -1, -2), a.shape)
+            ga = unbroadcast(np.matmul(g, np.swapaxes(bd, -1, -2)), a.shape)
         if needs[1]:
             _charge("matmul.db", 2 * batch * m * n * k)
-            gb = unbroadcast(np.swapaxes(ad, -1, -2) @ g, b.shape)
+            gb = unbroadcast(np.matmul(np.swapaxes(ad, -1, -2), g), b.shape)
         return ga, gb
     saved = [d for t, d, other in ((a, ad, b), (b, bd, a)) if other.requires_grad and not t.is_param]
     return make_result(out, (a, b), backward, "matmul", saved=saved, flops=2 * batch * m * n * k, matmul=True)
