@@ -78,7 +78,17 @@ def _pairs(strategy):
 
 
 def fragments(strategy, placement=None) -> Fragments:
-    """What this rank saves (see the module docstring); ``placement``: see :class:`Fragments`."""
+    """What this rank saves (see the module docstring); ``placement``: see :class:`Fragments`.
+    Under expert parallelism each of the strategy's ``parts`` (the experts' over the
+    expert-data-parallel group, the rest over the data-parallel group) saves what it holds."""
+    if hasattr(strategy, "parts"):
+        out = Fragments(placement, param_shapes(strategy))
+        for part in strategy.parts:
+            mine = fragments(part, placement)
+            out.arrays.update(mine.arrays)
+            out.index += mine.index
+            out.steps.update(mine.steps)
+        return out
     out = Fragments(placement, param_shapes(strategy))
     if isinstance(strategy, ZeRO1):
         for b in strategy.buckets:
@@ -120,6 +130,8 @@ def _sharded_state(strategy, b):
 
 def param_shapes(strategy) -> dict[str, tuple]:
     """name → full shape of every parameter (ZeRO-3's released parameters keep theirs in the units)."""
+    if hasattr(strategy, "parts"):                 # expert parallelism: both strategies' parameters
+        return {name: shape for part in strategy.parts for name, shape in param_shapes(part).items()}
     if isinstance(strategy, ZeRO1) and strategy.stage >= 3:
         return {strategy.names[id(p)]: tuple(s) for b in strategy.buckets for p, s in zip(b.params, b.shapes)}
     return {strategy.names[id(p)]: tuple(p.shape) for p in strategy.params}
@@ -139,6 +151,10 @@ def holds_optimizer_state(strategy) -> bool:
 def apply(strategy, universal: dict) -> None:
     """Make this rank hold its layout's part of ``universal`` (name → {kind: full array,
     "step": int}). The caller has checked names, shapes and kinds (nothing half-loaded)."""
+    if hasattr(strategy, "parts"):                 # expert parallelism: each strategy takes its parameters
+        for part in strategy.parts:
+            apply(part, universal)
+        return
     keys = state_keys(strategy)
     if isinstance(strategy, ZeRO1):
         for b in strategy.buckets:

@@ -44,6 +44,7 @@ class ExpertDataParallel:
 
     def __init__(self, dense, experts):
         self.dense, self.experts = dense, experts
+        self.model = dense.model.model               # the whole model (each part holds a view of it)
         self.name, self.stage = dense.name, dense.stage
         self.optimizer = dense.optimizer
         self.precision = dense.precision
