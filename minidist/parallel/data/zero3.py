@@ -209,9 +209,9 @@ class ZeRO3(ZeRO2):
 
     # -- hooks ---------------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        n = len(self.unit_names)
+        n, r = len(self.unit_names), int(self.unit_names[0] == "root")   # (a pipeline stage may hold no root)
         forward_order = list(range(n))                             # root, h.0, h.1, …
-        backward_order = [0] + list(range(n - 1, 0, -1))           # root, h.L-1, …, h.0
+        backward_order = list(range(r)) + list(range(n - 1, r - 1, -1))   # root, h.L-1, …, h.0
         self.next_in_forward, self.next_in_backward = {}, {}      # unit -> the units that run after it
         for i, (_, module, _) in enumerate(zero3_units(self.model)):
             self.next_in_forward[i] = forward_order[forward_order.index(i) + 1:]
@@ -220,10 +220,12 @@ class ZeRO3(ZeRO2):
             module.register_forward_hook(self._post_forward(i))
 
     def _pre_forward(self, i):
+        root = self.unit_names[i] == "root"
+
         def hook(module, args):
             self.ensure(i)
             self.prefetch_ahead(self.next_in_forward[i])            # overlaps unit i's forward
-            if i != 0 and (self.frozen_buckets[i] is not None or self.chunk_units is not None) and args:
+            if not root and (self.frozen_buckets[i] is not None or self.chunk_units is not None) and args:
                 return (self._release_after_backward(args[0], i),) + tuple(args[1:])
         return hook
 
@@ -242,13 +244,15 @@ class ZeRO3(ZeRO2):
         return make_result(x.data, (x,), backward, f"zero3.post_backward[{self.unit_names[i]}]")
 
     def _post_forward(self, i):
+        root = self.unit_names[i] == "root"
+
         def hook(module, args, out):
-            if i == 0 and isinstance(out, tuple):                   # the model: (logits, loss[, hidden])
+            if root and isinstance(out, tuple):                   # the model: (logits, loss[, hidden])
                 # backward starts from the loss, or from the logits when the loss is taken outside the
                 # model (distillation's KD loss): that output gathers the root (ln_f, the tied head) again
                 start = 1 if out[1] is not None else 0
                 out = tuple(self._before_backward(t, i) if k == start else t for k, t in enumerate(out))
-            elif i != 0:
+            elif not root:
                 out = self._before_backward(out, i)
             self.release(i)
             return out
