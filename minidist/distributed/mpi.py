@@ -208,12 +208,19 @@ class MPIComm(Communicator):
             frame = np.empty(status.Get_count(MPI.BYTE), np.uint8)
             self._wait([message.Irecv([frame, MPI.BYTE])], source, "receive from")
             header, dtype, shape = self._unpack(frame)
-            on_header(header)
             size = math.prod(shape)
-            if out is not None and (out.dtype != dtype or out.size != size):
-                raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
-                                 f"{self.world_rank(source)} sent {dtype} of shape {shape}")
-            if size * dtype.itemsize <= INLINE_BYTES:       # it came in the frame
+            inline = size * dtype.itemsize <= INLINE_BYTES   # the payload came in the frame
+            try:
+                on_header(header)
+                if out is not None and (out.dtype != dtype or out.size != size):
+                    raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
+                                     f"{self.world_rank(source)} sent {dtype} of shape {shape}")
+            except Exception:
+                if not inline:      # take the payload anyway: the sender's send completes, the channel stays in step
+                    drop = np.empty(size * dtype.itemsize, np.uint8)
+                    self._wait([self._bulk.Irecv(_bytes(drop), source, wire_tag)], source, "receive from")
+                raise
+            if inline:
                 payload = frame[HEADER_BYTES:].view(dtype).reshape(shape)
                 if out is None:
                     return payload, header
