@@ -128,7 +128,7 @@ def test_every_cell_works_like_one_rank_or_is_refused_with_the_tables_message(a,
             assert close(state, ref[1], mixed) <= (3e-2 if mixed else 1e-9)
         return
     want = [h["loss"] for h in ref["history"]]
-    holders = [r for r in runs if r["trainer"].pipeline is None or r["trainer"].pipeline.holds_loss]
+    holders = runs          # under a pipeline each stage's history holds its part (the MoE losses of its chunks)
     par = cfg.get("parallel", {})
     dp = max(1, world // (par.get("tensor", 1) * par.get("pipeline", 1)))
     got = [sum(r["history"][k]["loss"] for r in holders if r["trainer"].grid is None

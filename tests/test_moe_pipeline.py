@@ -8,15 +8,8 @@ import pytest
 
 from minidist import distributed as dist
 from minidist.testing import train_steps
-from minidist.training import composition
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.moe, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def _moe_with_pp(monkeypatch):
-    """The composition table may still refuse MoE × PP: the engine's part is what is tested here."""
-    monkeypatch.delitem(composition.REFUSED, ("MoE", "PP"), raising=False)
 
 
 def config(micro, par=None):

@@ -145,9 +145,6 @@ REFUSED = {pair: message for pair, message in {
                                  "rank, which context parallelism splits", "set parallel.context.size 1 (the "
                                                                            "teacher can have its own ranks: "
                                                                            "distillation.teacher_ranks)"),
-    ("MoE", "PP"): _why("the pipeline engine does not carry the MoE layers' aux and z losses from their stage to the "
-                        "last stage's loss here", "set parallel.pipeline 1: MoE composes with data, tensor and "
-                                                  "expert parallelism"),
     ("MoE", "CP"): _why("a routing group is the tokens one rank holds, and context parallelism would split every "
                         "sequence's tokens (and so the groups) over its ranks", "set parallel.context.size 1"),
     ("MoE", "SP"): _why("under sequence parallelism a tp rank holds s/t positions: the router would route other "

@@ -112,7 +112,8 @@ class Trainer:
             self.precision = precision_from_config(cfg)          # None for fp32 training
             if self.precision is not None and model_parallel:
                 self.precision = tensor_parallel.TensorParallelPrecision(self.precision, comm)
-            if ep > 1:                       # experts averaged over grid.dp, the rest over grid.dp_ep
+            # experts averaged over grid.dp, the rest over grid.dp_ep (a pipeline stage may hold no expert)
+            if ep > 1 and any(expert_parallel.is_expert(p) for p in self.model.parameters()):
                 self.strategy = expert_parallel.build_expert_strategy(
                     build_strategy, cfg, self.model, self.build_optimizer, self.dp_comm,
                     self.grid.dp if self.grid.dp.size > 1 else None, self.precision)
