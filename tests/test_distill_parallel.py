@@ -68,3 +68,17 @@ def test_student_layouts_equal_one_rank(world, micro, acc, parallel, zero, disti
 def test_what_does_not_compose_is_refused_on_every_rank(world, cfg, key, words):
     errors = errors_on_every_rank(cfg, world)
     assert all(e is not None and e[0] == key and words in e[1] for e in errors), errors
+
+
+def test_cli_pipeline_distillation_with_progress_bars_on_every_rank(tmp_path, capsys):
+    """Without --quiet every rank takes part in the progress line's collective (it hung when only
+    rank 0 did); the teacher in the report is the whole frozen model."""
+    import json
+
+    from minidist.train import main as train_main
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config(parallel={"pipeline": 2}, acc=2)))
+    assert train_main(["--config", str(cfg), "--world-size", "2", "--report", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().err.count("step 3/3") == 1           # the student's bar, on rank 0 only
+    t = json.loads((tmp_path / "r.json").read_text())["distillation"]["teacher"]
+    assert t["memory"]["parameters"] == 8 * t["n_params"]            # float64, every parameter of it

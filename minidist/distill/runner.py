@@ -111,7 +111,7 @@ class DistillRank:
                 self.teacher_run = Trainer(tcfg, _group(tcomm, dev), device=dev)
                 if loaded is not None:                                # a save point of the teacher phase
                     (load_weights if weights_only else load_into)(self.teacher_run, loaded.teacher)
-                self.teacher_run.fit(progress=progress and r == 0, stream=stream,
+                self.teacher_run.fit(progress=progress, stream=stream,   # a collective: every rank or none
                                      on_step=saver.teacher if saver is not None else None)
             else:
                 self.teacher_run = _loaded_run(tcfg, dev, self.loaded, state)
@@ -131,7 +131,7 @@ class DistillRank:
             j = r - k
             self.student.source = LocalSource(self.teacher, self.wire, self.blocks) if k == 0 else \
                 RemoteSource(comm, teacher_of(j, k), self.wire, self.blocks, TEACHER_TRAINING_WAIT)
-            self.student.fit(progress=progress and r == k, stream=stream,
+            self.student.fit(progress=progress, stream=stream,
                              on_step=saver.student if saver is not None else None)
         else:                                                         # phase 2, teacher side
             self.wire = _wire(cfg, d, self.teacher_run.model_config.vocab_size)
@@ -187,7 +187,8 @@ class DistillRank:
         if self.teacher is not None:
             t = self.teacher_run
             trained = self.loaded is None               # else read from a checkpoint: not trained here
-            out["teacher"] = {"n_params": t.n_params, "model": vars(t.model_config), "steps": self.d["teacher"]["steps"],
+            out["teacher"] = {"n_params": self.teacher.n_params, "model": vars(t.model_config),
+                              "steps": self.d["teacher"]["steps"],
                               "train_loss": t.history[-1]["loss"] if t.history else None, "final": t.final,
                               "memory": self.teacher.memory(), "bytes_per_parameter": self.teacher.bytes_per_parameter(),
                               "holds_no_state": self.teacher.holds_no_state(),
