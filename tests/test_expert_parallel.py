@@ -25,9 +25,10 @@ BASE = {"model": {"n_layer": 2, "n_embd": 8, "n_head": 2, "block_size": SEQ, "dr
 GLOBAL = 4                                # sequences per micro-step over all data-parallel ranks
 
 
-def config(world, ep, tp=1, stage=0):
+def config(world, ep, tp=1, stage=0, clip=0.0):
     dp = world // tp
     cfg = copy.deepcopy(BASE)
+    cfg["gradient_clipping"] = clip           # 0.05: below the gradients' norm, so every step clips
     cfg["train_micro_batch_size_per_gpu"] = GLOBAL // dp
     cfg["model"]["moe"]["group_size"] = GLOBAL // dp * SEQ        # one group per rank and micro-batch
     cfg["parallel"] = {"expert": ep, "tensor": tp}
@@ -47,10 +48,12 @@ def relative(a, b):
     return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(b[k]))) for k in b)
 
 
-@pytest.mark.parametrize("world,ep,tp,stage", [(2, 2, 1, 0), (4, 4, 1, 0), (4, 2, 1, 0), (4, 2, 1, 2), (4, 2, 2, 0)],
-                         ids=["ep2", "ep4", "ep2-dp2", "ep2-dp2-zero2", "ep2-tp2"])
-def test_expert_parallel_trains_like_one_rank_with_the_same_groups(world, ep, tp, stage):
-    cfg = config(world, ep, tp, stage)
+@pytest.mark.parametrize("world,ep,tp,stage,clip", [
+    (2, 2, 1, 0, 0.0), (4, 4, 1, 0, 0.0), (4, 2, 1, 0, 0.0), (4, 2, 1, 2, 0.0), (4, 2, 2, 0, 0.0),
+    (4, 4, 1, 0, 0.05), (4, 2, 1, 2, 0.05), (4, 2, 2, 1, 0.05)],
+    ids=["ep2", "ep4", "ep2-dp2", "ep2-dp2-zero2", "ep2-tp2", "ep4-clip", "ep2-dp2-zero2-clip", "ep2-tp2-zero1-clip"])
+def test_expert_parallel_trains_like_one_rank_with_the_same_groups(world, ep, tp, stage, clip):
+    cfg = config(world, ep, tp, stage, clip)
     ref = one_rank(cfg)
     runs = dist.spawn(train_steps, world, cfg, timeout=90)
     for r in runs:
@@ -99,15 +102,20 @@ def test_all_to_all_bytes_are_the_formula_four_per_layer_and_micro_batch(ep):
     ({"parallel": {"expert": 4, "tensor": 2}}, "parallel.expert", "does not divide the data-parallel degree 2"),
     ({"model": {"moe": {"top_k": 5}}}, "model.moe.top_k", "larger than model.moe.num_experts"),
     ({"model": {"moe": {"capacity_factor": 0.0}}}, "model.moe.capacity_factor", "must be > 0"),
+    ({"zero_optimization": {"stage": 3}}, "parallel.expert", "ZeRO-3 gathers every parameter over one"),
+    ({"fp16": {"enabled": True}}, "parallel.expert", "a joint verdict is not built"),
+    ({"gradient_clipping": 1.0, "parallel": {"data_parallel": "parameter_server"}}, "gradient_clipping",
+     "the parameter server reduces them inside it"),
 ])
 def test_bad_expert_parallel_input_is_refused_on_every_rank(change, key, words):
     cfg = config(4, 2)
-    for section, value in change.items():
-        for k, v in value.items():
-            if isinstance(v, dict):
-                cfg[section][k].update(v)
+    def merge(tree, change):
+        for k, v in change.items():
+            if isinstance(v, dict) and isinstance(tree.get(k), dict):
+                merge(tree[k], v)
             else:
-                cfg[section][k] = v
+                tree[k] = v
+    merge(cfg, change)
     errors = trainer_errors(cfg, 4)
     assert len(set(errors)) == 1 and errors[0] is not None, errors
     assert f"'{key}'" in errors[0] and words in errors[0], errors[0]

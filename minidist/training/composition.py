@@ -166,13 +166,13 @@ REFUSED = {pair: message for pair, message in {
     ("EP", "bf16"): _why("the experts' and the other parameters' steps are taken over two groups, and each would "
                          "decide overflow on its own: a joint verdict is not built here",
                          "train expert parallelism in float32, or set parallel.expert 1 to keep bf16"),
-    ("EP", "clipping"): _why("the gradient norm would be taken over the experts and over the other parameters "
-                             "separately: a norm over both groups is not built here",
-                             "set gradient_clipping 0, or parallel.expert 1 to clip"),
 }.items()}
 
 # three features refused together though every two of them compose
 REFUSED_TRIPLES = {
+    ("clipping", "EP", "parameter server"): _why("the clipping norm over experts and the other parameters is taken "
+                                                 "from gradients reduced before the step, and the parameter server "
+                                                 "reduces them inside it", "use data_parallel 'ddp' or a ZeRO stage"),
     ("overlap_comm", "ZeRO-2", "PP"): _why("with parallel.pipeline > 1 the data-parallel reduction waits for the "
                                            "pipeline's flush (DeepSpeed's pipeline engine does the same), so ZeRO-2 "
                                            "cannot reduce-scatter during backward", "set overlap_comm false"),

@@ -15,10 +15,24 @@ different micro-batches, and each ep rank holds only E/ep experts. So
 each group, each with its own optimizer over its own parameters (DeepSpeed-MoE's ZeRO shards
 expert states over the expert-data-parallel group the same way) — and answers the Trainer's
 protocol for both.
+
+**Clipping** is over every parameter, as on one rank (torch's ``clip_grad_norm_``): before
+either strategy steps, the experts' squared gradient norm is taken from their reduced
+gradients (which the in-flight reductions already hold) and summed over ``grid.ep`` (each ep
+rank holds other experts); the non-expert strategy adds it to its own, and both clip by the
+one norm.
 """
 from __future__ import annotations
 
 import copy
+import math
+
+import numpy as np
+
+from ... import distributed as dist
+from ...precision.mixed import clip_by_norm_
+from ..data.ddp import DDP
+from ..data.zero1 import ZeRO1
 
 
 class ParameterView:
@@ -42,13 +56,16 @@ class ExpertDataParallel:
     """``dense``: the strategy of the non-expert parameters over the whole data-parallel group;
     ``experts``: the same kind of strategy over the expert-data-parallel group."""
 
-    def __init__(self, dense, experts):
-        self.dense, self.experts = dense, experts
+    def __init__(self, dense, experts, ep_group=None):
+        self.dense, self.experts, self.ep_group = dense, experts, ep_group
         self.model = dense.model.model               # the whole model (each part holds a view of it)
         self.name, self.stage = dense.name, dense.stage
         self.optimizer = dense.optimizer
         self.precision = dense.precision
         self.model_states: dict | None = None
+        self._expert_squares, self._norm = 0.0, None
+        if dense.clip > 0:                           # one norm over both groups (see the module)
+            dense.clip_, experts.clip_ = self._clip_dense, self._clip_experts
 
     @property
     def parts(self):
@@ -67,11 +84,39 @@ class ExpertDataParallel:
             s.after_backward()
 
     def step(self) -> None:
+        if self.dense.clip > 0:
+            self._expert_squares = self.expert_squares()
         for s in self.parts:
             s.step()
         # the snapshot of the device at the first step, when the experts' gradients and (after the
         # first step) their optimizer states are held beside everything else: the whole rank's states
         self.model_states = self.dense.model_states
+
+    # -- clipping over both groups ------------------------------------------------------------------
+    def expert_squares(self) -> float:
+        """Σ g² of every expert's reduced gradient, over the whole model (a collective over grid.ep)."""
+        e = self.experts
+        if isinstance(e, ZeRO1):                     # ZeRO-1/2: my reduced chunks, summed over grid.dp
+            grads, params, sharded = [e.grad_shards[b.index] for b in e.buckets], None, True
+        elif isinstance(e, DDP):                     # the buckets' averages, before DDP copies them back
+            grads, params, sharded = [], [], False
+            for b, _, work in e._launched.values():
+                grads += b.views(work.result)
+                params += b.params
+        else:                                        # alone in its expert-data-parallel group
+            grads, params, sharded = [p.grad for p in e.params], e.params, False
+        sq = np.array([_squares(e, grads, sharded, params)])
+        if self.ep_group is not None and self.ep_group.size > 1:
+            # why: each ep rank holds other experts; the norm is over all of them
+            sq = dist.all_reduce(self.ep_group, sq, op="sum", algorithm="ring")
+        return float(sq[0])
+
+    def _clip_dense(self, grads, sharded: bool, params=None) -> None:
+        self._norm = math.sqrt(_squares(self.dense, grads, sharded, params) + self._expert_squares)
+        clip_by_norm_(grads, self._norm, self.dense.clip)
+
+    def _clip_experts(self, grads, sharded: bool, params=None) -> None:
+        clip_by_norm_(grads, self._norm, self.experts.clip)       # the norm the dense step took
 
     def count_in_norm(self, group, duplicates) -> None:
         for s in self.parts:
@@ -109,4 +154,18 @@ def build_expert_strategy(build_strategy, cfg: dict, model, build_optimizer, den
     dense = build_strategy(cfg, dense_view, build_optimizer(dense_view.parameters()), dense_comm, precision)
     experts = build_strategy(cfg, expert_view, build_optimizer(expert_view.parameters()), expert_comm,
                              copy.copy(precision) if precision is not None else None)
-    return ExpertDataParallel(dense, experts)
+    ep = getattr(model.layers, "expert_parallel", None)
+    return ExpertDataParallel(dense, experts, ep.group if ep is not None else None)
+
+
+def _squares(part, grads, sharded: bool, params) -> float:
+    """Σ g² of one strategy's part of the model, as :meth:`LocalStrategy.clip_` sums it: this rank's
+    gradients, over the model-parallel group, over the data-parallel group when they are shards."""
+    sq = np.array([part.local_squared_norm(grads, params)])
+    if part.norm_group is not None:
+        # why: the other tp shards / pipeline stages of these parameters are on grid.mp
+        sq = dist.all_reduce(part.norm_group, sq, op="sum", algorithm="ring")
+    if sharded and part.world_size > 1:
+        # why: each rank holds a shard of the gradients
+        sq = dist.all_reduce(part.comm, sq, op="sum", algorithm="ring")
+    return float(sq[0])
