@@ -187,7 +187,7 @@ class Tensor:
         deferred = []
         while ready:
             _, t = heapq.heappop(ready)
-            g = grads.pop(id(t))
+            g = _dense(grads.pop(id(t)))
             node = t._ctx
             if node.backward is None:
                 raise RuntimeError("trying to backward through the graph a second time; "
@@ -201,11 +201,11 @@ class Tensor:
                     continue
                 if pg is not None:
                     prev = grads.get(id(p))
-                    grads[id(p)] = pg if prev is None else prev + pg
+                    grads[id(p)] = pg if prev is None else _add_grads(prev, pg)
                 pending[id(p)] -= 1
                 if pending[id(p)] == 0 and id(p) in grads:
                     if p._ctx is None:
-                        p._accumulate(grads.pop(id(p)))
+                        p._accumulate(_dense(grads.pop(id(p))))
                     else:
                         heapq.heappush(ready, (-p._seq, p))
             if any(later):
@@ -294,11 +294,48 @@ class WeightGradWork:
             for p, pg in zip(node.parents, node.backward(g, later)):
                 if pg is not None and p.is_param:
                     prev = sums.get(id(p))
-                    sums[id(p)] = (p, pg if prev is None else prev[1] + pg)
+                    sums[id(p)] = (p, pg if prev is None else _add_grads(prev[1], pg))
             node.release()
         for p, g in sums.values():
-            p._accumulate(g)
+            p._accumulate(_dense(g))
         self.deferred = []
+
+
+class SliceGrad:
+    """The gradient of slices of one tensor, kept as ``(index, values)`` parts: zero outside
+    them. A slice's backward (``split``'s chunks: q, k, v of one projection) returns one; the
+    engine joins the parts of one tensor and writes them into a single zero-filled buffer
+    (:func:`_dense`) when the tensor's gradient is complete, where adding full-size arrays,
+    each zero outside its chunk, would cost a pass over the whole tensor per chunk. The sums
+    are the same: each element of the buffer is its parts added in the same order."""
+
+    __slots__ = ("shape", "dtype", "parts")
+
+    def __init__(self, shape, dtype, index, values):
+        self.shape, self.dtype, self.parts = shape, dtype, [(index, values)]
+
+
+def _add_grads(a, b):
+    """``a + b`` for two contributions to one tensor's gradient (arrays or SliceGrads)."""
+    if isinstance(a, SliceGrad) and isinstance(b, SliceGrad):
+        a.parts.extend(b.parts)                # a is the engine's own, made by a slice's backward
+        return a
+    return _dense(a) + _dense(b)
+
+
+def _dense(g):
+    """A gradient as an array: a SliceGrad's parts written into zeros (one part: assigned, as
+    ``zeros[index] = values`` did; several: each added, as the sum of such arrays did)."""
+    if not isinstance(g, SliceGrad):
+        return g
+    out = np.zeros(g.shape, dtype=g.dtype)
+    if len(g.parts) == 1:
+        index, values = g.parts[0]
+        out[index] = values
+    else:
+        for index, values in g.parts:
+            out[index] += values.astype(g.dtype, copy=False)     # each part rounded to the dtype first
+    return out
 
 
 def _count_consumers(root: Tensor) -> dict[int, int]:

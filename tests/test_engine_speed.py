@@ -110,3 +110,56 @@ def test_gelu_forward_and_backward_are_bit_identical_to_the_step_by_step_arithme
     assert np.array_equal(xt.grad.ravel(), want_dx)
     with no_grad():                                         # no derivative buffer: the same y
         assert np.array_equal(F.gelu(xt).data, y.data)
+
+
+# -- split: the chunks' gradients written into one buffer -------------------------------------
+def chunk_grads_summed(shape, parts, dtype):
+    """The old arithmetic: each chunk's gradient as a full-size array of zeros, added up."""
+    total = None
+    for index, g in parts:
+        full = np.zeros(shape, dtype)
+        full[index] = g
+        total = full if total is None else total + full
+    return total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_gradients_equal_the_sum_of_zero_padded_chunks(dtype):
+    a = Tensor(randn(2, 3, 12, dtype=dtype), requires_grad=True)
+    q, k, v = a.split(4, axis=2)
+    gq, gk = randn(2, 3, 4, seed=1, dtype=dtype), randn(2, 3, 4, seed=2, dtype=dtype)
+    # q reaches the loss twice, k once, v not at all (its part stays zero)
+    loss = (q * Tensor(gq)).sum() + (k * Tensor(gk)).sum() + (q * Tensor(gk)).sum()
+    loss.backward()
+    want = chunk_grads_summed(a.shape, [(np.s_[:, :, 4:8], gk), (np.s_[:, :, 0:4], gq + gk)], dtype)
+    assert np.array_equal(a.grad, want)
+    assert np.all(a.grad[:, :, 8:] == 0)
+
+
+def test_split_chunks_and_the_whole_tensor_together():
+    """A chunk's gradient meets a full-size one (the tensor used whole as well): plain add."""
+    w = randn(3, 6)
+    a = Tensor(w, requires_grad=True)
+    left, right = a.split(3, axis=1)
+    g_whole, g_left, g_right = randn(3, 6, seed=1), randn(3, 3, seed=2), randn(3, 3, seed=3)
+    ((a * Tensor(g_whole)).sum() + (left * Tensor(g_left)).sum() + (right * Tensor(g_right)).sum()).backward()
+    chunks = chunk_grads_summed(a.shape, [(np.s_[:, 3:6], g_right), (np.s_[:, 0:3], g_left)], np.float64)
+    assert np.array_equal(a.grad, chunks + g_whole) or np.array_equal(a.grad, g_whole + chunks)
+
+
+def test_split_of_a_parameter_in_the_deferred_weight_pass():
+    from minidist.tensor import Parameter
+    p = Parameter(randn(4, 6))
+    x = Tensor(randn(2, 4, seed=1), requires_grad=True)
+    y1, y2 = (x @ p).split(3, axis=1)                       # the product, then its chunks
+    a, b = p.split(3, axis=1)                               # the weight itself split too
+    out = (y1 * y2).sum() + (x @ a).sum() + (x @ b * 2.0).sum()
+    work = out.backward(defer_weight_grad=True)
+    assert p.grad is None
+    work.run()
+    ref = Parameter(p.data.copy())
+    xr = Tensor(x.data, requires_grad=True)
+    r1, r2 = (xr @ ref).split(3, axis=1)
+    ra, rb = ref.split(3, axis=1)
+    ((r1 * r2).sum() + (xr @ ra).sum() + (xr @ rb * 2.0).sum()).backward()
+    assert np.array_equal(p.grad, ref.grad)

@@ -44,10 +44,14 @@ def _blocks(n: int, itemsize: int):
         yield slice(start, min(start + step, n))
 
 
-def _gelu_tanh(xd: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """tanh(√(2/π)·(x + 0.044715·x³)), computed in place in ``out``."""
-    t = np.multiply(xd, xd, out=out)
-    t *= xd
+def _gelu_tanh(xd: np.ndarray, out: np.ndarray, square: np.ndarray | None = None) -> np.ndarray:
+    """tanh(√(2/π)·(x + 0.044715·x³)), computed in place in ``out`` (x³ = (x·x)·x, from
+    ``square`` = x·x when the caller has it)."""
+    if square is None:
+        t = np.multiply(xd, xd, out=out)
+        t *= xd
+    else:
+        t = np.multiply(square, xd, out=out)
     t *= 0.044715
     t += xd
     t *= _GELU_C
@@ -79,8 +83,9 @@ def gelu(x) -> Tensor:
     for blk in _blocks(xf.size, xf.itemsize):
         xb = xf[blk]
         if grad:
-            tb = _gelu_tanh(xb, out=t[:xb.size])
-            _gelu_derivative(xb, tb, dinner[:xb.size], df[blk])       # turns tb into 1 + t
+            di = np.multiply(xb, xb, out=dinner[:xb.size])            # x·x, for x³ and d(inner)/dx
+            tb = _gelu_tanh(xb, out=t[:xb.size], square=di)
+            _gelu_derivative(xb, tb, di, df[blk])                     # turns tb into 1 + t
             np.multiply(tb, xb, out=yf[blk])                          # y = (1 + t)·x·0.5
             yf[blk] *= 0.5
         else:
@@ -95,9 +100,8 @@ def gelu(x) -> Tensor:
 
 
 def _gelu_derivative(xb, tb, di, db):
-    """db = 0.5·x·(1 - t²)·dinner + 0.5·(1 + t), dinner = √(2/π)·(1 + 3·0.044715·x²);
-    leaves 1 + t in ``tb``."""
-    np.multiply(xb, xb, out=di)
+    """db = 0.5·x·(1 - t²)·dinner + 0.5·(1 + t), dinner = √(2/π)·(1 + 3·0.044715·x²), from
+    ``di`` = x·x (overwritten); leaves 1 + t in ``tb``."""
     di *= 3 * 0.044715 * _GELU_C
     di += _GELU_C
     np.multiply(tb, tb, out=db)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tensor import Tensor, as_tensor, make_result
+from ..tensor import SliceGrad, Tensor, as_tensor, make_result
 
 
 def reshape(a, shape) -> Tensor:
@@ -48,9 +48,8 @@ def split(a, split_size: int, axis: int = -1) -> list[Tensor]:
 
 def _slice(a: Tensor, sl: tuple) -> Tensor:
     def backward(g, needs):
-        ga = np.zeros_like(a.data)
-        ga[sl] = g
-        return (ga,)
+        # zero outside the slice: the engine writes the chunks of one tensor into one buffer
+        return (SliceGrad(a.shape, a.data.dtype, sl, g),)
     return make_result(a.data[sl], (a,), backward, "slice")
 
 
