@@ -103,7 +103,6 @@ def test_all_to_all_bytes_are_the_formula_four_per_layer_and_micro_batch(ep):
     ({"model": {"moe": {"top_k": 5}}}, "model.moe.top_k", "larger than model.moe.num_experts"),
     ({"model": {"moe": {"capacity_factor": 0.0}}}, "model.moe.capacity_factor", "must be > 0"),
     ({"zero_optimization": {"stage": 3}}, "parallel.expert", "ZeRO-3 gathers every parameter over one"),
-    ({"fp16": {"enabled": True}}, "parallel.expert", "a joint verdict is not built"),
     ({"gradient_clipping": 1.0, "parallel": {"data_parallel": "parameter_server"}}, "gradient_clipping",
      "the parameter server reduces them inside it"),
 ])
@@ -119,3 +118,39 @@ def test_bad_expert_parallel_input_is_refused_on_every_rank(change, key, words):
     errors = trainer_errors(cfg, 4)
     assert len(set(errors)) == 1 and errors[0] is not None, errors
     assert f"'{key}'" in errors[0] and words in errors[0], errors[0]
+
+
+def _inject_inf(comm, cfg):
+    """Step 0 as usual; in step 1 rank 1 finds an inf in one of its experts' gradients."""
+    from minidist.training.trainer import Trainer
+    trainer = Trainer(copy.deepcopy(cfg), comm)
+    trainer.train_step(0)
+    before = {n: p.data.copy() for n, p in trainer.model.named_parameters()}
+    strategy, launch = trainer.strategy, trainer.strategy.after_backward
+
+    def after_backward():
+        if comm.rank == 1 and strategy.dense.sync_gradients:
+            next(p for p in trainer.model.parameters() if p.expert).grad[0, 0] = np.inf
+        launch()
+    strategy.after_backward = after_backward
+    trainer.train_step(1)
+    same = all(np.array_equal(p.data, before[n]) for n, p in trainer.model.named_parameters())
+    scaler = trainer.precision.scaler
+    return [(h["skipped"], h["loss_scale"]) for h in trainer.history], same, (scaler.loss_scale, scaler.state_dict())
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_one_overflow_verdict_and_one_loss_scale_over_experts_and_the_rest(stage):
+    """An inf in one rank's experts makes every rank skip the step (the other ep rank's experts
+    and every non-expert parameter too), and the one loss scaler sees one overflow."""
+    from minidist.precision.loss_scaler import from_config
+    cfg = config(4, 2, stage=stage)
+    cfg.update(dtype="float32", fp16={"enabled": True, "initial_scale_power": 8, "hysteresis": 1},
+               gradient_clipping=0.05)
+    out = dist.spawn(_inject_inf, 4, cfg, timeout=60)
+    once = from_config(cfg["fp16"])
+    once.update_scale(False)
+    once.update_scale(True)
+    for history, unchanged, (scale, state) in out:
+        assert history == [(False, 256.0), (True, 256.0)] and unchanged, out
+        assert scale == once.loss_scale == 128.0 and state == once.state_dict()

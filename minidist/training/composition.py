@@ -160,12 +160,6 @@ REFUSED = {pair: message for pair, message in {
     ("EP", "ZeRO-3"): _why("ZeRO-3 gathers every parameter over one data-parallel group, but the experts' group is "
                            "another (the expert-data-parallel ranks): not built here",
                            "use zero_optimization.stage 1 or 2 (or ZeRO-3 with parallel.expert 1)"),
-    ("EP", "fp16"): _why("the experts' and the other parameters' steps are taken over two groups, and each would "
-                         "decide overflow and the loss scale on its own: a joint verdict is not built here",
-                         "train expert parallelism in float32, or set parallel.expert 1 to keep fp16"),
-    ("EP", "bf16"): _why("the experts' and the other parameters' steps are taken over two groups, and each would "
-                         "decide overflow on its own: a joint verdict is not built here",
-                         "train expert parallelism in float32, or set parallel.expert 1 to keep bf16"),
 }.items()}
 
 # three features refused together though every two of them compose

@@ -116,7 +116,7 @@ class Trainer:
             if ep > 1 and any(expert_parallel.is_expert(p) for p in self.model.parameters()):
                 self.strategy = expert_parallel.build_expert_strategy(
                     build_strategy, cfg, self.model, self.build_optimizer, self.dp_comm,
-                    self.grid.dp if self.grid.dp.size > 1 else None, self.precision)
+                    self.grid.dp if self.grid.dp.size > 1 else None, self.precision, world=comm)
                 self.optimizer = self.strategy.optimizer
             else:
                 self.strategy = build_strategy(cfg, self.model, self.optimizer, self.dp_comm, self.precision)

@@ -20,16 +20,20 @@ protocol for both.
 either strategy steps, the experts' squared gradient norm is taken from their reduced
 gradients (which the in-flight reductions already hold) and summed over ``grid.ep`` (each ep
 rank holds other experts); the non-expert strategy adds it to its own, and both clip by the
-one norm.
+one norm. **Mixed precision** takes one verdict the same way: the experts' overflow flag
+(their reduced gradients, rounded to the format) is agreed over the world before the steps;
+the non-expert strategy's check adds it, its step moves the one loss scaler, and the experts'
+step follows that verdict (DeepSpeed-MoE's optimizer checks every parameter group at once).
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 
 from ... import distributed as dist
+from ...precision import Precision
+from ...precision.loss_scaler import has_overflow
 from ...precision.mixed import clip_by_norm_
 from ..data.ddp import DDP
 from ..data.zero1 import ZeRO1
@@ -56,8 +60,8 @@ class ExpertDataParallel:
     """``dense``: the strategy of the non-expert parameters over the whole data-parallel group;
     ``experts``: the same kind of strategy over the expert-data-parallel group."""
 
-    def __init__(self, dense, experts, ep_group=None):
-        self.dense, self.experts, self.ep_group = dense, experts, ep_group
+    def __init__(self, dense, experts, ep_group=None, world=None):
+        self.dense, self.experts, self.ep_group, self.world = dense, experts, ep_group, world
         self.model = dense.model.model               # the whole model (each part holds a view of it)
         self.name, self.stage = dense.name, dense.stage
         self.optimizer = dense.optimizer
@@ -66,6 +70,12 @@ class ExpertDataParallel:
         self._expert_squares, self._norm = 0.0, None
         if dense.clip > 0:                           # one norm over both groups (see the module)
             dense.clip_, experts.clip_ = self._clip_dense, self._clip_experts
+        self._expert_overflow = self._verdict = False
+        if dense.precision is not None:              # one overflow verdict, one loss scaler (see the module)
+            for part, role in ((dense, "dense"), (experts, "experts")):
+                part.precision = JointVerdict(part.precision, self, role)
+                if part.mp is not None:
+                    part.mp.precision = part.precision
 
     @property
     def parts(self):
@@ -84,6 +94,8 @@ class ExpertDataParallel:
             s.after_backward()
 
     def step(self) -> None:
+        if self.dense.precision is not None:
+            self._expert_overflow = self.expert_overflow()
         if self.dense.clip > 0:
             self._expert_squares = self.expert_squares()
         for s in self.parts:
@@ -92,9 +104,11 @@ class ExpertDataParallel:
         # first step) their optimizer states are held beside everything else: the whole rank's states
         self.model_states = self.dense.model_states
 
-    # -- clipping over both groups ------------------------------------------------------------------
-    def expert_squares(self) -> float:
-        """Σ g² of every expert's reduced gradient, over the whole model (a collective over grid.ep)."""
+    # -- one verdict and one norm over both groups -------------------------------------------------
+    def reduced_expert_grads(self) -> tuple:
+        """(arrays, their parameters or None, sharded?): the experts' gradients as their step will
+        find them — reduced, and in mixed precision rounded to the format (in place: the step's own
+        rounding then changes nothing)."""
         e = self.experts
         if isinstance(e, ZeRO1):                     # ZeRO-1/2: my reduced chunks, summed over grid.dp
             grads, params, sharded = [e.grad_shards[b.index] for b in e.buckets], None, True
@@ -103,8 +117,27 @@ class ExpertDataParallel:
             for b, _, work in e._launched.values():
                 grads += b.views(work.result)
                 params += b.params
-        else:                                        # alone in its expert-data-parallel group
+        else:                                        # alone in its group (or the parameter server: local ones)
             grads, params, sharded = [p.grad for p in e.params], e.params, False
+        if e.precision is not None:
+            e.precision.round_(grads)
+        return grads, params, sharded
+
+    def expert_overflow(self) -> bool:
+        """Whether any rank's experts have an inf/NaN gradient (a collective over the world)."""
+        flag = np.array([float(has_overflow(self.reduced_expert_grads()[0]))])
+        if self.world is not None and self.world.size > 1:
+            # why: every rank must skip the same steps, whichever experts overflowed
+            flag = dist.all_reduce(self.world, flag, op="max", algorithm="ring")
+        return bool(flag[0] > 0)
+
+    def expert_squares(self) -> float:
+        """Σ g² of every expert's reduced (unscaled) gradient, over the whole model (a collective over grid.ep)."""
+        e = self.experts
+        grads, params, sharded = self.reduced_expert_grads()
+        if e.precision is not None:                  # what the step will clip: unscaled in fp32, as unscale_ does
+            inv = np.float32(1.0 / e.precision.loss_scale)
+            grads = [None if g is None else g.astype(np.float32) * inv for g in grads]
         sq = np.array([_squares(e, grads, sharded, params)])
         if self.ep_group is not None and self.ep_group.size > 1:
             # why: each ep rank holds other experts; the norm is over all of them
@@ -145,17 +178,37 @@ class ExpertDataParallel:
 
 
 def build_expert_strategy(build_strategy, cfg: dict, model, build_optimizer, dense_comm, expert_comm,
-                          precision=None):
+                          precision=None, world=None):
     """The two strategies of a model with experts: ``build_strategy(cfg, view, optimizer, comm,
-    precision)`` once over each group (``None``: a group of one rank). The experts' strategy
-    keeps its own copy of the precision's loss-scale history."""
+    precision)`` once over each group (``None``: a group of one rank); ``world``: every rank (the
+    overflow verdict is agreed over it)."""
     dense_view = ParameterView(model, lambda p: not is_expert(p))
     expert_view = ParameterView(model, is_expert)
     dense = build_strategy(cfg, dense_view, build_optimizer(dense_view.parameters()), dense_comm, precision)
-    experts = build_strategy(cfg, expert_view, build_optimizer(expert_view.parameters()), expert_comm,
-                             copy.copy(precision) if precision is not None else None)
+    experts = build_strategy(cfg, expert_view, build_optimizer(expert_view.parameters()), expert_comm, precision)
     ep = getattr(model.layers, "expert_parallel", None)
-    return ExpertDataParallel(dense, experts, ep.group if ep is not None else None)
+    return ExpertDataParallel(dense, experts, ep.group if ep is not None else None, world)
+
+
+class JointVerdict(Precision):
+    """A part's :class:`~minidist.precision.Precision` (same format, scaler and history) whose
+    overflow verdict covers both parts: the non-expert part adds the experts' flag to its own
+    check and moves the scaler; the experts' part follows that verdict and leaves the scaler alone."""
+
+    def __init__(self, precision: Precision, owner: ExpertDataParallel, role: str):
+        self.__dict__.update(precision.__dict__)
+        self.inner, self.owner, self.role = precision, owner, role
+
+    def found_overflow(self, arrays, comm=None) -> bool:
+        if self.role == "experts":
+            return self.owner._verdict               # decided by the non-expert step, a moment ago
+        self.owner._verdict = self.inner.found_overflow(arrays, comm) or self.owner._expert_overflow
+        return self.owner._verdict
+
+    def end_step(self, overflow: bool):
+        if self.role == "dense":                     # one step of the scaler (and of the history) per step
+            return self.inner.end_step(overflow)
+        return None
 
 
 def _squares(part, grads, sharded: bool, params) -> float:
