@@ -140,15 +140,13 @@ def test_mixed_precision_3d_stays_within_its_tolerance_of_one_rank(fmt):
      "n_head 2 is not divisible by parallel.tensor 4"),
     (8, {"parallel": {"tensor": 2, "pipeline": 2}, "train_batch_size": 6}, "train_batch_size",
      "data-parallel degree"),
-    (8, {"parallel": {"tensor": 2, "pipeline": 2}, "zero_optimization": {"stage": 3}}, "zero_optimization.stage",
-     "ZeRO-3"),
     (4, {"parallel": {"pipeline": 2}, "zero_optimization": {"stage": 3, "overlap_comm": True}},
      "zero_optimization.overlap_comm", "ZeRO-3 reduce-scatters once per step"),
     (4, {"parallel": {"pipeline": 2}, "zero_optimization": {"stage": 2, "overlap_comm": True}},
      "zero_optimization.overlap_comm", "waits for the pipeline's flush"),
     (3, {"parallel": {"tensor": 2}, "distillation": {"teacher": {"steps": 1}, "teacher_ranks": 1}},
      "distillation.teacher_ranks", "teacher ranks stream to data-parallel students only"),
-], ids=["world", "layers", "heads", "batch", "zero3-tp-pp", "zero3-overlap-pp", "zero2-overlap-pp",
+], ids=["world", "layers", "heads", "batch", "zero3-overlap-pp", "zero2-overlap-pp",
         "distill-teacher-ranks-tp"])
 def test_a_layout_that_does_not_divide_is_refused_on_every_rank(world, change, key, words):
     cfg = copy.deepcopy(BASE)

@@ -93,8 +93,7 @@ def test_shards_are_slices_of_the_one_rank_weights_and_vocab_is_padded():
      "parallel.sequence_parallel", "sequence length 7 is not divisible by parallel.tensor 2"),
     (2, {"parallel": {"tensor": 4}}, "parallel.tensor", "greater than the world size 2"),
     (2, {"parallel": {"sequence_parallel": True}}, "parallel.sequence_parallel", "needs parallel.tensor > 1"),
-    (2, {"parallel": {"tensor": 2}, "zero_optimization": {"stage": 3}}, "zero_optimization.stage", "ZeRO-3"),
-], ids=["heads", "hidden", "world", "sp-seq", "tp>world", "sp-without-tp", "zero3"])
+], ids=["heads", "hidden", "world", "sp-seq", "tp>world", "sp-without-tp"])
 def test_bad_input_is_refused_on_every_rank_before_training(world, change, key, words):
     cfg = copy.deepcopy(BASE)
     for section, values in change.items():

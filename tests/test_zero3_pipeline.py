@@ -159,8 +159,8 @@ def test_zero3_by_hand():
     assert v0["bytes_sent"]["data_parallel"] == (2 * 4 * (v0["shard"] + root) + v0["shard"]) * 4
     flat = estimate_3d(4, 8, 2, 65, 8, 8, 2, 4, dp=2, zero_stage=3)["ranks"][0]
     assert flat["bytes_sent"]["data_parallel"] == 3 * 4 * flat["shard"] * 4      # no pipeline: 3m(d−1)·S·w
-    with pytest.raises(ValueError, match="tensor parallelism"):
-        estimate_3d(4, 8, 2, 65, 8, 8, tp=2, zero_stage=3)
+    t0 = estimate_3d(4, 8, 2, 65, 8, 8, 2, 4, dp=2, tp=2, pp=2, zero_stage=3)["ranks"][0]   # tp slices, sharded
+    assert t0["shard"] == (33 * 8 + 8 * 8) // 2 + 2 * (12 * 64 // 2 + 7 * 8 // 2 + 6 * 8) // 2    # 33 of 66 rows
 
 
 def test_overlapped_dualpipe_pairs_are_refused_under_zero3():

@@ -270,7 +270,7 @@ def compute(a: argparse.Namespace) -> dict:
             a.sp and a.tp > 1, s, a.precision, a.schedule,
             a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1,
             make_vocab_size_divisible_by=a.make_vocab_size_divisible_by,
-            moments=OPTIMIZER_BYTES[a.optimizer] // 4) for s in stages if s <= 2 or a.tp == 1] or None
+            moments=OPTIMIZER_BYTES[a.optimizer] // 4) for s in stages] or None
     return out
 
 

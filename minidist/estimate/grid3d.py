@@ -18,8 +18,9 @@ replicated: a block holds 12h²/t + 7h/t + 6h parameters (12h²/t + 2h without b
 **Model states** (Rajbhandari et al. 2020, ZeRO §5) of the rank's Ψ_r parameters, with
 S = Σ_buckets ⌈n_b/d⌉ its shard (:mod:`minidist.parallel.data.buckets`' padding):
 ``w·Ψ_r + w·Ψ_r + K·Ψ_r`` (DDP), ``+ K·S`` (ZeRO-1), ``w·Ψ_r + (w + K)·S`` (ZeRO-2),
-``(w + w + K)·S`` (ZeRO-3, whose buckets are its units — the root, the embeddings with the
-LayerNorm ``ln_f``, and each block — so S = Σ_units ⌈n_u/d⌉ whatever the bucket size).
+``(w + w + K)·S`` (ZeRO-3, whose buckets are its units — the root: the rank's ``wte`` rows,
+``wpe``, ``ln_f``; then each block, its tp slices under tensor parallelism — so S = Σ_units
+⌈n_u/d⌉ whatever the bucket size).
 
 **Bytes sent per step**, the sum of
 
@@ -44,9 +45,8 @@ LayerNorm ``ln_f``, and each block — so S = Σ_units ⌈n_u/d⌉ whatever the 
 
 Assumed: no fp16 overflow (a skipped ZeRO step sends no all-gather); under the pipeline
 ZeRO-2/3 reduce after the flush (the config refuses ``overlap_comm`` there); no activation
-recomputation under ZeRO-3 (a recomputed block gathers its parameters once more); ZeRO-3 with
-tensor parallelism (refused by the trainer), offload and the parameter server are not modelled
-here (:func:`estimate_for_config` notes the last two).
+recomputation under ZeRO-3 (a recomputed block gathers its parameters once more); offload and
+the parameter server are not modelled here (:func:`estimate_for_config` notes them).
 tests/test_estimate_3d.py checks every rank against measured TP × DP, PP × DP, ZeRO and 3D runs.
 """
 from __future__ import annotations
@@ -179,8 +179,6 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
         raise ValueError(f"sequence parallelism needs tp > 1 dividing the sequence length {seq} (tp = {tp})")
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
-    if zero_stage == 3 and tp > 1:
-        raise ValueError(f"zero_stage 3 with tp {tp}: ZeRO-3 does not compose with tensor parallelism here")
     wid = widths(precision, dtype_bytes, moments)
     w, m, h = wid["w"], micro_batches, n_embd
     if pp > 1:

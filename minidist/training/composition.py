@@ -122,8 +122,6 @@ def _why(text: str, instead: str) -> str:
 # pairs refused, with the one message that says why and what to use instead (the first
 # feature's key is the one the error names)
 REFUSED = {pair: message for pair, message in {
-    ("ZeRO-3", "TP"): _why("ZeRO-3 does not compose with parallel.tensor > 1 here",
-                           "use stage 1 or 2 over the data-parallel group (as Megatron + DeepSpeed do)"),
     ("LAMB", "ZeRO-1"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",
                              "use Adam, AdamW or SGD with zero_optimization.stage > 0, or LAMB with stage 0"),
     ("LAMB", "ZeRO-2"): _why("LAMB needs whole-tensor norms and cannot update a ZeRO shard",

@@ -29,22 +29,20 @@ so that category rises and falls unit by unit; at the optimizer step only the sh
 held. Traffic per micro-step: two all-gathers and one reduce-scatter of ``(p−1)·S``
 elements — 3·(p−1)/p·Ψ, 1.5× DDP (§7). Memory at the step: ``(w + w + K)·S``.
 
-**ZeRO-3 on a pipeline stage** (:mod:`minidist.parallel.pipeline`, data parallelism over each
-stage's ``grid.dp``): the stage's GPT holds only its chunks' blocks and, on the first and last
-chunk's rank, the embeddings and ``ln_f`` with the tied head (the root unit); each is
-partitioned as above. The executor runs every action of the schedule inside
-:meth:`ZeRO3.pipeline_action`: an F or a B gathers the root first when its chunk runs the
-embedding or the head, the blocks gather themselves in their hooks (prefetching only the next
-blocks of the same action) and each block is released once its backward is over (an identity
-op on its input); at the end of the action everything is released. A zero-bubble ``W`` needs no
-weight values and gathers nothing. So every micro-batch's forward and backward each gather
-``G`` elements — the units of every chunk of the rank, the root once per chunk that runs it
-(twice on a V schedule's first rank, which holds both ends). Gradients accumulate over the
-micro-batches in each parameter's full gradient, no reduction until the flush (the tied
-embedding's two copies are summed then, :mod:`minidist.parallel.pipeline.engine`), then one
-reduce-scatter per step — the pipeline engine's rule for every data-parallel strategy, and
-what torch.distributed.pipelining asks of FSDP (no gradient sync before the last backward):
-``(p−1)·(2·m·G + S)`` elements per step for m micro-batches.
+**ZeRO-3 on a pipeline stage** (data parallelism over each stage's ``grid.dp``): the stage's
+GPT holds its chunks' blocks and, on the ranks of the first and last chunk, the root unit; the
+executor runs every action inside :meth:`ZeRO3.pipeline_action`. An F or a B gathers the root
+first when its chunk runs the embedding or the head; the blocks gather themselves in their
+hooks (prefetching only within the action) and each is released once its backward is over (an
+identity op on its input); everything is released when the action ends. A zero-bubble ``W``
+needs no weight values and gathers nothing. Each micro-batch's forward and backward so gather
+``G`` elements — every chunk's units, the root once per chunk that runs it (twice on a V
+schedule's first rank). Gradients accumulate over the micro-batches in full, and are
+reduce-scattered once, after the flush and the tied embedding's sum — the pipeline engine's rule
+for every strategy: ``(p−1)·(2·m·G + S)`` elements per step.
+
+**Under tensor parallelism** each tp rank's model is its slices, partitioned over ``grid.dp`` as
+above: tp ranks never exchange parameters, and the tp collectives run inside gathered units.
 
 **Frozen parameters** (fine-tuning, :mod:`minidist.peft`) are partitioned too: each unit keeps
 a second bucket of them (``frozen_buckets``) whose shard travels in the same all-gather as
