@@ -49,11 +49,16 @@ class _World:
 
     def __init__(self, size: int, rendezvous: bool = False):
         self.size, self.rendezvous = size, rendezvous
-        # one lock for the state, one condition on it per world rank: a message wakes only the
-        # rank it is for (one condition for all would wake all p ranks at every message, and
-        # the p threads would fight for the lock and the GIL: a step would cost O(p²) wake-ups)
+        # one lock for the state, and one parking lock per world rank that its thread sleeps on
+        # when it must wait: a message wakes only the rank it is for (one condition for all
+        # would wake all p ranks at every message, and the p threads would fight for the lock
+        # and the GIL: a step would cost O(p²) wake-ups). A parking lock is held while nobody
+        # has signalled its rank; ``signalled[r]`` says it was released and not yet consumed.
         self.lock = threading.Lock()
-        self.wakeup = [threading.Condition(self.lock) for _ in range(size)]
+        self.parking = [threading.Lock() for _ in range(size)]
+        for park in self.parking:
+            park.acquire()
+        self.signalled = [False] * size
         self.boxes: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         self.sent: dict[tuple, int] = collections.defaultdict(int)       # key -> sends made
         self.posted: dict[tuple, int] = collections.defaultdict(int)     # key -> receives posted
@@ -117,7 +122,13 @@ class _World:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise CommTimeoutError(describe())
-                self.wakeup[rank].wait(left)
+                self.lock.release()                  # sleep until _wake(rank), or the timeout
+                try:
+                    woken = self.parking[rank].acquire(True, left)
+                finally:
+                    self.lock.acquire()
+                if woken:
+                    self.signalled[rank] = False
             finally:
                 self.blocked.pop(rank, None)
 
@@ -143,12 +154,13 @@ class _World:
     def _wake(self, rank):
         """Wake ``rank`` if it waits (holding ``lock``); a rank that is running will see the
         change when it next looks."""
-        if rank in self.blocked:
-            self.wakeup[rank].notify_all()
+        if rank in self.blocked and not self.signalled[rank]:
+            self.signalled[rank] = True
+            self.parking[rank].release()
 
     def _wake_all(self):
-        for cond in self.wakeup:
-            cond.notify_all()
+        for rank in range(self.size):
+            self._wake(rank)
 
 
 class InProcessComm(Communicator):
