@@ -57,6 +57,13 @@ PROGRAM = textwrap.dedent('''
             x = rng.standard_normal(n)
             out[f"all_reduce/{n}"] = dist.all_reduce(comm, x)
             out[f"all_gather/{n}"] = dist.all_gather(comm, x[:n // comm.size])
+        if r < 2:   # both ranks wait for their send first: it completes once the receive is posted
+            for n in (2048, 3 * INLINE // 8):                 # 16 KB in the frame, 96 KB apart
+                mine = np.full(n, float(r))
+                for buf in (np.empty(n), None):
+                    req = comm.irecv(1 - r, tag=3, out=buf)
+                    comm.isend(mine, 1 - r, tag=3).wait()
+                    out[f"posted/{n}/{buf is None}"] = req.wait()
         out["bcast"] = dist.broadcast(comm, np.arange(12.0).reshape(3, 4) if r == 0 else np.zeros((3, 4)), root=0)
         return out
 
@@ -137,7 +144,7 @@ def test_frames_keep_results_log_and_checks_of_the_in_process_backend(tmp_path):
         assert runs[r]["log"] == log
     # the payload over the limit was really sent (not a header frame only), and the log counts
     # the payload's bytes, never the header's
-    sizes = {e["nbytes"] for e in runs[0]["log"] if e["op"] == "send" and e["direction"] == "send"}
+    sizes = {e["nbytes"] for e in runs[0]["log"] if e["op"] == "send" and e["direction"] == "send" and e["tag"] == 1}
     assert {x.nbytes for x in module.payloads().values()} == sizes
     assert max(sizes) > INLINE and INLINE in sizes
 

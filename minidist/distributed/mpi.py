@@ -88,6 +88,89 @@ def _bytes(a: np.ndarray):
     return [a.reshape(-1).view(np.uint8), MPI.BYTE]
 
 
+class _Incoming:
+    """A posted receive on its way: probed and matched (``Improbe``), its frame received, its
+    header read and checked, then (payload over ``INLINE_BYTES``) its payload received — into
+    ``out`` when the header matches it, else into a scratch buffer, so that a refused message
+    is still taken off the wire. :func:`_advance_posted` moves every posted receive on while
+    its rank waits for something else: MPI's rule that a send completes once its receive is
+    *posted* holds, not only once it is waited for."""
+
+    def __init__(self, comm, source, tag, out, on_header):
+        self.comm, self.source, self.tag, self.out, self.on_header = comm, source, tag, out, on_header
+        self.stage, self.reqs, self.error = 0, None, None
+
+    def advance(self) -> bool:
+        """One non-blocking step; True once the whole message is here."""
+        c = self.comm
+        if self.stage == 0:
+            status = MPI.Status()
+            message = c._mpi.Improbe(self.source, self.tag, status)
+            if message is None:
+                return False
+            self.frame = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            self.reqs, self.stage = [message.Irecv([self.frame, MPI.BYTE])], 1
+        if self.stage == 1:
+            if not MPI.Request.Testall(self.reqs):
+                return False
+            self._read_header()
+        if self.stage == 2:
+            if not MPI.Request.Testall(self.reqs):
+                return False
+            self.stage = 3
+        return self.stage == 3
+
+    def _read_header(self):
+        c, out = self.comm, self.out
+        self.header, dtype, shape = c._unpack(self.frame)
+        size = math.prod(shape)
+        self.dtype, self.shape = dtype, shape
+        try:
+            self.on_header(self.header)
+            if out is not None and (out.dtype != dtype or out.size != size):
+                raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
+                                 f"{c.world_rank(self.source)} sent {dtype} of shape {shape}")
+        except Exception as exc:    # noqa: BLE001 - raised by result(), in the receiving call
+            self.error = exc
+        self.inline = size * dtype.itemsize <= INLINE_BYTES     # the payload came in the frame
+        if self.inline:
+            self.stage = 3
+            return
+        if self.error is None and out is not None and out.flags.c_contiguous:
+            self.target = out
+        else:
+            self.target = np.empty(size * dtype.itemsize, np.uint8)
+        self.reqs, self.stage = [c._bulk.Irecv(_bytes(self.target), self.source, self.tag)], 2
+
+    def result(self):
+        """``(array, header)``, or the refusal the header check raised."""
+        if self.error is not None:
+            raise self.error
+        out = self.out
+        if self.inline:
+            payload = self.frame[HEADER_BYTES:].view(self.dtype).reshape(self.shape)
+        elif self.target is out:
+            return out, self.header
+        else:
+            payload = self.target.view(self.dtype).reshape(self.shape)
+        if out is None:
+            return payload, self.header
+        out[...] = payload.reshape(out.shape)
+        return out, self.header
+
+
+_POSTED: list[_Incoming] = []       # this process's posted receives, in posting order
+
+
+def _advance_posted() -> None:
+    """Move every posted receive on (matching in posting order on each channel)."""
+    blocked = set()
+    for incoming in list(_POSTED):
+        line = (id(incoming.comm), incoming.source, incoming.tag)
+        if incoming.stage < 3 and line not in blocked and not incoming.advance() and incoming.stage == 0:
+            blocked.add(line)       # a later receive on this channel must not match before this one
+
+
 # Errors whose message says everything (bad input, divergence, simulated OOM, a peer's
 # failure): printed without a traceback. Anything else is a bug: its traceback is shown.
 PLAIN_ERRORS = (ValueError, ArithmeticError, MemoryError, CommError, KeyboardInterrupt)
@@ -177,6 +260,7 @@ class MPIComm(Communicator):
             if now - start > SPIN_S:
                 if now > deadline:
                     raise CommTimeoutError(self._describe_wait(peer, verb))
+                _advance_posted()   # receives posted but not waited for yet: a send to them completes
                 time.sleep(nap)     # the core goes to whoever needs it, this rank included
                 nap = min(2 * nap, MAX_SLEEP_S)
         return done
@@ -201,38 +285,15 @@ class MPIComm(Communicator):
         if self._coll is not None:      # so that a header naming my own collective decodes
             self._learn(self._coll.op)
             self._learn(self._coll.algorithm)
+        incoming = _Incoming(self, source, wire_tag, out, on_header)
+        _POSTED.append(incoming)
 
         def finish():
-            status = MPI.Status()
-            message = self._poll(lambda: self._mpi.Improbe(source, wire_tag, status), source, "receive from")
-            frame = np.empty(status.Get_count(MPI.BYTE), np.uint8)
-            self._wait([message.Irecv([frame, MPI.BYTE])], source, "receive from")
-            header, dtype, shape = self._unpack(frame)
-            size = math.prod(shape)
-            inline = size * dtype.itemsize <= INLINE_BYTES   # the payload came in the frame
             try:
-                on_header(header)
-                if out is not None and (out.dtype != dtype or out.size != size):
-                    raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
-                                     f"{self.world_rank(source)} sent {dtype} of shape {shape}")
-            except Exception:
-                if not inline:      # take the payload anyway: the sender's send completes, the channel stays in step
-                    drop = np.empty(size * dtype.itemsize, np.uint8)
-                    self._wait([self._bulk.Irecv(_bytes(drop), source, wire_tag)], source, "receive from")
-                raise
-            if inline:
-                payload = frame[HEADER_BYTES:].view(dtype).reshape(shape)
-                if out is None:
-                    return payload, header
-                out[...] = payload.reshape(out.shape)
-                return out, header
-            direct = out is not None and out.flags.c_contiguous
-            target = out if direct else np.empty(shape, dtype)
-            self._wait([self._bulk.Irecv(_bytes(target), source, wire_tag)], source, "receive from")
-            if out is not None and not direct:
-                out[...] = target.reshape(out.shape)
-                target = out
-            return target, header
+                self._poll(incoming.advance, source, "receive from")
+            finally:
+                _POSTED.remove(incoming)
+            return incoming.result()
 
         return finish
 
