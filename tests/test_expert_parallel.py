@@ -63,6 +63,10 @@ def test_expert_parallel_trains_like_one_rank_with_the_same_groups(world, ep, tp
             assert relative(params, ref["params"][step]) <= 1e-9, (step, r["trainer"].rank)
         # the rank's model states at the step: both strategies' exact layouts (experts over grid.dp)
         assert {k: r["model_states"][k] for k in r["expected_model_states"]} == r["expected_model_states"]
+        if tp == 1:       # the step's bytes beside the all-to-alls: both strategies' and the joint norm's
+            log = r["trainer"].step_log
+            a2a = sum(c.bytes_sent for c in log.collectives if c.op == "all_to_all" and c.rank == r["trainer"].rank)
+            assert r["history"][-1]["bytes_sent"] - a2a == r["expected_bytes_sent"]
     dp = world // tp
     losses = [np.mean([r["history"][s]["loss"] for r in runs if r["trainer"].grid.coords["tp"] == 0])
               for s in range(2)]

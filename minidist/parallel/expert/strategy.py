@@ -165,9 +165,16 @@ class ExpertDataParallel:
         return {k: sum(p[k] for p in parts) for k in parts[0]}
 
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
-        """Both strategies' gradient traffic (the all-to-alls are the model's: :func:`.dispatch.all_to_all_bytes`)."""
-        return sum(s.expected_bytes_sent(micro_batches) if hasattr(s, "shard") else s.expected_bytes_sent()
-                   for s in self.parts)
+        """Both strategies' gradient traffic, with the one-float64 ring all-reduces of the joint
+        norm (over grid.ep) and verdict (over the world, in place of the experts' own over grid.dp).
+        The all-to-alls are the model's (:func:`.dispatch.all_to_all_bytes`)."""
+        parts = sum(s.expected_bytes_sent(micro_batches) if hasattr(s, "shard") else s.expected_bytes_sent()
+                    for s in self.parts)
+        ring = lambda group: 2 * (group.size - 1) * 8 if group is not None and group.size > 1 else 0   # noqa: E731
+        joint = ring(self.ep_group) if self.dense.clip > 0 else 0
+        if self.dense.precision is not None:
+            joint += ring(self.world) - (self.experts.scalar_all_reduce_bytes() if isinstance(self.experts, ZeRO1) else 0)
+        return parts + joint
 
     def __getattr__(self, name):
         # what a report reads of one strategy (numel, frozen_bytes, …): the non-expert one's
