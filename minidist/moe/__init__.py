@@ -23,11 +23,22 @@ Public API (what the demo chapter, the exercises and the notebooks use):
   = ``{layer id: {"load": [...], "dropped": n}}`` summed over the step's micro-batches.
 * **Routing as data.** :func:`route` (probabilities → experts, slots, drops) and
   :func:`capacity` run without any model (for figures and exercises).
-* **All-to-all bytes.** Per MoE layer and micro-batch an ep rank makes four all-to-alls
-  (two in forward, two in backward), each sending (ep − 1)/ep · E · C · h elements:
-  :func:`minidist.parallel.expert.all_to_all_bytes`; the messages are logged under the
-  collective name "all_to_all" like any other (``comm.log``), and the train report prints
-  them measured beside the estimate.
+* **All-to-all bytes.** Per MoE layer and group an ep rank makes four all-to-alls (two in
+  forward, two in backward), each sending (ep − 1)/ep · E · C · h elements:
+  :func:`minidist.parallel.expert.all_to_all_bytes` (bytes, with the itemsize); they are
+  logged under the collective name "all_to_all" on ``grid.ep`` like any other message
+  (``trainer.step_log.collectives``: ``op``, ``group``, ``bytes_sent``).
+* **The report** (``python -m minidist.train --report``): ``report["moe"]["estimate"]``
+  (:func:`minidist.estimate.moe.moe_for_config`: experts' parameters and optimizer states per
+  rank, capacity, all-to-all bytes per step), ``report["moe"]["load"]`` (per step, per layer:
+  load per expert and dropped assignments summed over the data-parallel ranks), and per rank
+  ``ranks[i]["moe"]`` what it measured (:mod:`minidist.parallel.expert.accounting`). The
+  estimator's command line: ``python -m minidist.estimate … --experts E --ep N --top-k k
+  --capacity-factor f``.
+* **What composes.** ``python -m minidist.train --support-matrix`` (rows MoE and EP): MoE with
+  data parallelism, ZeRO-1/2/3, TP, fp16/bf16, selective recomputation and checkpoints; EP with
+  DDP, ZeRO-1/2, TP, clipping, fp16/bf16 and checkpoints. Refused before any rank starts:
+  MoE with PP, CP, SP, full recomputation, distillation, PEFT; EP with ZeRO-3.
 """
 from __future__ import annotations
 
