@@ -13,13 +13,16 @@ a duplicate communicator, so the large array is sent in place, never copied into
 (MPI moves it by rendezvous anyway, where one more small message costs nothing). The
 receiver probes for the frame (``Improbe``), reads the header, checks it, and only then
 receives the large payload — straight into ``out=`` when given. Both sides know which way a
-message goes from its size, so no flag travels.
+message goes from its size, so no flag travels. A posted receive moves on through these
+stages whenever its rank waits for anything (:class:`_Incoming`), so a send completes once
+its receive is posted, as MPI promises, even if the receiver first waits for its own send.
 
 Waiting never busy-waits for long: a wait polls for ``SPIN_S`` (a message from a rank on
 another core arrives within it), then sleeps between polls, from ``MIN_SLEEP_S`` doubling
 up to ``MAX_SLEEP_S``, so ranks that share a core (4 ranks on 2 cores) hand it to each
-other instead of burning it. Every wait has a deadline (``timeout``): a deadlock becomes a
-:class:`CommTimeoutError` naming the ranks, and ``run_main`` aborts the whole job.
+other instead of burning it (MPICH's own waits spin, yielding every 1000 polls). Every wait
+has a deadline (``timeout``): a deadlock becomes a :class:`CommTimeoutError` naming the
+ranks, and ``run_main`` aborts the whole job.
 """
 from __future__ import annotations
 
