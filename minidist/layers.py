@@ -137,8 +137,13 @@ class Layers:
         return x
 
     def gather_tokens(self, x):
-        """A block's output as (B, T, C) on every rank (``return_hidden``)."""
+        """A block's output as (B, T, C) on every rank (``return_hidden``, the MoE MLP under SP)."""
         return x
+
+    def replicated_tokens(self):
+        """Context in which the layers see every position on every tensor-parallel rank (the MoE
+        MLP routes the whole sequence under sequence parallelism): plain, nothing changes."""
+        return contextlib.nullcontext()
 
     def context_tokens(self, ids, start: int = 0):
         """The token ids (B, T) this rank embeds and their positions (``start`` … ``start + T − 1``);

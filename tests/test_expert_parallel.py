@@ -1,6 +1,6 @@
 """Expert parallelism (minidist.parallel.expert) trains like one rank with the same groups
-(float64, relative ≤ 1e-9 after every step): ep = 2 and 4, with data parallelism, ZeRO-2 and
-tensor parallelism; the all-to-all traffic is (ep − 1)/ep · E · C · h · itemsize per all-to-all,
+(float64, relative ≤ 1e-9 after every step): ep = 2 and 4, with data parallelism, ZeRO-1/2,
+tensor (and sequence) parallelism and clipping; the all-to-all traffic is (ep − 1)/ep · E · C · h · itemsize per all-to-all,
 four per MoE layer and micro-batch; bad input is refused on every rank, naming the fix."""
 import copy
 import math
@@ -25,13 +25,13 @@ BASE = {"model": {"n_layer": 2, "n_embd": 8, "n_head": 2, "block_size": SEQ, "dr
 GLOBAL = 4                                # sequences per micro-step over all data-parallel ranks
 
 
-def config(world, ep, tp=1, stage=0, clip=0.0):
+def config(world, ep, tp=1, stage=0, clip=0.0, sp=False):
     dp = world // tp
     cfg = copy.deepcopy(BASE)
     cfg["gradient_clipping"] = clip           # 0.05: below the gradients' norm, so every step clips
     cfg["train_micro_batch_size_per_gpu"] = GLOBAL // dp
     cfg["model"]["moe"]["group_size"] = GLOBAL // dp * SEQ        # one group per rank and micro-batch
-    cfg["parallel"] = {"expert": ep, "tensor": tp}
+    cfg["parallel"] = {"expert": ep, "tensor": tp, "sequence_parallel": sp}
     cfg["zero_optimization"] = {"stage": stage}
     return cfg
 
@@ -39,7 +39,7 @@ def config(world, ep, tp=1, stage=0, clip=0.0):
 def one_rank(cfg):
     serial = copy.deepcopy(cfg)
     serial["train_micro_batch_size_per_gpu"] = GLOBAL
-    serial["parallel"] = {"expert": 1, "tensor": 1}
+    serial["parallel"] = {"expert": 1, "tensor": 1, "sequence_parallel": False}
     serial["zero_optimization"] = {"stage": 0}
     return train_steps(serial)                   # the same groups: group_size tokens each
 
@@ -48,12 +48,14 @@ def relative(a, b):
     return max(float(np.max(np.abs(a[k] - b[k])) / np.max(np.abs(b[k]))) for k in b)
 
 
-@pytest.mark.parametrize("world,ep,tp,stage,clip", [
-    (2, 2, 1, 0, 0.0), (4, 4, 1, 0, 0.0), (4, 2, 1, 0, 0.0), (4, 2, 1, 2, 0.0), (4, 2, 2, 0, 0.0),
-    (4, 4, 1, 0, 0.05), (4, 2, 1, 2, 0.05), (4, 2, 2, 1, 0.05)],
-    ids=["ep2", "ep4", "ep2-dp2", "ep2-dp2-zero2", "ep2-tp2", "ep4-clip", "ep2-dp2-zero2-clip", "ep2-tp2-zero1-clip"])
-def test_expert_parallel_trains_like_one_rank_with_the_same_groups(world, ep, tp, stage, clip):
-    cfg = config(world, ep, tp, stage, clip)
+@pytest.mark.parametrize("world,ep,tp,stage,clip,sp", [
+    (2, 2, 1, 0, 0.0, False), (4, 4, 1, 0, 0.0, False), (4, 2, 1, 0, 0.0, False), (4, 2, 1, 2, 0.0, False),
+    (4, 2, 2, 0, 0.0, False), (4, 2, 2, 0, 0.0, True), (4, 4, 1, 0, 0.05, False), (4, 2, 1, 2, 0.05, False),
+    (4, 2, 2, 1, 0.05, False)],
+    ids=["ep2", "ep4", "ep2-dp2", "ep2-dp2-zero2", "ep2-tp2", "ep2-tp2-sp", "ep4-clip", "ep2-dp2-zero2-clip",
+         "ep2-tp2-zero1-clip"])
+def test_expert_parallel_trains_like_one_rank_with_the_same_groups(world, ep, tp, stage, clip, sp):
+    cfg = config(world, ep, tp, stage, clip, sp)
     ref = one_rank(cfg)
     runs = dist.spawn(train_steps, world, cfg, timeout=90)
     for r in runs:

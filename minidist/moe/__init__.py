@@ -36,9 +36,10 @@ Public API (what the demo chapter, the exercises and the notebooks use):
   estimator's command line: ``python -m minidist.estimate … --experts E --ep N --top-k k
   --capacity-factor f``.
 * **What composes.** ``python -m minidist.train --support-matrix`` (rows MoE and EP): MoE with
-  data parallelism, ZeRO-1/2/3, TP, fp16/bf16, selective recomputation and checkpoints; EP with
-  DDP, ZeRO-1/2, TP, clipping, fp16/bf16 and checkpoints. Refused before any rank starts:
-  MoE with PP, CP, SP, full recomputation, distillation, PEFT; EP with ZeRO-3.
+  data parallelism, ZeRO-1/2/3, TP and SP (under SP the layer gathers the sequence, routes it
+  whole and keeps its positions again), fp16/bf16, selective recomputation and checkpoints; EP
+  with DDP, ZeRO-1/2, TP, SP, clipping, fp16/bf16 and checkpoints. Refused before any rank
+  starts: MoE with PP, CP, full recomputation, distillation, PEFT; EP with ZeRO-3.
 """
 from __future__ import annotations
 

@@ -93,6 +93,7 @@ class MoEMLP(Module):
         self.moe = moe
         E, C = moe.num_experts, n_embd
         self.router = Linear.from_arrays(init.normal(prefix + "router.weight", (C, E)), None)   # W_gate, no bias
+        self.layers = layers                         # the factory: its token regions (sequence parallelism)
         self.expert_parallel = getattr(layers, "expert_parallel", None)
         ep, r = (1, 0) if self.expert_parallel is None else (self.expert_parallel.size, self.expert_parallel.rank)
         self.expert_ids = list(range(r * E // ep, (r + 1) * E // ep))  # this rank's whole experts
@@ -113,6 +114,15 @@ class MoEMLP(Module):
 
     # -- the steps -------------------------------------------------------------------------------
     def forward(self, x):
+        # under sequence parallelism: every position on every tp rank, the experts' linears as
+        # without it (f, g), then this rank's positions again (the group is the whole sequence)
+        x = self.layers.gather_tokens(x)                             # (B, T/t, C) → (B, T, C)
+        with self.layers.replicated_tokens():
+            out = self.mixture(x)
+        return self.dropout(self.layers.scatter_tokens(out))        # (B, T, C) → (B, T/t, C)
+
+    def mixture(self, x):
+        """(B, S, h) → (B, S, h): every group's tokens through their experts, weighted."""
         B, S, h = x.shape
         xt = x.reshape(B * S, h)                                     # (B·S, h): tokens in batch order
         n = B * S if self.moe.group_size is None else self.moe.group_size
@@ -127,7 +137,7 @@ class MoEMLP(Module):
         out = outs[0] if len(outs) == 1 else F.concat(outs, axis=0)
         # the mean over groups (1/G in the loss's dtype: a Python float would make a float32 tensor)
         self.loss = losses[0] if len(losses) == 1 else sum(losses[1:], losses[0]) * _const(1.0 / len(losses), x)
-        return self.dropout(out.reshape(B, S, h))
+        return out.reshape(B, S, h)
 
     def group(self, x):
         """One group: x (T, h) → (out (T, h), coef_aux · aux + coef_z · z)."""

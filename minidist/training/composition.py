@@ -145,9 +145,6 @@ REFUSED = {pair: message for pair, message in {
                                                                            "distillation.teacher_ranks)"),
     ("MoE", "CP"): _why("a routing group is the tokens one rank holds, and context parallelism would split every "
                         "sequence's tokens (and so the groups) over its ranks", "set parallel.context.size 1"),
-    ("MoE", "SP"): _why("under sequence parallelism a tp rank holds s/t positions: the router would route other "
-                        "groups than one rank, and the experts' column-parallel inputs are not gathered here",
-                        "set parallel.sequence_parallel false (MoE composes with parallel.tensor > 1)"),
     ("MoE", "full recompute"): _why("a recomputed block's aux and z losses would reach the loss without their "
                                     "gradients (its first forward keeps no graph)",
                                     "use activation_checkpointing.granularity selective or none"),

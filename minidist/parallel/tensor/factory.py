@@ -92,6 +92,17 @@ class TensorParallelLayers(Layers):
         finally:
             self.ctx.sequence_parallel = sp
 
+    @contextlib.contextmanager
+    def replicated_tokens(self):
+        """Column- and row-parallel linears as without sequence parallelism (``f`` and ``g``): the
+        MoE MLP gathers the sequence first and runs its experts on whole slot buffers."""
+        sp = self.ctx.sequence_parallel
+        self.ctx.sequence_parallel = False
+        try:
+            yield
+        finally:
+            self.ctx.sequence_parallel = sp
+
     def scatter_tokens(self, x):
         if self.ctx.sequence_parallel:
             return scatter_to_sequence_parallel_region(x, self.ctx.group)      # (B, T/t, C)
