@@ -2,8 +2,9 @@
 Patient KD: the head's differentiable all-gather gives the KD loss the whole vocabulary),
 pipeline parallel (the KD loss on the last stage, the frozen teacher's soft targets there),
 both, and under ZeRO-3 (the root unit gathered again for the logits' backward) — each equal to
-one rank in float64 (relative ≤ 1e-9: every step's loss and parts, the final weights); and what
-is refused before any rank starts, on every rank, naming the key."""
+one rank in float64 (relative ≤ 1e-9: every step's loss and parts, the final weights); the tp
+student's extra bytes by the formula; and what is refused before any rank starts, on every
+rank, naming the key."""
 import numpy as np
 import pytest
 
@@ -82,3 +83,27 @@ def test_cli_pipeline_distillation_with_progress_bars_on_every_rank(tmp_path, ca
     assert capsys.readouterr().err.count("step 3/3") == 1           # the student's bar, on rank 0 only
     t = json.loads((tmp_path / "r.json").read_text())["distillation"]["teacher"]
     assert t["memory"]["parameters"] == 8 * t["n_params"]            # float64, every parameter of it
+
+
+def _step_bytes(comm, cfg):
+    import copy
+
+    from minidist.training.trainer import Trainer
+    if cfg["distillation"] is not None:
+        s = distill_rank(comm, copy.deepcopy(cfg)).student
+    else:
+        s = Trainer(copy.deepcopy(cfg), comm)
+        s.fit(progress=False)
+    return [h["bytes_sent"] for h in s.history], s.layers.padded_vocab_size
+
+
+def test_tp_student_sends_the_logits_gather_in_place_of_the_vocab_parallel_cross_entropy():
+    """Per micro-batch of N = b·s positions, the KD student's head all-gathers the logits,
+    (t−1)/t·N·V_padded·w bytes per rank, where plain training's vocab-parallel cross-entropy
+    all-reduces max, target logit and sum-exp, 3 · 2(t−1)/t·N·w; everything else is the same."""
+    t, acc, b, s, w = 2, 2, 4, 8, 8
+    cfg = config(micro=b, acc=acc, parallel={"tensor": t})
+    kd, plain = (dist.spawn(_step_bytes, t, c)[0] for c in (cfg, dict(cfg, distillation=None)))
+    v = kd[1]
+    extra = acc * (t - 1) * b * s * w * (v - 6) // t
+    assert [x - y for x, y in zip(kd[0], plain[0])] == [extra] * 3
