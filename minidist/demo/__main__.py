@@ -28,6 +28,7 @@ CHAPTERS = [
     ("checkpointing", "minidist.demo.checkpointing"),
     ("inference", "minidist.demo.inference"),
     ("compression", "minidist.demo.compression"),
+    ("moe", "minidist.demo.moe"),
     ("peft", "minidist.demo.peft"),
     ("context", "minidist.demo.context"),
 ]
