@@ -1,4 +1,5 @@
 """The tour runs in-process and under real mpirun, and writes its figures."""
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +16,9 @@ def test_demo_memory_chapter_in_process(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "4 in-process ranks" in out.stdout and "Anatomy of training memory" in out.stdout
+    budget = out.stdout.split("=== Time budget ===")[1].splitlines()        # printed at the end
+    assert budget[2].split()[0] == "start-up" and budget[3].split()[0] == "memory"
+    assert budget[4].startswith("total") and "(budget 60 s on 2 cores)" in budget[4]
     for name in ("01_memory_timeline.png", "01_memory_moments.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -51,3 +55,24 @@ def test_demo_precision_chapter_zero_table_matches_formulas(tmp_path):
         # fp16 traffic; the sharded strategies also all-reduce the one-element overflow flag
         assert sent == sent_formula == bytes_sent(min(stage, 3), 4, 2, psi // 4, scalars=int(stage > 0)), name
     assert (tmp_path / "04_zero_mixed_memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_budget_table_gives_each_chapter_its_share():
+    from minidist.demo.__main__ import budget_table
+    rows = [line.split() for line in budget_table({"start-up": 2.0, "zero": 6.0, "peft": 12.0}, 60).splitlines()]
+    assert rows[0] == ["chapter", "seconds", "share"]
+    assert rows[1:4] == [["start-up", "2.0", "10%"], ["zero", "6.0", "30%"], ["peft", "12.0", "60%"]]
+    assert rows[4][:2] == ["total", "20.0"] and "60" in rows[4]
+
+
+def test_the_tour_runs_blas_single_threaded_unless_the_environment_says_otherwise():
+    """The ranks share the cores: the tour sets NumPy's BLAS to one thread, as OMP_NUM_THREADS=1
+    would have, and leaves a count the user set alone."""
+    code = "from minidist.demo.threads import single_threaded_blas; print(single_threaded_blas())"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                            "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0 and int(out.stdout) >= (1 if sys.platform.startswith("linux") else 0), out.stderr
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**env, "OMP_NUM_THREADS": "2"})
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr

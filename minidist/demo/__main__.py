@@ -14,6 +14,9 @@ from pathlib import Path
 
 from .. import distributed as dist
 from .._malloc import tune_malloc
+from .threads import single_threaded_blas
+
+_STARTED = time.perf_counter()          # the start-up row of the budget: imports and spawning the ranks
 
 # (short name, module) in tour order; a chapter module has TITLE and run(comm, out_dir) -> dict
 CHAPTERS = [
@@ -46,10 +49,25 @@ def available_chapters() -> list[tuple[str, object]]:
     return found
 
 
+# the whole tour's wall-time budget on 2 cores: 4 in-process ranks, and mpirun -n 4 (4 processes
+# starting MPI, each importing NumPy and matplotlib)
+BUDGET_S, MPI_BUDGET_S = 60.0, 90.0
+
+
+def budget_table(seconds: dict, budget: float = BUDGET_S) -> str:
+    """Each chapter's wall time and its share of the tour, and the total against the budget."""
+    total = sum(seconds.values())
+    lines = [f"{'chapter':<14}{'seconds':>9}{'share':>8}"]
+    lines += [f"{name:<14}{t:>9.1f}{t / total if total else 0.0:>8.0%}" for name, t in seconds.items()]
+    lines.append(f"{'total':<14}{total:>9.1f}{'':>8}  (budget {budget:.0f} s on 2 cores)")
+    return "\n".join(lines)
+
+
 def run_tour(comm, chapters: list[str], out_dir: Path) -> dict:
     """Run the chosen chapters on this rank; every rank calls it (collectives need all)."""
-    results = {}
-    for name, module in available_chapters():
+    found = available_chapters()
+    results, seconds = {}, {"start-up": time.perf_counter() - _STARTED}
+    for name, module in found:
         if name not in chapters:
             continue
         if comm.rank == 0:
@@ -57,8 +75,12 @@ def run_tour(comm, chapters: list[str], out_dir: Path) -> dict:
         t0 = time.perf_counter()
         results[name] = module.run(comm, out_dir)
         dist.barrier(comm)
+        seconds[name] = time.perf_counter() - t0
         if comm.rank == 0:
-            print(f"({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
+            print(f"({name}: {seconds[name]:.1f} s)", flush=True)
+    if comm.rank == 0:
+        budget = MPI_BUDGET_S if dist.is_mpi_launch() else BUDGET_S
+        print("\n=== Time budget ===\n" + budget_table(seconds, budget), flush=True)
     return results
 
 
@@ -76,6 +98,7 @@ def main(argv=None) -> int:
     if args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
     tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
+    single_threaded_blas()  # the ranks share the cores: BLAS threads inside each would spin against them
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if dist.is_mpi_launch():
