@@ -146,3 +146,37 @@ def test_the_expert_all_to_all_hides_under_the_other_pass():
 def test_overlap_needs_dualpipe_v_on_a_pipeline(par, world):
     errors = trainer_errors(config(True, **par), world)
     assert all(e is not None and "parallel.overlap_f_b" in e and "dualpipe_v" in e for e in errors), errors
+
+
+MPI_SCRIPT = """
+import json, sys
+from minidist import distributed as dist
+from minidist.testing import train_steps
+cfg = json.loads(sys.argv[1])
+def main(comm):
+    run = train_steps(comm, cfg)
+    step = run["trainer"].pipeline.steps[-1]
+    got = dist.gather_object(comm, [[h["loss"] for h in run["history"]], step["t_end"] - step["t_begin"]])
+    if comm.rank == 0:
+        print("RANKS", json.dumps(got))
+dist.run_main(main)
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_mpirun_runs_the_overlapped_pairs_as_in_process():
+    """Under mpirun the two lanes of a pair are threads of an MPI process taking turns: the same
+    losses and the same simulated step as the in-process ranks."""
+    import json
+
+    from _mpi import run_mpi
+    cfg = config(True, tensor=1, expert=2)
+    cfg["model"]["moe"] = {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0}
+    p = run_mpi(4, ["-c", MPI_SCRIPT, json.dumps(cfg)], timeout=100)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith("RANKS")).split(" ", 1)[1])
+    runs = dist.spawn(train_steps, 4, cfg)
+    for r, run in enumerate(runs):
+        step = run["trainer"].pipeline.steps[-1]
+        assert got[r] == [[h["loss"] for h in run["history"]], step["t_end"] - step["t_begin"]]
