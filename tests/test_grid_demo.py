@@ -132,7 +132,7 @@ def test_readme_quotes_what_the_estimator_prints(capsys):
     assert estimate_main(block[0].split()[4:]) == 0          # after "$ python -m minidist.estimate"
     printed = capsys.readouterr().out.splitlines()
     quoted = [line for line in block[1:] if line != "..."]
-    assert len(quoted) == 8
+    assert len(quoted) == 10                                  # the header, its rule, stages 0-3 × 2 ranks
     i = printed.index(quoted[0])
     assert printed[i:i + len(quoted)] == quoted, "the README's estimator table is stale: paste what the command prints"
 
