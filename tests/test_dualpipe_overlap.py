@@ -121,6 +121,9 @@ def test_dualpipe_v_overlap_is_bit_identical_and_shorter_by_at_most_what_it_hide
     # the step is a longest path through the ranks' actions: shortening pairs by what they
     # hide shortens it by at most the sum
     assert 0 < saved <= hidden, (saved, hidden)
+    measured = [r["trainer"].pipeline.measured() for r in replica]        # what the train report shows
+    assert sum(m["hidden_communication"] for m in measured) == pytest.approx(hidden, rel=1e-12)
+    assert sum(m["overlapped_pairs"] for m in measured) == len(s.overlap)
 
 
 def test_the_expert_all_to_all_hides_under_the_other_pass():

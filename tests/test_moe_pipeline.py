@@ -2,7 +2,8 @@
 step's loss where they are computed (on the last chunk added to its loss, on the others carried
 by the backward of the chunk's output, Megatron's MoEAuxLossAutoScaler), so 1F1B, ZB-V (B/W
 split) and DualPipeV — with expert parallelism and the overlapped F&B pairs — train like one
-rank with the same groups (float64, relative ≤ 1e-9), the loss summed over the stages included."""
+rank with the same groups (float64, relative ≤ 1e-9), the loss summed over the stages included, and
+every stage records its MoE layers' load per expert and drops (summed over the ranks: one rank's)."""
 import numpy as np
 import pytest
 
@@ -37,5 +38,12 @@ def test_moe_under_a_pipeline_trains_like_one_rank(par, world):
         for r in runs:
             for name, value in r["params"][step].items():
                 np.testing.assert_allclose(value, ref["params"][step][name], rtol=1e-9, atol=1e-12, err_msg=name)
+        load: dict = {}                                  # every rank's groups' load per expert, summed
+        for r in runs:
+            for layer, x in r["history"][step]["moe"].items():
+                acc = load.setdefault(layer, {"load": [0] * 4, "dropped": 0})
+                acc["load"] = [a + b for a, b in zip(acc["load"], x["load"])]
+                acc["dropped"] += x["dropped"]
+        assert load == want["moe"]
     aux = [r["trainer"].pipeline.steps[-1]["moe_losses"] for r in runs]
     assert any(a > 0 for a in aux)                       # the first stage's MoE layers really contributed

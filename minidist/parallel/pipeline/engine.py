@@ -99,6 +99,8 @@ class PipelineEngine:
         trainer.history.append({"step": step, "loss": loss, "loss_scale": mp.scale if mp else None,
                                 "skipped": mp.skipped if mp else False, "sim_time": dev.clock.time,
                                 "bytes_sent": trainer.step_log.bytes_sent()})
+        if run["moe"]:                           # this rank's MoE layers: load per expert, drops
+            trainer.history[-1]["moe"] = run["moe"]
         return loss
 
     def reduce_tied_embedding(self) -> None:
@@ -146,7 +148,9 @@ class PipelineEngine:
         run = self.steps[-1]
         return {"pp_rank": self.pp_rank, "t_begin": run["t_begin"], "t_end": run["t_end"], "busy": run["busy"],
                 "peak_in_flight": run["peak_in_flight"],
-                "timeline": [(a.op, a.micro_batch, a.stage, t0, t1) for a, t0, t1 in run["events"]]}
+                "timeline": [(a.op, a.micro_batch, a.stage, t0, t1) for a, t0, t1 in run["events"]],
+                # DualPipe's overlapped F&B pairs (parallel.overlap_f_b): how many, what they hid
+                "overlapped_pairs": len(run["pairs"]), "hidden_communication": sum(p["hidden"] for p in run["pairs"])}
 
 
 def bubble_from_ranks(measured: list) -> float:
@@ -169,6 +173,8 @@ def pipeline_report(trainer, ranks: list) -> dict:
             "bubble_fraction": bubble_from_ranks(mine) if mine else None,
             "peak_in_flight": [r["peak_in_flight"] for r in mine],
             "step_time": max(r["t_end"] for r in mine) - min(r["t_begin"] for r in mine) if mine else None,
+            "overlap_f_b": engine.executor.overlap,
+            "hidden_communication": sum(r.get("hidden_communication", 0.0) for r in mine),
             **(step_split(s, mine) if mine else {})}
 
 

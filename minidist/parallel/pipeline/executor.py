@@ -98,6 +98,7 @@ class PipelineExecutor:
         held, charged = {}, {}     # activation bytes per (i, stage), and what its F charged
         losses, events, sends, pairs = {}, [], [], []
         aux: dict = {}             # micro-batch -> MoE losses of this rank's chunks but the last
+        experts: dict = {}         # MoE layer id -> load per expert and drops over the step
         busy, peak, t_begin = 0.0, 0.0, clock.now("compute")
         posted: dict = {}          # (i, stage, kind) -> receive posted with the previous action's sends
         around = around or (lambda a: contextlib.nullcontext())
@@ -111,6 +112,7 @@ class PipelineExecutor:
             with around(a), autocast(self.fmt):
                 y = self.chunks[st].forward(data, targets[i] if st == s.n_stages - 1 else None)
                 extra = self.chunks[st].moe_loss()            # this chunk's MoE aux + z losses, or None
+                self.chunks[st].moe_statistics(experts)       # load per expert, drops
                 if extra is not None and st == s.n_stages - 1:
                     y = y + extra
                 elif extra is not None:
@@ -187,7 +189,7 @@ class PipelineExecutor:
         for req in sends:
             req.wait()
         return {"losses": [losses[i] for i in sorted(losses)], "events": events, "busy": busy,
-                "moe_losses": sum(aux.values()) / len(inputs),
+                "moe_losses": sum(aux.values()) / len(inputs), "moe": experts,
                 "t_begin": t_begin, "t_end": clock.now("compute"), "pairs": pairs,
                 "peak_in_flight": peak * s.ranks / s.n_stages}
 

@@ -14,13 +14,15 @@ names in the whole model (``transformer.h.4``), with ``pre_process`` if it holds
 runs the model's own three steps (``embed → blocks → head``) on its part: there is no second
 copy of the forward here. A chunk's MoE layers' aux and z losses (:meth:`Chunk.moe_loss`) join
 the step's loss where they are computed: on the last chunk added to its loss, on the others
-carried by the backward of the chunk's output (:func:`carry_loss`).
+carried by the backward of the chunk's output (:func:`carry_loss`); so does a chunk's
+``side_loss`` (Patient KD's hidden-state loss of the student's blocks there).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ...model import GPT
+from ...moe import statistics
 from ...tensor import make_result
 
 
@@ -40,6 +42,7 @@ class Chunk:
     def __init__(self, model: GPT, stage: int, n_stages: int, layer_ids: list):
         self.model, self.stage, self.layer_ids = model, stage, layer_ids
         self.first, self.last = stage == 0, stage == n_stages - 1
+        self.side_loss = None           # a scalar loss a forward left beside its output (minidist.distill)
 
     def forward(self, x, targets=None):
         """Chunk 0 takes token ids (B, T); the others the activation (B, T, C) — (B, T/t, C)
@@ -53,10 +56,25 @@ class Chunk:
 
     def moe_loss(self):
         """The aux and z losses (:mod:`minidist.moe`) this chunk's MoE layers computed in its last
-        forward, summed (a Tensor), or None when the chunk has no MoE layer."""
+        forward, summed (a Tensor), or None when the chunk has no MoE layer and no side loss.
+        A ``side_loss`` its last forward left (Patient KD's hidden-state loss of the chunk's
+        blocks, :mod:`minidist.distill.student`) joins them, taken once: the same injection."""
         blocks = self.model.transformer.h
         parts = [blocks[i].mlp.loss for i in self.layer_ids if getattr(blocks[i].mlp, "loss", None) is not None]
+        if self.side_loss is not None:
+            parts.append(self.side_loss)
+            self.side_loss = None
         return sum(parts[1:], parts[0]) if parts else None
+
+    def moe_statistics(self, into: dict) -> dict:
+        """Add the load per expert and the drops of this chunk's MoE layers' last forward to
+        ``into`` (layer id → ``{"load": list, "dropped": int}``, the trainer's history format)."""
+        for i, s in statistics(self.model).items():
+            if i in self.layer_ids:
+                acc = into.setdefault(i, {"load": [0] * len(s["load"]), "dropped": 0})
+                acc["load"] = [int(a + b) for a, b in zip(acc["load"], s["load"])]
+                acc["dropped"] += s["dropped"]
+        return into
 
 
 def carry_loss(x, loss):
