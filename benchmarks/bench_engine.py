@@ -3,16 +3,21 @@
     python benchmarks/bench_engine.py [--threads 1] [--steps 5] [--repeats 3]
 
 Reference config: 4 layers, 256 wide, 8 heads, sequence 128, batch 8 (fp32, AdamW).
-Both run in this process with the same thread count, side by side: each repetition times
-minidist with its accounting on (what users run), PyTorch, and minidist with its accounting
-off (``Device(accounting=False)``), one after the other. It prints
+Three runners live in this process with the same thread count — minidist with its
+accounting on (what users run), PyTorch, and minidist with its accounting off
+(``Device(accounting=False)``) — and a repetition times ``--steps`` rounds of one step
+each, in an order that rotates every round, so that a change in the machine's load hits
+all three alike. Each step is timed in wall time and in CPU time (``time.process_time``:
+what the step cost, leaving out the time the process waited for a core on a busy machine).
+It prints
 
-* the ratio minidist / PyTorch of every repetition, their median and spread;
-* the accounting's overhead (memory tracker, simulated clock, FLOP counters, trace): the
+* per repetition, tokens/s and the ratio minidist / PyTorch (> 1: minidist is faster),
+  then the median and spread of the ratio over the repetitions;
+* the accounting's overhead (memory tracker, FLOP counters, compute clock, trace): the
   same step with accounting on vs off, in percent;
-* a profile table of one more step, timed per op family (every GEMM under matmul/BLAS;
-  each op's own time outside its GEMMs under its family), the share of the step outside
-  BLAS, and the bound on tokens/s: 6·N·D FLOPs at this machine's sgemm rate.
+* a profile table of one more step: CPU time per op family, every GEMM under BLAS and
+  each op's own time outside its GEMMs under its family; the share of the step inside BLAS;
+  and the limit, 6·N·D FLOPs at this machine's sgemm rate.
 """
 from __future__ import annotations
 
@@ -244,27 +249,28 @@ class OpProfiler:
 _ABSENT = object()
 
 
-def sgemm_rate(m, k, n, reps=10) -> float:
-    """FLOP/s of float32 (m×k)·(k×n) products on this machine, best of ``reps``."""
+def sgemm_rate(m, k, n, reps=20) -> float:
+    """FLOP/s of float32 (m×k)·(k×n) products on this machine, per CPU second (the step's
+    profile is in CPU time too): the best of ``reps``."""
     rng = np.random.default_rng(0)
     a, b = rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32)
-    best = min(_timeit(lambda: a @ b) for _ in range(reps))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.process_time()
+        np.matmul(a, b)
+        best = min(best, time.process_time() - t0)
     return 2 * m * k * n / best
 
 
-def _timeit(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def profile_step(cfg, B, T, steps=3):
-    """Seconds per family of one step (mean over ``steps``), and the step's seconds."""
+    """CPU seconds per family of one step (mean over ``steps``), the step's CPU seconds, the
+    model's parameter count and the matmul FLOPs of one step."""
     from minidist.device import Device
     dev = Device()
     with dev:
         model, opt, x, y = minidist_setup(cfg, B, T)
     minidist_step(model, opt, x, y, dev)                    # warm-up: optimizer states, caches
+    flops0 = dev.matmul_flops
     with OpProfiler(opt) as prof:
         t0 = time.process_time()
         for _ in range(steps):
@@ -273,24 +279,27 @@ def profile_step(cfg, B, T, steps=3):
     fams = {k: v / steps for k, v in prof.acc.items()}
     fams["autograd engine, Python glue"] = total - sum(fams.values())
     n_params = sum(p.size for p in model.parameters())
-    return fams, total, n_params
+    return fams, total, n_params, (dev.matmul_flops - flops0) / steps
 
 
-def print_profile(cfg, B, T, ours_s):
-    fams, total, n_params = profile_step(cfg, B, T)
+def print_profile(cfg, B, T, ours_wall, ours_cpu):
+    fams, total, n_params, mm_flops = profile_step(cfg, B, T)
     C = cfg["n_embd"]
     rate = sgemm_rate(B * T, C, 4 * C)                    # the MLP's first product: the model's typical GEMM
     flops_6nd = 6 * n_params * B * T
-    print(f"\nprofile of one step (timers on: {total * 1e3:.0f} ms; untimed median {ours_s * 1e3:.0f} ms)")
+    print(f"\nprofile of one step, CPU time per op family (with its timers: {total * 1e3:.0f} ms; "
+          f"without: {ours_cpu * 1e3:.0f} ms CPU, {ours_wall * 1e3:.0f} ms wall)")
     print(f"  {'family':30s} {'ms':>7s} {'share':>6s}")
     for fam in ORDER + sorted(set(fams) - set(ORDER)):
         if fam in fams:
             print(f"  {fam:30s} {fams[fam] * 1e3:7.1f} {fams[fam] / total:6.1%}")
     blas = sum(fams.get(f, 0.0) for f in BLAS)
-    print(f"  inside BLAS {blas / total:.1%}, outside BLAS {1 - blas / total:.1%} of the step")
-    print(f"  sgemm rate here ({B * T}x{C}x{4 * C}): {rate / 1e9:.1f} GFLOP/s; 6·N·D = 6 × {n_params / 1e6:.2f}M "
-          f"× {B * T} = {flops_6nd / 1e9:.1f} GFLOP → bound {B * T * rate / flops_6nd:,.0f} tokens/s "
-          f"({flops_6nd / rate * 1e3:.0f} ms/step); minidist reaches {flops_6nd / rate / ours_s:.0%} of it")
+    print(f"  inside BLAS {blas / total:.1%}, outside BLAS {1 - blas / total:.1%} of the step; "
+          f"the step's GEMMs ran at {mm_flops / blas / 1e9:.1f} GFLOP/s ({mm_flops / 1e9:.1f} GFLOP counted)")
+    print(f"  the limit: 6·N·D = 6 × {n_params / 1e6:.2f}M parameters × {B * T} tokens = {flops_6nd / 1e9:.1f} GFLOP "
+          f"at this machine's sgemm rate ({B * T}x{C}x{4 * C}, best of 20: {rate / 1e9:.1f} GFLOP per CPU s) = "
+          f"{flops_6nd / rate * 1e3:.0f} ms/step, {B * T * rate / flops_6nd:,.0f} tokens/s; minidist's step is "
+          f"{ours_cpu * rate / flops_6nd:.2f}x that (CPU time)")
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -316,7 +325,7 @@ def main(args):
         t = side_by_side(runners, args.steps)
         nan = (float("nan"),) * 2
         (ours, ours_c), (bare, bare_c), (theirs, theirs_c) = t["minidist"], t["off"], t.get("torch", nan)
-        rows.append((theirs / ours, theirs_c / ours_c, ours / bare - 1, ours_c / bare_c - 1, ours))
+        rows.append((theirs / ours, theirs_c / ours_c, ours / bare - 1, ours_c / bare_c - 1, ours, ours_c))
         print(f"  run {r + 1}: minidist {B * T / ours:6.0f} tokens/s, PyTorch {B * T / theirs:6.0f} tokens/s: "
               f"ratio {theirs / ours:.2f}x (CPU time {theirs_c / ours_c:.2f}x); accounting off "
               f"{B * T / bare:6.0f} tokens/s: accounting {ours / bare - 1:+.1%} (CPU time {ours_c / bare_c - 1:+.1%})")
@@ -332,9 +341,9 @@ def main(args):
     print(f"ratio minidist/PyTorch over {args.repeats} runs: wall {stat(cols[0], times)}; "
           f"CPU time {stat(cols[1], times)}")
     print(f"accounting overhead: wall {stat(cols[2], percent)}; CPU time {stat(cols[3], percent)}")
-    ours_s = float(np.median(cols[4]))
+    ours_wall, ours_cpu = float(np.median(cols[4])), float(np.median(cols[5]))
     if not args.no_profile:
-        print_profile(cfg, B, T, ours_s)
+        print_profile(cfg, B, T, ours_wall, ours_cpu)
 
 
 if __name__ == "__main__":
