@@ -18,18 +18,18 @@ PARTS = ("loss", "kl", "ce", "pkd")
 _ONE = {}
 
 
-def config(micro=4, acc=2, parallel=None, zero=0, **distill):
+def config(micro=4, acc=2, parallel=None, zero=0, layers=2, **distill):
     return {"data": {"dataset": "english", "seq_len": 8}, "dtype": "float64", "steps": 3, "eval_iters": 1,
-            "model": {"block_size": 8, "n_layer": 2, "n_embd": 16, "n_head": 2},
+            "model": {"block_size": 8, "n_layer": layers, "n_embd": 16, "n_head": 2},
             "train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": acc,
             "parallel": parallel or {}, "zero_optimization": {"stage": zero},
-            "distillation": {"teacher": {"model": {"n_layer": 4}, "steps": 2}, **distill}}
+            "distillation": {"teacher": {"model": {"n_layer": 2 * layers}, "steps": 2}, **distill}}
 
 
-def one_rank(acc, distill):
-    key = repr((acc, sorted(distill.items())))
+def one_rank(acc, distill, micro=4, layers=2):
+    key = repr((acc, sorted(distill.items()), micro, layers))
     if key not in _ONE:
-        r, = run(config(acc=acc, **distill))
+        r, = run(config(micro, acc, layers=layers, **distill))
         _ONE[key] = (np.array([[h[k] for k in PARTS] for h in r.student.history]),
                      {n: p.data.copy() for n, p in r.student.model.named_parameters()})
     return _ONE[key]
@@ -60,12 +60,31 @@ def test_student_layouts_equal_one_rank(world, micro, acc, parallel, zero, disti
     assert abs(losses[-1, 0] - losses[0, 0]) > 1e-3                       # it really trained
 
 
+@pytest.mark.parametrize("world,micro,acc,layers,parallel,distill", [
+    (2, 4, 2, 2, {"pipeline": 2, "schedule": "1f1b"}, {"patient": "skip", "top_k": 5}),
+    (2, 2, 4, 4, {"pipeline": 2, "schedule": "dualpipe_v", "overlap_f_b": True},
+     {"patient": {"mapping": "last", "beta": 0.5}}),
+    (4, 2, 2, 2, {"pipeline": 2, "tensor": 2, "sequence_parallel": True}, {"patient": "skip", "top_k": 5}),
+], ids=["pp2-1f1b", "pp2-dualpipe_v-overlapped", "pp2-tp2-sp"])
+def test_patient_kd_under_a_pipeline_equals_one_rank(world, micro, acc, layers, parallel, distill):
+    """Each chunk holding matched student blocks adds its share of the PKD loss where it is
+    computed (carried by the backward of its output, as a MoE aux loss; on the last chunk added
+    to the KD loss): every step's loss and parts (KL, CE, PKD) and the final weights equal one
+    rank's. DualPipeV's V puts matched blocks on chunks 0, 1 and 2 of 4 (rank 1 holds two, in
+    the middle of the model), its overlapped F&B pairs included."""
+    losses, weights = one_rank(acc, distill, micro, layers)
+    for got, params in dist.spawn(_rank, world, config(micro, acc, parallel, layers=layers, **distill)):
+        assert relative(got, losses) <= 1e-9, (got, losses)
+        for name, want in weights.items():
+            assert relative(params[name], want) <= 1e-9, name
+    assert losses[:, 3].min() > 1e-3 and abs(losses[-1, 3] - losses[0, 3]) > 1e-3      # the PKD part is there
+
+
 @pytest.mark.parametrize("world,cfg,key,words", [
-    (2, config(parallel={"pipeline": 2}, patient="skip"), "distillation.patient", "parallel.pipeline 1"),
     (3, config(micro=2, parallel={"tensor": 2}, teacher_ranks=1), "distillation.teacher_ranks", "teacher_ranks 0"),
     (2, config(parallel={"pipeline": 2}, teacher={"model": {"n_layer": 3}}), "distillation.teacher.model.n_layer",
      "the teacher trains in the student's layout"),
-], ids=["pkd-pipeline", "teacher-ranks-tp", "teacher-layers-pipeline"])
+], ids=["teacher-ranks-tp", "teacher-layers-pipeline"])
 def test_what_does_not_compose_is_refused_on_every_rank(world, cfg, key, words):
     errors = errors_on_every_rank(cfg, world)
     assert all(e is not None and e[0] == key and words in e[1] for e in errors), errors

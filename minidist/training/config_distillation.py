@@ -69,12 +69,6 @@ def check_distillation(cfg: dict, given, world_size: int) -> dict:
         if student["n_layer"] < 2:
             raise ConfigError("model.n_layer", "patient KD matches the student's first n_layer − 1 blocks; give the "
                                                "student at least 2 blocks or remove distillation.patient")
-    if d["patient"] is not None and cfg["parallel"]["pipeline"] > 1:
-        raise ConfigError("distillation.patient", "Patient KD's hidden-state losses would have to be added on the "
-                                                  "pipeline stages that hold the matched blocks, which this pipeline "
-                                                  "engine does not do (only the last stage has a loss); remove "
-                                                  "distillation.patient (the KD logit loss works with a pipeline) or "
-                                                  "set parallel.pipeline 1 (tensor parallelism keeps Patient KD)")
     if t["load"] is None:
         check_teacher(cfg, d)
         _check_teacher_layout(cfg, d, world_size)
