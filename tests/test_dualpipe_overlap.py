@@ -137,6 +137,7 @@ def test_the_expert_all_to_all_hides_under_the_other_pass():
         runs[on] = dist.spawn(train_steps, 4, cfg, device={"flops": 1e10})
     for a, b in zip(runs[False], runs[True]):
         assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+        assert [h["bytes_sent"] for h in a["history"]] == [h["bytes_sent"] for h in b["history"]]
         for pa, pb in zip(a["params"], b["params"]):
             assert all(np.array_equal(pa[k], pb[k]) for k in pb)
     replica = [r for r in runs[True] if r["trainer"].grid.coords["dp"] == 0]
