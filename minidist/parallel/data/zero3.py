@@ -319,7 +319,7 @@ class ZeRO3(ZeRO2):
         try:
             yield
         finally:
-            for i in list(self._inflight):        # (none: prefetch stays inside the action)
+            for i in list(self._inflight):        # a recomputed block's hook may prefetch a done one
                 self.ensure(i)
             for i in list(self._gathered):
                 self.release(i)
@@ -343,8 +343,9 @@ class ZeRO3(ZeRO2):
                         p.data = _released(p.dtype)
 
     def gathered_per_micro_batch(self) -> int:
-        """G: the elements one forward (or one backward) of every chunk of this rank all-gathers
-        from each other rank — the chunks' units, the root once per chunk that runs it."""
+        """G: Σ of the per-rank chunks c of the units that one forward (or one backward) of every
+        chunk of this rank gathers — the root once per chunk that runs it; a ring all-gather of a
+        unit sends (p−1)·c elements."""
         return sum(b.chunk for units in self.chunk_units.values() for u in units for b, _ in self.unit_parts(u))
 
     # -- whole parameters, for checks ---------------------------------------------------------
