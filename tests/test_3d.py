@@ -144,8 +144,8 @@ def test_mixed_precision_3d_stays_within_its_tolerance_of_one_rank(fmt):
      "zero_optimization.overlap_comm", "ZeRO-3 reduce-scatters once per step"),
     (4, {"parallel": {"pipeline": 2}, "zero_optimization": {"stage": 2, "overlap_comm": True}},
      "zero_optimization.overlap_comm", "waits for the pipeline's flush"),
-    (3, {"parallel": {"tensor": 2}, "distillation": {"teacher": {"steps": 1}, "teacher_ranks": 1}},
-     "distillation.teacher_ranks", "teacher ranks stream to data-parallel students only"),
+    (4, {"parallel": {"tensor": 2}, "distillation": {"teacher": {"steps": 1}, "teacher_ranks": 1}},
+     "distillation.teacher_ranks", "leave 3 student ranks in a world of 4, which tensor × pipeline = 2 does not"),
 ], ids=["world", "layers", "heads", "batch", "zero3-overlap-pp", "zero2-overlap-pp",
         "distill-teacher-ranks-tp"])
 def test_a_layout_that_does_not_divide_is_refused_on_every_rank(world, change, key, words):

@@ -81,10 +81,13 @@ def test_patient_kd_under_a_pipeline_equals_one_rank(world, micro, acc, layers, 
 
 
 @pytest.mark.parametrize("world,cfg,key,words", [
-    (3, config(micro=2, parallel={"tensor": 2}, teacher_ranks=1), "distillation.teacher_ranks", "teacher_ranks 0"),
+    (4, config(micro=2, parallel={"tensor": 2}, teacher_ranks=1), "distillation.teacher_ranks",
+     "leave 3 student ranks in a world of 4, which tensor × pipeline = 2 does not divide; run on 1 + a multiple of 2"),
+    (8, config(micro=1, parallel={"pipeline": 2}, teacher_ranks=4), "distillation.teacher_ranks",
+     "global batch of 2 sequences"),                      # 2 replicas of the 4 student ranks, not 4 ranks
     (2, config(parallel={"pipeline": 2}, teacher={"model": {"n_layer": 3}}), "distillation.teacher.model.n_layer",
      "the teacher trains in the student's layout"),
-], ids=["teacher-ranks-tp", "teacher-layers-pipeline"])
+], ids=["teacher-ranks-tp", "teacher-ranks-batch", "teacher-layers-pipeline"])
 def test_what_does_not_compose_is_refused_on_every_rank(world, cfg, key, words):
     errors = errors_on_every_rank(cfg, world)
     assert all(e is not None and e[0] == key and words in e[1] for e in errors), errors

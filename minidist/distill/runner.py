@@ -31,8 +31,10 @@ from ..checkpoint import full_state_dict, load_into, load_weights
 from .losses import pkd_pairs
 from .student import StudentTrainer
 from .resume import Saver, check_resume, read_distill_checkpoint
-from .streaming import TAGS, LocalSource, RemoteSource, Wire, payload_bytes, serve, students_of, teacher_of
+from .streaming import (TAGS, LocalSource, RemoteSource, Wire, payload_bytes, replicas_of, serve, student_need,
+                        teacher_of)
 from .teacher import FrozenTeacher, one_rank_config, read_teacher, run_precision, teacher_config, whole_model, wire_dtype
+from ..training.config_distillation import student_replicas
 
 TEACHER_TRAINING_WAIT = 24 * 3600.0    # seconds a student may wait for its first payload (teacher training)
 
@@ -96,6 +98,7 @@ class DistillRank:
         self.is_teacher, self.is_student = (k == 0 or r < k), (k == 0 or r >= k)
         self.role = "teacher+student" if k == 0 else ("teacher" if self.is_teacher else "student")
         self.n_students = W - k
+        self.replicas = student_replicas(cfg, self.n_students)     # the student's data-parallel degree
         if comm is not None and k:
             # why: two groups from one world (collective: every rank takes part in both splits)
             tcomm = comm.split(0 if self.is_teacher else None, r)
@@ -128,30 +131,44 @@ class DistillRank:
             if student_phase:
                 (load_weights if weights_only else load_into)(self.student, loaded.student)
             self.wire = _wire(cfg, d, self.student.model_config.vocab_size)
-            j = r - k
-            self.student.source = LocalSource(self.teacher, self.wire, self.blocks) if k == 0 else \
-                RemoteSource(comm, teacher_of(j, k), self.wire, self.blocks, TEACHER_TRAINING_WAIT)
+            if k == 0:
+                self.student.source = LocalSource(self.teacher, self.wire, self.blocks)
+            else:
+                replica, need = student_need(cfg, self.student.pairs, r - k, self.n_students)
+                self.student.source = RemoteSource(comm, teacher_of(replica, k), self.wire, need,
+                                                   TEACHER_TRAINING_WAIT)
             self.student.fit(progress=progress, stream=stream,
                              on_step=saver.student if saver is not None else None)
         else:                                                         # phase 2, teacher side
             self.wire = _wire(cfg, d, self.teacher_run.model_config.vocab_size)
-            serve(comm, self.teacher, self.wire, self.blocks, self._batches(k, start))
+            serve(comm, self.teacher, self.wire, self._batches(k, start))
         self.stream_log = comm.log.since(mark) if comm is not None else None
 
     def _batches(self, k, start: int = 0):
-        """(student world rank, its micro-batch) in the order the students consume them, from
-        step ``start`` (where resumed students continue)."""
+        """(micro-batch, [(student world rank, its Need), …]) in the order the students consume
+        them, from step ``start`` (where resumed students continue): for every micro-batch each
+        replica this rank serves, with the ranks of that replica that need something."""
         run, b = self.teacher_run, self.cfg["train_micro_batch_size_per_gpu"]
-        acc = self.cfg["gradient_accumulation_steps"]
+        acc, D = self.cfg["gradient_accumulation_steps"], self.replicas
+        pairs = pkd_pairs(self.cfg["model"]["n_layer"], self.d["teacher"]["model"]["n_layer"],
+                          self.d["patient"]["mapping"]) if self.d["patient"] else []
+        receivers = {d: [] for d in replicas_of(self.rank, k, D)}
+        for j in range(self.n_students):
+            replica, need = student_need(self.cfg, pairs, j, self.n_students)
+            if replica in receivers and (need.soft or need.blocks):
+                receivers[replica].append((k + j, need))
         for step in range(start, self.cfg["steps"]):
             for micro in range(acc):
-                x, _ = run.dataset.get_batch(b * self.n_students, step * acc + micro, self.cfg["seed"])
-                for j in students_of(self.rank, k, self.n_students):
-                    yield k + j, shard_batch(x, j, self.n_students)   # (b, s) student j's slice
+                x, _ = run.dataset.get_batch(b * D, step * acc + micro, self.cfg["seed"])
+                for d, ranks in receivers.items():
+                    yield shard_batch(x, d, D), ranks                 # (b, s) replica d's slice
 
     # -- figures for the report ----------------------------------------------------------
     def expected_bytes_per_step(self, top_k="config") -> int:
-        """Bytes one student receives per step, from :func:`~.streaming.payload_bytes`."""
+        """Bytes one student receives per step, from :func:`~.streaming.payload_bytes`: one
+        student rank of a data-parallel layout, one tensor column of a replica under tensor and
+        pipeline parallelism (its stages together: the soft targets once, every matched block's
+        states once). The stream's whole is replicas × tp times it (:func:`~.streaming.stream_bytes`)."""
         cfg, d = self.cfg, self.d
         seq = (self.student or self.teacher_run).dataset.seq_len
         vocab = self.wire.vocab

@@ -1,12 +1,19 @@
 """Teacher ranks → student ranks: who serves whom, what travels, how many bytes.
 
 With ``distillation.teacher_ranks: k`` on a world of W ranks, ranks 0 … k−1 hold the
-frozen teacher and ranks k … W−1 the students, data parallel among themselves (DDP or a
-ZeRO stage over the student group). Student j (its rank in the student group) is served
-by teacher rank ``j mod k``. For every micro-batch a student consumes, its teacher runs
-the forward pass on exactly that student's slice of the global batch and **sends** what
-the loss needs; the student **receives** it before its own forward. Nothing flows back:
-the teacher is frozen.
+frozen teacher and ranks k … W−1 the students, laid out among themselves as any run is
+(data parallel, ZeRO, tensor and pipeline parallel: D replicas of t × p ranks). Replica d is
+served by teacher rank ``d mod k``. For every micro-batch a replica consumes, its teacher runs
+the forward pass once on exactly that replica's slice of the global batch and **sends** each
+of the replica's ranks what *its* part of the loss needs (:func:`student_need`); the rank
+**receives** it before its forward. Nothing flows back: the teacher is frozen.
+
+* without a pipeline every rank takes the KD loss — each tensor rank of the replica (the head
+  gathers the whole vocabulary: the loss needs every logit) receives the soft targets and,
+  with Patient KD, every matched teacher block's hidden states;
+* with a pipeline the soft targets go to the ranks of the last chunk's stage (its tensor
+  ranks), and each matched teacher block's states to the ranks of the stage holding the
+  student block it is matched with (:mod:`.student`); a stage that needs nothing gets nothing.
 
 What travels, per micro-batch of b sequences of length s, vocabulary V:
 
@@ -15,14 +22,20 @@ What travels, per micro-batch of b sequences of length s, vocabulary V:
   tokens, b·s·K values, and their ids, b·s·K indices (uint16 when V ≤ 65 536). The
   student rebuilds a full distribution by spreading the remaining mass ``1 − Σ`` uniformly
   over the V − K other tokens (:class:`~minidist.distill.losses.TopK`);
-* with Patient KD: each mapped teacher block's output, b·s·C values per block.
+* with Patient KD: each mapped teacher block's output, b·s·C values per block (the whole
+  sequence, under sequence parallelism too: the student gathers its states to compare).
 
 Values travel in the run's precision: 4 bytes in fp32 (8 with ``dtype: float64``), 2 in
-fp16/bf16 (their bit patterns, :func:`~minidist.numerics.to_bits`). So the bytes a student
-receives per step are ``micro-batches × b·s·(V or K·(value + index bytes)/value bytes) ×
-value bytes`` — :func:`payload_bytes`. Co-located runs (``teacher_ranks: 0``, or one
-process) build the same payload locally and decode it the same way, so they compute
-exactly what a student rank would receive.
+fp16/bf16 (their bit patterns, :func:`~minidist.numerics.to_bits`). So, with m micro-batches
+per step, P matched blocks and w bytes a value, **the stream carries per step**
+
+    D · t · m · [b·s·(V·w, or K·(w + index bytes)) + P·b·s·C·w]   bytes   (:func:`stream_bytes`)
+
+in every layout: each of a replica's t tensor columns receives the soft targets once (on the
+stage taking the KD loss) and each matched block's states once (on the stage holding it); one
+column's share is :func:`payload_bytes` per micro-batch. Co-located runs (``teacher_ranks:
+0``, or one process) build the same payload locally and decode it the same way, so they
+compute exactly what a student rank would receive.
 """
 from __future__ import annotations
 
@@ -31,6 +44,9 @@ import dataclasses
 import numpy as np
 
 from ..memory import DTYPE_BYTES
+from ..parallel.grid import GridShape
+from ..parallel.pipeline import build_schedule
+from ..parallel.pipeline.stage import split_layers
 from ..numerics import from_bits, to_bits
 from .losses import TopK, top_k
 
@@ -38,14 +54,14 @@ TAG_VALUES, TAG_INDICES, TAG_HIDDEN = 40, 41, 42     # p2p tags; hidden block i 
 TAGS = range(TAG_VALUES, TAG_HIDDEN + 64)
 
 
-def teacher_of(student: int, teacher_ranks: int) -> int:
-    """World rank of the teacher serving student ``student`` (0-based in the student group)."""
-    return student % teacher_ranks
+def teacher_of(replica: int, teacher_ranks: int) -> int:
+    """World rank of the teacher serving the student replica ``replica`` (its data-parallel index)."""
+    return replica % teacher_ranks
 
 
-def students_of(teacher: int, teacher_ranks: int, n_students: int) -> list[int]:
-    """Student-group ranks that teacher rank ``teacher`` serves, in the order it serves them."""
-    return [j for j in range(n_students) if teacher_of(j, teacher_ranks) == teacher]
+def replicas_of(teacher: int, teacher_ranks: int, replicas: int) -> list[int]:
+    """Student replicas that teacher rank ``teacher`` serves, in the order it serves them."""
+    return [d for d in range(replicas) if teacher_of(d, teacher_ranks) == teacher]
 
 
 def index_dtype(vocab_size: int):
@@ -54,11 +70,43 @@ def index_dtype(vocab_size: int):
 
 
 def payload_bytes(b: int, s: int, vocab: int, value_bytes: int, top_k: int | None = None,
-                  n_embd: int = 0, hidden_blocks: int = 0) -> int:
-    """Bytes of one micro-batch's payload (the formula the tests and the report check)."""
-    soft = b * s * vocab * value_bytes if top_k is None else \
+                  n_embd: int = 0, hidden_blocks: int = 0, soft: bool = True) -> int:
+    """Bytes of one micro-batch's payload to one rank (the formula the tests and the report
+    check): the soft targets (unless ``soft`` is False) and ``hidden_blocks`` blocks' states."""
+    logits = b * s * vocab * value_bytes if top_k is None else \
         b * s * top_k * (value_bytes + np.dtype(index_dtype(vocab)).itemsize)
-    return int(soft + hidden_blocks * b * s * n_embd * value_bytes)
+    return int(logits * soft + hidden_blocks * b * s * n_embd * value_bytes)
+
+
+def stream_bytes(replicas: int, tp: int, micro_batches: int, b: int, s: int, vocab: int, value_bytes: int,
+                 top_k: int | None = None, n_embd: int = 0, hidden_blocks: int = 0) -> int:
+    """Bytes the teacher ranks send per step, all of them together: D · t · m · one column's
+    payload (the soft targets once, every matched block's states once; see the module)."""
+    return replicas * tp * micro_batches * payload_bytes(b, s, vocab, value_bytes, top_k, n_embd, hidden_blocks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """What one student rank's part of the loss needs from the teacher per micro-batch."""
+
+    soft: bool                       # the soft targets (this rank takes the KD loss)
+    blocks: tuple                    # teacher blocks (1-based) whose hidden states it compares
+
+
+def student_need(cfg: dict, pairs, student: int, students: int) -> tuple[int, Need]:
+    """(replica, :class:`Need`) of student-group rank ``student`` of ``students`` laid out as
+    ``cfg["parallel"]`` says (the Trainer's grid: tensor fastest, then data, then pipeline).
+    ``pairs``: Patient KD's (student block, teacher block) pairs, 1-based."""
+    par = cfg["parallel"]
+    at = GridShape(students, tp=par["tensor"], pp=par["pipeline"]).coords(student)
+    if par["pipeline"] == 1:
+        return at["dp"], Need(True, tuple(sorted(j for _, j in pairs)))
+    sched = build_schedule(par["schedule"], par["pipeline"], cfg["gradient_accumulation_steps"],
+                           par["virtual_stages"], times=par["pass_times"])
+    layers = split_layers(cfg["model"]["n_layer"], sched.n_stages)
+    mine = sched.stages_of(at["pp"])
+    held = {i for st in mine for i in layers[st]}
+    return at["dp"], Need(sched.n_stages - 1 in mine, tuple(sorted(j for i, j in pairs if i - 1 in held)))
 
 
 @dataclasses.dataclass
@@ -83,23 +131,29 @@ class Wire:
     def _dec(self, x):
         return from_bits(x, self.dtype) if self.sixteen else x
 
-    def encode(self, logits: np.ndarray, hidden: dict) -> list[tuple[int, np.ndarray]]:
-        """(tag, array) pairs in sending order: soft targets, [ids], hidden blocks by number."""
-        if self.top_k is None:
+    def encode(self, logits: np.ndarray, hidden: dict, soft: bool = True) -> list[tuple[int, np.ndarray]]:
+        """(tag, array) pairs in sending order: soft targets, [ids] (unless ``soft`` is False),
+        hidden blocks by number."""
+        out = []
+        if soft and self.top_k is None:
             out = [(TAG_VALUES, self._enc(logits))]
-        else:
+        elif soft:
             tk = top_k(logits, self.top_k, self.temperature)
             out = [(TAG_VALUES, self._enc(tk.probs)), (TAG_INDICES, tk.indices.astype(index_dtype(self.vocab)))]
         return out + [(TAG_HIDDEN + i, self._enc(hidden[j])) for i, j in enumerate(sorted(hidden))]
 
-    def decode(self, arrays: list[np.ndarray], blocks) -> Payload:
-        values = self._dec(arrays[0])
-        soft = values if self.top_k is None else TopK(values, arrays[1], self.vocab, self.temperature)
-        rest = arrays[1 if self.top_k is None else 2:]
-        return Payload(soft, {j: self._dec(a) for j, a in zip(sorted(blocks), rest)})
+    def tags(self, need: Need) -> list[int]:
+        """The tags of :meth:`encode`'s arrays for ``need``, in its order."""
+        soft = ([TAG_VALUES] + ([TAG_INDICES] if self.top_k is not None else [])) if need.soft else []
+        return soft + [TAG_HIDDEN + i for i in range(len(need.blocks))]
 
-    def n_arrays(self, blocks) -> int:
-        return (1 if self.top_k is None else 2) + len(blocks)
+    def decode(self, arrays: list[np.ndarray], blocks, soft: bool = True) -> Payload:
+        n = (1 if self.top_k is None else 2) if soft else 0
+        values = None
+        if soft:
+            values = self._dec(arrays[0])
+            values = values if self.top_k is None else TopK(values, arrays[1], self.vocab, self.temperature)
+        return Payload(values, {j: self._dec(a) for j, a in zip(sorted(blocks), arrays[n:])})
 
 
 class LocalSource:
@@ -114,35 +168,37 @@ class LocalSource:
 
 
 class RemoteSource:
-    """A student rank's side: receive each micro-batch's payload from its teacher rank."""
+    """A student rank's side: receive each micro-batch's payload (what ``need`` says) from its
+    teacher rank, in the order the teacher sends them (the replica's micro-batches in order)."""
 
-    def __init__(self, comm, teacher_rank: int, wire: Wire, blocks, first_wait: float):
-        self.comm, self.src, self.wire, self.blocks = comm, teacher_rank, wire, tuple(blocks)
+    def __init__(self, comm, teacher_rank: int, wire: Wire, need: Need, first_wait: float):
+        self.comm, self.src, self.wire, self.need = comm, teacher_rank, wire, need
         self.first_wait = first_wait
 
     def payload(self, x) -> Payload:
-        tags = [TAG_VALUES] + ([TAG_INDICES] if self.wire.top_k is not None else []) + \
-            [TAG_HIDDEN + i for i in range(len(self.blocks))]
         timeout = self.comm.timeout
         if self.first_wait:
             # the first payload comes only after the teacher has been trained: a long, expected wait
             self.comm.timeout, self.first_wait = max(timeout, self.first_wait), 0.0
         try:
             # why: the teacher's outputs for exactly this student's micro-batch, before its forward
-            arrays = [self.comm.recv(self.src, tag=t) for t in tags]
+            arrays = [self.comm.recv(self.src, tag=t) for t in self.wire.tags(self.need)]
         finally:
             self.comm.timeout = timeout
-        return self.wire.decode(arrays, self.blocks)
+        return self.wire.decode(arrays, self.need.blocks, self.need.soft)
 
 
-def serve(comm, teacher, wire: Wire, blocks, batches) -> int:
-    """A teacher rank's loop: for each (student world rank, x) in ``batches``, run the forward
-    on x and send the payload to that student. Returns the bytes sent."""
+def serve(comm, teacher, wire: Wire, batches) -> int:
+    """A teacher rank's loop: for each (x, [(student world rank, :class:`Need`), …]) in
+    ``batches``, run the forward on x once and send each of those students what it needs.
+    Returns the bytes sent."""
     sent = 0
-    for dest, x in batches:
+    for x, receivers in batches:
+        blocks = tuple(sorted({j for _, need in receivers for j in need.blocks}))
         logits, hidden = teacher.forward(x, blocks)
-        for tag, arr in wire.encode(logits, hidden):
-            # why: the student that consumes this micro-batch needs the teacher's view of it
-            comm.send(arr, dest, tag=tag)
-            sent += arr.nbytes
+        for dest, need in receivers:
+            for tag, arr in wire.encode(logits, {j: hidden[j] for j in need.blocks}, need.soft):
+                # why: the student that consumes this micro-batch needs the teacher's view of it
+                comm.send(arr, dest, tag=tag)
+                sent += arr.nbytes
     return sent

@@ -99,9 +99,11 @@ class StudentTrainer(Trainer):
         return order
 
     def _payload(self, micro: int):
-        """The teacher's outputs for micro-batch ``micro`` of the step, computed once per rank."""
-        if micro not in self._payloads:
-            self._payloads[micro] = self.source.payload(self._xs[micro])
+        """The teacher's outputs for micro-batch ``micro`` of the step, once per rank: taken in
+        micro-batch order (a teacher rank sends them so), every one this rank's chunks need."""
+        while len(self._payloads) <= micro:
+            i = len(self._payloads)
+            self._payloads[i] = self.source.payload(self._xs[i])
         return self._payloads[micro]
 
     def _chunk_forward(self, chunk, mine):

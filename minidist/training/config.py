@@ -19,7 +19,7 @@ from ..parallel.pipeline import config_problem as pipeline_config_problem
 from ..parallel.context import config_problem as context_config_problem
 from ..precision.loss_scaler import from_config
 from . import composition
-from .config_distillation import check_distillation, teacher_ranks_problem
+from .config_distillation import check_distillation, student_world
 from .config_moe import check_moe
 from .config_peft import check_peft
 from .config_schema import (_POSITIVE_INTS, ConfigError, _check_types, _merge, data_config,  # noqa: F401
@@ -147,9 +147,8 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
     par = cfg["parallel"]
     mp = par["tensor"] * par["pipeline"]
     seq, key = sequence_length(cfg)
-    problem = teacher_ranks_problem(cfg)        # before the layout's errors: no world size would do
-    if problem:
-        raise ConfigError(*problem)
+    world = world_size
+    world_size = student_world(cfg, world_size)   # the student's layout: the world less the teacher's own ranks
     if mp <= world_size and world_size % mp == 0:
         composition.check(cfg, world_size)   # which features compose: one table (training/composition.py)
     problem = tensor_config_problem(cfg, world_size, seq)   # tp > world first
@@ -209,7 +208,7 @@ def _check_consistency(cfg: dict, world_size: int) -> None:
         if why:
             raise ConfigError("activation_checkpointing.partition_activations", why)
     if cfg["distillation"] is not None:
-        cfg["distillation"] = check_distillation(cfg, cfg["distillation"], world_size)
+        cfg["distillation"] = check_distillation(cfg, cfg["distillation"], world)
     if cfg["peft"] is not None:
         cfg["peft"] = check_peft(cfg, cfg["peft"])
     if cfg["optimizer"]["type"].lower() not in ("sgd", "adam", "adamw", "lamb"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+from ..defaults import DEFAULTS
 from ..model import GPTConfig
 from .data import make_dataset
 
@@ -49,7 +50,7 @@ def check_distillation(cfg: dict, given, world_size: int) -> dict:
     if k and k >= world_size:
         raise ConfigError("distillation.teacher_ranks", f"{k} teacher rank(s) leave no student rank in a world of "
                                                         f"{world_size}; run on more than {k} ranks or lower teacher_ranks")
-    batch = cfg["train_micro_batch_size_per_gpu"] * (world_size - k)
+    batch = cfg["train_micro_batch_size_per_gpu"] * student_replicas(cfg, world_size - k)
     if k and batch % k:
         raise ConfigError("distillation.teacher_ranks", f"the teacher trains on the students' global batch of {batch} "
                                                         f"sequences, which {k} teacher ranks cannot split evenly; "
@@ -75,28 +76,43 @@ def check_distillation(cfg: dict, given, world_size: int) -> dict:
     return d
 
 
-def teacher_ranks_problem(cfg: dict):
-    """(key, message) when teacher ranks are asked for beside tensor or pipeline parallelism,
-    else None. Checked before the world's layout (config.py), whose errors would otherwise
-    refuse every world size the user tries in turn."""
+def student_world(cfg: dict, world_size: int) -> int:
+    """The ranks the student's layout is laid on: the world less ``distillation.teacher_ranks``
+    (the teacher's own ranks; 0 when it shares the students'), checked so that tensor ×
+    pipeline divides them. Called before the world's layout (config.py): its errors then name
+    the student ranks and the fix on ``teacher_ranks``."""
     d, par = cfg.get("distillation"), cfg["parallel"]
     k = d.get("teacher_ranks") if isinstance(d, dict) else None
-    if isinstance(k, int) and not isinstance(k, bool) and k > 0 and (par["tensor"] > 1 or par["pipeline"] > 1):
-        return ("distillation.teacher_ranks", "teacher ranks stream to data-parallel students only; with "
-                                              "parallel.tensor or parallel.pipeline > 1 set teacher_ranks 0: the "
-                                              "teacher then trains on the students' ranks in their layout and is "
-                                              "frozen whole on each")
-    return None
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 < k < world_size:
+        return world_size                          # none, or refused by check_distillation
+    mp = par["tensor"] * par["pipeline"]
+    if (world_size - k) % mp:
+        raise ConfigError("distillation.teacher_ranks", f"{k} teacher rank(s) leave {world_size - k} student ranks "
+                                                        f"in a world of {world_size}, which tensor × pipeline = {mp} "
+                                                        f"does not divide; run on {k} + a multiple of {mp} ranks "
+                                                        f"or change teacher_ranks")
+    return world_size - k
+
+
+def student_replicas(cfg: dict, students: int) -> int:
+    """The student's data-parallel replicas on ``students`` ranks (each a tensor × pipeline group)."""
+    par = cfg["parallel"]
+    return max(students // (par["tensor"] * par["pipeline"] * par["context"]["size"]), 1)
 
 
 def teacher_config(cfg: dict, n_students: int, teacher_ranks: int) -> dict:
-    """The teacher's own training config: its model and steps, on the students' global batch
-    (the student's layout: on teacher ranks, data parallel over them)."""
+    """The teacher's own training config: its model and steps, on the students' global batch.
+    Co-located (``teacher_ranks`` 0) it trains in the student's layout; on its own k ranks it
+    trains data parallel over them (no tensor or pipeline split, the student's ZeRO stage), each
+    taking micro-batch × replicas / k sequences of the ``n_students`` student ranks' replicas."""
     d = cfg["distillation"]
     t = copy.deepcopy(cfg)
     t.update(model=dict(d["teacher"]["model"]), steps=d["teacher"]["steps"], distillation=None, train_batch_size=None)
     if teacher_ranks:
-        t["train_micro_batch_size_per_gpu"] = cfg["train_micro_batch_size_per_gpu"] * n_students // teacher_ranks
+        t["train_micro_batch_size_per_gpu"] = \
+            cfg["train_micro_batch_size_per_gpu"] * student_replicas(cfg, n_students) // teacher_ranks
+        t["parallel"] = dict(copy.deepcopy(DEFAULTS["parallel"]), data_parallel=cfg["parallel"]["data_parallel"])
+        t["activation_checkpointing"]["partition_activations"] = False       # it shards over tp ranks
     return t
 
 
