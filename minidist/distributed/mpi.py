@@ -103,17 +103,16 @@ class _Incoming:
 
     def __init__(self, comm, source, tag, out, on_header):
         self.comm, self.source, self.tag, self.out, self.on_header = comm, source, tag, out, on_header
-        self.stage, self.reqs, self.error = 0, None, None
+        self.stage, self.reqs, self.error, self.status = 0, None, None, MPI.Status()
 
     def advance(self) -> bool:
         """One non-blocking step; True once the whole message is here."""
         c = self.comm
         if self.stage == 0:
-            status = MPI.Status()
-            message = c._mpi.Improbe(self.source, self.tag, status)
+            message = c._mpi.Improbe(self.source, self.tag, self.status)
             if message is None:
                 return False
-            self.frame = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            self.frame = np.empty(self.status.Get_count(MPI.BYTE), np.uint8)
             self.reqs, self.stage = [message.Irecv([self.frame, MPI.BYTE])], 1
         if self.stage == 1:
             if not MPI.Request.Testall(self.reqs):
