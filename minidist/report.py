@@ -268,7 +268,9 @@ def distill_rank_report(run) -> dict:
     rr = rank_report(run.student) if run.student is not None else {
         "memory": dev.memory.summary(), "host_memory": dev.host.summary(), "flops": dev.flops,
         "sim_time": dev.clock.time}
-    rr.update(rank=run.rank, role=run.role, coords={"dp": max(run.rank - run.d["teacher_ranks"], 0), "tp": 0, "pp": 0},
+    grid = run.student.grid if run.student is not None else None       # a teacher rank: none of the student's
+    coords = dict(grid.coords) if grid is not None else {"dp": max(run.rank - run.d["teacher_ranks"], 0), "tp": 0, "pp": 0}
+    rr.update(rank=run.rank, role=run.role, coords=coords,
               comm=comm_totals(run.comm.log if run.comm is not None else None), distillation=run.section())
     return rr
 

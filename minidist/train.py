@@ -15,6 +15,7 @@ import sys
 from . import distributed as dist
 from .training.composition import support_matrix
 from .training.config import ConfigError, data_config, load_config
+from .training.config_distillation import student_world
 from .training.data import make_dataset
 from .device import export_chrome_trace
 from .estimate import estimate
@@ -141,7 +142,8 @@ def _check_memory(cfg, world: int) -> None:
     the analytic per-rank estimate (model states + activations, :mod:`minidist.estimate`) plus the data and
     the interpreter's own bookkeeping (about 2× the estimate + 4 MiB, measured), plus the
     trace and memory timeline every step appends to (about 48 KiB per step, measured)."""
-    per_rank = 2 * estimate(cfg, world)["memory_per_device"] + 4 * 2**20 + cfg["steps"] * 48 * 2**10
+    students = student_world(cfg, world)       # distillation's teacher ranks: the student's layout is on the rest
+    per_rank = 2 * estimate(cfg, students)["memory_per_device"] + 4 * 2**20 + cfg["steps"] * 48 * 2**10
     free = available_memory()
     if free is not None and world * per_rank > free:
         raise UsageError("--world-size", f"{world} in-process rank(s) of this config need about "
