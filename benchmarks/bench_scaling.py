@@ -108,9 +108,15 @@ def in_process(strategy: str, world: int, steps: int, repeats: int) -> dict:
         ranks = [rank_main(dist.single_rank_comm(), strategy, steps, repeats, lambda: None)]
     else:
         ranks = dist.spawn(rank_main, world, strategy, steps, repeats, sync.wait)
+    return world_numbers(ranks)
+
+
+def world_numbers(ranks: list) -> dict:
+    """The whole world's numbers from every rank's: rank 0's times (all ranks start and end
+    together), messages summed over the ranks, the largest peak memory."""
     return {"times": ranks[0]["times"], "setup": ranks[0]["setup"], "messages": sum(r["messages"] for r in ranks),
             "ring_times": ranks[0]["ring_times"], "ring_messages": sum(r["ring_messages"] for r in ranks),
-            "rss_kib": ranks[0]["rss_kib"]}
+            "rss_kib": max(r["rss_kib"] for r in ranks)}
 
 
 def _child(strategy: str, world: int, steps: int, repeats: int) -> dict:
