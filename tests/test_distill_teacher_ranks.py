@@ -78,3 +78,21 @@ def test_student_needs_follow_the_pipeline_layout():
     assert [d for d, _ in needs] == [0, 0, 1, 1, 0, 0, 1, 1]
     assert {(n.soft, n.blocks) for _, n in needs[:4]} == {(True, (5,))}
     assert {(n.soft, n.blocks) for _, n in needs[4:]} == {(False, (6, 7))}
+
+
+def test_cli_teacher_rank_and_a_pp2_tp2_student_report(tmp_path):
+    """``python -m minidist.train --world-size 5``: one teacher rank and a PP2 × TP2 student; the
+    report names each student rank's place in the grid and the stream's bytes by the formula."""
+    import json
+
+    from minidist.train import main as train_main
+    cfg = config(2, 2, {"pipeline": 2, "tensor": 2}, teacher_ranks=1, top_k=5)
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert train_main(["--config", str(tmp_path / "c.json"), "--world-size", "5", "--quiet",
+                       "--report", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert [(x["role"], x["coords"]["pp"], x["coords"]["tp"]) for x in r["ranks"]] == \
+        [("teacher", 0, 0), ("student", 0, 0), ("student", 0, 1), ("student", 1, 0), ("student", 1, 1)]
+    s, vocab = r["distillation"]["stream"], r["model"]["vocab_size"]
+    assert s["bytes_sent"] == s["bytes_received"] == 3 * stream_bytes(1, 2, 2, 2, SEQ, vocab, W, 5)
+    assert s["bytes_per_step_per_student"] == 2 * payload_bytes(2, SEQ, vocab, W, 5)   # one tensor column

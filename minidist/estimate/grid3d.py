@@ -44,8 +44,9 @@ S = Σ_buckets ⌈n_b/d⌉ its shard (:mod:`minidist.parallel.data.buckets`' pad
   over the model-parallel group (and over dp for ZeRO).
 
 Assumed: no fp16 overflow (a skipped ZeRO step sends no all-gather); under the pipeline
-ZeRO-2/3 reduce after the flush (the config refuses ``overlap_comm`` there); no activation
-recomputation under ZeRO-3 (a recomputed block gathers its parameters once more); offload and
+ZeRO-2/3 reduce after the flush (the config refuses ``overlap_comm`` there); no full
+recomputation under ZeRO-3 without a pipeline (a recomputed block gathers its parameters once
+more; on a pipeline stage it keeps them for the backward that follows); offload and
 the parameter server are not modelled here (:func:`estimate_for_config` notes them).
 tests/test_estimate_3d.py checks every rank against measured TP × DP, PP × DP, ZeRO and 3D runs.
 """
@@ -255,9 +256,9 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
     notes = []
     if zero["offload_optimizer"]["device"] != "none":
         notes.append("optimizer offload not modelled: device optimizer states are predicted as without it")
-    if zero["stage"] == 3 and cfg["activation_checkpointing"]["granularity"] == "full":
-        notes.append("full recomputation under ZeRO-3 not modelled: each recomputed block gathers its parameters "
-                     "once more")
+    if zero["stage"] == 3 and cfg["activation_checkpointing"]["granularity"] == "full" and pp == 1:
+        notes.append("full recomputation under ZeRO-3 without a pipeline not modelled: each recomputed block "
+                     "gathers its parameters once more")
     if zero["stage"] == 0 and par["data_parallel"] != DDP:
         notes.append(f"data_parallel {par['data_parallel']!r} not modelled: predicted as DDP")
     out = estimate_3d(

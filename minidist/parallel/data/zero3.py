@@ -34,10 +34,10 @@ GPT holds its chunks' blocks and, on the ranks of the first and last chunk, the 
 executor runs every action inside :meth:`ZeRO3.pipeline_action`. An F or a B gathers the root
 first when its chunk runs the embedding or the head; the blocks gather themselves in their
 hooks (prefetching only within the action) and each is released once its backward is over (an
-identity op on its input); everything is released when the action ends. A zero-bubble ``W``
-needs no weight values and gathers nothing. Each micro-batch's forward and backward so gather
-``G`` elements — every chunk's units, the root once per chunk that runs it (twice on a V
-schedule's first rank). Gradients accumulate over the micro-batches in full, and are
+identity op on its input; a block recomputed in B keeps them for that backward); everything is
+released when the action ends. A zero-bubble ``W`` needs no weight values and gathers nothing.
+Each micro-batch's forward and backward so gather ``G`` elements — every chunk's units, the root
+once per chunk that runs it (twice on a V schedule's first rank). Gradients accumulate over the micro-batches in full, and are
 reduce-scattered once, after the flush and the tied embedding's sum — the pipeline engine's rule
 for every strategy: ``(p−1)·(2·m·G + S)`` elements per step.
 
@@ -88,6 +88,7 @@ class ZeRO3(ZeRO2):
         self._inflight: dict[int, tuple] = {}         # unit -> (work, handle, flat) prefetched
         self._grad_mem: dict[int, int] = {}           # id(param) -> handle of its full gradient
         self.chunk_units: dict | None = None          # on a pipeline stage: chunk -> the units it runs
+        self.in_backward = False                      # on a pipeline stage: inside a B action
         self._partition()
         self.partitioned_at = len(self.device.memory.timeline)    # timeline rows before: the unsharded model
         self._install_hooks()
@@ -222,7 +223,8 @@ class ZeRO3(ZeRO2):
 
         def hook(module, args):
             self.ensure(i)
-            self.prefetch_ahead(self.next_in_forward[i])            # overlaps unit i's forward
+            if not self.in_backward:              # (a block recomputed in B: its backward comes next)
+                self.prefetch_ahead(self.next_in_forward[i])        # overlaps unit i's forward
             if not root and (self.frozen_buckets[i] is not None or self.chunk_units is not None) and args:
                 return (self._release_after_backward(args[0], i),) + tuple(args[1:])
         return hook
@@ -252,7 +254,8 @@ class ZeRO3(ZeRO2):
                 out = tuple(self._before_backward(t, i) if k == start else t for k, t in enumerate(out))
             elif not root:
                 out = self._before_backward(out, i)
-            self.release(i)
+            if not self.in_backward:              # recomputed in B: kept for its backward, which follows
+                self.release(i)
             return out
         return hook
 
@@ -316,10 +319,12 @@ class ZeRO3(ZeRO2):
         if len(blocks) < len(units):
             self.ensure(units[0])                 # the embedding or the head runs in this action
         self.prefetch_ahead(blocks if action.op == "F" else blocks[::-1])
+        self.in_backward = action.op == "B"
         try:
             yield
         finally:
-            for i in list(self._inflight):        # a recomputed block's hook may prefetch a done one
+            self.in_backward = False
+            for i in list(self._inflight):        # (none: prefetch stays inside the action)
                 self.ensure(i)
             for i in list(self._gathered):
                 self.release(i)
