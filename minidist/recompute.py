@@ -18,6 +18,17 @@ Under a zero-bubble schedule's split backward (``defer_weight_grad``) step 3 com
 input gradients and keeps the recomputed graph's weight-gradient work for the ``W`` pass.
 The numbers are bit-identical to running ``fn`` without checkpointing: the same ops on the
 same values in the same order.
+
+**Side losses.** A module of ``fn`` may leave a scalar ``loss`` Tensor beside its output (a
+mixture of experts' aux and z losses, :mod:`minidist.moe`), which the caller adds to the
+step's loss. The first forward keeps no graph, so that loss would reach the total without
+its gradient. The checkpoint replaces it by a stand-in of the same value hanging on the
+op's output (a consumer of it, so autograd runs it before the op's own backward): it only
+records the gradient the loss receives. The recompute then starts backward from its output
+*and* from the recomputed losses with those gradients (Megatron-LM's
+``MoEAuxLossAutoScaler`` injects the aux loss into the backward of the layer's output the
+same way), so each loss reaches the gradients once, with the value the step counted once;
+the module's attributes (its statistics) are left as the forward left them.
 """
 from __future__ import annotations
 
@@ -36,6 +47,27 @@ def _dropout_rngs(fn) -> list:
     """The dropout streams ``fn`` may draw from: a Module's, or a bound method's module's."""
     owner = getattr(fn, "__self__", fn)
     return [m.rng for m in owner.modules() if isinstance(m, Dropout)] if isinstance(owner, Module) else []
+
+
+def _side_loss_modules(fn) -> list:
+    """The modules of ``fn`` that leave a ``loss`` attribute (a MoE layer's aux + z losses)."""
+    owner = getattr(fn, "__self__", fn)
+    return [m for m in owner.modules() if "loss" in vars(m)] if isinstance(owner, Module) else []
+
+
+def _stand_in(loss: Tensor, anchor: Tensor, cell: list) -> Tensor:
+    """``loss``'s value as a consumer of ``anchor`` whose backward only stores the gradient it got."""
+    def backward(g, needs):
+        cell.append(g)
+        return [None]
+    return make_result(loss.data, (anchor,), backward, "side_loss")
+
+
+def _with_losses(x: Tensor, losses: list, grads: list) -> Tensor:
+    """``x`` unchanged, its backward also starting each of ``losses`` with its gradient."""
+    def backward(g, needs):
+        return [g] + grads
+    return make_result(x.data, (x, *losses), backward, "side_losses")
 
 
 def _rng_state(rng):
@@ -117,8 +149,12 @@ def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
         return fn(*inputs)
     fmt, device = autocast_dtype(), current_device()
     states = [_rng_state(r) for r in _dropout_rngs(fn)]
+    sided = _side_loss_modules(fn)
+    before = [m.loss for m in sided]
     with no_grad():
         out = fn(*inputs)                                          # no graph: nothing saved
+    # the side losses this forward left (a module it did not run keeps its old one)
+    sided = [m for m, old in zip(sided, before) if m.loss is not old and isinstance(m.loss, Tensor)]
     params = tuple(p for p in fn.parameters() if p.requires_grad) if isinstance(fn, Module) else ()
     work = []                                                      # a deferred W pass, if any
     parts = [_Partitioned(partition, x.data, fmt) for x in inputs] if partition is not None else None
@@ -135,12 +171,22 @@ def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
         values = [p.full() for p in parts] if parts else [x.data for x in inputs]
         detached = [Tensor(v, requires_grad=x.requires_grad) for v, x in zip(values, inputs)]
         # why: the forward's activations were not kept; run it again, as it ran, to get them back
+        kept_state = [dict(vars(m)) for m in sided]
         with _replay(states), recomputing(device), autocast(fmt):
             again = fn(*detached)
+        got = [(m.loss, cell[0]) for m, cell in zip(sided, cells) if cell]
+        if got:                                                    # the side losses' gradients join here
+            again = _with_losses(again, [loss for loss, _ in got], [grad for _, grad in got])
+        for m, state in zip(sided, kept_state):                    # statistics as the forward left them
+            vars(m).update(state)
         defer = bool(params) and not any(needs[n_in:])             # the params' gradients wait for W
         w = again.backward(g, defer_weight_grad=defer)
         if defer:
             work.append(w)
         return [d.grad if n else None for d, n in zip(detached, needs[:n_in])] + [None] * len(params)
 
-    return make_result(out.data, inputs + params, backward, "checkpoint", saved=[] if offloaded else kept)
+    result = make_result(out.data, inputs + params, backward, "checkpoint", saved=[] if offloaded else kept)
+    cells = [[] for _ in sided]                                    # the gradient each side loss receives
+    for m, cell in zip(sided, cells):
+        m.loss = _stand_in(m.loss, result, cell)
+    return result

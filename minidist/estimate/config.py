@@ -36,6 +36,7 @@ from .comm import comm_volume
 from .context import context_activation_memory, context_bytes_per_step
 from .flops import gpt2_param_count, training_flops
 from .memory import model_state_memory
+from .moe import block_weights_per_token
 from .pipeline import peak_in_flight, pipeline_bubble
 
 def _lookup(tree: dict, dotted: str):
@@ -142,7 +143,13 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
                        checkpointing=checkpointing, v=v if schedule == INTERLEAVED_1F1B else 1)
     tokens = b * seq * micro_batches * dp               # tokens per optimizer step, all ranks
     recomputed = 1.0 if method == "uniform" else (L // pp - whole) / (L // pp)
-    flops = training_flops(params, tokens, L, h, seq, checkpointing, recomputed, block_params=12 * h * h * L)
+    block_params = 12 * h * h * L
+    moe = (config.get("model") or {}).get("moe")
+    if moe is not None and checkpointing == "full" and recomputed > 0:   # the recomputed blocks' experts' slots
+        per = L // pp
+        ids = [s * per + j for s in range(pp) for j in range(per - whole)]
+        block_params = block_weights_per_token(ids, h, moe, moe.get("group_size") or b * seq) / recomputed
+    flops = training_flops(params, tokens, L, h, seq, checkpointing, recomputed, block_params=block_params)
     spec = get_spec(device)
     compute_s = flops["flops"] / world_size / (spec.flops * mfu)
     times = (config.get("parallel") or {}).get("pass_times") or (1.0, 1.0, 1.0)   # zb_v's build times

@@ -9,6 +9,7 @@ of hidden size h, each a GPT MLP (c_fc h × 4h, c_proj 4h × h, biases), split o
     capacity per expert           C = ⌈capacity_factor · T · k / E⌉       T: the tokens of one group
     one all-to-all sends          (ep − 1)/ep · E · C · h · itemsize      (the block a rank keeps stays)
     per step                      4 · n · groups per micro-batch · micro-batches all-to-alls
+    recomputed forward per token  4h² + h·E + 8h²·E·C/T weights in a MoE block (12h² dense)
 
 (Lepikhin et al. 2020 "GShard" §2; Rajbhandari et al. 2022 "DeepSpeed-MoE" §4 for the
 expert-data-parallel groups.) :func:`moe_for_config` reads a training config; the train report
@@ -72,6 +73,21 @@ def moe_estimate(layers: int, hidden: int, experts: int, top_k: int = 2, capacit
         calls = 4 * n * groups_per_micro_batch * micro_batches if ep > 1 else 0
         out.update(capacity=C, all_to_all_bytes=each, all_to_all_per_step=calls, all_to_all_bytes_per_step=each * calls)
     return out
+
+
+def block_weights_per_token(layer_ids, hidden: int, moe: dict | None, tokens_per_group: int) -> float:
+    """The matmul weights one token multiplies in the forward of blocks ``layer_ids`` (what a
+    recomputed forward multiplies again): 12h² for a dense block (attention 4h², MLP 8h²); for a
+    MoE block 4h² + h·E (the router) + 8h²·E·C/T (its share of the E·C slots every group runs
+    through the experts, dropped or empty slots included: C = ⌈capacity_factor · T · k / E⌉)."""
+    h, dense = hidden, 12 * hidden * hidden
+    if moe is None:
+        return float(dense * len(layer_ids))
+    m = {**MOE_DEFAULTS, **moe}
+    E, T = m["num_experts"], tokens_per_group
+    C = capacity(T, m["top_k"], E, m["capacity_factor"])
+    sparse = 4 * h * h + h * E + 8 * h * h * E * C / T
+    return float(sum(sparse if i % m["every_n_layers"] == 0 else dense for i in layer_ids))
 
 
 def moe_for_config(cfg: dict, world_size: int, seq_len: int) -> dict | None:

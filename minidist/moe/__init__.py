@@ -37,9 +37,11 @@ Public API (what the demo chapter, the exercises and the notebooks use):
   --capacity-factor f``.
 * **What composes.** ``python -m minidist.train --support-matrix`` (rows MoE and EP): MoE with
   data parallelism, ZeRO-1/2/3, TP and SP (under SP the layer gathers the sequence, routes it
-  whole and keeps its positions again), fp16/bf16, selective recomputation and checkpoints; EP
-  with DDP, ZeRO-1/2, TP, SP, clipping, fp16/bf16 and checkpoints. Refused before any rank
-  starts: MoE with PP, CP, full recomputation, distillation, PEFT; EP with ZeRO-3.
+  whole and keeps its positions again), PP, fp16/bf16, selective and full recomputation (a
+  recomputed block's aux and z losses get their gradients from the recompute:
+  :mod:`minidist.recompute`'s side losses) and checkpoints; EP with DDP, ZeRO-1/2, TP, SP, PP,
+  clipping, fp16/bf16 and checkpoints. Refused before any rank starts: MoE with CP,
+  distillation, PEFT; EP with ZeRO-3.
 """
 from __future__ import annotations
 

@@ -145,9 +145,6 @@ REFUSED = {pair: message for pair, message in {
                                                                            "distillation.teacher_ranks)"),
     ("MoE", "CP"): _why("a routing group is the tokens one rank holds, and context parallelism would split every "
                         "sequence's tokens (and so the groups) over its ranks", "set parallel.context.size 1"),
-    ("MoE", "full recompute"): _why("a recomputed block's aux and z losses would reach the loss without their "
-                                    "gradients (its first forward keeps no graph)",
-                                    "use activation_checkpointing.granularity selective or none"),
     ("MoE", "distillation"): _why("the distillation runner builds a dense teacher and student here",
                                   "remove model.moe or the distillation section"),
     ("MoE", "PEFT (LoRA)"): _why("fine-tuning methods wrap the dense MLP's layers by name, not the experts'",
