@@ -293,9 +293,8 @@ class ZeRO3(ZeRO2):
 
     # -- on a pipeline stage (minidist.parallel.pipeline) --------------------------------------
     def attach_pipeline(self, chunks: dict) -> None:
-        """Run under the pipeline engine, on this rank's ``chunks`` (stage → chunk with
-        ``layer_ids``, ``first``, ``last``): see "ZeRO-3 on a pipeline stage" in the module
-        docstring. The executor calls :meth:`pipeline_action` around every action."""
+        """Run on this rank's pipeline ``chunks`` (stage → chunk): see "ZeRO-3 on a pipeline stage"
+        in the module docstring; the executor calls :meth:`pipeline_action` around every action."""
         unit_of = {name: i for i, name in enumerate(self.unit_names)}
         root = [unit_of["root"]] if "root" in unit_of else []
         self.chunk_units = {}
@@ -331,10 +330,9 @@ class ZeRO3(ZeRO2):
 
     @contextlib.contextmanager
     def _shapes_only(self, units):
-        """The W pass needs no weight values — dW = xᵀ·dy, dγ = Σ dy·x̂ (Qi et al. 2023, §2) —
-        only somewhere to accumulate: each parameter gets a zero-byte stand-in of its shape (no
-        all-gather, nothing charged); were a value read, it would read 0 and the equivalence
-        tests with one rank would fail."""
+        """W needs no weight values (dW = xᵀ·dy, dγ = Σ dy·x̂; Qi et al. 2023, §2), only their shapes:
+        each parameter gets a zero-byte stand-in (no all-gather, nothing charged); a value read
+        would be 0, and the equivalence tests with one rank would fail."""
         for u in units:
             for b, _ in self.unit_parts(u):
                 for p, shape in zip(b.params, b.shapes):
