@@ -10,6 +10,7 @@ simulated run are checked against these. One module per question:
 * :mod:`.flops`        parameter count, 6·N·D and the count with attention, training time
 * :mod:`.pipeline`     bubble and peak in-flight micro-batches per pipeline schedule
 * :mod:`.grid3d`       per pipeline rank of a DP × TP × PP layout: model states and bytes sent, exact
+* :mod:`.moe_grid`     the experts of a mixture of experts per pipeline rank, for grid3d
 * :mod:`.config`       :func:`estimate`: all of the above for a training config
 * :mod:`.cli`          ``python -m minidist.estimate --params 7.5B --dp 64 --zero all``
 

@@ -43,12 +43,18 @@ S = Σ_buckets ⌈n_b/d⌉ its shard (:mod:`minidist.parallel.data.buckets`' pad
   world under tensor or pipeline parallelism, over dp for ZeRO) and, when clipping, the norm
   over the model-parallel group (and over dp for ZeRO).
 
+**Mixture of experts** (``moe``, ``ep``): a MoE block holds the router and its E/ep experts
+in place of the dense MLP; with ep > 1 a rank holding experts runs two strategies (experts
+over d/ep ranks, the rest over d), sends the all-to-alls, and its MoE blocks' tensor-parallel
+collectives act on slot buffers — :mod:`.moe_grid` itemises all of it.
+
 Assumed: no fp16 overflow (a skipped ZeRO step sends no all-gather); under the pipeline
 ZeRO-2/3 reduce after the flush (the config refuses ``overlap_comm`` there); no full
 recomputation under ZeRO-3 without a pipeline (a recomputed block gathers its parameters once
 more; on a pipeline stage it keeps them for the backward that follows); offload and
 the parameter server are not modelled here (:func:`estimate_for_config` notes them).
-tests/test_estimate_3d.py checks every rank against measured TP × DP, PP × DP, ZeRO and 3D runs.
+tests/test_estimate_3d.py checks every rank against measured TP × DP, PP × DP, ZeRO and 3D runs;
+tests/test_moe_estimate.py the same with experts (EP × DP, MoE × PP, EP × PP, EP × TP).
 """
 from __future__ import annotations
 
@@ -61,34 +67,42 @@ from ..parallel.tensor import padded_vocab_size
 from ..training.config import sequence_length
 from .context import context_bytes_per_step
 from .memory import OPTIMIZER_BYTES, bytes_per_param
+from .moe_grid import all_to_all_of_rank, is_expert_name, moe_block_ids, moe_mlp_parameters, tp_bytes_change
 from .pipeline import check_pipeline, pipeline_bubble
 
 FIRST_CHUNK_COLLECTIVES = ("wte g", "scatter to sequence (backward)")   # the rest beyond blocks: last chunk
 
 
-def block_parameters(h: int, tp: int = 1, bias: bool = True) -> list:
-    """(name, elements) of one block on one tp rank, in registration order (Shoeybi §3)."""
+def block_parameters(h: int, tp: int = 1, bias: bool = True, moe_mlp: list | None = None) -> list:
+    """(name, elements) of one block on one tp rank, in registration order (Shoeybi §3);
+    ``moe_mlp``: a MoE block's router and experts in place of the dense MLP (:mod:`.moe_grid`)."""
     items = [("ln_1.weight", h), ("ln_1.bias", h),
              ("attn.c_attn.weight", h * 3 * h // tp), ("attn.c_attn.bias", 3 * h // tp),   # columns, by heads
              ("attn.c_proj.weight", h * h // tp), ("attn.c_proj.bias", h),                # rows; bias replicated
              ("ln_2.weight", h), ("ln_2.bias", h),
              ("mlp.c_fc.weight", h * 4 * h // tp), ("mlp.c_fc.bias", 4 * h // tp),        # columns
              ("mlp.c_proj.weight", 4 * h * h // tp), ("mlp.c_proj.bias", h)]             # rows
-    return [(n, k) for n, k in items if bias or not n.endswith("bias")]
+    items = [(n, k) for n, k in items if bias or not n.endswith("bias")]
+    return items if moe_mlp is None else [(n, k) for n, k in items if not n.startswith("mlp.")] + moe_mlp
 
 
 def rank_parameters(n_layer: int, n_embd: int, vocab: int, block_size: int, chunks: list, n_chunks: int,
-                    tp: int = 1, bias: bool = True, make_vocab_size_divisible_by: int = 1) -> list:
+                    tp: int = 1, bias: bool = True, make_vocab_size_divisible_by: int = 1, moe: dict | None = None,
+                    ep: int = 1) -> list:
     """(name, elements) of every parameter a pipeline rank holding ``chunks`` (of ``n_chunks``)
     keeps, in the model's order. The vocabulary is padded only under tensor parallelism (the
-    one-rank GPT is built otherwise)."""
+    one-rank GPT is built otherwise). ``moe``: the model's ``model.moe`` (its MoE blocks hold a
+    router and E/ep experts, :mod:`.moe_grid`)."""
     h, per, last = n_embd, n_layer // n_chunks, n_chunks - 1
     rows = padded_vocab_size(vocab, tp, make_vocab_size_divisible_by) // tp if tp > 1 else vocab
     out = [("transformer.wte.weight", rows * h)] if 0 in chunks or last in chunks else []   # once
     out += [("transformer.wpe.weight", block_size * h)] if 0 in chunks else []
+    mixture = moe_mlp_parameters(h, moe, ep, tp, bias) if moe is not None else None
     for c in sorted(chunks):
-        out += [(f"transformer.h.{i}.{n}", k) for i in range(c * per, (c + 1) * per)
-                for n, k in block_parameters(h, tp, bias)]
+        ids = range(c * per, (c + 1) * per)
+        sparse = set(moe_block_ids(ids, moe))
+        out += [(f"transformer.h.{i}.{n}", k) for i in ids
+                for n, k in block_parameters(h, tp, bias, mixture if i in sparse else None)]
     if last in chunks:
         out += [("transformer.ln_f.weight", h)] + ([("transformer.ln_f.bias", h)] if bias else [])
     return out
@@ -164,22 +178,77 @@ def scalar_bytes(n: int) -> int:
     return 2 * (n - 1) * 8 if n > 1 else 0
 
 
+STATES = ("parameters", "gradients", "optimizer_states")
+
+
+def _data_parallel(params, numels: list, chunks: list, n: int, n_layer: int, d: int, zero_stage: int, wid: dict,
+                   m: int, pp: int, bucket_size: int) -> tuple[dict, int, int]:
+    """(model states, bytes sent per step, shard S) of one data-parallel strategy over ``d``
+    ranks holding ``numels`` (``params``: their names too, for ZeRO-3's units)."""
+    w = wid["w"]
+    if zero_stage == 3:                    # one bucket per unit; G: what one pass of every chunk gathers
+        units, runs = zero3_units(params, chunks, n, n_layer) if params is not None else (numels, [numels])
+        shard = sum(-(-k // d) for k in units)
+        gathered = sum(-(-k // d) for run in runs for k in run)
+    else:
+        shard = shard_elements(numels, d, bucket_size)
+    psi = sum(numels)
+    states = {"parameters": w * (shard if zero_stage == 3 else psi),
+              "gradients": w * (shard if zero_stage >= 2 else psi),
+              "optimizer_states": wid["K"] * (shard if zero_stage else psi)}
+    sent = 0
+    if d > 1 and zero_stage == 3:          # gathers per pass; the reduce-scatter per micro-batch without a pipeline
+        sent = (d - 1) * (2 * m * gathered + (m if pp == 1 else 1) * shard) * w
+    elif d > 1:                            # ZeRO-2 outside a pipeline reduce-scatters every micro-batch
+        sent = (m + 1 if zero_stage == 2 and pp == 1 else 2) * (d - 1) * shard * w
+    return states, sent, shard
+
+
+def _expert_scalars(mixed: bool, clip: bool, world: int, mp: int, edp: int, ep: int, zero_stage: int) -> int:
+    """The experts' one-float64 all-reduces (:mod:`minidist.parallel.expert.strategy`): their
+    overflow flag over the world, their squared norm over grid.mp, grid.dp (sharded) and grid.ep."""
+    out = scalar_bytes(world) if mixed else 0
+    if clip:
+        out += scalar_bytes(mp) + (scalar_bytes(edp) if zero_stage else 0) + scalar_bytes(ep)
+    return out
+
+
+def check_experts(moe: dict | None, ep: int, dp: int, zero_stage: int) -> None:
+    """What the trainer refuses of expert parallelism, with the same reasons."""
+    if ep == 1:
+        return
+    if moe is None:
+        raise ValueError(f"ep {ep} splits the experts of a mixture of experts: give the experts (model.moe, --experts)")
+    E = moe.get("num_experts", 4)
+    if E % ep:
+        raise ValueError(f"{E} experts are not divisible by ep {ep}: each ep rank holds E/ep whole experts")
+    if dp % ep:
+        raise ValueError(f"ep {ep} does not divide the data-parallel degree {dp}: the ep ranks are drawn from the "
+                         f"data-parallel ranks")
+    if zero_stage == 3:
+        raise ValueError("ZeRO-3 with expert parallelism is not built (its gathers span one data-parallel group); "
+                         "use ZeRO stage 1 or 2")
+
+
 def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: int, seq: int,
                 micro_batch: int = 1, micro_batches: int = 1, dp: int = 1, tp: int = 1, pp: int = 1,
                 sp: bool = False, zero_stage: int = 0, precision: str = "fp32", schedule: str = DEFAULT_SCHEDULE,
                 virtual_stages: int = 1, bias: bool = True, make_vocab_size_divisible_by: int = 1,
                 moments: int = 2, dtype_bytes: int = 4, bucket_size: int = REDUCE_BUCKET_SIZE,
-                clip: bool = False) -> dict:
+                clip: bool = False, moe: dict | None = None, ep: int = 1) -> dict:
     """Model states and bytes sent per step of every pipeline rank (all tp and dp ranks of one
     pipeline rank hold and send the same). Returns ``{"inputs", "ranks", "pipeline"}``, ``ranks``
     a list over pipeline ranks of ``{"pp_rank", "chunks", "blocks", "params", "shard",
-    "model_states", "bytes_sent"}`` (see the module docstring for every formula)."""
+    "model_states", "bytes_sent", "experts"}`` (see the module docstring for every formula).
+    ``moe``: ``model.moe`` of a mixture of experts, its experts over ``ep`` of the ``dp`` ranks
+    (:mod:`.moe_grid`; ``experts``: that rank's MoE blocks, expert states and all-to-alls)."""
     if n_head % tp or n_embd % tp:
         raise ValueError(f"n_head ({n_head}) and n_embd ({n_embd}) must be divisible by tp ({tp})")
     if sp and (tp == 1 or seq % tp):
         raise ValueError(f"sequence parallelism needs tp > 1 dividing the sequence length {seq} (tp = {tp})")
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+    check_experts(moe, ep, dp, zero_stage)
     wid = widths(precision, dtype_bytes, moments)
     w, m, h = wid["w"], micro_batches, n_embd
     if pp > 1:
@@ -201,40 +270,52 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
     for r in range(pp):
         chunks = [c for c, owner in enumerate(stage_to_rank) if owner == r]
         first, last = 0 in chunks, n - 1 in chunks
-        params = rank_parameters(n_layer, h, vocab, block_size, chunks, n, tp, bias, make_vocab_size_divisible_by)
-        numels = [k for _, k in params]
-        psi = sum(numels)
-        if zero_stage == 3:                # one bucket per unit; G: what one pass of every chunk gathers
-            units, runs = zero3_units(params, chunks, n, n_layer)
-            shard = sum(-(-k // dp) for k in units)
-            gathered = sum(-(-k // dp) for run in runs for k in run)
-        else:
-            shard = shard_elements(numels, dp, bucket_size)
-        states = {"parameters": w * (shard if zero_stage == 3 else psi),
-                  "gradients": w * (shard if zero_stage >= 2 else psi),
-                  "optimizer_states": wid["K"] * (shard if zero_stage else psi)}
-        states["total"] = sum(states.values())
+        params = rank_parameters(n_layer, h, vocab, block_size, chunks, n, tp, bias, make_vocab_size_divisible_by,
+                                 moe, ep)
+        psi = sum(k for _, k in params)
         blocks = len(chunks) * n_layer // n
-        sent = {"tensor_parallel": m * tp_bytes_of_rank(blocks, first, last, micro_batch, seq, h, tp, sp, bias,
-                                                        w, wid["w32"]),
+        ids = [i for c in chunks for i in range(c * n_layer // n, (c + 1) * n_layer // n)]
+        n_moe = len(moe_block_ids(ids, moe))
+        # under expert parallelism a rank holding experts runs two strategies (moe_grid): experts over dp/ep
+        experts = [k for name, k in params if is_expert_name(name)] if ep > 1 else []
+        dense = [k for name, k in params if not (experts and is_expert_name(name))]
+        states, dp_sent, shard = _data_parallel(params, dense, chunks, n, n_layer, dp, zero_stage, wid, m, pp,
+                                                bucket_size)
+        sent = {"tensor_parallel": m * (tp_bytes_of_rank(blocks, first, last, micro_batch, seq, h, tp, sp, bias,
+                                                         w, wid["w32"])
+                                        + (tp_bytes_change(n_moe, moe, ep, micro_batch, seq, h, tp, w, sp, bias) if moe else 0)),
                 "pipeline": pp_bytes_of_rank(stage_to_rank, r, m, micro_batch * (seq // tp if sp else seq) * h, w),
-                "tied_embedding": 0, "data_parallel": 0, "scalars": scalars}
+                "tied_embedding": 0, "data_parallel": dp_sent, "scalars": scalars}
         if (first or last) and stage_to_rank[0] != stage_to_rank[-1]:
             wte = next(k for name, k in params if name == "transformer.wte.weight")
             sent["tied_embedding"] = collective_bytes("all_reduce", wte, 2, wid["w32"])
-        if dp > 1 and zero_stage == 3:     # gathers per pass; the reduce-scatter per micro-batch without a pipeline
-            sent["data_parallel"] = (dp - 1) * (2 * m * gathered + (m if pp == 1 else 1) * shard) * w
-        elif dp > 1:                       # ZeRO-2 outside a pipeline reduce-scatters every micro-batch
-            collectives = m + 1 if zero_stage == 2 and pp == 1 else 2
-            sent["data_parallel"] = collectives * (dp - 1) * shard * w
+        figures = None
+        if moe is not None:
+            figures = {"moe_layers": n_moe, "expert_parameters": sum(k for name, k in params if is_expert_name(name)),
+                       **all_to_all_of_rank(n_moe, moe, ep, micro_batch, seq, h, m, w)}
+            sent["all_to_all"] = figures["all_to_all_bytes_per_step"]      # only with experts
+            own = [k for name, k in params if is_expert_name(name)]
+            figures["model_states"] = _data_parallel(None, own, chunks, n, n_layer, dp, zero_stage, wid, m, pp,
+                                                     bucket_size)[0] if own else {k: 0 for k in STATES}
+            if experts:                    # the experts' own strategy over grid.dp (dp/ep ranks)
+                e_states, e_sent, e_shard = _data_parallel(None, experts, chunks, n, n_layer, dp // ep, zero_stage,
+                                                           wid, m, pp, bucket_size)
+                states = {k: states[k] + e_states[k] for k in STATES}
+                sent["data_parallel"] += e_sent
+                sent["scalars"] += _expert_scalars(wid["mixed"], clip, world, mp, dp // ep, ep, zero_stage)
+                shard += e_shard
+                figures["model_states"] = e_states
+            figures["model_states"]["total"] = sum(figures["model_states"].values())
+        states["total"] = sum(states.values())
         sent["total"] = sum(sent.values())
         ranks.append({"pp_rank": r, "chunks": chunks, "blocks": blocks, "params": psi, "shard": shard,
-                      "model_states": states, "bytes_sent": sent})
+                      "model_states": states, "bytes_sent": sent, "experts": figures})
     inputs = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "vocab": vocab, "block_size": block_size,
               "seq": seq, "micro_batch": micro_batch, "micro_batches": m, "dp": dp, "tp": tp, "pp": pp, "sp": sp,
               "zero_stage": zero_stage, "precision": precision, "schedule": schedule,
               "virtual_stages": n // pp, "bias": bias, "make_vocab_size_divisible_by": make_vocab_size_divisible_by,
-              "moments": moments, "dtype_bytes": dtype_bytes, "bucket_size": bucket_size, "clip": clip}
+              "moments": moments, "dtype_bytes": dtype_bytes, "bucket_size": bucket_size, "clip": clip,
+              "moe": moe, "ep": ep}
     bubble = pipeline_bubble(schedule, pp, m, virtual_stages) if pp > 1 else None
     return {"inputs": inputs, "ranks": ranks, "pipeline": bubble}
 
@@ -269,7 +350,7 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
         virtual_stages=par["virtual_stages"] if schedule == INTERLEAVED_1F1B else 1, bias=model["bias"],
         make_vocab_size_divisible_by=par["make_vocab_size_divisible_by"], moments=moments,
         dtype_bytes=np.dtype(cfg["dtype"]).itemsize, bucket_size=zero["reduce_bucket_size"],
-        clip=cfg["gradient_clipping"] > 0)
+        clip=cfg["gradient_clipping"] > 0, moe=model.get("moe"), ep=par.get("expert", 1))
     if cp > 1:                           # each rank's s/cp tokens above; its attention's messages on top
         w = 2 if precision != "fp32" else np.dtype(cfg["dtype"]).itemsize
         attn = context_bytes_per_step(par["context"]["algorithm"], cp, model["n_layer"] // pp,
