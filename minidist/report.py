@@ -12,10 +12,11 @@ Per rank, ``data_parallel`` holds
 The job-level ``data_parallel.formula`` is :func:`minidist.estimate.model_state_memory` and
 :func:`minidist.estimate.comm_volume` for the same Ψ, world size, stage and optimizer.
 
-Under tensor or pipeline parallelism the job-level ``layout`` section puts, for every rank,
-the measured model states and bytes sent in the last step beside the 3D estimate of the same
-config (:func:`minidist.estimate.grid3d.estimate_for_config`: its pipeline rank's figures),
-and the pipeline's measured bubble beside the schedule's theory.
+Under tensor, pipeline or expert parallelism the job-level ``layout`` section puts, for every
+rank, the measured model states and bytes sent in the last step beside the 3D estimate of the
+same config (:func:`minidist.estimate.grid3d.estimate_for_config`: its pipeline rank's figures),
+and the pipeline's measured bubble beside the schedule's theory; with experts, the ``moe``
+section's estimate is per pipeline rank too (:mod:`minidist.report_layout`).
 """
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ from .distributed.objects import jsonable
 from .estimate import comm_volume, estimate, model_state_memory
 from .estimate.context import context_bytes_per_step
 from .estimate.grid3d import estimate_for_config
-from .estimate.moe import moe_for_config
 from .parallel.expert import accounting as expert_accounting
-from .estimate.pipeline import pipeline_bubble
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
+from .report_layout import format_layout, layout_report, moe_section_estimate, pipeline_theory
+
+__all__ = ["build_report", "format_data_parallel", "format_layout", "layout_report", "rank_report", "write_report"]
 
 
 def rank_report(trainer) -> dict:
@@ -158,15 +160,20 @@ def build_report(trainer, ranks: list[dict]) -> dict:
     }
     if trainer.pipeline is not None:     # measured bubble beside the theory
         report["pipeline"] = pipeline_report(trainer, ranks)
-        report["pipeline"].update(_pipeline_theory(report["pipeline"]))
+        report["pipeline"].update(pipeline_theory(report["pipeline"]))
     report["estimate"] = estimate(trainer.cfg, trainer.world_size)
     report["activation_checkpointing"] = recompute_report(trainer, ranks, report["estimate"])
-    if ranks[0].get("moe"):             # the experts: measured beside minidist.estimate.moe, load per step
-        report["moe"] = {"estimate": moe_for_config(trainer.cfg, trainer.world_size, trainer.dataset.seq_len),
-                         "load": expert_accounting.job_load(ranks)}
     par = trainer.cfg["parallel"]
-    if par["tensor"] * par["pipeline"] > 1:
-        report["layout"] = layout_report(trainer, ranks, report.get("pipeline"))
+    grid3d = None
+    if ranks[0].get("moe") or par["tensor"] * par["pipeline"] * par["expert"] > 1:    # every pipeline rank's figures
+        try:
+            grid3d = estimate_for_config(trainer.cfg, trainer.world_size, trainer.model_config.vocab_size)
+        except ValueError as err:        # a layout grid3d does not model: the report says so
+            report["layout_refused"] = str(err)
+    if ranks[0].get("moe"):             # the experts per pipeline rank (minidist.estimate.moe_grid), load per step
+        report["moe"] = {**moe_section_estimate(trainer, grid3d), "load": expert_accounting.job_load(ranks)}
+    if grid3d is not None and par["tensor"] * par["pipeline"] * par["expert"] > 1:
+        report["layout"] = layout_report(trainer, ranks, report.get("pipeline"), grid3d)
     return report
 
 
@@ -198,66 +205,6 @@ def format_recompute(report: dict) -> str:
         "(measured peak: during backward, one recomputed unit's activations on top of the checkpoints, fp32 "
         "LayerNorm inputs and per-token statistics included; estimate: Korthikanti's 16-bit terms at the end "
         "of forward. FLOPs: matmuls, estimate 6·N·D + attention with N all parameters)"])
-
-
-STATES = ("parameters", "gradients", "optimizer_states")
-
-
-def layout_report(trainer, ranks: list, pipeline: dict | None) -> dict:
-    """Measured beside estimated, per rank of a tensor/pipeline-parallel run (:mod:`minidist.estimate`)."""
-    est = estimate_for_config(trainer.cfg, trainer.world_size, trainer.model_config.vocab_size)
-    rows = []
-    for r in ranks:
-        e = est["ranks"][r["coords"]["pp"]]
-        measured = r["data_parallel"]["model_states"] or {}
-        rows.append({"rank": r["rank"], "coords": r["coords"],
-                     "model_states": {k: measured.get(k, 0) for k in STATES},
-                     "model_states_estimate": {k: e["model_states"][k] for k in STATES},
-                     "bytes_sent_per_step": r["bytes_sent_last_step"],
-                     "bytes_sent_per_step_estimate": e["bytes_sent"]["total"]})
-    out = {"grid": {d: n for d, n in (("dp", trainer.grid.dp_size), ("tp", trainer.grid.tp_size),
-                                       ("pp", trainer.grid.pp_size))},
-           "ranks": rows, "notes": est.get("notes", [])}
-    if pipeline is not None:
-        for key in ("bubble_fraction", "bubble_fraction_theory", "bubble_fraction_without_communication",
-                    "step_split"):
-            out[key] = pipeline.get(key)
-    return out
-
-
-def format_layout(report: dict) -> str:
-    """Per rank: model states and bytes per step, measured and estimated; the bubble."""
-    lay = report["layout"]
-    g = lay["grid"]
-    lines = [f"layout: dp {g['dp']} × tp {g['tp']} × pp {g['pp']} — measured / estimate "
-             f"(minidist.estimate.grid3d)",
-             f"{'rank':>4} {'(dp,pp,tp)':>10} {'model states B':>21} {'sent/step B':>19}"]
-    for r in lay["ranks"]:
-        c = r["coords"]
-        ms, me = sum(r["model_states"].values()), sum(r["model_states_estimate"].values())
-        lines.append(f"{r['rank']:>4} {'(%d,%d,%d)' % (c['dp'], c['pp'], c['tp']):>10} {ms:>10}/{me:<10} "
-                     f"{r['bytes_sent_per_step']:>9}/{r['bytes_sent_per_step_estimate']:<9}")
-    if lay.get("bubble_fraction") is not None:
-        theory, free, split = (lay.get(k) for k in ("bubble_fraction_theory", "bubble_fraction_without_communication",
-                                                     "step_split"))
-        lines.append(f"bubble: {lay['bubble_fraction']:.3f} measured (idle and waiting for messages), "
-                     f"{'-' if free is None else f'{free:.3f}'} without communication (the executed step "
-                     f"replayed with free messages), {'-' if theory is None else f'{theory:.3f}'} the schedule's theory")
-        if split:
-            lines.append(f"step: compute {split['compute']:.1%}, exposed communication "
-                         f"{split['exposed_communication']:.1%}, idle {split['idle']:.1%} (of ranks × step time)")
-    lines += [f"note: {n}" for n in lay["notes"]]
-    return "\n".join(lines)
-
-
-def _pipeline_theory(section: dict) -> dict:
-    """The run's schedule in :func:`minidist.estimate.pipeline_bubble` for the pass times it was
-    built for (the config's ``parallel.pass_times``, equal by default; synchronous flush), beside
-    the measured figures."""
-    theory = pipeline_bubble(section["schedule"], section["ranks"], section["micro_batches"],
-                             section["virtual_stages"], *section.get("pass_times", (1.0, 1.0, 1.0)))
-    return {"bubble_fraction_theory": theory["bubble_fraction"],
-            "peak_in_flight_theory": theory["peak_in_flight_per_rank"]}
 
 
 def distill_rank_report(run) -> dict:

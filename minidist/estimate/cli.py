@@ -18,7 +18,8 @@ Examples::
 
 With the whole shape (``--layers --hidden --heads --seq --vocab``) a table per pipeline rank
 follows: model-state bytes and bytes sent per step of minidist's own layout, exact
-(:mod:`minidist.estimate.grid3d`). Every number printed is also in ``--json``. Bytes use
+(:mod:`minidist.estimate.grid3d`; with ``--experts`` each rank's MoE blocks, experts and
+all-to-alls, :mod:`minidist.estimate.moe_grid`). Every number printed is also in ``--json``. Bytes use
 decimal units (GB = 1e9 bytes), as the ZeRO paper does.
 """
 from __future__ import annotations
@@ -265,12 +266,17 @@ def compute(a: argparse.Namespace) -> dict:
                                    a.optimizer, a.tp) for s in stages if s <= 2 or a.ep == 1] or None
     out["per_pipeline_rank"] = None
     if a.layers and a.hidden and a.heads and a.seq and a.vocab and not a.offload:
+        experts = {"num_experts": a.experts, "top_k": a.top_k, "capacity_factor": a.capacity_factor,
+                   "every_n_layers": a.every_n_layers} if a.experts else None
         out["per_pipeline_rank"] = [estimate_3d(
             a.layers, a.hidden, a.heads, a.vocab, a.seq, local_seq, a.micro_batch, m, zero_group, a.tp, a.pp,
             a.sp and a.tp > 1, s, a.precision, a.schedule,
             a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1,
             make_vocab_size_divisible_by=a.make_vocab_size_divisible_by,
-            moments=OPTIMIZER_BYTES[a.optimizer] // 4) for s in stages] or None
+            moments=OPTIMIZER_BYTES[a.optimizer] // 4, moe=experts, ep=a.ep)
+            for s in stages if s <= 2 or a.ep == 1] or None
+        for est, grid in zip(out["moe"] or [], out["per_pipeline_rank"] or []):   # each stage: its own MoE blocks
+            est["per_pipeline_rank"] = [rank["experts"] for rank in grid["ranks"]]
     return out
 
 

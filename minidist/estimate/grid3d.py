@@ -291,7 +291,7 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
             sent["tied_embedding"] = collective_bytes("all_reduce", wte, 2, wid["w32"])
         figures = None
         if moe is not None:
-            figures = {"moe_layers": n_moe, "expert_parameters": sum(k for name, k in params if is_expert_name(name)),
+            figures = {"moe_layers": n_moe, "expert_parameters_per_rank": sum(k for name, k in params if is_expert_name(name)),
                        **all_to_all_of_rank(n_moe, moe, ep, micro_batch, seq, h, m, w)}
             sent["all_to_all"] = figures["all_to_all_bytes_per_step"]      # only with experts
             own = [k for name, k in params if is_expert_name(name)]

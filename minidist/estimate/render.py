@@ -112,15 +112,21 @@ def _render_moe(r: dict) -> list[str]:
              f"capacity factor {a['capacity_factor']:g}; ep = {a['ep']} ({a['experts'] // a['ep']} experts per rank), "
              f"expert data parallel {first['expert_data_parallel']}; {first['expert_parameters_per_rank']:,} expert "
              f"parameters per rank, router {first['router_parameters']:,} on every rank"]
+    staged = a["pp"] > 1 and first.get("per_pipeline_rank")       # each pipeline rank holds its own MoE blocks
     if first["capacity"] is not None:
         lines.append(f"capacity C = {first['capacity']} slots per expert per group of {a['micro_batch'] * a['seq']} "
                      f"tokens; each all-to-all sends {fmt_bytes(first['all_to_all_bytes'])} per rank, "
-                     f"{first['all_to_all_per_step']} per step: {fmt_bytes(first['all_to_all_bytes_per_step'])}")
-    rows = [["stage", "expert params", "expert grads", "expert optimizer", "experts total/rank"]]
+                     f"{first['all_to_all_per_step']} per step: {fmt_bytes(first['all_to_all_bytes_per_step'])}"
+                     + (" over the whole model (each pipeline rank's below)" if staged else ""))
+    rows = [["stage"] + (["pp rank", "MoE blocks"] if staged else [])
+            + ["expert params", "expert grads", "expert optimizer", "experts total/rank"]
+            + (["all-to-all/step"] if staged else [])]
     for est in r["moe"]:
-        ms = est["model_states"]
-        rows.append([str(est.get("stage", "-")), fmt_bytes(ms["parameters"]), fmt_bytes(ms["gradients"]),
-                     fmt_bytes(ms["optimizer_states"]), fmt_bytes(ms["total"])])
+        for p, fig in enumerate(est["per_pipeline_rank"] if staged else [est]):
+            ms = fig["model_states"]
+            rows.append([str(est.get("stage", "-"))] + ([str(p), str(fig["moe_layers"])] if staged else [])
+                        + [fmt_bytes(ms["parameters"]), fmt_bytes(ms["gradients"]), fmt_bytes(ms["optimizer_states"]),
+                           fmt_bytes(ms["total"])] + ([fmt_bytes(fig["all_to_all_bytes_per_step"])] if staged else []))
     return lines + [_table(rows), "(the experts' model states per rank, over the expert-data-parallel group; the "
                                   "tables above count the dense model, whose MLPs the experts replace)"]
 
@@ -131,16 +137,21 @@ def _render_ranks(per_stage: list) -> list[str]:
            "tied head on the last, no recomputation); every tp and dp rank of a pipeline rank alike. Bytes sent "
            "per step (the "
            "total adds the one-float64 all-reduces: overflow flag, gradient norm):"]
-    rows = [["stage", "pp rank", "chunks", "params", "model states", "TP", "PP p2p", "tied wte", "DP",
-             "total sent"]]
+    moe = per_stage[0]["inputs"].get("moe") is not None      # with experts: the all-to-alls (minidist.estimate.moe_grid)
+    parts = ("tensor_parallel", "pipeline", "tied_embedding", "data_parallel") + (("all_to_all",) if moe else ())
+    rows = [["stage", "pp rank", "chunks", "params", "model states", "TP", "PP p2p", "tied wte", "DP"]
+            + (["all-to-all"] if moe else []) + ["total sent"]]
     for est in per_stage:
         for rank in est["ranks"]:
             sent = rank["bytes_sent"]
             rows.append([str(est["inputs"]["zero_stage"]), str(rank["pp_rank"]),
                          ",".join(map(str, rank["chunks"])), f"{rank['params']:,}",
                          fmt_bytes(rank["model_states"]["total"])]
-                        + [fmt_bytes(sent[k]) for k in ("tensor_parallel", "pipeline", "tied_embedding",
-                                                        "data_parallel", "total")])
+                        + [fmt_bytes(sent[k]) for k in parts + ("total",)])
+    if moe:
+        i = per_stage[0]["inputs"]
+        out[0] += (f" with experts over ep = {i['ep']} of the dp = {i['dp']} ranks: the experts' states over "
+                   f"dp/ep = {i['dp'] // i['ep']} ranks, the rest over dp")
     return out + [_table(rows)]
 
 

@@ -1,6 +1,7 @@
 """What a run with experts measured, for the train report: the load per expert and the dropped
 assignments of every step, the bytes of the experts' parameters and optimizer states this rank
-holds, and the all-to-all bytes of its last step — printed beside :mod:`minidist.estimate.moe`.
+holds, and the all-to-all bytes of its last step — printed beside :mod:`minidist.estimate.moe`
+and, per pipeline stage, :mod:`minidist.estimate.moe_grid` (the report's ``moe`` section).
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ def _is_expert_name(name: str) -> bool:
 
 def expert_memory(trainer) -> dict:
     """Bytes of this rank's experts: their parameters (the arrays this rank holds, at their
-    format's width), their optimizer states (the device's live allocations, or under ZeRO the
-    arrays of the experts' shards)."""
+    format's width; under ZeRO-3 the experts' shards, c elements of each unit), their optimizer
+    states (the device's live allocations, or under ZeRO the arrays of the experts' shards)."""
     params = sum(nbytes(p.data, p.dtype_tag) for p in trainer.model.parameters() if p.expert)
     live = trainer.device.memory.live()
     states = sum(n for cat, n, name in live if cat == "optimizer_states" and _is_expert_name(name))
     experts = getattr(trainer.strategy, "experts", None)
+    if experts is not None and getattr(experts, "stage", 0) >= 3:    # between steps only the shards are held
+        params = sum(b.chunk * b.bytes_per_element for b in experts.buckets)
     if experts is not None and getattr(experts, "stage", 0) > 0:     # ZeRO: "bucket i.exp_avg", the experts' buckets
         states = sum(a.nbytes for st in experts.state.values() for a in st.values() if isinstance(a, np.ndarray))
     return {"parameters": int(params), "optimizer_states": int(states)}
@@ -63,7 +66,8 @@ def format_moe(section: dict, rank0: dict) -> str:
     """The report's text: rank 0's experts measured beside the estimate, and the load per step."""
     est, m = section["estimate"], rank0["moe"]
     ms = est["model_states"]
-    lines = [f"mixture of experts: {est['moe_layers']} MoE layer(s) × {est['experts']} experts, ep = {est['ep']}, "
+    stage = " on rank 0's pipeline stage" if len(section.get("ranks") or []) > 1 else ""
+    lines = [f"mixture of experts: {est['moe_layers']} MoE layer(s){stage} × {est['experts']} experts, ep = {est['ep']}, "
              f"expert data parallel {est['expert_data_parallel']}; capacity C = {est['capacity']}",
              f"{'rank 0':<28} {'measured':>12} {'estimate':>12}",
              f"{'expert parameters B':<28} {m['memory']['parameters']:>12} {ms['parameters']:>12.0f}",
@@ -71,6 +75,11 @@ def format_moe(section: dict, rank0: dict) -> str:
              f"{'all-to-all calls / step':<28} {m['all_to_all_per_step']:>12} {est['all_to_all_per_step']:>12}",
              f"{'all-to-all bytes sent / step':<28} {m['all_to_all_bytes_per_step']:>12} "
              f"{est['all_to_all_bytes_per_step']:>12}"]
+    stages = section.get("ranks") or []
+    for p, r in enumerate(stages if len(stages) > 1 else []):      # each pipeline stage holds its own MoE blocks
+        lines.append(f"pipeline rank {p}: {r['moe_layers']} MoE layer(s), experts' model states "
+                     f"{r['model_states']['total']:.0f} B, {r['all_to_all_per_step']} all-to-alls / step "
+                     f"({r['all_to_all_bytes_per_step']} B) by the estimate")
     for s, layers in enumerate(section["load"]):
         lines.append(f"step {s}: " + "; ".join(f"layer {layer} load {v['load']} dropped {v['dropped']}"
                                                for layer, v in sorted(layers.items())))
