@@ -47,8 +47,8 @@ def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None 
                "model_states_estimate": {k: e["model_states"][k] for k in STATES},
                "bytes_sent_per_step": r["bytes_sent_last_step"],
                "bytes_sent_per_step_estimate": e["bytes_sent"]["total"]}
-        if r.get("moe") is not None:
-            row["all_to_all_bytes_per_step"] = r["moe"]["all_to_all_bytes_per_step"]
+        if e.get("experts") is not None:    # a stage without MoE blocks measures none (its moe section is None)
+            row["all_to_all_bytes_per_step"] = (r.get("moe") or {}).get("all_to_all_bytes_per_step", 0)
             row["all_to_all_bytes_per_step_estimate"] = e["bytes_sent"].get("all_to_all", 0)
         rows.append(row)
     g = trainer.grid

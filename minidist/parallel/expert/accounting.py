@@ -27,6 +27,7 @@ def expert_memory(trainer) -> dict:
         params = sum(b.chunk * b.bytes_per_element for b in experts.buckets)
     if experts is not None and getattr(experts, "stage", 0) > 0:     # ZeRO: "bucket i.exp_avg", the experts' buckets
         states = sum(a.nbytes for st in experts.state.values() for a in st.values() if isinstance(a, np.ndarray))
+        states += sum(a.nbytes for a in (getattr(experts, "master_shards", None) or {}).values())   # fp32 masters
     return {"parameters": int(params), "optimizer_states": int(states)}
 
 
