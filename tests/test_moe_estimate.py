@@ -180,3 +180,26 @@ def test_the_estimator_refuses_what_expert_parallelism_refuses():
         estimate_3d(2, 16, 2, 50, 8, 8, 2, 1, dp=8, moe=moe, ep=8)
     with pytest.raises(ValueError, match="give the experts"):
         estimate_3d(2, 16, 2, 50, 8, 8, 2, 1, dp=2, ep=2)
+
+
+def test_moe_x_pp_the_moe_section_is_each_stages_not_twice_it():
+    """MoE × PP 2 (1F1B): each stage holds one of the two MoE blocks; the section's estimate is
+    rank 0's stage's (it was the whole model's, twice the measured)."""
+    report = _report(2, config(parallel={"pipeline": 2}, gradient_accumulation_steps=2))
+    moe = report["moe"]
+    assert [s["moe_layers"] for s in moe["ranks"]] == [1, 1] and moe["estimate"]["moe_layers"] == 1
+    for r in report["ranks"]:
+        stage = moe["ranks"][r["coords"]["pp"]]
+        assert r["moe"]["memory"] == {k: stage["model_states"][k] for k in ("parameters", "optimizer_states")}
+    assert "mixture of experts: 1 MoE layer(s) on rank 0's pipeline stage" in format_data_parallel(report)
+
+
+def test_zero_without_expert_parallelism_leaves_the_experts_optimizer_states_unmeasured():
+    """ep = 1 under ZeRO-1: the experts' elements share the buckets' shards with the rest, so the
+    section shows '-' for their optimizer states rather than a number that is not theirs."""
+    report = _report(2, config(zero_optimization={"stage": 1}))
+    assert all(r["moe"]["memory"]["optimizer_states"] is None for r in report["ranks"])
+    line = next(x for x in format_data_parallel(report).splitlines() if x.startswith("expert optimizer states B"))
+    assert line.split()[4] == "-"
+    for r in report["ranks"]:
+        assert r["moe"]["memory"]["parameters"] == report["moe"]["estimate"]["model_states"]["parameters"]
