@@ -108,7 +108,6 @@ def test_all_to_all_bytes_are_the_formula_four_per_layer_and_micro_batch(ep):
     ({"parallel": {"expert": 4, "tensor": 2}}, "parallel.expert", "does not divide the data-parallel degree 2"),
     ({"model": {"moe": {"top_k": 5}}}, "model.moe.top_k", "larger than model.moe.num_experts"),
     ({"model": {"moe": {"capacity_factor": 0.0}}}, "model.moe.capacity_factor", "must be > 0"),
-    ({"zero_optimization": {"stage": 3}}, "parallel.expert", "ZeRO-3 gathers every parameter over one"),
     ({"gradient_clipping": 1.0, "parallel": {"data_parallel": "parameter_server"}}, "gradient_clipping",
      "the parameter server reduces them inside it"),
 ])

@@ -263,7 +263,7 @@ def compute(a: argparse.Namespace) -> dict:
     if a.experts:
         out["moe"] = [moe_estimate(a.layers, a.hidden, a.experts, a.top_k, a.capacity_factor, a.ep, a.every_n_layers,
                                    a.micro_batch * local_seq if a.seq else None, 1, m, a.dp, s, a.precision,
-                                   a.optimizer, a.tp) for s in stages if s <= 2 or a.ep == 1] or None
+                                   a.optimizer, a.tp) for s in stages] or None
     out["per_pipeline_rank"] = None
     if a.layers and a.hidden and a.heads and a.seq and a.vocab and not a.offload:
         experts = {"num_experts": a.experts, "top_k": a.top_k, "capacity_factor": a.capacity_factor,
@@ -274,7 +274,7 @@ def compute(a: argparse.Namespace) -> dict:
             a.virtual_stages if a.schedule == INTERLEAVED_1F1B else 1,
             make_vocab_size_divisible_by=a.make_vocab_size_divisible_by,
             moments=OPTIMIZER_BYTES[a.optimizer] // 4, moe=experts, ep=a.ep)
-            for s in stages if s <= 2 or a.ep == 1] or None
+            for s in stages] or None
         for est, grid in zip(out["moe"] or [], out["per_pipeline_rank"] or []):   # each stage: its own MoE blocks
             est["per_pipeline_rank"] = [rank["experts"] for rank in grid["ranks"]]
     return out

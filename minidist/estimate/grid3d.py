@@ -120,7 +120,8 @@ def zero3_units(params: list, chunks: list, n_chunks: int, n_layer: int) -> tupl
             i = int(name.split(".")[2])
             block[i] = block.get(i, 0) + k
     per = n_layer // n_chunks
-    runs = [([root] if c in (0, n_chunks - 1) and root else []) + [block[i] for i in range(c * per, (c + 1) * per)]
+    runs = [([root] if c in (0, n_chunks - 1) and root else []) +
+            [block[i] for i in range(c * per, (c + 1) * per) if i in block]     # (the experts': MoE blocks only)
             for c in sorted(chunks)]
     return ([root] if root else []) + [block[i] for i in sorted(block)], runs
 
@@ -225,9 +226,6 @@ def check_experts(moe: dict | None, ep: int, dp: int, zero_stage: int) -> None:
     if dp % ep:
         raise ValueError(f"ep {ep} does not divide the data-parallel degree {dp}: the ep ranks are drawn from the "
                          f"data-parallel ranks")
-    if zero_stage == 3:
-        raise ValueError("ZeRO-3 with expert parallelism is not built (its gathers span one data-parallel group); "
-                         "use ZeRO stage 1 or 2")
 
 
 def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: int, seq: int,
@@ -278,8 +276,9 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
         n_moe = len(moe_block_ids(ids, moe))
         # under expert parallelism a rank holding experts runs two strategies (moe_grid): experts over dp/ep
         experts = [k for name, k in params if is_expert_name(name)] if ep > 1 else []
-        dense = [k for name, k in params if not (experts and is_expert_name(name))]
-        states, dp_sent, shard = _data_parallel(params, dense, chunks, n, n_layer, dp, zero_stage, wid, m, pp,
+        named = [(name, k) for name, k in params if not (experts and is_expert_name(name))]   # ZeRO-3: its units
+        dense = [k for _, k in named]
+        states, dp_sent, shard = _data_parallel(named, dense, chunks, n, n_layer, dp, zero_stage, wid, m, pp,
                                                 bucket_size)
         sent = {"tensor_parallel": m * (tp_bytes_of_rank(blocks, first, last, micro_batch, seq, h, tp, sp, bias,
                                                          w, wid["w32"])
@@ -298,7 +297,8 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
             figures["model_states"] = _data_parallel(None, own, chunks, n, n_layer, dp, zero_stage, wid, m, pp,
                                                      bucket_size)[0] if own else {k: 0 for k in STATES}
             if experts:                    # the experts' own strategy over grid.dp (dp/ep ranks)
-                e_states, e_sent, e_shard = _data_parallel(None, experts, chunks, n, n_layer, dp // ep, zero_stage,
+                own_named = [(name, k) for name, k in params if is_expert_name(name)]   # ZeRO-3: a unit per block
+                e_states, e_sent, e_shard = _data_parallel(own_named, experts, chunks, n, n_layer, dp // ep, zero_stage,
                                                            wid, m, pp, bucket_size)
                 states = {k: states[k] + e_states[k] for k in STATES}
                 sent["data_parallel"] += e_sent

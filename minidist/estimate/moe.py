@@ -5,6 +5,7 @@ of hidden size h, each a GPT MLP (c_fc h × 4h, c_proj 4h × h, biases), split o
 
     expert parameters per rank    Ψ_e = n · (E/ep) · (8h² + 5h)          (tensor parallel t: 8h²/t + 4h/t + h)
     their model states            (w + w + K/z) · Ψ_e                     z = dp/ep with ZeRO-1/2, else 1
+                                  (w + w + K) · Ψ_e / z                   ZeRO-3, z = dp/ep
     router (not an expert)        n · h · E, on every rank
     capacity per expert           C = ⌈capacity_factor · T · k / E⌉       T: the tokens of one group
     one all-to-all sends          (ep − 1)/ep · E · C · h · itemsize      (the block a rank keeps stays)
@@ -56,9 +57,6 @@ def moe_estimate(layers: int, hidden: int, experts: int, top_k: int = 2, capacit
     n = moe_layer_count(layers, every_n_layers)
     psi = n * (experts // ep) * expert_parameters(hidden, bias, tp)
     edp = dp // ep
-    if stage == 3 and ep > 1:
-        raise ValueError("ZeRO-3 with expert parallelism is not built (its gathers span one data-parallel group); "
-                         "use ZeRO stage 1 or 2")
     states = model_state_memory(psi, dp=edp, stage=stage, precision=precision,
                                 optimizer=optimizer)
     w = itemsize if itemsize is not None else (4 if precision == "fp32" else 2)

@@ -39,9 +39,10 @@ Public API (what the demo chapter, the exercises and the notebooks use):
   data parallelism, ZeRO-1/2/3, TP and SP (under SP the layer gathers the sequence, routes it
   whole and keeps its positions again), PP, fp16/bf16, selective and full recomputation (a
   recomputed block's aux and z losses get their gradients from the recompute:
-  :mod:`minidist.recompute`'s side losses) and checkpoints; EP with DDP, ZeRO-1/2, TP, SP, PP,
-  clipping, fp16/bf16 and checkpoints. Refused before any rank starts: MoE with CP,
-  distillation, PEFT; EP with ZeRO-3.
+  :mod:`minidist.recompute`'s side losses) and checkpoints; EP with DDP, ZeRO-1/2/3, TP, SP,
+  PP, clipping, fp16/bf16 and checkpoints (under ZeRO-3 the experts are partitioned over the
+  expert-data-parallel ranks, the rest over all data-parallel ranks). Refused before any rank
+  starts: MoE with CP, distillation, PEFT.
 """
 from __future__ import annotations
 

@@ -149,9 +149,6 @@ REFUSED = {pair: message for pair, message in {
                                   "remove model.moe or the distillation section"),
     ("MoE", "PEFT (LoRA)"): _why("fine-tuning methods wrap the dense MLP's layers by name, not the experts'",
                                  "remove model.moe or the peft section"),
-    ("EP", "ZeRO-3"): _why("ZeRO-3 gathers every parameter over one data-parallel group, but the experts' group is "
-                           "another (the expert-data-parallel ranks): not built here",
-                           "use zero_optimization.stage 1 or 2 (or ZeRO-3 with parallel.expert 1)"),
 }.items()}
 
 # three features refused together though every two of them compose

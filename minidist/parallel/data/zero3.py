@@ -65,13 +65,18 @@ from .zero2 import ZeRO2
 
 def zero3_units(model) -> list[tuple[str, object, list]]:
     """(name, module, parameters) of every unit, in forward order: root, h.0, h.1, … (a pipeline
-    stage's blocks under their index in the whole model: h.2, h.3 on the rank holding 2 and 3)."""
+    stage's blocks under their index in the whole model: h.2, h.3 on the rank holding 2 and 3). Of a
+    :class:`~minidist.parallel.expert.ParameterView` (``keep``): the view's parameters, units with none left out."""
+    keep = getattr(model, "keep", None)
+    model = model.model if keep is not None else model
     blocks = list(model.transformer.h) if hasattr(model, "transformer") and hasattr(model.transformer, "h") else []
     ids = getattr(model, "layer_ids", None) or range(len(blocks))
     in_blocks = {id(p) for blk in blocks for p in blk.parameters()}
-    root = [p for p in model.parameters() if id(p) not in in_blocks]
+    mine = (lambda ps: list(ps)) if keep is None else (lambda ps: [p for p in ps if keep(p)])   # noqa: E731
+    root = mine(p for p in model.parameters() if id(p) not in in_blocks)
     units = [("root", model, root)] if root else []
-    return units + [(f"h.{i}", blk, blk.parameters()) for i, blk in zip(ids, blocks)]
+    blocks = [(f"h.{i}", blk, mine(blk.parameters())) for i, blk in zip(ids, blocks)]
+    return units + [u for u in blocks if u[2] or keep is None]
 
 
 class ZeRO3(ZeRO2):
@@ -299,7 +304,7 @@ class ZeRO3(ZeRO2):
         root = [unit_of["root"]] if "root" in unit_of else []
         self.chunk_units = {}
         for stage, c in chunks.items():
-            blocks = [unit_of[f"h.{i}"] for i in c.layer_ids]
+            blocks = [unit_of[f"h.{i}"] for i in c.layer_ids if f"h.{i}" in unit_of]   # (a view: its blocks)
             self.chunk_units[stage] = (root if c.first or c.last else []) + blocks
             for k, u in enumerate(blocks):        # prefetch only what the same action runs next
                 self.next_in_forward[u], self.next_in_backward[u] = blocks[k + 1:], blocks[:k][::-1]

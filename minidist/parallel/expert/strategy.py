@@ -11,10 +11,14 @@ different micro-batches, and each ep rank holds only E/ep experts. So
   dispatcher has already summed its ep groups' contributions and divided by ep,
   :mod:`.dispatch`).
 
-:class:`ExpertDataParallel` runs the configured strategy twice — DDP, ZeRO-1 or ZeRO-2 over
-each group, each with its own optimizer over its own parameters (DeepSpeed-MoE's ZeRO shards
+:class:`ExpertDataParallel` runs the configured strategy twice — DDP, ZeRO-1, ZeRO-2 or ZeRO-3
+over each group, each with its own optimizer over its own parameters (DeepSpeed-MoE's ZeRO shards
 expert states over the expert-data-parallel group the same way) — and answers the Trainer's
-protocol for both.
+protocol for both. Under **ZeRO-3** each strategy partitions its own parameters over its group
+and gathers them per unit (:func:`~minidist.parallel.data.zero3.zero3_units` of a
+:class:`ParameterView`): a MoE block is a unit of both — its attention, LayerNorms and router
+gathered over grid.dp_ep, its E/ep experts over grid.dp, by two hooks on the same module; on a
+pipeline stage both gather and release around every action.
 
 **Clipping** is over every parameter, as on one rank (torch's ``clip_grad_norm_``): before
 either strategy steps, the experts' squared gradient norm is taken from their reduced
@@ -27,6 +31,7 @@ step follows that verdict (DeepSpeed-MoE's optimizer checks every parameter grou
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -176,11 +181,24 @@ class ExpertDataParallel:
             joint += ring(self.world) - (self.experts.scalar_all_reduce_bytes() if isinstance(self.experts, ZeRO1) else 0)
         return parts + joint
 
+    # -- ZeRO-3 on a pipeline stage: both parts gather and release their units around every action --
+    def _attach_both(self, chunks: dict) -> None:
+        for s in self.parts:
+            s.attach_pipeline(chunks)
+
+    @contextlib.contextmanager
+    def _action_of_both(self, action):
+        with self.dense.pipeline_action(action), self.experts.pipeline_action(action):
+            yield
+
     def __getattr__(self, name):
         # what a report reads of one strategy (numel, frozen_bytes, …): the non-expert one's
         dense = self.__dict__.get("dense")
         if dense is None:
             raise AttributeError(name)
+        both = {"attach_pipeline": "_attach_both", "pipeline_action": "_action_of_both"}
+        if name in both and hasattr(dense, name):      # ZeRO-3: present exactly when the parts have it
+            return getattr(self, both[name])
         return getattr(dense, name)
 
 
