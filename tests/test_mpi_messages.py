@@ -64,6 +64,15 @@ PROGRAM = textwrap.dedent('''
                     req = comm.irecv(1 - r, tag=3, out=buf)
                     comm.isend(mine, 1 - r, tag=3).wait()
                     out[f"posted/{n}/{buf is None}"] = req.wait()
+        if r < 2:   # two receives posted on one channel before either is waited for: matched in order
+            sizes = (3 * INLINE // 8, 16, 3 * INLINE // 8 + 1)    # apart, in the frame, apart
+            if r == 0:
+                for k, n in enumerate(sizes):
+                    comm.send(np.full(n, k + 0.5), 1, tag=4)
+            else:
+                reqs = [comm.irecv(0, tag=4) for _ in sizes]
+                for k in (2, 0, 1):
+                    out[f"in_order/{k}"] = reqs[k].wait()
         out["bcast"] = dist.broadcast(comm, np.arange(12.0).reshape(3, 4) if r == 0 else np.zeros((3, 4)), root=0)
         return out
 

@@ -11,11 +11,13 @@ input) in **one MPI message** with it: the header's bytes, then the payload's (a
 A payload over ``INLINE_BYTES`` goes as the header frame alone followed by the raw payload on
 a duplicate communicator, so the large array is sent in place, never copied into a frame
 (MPI moves it by rendezvous anyway, where one more small message costs nothing). The
-receiver probes for the frame (``Improbe``), reads the header, checks it, and only then
-receives the large payload — straight into ``out=`` when given. Both sides know which way a
-message goes from its size, so no flag travels. A posted receive moves on through these
-stages whenever its rank waits for anything (:class:`_Incoming`), so a send completes once
-its receive is posted, as MPI promises, even if the receiver first waits for its own send.
+receive for the frame is posted when ``irecv`` is called, with room for the largest frame
+(``HEADER_BYTES + INLINE_BYTES``: none is ever truncated); once it is in, the header is read
+and checked, and only then is the large payload received — straight into ``out=`` when
+given. Both sides know which way a message goes from its size, so no flag travels. A posted
+receive moves on through these stages whenever its rank waits for anything
+(:class:`_Incoming`), so a send completes once its receive is posted, as MPI promises, even
+if the receiver first waits for its own send.
 
 Waiting never busy-waits for long: a wait polls for ``SPIN_S`` (a message from a rank on
 another core arrives within it), then gives the core away at every poll (``sched_yield``:
@@ -94,8 +96,8 @@ def _bytes(a: np.ndarray):
 
 
 class _Incoming:
-    """A posted receive on its way: probed and matched (``Improbe``), its frame received, its
-    header read and checked, then (payload over ``INLINE_BYTES``) its payload received — into
+    """A posted receive on its way: its frame received (posted at once), its header read and
+    checked, then (payload over ``INLINE_BYTES``) its payload received — into
     ``out`` when the header matches it, else into a scratch buffer, so that a refused message
     is still taken off the wire. :func:`_advance_posted` moves every posted receive on while
     its rank waits for something else: MPI's rule that a send completes once its receive is
@@ -103,20 +105,17 @@ class _Incoming:
 
     def __init__(self, comm, source, tag, out, on_header):
         self.comm, self.source, self.tag, self.out, self.on_header = comm, source, tag, out, on_header
-        self.stage, self.reqs, self.error, self.status = 0, None, None, MPI.Status()
+        self.error, self.status = None, MPI.Status()
+        # posted now, into room for the largest frame: no frame is ever truncated
+        self.frame = np.empty(HEADER_BYTES + INLINE_BYTES, np.uint8)
+        self.reqs, self.stage = [comm._mpi.Irecv([self.frame, MPI.BYTE], source, tag)], 1
 
     def advance(self) -> bool:
         """One non-blocking step; True once the whole message is here."""
-        c = self.comm
-        if self.stage == 0:
-            message = c._mpi.Improbe(self.source, self.tag, self.status)
-            if message is None:
-                return False
-            self.frame = np.empty(self.status.Get_count(MPI.BYTE), np.uint8)
-            self.reqs, self.stage = [message.Irecv([self.frame, MPI.BYTE])], 1
         if self.stage == 1:
-            if not MPI.Request.Testall(self.reqs):
+            if not self.reqs[0].Test(self.status):
                 return False
+            self.frame = self.frame[:self.status.Get_count(MPI.BYTE)]
             self._read_header()
         if self.stage == 2:
             if not MPI.Request.Testall(self.reqs):
@@ -151,8 +150,10 @@ class _Incoming:
         if self.error is not None:
             raise self.error
         out = self.out
-        if self.inline:
+        if self.inline:     # a copy: a view would keep the whole frame's room alive
             payload = self.frame[HEADER_BYTES:].view(self.dtype).reshape(self.shape)
+            if out is None:
+                return payload.copy(), self.header
         elif self.target is out:
             return out, self.header
         else:
@@ -167,12 +168,16 @@ _POSTED: list[_Incoming] = []       # this process's posted receives, in posting
 
 
 def _advance_posted() -> None:
-    """Move every posted receive on (matching in posting order on each channel)."""
-    blocked = set()
+    """Move every posted receive on, in posting order. MPI matches the frames to them in that
+    order; their payloads must be asked for in it too, so a receive whose frame is not in
+    yet holds back the later ones on its channel."""
+    waiting = set()
     for incoming in list(_POSTED):
         line = (id(incoming.comm), incoming.source, incoming.tag)
-        if incoming.stage < 3 and line not in blocked and not incoming.advance() and incoming.stage == 0:
-            blocked.add(line)       # a later receive on this channel must not match before this one
+        if incoming.stage < 3 and line not in waiting:
+            incoming.advance()
+            if incoming.stage == 1:
+                waiting.add(line)
 
 
 # Errors whose message says everything (bad input, divergence, simulated OOM, a peer's
