@@ -1,6 +1,6 @@
 """Checkpoints of a mixture of experts: resuming continues bit for bit, on one rank and under
 expert parallelism (each ep rank saves its experts, the rest is saved as its data-parallel
-layout saves it); an expert-parallel checkpoint loads on one rank, which then trains on like
+layout saves it; ZeRO-3 included, its experts' shards over grid.dp); an expert-parallel checkpoint loads on one rank, which then trains on like
 the expert-parallel job (float64, the same groups)."""
 import copy
 
@@ -20,7 +20,8 @@ CONFIG = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 2, "block_size": 8, "d
           "train_micro_batch_size_per_gpu": 2}
 
 
-@pytest.mark.parametrize("world,ep,stage", [(1, 1, 0), (2, 2, 0), (4, 2, 2)], ids=["one-rank", "ep2", "ep2-dp2-zero2"])
+@pytest.mark.parametrize("world,ep,stage", [(1, 1, 0), (2, 2, 0), (4, 2, 2), (4, 2, 3)],
+                         ids=["one-rank", "ep2", "ep2-dp2-zero2", "ep2-dp2-zero3"])
 def test_resuming_a_mixture_of_experts_is_bit_for_bit(tmp_path, world, ep, stage):
     cfg = copy.deepcopy(CONFIG)
     cfg["parallel"], cfg["zero_optimization"] = {"expert": ep}, {"stage": stage}
