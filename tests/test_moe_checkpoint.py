@@ -1,7 +1,8 @@
 """Checkpoints of a mixture of experts: resuming continues bit for bit, on one rank and under
 expert parallelism (each ep rank saves its experts, the rest is saved as its data-parallel
-layout saves it; ZeRO-3 included, its experts' shards over grid.dp); an expert-parallel checkpoint loads on one rank, which then trains on like
-the expert-parallel job (float64, the same groups)."""
+layout saves it; ZeRO-3 included, its experts' shards over grid.dp); an expert-parallel
+checkpoint loads on one rank, which then trains on like the expert-parallel job (float64, the
+same groups)."""
 import copy
 
 import numpy as np
