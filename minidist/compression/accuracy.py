@@ -39,7 +39,7 @@ from .targets import copy_model
 MODEL = {"n_layer": 2, "n_embd": 32, "n_head": 4, "block_size": 32}
 CONFIG = {"model": MODEL, "steps": 150, "train_micro_batch_size_per_gpu": 8, "eval_iters": 8,
           "optimizer": {"type": "AdamW", "params": {"lr": 3e-3}}}
-EXTRA_STEPS = 40
+EXTRA_STEPS = 20
 BITS = (8, 4, 3, 2)
 SCHEMES = {                                   # label → quantize() arguments (weights (in, out))
     "per-tensor symmetric": {"scheme": "symmetric", "granularity": "tensor"},
@@ -52,7 +52,7 @@ QAT_BITS = (2,)
 QAT_SCHEME = "per-channel symmetric"
 SPARSITIES = (0.25, 0.5, 0.75, 0.9)
 UNIT_FRACTIONS = (0.25, 0.5, 0.75)
-L1 = 3e-4
+L1 = 1.2e-3
 CALIBRATION_BATCHES = 4
 _AFTER_TRAINING = 10 ** 6                    # step ids of calibration/Taylor batches: never trained on
 
