@@ -278,7 +278,9 @@ def format_data_parallel(report: dict) -> str:
     par = report["config"]["parallel"]
     tp, pp, cp = par["tensor"], par["pipeline"], par["context"]["size"]
     dp = report["world_size"] // (tp * pp * cp)
-    layout = f"tensor {tp} × pipeline {pp} × data {dp}" + (f" × context {cp}" if cp > 1 else "")
+    ep = par.get("expert", 1)              # the ep ranks are data-parallel ranks: dp here counts them
+    layout = f"tensor {tp} × pipeline {pp} × data {dp}" + (f" (dp {dp // ep} × ep {ep})" if ep > 1 else "") \
+        + (f" × context {cp}" if cp > 1 else "")
     strategy = report["data_parallel"]["strategy"]
     lines = [f"{layout}: data parallel {strategy} over {dp} replica(s) of {report['world_size']} rank(s), "
              f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "

@@ -134,7 +134,7 @@ def test_the_report_names_ep_and_both_gradient_groups_and_its_rows_and_the_cli_e
     assert [s["moe_layers"] for s in moe["ranks"]] == [1, 0]
     assert moe["estimate"]["all_to_all_per_step"] == 4 * 1 * 2       # rank 0's stage: 1 MoE block × 2 micro-batches
     text = format_data_parallel(report)
-    assert "layout: dp 1 × ep 2 × tp 1 × pp 2" in text
+    assert "layout: dp 1 × ep 2 × tp 1 × pp 2" in text and "pipeline 2 × data 2 (dp 1 × ep 2)" in text
     assert "grid.dp_ep (2 ranks" in text and "grid.dp (1 rank(s): the experts, E/2 per ep rank)" in text
     assert "pipeline rank 1: 0 MoE layer(s)" in text
 
