@@ -203,3 +203,19 @@ def test_zero_without_expert_parallelism_leaves_the_experts_optimizer_states_unm
     assert line.split()[4] == "-"
     for r in report["ranks"]:
         assert r["moe"]["memory"]["parameters"] == report["moe"]["estimate"]["model_states"]["parameters"]
+
+
+def test_the_cli_with_tp_sp_and_ep_prints_what_ep2_x_tp2_measured(capsys):
+    """EP 2 × TP 2 with sequence parallelism, ZeRO-2, 2 micro-batches (float32)."""
+    report = _report(4, config(dtype="float32", parallel={"tensor": 2, "expert": 2, "sequence_parallel": True},
+                               zero_optimization={"stage": 2}, gradient_accumulation_steps=2))
+    assert estimate_main(["--layers", "2", "--hidden", "16", "--heads", "2", "--seq", "8", "--vocab",
+                          str(report["model"]["vocab_size"]), "--micro-batch", "2", "--micro-batches", "2",
+                          "--dp", "2", "--tp", "2", "--sp", "--ep", "2", "--experts", "4", "--capacity-factor", "1.0",
+                          "--zero", "2", "--precision", "fp32", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["per_pipeline_rank"][0]["ranks"][0]
+    assert report["layout"]["grid"] == {"dp": 1, "tp": 2, "pp": 1, "ep": 2}
+    for r in report["layout"]["ranks"]:
+        assert r["model_states"] == {k: row["model_states"][k] for k in STATES} == r["model_states_estimate"], r
+        assert r["bytes_sent_per_step"] == row["bytes_sent"]["total"] == r["bytes_sent_per_step_estimate"], r
+        assert r["all_to_all_bytes_per_step"] == row["bytes_sent"]["all_to_all"] > 0, r
