@@ -59,6 +59,8 @@ CASES = {
                   gradient_accumulation_steps=2)),
     "every_n_layers 2 over 4 blocks, MoE x PP2": (2, config(4, {"every_n_layers": 2}, parallel={"pipeline": 2},
                                                             gradient_accumulation_steps=2)),
+    "EP2 x DP2 ZeRO-3, 2 micro-batches": (4, config(parallel={"expert": 2}, zero_optimization={"stage": 3},
+                                                   gradient_accumulation_steps=2)),
     "EP2 x DP2 ZeRO-1 bf16 with clipping, buckets of 500": (
         4, config(dtype="float32", parallel={"expert": 2}, bf16={"enabled": True}, gradient_clipping=1.0,
                   zero_optimization={"stage": 1, "reduce_bucket_size": 500})),
