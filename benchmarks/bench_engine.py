@@ -45,6 +45,12 @@ ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:   # BLAS reads its thread count when NumPy is first imported
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    # OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) after each product before they
+    # sleep: with 2 threads, the second one burns a core through every elementwise op between
+    # GEMMs (the step's CPU time doubles outside BLAS). 2^4 cycles: they sleep at once. An
+    # explicit OPENBLAS_THREAD_TIMEOUT in the environment wins (28 measures the default).
+    if ARGS.threads > 1:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
 
@@ -307,8 +313,10 @@ def main(args):
     tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
     cfg = dict(n_layer=args.layers, n_embd=args.width, n_head=args.heads, block_size=args.seq, vocab_size=65)
     B, T = args.batch, args.seq
-    print(f"GPT {args.layers}L/{args.width}w/{args.heads}h, seq {T}, batch {B}, {args.threads} thread(s), "
-          f"{args.steps} steps × {args.repeats} side-by-side repetitions")
+    timeout = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    print(f"GPT {args.layers}L/{args.width}w/{args.heads}h, seq {T}, batch {B}, {args.threads} thread(s)"
+          + (f" (OPENBLAS_THREAD_TIMEOUT={timeout})" if timeout and args.threads > 1 else "")
+          + f", {args.steps} steps × {args.repeats} side-by-side repetitions")
     try:
         import torch
         torch.set_num_threads(args.threads)

@@ -12,10 +12,11 @@ FLOPs: 2·Tq·Tk·d for Q Kᵀ and again for P V, per head and sequence; backwar
 Under ``autocast`` the operands of both products (Q, K, then P, V) are rounded to the
 low-precision format; the softmax itself runs in fp32, as fused attention kernels do.
 
-Speed (NumPy has no fused kernel): the softmax and its backward walk the (T × T) scores
-one sequence at a time, so each pass works on an L2-cache-sized block (nh·T·T floats)
-instead of streaming the whole (B, nh, T, T) tensor from memory six times; everything is
-done in place. Outputs and input gradients are laid out (B, T, nh, hs) in memory, so the
+Speed (NumPy has no fused kernel): causal attention in training skips the blocks of keys
+a block of queries cannot see (``CAUSAL_BLOCK``); the softmax and its backward walk the
+scores of a few sequences at a time (``PASS_BYTES``), so each pass works on an
+L2-cache-sized block instead of streaming the whole (B, nh, T, T) tensor from memory six
+times; everything is done in place. Outputs and input gradients are laid out (B, T, nh, hs) in memory, so the
 model's ``transpose(1, 2).reshape(B, T, C)`` around attention is a view, not a copy.
 ``attention_reference`` below is the plain version, kept to read and to test against.
 """
@@ -50,6 +51,36 @@ def _causal_mask(T: int, keys: int, dtype: np.dtype, transposed: bool) -> np.nda
     return mask
 
 
+# Causal attention in training skips the products with keys no query of a block sees, as
+# FlashAttention skips its fully masked tiles (Dao et al. 2022): the queries are cut in
+# blocks of CAUSAL_BLOCK, and block q0:q1 is multiplied with keys :q1 only (at T = 2
+# blocks, 3/4 of the work; smaller blocks save more products but NumPy's per-call cost and
+# its reductions over short rows eat the gain at T = 128). The terms left out are exact
+# zeros; what changes is where BLAS splits its sums (dV and dK add one product per block):
+# about one unit in the last place. T <= CAUSAL_BLOCK, non-causal attention and a KV
+# cache's Tk > T are one block: the whole (Tk × T) products, the unblocked arithmetic.
+CAUSAL_BLOCK = 64
+# A pass of the softmax walks this many bytes of one block's scores (a few sequences, all heads).
+PASS_BYTES = 512 * 1024
+
+
+def _query_blocks(T: int, Tk: int, is_causal: bool) -> list[tuple[int, int, int]]:
+    """(q0, q1, r1) per block of queries: queries q0:q1 see keys :r1."""
+    if not is_causal or Tk != T:
+        return [(0, T, Tk)]
+    edges = list(range(0, T, CAUSAL_BLOCK)) + [T]
+    return [(q0, q1, q1) for q0, q1 in zip(edges, edges[1:])]
+
+
+def _cut(flat: np.ndarray, blocks, lead: tuple) -> list[np.ndarray]:
+    """``flat`` cut into one contiguous (*lead, q1 - q0) array per block (lead: B, nh, keys)."""
+    size, out, start = int(np.prod(lead)), [], 0
+    for q0, q1, _ in blocks:
+        out.append(flat[start:start + size * (q1 - q0)].reshape(*lead, q1 - q0))
+        start += size * (q1 - q0)
+    return out
+
+
 def _empty_bthd(B, nh, T, hs, dtype) -> np.ndarray:
     """An uninitialised (B, nh, T, hs) array stored as (B, T, nh, hs): heads side by side."""
     return np.empty((B, T, nh, hs), dtype=dtype).swapaxes(1, 2)
@@ -73,55 +104,76 @@ def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: flo
     ones = np.ones((1, Tk), dtype=dt)                         # ones @ X sums X over its rows
     # The scores are built transposed, Sᵀ = K Qᵀ (keys down, queries across): the softmax
     # over keys then reduces over rows, which NumPy vectorises, rather than over 128-long
-    # rows one at a time. p below is the (B, nh, T, Tk) view of that buffer.
+    # rows one at a time. They live in one buffer of B·nh·Tk·T numbers cut into blocks of
+    # queries (``_query_blocks``), each block (B, nh, keys, its queries) contiguous.
     mask_t = causal_mask(T, dt, transposed=True, keys=Tk) if is_causal else None    # (keys, queries)
-    p_t = np.empty((B, nh, Tk, T), dtype=dt)                  # (B, nh, keys, queries)
-    for b in range(B):                                        # one sequence: (nh, Tk, T) fits in L2
-        s = np.matmul(kd[b], np.swapaxes(qs[b], -1, -2), out=p_t[b])    # (nh, keys, queries)
-        if mask_t is not None:
-            s += mask_t
-        s -= s.max(axis=-2, keepdims=True)
-        np.exp(s, out=s)
-        s *= 1.0 / (ones @ s)                                 # divide by Σ over keys: (nh, 1, queries)
+    blocks = _query_blocks(T, Tk, is_causal)
+    nb = max(1, min(B, PASS_BYTES // (nh * Tk * min(T, CAUSAL_BLOCK) * q.data.itemsize)))   # sequences per pass
+    passes = [slice(b, b + nb) for b in range(0, B, nb)]
+    p_all = np.empty(B * nh * Tk * T, dtype=dt)               # the probabilities, block after block
+    p_blk = _cut(p_all, blocks, (B, nh, Tk))                  # per block (B, nh, keys, queries q0:q1)
+    for (q0, q1, r1), pj in zip(blocks, p_blk):               # queries q0:q1 see keys :r1
+        for sq in passes:                                     # a few sequences: the block fits in L2
+            s = np.matmul(kd[sq, :, :r1], np.swapaxes(qs[sq, :, q0:q1], -1, -2), out=pj[sq, :, :r1])
+            if mask_t is not None:                            # (the rows above q0 see every query)
+                s[:, :, q0:] += mask_t[q0:r1, q0:q1]
+            s -= s.max(axis=-2, keepdims=True)
+            np.exp(s, out=s)
+            s *= 1.0 / (ones[:, :r1] @ s)                     # divide by Σ over keys: (nb, nh, 1, queries)
+        pj[:, :, r1:] = 0.0                                   # keys after the block's last query
     del qs
-    p = cast_input(np.swapaxes(p_t, -1, -2))                  # (B, nh, T, Tk) probabilities, operand of P V
+    p_all = cast_input(p_all)                                 # operand of P V (rounded under autocast)
+    p_blk = _cut(p_all, blocks, (B, nh, Tk))
     keep = None
     inv_keep = np.asarray(1.0 / (1.0 - dropout_p), dtype=dt)   # inverted dropout: E[P∘mask/(1-p)] = P
     if dropout_p > 0.0:
         rng = rng if rng is not None else np.random.default_rng()
-        keep = rng.random(p.shape) >= dropout_p               # (B, nh, T, Tk) bool: the 1-byte mask
-        pd = np.multiply(p, keep, dtype=dt)
-        pd *= inv_keep                                        # P∘mask/(1-p): backward's operand of dV
+        keep = rng.random((B, nh, T, Tk)) >= dropout_p        # (B, nh, T, Tk) bool: the 1-byte mask
+        pd_blk = []                                           # P∘mask/(1-p): backward's operand of dV
+        for (q0, q1, _), pj in zip(blocks, p_blk):
+            pdj = np.multiply(pj, np.swapaxes(keep[:, :, q0:q1], -1, -2), dtype=dt)
+            pdj *= inv_keep
+            pd_blk.append(pdj)
     else:
-        pd = p
-    y = np.matmul(pd, vd, out=_empty_bthd(B, nh, T, hs, dt))   # (B, nh, T, hs)
-    mm = 2 * B * nh * T * Tk * hs                             # one of the two products
+        pd_blk = p_blk
+    y = _empty_bthd(B, nh, T, hs, dt)                         # (B, nh, T, hs)
+    for (q0, q1, r1), pdj in zip(blocks, pd_blk):             # Y = P V over the keys each block sees
+        np.matmul(np.swapaxes(pdj[:, :, :r1], -1, -2), vd[:, :, :r1], out=y[:, :, q0:q1])
+    mm = 2 * B * nh * T * Tk * hs                             # one of the two products (as if no block skipped)
 
     def backward(g, needs):
         _charge("attention.backward", 4 * mm)
         dq = _empty_bthd(B, nh, T, hs, g.dtype)
         dk, dv = (_empty_bthd(B, nh, Tk, hs, g.dtype) for _ in range(2))
-        ds_t = np.empty((nh, Tk, T), dtype=g.dtype)           # (nh, keys, queries), reused per sequence
-        tmp = np.empty_like(ds_t)
-        for b in range(B):
-            pd_t, p_bt = np.swapaxes(pd[b], -1, -2), np.swapaxes(p[b], -1, -2)   # (nh, keys, queries)
-            np.matmul(pd_t, g[b], out=dv[b])                                    # dV = Pᵀ dY: (nh, Tk, hs)
-            np.matmul(vd[b], np.swapaxes(g[b], -1, -2), out=ds_t)              # dPᵀ = V dYᵀ
-            if keep is not None:                                                # dropout backward
-                ds_t *= np.swapaxes(keep[b], -1, -2)
-                ds_t *= inv_keep
-            # softmax backward, in place: dS = P ∘ (dP - Σ_keys dP∘P)
-            ds_t -= ones @ np.multiply(ds_t, p_bt, out=tmp)                    # (nh, 1, queries)
-            ds_t *= p_bt
-            np.matmul(np.swapaxes(ds_t, -1, -2), kd[b], out=dq[b])             # dQ = dS K
-            np.matmul(ds_t, qd[b], out=dk[b])                                   # dK = dSᵀ Q
+        w = blocks[0][1] - blocks[0][0]
+        ds_buf = np.empty((min(nb, B), nh, Tk, w), dtype=g.dtype)   # (nb, nh, keys, queries), reused per pass
+        tmp = np.empty_like(ds_buf)
+        for i in reversed(range(len(blocks))):                # the last block sees every key: it sets dV, dK
+            (q0, q1, r1), pj, pdj = blocks[i], p_blk[i], pd_blk[i]
+            for sq in passes:
+                n, gq = len(range(B)[sq]), g[sq, :, q0:q1]
+                ds = np.matmul(vd[sq, :, :r1], np.swapaxes(gq, -1, -2), out=ds_buf[:n, :, :r1, :q1 - q0])  # dPᵀ = V dYᵀ
+                if keep is not None:                                                # dropout backward
+                    ds *= np.swapaxes(keep[sq, :, q0:q1, :r1], -1, -2)
+                    ds *= inv_keep
+                pb = pj[sq, :, :r1]
+                # softmax backward, in place: dS = P ∘ (dP - Σ_keys dP∘P)
+                ds -= ones[:, :r1] @ np.multiply(ds, pb, out=tmp[:n, :, :r1, :q1 - q0])   # (n, nh, 1, queries)
+                ds *= pb
+                np.matmul(np.swapaxes(ds, -1, -2), kd[sq, :, :r1], out=dq[sq, :, q0:q1])   # dQ = dS K
+                if r1 == Tk:                                                        # dV = Pᵀ dY, dK = dSᵀ Q
+                    np.matmul(pdj[sq], gq, out=dv[sq])
+                    np.matmul(ds, qd[sq, :, q0:q1], out=dk[sq])
+                else:                                                               # add this block's queries
+                    dv[sq, :, :r1] += np.matmul(pdj[sq, :, :r1], gq)
+                    dk[sq, :, :r1] += np.matmul(ds, qd[sq, :, q0:q1])
         # S = scale · Q Kᵀ: the scale multiplies both gradients (applied to the buffers
         # behind dq, dk, which are contiguous in their (B, T, nh, hs) layout)
         np.multiply(dq.base, scale, out=dq.base)
         np.multiply(dk.base, scale, out=dk.base)
         return dq, dk, dv
     # saved for backward: Q, K, V, the softmax output P and, with dropout, its 1-byte mask and P∘mask
-    saved = [qd, kd, vd, p] + ([keep, pd] if keep is not None else [])
+    saved = [qd, kd, vd, p_all] + ([keep, *pd_blk] if keep is not None else [])
     return make_result(y, (q, k, v), backward, "attention", saved=saved, flops=2 * mm, matmul=True)
 
 
