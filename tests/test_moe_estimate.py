@@ -221,3 +221,21 @@ def test_the_cli_with_tp_sp_and_ep_prints_what_ep2_x_tp2_measured(capsys):
         assert r["model_states"] == {k: row["model_states"][k] for k in STATES} == r["model_states_estimate"], r
         assert r["bytes_sent_per_step"] == row["bytes_sent"]["total"] == r["bytes_sent_per_step_estimate"], r
         assert r["all_to_all_bytes_per_step"] == row["bytes_sent"]["all_to_all"] > 0, r
+
+
+def _one_step(comm, cfg):
+    trainer = Trainer(copy.deepcopy(cfg), comm)
+    trainer.train_step(0)
+    return trainer
+
+
+@pytest.mark.parametrize("case", ["EP2 x DP2 DDP", "EP2 x DP2 ZeRO-1", "EP2 x DP2 ZeRO-3, 2 micro-batches"])
+def test_the_first_steps_snapshot_holds_the_experts_optimizer_states(case):
+    """The experts' Adam states are created by their own step, after the other parameters'
+    step took its snapshot: the rank's model states at step 1 are the estimate already."""
+    world, cfg = CASES[case]
+    trainers = dist.spawn(_one_step, world, cfg)
+    est = estimate_for_config(trainers[0].cfg, world, trainers[0].model_config.vocab_size)
+    for tr in trainers:
+        want = est["ranks"][tr.grid.coords["pp"]]["model_states"]
+        assert {k: tr.strategy.model_states[k] for k in STATES} == {k: want[k] for k in STATES}, tr.grid.coords

@@ -105,9 +105,20 @@ class ExpertDataParallel:
             self._expert_squares = self.expert_squares()
         for s in self.parts:
             s.step()
-        # the snapshot of the device at the first step, when the experts' gradients and (after the
-        # first step) their optimizer states are held beside everything else: the whole rank's states
-        self.model_states = self.dense.model_states
+        self.model_states = self._snapshot()
+
+    def _snapshot(self) -> dict | None:
+        """The whole rank's model states at the step. The dense part's snapshot holds every
+        gradient (the experts' are released only at their own step, which comes second), but
+        at the first step the experts' optimizer states are created after it, by that second
+        step: those are read from the experts' snapshot, taken when they exist."""
+        d, e = self.dense.model_states, self.experts.model_states
+        if d is None or e is None:
+            return d
+        states = dict(d, optimizer_states=max(d["optimizer_states"], e["optimizer_states"]))
+        states["total"] = sum(states[c] for c in ("parameters", "gradients", "optimizer_states"))
+        states["host"] = max(d.get("host", 0), e.get("host", 0))
+        return states
 
     # -- one verdict and one norm over both groups -------------------------------------------------
     def reduced_expert_grads(self) -> tuple:
