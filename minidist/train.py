@@ -25,6 +25,7 @@ from .distill.runner import distill_rank
 from .distill.resume import check_resume, nothing_to_train, read_distill_checkpoint
 from .distill.teacher import read_teacher
 from ._malloc import tune_malloc
+from .demo.threads import single_threaded_blas
 from .report import (build_distill_report, build_report, distill_rank_report, format_data_parallel,
                      format_distillation, rank_report, write_report)
 from .training.trainer import Trainer, TrainingDivergedError
@@ -251,6 +252,8 @@ def main(argv=None) -> int:
             ap.error(f"--world-size {args.world_size} but mpirun started {world} processes: under mpirun the "
                      f"world is MPI's; drop --world-size or use mpirun -n {args.world_size}")
     args.world_size = world or args.world_size or 1
+    if args.world_size > 1:   # ranks share the cores: BLAS threads inside each would spin against them
+        single_threaded_blas()
     try:
         config = _read_config(args.config)
         cfg = load_config(config, args.world_size)    # fail fast, on every rank, before any message
