@@ -156,6 +156,8 @@ def _row_line(row, p) -> str:
 
 
 def main(comm, args):
+    if comm.size < 2:
+        raise ValueError("the benchmark needs at least 2 ranks: mpirun -n 4 python benchmarks/bench_allreduce.py")
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     if comm.rank == 0:
         print(f"per-message cost: ping-pong of {args.pingpong_bytes} B between ranks 0 and 1, {args.rounds} "
