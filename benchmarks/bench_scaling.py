@@ -13,6 +13,9 @@ steps between two barriers. It prints per world size:
 
 * **s/step**: wall time per training step of the whole simulated world (median over the
   repeats, then the spread min–max);
+* **CPU s/step**: the process's CPU time per step (``time.process_time``, all its threads:
+  what the step cost, leaving out the time it waited for a core on a busy machine; the GIL
+  lets the rank threads use little more than one core);
 * **msgs/step**: point-to-point messages sent per step, all ranks together (a ring
   collective on p ranks sends p·(p−1) or 2·p·(p−1) of them: this grows as p²);
 * **µs/msg**: wall time per step divided by messages per step (at few ranks the step is
@@ -72,15 +75,16 @@ def rank_main(comm, strategy: str, steps: int, repeats: int, barrier) -> dict:
     barrier()
     setup = time.perf_counter() - t0
     trainer.train_step(0)                                  # warm-up: first allocations, caches
-    times, step = [], 1
+    times, cpu, step = [], [], 1
     for _ in range(repeats):
         barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             trainer.train_step(step)
             step += 1
         barrier()
         times.append((time.perf_counter() - t0) / steps)
+        cpu.append((time.process_time() - c0) / steps)
     messages = len(trainer.step_log.messages()) if trainer.step_log is not None else 0
     ring_times, ring_messages = [], 0
     if comm.size > 1:          # the messages alone: ring all-reduces whose every message is RING_BYTES
@@ -95,7 +99,7 @@ def rank_main(comm, strategy: str, steps: int, repeats: int, barrier) -> dict:
             barrier()
             ring_times.append((time.perf_counter() - t0) / calls)
         ring_messages = len(comm.log.since(mark).messages()) // calls
-    return {"times": times, "setup": setup, "messages": messages, "ring_times": ring_times,
+    return {"times": times, "cpu": cpu, "setup": setup, "messages": messages, "ring_times": ring_times,
             "ring_messages": ring_messages, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
@@ -114,7 +118,8 @@ def in_process(strategy: str, world: int, steps: int, repeats: int) -> dict:
 def world_numbers(ranks: list) -> dict:
     """The whole world's numbers from every rank's: rank 0's times (all ranks start and end
     together), messages summed over the ranks, the largest peak memory."""
-    return {"times": ranks[0]["times"], "setup": ranks[0]["setup"], "messages": sum(r["messages"] for r in ranks),
+    return {"times": ranks[0]["times"], "cpu": ranks[0]["cpu"], "setup": ranks[0]["setup"],
+            "messages": sum(r["messages"] for r in ranks),
             "ring_times": ranks[0]["ring_times"], "ring_messages": sum(r["ring_messages"] for r in ranks),
             "rss_kib": max(r["rss_kib"] for r in ranks)}
 
@@ -131,7 +136,8 @@ def _child(strategy: str, world: int, steps: int, repeats: int) -> dict:
 
 def row(world: int, r: dict) -> str:
     t, ring = statistics.median(r["times"]), statistics.median(r["ring_times"]) if r["ring_messages"] else None
-    cells = [f"{world:>5} {t:>8.3f} {min(r['times']):>7.3f}–{max(r['times']):<7.3f} {r['messages']:>9}",
+    cells = [f"{world:>5} {t:>8.3f} {min(r['times']):>7.3f}–{max(r['times']):<7.3f} "
+             f"{statistics.median(r['cpu']):>10.3f} {r['messages']:>9}",
              f"{t / r['messages'] * 1e6:>8.1f}" if r["messages"] else f"{'-':>8}",
              f"{ring / r['ring_messages'] * 1e6:>12.1f}" if ring else f"{'-':>12}",
              f"{t / world * 1e3:>12.1f} {r['setup']:>8.2f} {r['rss_kib'] / 2**20:>9.2f}"]
@@ -140,7 +146,8 @@ def row(world: int, r: dict) -> str:
 
 def report(strategy: str, results: dict) -> None:
     print(f"\n{STRATEGY_LABELS[strategy]}: per step, the whole world (median of the repeats, spread min–max)")
-    print(f"{'ranks':>5} {'s/step':>8} {'spread':^15} {'msgs/step':>9} {'µs/msg':>8} {'µs/msg ring':>12} "
+    print(f"{'ranks':>5} {'s/step':>8} {'spread':^15} {'CPU s/step':>10} {'msgs/step':>9} {'µs/msg':>8} "
+          f"{'µs/msg ring':>12} "
           f"{'ms/rank-step':>12} {'setup s':>8} {'peak GiB':>9}")
     for world, r in results.items():
         print(row(world, r))
