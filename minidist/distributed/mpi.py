@@ -20,12 +20,11 @@ receive moves on through these stages whenever its rank waits for anything
 if the receiver first waits for its own send.
 
 Waiting never busy-waits for long: a wait polls for ``SPIN_S`` (a message from a rank on
-another core arrives within it), then gives the core away at every poll (``sched_yield``:
-a rank sharing the core runs at once) until ``YIELD_S``, then sleeps between polls, from
-``MIN_SLEEP_S`` doubling up to ``MAX_SLEEP_S``, so ranks that share a core (4 ranks on 2
-cores) hand it to each other instead of burning it (MPICH's own waits spin, yielding once
-every 1000 polls). Every wait has a deadline (``timeout``): a deadlock becomes a
-:class:`CommTimeoutError` naming the ranks, and ``run_main`` aborts the whole job.
+another core arrives within it), then sleeps between polls, from ``MIN_SLEEP_S`` doubling
+up to ``MAX_SLEEP_S``, so ranks that share a core (4 ranks on 2 cores) hand it to each
+other instead of burning it (MPICH's own waits spin, yielding once every 1000 polls).
+Every wait has a deadline (``timeout``): a deadlock becomes a :class:`CommTimeoutError`
+naming the ranks, and ``run_main`` aborts the whole job.
 """
 from __future__ import annotations
 
@@ -54,8 +53,7 @@ HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype,
 MAX_NDIM = 5             # and the collective's input: shape code, element count, dtype
 HEADER_BYTES = 8 * HEADER_LEN   # 128: the payload that follows it in a frame stays 16-byte aligned
 INLINE_BYTES = 32 << 10  # payloads up to this ride in the header's frame (one copy each side, ~µs)
-SPIN_S = 20e-6           # a wait polls this long, then yields the core at every poll,
-YIELD_S = 200e-6         # then after this long sleeps between polls
+SPIN_S = 20e-6           # a wait polls this long before it sleeps between polls
 MIN_SLEEP_S, MAX_SLEEP_S = 2e-6, 200e-6
 _TIMER_SLACK_NS = 1000   # Linux rounds a sleep up by the thread's timer slack (50 µs by default)
 _HEADER = struct.Struct(f"<{HEADER_LEN}d")
@@ -257,9 +255,8 @@ class MPIComm(Communicator):
     # -- transport ------------------------------------------------------------------------
     def _poll(self, test, peer, verb):
         """``test()`` until it returns something true, and return that: polls for ``SPIN_S``,
-        yields the core at every poll until ``YIELD_S``, then sleeps between polls (doubling up
-        to ``MAX_SLEEP_S``) so that a rank sharing this core can run; past ``timeout`` a hang
-        becomes CommTimeoutError naming both ranks."""
+        then sleeps between polls (doubling up to ``MAX_SLEEP_S``) so that a rank sharing this
+        core can run; past ``timeout`` a hang becomes CommTimeoutError naming both ranks."""
         done = test()
         if done:
             return done
@@ -267,16 +264,12 @@ class MPIComm(Communicator):
         deadline, nap = start + self.timeout, MIN_SLEEP_S
         while not (done := test()):
             now = time.monotonic()
-            waited = now - start
-            if waited > SPIN_S:
+            if now - start > SPIN_S:
                 if now > deadline:
                     raise CommTimeoutError(self._describe_wait(peer, verb))
                 _advance_posted()   # receives posted but not waited for yet: a send to them completes
-                if waited < YIELD_S:
-                    os.sched_yield()    # a rank sharing this core runs now; this one stays runnable
-                else:
-                    time.sleep(nap)     # a long wait leaves the core altogether
-                    nap = min(2 * nap, MAX_SLEEP_S)
+                time.sleep(nap)     # the core goes to whoever needs it, this rank included
+                nap = min(2 * nap, MAX_SLEEP_S)
         return done
 
     def _wait(self, reqs, peer, verb):
