@@ -25,7 +25,7 @@ import json
 
 import numpy as np
 
-from .defaults import DDP, zero_strategy
+from .defaults import DDP, PARAMETER_SERVER, zero_strategy
 from .distributed.objects import jsonable
 from .estimate import comm_volume, estimate, model_state_memory
 from .estimate.context import context_bytes_per_step
@@ -43,13 +43,14 @@ def rank_report(trainer) -> dict:
     dev = trainer.device
     comm = trainer.comm
     s = trainer.strategy
-    micro = trainer.accumulation
+    # under a pipeline the gradients are reduced once, after the flush (ZeRO-3 counts its gathers per micro-batch)
+    micro = trainer.accumulation if trainer.pipeline is None or getattr(s, "chunk_units", None) else 1
     expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
     tp = _tp_rank_summary(trainer) if trainer.grid is not None and trainer.grid.tp_size > 1 else None
     cp = context_summary(trainer) if trainer.grid is not None and trainer.grid.cp_size > 1 else None
     moe = expert_accounting.rank_summary(trainer)        # experts: load, drops, memory, all-to-all bytes
     others = (tp["bytes_sent_per_step"] if tp else 0) + (cp["bytes_sent_per_step"] if cp else 0) \
-        + (moe["all_to_all_bytes_per_step"] if moe else 0)
+        + (moe["all_to_all_bytes_per_step"] if moe else 0) + pipeline_bytes_per_step(trainer)
     return {
         "rank": trainer.rank,
         "coords": dict(trainer.grid.coords) if trainer.grid is not None else {"dp": trainer.rank, "tp": 0, "pp": 0},
@@ -110,13 +111,28 @@ def comm_totals(log) -> dict:
             "bytes_received": sum(v["bytes_received"] for v in by_op.values()), "by_op": by_op}
 
 
+def pipeline_bytes_per_step(trainer) -> int:
+    """What a pipeline rank sent in the last step beyond its data-parallel strategy: the
+    activations and gradients to its neighbours (point-to-point) and the tied embedding's
+    all-reduce between the first and the last stage (:mod:`minidist.parallel.pipeline.engine`)."""
+    log, engine = getattr(trainer, "step_log", None), trainer.pipeline
+    if engine is None or log is None:
+        return 0
+    tied = engine.tied_group.group if engine.tied_group is not None else None
+    return log.bytes_sent("send") + sum(c.bytes_sent for c in log.collectives if tied is not None and c.group == tied)
+
+
 def formulas(trainer) -> dict:
     """The ZeRO formulas for this run: 2 bytes per element and K = 12 (Adam) in mixed
     precision, the model's dtype (4 or 8 bytes) and K = 8 in fp32.
 
     ``bytes_sent_per_step`` adds to the textbook volume the one-element all-reduces the
     run makes (ring, float64: ``2·(p−1)·8`` bytes each): the gradient norm when ZeRO clips,
-    the overflow flag when a ZeRO stage or the parameter server trains in mixed precision."""
+    the overflow flag when a ZeRO stage or the parameter server trains in mixed precision.
+    Under the parameter server the row is a worker's (no optimizer state) and ``root`` the
+    root's. Under a pipeline one row fits no rank (each stage holds its own blocks and a copy
+    of the tied embedding): ``model_states`` and ``bytes_sent_per_step`` are None and
+    ``not_modelled`` says where the per-rank figures are (the ``layout`` section)."""
     cfg = trainer.cfg                   # Ψ below is this rank's (tensor-parallel) shard; p: the ranks gradients span
     p = trainer.dp_comm.size if trainer.dp_comm is not None else 1
     precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
@@ -136,14 +152,28 @@ def formulas(trainer) -> dict:
         mem["parameters"] += (frozen / p * w if stage == 3 else trainer.strategy.frozen_bytes) / scale
         mem["total"] = mem["parameters"] + mem["gradients"] + mem["optimizer_states"]
         vol["dp_bytes"] += 2 * trainer.accumulation * (p - 1) / p * frozen * w / scale
+    if stage == 3 and trainer.pipeline is None:     # full recomputation gathers the blocks it re-runs once more
+        vol["dp_bytes"] += trainer.accumulation * (p - 1) * getattr(trainer.strategy, "recomputed", int)() * w / scale
     scalars = ((stage > 0 and cfg["gradient_clipping"] > 0)
                + (trainer.precision is not None and dp != DDP)) * (2 * (p - 1) * 8 if p > 1 else 0)
-    return {"bytes_per_element": w, "precision": precision, "K": mem["bytes_per_param"]["K"],
-            "model_states": {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total",
-                                                         "host")},
-            "scalar_all_reduce_bytes": scalars,
-            "bytes_sent_per_step": vol["dp_bytes"] * scale + scalars,
-            "ps_root_bytes_sent_per_step": vol["ps_root_bytes"] * scale + scalars if "ps_root_bytes" in vol else 0}
+    out = {"bytes_per_element": w, "precision": precision, "K": mem["bytes_per_param"]["K"],
+           "model_states": {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total",
+                                                        "host")},
+           "scalar_all_reduce_bytes": scalars,
+           "bytes_sent_per_step": vol["dp_bytes"] * scale + scalars,
+           "ps_root_bytes_sent_per_step": vol["ps_root_bytes"] * scale + scalars if "ps_root_bytes" in vol else 0}
+    if dp == PARAMETER_SERVER and p > 1:     # the root holds the optimizer, the workers none
+        out["root"] = {"model_states": dict(out["model_states"]),
+                       "bytes_sent_per_step": out["ps_root_bytes_sent_per_step"]}
+        ms = out["model_states"]
+        ms["total"] -= ms["optimizer_states"]
+        ms["optimizer_states"] = 0.0
+    if cfg["parallel"]["pipeline"] > 1:
+        out.pop("root", None)
+        out["model_states"] = out["bytes_sent_per_step"] = None
+        out["not_modelled"] = ("under a pipeline each stage holds its own blocks (and the first and last a copy of "
+                               "the tied embedding): per rank in the layout section")
+    return out
 
 
 def build_report(trainer, ranks: list[dict]) -> dict:
@@ -274,7 +304,6 @@ def format_distillation(report: dict) -> str:
 def format_data_parallel(report: dict) -> str:
     """A small table: per rank, measured model states and bytes per step beside the formula."""
     f = report["data_parallel"]["formula"]
-    fm = f["model_states"]
     par = report["config"]["parallel"]
     tp, pp, cp = par["tensor"], par["pipeline"], par["context"]["size"]
     dp = report["world_size"] // (tp * pp * cp)
@@ -286,8 +315,13 @@ def format_data_parallel(report: dict) -> str:
              f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "
              f"({f.get('precision', 'fp32')}, K = {f.get('K')})",
              f"{'rank':>4} {'params B':>10} {'grads B':>10} {'optim B':>10} {'host B':>10} {'sent/step B':>12}"]
-    lines.append(f"{'formula':>4} {fm['parameters']:>10.0f} {fm['gradients']:>10.0f} {fm['optimizer_states']:>10.0f} "
-                 f"{fm['host']:>10.0f} {f['bytes_sent_per_step']:>12.0f}")
+    for label, row in (("formula", f), ("formula (root)", f.get("root"))):
+        fm = row and row["model_states"]
+        if fm:
+            lines.append(f"{label:>4} {fm['parameters']:>10.0f} {fm['gradients']:>10.0f} {fm['optimizer_states']:>10.0f} "
+                         f"{fm['host']:>10.0f} {row['bytes_sent_per_step']:>12.0f}")
+    if f.get("not_modelled"):
+        lines.append(f"formula: not modelled — {f['not_modelled']}")
     for r in report["ranks"]:
         m = r["data_parallel"]["model_states"] or {}
         lines.append(f"{r['rank']:>4} {m.get('parameters', 0):>10} {m.get('gradients', 0):>10} "

@@ -340,6 +340,11 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
     if zero["stage"] == 3 and cfg["activation_checkpointing"]["granularity"] == "full" and pp == 1:
         notes.append("full recomputation under ZeRO-3 without a pipeline not modelled: each recomputed block "
                      "gathers its parameters once more")
+    if tp > 1 and cfg["activation_checkpointing"]["granularity"] == "full":
+        notes.append("full recomputation under tensor parallelism: bytes not modelled (the recomputed forward's tp "
+                     "all-reduces run again)")
+    if tp > 1 and opt["type"].lower() == "lamb":
+        notes.append("LAMB under tensor parallelism: bytes not modelled (its per-tensor norms are all-reduced over tp)")
     if zero["stage"] == 0 and par["data_parallel"] != DDP:
         notes.append(f"data_parallel {par['data_parallel']!r} not modelled: predicted as DDP")
     out = estimate_3d(

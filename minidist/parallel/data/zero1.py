@@ -232,8 +232,9 @@ class ZeRO1(LocalStrategy):
     def expected_model_states(self) -> dict:
         K, S = self.state_bytes_per_element(), self.shard
         params, grads = self.expected_parameter_bytes(), self.expected_gradient_bytes()
-        if self.offload:   # host: fp32 master of my shard + its optimizer state + fp32 gradient copy
-            host = (4 + self.moment_bytes_per_element() + 4) * S
+        if self.offload:   # host: master of my shard + its optimizer state + gradient copy (fp32; float64 runs: 8 B)
+            m = 4 if self.precision is not None else self.buckets[0].bytes_per_element
+            host = (m + self.moment_bytes_per_element() + m) * S
             return {"parameters": params, "gradients": grads, "optimizer_states": 0, "host": host}
         return {"parameters": params, "gradients": grads, "optimizer_states": K * S, "host": 0}
 

@@ -378,16 +378,21 @@ class ZeRO3(ZeRO2):
         return self.buckets[0].bytes_per_element * (self.shard + self.frozen_shard())
 
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
-        """Per micro-step: all-gather in forward, again in backward, one reduce-scatter — the
-        frozen shards are gathered too, but never reduced: (p−1)·(3·S + 2·S_f) elements. On a
-        pipeline stage: every micro-batch's forward and backward gather G elements, and one
-        reduce-scatter after the flush: (p−1)·(2·m·G + S)."""
+        """Per micro-step: all-gather in forward, again in backward (and R for the blocks full recomputation re-runs),
+        one reduce-scatter; frozen shards gathered, never reduced: (p−1)·(3·S + 2·S_f + R) elements. On a pipeline
+        stage: every micro-batch's forward and backward gather G, one reduce-scatter after the flush: (p−1)·(2·m·G + S)."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
         if p == 1:
             return 0
         if self.chunk_units is not None:
             return (p - 1) * (2 * micro_batches * self.gathered_per_micro_batch() + self.shard) * w + self.scalar_bytes()
-        return micro_batches * (p - 1) * (3 * self.shard + 2 * self.frozen_shard()) * w + self.scalar_bytes()
+        return micro_batches * (p - 1) * (3 * self.shard + 2 * self.frozen_shard() + self.recomputed()) * w + self.scalar_bytes()
+
+    def recomputed(self) -> int:
+        """R: Σ of the per-rank chunks of the blocks full recomputation re-runs (model.Recompute)."""
+        rc, ids = getattr(getattr(self.model, "model", self.model), "recompute", None), self.unit_names  # (a view's model)
+        again = {f"h.{i}" for g, on in rc.units([int(n[2:]) for n in ids if n[:2] == "h."]) if on for i in g} if rc else ()
+        return sum(b.chunk for u, name in enumerate(ids) if name in again for b, _ in self.unit_parts(u))
 
 
 def _released(dtype) -> np.ndarray:
