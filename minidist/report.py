@@ -315,11 +315,11 @@ def format_data_parallel(report: dict) -> str:
              f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "
              f"({f.get('precision', 'fp32')}, K = {f.get('K')})",
              f"{'rank':>4} {'params B':>10} {'grads B':>10} {'optim B':>10} {'host B':>10} {'sent/step B':>12}"]
-    for label, row in (("formula", f), ("formula (root)", f.get("root"))):
+    for note, row in (("  (workers)" if f.get("root") else "", f), ("  (the root)", f.get("root"))):
         fm = row and row["model_states"]
         if fm:
-            lines.append(f"{label:>4} {fm['parameters']:>10.0f} {fm['gradients']:>10.0f} {fm['optimizer_states']:>10.0f} "
-                         f"{fm['host']:>10.0f} {row['bytes_sent_per_step']:>12.0f}")
+            lines.append(f"{'formula':>4} {fm['parameters']:>10.0f} {fm['gradients']:>10.0f} "
+                         f"{fm['optimizer_states']:>10.0f} {fm['host']:>10.0f} {row['bytes_sent_per_step']:>12.0f}{note}")
     if f.get("not_modelled"):
         lines.append(f"formula: not modelled — {f['not_modelled']}")
     for r in report["ranks"]:

@@ -118,12 +118,14 @@ def formula_rows(runs: list) -> list:
     the formula row under a pipeline, the layout's optimizer states under offload and the
     parameter server, its bytes under ZeRO-3 with full recomputation, full recomputation or
     LAMB under tensor parallelism (each named in a note)."""
-    from minidist.report import build_report, rank_report
+    from minidist.report import build_report, format_data_parallel, rank_report
     for r in runs:                       # train_steps ran steps without fit(): no evaluation to report
         r["trainer"].final, r["trainer"].wall_time = {}, 0.0
     rep = build_report(runs[0]["trainer"], [rank_report(r["trainer"]) for r in runs])
-    f, bad = rep["data_parallel"]["formula"], []
+    f, bad, printed = rep["data_parallel"]["formula"], [], format_data_parallel(rep)
     assert (f["model_states"] is None) == bool(f.get("not_modelled")) == (rep["config"]["parallel"]["pipeline"] > 1)
+    assert ("formula: not modelled" in printed) == bool(f.get("not_modelled"))     # said, not a wrong number
+    assert all(f"note: {n}" in printed for n in (rep.get("layout") or {}).get("notes", []))
     for run, r in zip(runs, rep["ranks"]):
         d, i = r["data_parallel"], r["rank"]
         m = d["model_states"] or {}
