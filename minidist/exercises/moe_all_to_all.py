@@ -47,8 +47,8 @@ comm.sendrecv. Each call must send exactly what other ranks need: per rank (ep �
 elements (the block you keep does not travel) — the grader reads comm.log. Return new arrays
 (do not modify ``buf`` or ``y``) in their dtype. Any ep ≥ 1 dividing E, any C and h.
 
-Not allowed: minidist.parallel and minidist.moe (minidist's own expert parallelism) and
-minidist's all_gather, broadcast and all_reduce (they would send every rank everything).
+Not allowed: minidist.parallel and minidist.moe (minidist's own expert parallelism), and
+dist.all_gather, dist.broadcast and dist.all_reduce (they would send every rank everything).
 """
 import numpy as np
 from minidist import distributed as dist
