@@ -251,6 +251,22 @@ def test_the_progress_line_shows_the_loss_the_report_shows():
     assert all(text == "" for text, _ in runs[1:])                 # one bar, on rank 0
 
 
+def _distill_progress(comm, cfg, stream):
+    from minidist.distill.runner import distill_rank
+    distill_rank(comm, cfg, progress=True, stream=stream)
+
+
+def test_a_distillation_runs_teacher_and_student_bars_write_no_cursor_moves():
+    """Teacher and student bars can overlap in time (ranks are threads of one process): each
+    stays on its own line, without the escape codes tqdm stacks concurrent bars with."""
+    import io
+    cfg = merge(BASE, {"steps": 2, "distillation": {"teacher": {"steps": 2}, "teacher_ranks": 1}})
+    stream = io.StringIO()
+    dist.spawn(_distill_progress, 3, cfg, stream)
+    text = stream.getvalue()
+    assert "step 2/2, loss " in text and "\x1b[" not in text
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("accumulation", [1, 3])
 def test_the_reports_formula_rows_hold_with_accumulation(stage, accumulation):

@@ -269,12 +269,15 @@ class Trainer:
         """tqdm's bar on rank 0 (the others' is disabled): ``step n/N``, the global batch's loss
         as the report shows it, elapsed time and rate. Written to ``stream`` (stderr by default,
         so that stdout keeps only the report); in a log that is not a terminal it is still
-        written, refreshed at most every few seconds (and once at the end)."""
+        written, refreshed at most every few seconds (and once at the end). ``position=0``:
+        in-process ranks are threads of one process, and a distillation run's teacher and student
+        bars may overlap in time; tqdm would otherwise stack them with cursor movements, which a
+        log shows as escape codes."""
         stream = stream or sys.stderr
         tty = hasattr(stream, "isatty") and stream.isatty()
         return tqdm(total=self.cfg["steps"], initial=self.start_step, file=stream, unit="step",
                     disable=not (progress and self.rank == 0), mininterval=0.1 if tty else 5.0,
-                    dynamic_ncols=tty, leave=True,
+                    dynamic_ncols=tty, leave=True, position=0,
                     bar_format="{percentage:3.0f}%|{bar:20}| step {n_fmt}/{total_fmt}{postfix} "
                                "[{elapsed}<{remaining}, {rate_fmt}]")
 
