@@ -112,7 +112,8 @@ OWN_REPORT_TESTS = ("MoE", "EP")
 
 def formula_rows(runs: list) -> list:
     """Every row the report prints beside a measurement, per rank, where the two differ:
-    the strategy's expected model states and bytes per step, the job-level formula row (a
+    the strategy's expected model states and bytes per step, the tensor-parallel group's
+    bytes (its formula: "-" under LAMB and a pipeline), the job-level formula row (a
     worker's and the root's under the parameter server), the layout section's estimate per
     rank (minidist.estimate.grid3d). A row the report calls "not modelled" is not compared:
     the formula row under a pipeline, the layout's optimizer states under offload and the
@@ -132,6 +133,9 @@ def formula_rows(runs: list) -> list:
         bad += [("expected", i, k, m.get(k, 0), v) for k, v in d["model_states_expected"].items() if m.get(k, 0) != v]
         if d["bytes_sent_per_step"] != d["bytes_sent_per_step_expected"]:
             bad.append(("expected bytes/step", i, d["bytes_sent_per_step"], d["bytes_sent_per_step_expected"]))
+        tp = r.get("tensor_parallel") or {}
+        if tp.get("bytes_sent_per_step_expected") not in (None, tp.get("bytes_sent_per_step")):
+            bad.append(("tp bytes/step", i, tp["bytes_sent_per_step"], tp["bytes_sent_per_step_expected"]))
         row = f.get("root") if "root" in f and run["trainer"].strategy.rank == 0 else f
         if row["model_states"] is not None:
             bad += [("formula", i, k, m.get(k, 0), row["model_states"][k])

@@ -146,6 +146,30 @@ def tp_bytes_by_op(trainer) -> dict:
     return by_op
 
 
+def recomputed_bytes(trainer, b: int, s: int, w: int) -> int:
+    """Bytes full recomputation sends again per step: the forward collectives (:func:`step_collectives`'
+    ``g``, or SP's all-gather and reduce-scatter) of every block it re-runs (:class:`minidist.model.Recompute`)."""
+    c, t, model = trainer.model_config, trainer.grid.tp_size, trainer.model
+    rc = getattr(model, "recompute", None)
+    again = {f"h.{i}" for g, on in rc.units(list(range(c.n_layer))) if on for i in g} if rc is not None else ()
+    forward = ("g after", "all-gather before", "reduce-scatter after")
+    return trainer.accumulation * sum(collective_bytes(op, n, t, w) for where, op, n in step_collectives(
+        c.n_layer, b, s, c.n_embd, t, model.layers.sequence_parallel, c.bias)
+        if where.split(" ")[0] in again and where.split(" ", 1)[1].startswith(forward))
+
+
+def scalar_bytes_on_tp(trainer) -> int | None:
+    """The step's one-element all-reduces (float64, ring) that run on ``grid.tp``: the clipping norm's
+    (over ``grid.mp``) and the mixed-precision overflow flag's (over the world) where that group is
+    ``grid.tp``; None under LAMB (its per-tensor norms over tp: not modelled)."""
+    cfg, grid = trainer.cfg, trainer.grid
+    if cfg["optimizer"]["type"].lower() == "lamb":
+        return None
+    one = 2 * (grid.tp_size - 1) * 8
+    mixed_on_tp = trainer.precision is not None and trainer.world_size == grid.tp_size
+    return one * ((cfg["gradient_clipping"] > 0 and grid.mp.group == grid.tp.group) + mixed_on_tp)
+
+
 def rank_summary(trainer) -> dict:
     """The report's ``tensor_parallel`` section of one rank: what it measured (activation
     peak, bytes sent on the tp group in the last step) beside the formulas above."""
@@ -158,7 +182,7 @@ def rank_summary(trainer) -> dict:
     w = 2 if lowp else w32
     cp = grid.cp_size                     # under context parallelism the tp messages carry s/cp tokens
     b, s = trainer.micro_batch, trainer.dataset.seq_len // cp
-    by_op = tp_bytes_by_op(trainer)
+    by_op, scalars = tp_bytes_by_op(trainer), scalar_bytes_on_tp(trainer)
     items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, layers.padded_vocab_size, t, sp, w, w32,
                                    loss_scalars=2 if lowp else 1)
     return {
@@ -167,8 +191,10 @@ def rank_summary(trainer) -> dict:
         "bytes_sent_per_step": sum(by_op.values()), "bytes_sent_per_step_by_op": by_op,
         # the whole model's formulas; under the pipeline a rank holds only its blocks (the
         # report's ``layout`` section compares it with minidist.estimate.grid3d instead)
-        "bytes_sent_per_step_expected": step_bytes(c.n_layer, b, s, c.n_embd, t, sp, c.bias,
-                                                   trainer.accumulation, w, w32) if whole else None,
+        # with the scalars on grid.tp and what full recomputation sends again
+        "bytes_sent_per_step_expected": step_bytes(c.n_layer, b, s, c.n_embd, t, sp, c.bias, trainer.accumulation, w,
+                                                   w32) + scalars + recomputed_bytes(trainer, b, s, w)
+        if whole and scalars is not None else None,
         "activations_peak": int(trainer.device.memory.curves()[1]["activations"].max()),
         # the itemised formula holds for dropout 0 (the engine's masks are not the paper's 1 byte)
         "activations_expected": sum(items.values()) if c.dropout == 0 and whole and cp == 1 else None,
