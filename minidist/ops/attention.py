@@ -29,6 +29,7 @@ import numpy as np
 
 from ..autocast import cast_input
 from ..tensor import Tensor, as_tensor, make_result
+from .blas_threads import one_blas_thread
 from .linalg import _charge
 
 def causal_mask(T: int, dtype, transposed: bool = False, keys: int | None = None) -> np.ndarray:
@@ -89,7 +90,21 @@ def _empty_bthd(B, nh, T, hs, dtype) -> np.ndarray:
 def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: float = 0.0,
                                  rng: np.random.Generator | None = None) -> Tensor:
     """q: (B, nh, T, hs), k, v: (B, nh, Tk, hs) → (B, nh, T, hs). Causal by default (GPT);
-    Tk = T in training, Tk > T with a KV cache (the queries are the last T positions)."""
+    Tk = T in training, Tk > T with a KV cache (the queries are the last T positions).
+    Forward and backward run BLAS on one thread: their B·nh products are too small to split
+    (:mod:`minidist.ops.blas_threads`)."""
+    with one_blas_thread():
+        return _attention(q, k, v, is_causal, dropout_p, rng)
+
+
+def _one_thread(backward):
+    def run(g, needs):
+        with one_blas_thread():
+            return backward(g, needs)
+    return run
+
+
+def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
     q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
     if k.shape != v.shape or q.ndim != 4 or k.ndim != 4 or q.shape[:2] + q.shape[3:] != k.shape[:2] + k.shape[3:] \
             or (is_causal and k.shape[2] < q.shape[2]):
@@ -174,7 +189,7 @@ def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: flo
         return dq, dk, dv
     # saved for backward: Q, K, V, the softmax output P and, with dropout, its 1-byte mask and P∘mask
     saved = [qd, kd, vd, p_all] + ([keep, *pd_blk] if keep is not None else [])
-    return make_result(y, (q, k, v), backward, "attention", saved=saved, flops=2 * mm, matmul=True)
+    return make_result(y, (q, k, v), _one_thread(backward), "attention", saved=saved, flops=2 * mm, matmul=True)
 
 
 def attention_reference(q, k, v, is_causal: bool = True):
