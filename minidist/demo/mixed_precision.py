@@ -19,12 +19,14 @@ import functools
 
 import numpy as np
 
+from .. import distributed as dist
 from ..training.data import TextDataset
 from ..device import Device
 from ..model import GPT, GPTConfig
 from ..optim import Adam
 from ..precision import (
     MixedPrecision,
+    MixedPrecisionStep,
     StaticLossScaler,
     autocast,
     format_table_text,
@@ -135,8 +137,32 @@ def zero_mixed(comm) -> dict:
     return {name: measure(comm, zero, fp16=fp16) for name, zero in STRATEGIES.items()}
 
 
+# the loss-curve runs: label → (dtype, fp16 section)
+RUNS = {"fp32": (None, None), "fp16 + dynamic loss scaling": ("fp16", FP16_SECTION), "bf16": ("bf16", None)}
+
+
+def loss_curve_runs(comm) -> dict | None:
+    """The runs of :data:`RUNS`, spread over the ranks other than rank 0 (which meanwhile
+    measures the rest of the chapter alone); every run on rank 0, None on the others."""
+    size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+    mine = {label: train(dtype, fp16_section=section) for i, (label, (dtype, section)) in enumerate(RUNS.items())
+            if (i + 1) % size == rank}
+    if size == 1:
+        return mine
+    # why: rank 0 prints the table and draws the curves of every run
+    gathered = dist.gather_object(comm, mine)
+    if rank != 0:
+        return None
+    runs = {label: r for part in gathered for label, r in part.items()}
+    return {label: dict(runs[label], history=[MixedPrecisionStep(*h) for h in runs[label]["history"]])
+            for label in RUNS}        # JSON carried the steps as lists
+
+
 def run(comm, out_dir) -> dict:
     zero_rows = zero_mixed(comm) if comm is not None else None
+    if comm is None or comm.rank == 0:
+        under, mem = underflow_table(), memory_split()
+    runs = loss_curve_runs(comm)
     if comm is not None and comm.rank != 0:
         return {}
     print(format_table_text(("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2")))
@@ -144,14 +170,11 @@ def run(comm, out_dir) -> dict:
     for name in ("fp32", "fp16", "bf16"):
         print(precision_loss_example(name).explanation)
 
-    under = underflow_table()
     print("\nOne micro-batch of a 128-step gradient accumulation (loss ÷ 128), gradients vs fp32:")
     print(f"{'':<26}{'flushed to 0':>14}{'share of Σ|g| lost':>20}")
     for label, r in under["rows"].items():
         print(f"{label:<26}{r.fraction:>13.2%} {r.mass:>19.2e}")
 
-    runs = {"fp32": train(None), "fp16 + dynamic loss scaling": train("fp16", fp16_section=FP16_SECTION),
-            "bf16": train("bf16")}
     fp16 = runs["fp16 + dynamic loss scaling"]
     print(f"\nfp16 run, DeepSpeed fp16 section {FP16_SECTION}: {len(fp16['skipped'])} steps skipped "
           f"(overflow) at {fp16['skipped']}; final scale 2^{np.log2(fp16['history'][-1].scale):.0f}.\n"
@@ -161,7 +184,6 @@ def run(comm, out_dir) -> dict:
     for label, value in finals.items():
         print(f"{label:<30}{value:>26.4f}")
 
-    mem = memory_split()
     print(f"\nMemory per parameter, mixed-precision Adam ({mem['n_params']:,} parameters, measured):")
     for c, formula in (("parameters", "2  fp16 weights"), ("gradients", "2  fp16 gradients"),
                        ("optimizer_states", "12 fp32 master 4 + Adam m 4 + v 4 (K = 12)")):
