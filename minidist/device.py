@@ -113,6 +113,30 @@ class Clock:
         self.streams[stream] = t
         return t
 
+    # -- a message's times (Hockney's α + n/β as ``duration``): one call per side -----------
+    def send(self, stream: str, duration: float) -> tuple[float, float]:
+        """A send on ``stream``: it leaves when the stream is free and keeps the outgoing link
+        busy until it arrives. Returns ``(start, arrival)``; the stream is busy until arrival
+        (the same as ``now`` then ``wait(stream, start + duration)``, in one call: every
+        message makes this call, so it is kept to one dict read and one write)."""
+        streams = self.streams
+        start = streams.setdefault(stream, 0.0)
+        end = start + duration         # >= start: the stream waits until it
+        streams[stream] = end
+        return start, end
+
+    def receive(self, stream: str, inport: str, arrival: float, duration: float) -> float:
+        """A receive on ``stream`` of a message that arrives at ``arrival``: it completes once the
+        data is there and the incoming link ``inport`` has carried it after the message before
+        (so incast to one rank serialises). Returns the completion time, which both streams
+        wait for."""
+        streams = self.streams
+        end = max(arrival, streams.setdefault(inport, 0.0) + duration)    # >= the inport's time
+        streams[inport] = end
+        end = max(streams.setdefault(stream, 0.0), end)
+        streams[stream] = end
+        return end
+
     def sync(self) -> float:
         """Synchronise all streams to the latest one (a device-wide barrier)."""
         t = max(self.streams.values())

@@ -75,6 +75,17 @@ class Request:
         return self._value
 
 
+class _Sent(Request):
+    """A send that completed when it was posted (a buffered send): ``wait()`` returns None."""
+
+    def __init__(self):
+        super().__init__(None)
+        self._done = True
+
+
+SENT = _Sent()       # one for all: a backend's ``_post_send`` returns None for such a send
+
+
 class Work:
     """Handle of a collective started with ``async_op=True`` (torch.distributed's Work).
 
@@ -99,6 +110,7 @@ class CollectiveCall:
         self.comm, self.op, self.algorithm, self.stream = comm, op, algorithm, stream
         self.bytes_per_element, self.tag, self.phase, self.nested = bytes_per_element, tag, phase, nested
         self.step = 0
+        self.inport = stream + ".in"       # the incoming link of ``stream`` (Communicator._complete_recv)
         self.t_start = self.t_end = comm.device.clock.now(stream)
         self.count, self.dtype, self.shape_code = -1, "", -1     # this rank's input (Communicator.collective)
         self.shape = None
@@ -120,6 +132,7 @@ class Communicator:
         self.rank, self.size, self.device, self.log = rank, size, device, log
         self.timeout, self.debug = float(timeout), bool(debug)
         self._world_ranks = list(world_ranks)
+        self._me = self._world_ranks[rank]      # this rank's world rank (on every message: looked up once)
         self._coll: CollectiveCall | None = None
         self._posted: dict[tuple, list] = {}      # (source, wire tag) -> receives not yet completed
 
@@ -151,7 +164,7 @@ class Communicator:
     def sendrecv(self, x, dest: int, source: int, tag: int = 0, out=None) -> np.ndarray:
         """Send to ``dest`` and receive from ``source`` at once (MPI_Sendrecv)."""
         req = self.isend(x, dest, tag)   # posted first so that two neighbours never wait on each other
-        y = self.recv(source, tag, out)
+        y = self.irecv(source, tag, out).wait()
         req.wait()
         return y
 
@@ -173,33 +186,44 @@ class Communicator:
         return reqs
 
     def isend(self, x, dest: int, tag: int = 0) -> Request:
-        self._check_peer(dest)
+        # every message of every collective passes here (a 64-rank ZeRO-3 step: 36,288 of them),
+        # so the common case is written flat: one clock call, no per-message helper objects
+        if type(dest) is not int or not 0 <= dest < self.size or dest == self.rank:
+            self._check_peer(dest)       # raises, or accepts a NumPy integer
         x = np.ascontiguousarray(x)
-        call, clock = self._coll, self.device.clock
-        stream = call.stream if call else "comm"
+        call, device = self._coll, self.device
+        clock = device.clock
         if call is None:     # a plain send is issued by the compute stream: it starts after it
             clock.wait("comm", clock.now("compute"))
-        bpe = call.bytes_per_element if call else None
-        nbytes = int(x.size * bpe) if bpe else int(x.nbytes)
-        t0 = clock.now(stream)
-        t1 = t0 + self.device.spec.message_time(nbytes)
-        clock.wait(stream, t1)           # one outgoing port: the next send starts after this one
-        labels = self._labels("send")
-        header = Header(t0, t1, nbytes, labels[0], labels[1], labels[2],
-                        call.count if call else -1, call.dtype if call else "", call.shape_code if call else -1)
-        self._record("send", dest, nbytes, t0, t1, tag, labels)
-        self.device.trace.complete(f"send {nbytes}B -> {self.world_rank(dest)}", "comm", stream, t0, t1,
-                                   {"op": labels[0], "algorithm": labels[1], "step": labels[2]})
-        finish = self._post_send(x, dest, self._wire_tag(tag), header)
-        return Request(finish)
+            stream, op, algorithm, step, phase = "comm", "send", "p2p", 0, ""
+            nbytes, count, dtype, code = int(x.nbytes), -1, "", -1
+        else:
+            stream, op, algorithm, step, phase = call.stream, call.op, call.algorithm, call.step, call.phase
+            bpe = call.bytes_per_element
+            nbytes = int(x.size * bpe) if bpe else int(x.nbytes)
+            count, dtype, code = call.count, call.dtype, call.shape_code
+        t0, t1 = clock.send(stream, device.spec.message_time(nbytes))   # one outgoing port: sends queue
+        peer = self._world_ranks[dest]
+        self.log.add(MessageEntry(self._me, op, algorithm, step, phase, "send", peer, nbytes, t0, t1, tag))
+        trace = device.trace
+        if trace.enabled:
+            trace.complete(f"send {nbytes}B -> {peer}", "comm", stream, t0, t1,
+                           {"op": op, "algorithm": algorithm, "step": step})
+        finish = self._post_send(x, dest, self._wire_tag(tag),
+                                 Header(t0, t1, nbytes, op, algorithm, step, count, dtype, code))
+        return SENT if finish is None else Request(finish)
 
     def irecv(self, source: int, tag: int = 0, out: np.ndarray | None = None) -> Request:
-        self._check_peer(source)
-        call, labels = self._coll, self._labels("recv")   # the labels of the step that posted it
+        if type(source) is not int or not 0 <= source < self.size or source == self.rank:
+            self._check_peer(source)
+        call = self._coll
+        step = call.step if call is not None else 0      # the step that posted it: its log label
         key = (source, self._wire_tag(tag))
-        line = self._posted.setdefault(key, [])
+        line = self._posted.get(key)
+        if line is None:
+            line = self._posted[key] = []
         raw = self._post_recv(source, key[1], out, not line,
-                              lambda h: self._check_header(h, source, call, labels))
+                              lambda h: self._check_header(h, source, call, step))
 
         def finish():
             # receives from one peer with one tag complete in posting order (MPI's non-overtaking rule)
@@ -207,24 +231,27 @@ class Communicator:
                 line[0].wait()
             line.pop(0)
             payload, header = raw()
-            return self._complete_recv(payload, header, source, tag, call, labels)
+            self._complete_recv(header, source, tag, call, step)
+            return payload
 
         req = Request(finish)
         line.append(req)
         return req
 
-    def _check_header(self, header: Header, source, call, labels):
+    def _check_header(self, header: Header, source, call, step):
         """Called by the backend as soon as a header arrives, before the payload is read:
         the same collective, and an input of the same size and dtype (checked on every
         message, debug or not: a mismatch would otherwise give wrong numbers silently)."""
-        if call is not None and (header.op, header.algorithm) != (call.op, call.algorithm):
+        if call is None:
+            return
+        if header.op != call.op or header.algorithm != call.algorithm:
             raise CollectiveMismatchError(
-                f"rank {self.world_rank()} is in {call.op}(algorithm={call.algorithm!r}) step {labels[2]} "
+                f"rank {self.world_rank()} is in {call.op}(algorithm={call.algorithm!r}) step {step} "
                 f"but received from rank {self.world_rank(source)} a message of "
                 f"{header.op}(algorithm={header.algorithm!r}) step {header.step}: the ranks called "
                 f"different collectives. Rerun with debug=True for a report of every rank.")
-        if call is not None and min(header.count, call.count) >= 0 and \
-                (header.count, header.dtype, header.shape_code) != (call.count, call.dtype, call.shape_code):
+        if header.count >= 0 and call.count >= 0 and (header.count != call.count or header.dtype != call.dtype
+                                                      or header.shape_code != call.shape_code):
             theirs = f"{header.count} element(s) of {header.dtype}" + \
                 (" in another shape" if (header.count, header.dtype) == (call.count, call.dtype) else "")
             raise CollectiveMismatchError(
@@ -232,30 +259,20 @@ class Communicator:
                 f"{self.world_rank(source)} with {theirs}: every rank must pass an array of the same shape and "
                 f"dtype (rerun with debug=True to see every rank's call)")
 
-    def _complete_recv(self, payload, header: Header, source, tag, call, labels):
-        clock = self.device.clock
-        stream = call.stream if call else "comm"
+    def _complete_recv(self, header: Header, source, tag, call, step):
+        device = self.device
+        clock, nbytes = device.clock, header.nbytes
         # a receive cannot complete before the data arrives, nor before the incoming link has
         # finished the previous message (one port in, one out: incast to a root serialises)
-        inport = stream + ".in"
-        t_end = max(header.arrival, clock.now(inport) + self.device.spec.message_time(header.nbytes))
-        clock.wait(inport, t_end)
-        t_end = clock.wait(stream, t_end)
-        self._record("recv", source, header.nbytes, header.t_start, t_end, tag, labels)
-        if call is None:     # a plain recv: the compute stream needs the data
-            clock.wait("compute", t_end)
-        return payload
-
-    def _labels(self, direction):
-        c = self._coll
-        if c is None:
-            return (direction, "p2p", 0, "")
-        return (c.op, c.algorithm, c.step, c.phase)
-
-    def _record(self, direction, peer, nbytes, t0, t1, tag, labels):
-        op, algorithm, step, phase = labels
-        self.log.add(MessageEntry(self.world_rank(), op, algorithm, step, phase, direction,
-                                  self.world_rank(peer), nbytes, t0, t1, tag))
+        if call is None:
+            t_end = clock.receive("comm", "comm.in", header.arrival, device.spec.message_time(nbytes))
+            self.log.add(MessageEntry(self._me, "recv", "p2p", 0, "", "recv", self._world_ranks[source],
+                                      nbytes, header.t_start, t_end, tag))
+            clock.wait("compute", t_end)     # a plain recv: the compute stream needs the data
+            return
+        t_end = clock.receive(call.stream, call.inport, header.arrival, device.spec.message_time(nbytes))
+        self.log.add(MessageEntry(self._me, call.op, call.algorithm, step, call.phase, "recv",
+                                  self._world_ranks[source], nbytes, header.t_start, t_end, tag))
 
     def _wire_tag(self, tag: int) -> int:
         if not 0 <= tag < COLL_TAG:
@@ -333,12 +350,11 @@ class Communicator:
         finally:
             self._coll = None
         call.t_end = clock.now(stream)
-        done = self.log.since(mark)
+        sent, received, messages = self.log.traffic_since(mark)
         self.log.collectives.append(CollectiveRecord(
-            self.world_rank(), op, algorithm, self.group, call.t_start, call.t_end,
-            done.bytes_sent(), done.bytes_received(), len(done.messages())))
+            self.world_rank(), op, algorithm, self.group, call.t_start, call.t_end, sent, received, messages))
         self.device.trace.complete(f"{op}[{algorithm}]", "comm", stream, call.t_start, call.t_end,
-                                   {"bytes_sent": done.bytes_sent(), "group": list(self.group)})
+                                   {"bytes_sent": sent, "group": list(self.group)})
 
     def exchange_objects(self, obj) -> list:
         """Collective: every rank's ``obj`` (picklable) in rank order, on the control channel —

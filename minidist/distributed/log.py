@@ -86,6 +86,18 @@ class MessageLog:
     def since(self, mark: tuple[int, int]) -> MessageLog:
         return MessageLog(self.entries[mark[0]:], self.collectives[mark[1]:])
 
+    def traffic_since(self, mark: tuple[int, int]) -> tuple[int, int, int]:
+        """``(bytes sent, bytes received, messages sent)`` logged after ``mark``, in one pass
+        (each collective call totals its own messages: this is on every call's path)."""
+        sent = received = messages = 0
+        for e in self.entries[mark[0]:]:
+            if e.direction == "send":
+                sent += e.nbytes
+                messages += 1
+            else:
+                received += e.nbytes
+        return sent, received, messages
+
     def clear(self) -> None:
         self.entries.clear()
         self.collectives.clear()
