@@ -167,7 +167,7 @@ def load_into(trainer, ckpt: Checkpoint) -> None:
     history = [dict(h) for h in meta["history"]]
     if not same_world:                          # my slice's losses are not the old ranks': the job's mean
         for h, loss in zip(history, ckpt.manifest["losses"]):
-            h["loss"] = loss
+            h["loss"], h["job_mean"] = loss, True
     trainer.history[:] = history
     trainer.device.clock.streams.update(meta["clock"])
     trainer.start_step = ckpt.step

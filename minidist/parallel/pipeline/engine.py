@@ -115,9 +115,13 @@ class PipelineEngine:
     def average_losses(self, trainer) -> None:
         """Only the last chunk's ranks know the language-model loss, and each stage the MoE aux and
         z losses of its chunks (every tp rank the same values): sum over the world what tp rank 0
-        of every stage of every replica holds, divide by the replicas, once at the end of the run."""
+        of every stage of every replica holds, divide by the replicas, once at the end of the run.
+        A step restored from a checkpoint of another layout holds the job's mean on every rank
+        (``job_mean``): each stage counts its 1/pp share of it."""
         counts = self.grid.coords["tp"] == 0      # every stage: the MoE losses of its chunks are its part
-        local = np.array([h["loss"] if counts else 0.0 for h in trainer.history], dtype=np.float64)
+        pp = self.grid.pp_size
+        local = np.array([(h["loss"] / pp if h.get("job_mean") else h["loss"]) if counts else 0.0
+                          for h in trainer.history], dtype=np.float64)
         # why: the loss of the global batch is the mean over the dp replicas of their stages' parts
         total = dist.all_reduce(trainer.comm, local, op="sum", algorithm="ring")
         for h, v in zip(trainer.history, total / self.grid.dp_size):
