@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import distributed as dist
 from .._malloc import tune_malloc
-from .threads import single_threaded_blas
+from .threads import tour_blas_threads
 
 _STARTED = time.perf_counter()          # the start-up row of the budget: imports and spawning the ranks
 
@@ -101,15 +101,15 @@ def main(argv=None) -> int:
     if args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
     tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
-    single_threaded_blas()  # the ranks share the cores: BLAS threads inside each would spin against them
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if dist.is_mpi_launch():
-        dist.run_main(run_tour, chosen, out, timeout=WAIT_S)
-    else:
-        print(f"minidist tour on {args.world_size} in-process ranks (mpirun -n 4 python -m minidist.demo "
-              f"for real processes); figures in {out}/")
-        dist.spawn(run_tour, args.world_size, chosen, out, timeout=WAIT_S)
+    with tour_blas_threads():           # the ranks share the cores: BLAS threads in each would spin against them
+        if dist.is_mpi_launch():
+            dist.run_main(run_tour, chosen, out, timeout=WAIT_S)
+        else:
+            print(f"minidist tour on {args.world_size} in-process ranks (mpirun -n 4 python -m minidist.demo "
+                  f"for real processes); figures in {out}/")
+            dist.spawn(run_tour, args.world_size, chosen, out, timeout=WAIT_S)
     return 0
 
 
