@@ -131,9 +131,11 @@ class Clock:
         (so incast to one rank serialises). Returns the completion time, which both streams
         wait for."""
         streams = self.streams
-        end = max(arrival, streams.setdefault(inport, 0.0) + duration)    # >= the inport's time
+        free = streams.setdefault(inport, 0.0) + duration    # max(...) written out: a call less, same value
+        end = free if free > arrival else arrival             # >= the inport's time
         streams[inport] = end
-        end = max(streams.setdefault(stream, 0.0), end)
+        busy = streams.setdefault(stream, 0.0)
+        end = end if end > busy else busy
         streams[stream] = end
         return end
 

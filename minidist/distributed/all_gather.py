@@ -28,10 +28,11 @@ def ring_all_gather(comm, buf) -> None:
     """In place on ``buf`` (p, c) where ``buf[rank]`` is filled: fills every other row."""
     p, r = comm.size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
+    call, sendrecv = comm.call, comm.sendrecv        # looked up once: the loop runs p−1 times per call
     for s, send_chunk, recv_chunk in ring_schedule(p, r):
-        comm.call.step = s
+        call.step = s
         # why: forward the chunk I got last step (my own at s=0); receive the next one from the left
-        comm.sendrecv(buf[send_chunk], right, left, out=buf[recv_chunk])
+        sendrecv(buf[send_chunk], right, left, 0, buf[recv_chunk])
 
 
 def _ring(comm, buf):

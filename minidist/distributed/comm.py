@@ -55,6 +55,9 @@ class Header(typing.NamedTuple):
     shape_code: int = -1  # and their shape, as a number (:func:`shape_code`)
 
 
+_tuple_new = tuple.__new__      # Header(*fields) without the named tuple's Python-level __new__
+
+
 def shape_code(shape) -> int:
     """A shape as one number that fits a float64 header slot exactly (its CRC-32)."""
     return zlib.crc32(repr(tuple(int(n) for n in shape)).encode())
@@ -209,8 +212,10 @@ class Communicator:
         if trace.enabled:
             trace.complete(f"send {nbytes}B -> {peer}", "comm", stream, t0, t1,
                            {"op": op, "algorithm": algorithm, "step": step})
-        finish = self._post_send(x, dest, self._wire_tag(tag),
-                                 Header(t0, t1, nbytes, op, algorithm, step, count, dtype, code))
+        if not 0 <= tag < COLL_TAG:
+            self._wire_tag(tag)          # raises
+        header = _tuple_new(Header, (t0, t1, nbytes, op, algorithm, step, count, dtype, code))   # Header(...)
+        finish = self._post_send(x, dest, tag if call is None else tag + COLL_TAG, header)
         return SENT if finish is None else Request(finish)
 
     def irecv(self, source: int, tag: int = 0, out: np.ndarray | None = None) -> Request:
@@ -218,7 +223,9 @@ class Communicator:
             self._check_peer(source)
         call = self._coll
         step = call.step if call is not None else 0      # the step that posted it: its log label
-        key = (source, self._wire_tag(tag))
+        if not 0 <= tag < COLL_TAG:
+            self._wire_tag(tag)          # raises
+        key = (source, tag if call is None else tag + COLL_TAG)
         line = self._posted.get(key)
         if line is None:
             line = self._posted[key] = []

@@ -75,11 +75,13 @@ class _World:
     def put(self, key, item, rank) -> int:
         """Append a message; returns its index among the sends on ``key``."""
         with self.lock:
-            self._raise_if_failed(rank)
+            if self.failed is not None:
+                self._raise_if_failed(rank)
             self.boxes[key].append(item)
             k = self.sent[key]
             self.sent[key] = k + 1
-            self._wake(key[2])                    # the receiver (key: ctx, source, dest, tag)
+            if key[2] in self.blocked:            # the receiver (key: ctx, source, dest, tag), if it waits
+                self._wake(key[2])
             return k
 
     def post(self, key) -> None:
@@ -193,7 +195,8 @@ class InProcessComm(Communicator):
         world = self._world
         if world.rendezvous:
             world.post(key)                   # posted now: a rendezvous send to it may complete
-        posted = self._posted_in()
+        c = self._coll
+        posted = (c.op, c.algorithm, c.step) if c else None     # for a deadlock report only
         box = world.boxes[key]               # only this rank takes from it
 
         def finish():

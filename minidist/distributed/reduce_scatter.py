@@ -31,10 +31,11 @@ def ring_reduce_scatter(comm, buf, op) -> None:
     p, r = comm.size, comm.rank
     right, left = (r + 1) % p, (r - 1) % p
     tmp = np.empty_like(buf[0])                             # (c,)
+    call, sendrecv = comm.call, comm.sendrecv        # looked up once: the loop runs p−1 times per call
     for s, send_chunk, recv_chunk in ring_schedule(p, r):
-        comm.call.step = s
+        call.step = s
         # why: pass my running sum of one chunk to the right, add the left's into the next
-        got = comm.sendrecv(buf[send_chunk], right, left, out=tmp)
+        got = sendrecv(buf[send_chunk], right, left, 0, tmp)
         reduce_into(buf[recv_chunk], got, op)
 
 
