@@ -53,7 +53,7 @@ import minidist
 from minidist import distributed as dist
 from minidist._malloc import tune_malloc
 from minidist.defaults import DDP, STRATEGY_LABELS, ZERO3, ZERO_STAGES
-from minidist.demo.threads import single_threaded_blas
+from minidist.demo.threads import tour_blas_threads
 from minidist.training.trainer import Trainer
 
 STRATEGIES = (DDP, ZERO3)
@@ -106,12 +106,12 @@ def rank_main(comm, strategy: str, steps: int, repeats: int, barrier) -> dict:
 def in_process(strategy: str, world: int, steps: int, repeats: int) -> dict:
     """One (strategy, world size) on ``world`` in-process ranks: the numbers of the whole world."""
     tune_malloc()                                          # as the train CLI does
-    single_threaded_blas()            # as the demo does: BLAS threads in every rank would spin against the ranks
     sync = threading.Barrier(world)
-    if world == 1:
-        ranks = [rank_main(dist.single_rank_comm(), strategy, steps, repeats, lambda: None)]
-    else:
-        ranks = dist.spawn(rank_main, world, strategy, steps, repeats, sync.wait)
+    with tour_blas_threads():         # as the demo does: BLAS threads in every rank would spin against the ranks
+        if world == 1:
+            ranks = [rank_main(dist.single_rank_comm(), strategy, steps, repeats, lambda: None)]
+        else:
+            ranks = dist.spawn(rank_main, world, strategy, steps, repeats, sync.wait)
     return world_numbers(ranks)
 
 
@@ -173,7 +173,12 @@ def mpi_main(args) -> None:
     world = MPI.COMM_WORLD
     comm = dist.init()
     tune_malloc()
-    single_threaded_blas()
+    with tour_blas_threads():
+        _mpi_strategies(args, world, comm)
+
+
+def _mpi_strategies(args, world, comm) -> None:
+    """Per strategy: the 1-rank step on rank 0 while the others sleep, then the N-rank step."""
     for strategy in args.strategies:
         one = rank_main(dist.single_rank_comm(), strategy, args.steps, args.repeats, lambda: None) \
             if comm.rank == 0 else None
