@@ -25,11 +25,12 @@ import json
 
 import numpy as np
 
-from .defaults import DDP, PARAMETER_SERVER, zero_strategy
+from .defaults import DDP, PARAMETER_SERVER, SINGLE, zero_strategy
 from .distributed.objects import jsonable
 from .estimate import comm_volume, estimate, model_state_memory
 from .estimate.context import context_bytes_per_step
 from .estimate.grid3d import estimate_for_config
+from .memory import DTYPE_BYTES
 from .parallel.expert import accounting as expert_accounting
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
@@ -86,7 +87,8 @@ def context_summary(trainer) -> dict:
     log, group = getattr(trainer, "step_log", None), trainer.grid.cp.group
     ops = ("ring_attention", "ring_attention_backward") if par["context"]["algorithm"] == "ring" else ("all_to_all",)
     sent = sum(x.bytes_sent for x in (log.collectives if log is not None else []) if x.group == group and x.op in ops)
-    w = 2 if trainer.precision is not None else np.dtype(trainer.cfg["dtype"]).itemsize
+    # the activations' format on the wire (the ring's dK, dV: fp32 accumulators, the formula's default)
+    w = DTYPE_BYTES[trainer.autocast_dtype] if trainer.autocast_dtype else np.dtype(trainer.cfg["dtype"]).itemsize
     expected = context_bytes_per_step(par["context"]["algorithm"], trainer.grid.cp_size, c.n_layer,
                                       trainer.micro_batch, trainer.dataset.seq_len, c.n_embd, trainer.accumulation,
                                       w, trainer.grid.tp_size, trainer.cfg["activation_checkpointing"]["granularity"])
@@ -132,48 +134,89 @@ def formulas(trainer) -> dict:
     Under the parameter server the row is a worker's (no optimizer state) and ``root`` the
     root's. Under a pipeline one row fits no rank (each stage holds its own blocks and a copy
     of the tied embedding): ``model_states`` and ``bytes_sent_per_step`` are None and
-    ``not_modelled`` says where the per-rank figures are (the ``layout`` section)."""
-    cfg = trainer.cfg                   # Ψ below is this rank's (tensor-parallel) shard; p: the ranks gradients span
-    p = trainer.dp_comm.size if trainer.dp_comm is not None else 1
+    ``not_modelled`` says where the per-rank figures are (the ``layout`` section).
+
+    Under expert parallelism (:class:`~minidist.parallel.expert.ExpertDataParallel`) the row is
+    the sum of two textbook rows: the non-expert Ψ over grid.dp_ep and this rank's E/ep experts
+    over grid.dp (each with its own padding-free shard Ψ/p), plus the joint one-element
+    all-reduces: the clipping norm over grid.ep and the overflow verdict over the world (in
+    place of a ZeRO experts' group's own)."""
+    cfg = trainer.cfg
+    precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
+    w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
+    stage = cfg["zero_optimization"]["stage"]
+    dp = cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)
+    ring = lambda n: 2 * (n - 1) * 8 if n > 1 else 0          # noqa: E731  one float64 ring all-reduce
+    s = trainer.strategy
+    experts = getattr(s, "experts", None) if hasattr(s, "dense") else None
+    if experts is None:                 # Ψ: this rank's (tensor-parallel) shard; p: the ranks gradients span
+        p = trainer.dp_comm.size if trainer.dp_comm is not None else 1
+        # fine-tuning (minidist.peft): Ψ is what trains; the frozen weights are parameters only
+        psi = s.numel if cfg["peft"] is not None else trainer.n_params
+        rows = [_textbook(trainer, s, psi, p)]
+        scalars = ((stage > 0 and cfg["gradient_clipping"] > 0) + (trainer.precision is not None and dp != DDP)) * ring(p)
+    else:                               # the non-expert parameters over grid.dp_ep, the experts over grid.dp
+        parts = (s.dense, experts)
+        # a group of one rank: a plain local strategy (no shards, no offload: minidist.parallel.build_strategy)
+        rows = [_textbook(trainer, part, part.numel, part.world_size, local=part.name == SINGLE) for part in parts]
+        clip = cfg["gradient_clipping"] > 0
+        scalars = (stage > 0 and clip) * sum(ring(part.world_size) for part in parts) \
+            + clip * ring(s.ep_group.size if s.ep_group is not None else 1)
+        if trainer.precision is not None:   # one verdict over the world; a ZeRO experts' group takes none of its own
+            scalars += ring(s.dense.world_size) * (dp != DDP) + ring(s.world.size if s.world is not None else 1) \
+                + ring(experts.world_size) * (dp == PARAMETER_SERVER)
+    keys = ("parameters", "gradients", "optimizer_states", "total", "host")
+    total = lambda rows, k: sum(r[k] for r in rows)             # noqa: E731
+    out = {"bytes_per_element": w, "precision": precision, "K": rows[0]["K"],
+           "model_states": {k: total([r["worker"] for r in rows], k) for k in keys},
+           "scalar_all_reduce_bytes": scalars,
+           "bytes_sent_per_step": total(rows, "bytes") + scalars,
+           "ps_root_bytes_sent_per_step": total(rows, "root_bytes") + scalars if dp == PARAMETER_SERVER else 0}
+    if dp == PARAMETER_SERVER and rows[0]["p"] > 1:     # the root holds the optimizer, the workers none
+        out["root"] = {"model_states": {k: total([r["root"] for r in rows], k) for k in keys},
+                       "bytes_sent_per_step": out["ps_root_bytes_sent_per_step"]}
+        if len(rows) > 1 and rows[1]["p"] > 1:
+            out["not_modelled"] = ("the experts' parameter server has a root per ep rank: the ranks that root the "
+                                   "experts but not the other parameters fit neither row")
+    if cfg["parallel"]["pipeline"] > 1:
+        out["not_modelled"] = ("under a pipeline each stage holds its own blocks (and the first and last a copy of "
+                               "the tied embedding): per rank in the layout section")
+    if out.get("not_modelled"):
+        out.pop("root", None)
+        out["model_states"] = out["bytes_sent_per_step"] = None
+    return out
+
+
+def _textbook(trainer, strategy, psi: int, p: int, local: bool = False) -> dict:
+    """One strategy's textbook row (:func:`minidist.estimate.model_state_memory`,
+    :func:`minidist.estimate.comm_volume`) for Ψ = ``psi`` elements over ``p`` ranks, in bytes
+    of the run's dtype: a worker's and (parameter server) the root's model states and bytes;
+    ``local``: the strategy of a group of one rank (stage 0 whatever the config says)."""
+    cfg = trainer.cfg
     precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
     w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
     scale = np.dtype(cfg["dtype"]).itemsize / 4    # the estimate counts fp32 as 4 bytes (float64: 8)
-    stage = cfg["zero_optimization"]["stage"]
+    stage = 0 if local else cfg["zero_optimization"]["stage"]
     opt = cfg["optimizer"]["type"].lower()
-    offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    # fine-tuning (minidist.peft): Ψ is what trains; the frozen weights are parameters only, and ZeRO-3 gathers them
-    psi = trainer.strategy.numel if cfg["peft"] is not None else trainer.n_params
+    offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu" and not local
     mem = model_state_memory(psi, dp=p, stage=stage, precision=precision, optimizer=opt, offload=offload)
-    dp = cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)
+    dp = DDP if local else cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)
     vol = comm_volume(psi, dp=p, stage=stage, precision=precision, strategy=dp,
                       micro_batches=trainer.accumulation)
-    if cfg["peft"] is not None:
+    if cfg["peft"] is not None:         # the frozen weights: parameters only, and ZeRO-3 gathers them
         frozen = trainer.n_params - psi if stage == 3 else 0
-        mem["parameters"] += (frozen / p * w if stage == 3 else trainer.strategy.frozen_bytes) / scale
+        mem["parameters"] += (frozen / p * w if stage == 3 else strategy.frozen_bytes) / scale
         mem["total"] = mem["parameters"] + mem["gradients"] + mem["optimizer_states"]
         vol["dp_bytes"] += 2 * trainer.accumulation * (p - 1) / p * frozen * w / scale
     if stage == 3 and trainer.pipeline is None:     # full recomputation gathers the blocks it re-runs once more
-        vol["dp_bytes"] += trainer.accumulation * (p - 1) * getattr(trainer.strategy, "recomputed", int)() * w / scale
-    scalars = ((stage > 0 and cfg["gradient_clipping"] > 0)
-               + (trainer.precision is not None and dp != DDP)) * (2 * (p - 1) * 8 if p > 1 else 0)
-    out = {"bytes_per_element": w, "precision": precision, "K": mem["bytes_per_param"]["K"],
-           "model_states": {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total",
-                                                        "host")},
-           "scalar_all_reduce_bytes": scalars,
-           "bytes_sent_per_step": vol["dp_bytes"] * scale + scalars,
-           "ps_root_bytes_sent_per_step": vol["ps_root_bytes"] * scale + scalars if "ps_root_bytes" in vol else 0}
-    if dp == PARAMETER_SERVER and p > 1:     # the root holds the optimizer, the workers none
-        out["root"] = {"model_states": dict(out["model_states"]),
-                       "bytes_sent_per_step": out["ps_root_bytes_sent_per_step"]}
-        ms = out["model_states"]
-        ms["total"] -= ms["optimizer_states"]
-        ms["optimizer_states"] = 0.0
-    if cfg["parallel"]["pipeline"] > 1:
-        out.pop("root", None)
-        out["model_states"] = out["bytes_sent_per_step"] = None
-        out["not_modelled"] = ("under a pipeline each stage holds its own blocks (and the first and last a copy of "
-                               "the tied embedding): per rank in the layout section")
-    return out
+        vol["dp_bytes"] += trainer.accumulation * (p - 1) * getattr(strategy, "recomputed", int)() * w / scale
+    root = {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total", "host")}
+    worker = dict(root)
+    if dp == PARAMETER_SERVER and p > 1:            # a worker holds no optimizer state
+        worker["total"] -= worker["optimizer_states"]
+        worker["optimizer_states"] = 0.0
+    return {"K": mem["bytes_per_param"]["K"], "p": p, "root": root, "worker": worker,
+            "bytes": vol["dp_bytes"] * scale, "root_bytes": vol.get("ps_root_bytes", 0) * scale}
 
 
 def build_report(trainer, ranks: list[dict]) -> dict:
