@@ -15,6 +15,7 @@ from _mpi import run_mpi
 
 from minidist import distributed as dist
 from minidist import functional as F
+from minidist.autocast import autocast
 from minidist.estimate.context import attention_elements, context_activation_memory, context_bytes_per_step
 from minidist.layers import Layers
 from minidist.model import GPT, GPTConfig
@@ -140,6 +141,46 @@ def test_training_equals_one_rank_with_the_formulas_bytes(algorithm, cp, dp, tp)
     for step, h in enumerate(ref["history"]):
         got = np.mean([r["history"][step]["loss"] for r in runs])
         assert got == pytest.approx(h["loss"], rel=1e-12)
+
+
+# -- mixed precision: the bytes on the wire -------------------------------------------------------
+def _attend_autocast(comm, algorithm, fmt):
+    pos = positions(comm.rank, comm.size, T, "zigzag" if algorithm == "ring" else "contiguous")
+    q, k, v = (Tensor(a[:, :, pos].copy(), requires_grad=True) for a in (Q, K, V))
+    with autocast(fmt):                                # forward only, as the trainer runs it
+        y = (ring_attention if algorithm == "ring" else ulysses_attention)(q, k, v, comm)
+    (y * Tensor(G[:, :, pos])).sum().backward()
+    return [(m.op, m.tag, m.nbytes) for m in comm.log.messages() if m.direction == "send"]
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_under_mixed_precision_kv_travel_in_16_bits_and_the_rings_dk_dv_in_fp32(fmt):
+    """Backward runs outside autocast: K, V still go in the forward's format, the ring's partial
+    dK, dV as fp32 accumulators (ring-flash-attention's), Ulysses' gradients in 16 bits."""
+    n = B * (T // 2) * NH * HS                                    # one of q, k, v on a rank, cp = 2
+    ring, ulysses = dist.spawn(_attend_autocast, 2, "ring", fmt)[0], dist.spawn(_attend_autocast, 2, "ulysses", fmt)[0]
+    assert ring == [("ring_attention", 0, 2 * n * 2), ("ring_attention_backward", 0, 2 * n * 2),
+                    ("ring_attention_backward", 1, 2 * n * 4)]
+    assert sum(b for *_, b in ulysses) == 8 * (n // 2) * 2 and len(ulysses) == 8
+    for algorithm, sent in (("ring", ring), ("ulysses", ulysses)):
+        assert sum(b for *_, b in sent) == context_bytes_per_step(algorithm, 2, 1, B, T, NH * HS,
+                                                                  bytes_per_element=2)["bytes_per_step"]
+
+
+def _train_cp(comm, cfg):
+    return context_summary(train_steps(comm, cfg)["trainer"])
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_the_reports_cp_row_equals_the_formula_in_fp16_and_bf16(fmt):
+    # n = b·(s/cp)·h = 2·8·16: ring 2n·2 forward, 2n·2 + 2n·4 backward; Ulysses 4·(n/2)·2 each way
+    n = 2 * 8 * 16
+    for algorithm, want in (("ring", 2 * n * 2 + 2 * n * 2 + 2 * n * 4), ("ulysses", 2 * 4 * (n // 2) * 2)):
+        cfg = {**copy.deepcopy(CFG), "dtype": "float32", "gradient_accumulation_steps": 1, "steps": 1, fmt: {"enabled": True},
+               "train_micro_batch_size_per_gpu": 2,
+               "parallel": {"context": {"size": 2, "algorithm": algorithm}}}
+        for c in dist.spawn(_train_cp, 2, cfg, timeout=60):
+            assert c["bytes_sent_per_step"] == c["bytes_sent_per_step_expected"] == want, (algorithm, c)
 
 
 # -- memory --------------------------------------------------------------------------------------

@@ -10,12 +10,20 @@ Per layer and micro-batch, per rank (elements):
 algorithm                       forward                                 backward
 ==============================  ======================================  ====================
 ring (Liu et al. 2023)          K and V, cp − 1 times: 2·(cp − 1)·n     K, V again and dK, dV
-                                                                        back: 4·(cp − 1)·n
+                                                                        back: 4·(cp − 1)·n †
 Ulysses (Jacobs et al. 2023)    4 all-to-alls (q, k, v, out), each      the same four:
                                 (cp − 1)/cp · n: 4·(cp − 1)/cp·n        4·(cp − 1)/cp·n
 ==============================  ======================================  ====================
 
-Ring sends ``cp/2`` times Ulysses' bytes forward and ``3·cp/4`` times over a step (equal
+† In bytes, K, V, q, the outputs and their gradients travel in the activations' format (2
+bytes under fp16/bf16), but the ring's partial dK, dV are fp32 accumulators: ring
+implementations sum each rank's block contribution into a float32 dK, dV and pass that on,
+casting to the 16-bit format only at the owner (zhuzilin/ring-flash-attention,
+``ring_flash_attn_backward``). Under mixed precision a ring layer's backward sends
+``2·(cp − 1)·n·2 + 2·(cp − 1)·n·4`` bytes: three times its forward, not twice. Ulysses' backward
+all-to-alls carry activation gradients, in the activations' format.
+
+Ring sends ``cp/2`` times Ulysses' elements forward and ``3·cp/4`` times over a step (equal
 forward at cp = 2): as cp grows Ulysses' bytes per rank fall as 1/cp while ring's stay near
 ``2·b·s·h``, but ring works for any number of heads, overlaps its sends with the blocks'
 matmuls and never gathers a whole sequence of a head on one rank. Under activation
@@ -51,32 +59,39 @@ def context_problem(algorithm: str, cp: int, seq: int | None = None, heads: int 
 
 def attention_elements(algorithm: str, cp: int, micro_batch: int, seq: int, hidden: int, tp: int = 1) -> dict:
     """Elements one rank sends for one layer's attention and one micro-batch:
-    ``{"forward", "backward", "messages_forward", "messages_backward"}``."""
+    ``{"forward", "backward", "backward_gradients", "messages_forward", "messages_backward"}``;
+    ``backward_gradients`` (part of ``backward``): the ring's partial dK, dV, which travel as
+    fp32 accumulators whatever the activations' format (:func:`context_bytes_per_step`)."""
     problem = context_problem(algorithm, cp, seq)
     if problem:
         raise ValueError(problem)
     n = micro_batch * (seq // cp) * (hidden // tp)        # one of q, k, v on this rank
     if cp == 1:
-        return {"forward": 0, "backward": 0, "messages_forward": 0, "messages_backward": 0}
+        return {"forward": 0, "backward": 0, "backward_gradients": 0, "messages_forward": 0, "messages_backward": 0}
     if algorithm == "ring":
-        return {"forward": 2 * (cp - 1) * n, "backward": 4 * (cp - 1) * n,
+        return {"forward": 2 * (cp - 1) * n, "backward": 4 * (cp - 1) * n, "backward_gradients": 2 * (cp - 1) * n,
                 "messages_forward": cp - 1, "messages_backward": 2 * (cp - 1)}
     a2a = (cp - 1) * (n // cp)                            # one all-to-all: cp − 1 blocks of n/cp
-    return {"forward": 4 * a2a, "backward": 4 * a2a,
+    return {"forward": 4 * a2a, "backward": 4 * a2a, "backward_gradients": 0,
             "messages_forward": 4 * (cp - 1), "messages_backward": 4 * (cp - 1)}
 
 
 def context_bytes_per_step(algorithm: str, cp: int, layers: int, micro_batch: int, seq: int, hidden: int,
                            micro_batches: int = 1, bytes_per_element: int = 2, tp: int = 1,
-                           checkpointing: str = "none") -> dict:
+                           checkpointing: str = "none", accumulator_bytes: int | None = None) -> dict:
     """Bytes one rank sends per optimizer step for context parallelism: every layer's
     attention, forward and backward, for every micro-batch (and the recomputed forward
-    under activation checkpointing)."""
+    under activation checkpointing). ``bytes_per_element``: the activations' format on the
+    wire (q, k, v, outputs and their gradients; 2 under fp16/bf16). ``accumulator_bytes``:
+    the ring's partial dK, dV, by default ``max(bytes_per_element, 4)`` — fp32 accumulators
+    under mixed precision, the model's own dtype otherwise."""
     e = attention_elements(algorithm, cp, micro_batch, seq, hidden, tp)
+    acc = max(bytes_per_element, 4) if accumulator_bytes is None else accumulator_bytes
     recomputed = e["forward"] if checkpointing in ("selective", "full") else 0
-    per_layer = (e["forward"] + e["backward"] + recomputed) * bytes_per_element
+    backward = (e["backward"] - e["backward_gradients"]) * bytes_per_element + e["backward_gradients"] * acc
+    per_layer = (e["forward"] + recomputed) * bytes_per_element + backward
     return {"algorithm": algorithm, "cp": cp, "per_layer_forward": e["forward"] * bytes_per_element,
-            "per_layer_backward": e["backward"] * bytes_per_element,
+            "per_layer_backward": backward,
             "per_layer_recomputed": recomputed * bytes_per_element,
             "bytes_per_step": per_layer * layers * micro_batches}
 

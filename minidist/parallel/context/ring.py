@@ -31,7 +31,12 @@ each block's probabilities are recomputed from the saved ``lse`` — ``P = exp(S
 and ``dV += Pᵀ dO``, ``dP = dO Vᵀ``, ``dS = P ∘ (dP − D)``, ``dQ += dS K``, ``dK += dSᵀ Q``
 (times 1/√d). K and V circulate again, and the partial ``dK, dV`` of each block travel with
 it and arrive back at their owner after ``cp − 1`` hops: per rank ``cp − 1`` K/V messages
-and ``cp − 1`` dK/dV messages, twice the forward's bytes. Nothing (s × s) is ever saved:
+and ``cp − 1`` dK/dV messages, twice the forward's elements. Under fp16/bf16 (backward runs
+outside autocast, so the forward's format is kept for it) K and V travel again in that format,
+but the partial dK, dV travel as fp32 accumulators, cast to the 16-bit format only by their
+owner, as ring-flash-attention's ``ring_flash_attn_backward`` does (zhuzilin/ring-flash-attention):
+three times the forward's bytes (:func:`minidist.estimate.context.context_bytes_per_step`).
+Nothing (s × s) is ever saved:
 only q, k, v, the output and ``lse`` (and a dropout mask of this rank's query rows).
 
 Dropout on the probabilities draws the one-rank mask (B, nh, s, s) and keeps this rank's
@@ -45,6 +50,7 @@ import math
 import numpy as np
 
 from ...autocast import autocast_dtype, cast_input
+from ...memory import DTYPE_BYTES
 from ...ops.attention import causal_mask
 from ...tensor import Tensor, as_tensor, make_result
 from .layout import chunks_of, positions, ring_schedule, split_problem
@@ -64,6 +70,18 @@ def _compute_waits_for_comm(clock) -> None:
 def _comm_waits_for_compute(clock) -> None:
     # a partial gradient cannot leave before the matmuls that produce it
     clock.wait("comm", clock.now("compute"))
+
+
+def _send_as(group, call, wire_dtype, x, dest: int, tag: int):
+    """``isend`` of ``x`` inside ``call`` counted at ``wire_dtype``'s bytes (None: its own
+    itemsize) rather than the call's: the partial dK, dV share the backward's ring with K, V
+    but not their format."""
+    keep = call.bytes_per_element
+    call.bytes_per_element = DTYPE_BYTES[wire_dtype] if wire_dtype is not None else None
+    try:
+        return group.isend(x, dest, tag=tag)
+    finally:
+        call.bytes_per_element = keep
 
 
 def ring_attention(q, k, v, group, is_causal: bool = True, layout: str = "zigzag", dropout_p: float = 0.0,
@@ -96,8 +114,10 @@ def ring_attention(q, k, v, group, is_causal: bool = True, layout: str = "zigzag
     l = np.zeros((B, nh, Tl), dtype=dt)                       # running Σ exp(s − m)
     acc = np.zeros((B, nh, Tl, hs), dtype=dt)                 # running Σ exp(s − m)·v
     dev, clock = group.device, group.device.clock
+    wire = autocast_dtype()                                   # K, V on the wire: the forward's format
+    grad_wire = None if wire is None else "fp32"              # partial dK, dV: fp32 accumulators
     kv = np.stack([kd, vd])                                   # (2, B, nh, Tl, hs): K and V travel together
-    with group.collective("ring_attention", "ring", kv, wire_dtype=autocast_dtype()) as call:
+    with group.collective("ring_attention", "ring", kv, wire_dtype=wire) as call:
         for step, (src, blocks) in enumerate(schedule):
             call.step = step
             if step < cp - 1:
@@ -139,7 +159,8 @@ def ring_attention(q, k, v, group, is_causal: bool = True, layout: str = "zigzag
         gd = cast_input(g)
         kv = np.stack([kd, vd])
         sends = []
-        with group.collective("ring_attention_backward", "ring", kv, wire_dtype=autocast_dtype()) as call:
+        # why: backward runs outside autocast; K, V travel in the forward's format (``wire``)
+        with group.collective("ring_attention_backward", "ring", kv, wire_dtype=wire) as call:
             for step, (src, blocks) in enumerate(schedule):
                 call.step = step
                 if step < cp - 1:
@@ -175,7 +196,7 @@ def ring_attention(q, k, v, group, is_causal: bool = True, layout: str = "zigzag
                 if step >= 1:
                     # why: these are partial dK, dV of rank src's keys: on towards src (r + 1 … src)
                     _comm_waits_for_compute(clock)
-                    sends.append(group.isend(dkv, (r + 1) % cp, tag=1))
+                    sends.append(_send_as(group, call, grad_wire, dkv, (r + 1) % cp, tag=1))
                 if step < cp - 1:
                     kv = recv.wait()
                     send.wait()
