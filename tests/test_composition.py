@@ -113,7 +113,8 @@ OWN_REPORT_TESTS = ("MoE", "EP")
 def formula_rows(runs: list) -> list:
     """Every row the report prints beside a measurement, per rank, where the two differ:
     the strategy's expected model states and bytes per step, the tensor-parallel group's
-    bytes (its formula: "-" under LAMB and a pipeline), the job-level formula row (a
+    bytes (its formula: "-" under LAMB and a pipeline), the context-parallel group's attention
+    bytes (minidist.estimate.context, fp16/bf16 included), the job-level formula row (a
     worker's and the root's under the parameter server), the layout section's estimate per
     rank (minidist.estimate.grid3d). A row the report calls "not modelled" is not compared:
     the formula row under a pipeline, the layout's optimizer states under offload and the
@@ -136,6 +137,9 @@ def formula_rows(runs: list) -> list:
         tp = r.get("tensor_parallel") or {}
         if tp.get("bytes_sent_per_step_expected") not in (None, tp.get("bytes_sent_per_step")):
             bad.append(("tp bytes/step", i, tp["bytes_sent_per_step"], tp["bytes_sent_per_step_expected"]))
+        cp = r.get("context_parallel") or {}                 # attention's bytes on grid.cp (fp16/bf16 included)
+        if cp and cp["bytes_sent_per_step"] != cp["bytes_sent_per_step_expected"]:
+            bad.append(("cp bytes/step", i, cp["bytes_sent_per_step"], cp["bytes_sent_per_step_expected"]))
         row = f.get("root") if "root" in f and run["trainer"].strategy.rank == 0 else f
         if row["model_states"] is not None:
             bad += [("formula", i, k, m.get(k, 0), row["model_states"][k])
