@@ -71,11 +71,14 @@ def test_the_tour_runs_blas_single_threaded_unless_the_environment_says_otherwis
     code = ("import os\nfrom minidist.demo.threads import tour_blas_threads\n"
             "from minidist.ops.blas_threads import blas_threads\nprint(blas_threads())\n"
             "with tour_blas_threads(): print(blas_threads())\nprint(blas_threads())\n"
-            "os.environ['OMP_NUM_THREADS'] = '2'\nwith tour_blas_threads(): print(blas_threads())\n")
+            "os.environ['OMP_NUM_THREADS'] = '2'\nwith tour_blas_threads(): print(blas_threads())\n"
+            "from minidist.demo.threads import single_threaded_blas\nprint(single_threaded_blas(), blas_threads())\n"
+            "del os.environ['OMP_NUM_THREADS']\nprint(single_threaded_blas(), blas_threads())\n")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                             "MKL_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
-    before, inside, after, chosen = out.stdout.split()
+    before, inside, after, chosen, kept, count_kept, set_, count_set = out.stdout.split()
+    assert kept == "False" and set_ == "True"     # the train CLI's: for the rest of the process
     if before != "None":                          # NumPy's OpenBLAS found
-        assert inside == "1" and after == chosen == before
+        assert inside == "1" and after == chosen == count_kept == before and count_set == "1"

@@ -27,3 +27,15 @@ def tour_blas_threads():
     if any(os.environ.get(v) for v in _ENV):
         return contextlib.nullcontext()
     return one_blas_thread()
+
+
+_KEPT = contextlib.ExitStack()
+
+
+def single_threaded_blas() -> bool:
+    """BLAS on one thread for the rest of the process, unless the environment set a count
+    (``python -m minidist.train`` on several ranks: a command that owns its process); True if set."""
+    if any(os.environ.get(v) for v in _ENV):
+        return False
+    _KEPT.enter_context(one_blas_thread())
+    return True
