@@ -10,7 +10,8 @@ Per rank, ``data_parallel`` holds
   expectation.
 
 The job-level ``data_parallel.formula`` is :func:`minidist.estimate.model_state_memory` and
-:func:`minidist.estimate.comm_volume` for the same Ψ, world size, stage and optimizer.
+:func:`minidist.estimate.comm_volume` for the same Ψ, world size, stage and optimizer — under
+expert parallelism once per gradient group (:mod:`minidist.report_formulas`).
 
 Under tensor, pipeline or expert parallelism the job-level ``layout`` section puts, for every
 rank, the measured model states and bytes sent in the last step beside the 3D estimate of the
@@ -25,18 +26,19 @@ import json
 
 import numpy as np
 
-from .defaults import DDP, PARAMETER_SERVER, SINGLE, zero_strategy
 from .distributed.objects import jsonable
-from .estimate import comm_volume, estimate, model_state_memory
+from .estimate import estimate
 from .estimate.context import context_bytes_per_step
 from .estimate.grid3d import estimate_for_config
+from .estimate.moe_grid import tp_bytes_change
 from .memory import DTYPE_BYTES
 from .parallel.expert import accounting as expert_accounting
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
+from .report_formulas import formulas
 from .report_layout import format_layout, layout_report, moe_section_estimate, pipeline_theory
 
-__all__ = ["build_report", "format_data_parallel", "format_layout", "layout_report", "rank_report", "write_report"]
+__all__ = ["build_report", "format_data_parallel", "formulas", "format_layout", "layout_report", "rank_report", "write_report"]
 
 
 def rank_report(trainer) -> dict:
@@ -50,6 +52,8 @@ def rank_report(trainer) -> dict:
     tp = _tp_rank_summary(trainer) if trainer.grid is not None and trainer.grid.tp_size > 1 else None
     cp = context_summary(trainer) if trainer.grid is not None and trainer.grid.cp_size > 1 else None
     moe = expert_accounting.rank_summary(trainer)        # experts: load, drops, memory, all-to-all bytes
+    if tp and moe and tp["bytes_sent_per_step_expected"] is not None:
+        tp["bytes_sent_per_step_expected"] = tp_bytes_with_experts(trainer, moe, tp["bytes_sent_per_step_expected"])
     others = (tp["bytes_sent_per_step"] if tp else 0) + (cp["bytes_sent_per_step"] if cp else 0) \
         + (moe["all_to_all_bytes_per_step"] if moe else 0) + pipeline_bytes_per_step(trainer)
     return {
@@ -77,6 +81,21 @@ def rank_report(trainer) -> dict:
         "moe": moe,
         "bytes_sent_last_step": trainer.history[-1].get("bytes_sent", 0) if trainer.history else 0,
     }
+
+
+def tp_bytes_with_experts(trainer, moe: dict, dense: int) -> int | None:
+    """The tensor-parallel bytes formula of a rank with MoE blocks: the dense model's ``dense``
+    plus, per micro-batch, what its MoE blocks' collectives on slot buffers send in place of
+    the dense MLP's (:func:`minidist.estimate.moe_grid.tp_bytes_change`). None (not modelled)
+    where full recomputation re-runs a MoE block: its forward's collectives run again on slots."""
+    if moe["recomputed_blocks"]:
+        return None
+    c, par = trainer.model_config, trainer.cfg["parallel"]
+    w = 2 if trainer.precision is not None else np.dtype(trainer.cfg["dtype"]).itemsize
+    change = tp_bytes_change(len(moe["expert_ids"]), trainer.cfg["model"]["moe"], par["expert"], trainer.micro_batch,
+                             trainer.dataset.seq_len, c.n_embd, trainer.grid.tp_size, w,
+                             trainer.model.layers.sequence_parallel, c.bias)
+    return dense + trainer.accumulation * change
 
 
 def context_summary(trainer) -> dict:
@@ -122,101 +141,6 @@ def pipeline_bytes_per_step(trainer) -> int:
         return 0
     tied = engine.tied_group.group if engine.tied_group is not None else None
     return log.bytes_sent("send") + sum(c.bytes_sent for c in log.collectives if tied is not None and c.group == tied)
-
-
-def formulas(trainer) -> dict:
-    """The ZeRO formulas for this run: 2 bytes per element and K = 12 (Adam) in mixed
-    precision, the model's dtype (4 or 8 bytes) and K = 8 in fp32.
-
-    ``bytes_sent_per_step`` adds to the textbook volume the one-element all-reduces the
-    run makes (ring, float64: ``2·(p−1)·8`` bytes each): the gradient norm when ZeRO clips,
-    the overflow flag when a ZeRO stage or the parameter server trains in mixed precision.
-    Under the parameter server the row is a worker's (no optimizer state) and ``root`` the
-    root's. Under a pipeline one row fits no rank (each stage holds its own blocks and a copy
-    of the tied embedding): ``model_states`` and ``bytes_sent_per_step`` are None and
-    ``not_modelled`` says where the per-rank figures are (the ``layout`` section).
-
-    Under expert parallelism (:class:`~minidist.parallel.expert.ExpertDataParallel`) the row is
-    the sum of two textbook rows: the non-expert Ψ over grid.dp_ep and this rank's E/ep experts
-    over grid.dp (each with its own padding-free shard Ψ/p), plus the joint one-element
-    all-reduces: the clipping norm over grid.ep and the overflow verdict over the world (in
-    place of a ZeRO experts' group's own)."""
-    cfg = trainer.cfg
-    precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
-    w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
-    stage = cfg["zero_optimization"]["stage"]
-    dp = cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)
-    ring = lambda n: 2 * (n - 1) * 8 if n > 1 else 0          # noqa: E731  one float64 ring all-reduce
-    s = trainer.strategy
-    experts = getattr(s, "experts", None) if hasattr(s, "dense") else None
-    if experts is None:                 # Ψ: this rank's (tensor-parallel) shard; p: the ranks gradients span
-        p = trainer.dp_comm.size if trainer.dp_comm is not None else 1
-        # fine-tuning (minidist.peft): Ψ is what trains; the frozen weights are parameters only
-        psi = s.numel if cfg["peft"] is not None else trainer.n_params
-        rows = [_textbook(trainer, s, psi, p)]
-        scalars = ((stage > 0 and cfg["gradient_clipping"] > 0) + (trainer.precision is not None and dp != DDP)) * ring(p)
-    else:                               # the non-expert parameters over grid.dp_ep, the experts over grid.dp
-        parts = (s.dense, experts)
-        # a group of one rank: a plain local strategy (no shards, no offload: minidist.parallel.build_strategy)
-        rows = [_textbook(trainer, part, part.numel, part.world_size, local=part.name == SINGLE) for part in parts]
-        clip = cfg["gradient_clipping"] > 0
-        scalars = (stage > 0 and clip) * sum(ring(part.world_size) for part in parts) \
-            + clip * ring(s.ep_group.size if s.ep_group is not None else 1)
-        if trainer.precision is not None:   # one verdict over the world; a ZeRO experts' group takes none of its own
-            scalars += ring(s.dense.world_size) * (dp != DDP) + ring(s.world.size if s.world is not None else 1) \
-                + ring(experts.world_size) * (dp == PARAMETER_SERVER)
-    keys = ("parameters", "gradients", "optimizer_states", "total", "host")
-    total = lambda rows, k: sum(r[k] for r in rows)             # noqa: E731
-    out = {"bytes_per_element": w, "precision": precision, "K": rows[0]["K"],
-           "model_states": {k: total([r["worker"] for r in rows], k) for k in keys},
-           "scalar_all_reduce_bytes": scalars,
-           "bytes_sent_per_step": total(rows, "bytes") + scalars,
-           "ps_root_bytes_sent_per_step": total(rows, "root_bytes") + scalars if dp == PARAMETER_SERVER else 0}
-    if dp == PARAMETER_SERVER and rows[0]["p"] > 1:     # the root holds the optimizer, the workers none
-        out["root"] = {"model_states": {k: total([r["root"] for r in rows], k) for k in keys},
-                       "bytes_sent_per_step": out["ps_root_bytes_sent_per_step"]}
-        if len(rows) > 1 and rows[1]["p"] > 1:
-            out["not_modelled"] = ("the experts' parameter server has a root per ep rank: the ranks that root the "
-                                   "experts but not the other parameters fit neither row")
-    if cfg["parallel"]["pipeline"] > 1:
-        out["not_modelled"] = ("under a pipeline each stage holds its own blocks (and the first and last a copy of "
-                               "the tied embedding): per rank in the layout section")
-    if out.get("not_modelled"):
-        out.pop("root", None)
-        out["model_states"] = out["bytes_sent_per_step"] = None
-    return out
-
-
-def _textbook(trainer, strategy, psi: int, p: int, local: bool = False) -> dict:
-    """One strategy's textbook row (:func:`minidist.estimate.model_state_memory`,
-    :func:`minidist.estimate.comm_volume`) for Ψ = ``psi`` elements over ``p`` ranks, in bytes
-    of the run's dtype: a worker's and (parameter server) the root's model states and bytes;
-    ``local``: the strategy of a group of one rank (stage 0 whatever the config says)."""
-    cfg = trainer.cfg
-    precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
-    w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
-    scale = np.dtype(cfg["dtype"]).itemsize / 4    # the estimate counts fp32 as 4 bytes (float64: 8)
-    stage = 0 if local else cfg["zero_optimization"]["stage"]
-    opt = cfg["optimizer"]["type"].lower()
-    offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu" and not local
-    mem = model_state_memory(psi, dp=p, stage=stage, precision=precision, optimizer=opt, offload=offload)
-    dp = DDP if local else cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)
-    vol = comm_volume(psi, dp=p, stage=stage, precision=precision, strategy=dp,
-                      micro_batches=trainer.accumulation)
-    if cfg["peft"] is not None:         # the frozen weights: parameters only, and ZeRO-3 gathers them
-        frozen = trainer.n_params - psi if stage == 3 else 0
-        mem["parameters"] += (frozen / p * w if stage == 3 else strategy.frozen_bytes) / scale
-        mem["total"] = mem["parameters"] + mem["gradients"] + mem["optimizer_states"]
-        vol["dp_bytes"] += 2 * trainer.accumulation * (p - 1) / p * frozen * w / scale
-    if stage == 3 and trainer.pipeline is None:     # full recomputation gathers the blocks it re-runs once more
-        vol["dp_bytes"] += trainer.accumulation * (p - 1) * getattr(strategy, "recomputed", int)() * w / scale
-    root = {k: mem[k] * scale for k in ("parameters", "gradients", "optimizer_states", "total", "host")}
-    worker = dict(root)
-    if dp == PARAMETER_SERVER and p > 1:            # a worker holds no optimizer state
-        worker["total"] -= worker["optimizer_states"]
-        worker["optimizer_states"] = 0.0
-    return {"K": mem["bytes_per_param"]["K"], "p": p, "root": root, "worker": worker,
-            "bytes": vol["dp_bytes"] * scale, "root_bytes": vol.get("ps_root_bytes", 0) * scale}
 
 
 def build_report(trainer, ranks: list[dict]) -> dict:

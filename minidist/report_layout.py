@@ -17,6 +17,7 @@ from __future__ import annotations
 from .estimate.grid3d import estimate_for_config
 from .estimate.moe import moe_for_config
 from .estimate.pipeline import pipeline_bubble
+from .parallel.expert.accounting import recomputed_moe_blocks
 
 STATES = ("parameters", "gradients", "optimizer_states")
 PER_RANK = ("moe_layers", "expert_parameters_per_rank", "model_states", "capacity", "all_to_all_bytes",
@@ -32,7 +33,23 @@ def moe_section_estimate(trainer, est: dict | None) -> dict:
         return {"estimate": whole, "ranks": None}
     per = [{k: r["experts"][k] for k in PER_RANK} for r in est["ranks"]]
     pp0 = trainer.grid.coords["pp"] if trainer.grid is not None else 0
-    return {"estimate": {**whole, **per[pp0]}, "ranks": per}
+    mine = {**whole, **per[pp0]}
+    calls, extra = recomputed_all_to_all(mine, len(recomputed_moe_blocks(trainer)))
+    mine["all_to_all_per_step"] += calls
+    mine["all_to_all_bytes_per_step"] += extra
+    return {"estimate": mine, "ranks": per}
+
+
+def recomputed_all_to_all(experts: dict, recomputed: int) -> tuple[int, int]:
+    """(calls, bytes) full recomputation adds per step to the estimate ``experts`` of a rank
+    (:func:`minidist.estimate.moe_grid.all_to_all_of_rank`: 4 all-to-alls per MoE block, group and
+    micro-batch) whose ``recomputed`` MoE blocks run their forward again: 2 more each, its
+    dispatch and its combine (the estimator counts no recomputation)."""
+    n, calls = experts.get("moe_layers") or 0, experts.get("all_to_all_per_step") or 0
+    if not n or not recomputed or not calls:
+        return 0, 0
+    again = calls // (4 * n) * 2 * recomputed
+    return again, again * experts["all_to_all_bytes"]
 
 
 def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None = None) -> dict:
@@ -48,8 +65,11 @@ def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None 
                "bytes_sent_per_step": r["bytes_sent_last_step"],
                "bytes_sent_per_step_estimate": e["bytes_sent"]["total"]}
         if e.get("experts") is not None:    # a stage without MoE blocks measures none (its moe section is None)
-            row["all_to_all_bytes_per_step"] = (r.get("moe") or {}).get("all_to_all_bytes_per_step", 0)
-            row["all_to_all_bytes_per_step_estimate"] = e["bytes_sent"].get("all_to_all", 0)
+            moe = r.get("moe") or {}
+            _, again = recomputed_all_to_all(e["experts"], len(moe.get("recomputed_blocks", [])))
+            row["all_to_all_bytes_per_step"] = moe.get("all_to_all_bytes_per_step", 0)
+            row["all_to_all_bytes_per_step_estimate"] = e["bytes_sent"].get("all_to_all", 0) + again
+            row["bytes_sent_per_step_estimate"] += again
         rows.append(row)
     g = trainer.grid
     grid = {"dp": g.dp_size, "tp": g.tp_size, "pp": g.pp_size}

@@ -105,9 +105,9 @@ def close(got: dict, want: dict, mixed: bool) -> float:
     return float(diff / np.sqrt(sum(np.sum(want[k] ** 2.0) for k in want)))
 
 
-# the experts' rows (the moe section, the layout under expert parallelism) are checked by their own
-# tests (tests/test_moe_estimate.py, the MoE/EP engineer's): the walk leaves them out
-OWN_REPORT_TESTS = ("MoE", "EP")
+# features whose report rows the walk leaves to their own tests: none (the MoE and EP cells' rows,
+# the job-level formula under expert parallelism included, are checked here too)
+OWN_REPORT_TESTS = ()
 
 
 def formula_rows(runs: list) -> list:

@@ -48,7 +48,19 @@ def rank_summary(trainer) -> dict | None:
             "expert_ids": {i: layer.expert_ids for i, layer in moe_layers(trainer.model).items()},
             "memory": expert_memory(trainer),
             "all_to_all_per_step": len(calls), "all_to_all_bytes_per_step": int(sum(c.bytes_sent for c in calls)),
+            "recomputed_blocks": recomputed_moe_blocks(trainer),
             "steps": [h.get("moe", {}) for h in trainer.history]}
+
+
+def recomputed_moe_blocks(trainer) -> list:
+    """The MoE blocks of this rank that full recomputation re-runs in backward: their forward's
+    dispatch and combine all-to-alls (and, under tensor parallelism, its collectives) run again
+    (:meth:`minidist.model.Recompute.units` of the rank's blocks, one chunk per pipeline rank)."""
+    rc, ids = getattr(trainer.model, "recompute", None), sorted(moe_layers(trainer.model))
+    if rc is None or not ids:
+        return []
+    held = list(getattr(trainer.model, "layer_ids", None) or ids)
+    return sorted(i for unit, on in rc.units(held) if on for i in unit if i in ids)
 
 
 def job_load(ranks: list) -> list:
