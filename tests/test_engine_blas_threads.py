@@ -17,9 +17,9 @@ needs_openblas = pytest.mark.skipif(blas_threads.blas_threads() is None, reason=
 @pytest.fixture
 def two_threads():
     before = blas_threads.blas_threads()
-    blas_threads._LIB[1](2)
+    blas_threads._library()[1](2)
     yield
-    blas_threads._LIB[1](before)
+    blas_threads._library()[1](before)
 
 
 @needs_openblas
@@ -61,7 +61,7 @@ def test_attention_is_the_same_on_one_blas_thread_or_two(two_threads, monkeypatc
     out = []
     for wrap in (True, False):
         if not wrap:           # the products on two BLAS threads
-            monkeypatch.setattr(blas_threads, "_LIB", None)
+            monkeypatch.setattr(blas_threads, "_library", lambda: None)
         ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
         y = F.scaled_dot_product_attention(*ts)
         y.backward(g)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import glob
 import os
 import threading
@@ -41,18 +42,25 @@ def _openblas():
     return None
 
 
-_LIB = _openblas()
 _LOCK = threading.Lock()
 _STATE = {"inside": 0, "saved": None}
 
 
+@functools.lru_cache(maxsize=None)
+def _library():
+    """Found at the first use, not at import (``import minidist`` loads no library)."""
+    return _openblas()
+
+
 def blas_threads() -> int | None:
     """OpenBLAS's current thread count (None: not found)."""
-    return int(_LIB[0]()) if _LIB is not None else None
+    lib = _library()
+    return int(lib[0]()) if lib is not None else None
 
 
 @contextlib.contextmanager
 def one_blas_thread():
+    _LIB = _library()
     if _LIB is None or (_STATE["inside"] == 0 and _LIB[0]() <= 1):
         yield
         return
