@@ -20,19 +20,22 @@ def expert_memory(trainer) -> dict:
     format's width; under ZeRO-3 the experts' shards, c elements of each unit), their optimizer
     states (the device's live allocations, or under ZeRO the arrays of the experts' shards and
     fp32 masters; None under ZeRO without expert parallelism, where the experts' elements share
-    the buckets' shards with every other parameter)."""
+    the buckets' shards with every other parameter — under ZeRO-3 their parameters too)."""
     params = sum(nbytes(p.data, p.dtype_tag) for p in trainer.model.parameters() if p.expert)
     live = trainer.device.memory.live()
     states = sum(n for cat, n, name in live if cat == "optimizer_states" and _is_expert_name(name))
     experts = getattr(trainer.strategy, "experts", None)
     if experts is not None and getattr(experts, "stage", 0) >= 3:    # between steps only the shards are held
         params = sum(b.chunk * b.bytes_per_element for b in experts.buckets)
-    if experts is None and getattr(trainer.strategy, "stage", 0) > 0 and params:
+    if experts is None and getattr(trainer.strategy, "stage", 0) > 0 and any(p.expert for p in trainer.model.parameters()):
         states = None                    # ZeRO without expert parallelism: the experts share the buckets' shards
+        if trainer.strategy.stage >= 3:  # ZeRO-3 released them: their elements are in those shards too
+            params = None
     elif experts is not None and getattr(experts, "stage", 0) > 0:   # ZeRO: "bucket i.exp_avg", the experts' buckets
         states = sum(a.nbytes for st in experts.state.values() for a in st.values() if isinstance(a, np.ndarray))
         states += sum(a.nbytes for a in (getattr(experts, "master_shards", None) or {}).values())   # fp32 masters
-    return {"parameters": int(params), "optimizer_states": None if states is None else int(states)}
+    return {"parameters": None if params is None else int(params),
+            "optimizer_states": None if states is None else int(states)}
 
 
 def rank_summary(trainer) -> dict | None:
@@ -87,7 +90,7 @@ def format_moe(section: dict, rank0: dict) -> str:
     lines = [f"mixture of experts: {est['moe_layers']} MoE layer(s){stage} × {est['experts']} experts, ep = {est['ep']}, "
              f"expert data parallel {est['expert_data_parallel']}; capacity C = {est['capacity']}",
              f"{'rank 0':<28} {'measured':>12} {'estimate':>12}",
-             f"{'expert parameters B':<28} {m['memory']['parameters']:>12} {ms['parameters']:>12.0f}",
+             f"{'expert parameters B':<28} {_or_dash(m['memory']['parameters']):>12} {ms['parameters']:>12.0f}",
              f"{'expert optimizer states B':<28} {_or_dash(m['memory']['optimizer_states']):>12} "
              f"{ms['optimizer_states']:>12.0f}",
              f"{'all-to-all calls / step':<28} {m['all_to_all_per_step']:>12} {est['all_to_all_per_step']:>12}",
