@@ -84,13 +84,20 @@ def continue_training(base: Trainer, steps: int = EXTRA_STEPS, cls=Trainer, prep
     return trainer
 
 
-def held_out_loss(model, trainer: Trainer) -> float:
-    """Mean loss over the held-out batches :meth:`Trainer.evaluate` uses (eval mode, no graph)."""
+def held_out_loss(model, trainer: Trainer, together: bool = True) -> float:
+    """Mean loss over the held-out batches :meth:`Trainer.evaluate` uses (eval mode, no graph).
+    ``together``: one forward of the equal-size batches stacked (the same mean up to rounding, a
+    fraction of the interpreter's per-layer cost); ``False`` for a model whose numbers depend on
+    the batch (dynamic W8A8 takes each activation's range over the batch it sees)."""
     batches = trainer.val_dataset.eval_batches(trainer.micro_batch, trainer.cfg["eval_iters"])
     was = model.training
     model.eval()
     with no_grad():
-        loss = float(np.mean([float(model(x, y)[1].data) for x, y in batches]))
+        if together:
+            x, y = (np.concatenate(a) for a in zip(*batches))
+            loss = float(model(x, y)[1].data)
+        else:
+            loss = float(np.mean([float(model(x, y)[1].data) for x, y in batches]))
     model.train(was)
     return loss
 
@@ -109,7 +116,7 @@ def weight_quantizer(label: str, bits: int):
 def quantization_losses(base: Trainer) -> dict:
     """Held-out loss of every post-training quantization variant (no retraining)."""
     model = base.model
-    out = {"fp32": held_out_loss(model, base)}
+    out = {"fp32": base.final["val_loss"]}             # the trainer's own held-out evaluation
     for label in SCHEMES:
         out[label] = {b: held_out_loss(quantize_weights(copy_model(model), weight_quantizer(label, b)), base)
                       for b in BITS}
@@ -118,7 +125,7 @@ def quantization_losses(base: Trainer) -> dict:
     for name, kw in (("W8A8 static, min-max", {}), ("W8A8 static, percentile 99.9", {"percentile": 99.9})):
         m = prepare(copy_model(model), "percentile" if kw else "minmax", **kw)
         out[name] = held_out_loss(convert(calibrate(m, cal)), base)
-    out["W8A8 dynamic"] = held_out_loss(quantize_dynamic(copy_model(model)), base)
+    out["W8A8 dynamic"] = held_out_loss(quantize_dynamic(copy_model(model)), base, together=False)
     return out
 
 
@@ -127,7 +134,7 @@ def qat_losses(base: Trainer) -> dict:
     dense model trained as long, for comparison."""
     spec = SCHEMES[QAT_SCHEME]
     dense = continue_training(base)
-    out = {"dense": held_out_loss(dense.model, base)}
+    out = {"dense": dense.final["val_loss"]}
     for b in QAT_BITS:
         q = continue_training(base, prepare_model=lambda m, b=b: prepare_qat(m, b, **spec))
         out[f"QAT {b}-bit"] = held_out_loss(convert_qat(q.model), base)
@@ -139,14 +146,17 @@ def qat_losses(base: Trainer) -> dict:
 # -- pruning -------------------------------------------------------------------------------------------
 def one_shot_pruning_losses(base: Trainer) -> dict:
     """criterion → {sparsity: held-out loss} without retraining, and structured pruning."""
-    taylor = training_batches(base)
+    scored = copy_model(base.model).train()
+    params = P.prunable(scored)
+    scores = {"magnitude": P.magnitude_scores(params),       # once per model: every scope and sparsity
+              "taylor": P.taylor_scores(scored, params, training_batches(base))}
     out = {}
     for criterion in ("magnitude", "taylor"):
         for scope in ("layer", "global"):
             row = {}
             for s in SPARSITIES:
-                m = copy_model(base.model).train()
-                P.prune_weights(m, s, criterion, scope, taylor)
+                m = copy_model(base.model)
+                P.Pruning(m, P.masks_from_scores(scores[criterion], s, scope))
                 row[s] = held_out_loss(m, base)
             out[f"{criterion}, {scope}"] = row
     out["structured: heads + channels by norm"] = {f: structured_loss(base, f) for f in UNIT_FRACTIONS}
