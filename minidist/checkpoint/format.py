@@ -150,16 +150,21 @@ def resolve(path: str) -> str:
     return step_dir
 
 
+def read_json(path: str, missing: str = "is missing: this save did not complete"):
+    """A manifest's JSON, or a :class:`CheckpointError` saying it is ``missing`` or damaged."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(path, missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(path, f"is not valid JSON ({e}); the file is damaged") from None
+
+
 def read_manifest(step_dir: str) -> dict:
     """The manifest of ``step_dir``, checked for format and version."""
     path = os.path.join(step_dir, MANIFEST)
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(path, "is missing: this save did not complete") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"is not valid JSON ({e}); the file is damaged") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(path, f"is not a minidist checkpoint manifest (no \"format\": \"{FORMAT}\")")
     if manifest.get("format_version") != FORMAT_VERSION:

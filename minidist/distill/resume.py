@@ -29,12 +29,12 @@ trained teacher, frozen, and the student's weights to distil from.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 
 from ..checkpoint import CheckpointError, check_compatible, read_checkpoint, save_checkpoint
-from ..checkpoint.format import LATEST, manifest_checksum, step_dirname, write_atomic, write_json_atomic
+from ..checkpoint.format import (LATEST, manifest_checksum, read_json, step_dirname, write_atomic,
+                                 write_json_atomic)
 from ..checkpoint.load import MODEL_KEYS, _get
 from .teacher import teacher_config
 
@@ -86,13 +86,7 @@ def read_distill_checkpoint(path: str) -> DistillCheckpoint:
                                         "an ordinary run, set distillation.teacher.load to it instead of --load")
         with open(os.path.join(path, LATEST)) as f:
             path = os.path.join(path, f.read().strip())
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(path, "is missing: this save did not complete; load an earlier point") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"is not valid JSON ({e}); the file is damaged") from None
+    manifest = read_json(path, "is missing: this save did not complete; load an earlier point")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(path, f"is not a distillation save point (no \"format\": \"{FORMAT}\")")
     if manifest.get("format_version") != FORMAT_VERSION or manifest.get("phase") not in PHASES:

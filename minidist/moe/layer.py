@@ -30,6 +30,7 @@ import dataclasses
 import numpy as np
 
 from .. import functional as F
+from ..defaults import MOE_DEFAULTS
 from ..nn import Linear, Module, ModuleList
 from ..tensor import Tensor
 from .router import route
@@ -39,13 +40,13 @@ from .router import route
 class MoEConfig:
     """The ``model.moe`` section (defaults: :data:`minidist.defaults.MOE_DEFAULTS`)."""
 
-    num_experts: int = 4
-    top_k: int = 2
-    capacity_factor: float = 1.25
-    aux_loss_coef: float = 0.01
-    z_loss_coef: float = 0.001
-    every_n_layers: int = 1
-    group_size: int | None = None
+    num_experts: int = MOE_DEFAULTS["num_experts"]
+    top_k: int = MOE_DEFAULTS["top_k"]
+    capacity_factor: float = MOE_DEFAULTS["capacity_factor"]
+    aux_loss_coef: float = MOE_DEFAULTS["aux_loss_coef"]
+    z_loss_coef: float = MOE_DEFAULTS["z_loss_coef"]
+    every_n_layers: int = MOE_DEFAULTS["every_n_layers"]
+    group_size: int | None = MOE_DEFAULTS["group_size"]
 
     def __post_init__(self):
         for name in ("num_experts", "top_k", "every_n_layers"):
