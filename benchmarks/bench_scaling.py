@@ -44,7 +44,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -66,9 +65,13 @@ def config(strategy: str) -> dict:
     return {"model": {"n_layer": 2, "n_embd": 32}, "zero_optimization": {"stage": ZERO_STAGES[strategy]}}
 
 
-def rank_main(comm, strategy: str, steps: int, repeats: int, barrier) -> dict:
+def rank_main(comm, strategy: str, steps: int, repeats: int, barrier=None) -> dict:
     """Build this rank's trainer, take a warm-up step, then time ``repeats`` × ``steps`` steps
-    between barriers (every rank starts and ends each repeat together)."""
+    between barriers (every rank starts and ends each repeat together). ``barrier``: a
+    callable; None is ``dist.barrier(comm)``, what in-process ranks need (they pass the run
+    token on only while they wait for a message: see :mod:`minidist.distributed.inproc`)."""
+    if barrier is None:
+        barrier = (lambda: dist.barrier(comm)) if comm.size > 1 else (lambda: None)
     barrier()
     t0 = time.perf_counter()
     trainer = Trainer(config(strategy), comm)
@@ -96,9 +99,9 @@ def rank_main(comm, strategy: str, steps: int, repeats: int, barrier) -> dict:
             t0, mark = time.perf_counter(), comm.log.mark()
             for _ in range(calls):
                 dist.all_reduce(comm, grads)
+            ring_messages = len(comm.log.since(mark).messages()) // calls     # before the barrier's own
             barrier()
             ring_times.append((time.perf_counter() - t0) / calls)
-        ring_messages = len(comm.log.since(mark).messages()) // calls
     return {"times": times, "cpu": cpu, "setup": setup, "messages": messages, "ring_times": ring_times,
             "ring_messages": ring_messages, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
@@ -106,12 +109,11 @@ def rank_main(comm, strategy: str, steps: int, repeats: int, barrier) -> dict:
 def in_process(strategy: str, world: int, steps: int, repeats: int) -> dict:
     """One (strategy, world size) on ``world`` in-process ranks: the numbers of the whole world."""
     tune_malloc()                                          # as the train CLI does
-    sync = threading.Barrier(world)
     with tour_blas_threads():         # as the demo does: BLAS threads in every rank would spin against the ranks
         if world == 1:
-            ranks = [rank_main(dist.single_rank_comm(), strategy, steps, repeats, lambda: None)]
+            ranks = [rank_main(dist.single_rank_comm(), strategy, steps, repeats)]
         else:
-            ranks = dist.spawn(rank_main, world, strategy, steps, repeats, sync.wait)
+            ranks = dist.spawn(rank_main, world, strategy, steps, repeats)
     return world_numbers(ranks)
 
 
@@ -180,7 +182,7 @@ def mpi_main(args) -> None:
 def _mpi_strategies(args, world, comm) -> None:
     """Per strategy: the 1-rank step on rank 0 while the others sleep, then the N-rank step."""
     for strategy in args.strategies:
-        one = rank_main(dist.single_rank_comm(), strategy, args.steps, args.repeats, lambda: None) \
+        one = rank_main(dist.single_rank_comm(), strategy, args.steps, args.repeats) \
             if comm.rank == 0 else None
         _sleep_until_all(world)                  # the others sleep while rank 0 runs alone
         mine = rank_main(comm, strategy, args.steps, args.repeats, world.Barrier)

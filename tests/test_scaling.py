@@ -64,11 +64,11 @@ def test_a_failure_wakes_all_64_parked_ranks_at_once():
     parked = threading.Barrier(P)
 
     def main(comm):
-        if comm.rank == 0:
+        with dist.let_others_run():           # a wait for threads, not a message: give up the run token
             parked.wait()
+        if comm.rank == 0:
             time.sleep(0.2)                   # let the others park in their receive
             raise ValueError("rank 0 gives up")
-        parked.wait()
         comm.recv(0)
 
     t0 = time.perf_counter()
@@ -85,8 +85,8 @@ def test_bench_scaling_counts_the_rings_messages(capsys, monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "RING_MESSAGES", 1)            # the fewest all-reduces the timing takes
-    p, sync = 4, threading.Barrier(4)
-    ranks = dist.spawn(bench.rank_main, p, bench.DDP, 1, 1, sync.wait)
+    p = 4
+    ranks = dist.spawn(bench.rank_main, p, bench.DDP, 1, 1)
     assert [r["messages"] for r in ranks] == [2 * (p - 1)] * p                  # one bucket, one ring all-reduce
     assert [r["ring_messages"] for r in ranks] == [2 * (p - 1)] * p
     bench.report(bench.DDP, {p: bench.world_numbers(ranks)})

@@ -42,7 +42,7 @@ from .errors import (
     DeadlockError,
     PeerFailedError,
 )
-from .inproc import InProcessComm, single_rank_comm, spawn
+from .inproc import InProcessComm, let_others_run, single_rank_comm, spawn
 from .log import CollectiveRecord, MessageEntry, MessageLog
 from .objects import gather_object
 from .ops import REDUCE_OPS
@@ -142,6 +142,7 @@ __all__ = [
     "gather",
     "init",
     "is_mpi_launch",
+    "let_others_run",
     "message_pattern",
     "reduce",
     "reduce_scatter",

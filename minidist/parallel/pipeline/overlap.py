@@ -35,6 +35,7 @@ import contextvars
 import threading
 
 from ...device import Clock
+from ...distributed import let_others_run
 
 FORWARD, BACKWARD = 0, 1
 LANE_NAMES = ("forward", "backward")
@@ -126,10 +127,11 @@ class _Lanes:
         threads = [threading.Thread(target=contextvars.copy_context().run, args=(main, lane),
                                     name=f"{threading.current_thread().name}-{LANE_NAMES[lane]}", daemon=True)
                    for lane in (FORWARD, BACKWARD)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with let_others_run():               # the lanes wait for messages: other ranks must run meanwhile
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         for exc in self.errors:
             if exc is not None:
                 raise exc
