@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from minidist import distributed as dist
-from minidist._malloc import tune_malloc
+from minidist._malloc import tune_process
 
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 TARGETS = {64 << 10: 3.0}       # ratio minidist/MPI the ring should stay under (issue 24)
@@ -202,7 +202,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.repeats < 1 or args.reps < 1 or args.rounds < 1:
         sys.exit("--repeats, --reps and --rounds must be >= 1")
-    tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
+    tune_process()  # a command owns its process: it may retune malloc and the GC; import minidist must not
     if not dist.is_mpi_launch():
         sys.exit("run me under MPI: mpirun -n 4 python benchmarks/bench_allreduce.py")
     dist.run_main(main, args, timeout=300)

@@ -50,7 +50,7 @@ import numpy as np
 
 import minidist
 from minidist import distributed as dist
-from minidist._malloc import tune_malloc
+from minidist._malloc import tune_process
 from minidist.defaults import DDP, STRATEGY_LABELS, ZERO3, ZERO_STAGES
 from minidist.demo.threads import tour_blas_threads
 from minidist.training.trainer import Trainer
@@ -108,7 +108,7 @@ def rank_main(comm, strategy: str, steps: int, repeats: int, barrier=None) -> di
 
 def in_process(strategy: str, world: int, steps: int, repeats: int) -> dict:
     """One (strategy, world size) on ``world`` in-process ranks: the numbers of the whole world."""
-    tune_malloc()                                          # as the train CLI does
+    tune_process()                                          # as the train CLI does
     with tour_blas_threads():         # as the demo does: BLAS threads in every rank would spin against the ranks
         if world == 1:
             ranks = [rank_main(dist.single_rank_comm(), strategy, steps, repeats)]
@@ -174,7 +174,7 @@ def mpi_main(args) -> None:
 
     world = MPI.COMM_WORLD
     comm = dist.init()
-    tune_malloc()
+    tune_process()
     with tour_blas_threads():
         _mpi_strategies(args, world, comm)
 

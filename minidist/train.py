@@ -24,7 +24,7 @@ from .precision.loss_scaler import LossScaleAtMinimumError
 from .distill.runner import distill_rank
 from .distill.resume import check_resume, nothing_to_train, read_distill_checkpoint
 from .distill.teacher import read_teacher
-from ._malloc import tune_malloc
+from ._malloc import tune_process
 from .demo.threads import single_threaded_blas
 from .report import (build_distill_report, build_report, distill_rank_report, format_data_parallel,
                      format_distillation, rank_report, write_report)
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         return 0
     if args.world_size is not None and args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
-    tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
+    tune_process()  # a command owns its process: it may retune malloc and the GC; import minidist must not
     mpi = dist.is_mpi_launch()
     world = None
     if mpi:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .. import distributed as dist
-from .._malloc import tune_malloc
+from .._malloc import tune_process
 from .threads import tour_blas_threads
 
 _STARTED = time.perf_counter()          # the start-up row of the budget: imports and spawning the ranks
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown chapter(s) {unknown}; choose from {names}")
     if args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
-    tune_malloc()  # a command owns its process: it may retune malloc; import minidist must not
+    tune_process()  # a command owns its process: it may retune malloc and the GC; import minidist must not
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tour_blas_threads():           # the ranks share the cores: BLAS threads in each would spin against them
