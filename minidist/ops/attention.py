@@ -14,10 +14,12 @@ low-precision format; the softmax itself runs in fp32, as fused attention kernel
 
 Speed (NumPy has no fused kernel): causal attention in training skips the blocks of keys
 a block of queries cannot see (``CAUSAL_BLOCK``); the softmax and its backward walk the
-scores of a few sequences at a time (``PASS_BYTES``), so each pass works on an
-L2-cache-sized block instead of streaming the whole (B, nh, T, T) tensor from memory six
-times; everything is done in place. Outputs and input gradients are laid out (B, T, nh, hs) in memory, so the
-model's ``transpose(1, 2).reshape(B, T, C)`` around attention is a view, not a copy.
+scores of a few sequences at a time (``PASS_BYTES``), so each pass works on a
+cache-sized block instead of streaming the whole (B, nh, T, T) tensor from memory six
+times; a pass's scores are stored keys first (``_scores``), so each softmax step is a
+NumPy loop per key over all of the pass's heads and queries; everything is done in
+place. Outputs and input gradients are laid out (B, T, nh, hs) in memory, so the model's
+``transpose(1, 2).reshape(B, T, C)`` around attention is a view, not a copy.
 ``attention_reference`` below is the plain version, kept to read and to test against.
 """
 from __future__ import annotations
@@ -61,8 +63,10 @@ def _causal_mask(T: int, keys: int, dtype: np.dtype, transposed: bool) -> np.nda
 # about one unit in the last place. T <= CAUSAL_BLOCK, non-causal attention and a KV
 # cache's Tk > T are one block: the whole (Tk × T) products, the unblocked arithmetic.
 CAUSAL_BLOCK = 64
-# A pass of the softmax walks this many bytes of one block's scores (a few sequences, all heads).
-PASS_BYTES = 512 * 1024
+# A pass of the softmax walks this many bytes of one block's scores (a few sequences, all
+# heads): 3 sequences of the reference model (bench_engine.py), measured against 1, 2 and 4
+# (fewer: more NumPy calls; more: the pass leaves the 512 KB L2 for good).
+PASS_BYTES = 768 * 1024
 
 
 def _query_blocks(T: int, Tk: int, is_causal: bool) -> list[tuple[int, int, int]]:
@@ -73,13 +77,48 @@ def _query_blocks(T: int, Tk: int, is_causal: bool) -> list[tuple[int, int, int]
     return [(q0, q1, q1) for q0, q1 in zip(edges, edges[1:])]
 
 
-def _cut(flat: np.ndarray, blocks, lead: tuple) -> list[np.ndarray]:
-    """``flat`` cut into one contiguous (*lead, q1 - q0) array per block (lead: B, nh, keys)."""
-    size, out, start = int(np.prod(lead)), [], 0
+def _cut(flat: np.ndarray, blocks) -> list[np.ndarray]:
+    """``flat`` cut into one flat piece per block of queries, in proportion to its width."""
+    per_query, out, start = flat.size // sum(q1 - q0 for q0, q1, _ in blocks), [], 0
     for q0, q1, _ in blocks:
-        out.append(flat[start:start + size * (q1 - q0)].reshape(*lead, q1 - q0))
-        start += size * (q1 - q0)
+        out.append(flat[start:start + per_query * (q1 - q0)])
+        start += per_query * (q1 - q0)
     return out
+
+
+# Below this many queries a block keeps the heads-first layout (see ``_scores``).
+KEYS_FIRST_MIN_WIDTH = 4
+
+
+def _scores(flat: np.ndarray, sq: slice, nh: int, keys: int, w: int) -> np.ndarray:
+    """Sequences ``sq`` of one block's scores, as the (n, nh, keys, w) view every step takes.
+
+    A block's piece of the buffer holds its sequences one pass after another, each pass's
+    n sequences contiguous. Inside a pass the layout is keys first, (keys, n, nh, w): key
+    i's scores of the pass's sequences, heads and queries side by side, so that each
+    softmax step (NumPy orders its loops by memory) runs one inner loop of n·nh·w numbers
+    per key instead of n·nh·keys loops of w — NumPy's cost per inner loop dominated at
+    w = 64 — and the pass is one contiguous piece of L2. BLAS takes the strided (keys × w)
+    matrices as they are (a leading dimension), with the same arithmetic. Blocks narrower
+    than ``KEYS_FIRST_MIN_WIDTH`` (a ragged last block, a decoded token) keep the plain
+    (n, nh, keys, w) layout: for such thin matrices NumPy and OpenBLAS take other paths (a
+    dot, another gemv kernel) when the rows are strided, which would change the sums.
+    """
+    n, size = len(range(sq.start, sq.stop)), nh * keys * w
+    piece = flat[sq.start * size:sq.start * size + n * size]
+    if w < KEYS_FIRST_MIN_WIDTH:
+        return piece.reshape(n, nh, keys, w)
+    return piece.reshape(keys, n, nh, w).transpose(1, 2, 0, 3)
+
+
+def _rows(x: np.ndarray, w: int) -> np.ndarray:
+    """An (n, nh, keys or 1, w) view of keys-first scores, or an array shaped as one key's
+    row of them, as the plain (keys, n·nh·w) rows it is in memory (a view): broadcasting a
+    per-query row over the keys then runs one loop per key (NumPy, left to order the axes
+    of a 4-d view and a broadcast operand, walked it key by key)."""
+    if w < KEYS_FIRST_MIN_WIDTH:
+        return x
+    return x.transpose(2, 0, 1, 3).reshape(x.shape[2], -1)
 
 
 def _empty_bthd(B, nh, T, hs, dtype) -> np.ndarray:
@@ -120,25 +159,31 @@ def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
     # The scores are built transposed, Sᵀ = K Qᵀ (keys down, queries across): the softmax
     # over keys then reduces over rows, which NumPy vectorises, rather than over 128-long
     # rows one at a time. They live in one buffer of B·nh·Tk·T numbers cut into blocks of
-    # queries (``_query_blocks``), each block (B, nh, keys, its queries) contiguous.
+    # queries (``_query_blocks``), each laid out as ``_scores`` says.
     mask_t = causal_mask(T, dt, transposed=True, keys=Tk) if is_causal else None    # (keys, queries)
     blocks = _query_blocks(T, Tk, is_causal)
     nb = max(1, min(B, PASS_BYTES // (nh * Tk * min(T, CAUSAL_BLOCK) * q.data.itemsize)))   # sequences per pass
-    passes = [slice(b, b + nb) for b in range(0, B, nb)]
+    passes = [slice(b, min(b + nb, B)) for b in range(0, B, nb)]
     p_all = np.empty(B * nh * Tk * T, dtype=dt)               # the probabilities, block after block
-    p_blk = _cut(p_all, blocks, (B, nh, Tk))                  # per block (B, nh, keys, queries q0:q1)
+    p_blk = _cut(p_all, blocks)
     for (q0, q1, r1), pj in zip(blocks, p_blk):               # queries q0:q1 see keys :r1
+        w = q1 - q0
+        if mask_t is not None:                                # the mask of rows q0:r1 (the rows above see
+            mask = _scores(np.empty(nb * nh * (r1 - q0) * w, dtype=dt), slice(0, nb), nh, r1 - q0, w)
+            mask[...] = mask_t[q0:r1, q0:q1]                  # every query), laid out as the scores
         for sq in passes:                                     # a few sequences: the block fits in L2
-            s = np.matmul(kd[sq, :, :r1], np.swapaxes(qs[sq, :, q0:q1], -1, -2), out=pj[sq, :, :r1])
-            if mask_t is not None:                            # (the rows above q0 see every query)
-                s[:, :, q0:] += mask_t[q0:r1, q0:q1]
-            s -= s.max(axis=-2, keepdims=True)
+            sh = _scores(pj, sq, nh, Tk, w)                   # (n, nh, keys, w)
+            s = np.matmul(kd[sq, :, :r1], np.swapaxes(qs[sq, :, q0:q1], -1, -2), out=sh[:, :, :r1])
+            if mask_t is not None:
+                s[:, :, q0:] += mask[:len(s)]
+            _rows(s, w)[...] -= _rows(s.max(axis=-2, keepdims=True), w)
             np.exp(s, out=s)
-            s *= 1.0 / (ones[:, :r1] @ s)                     # divide by Σ over keys: (nb, nh, 1, queries)
-        pj[:, :, r1:] = 0.0                                   # keys after the block's last query
+            z = np.matmul(ones[:, :r1], s)                    # Σ over keys: (n, nh, 1, w)
+            _rows(s, w)[...] *= _rows(np.divide(1.0, z, out=z), w)
+            sh[:, :, r1:] = 0.0                               # keys after the block's last query
     del qs
     p_all = cast_input(p_all)                                 # operand of P V (rounded under autocast)
-    p_blk = _cut(p_all, blocks, (B, nh, Tk))
+    p_blk = _cut(p_all, blocks)
     keep = None
     inv_keep = np.asarray(1.0 / (1.0 - dropout_p), dtype=dt)   # inverted dropout: E[P∘mask/(1-p)] = P
     if dropout_p > 0.0:
@@ -146,41 +191,54 @@ def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
         keep = rng.random((B, nh, T, Tk)) >= dropout_p        # (B, nh, T, Tk) bool: the 1-byte mask
         pd_blk = []                                           # P∘mask/(1-p): backward's operand of dV
         for (q0, q1, _), pj in zip(blocks, p_blk):
-            pdj = np.multiply(pj, np.swapaxes(keep[:, :, q0:q1], -1, -2), dtype=dt)
-            pdj *= inv_keep
+            pdj = np.empty_like(pj)
+            for sq in passes:
+                pd = np.multiply(_scores(pj, sq, nh, Tk, q1 - q0), np.swapaxes(keep[sq, :, q0:q1], -1, -2),
+                                 out=_scores(pdj, sq, nh, Tk, q1 - q0), dtype=dt)
+                pd *= inv_keep
             pd_blk.append(pdj)
     else:
         pd_blk = p_blk
     y = _empty_bthd(B, nh, T, hs, dt)                         # (B, nh, T, hs)
     for (q0, q1, r1), pdj in zip(blocks, pd_blk):             # Y = P V over the keys each block sees
-        np.matmul(np.swapaxes(pdj[:, :, :r1], -1, -2), vd[:, :, :r1], out=y[:, :, q0:q1])
+        for sq in passes:
+            pd = _scores(pdj, sq, nh, Tk, q1 - q0)[:, :, :r1]
+            np.matmul(np.swapaxes(pd, -1, -2), vd[sq, :, :r1], out=y[sq, :, q0:q1])
     mm = 2 * B * nh * T * Tk * hs                             # one of the two products (as if no block skipped)
 
     def backward(g, needs):
         _charge("attention.backward", 4 * mm)
         dq = _empty_bthd(B, nh, T, hs, g.dtype)
         dk, dv = (_empty_bthd(B, nh, Tk, hs, g.dtype) for _ in range(2))
-        w = blocks[0][1] - blocks[0][0]
-        ds_buf = np.empty((min(nb, B), nh, Tk, w), dtype=g.dtype)   # (nb, nh, keys, queries), reused per pass
-        tmp = np.empty_like(ds_buf)
+        w0 = blocks[0][1] - blocks[0][0]                      # the widest block
+        ds_buf, tmp = (np.empty(nb * nh * Tk * w0, dtype=g.dtype) for _ in range(2))   # one pass's, reused
+
+        def scratch(buf, n, r1, w):
+            """A pass's (n, nh, r1, w) dP in ``buf``: laid out as ``_scores`` lays out P, or
+            for a narrow block a corner of a (nb, nh, Tk, w0) array, as it always was."""
+            if w < KEYS_FIRST_MIN_WIDTH:
+                return buf.reshape(nb, nh, Tk, w0)[:n, :, :r1, :w]
+            return _scores(buf, slice(0, n), nh, r1, w)
         for i in reversed(range(len(blocks))):                # the last block sees every key: it sets dV, dK
             (q0, q1, r1), pj, pdj = blocks[i], p_blk[i], pd_blk[i]
+            w = q1 - q0
             for sq in passes:
                 n, gq = len(range(B)[sq]), g[sq, :, q0:q1]
-                ds = np.matmul(vd[sq, :, :r1], np.swapaxes(gq, -1, -2), out=ds_buf[:n, :, :r1, :q1 - q0])  # dPᵀ = V dYᵀ
+                ds = np.matmul(vd[sq, :, :r1], np.swapaxes(gq, -1, -2), out=scratch(ds_buf, n, r1, w))  # dPᵀ = V dYᵀ
                 if keep is not None:                                                # dropout backward
                     ds *= np.swapaxes(keep[sq, :, q0:q1, :r1], -1, -2)
                     ds *= inv_keep
-                pb = pj[sq, :, :r1]
+                pb, pdb = _scores(pj, sq, nh, Tk, w)[:, :, :r1], _scores(pdj, sq, nh, Tk, w)
                 # softmax backward, in place: dS = P ∘ (dP - Σ_keys dP∘P)
-                ds -= ones[:, :r1] @ np.multiply(ds, pb, out=tmp[:n, :, :r1, :q1 - q0])   # (n, nh, 1, queries)
+                z = np.matmul(ones[:, :r1], np.multiply(ds, pb, out=scratch(tmp, n, r1, w)))  # (n, nh, 1, w)
+                _rows(ds, w)[...] -= _rows(z, w)
                 ds *= pb
                 np.matmul(np.swapaxes(ds, -1, -2), kd[sq, :, :r1], out=dq[sq, :, q0:q1])   # dQ = dS K
                 if r1 == Tk:                                                        # dV = Pᵀ dY, dK = dSᵀ Q
-                    np.matmul(pdj[sq], gq, out=dv[sq])
+                    np.matmul(pdb, gq, out=dv[sq])
                     np.matmul(ds, qd[sq, :, q0:q1], out=dk[sq])
                 else:                                                               # add this block's queries
-                    dv[sq, :, :r1] += np.matmul(pdj[sq, :, :r1], gq)
+                    dv[sq, :, :r1] += np.matmul(pdb[:, :, :r1], gq)
                     dk[sq, :, :r1] += np.matmul(ds, qd[sq, :, q0:q1])
         # S = scale · Q Kᵀ: the scale multiplies both gradients (applied to the buffers
         # behind dq, dk, which are contiguous in their (B, T, nh, hs) layout)
