@@ -16,8 +16,9 @@ It prints
 * the accounting's overhead (memory tracker, FLOP counters, compute clock, trace): the
   same step with accounting on vs off, in percent;
 * a profile table of one more step: CPU time per op family, every GEMM under BLAS and
-  each op's own time outside its GEMMs under its family; the share of the step inside BLAS;
-  and the limit, 6·N·D FLOPs at this machine's sgemm rate.
+  each op's own time outside its GEMMs under its family; the share of the step inside BLAS,
+  of the timed step and of the same step untimed (the timers cost time of their own); and
+  the limit, 6·N·D FLOPs at this machine's sgemm rate.
 """
 from __future__ import annotations
 
@@ -269,27 +270,32 @@ def sgemm_rate(m, k, n, reps=20) -> float:
 
 
 def profile_step(cfg, B, T, steps=3):
-    """CPU seconds per family of one step (mean over ``steps``), the step's CPU seconds, the
-    model's parameter count and the matmul FLOPs of one step."""
+    """CPU seconds per family of one step (mean over ``steps``), the step's CPU seconds with
+    the profiler's timers and without them (the same model, steps alternating), the model's
+    parameter count and the matmul FLOPs of one step."""
     from minidist.device import Device
     dev = Device()
     with dev:
         model, opt, x, y = minidist_setup(cfg, B, T)
     minidist_step(model, opt, x, y, dev)                    # warm-up: optimizer states, caches
     flops0 = dev.matmul_flops
-    with OpProfiler(opt) as prof:
-        t0 = time.process_time()
-        for _ in range(steps):
+    prof, total, untimed = OpProfiler(opt), 0.0, []
+    for _ in range(steps):
+        with prof:
+            t0 = time.process_time()
             minidist_step(model, opt, x, y, dev)
-        total = (time.process_time() - t0) / steps
+            total += (time.process_time() - t0) / steps
+        t0 = time.process_time()
+        minidist_step(model, opt, x, y, dev)
+        untimed.append(time.process_time() - t0)
     fams = {k: v / steps for k, v in prof.acc.items()}
     fams["autograd engine, Python glue"] = total - sum(fams.values())
     n_params = sum(p.size for p in model.parameters())
-    return fams, total, n_params, (dev.matmul_flops - flops0) / steps
+    return fams, total, float(np.median(untimed)), n_params, (dev.matmul_flops - flops0) / (2 * steps)
 
 
 def print_profile(cfg, B, T, ours_wall, ours_cpu):
-    fams, total, n_params, mm_flops = profile_step(cfg, B, T)
+    fams, total, untimed, n_params, mm_flops = profile_step(cfg, B, T)
     C = cfg["n_embd"]
     rate = sgemm_rate(B * T, C, 4 * C)                    # the MLP's first product: the model's typical GEMM
     flops_6nd = 6 * n_params * B * T
@@ -300,8 +306,13 @@ def print_profile(cfg, B, T, ours_wall, ours_cpu):
         if fam in fams:
             print(f"  {fam:30s} {fams[fam] * 1e3:7.1f} {fams[fam] / total:6.1%}")
     blas = sum(fams.get(f, 0.0) for f in BLAS)
-    print(f"  inside BLAS {blas / total:.1%}, outside BLAS {1 - blas / total:.1%} of the step; "
+    print(f"  inside BLAS {blas / total:.1%}, outside BLAS {1 - blas / total:.1%} of the step with its timers; "
           f"the step's GEMMs ran at {mm_flops / blas / 1e9:.1f} GFLOP/s ({mm_flops / 1e9:.1f} GFLOP counted)")
+    # The timers (two clock reads and a dict update per op, forward and backward) cost the
+    # step time of their own, charged to every family but BLAS's few large calls: measured
+    # as the timed step minus the same step untimed (alternating), and left out here.
+    print(f"  the timers' own cost: {(total - untimed) * 1e3:.0f} ms (the step untimed, alternating with the "
+          f"timed ones: {untimed * 1e3:.0f} ms); inside BLAS {blas / untimed:.1%} of the untimed step")
     print(f"  the limit: 6·N·D = 6 × {n_params / 1e6:.2f}M parameters × {B * T} tokens = {flops_6nd / 1e9:.1f} GFLOP "
           f"at this machine's sgemm rate ({B * T}x{C}x{4 * C}, best of 20: {rate / 1e9:.1f} GFLOP per CPU s) = "
           f"{flops_6nd / rate * 1e3:.0f} ms/step, {B * T * rate / flops_6nd:,.0f} tokens/s; minidist's step is "
