@@ -1,6 +1,7 @@
 """The engine's second round of fast paths (issue 24) against the arithmetic they replaced,
-bit for bit: attention's keys-first score layout against the heads-first one, layer norm's
-fused passes and linear's bias add against their step-by-step versions.
+bit for bit: attention's keys-first score layout against the heads-first one; layer norm's
+and linear's vector broadcasts run over long rows (``linalg.wide_rows``) against the plain
+broadcasts.
 
 (The speed itself is measured by benchmarks/bench_engine.py, never timed here.)
 """
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import minidist.functional as F
-from minidist.ops import attention
+from minidist.ops import attention, linalg
 from minidist.tensor import Tensor
 
 pytestmark = pytest.mark.engine
@@ -62,3 +63,59 @@ def test_keys_first_attention_matches_the_plain_formula(monkeypatch, shape, Tk, 
     want = attention.attention_reference(randn(B, nh, T, hs, seed=1), randn(B, nh, Tk, hs, seed=2),
                                          randn(B, nh, Tk, hs, seed=3), causal)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-14)
+
+
+# -- layer norm and linear's bias: vector broadcasts over long rows ---------------------------
+def layer_norm_step_by_step(x, w, b, g, eps=1e-5):
+    """y, dx, dw, db with the broadcasts written plainly (a loop per row), step for step."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    xhat = xc * rstd
+    y = xhat * w + b if w is not None else xhat.copy()
+    gh = g * w if w is not None else g.copy()
+    c = (gh * xhat).mean(axis=-1, keepdims=True)
+    gh -= gh.mean(axis=-1, keepdims=True)
+    gh -= xhat * c
+    gh *= rstd
+    lead = tuple(range(x.ndim - 1))
+    return y, gh, (g * xhat).sum(axis=lead) if w is not None else None, g.sum(axis=lead) if w is not None else None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(8, 128, 256), (6, 10, 100), (5, 33), (3, 1, 8)])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_equals_the_step_by_step_arithmetic(dtype, shape, order, affine):
+    x = np.asarray(randn(*shape, dtype=dtype) * 3 + 1, order=order)
+    g = np.asarray(randn(*shape, seed=1, dtype=dtype), order=order)
+    w, b = (randn(shape[-1], seed=s, dtype=dtype) for s in (2, 3))
+    xt = Tensor(x, requires_grad=True)
+    wt, bt = (Tensor(a, requires_grad=True) if affine else None for a in (w, b))
+    y = F.layer_norm(xt, wt, bt)
+    y.backward(g)
+    want = layer_norm_step_by_step(x, w if affine else None, b, g)
+    assert np.array_equal(y.data, want[0]) and np.array_equal(xt.grad, want[1])
+    if affine:
+        assert np.array_equal(wt.grad, want[2]) and np.array_equal(bt.grad, want[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, n", [((8, 128, 256), 768), ((3, 7, 24), 65), ((5, 33), 1)])
+def test_linear_bias_equals_the_plain_broadcast(dtype, shape, n):
+    x, w = randn(*shape, dtype=dtype), randn(shape[-1], n, seed=1, dtype=dtype)
+    b, g = randn(n, seed=2, dtype=dtype), randn(*shape[:-1], n, seed=3, dtype=dtype)
+    xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    y = F.linear(xt, wt, bt)
+    y.backward(g)
+    want = np.matmul(x.reshape(-1, shape[-1]), w)
+    want += b
+    assert np.array_equal(y.data, want.reshape(y.shape))
+    assert np.array_equal(bt.grad, g.reshape(-1, n).sum(axis=0))
+
+
+def test_wide_rows_views_the_array_and_tiles_the_vector():
+    a, v = np.arange(24.0 * 256).reshape(24, 256), np.arange(256.0)
+    wide, tiled = linalg.wide_rows(a, v)
+    assert wide.shape == (3, 8 * 256) and np.shares_memory(wide, a) and np.array_equal(tiled, np.tile(v, 8))
+    assert linalg.wide_rows(a.T.copy().T, v)[0].shape == (24, 256)          # not C order: as it is
+    assert linalg.wide_rows(np.ones((7, 5)), np.ones(5))[0].shape == (7, 5)  # an odd row count: k = 1

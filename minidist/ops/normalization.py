@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..tensor import Tensor, as_tensor, make_result
+from .linalg import broadcast_rows
 
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
@@ -24,18 +25,23 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     xhat = xc
     xhat *= rstd                                             # (..., C), in place of xc
     if weight is not None:
-        np.multiply(xhat, weight.data, out=y)
+        broadcast_rows(np.multiply, xhat, weight.data, y)     # over long rows: see wide_rows
     else:
         y[...] = xhat
     if bias is not None:
-        y += bias.data
+        broadcast_rows(np.add, y, bias.data, y)
     lead = tuple(range(x.ndim - 1))
 
     def backward(g, needs):
         gx = gw = gb = None
         if needs[0]:
             # dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)), gh = g * weight
-            gh = g * weight.data if weight is not None else g.copy()
+            if weight is None:
+                gh = g.copy()
+            elif g.flags.c_contiguous:
+                gh = broadcast_rows(np.multiply, g, weight.data, np.empty(g.shape, np.result_type(g, weight.data)))
+            else:                                       # g·w laid out as g, as the reductions below saw it
+                gh = g * weight.data
             t = np.multiply(gh, xhat)
             c = t.mean(axis=-1, keepdims=True)
             gh -= gh.mean(axis=-1, keepdims=True)
@@ -43,7 +49,10 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
             gh *= rstd
             gx = gh
         if weight is not None and needs[1]:
-            gw = (g * xhat).sum(axis=lead)
+            # t is free: g·x̂ goes there when it is laid out (C order) and typed as NumPy would make it
+            reuse = needs[0] and g.flags.c_contiguous and xhat.flags.c_contiguous and t.flags.c_contiguous \
+                and t.dtype == np.result_type(g, xhat)
+            gw = np.multiply(g, xhat, out=t if reuse else None).sum(axis=lead)
         if bias is not None and needs[2]:
             gb = g.sum(axis=lead)
         return gx, gw, gb
