@@ -17,8 +17,8 @@ def test_demo_memory_chapter_in_process(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "4 in-process ranks" in out.stdout and "Anatomy of training memory" in out.stdout
     budget = out.stdout.split("=== Time budget ===")[1].splitlines()        # printed at the end
-    assert budget[2].split()[0] == "start-up" and budget[3].split()[0] == "memory"
-    assert budget[4].startswith("total") and "(budget 60 s on 2 cores)" in budget[4]
+    assert [row.split()[0] for row in budget[2:5]] == ["start-up", "memory", "figures"]   # figures: the wait
+    assert budget[5].startswith("total") and "(budget 60 s on 2 cores)" in budget[5]      # for the last ones
     for name in ("01_memory_timeline.png", "01_memory_moments.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

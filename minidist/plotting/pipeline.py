@@ -73,8 +73,7 @@ def plot_schedules(rows: list, p: int, path) -> None:
                  f"executed; white space is the bubble", fontsize=12)
     # fixed margins: tight_layout would measure each of the ~2,000 box labels (and draw twice)
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.06, top=0.95, hspace=0.55, wspace=0.07)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100, tight=False)
 
 
 def plot_bubble_vs_microbatches(sweep: list, p: int, path) -> None:
