@@ -83,7 +83,7 @@ def run_tour(comm, chapters: list[str], out_dir: Path) -> dict:
         if comm.rank == 0:
             print(f"({name}: {seconds[name]:.1f} s)", flush=True)
     if comm.rank == 0:
-        waited = plotting.wait_for_figures()     # the last figures the worker draws (in-process tour)
+        waited = plotting.wait_for_figures()     # the last figures the worker draws
         if waited is not None:
             seconds["figures"] = waited
         budget = MPI_BUDGET_S if dist.is_mpi_launch() else BUDGET_S
@@ -107,14 +107,15 @@ def main(argv=None) -> int:
     tune_process()  # a command owns its process: it may retune malloc and the GC; import minidist must not
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tour_blas_threads():           # the ranks share the cores: BLAS threads in each would spin against them
+    # the ranks share the cores: BLAS threads in each would spin against them; figures are drawn
+    # by a worker process while the tour goes on (minidist.plotting.background)
+    with tour_blas_threads(), plotting.background():
         if dist.is_mpi_launch():
             dist.run_main(run_tour, chosen, out, timeout=WAIT_S)
         else:
             print(f"minidist tour on {args.world_size} in-process ranks (mpirun -n 4 python -m minidist.demo "
                   f"for real processes); figures in {out}/")
-            with plotting.background():     # the ranks compute on one core: figures are drawn on another
-                dist.spawn(run_tour, args.world_size, chosen, out, timeout=WAIT_S)
+            dist.spawn(run_tour, args.world_size, chosen, out, timeout=WAIT_S)
     return 0
 
 
