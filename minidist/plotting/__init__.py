@@ -6,11 +6,12 @@ Every figure is drawn by one function of a chapter's module (``memory``, ``colle
 Laying a figure out and rendering it to PNG costs ten times what building it does (0.8 s
 against 0.08 s for six panels of curves), and the in-process tour computes on one core (its
 ranks are threads under one interpreter lock; under mpirun, the other ranks mostly wait while
-rank 0 draws). Inside :func:`background` — the tour, ``python -m minidist.demo`` — :func:`save` therefore hands each built figure (pickled, as
-matplotlib supports) to one worker process that lays it out and writes it on the other core,
-while the tour goes on; :func:`wait_for_figures` waits for the last one and raises the first
-failure, naming its file. The files are the same as when written in place. A figure that
-cannot be pickled is written in place.
+rank 0 draws). Inside :func:`background` (the tour, ``python -m minidist.demo``), :func:`save`
+therefore hands each built figure (pickled, as matplotlib supports) to one worker process
+that lays it out and writes it on another core while the tour goes on;
+:func:`wait_for_figures` waits for the last one and raises the first failure, naming its
+file. The files are the same as when written in place. A figure that cannot be pickled is
+written in place.
 """
 from __future__ import annotations
 
