@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import distributed as dist
 from .. import plotting
 from .._malloc import tune_process
+from .jobs import job_processes
 from .threads import tour_blas_threads
 
 _STARTED = time.perf_counter()          # the start-up row of the budget: imports and spawning the ranks
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
         else:
             print(f"minidist tour on {args.world_size} in-process ranks (mpirun -n 4 python -m minidist.demo "
                   f"for real processes); figures in {out}/")
-            dist.spawn(run_tour, args.world_size, chosen, out, timeout=WAIT_S)
+            with job_processes():       # the chapters' independent runs use every core (minidist.demo.jobs)
+                dist.spawn(run_tour, args.world_size, chosen, out, timeout=WAIT_S)
     return 0
 
 

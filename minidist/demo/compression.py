@@ -14,6 +14,7 @@ from __future__ import annotations
 from .. import distributed as dist
 from ..compression import accuracy as A
 from ..compression import costs as C
+from .jobs import run_jobs
 from ..plotting.compression import plot_pruning_accuracy, plot_quantization_accuracy, plot_quantization_errors, \
     plot_savings
 
@@ -122,16 +123,23 @@ def _print(s: dict, m: dict, n_seeds: int) -> None:
           + ", ".join(f"{k:.0%}: {d} / {c}" for k, (d, c) in m["csr"].items()))
 
 
+def _seed(seed: int) -> tuple:
+    """One seed's held-out losses, and for seed 0 the costs of its model (one job of
+    :func:`minidist.demo.jobs.run_jobs`: a worker process's in the in-process tour)."""
+    if seed != 0:
+        return A.seed_results(seed), None
+    results, base = A.seed_results(0, keep_model=True)
+    return results, measured_costs(base)
+
+
 def run(comm, out_dir) -> dict:
-    mine = [A.seed_results(s, keep_model=(s == 0)) for s in range(SEEDS) if s % comm.size == comm.rank]
-    base = next((b for r in mine if isinstance(r, tuple) for b in r[1:]), None)
-    mine = [r[0] if isinstance(r, tuple) else r for r in mine]
+    mine = run_jobs([(_seed, s) for s in range(SEEDS) if s % comm.size == comm.rank])
+    measured = next((m for _, m in mine if m is not None), None)      # seed 0 is rank 0's
     # why: rank 0 prints the tables and draws the figures from every rank's seeds
-    gathered = dist.gather_object(comm, mine)
+    gathered = dist.gather_object(comm, [r for r, _ in mine])
     if comm.rank != 0:
         return {}
     results = sorted((_numbers_as_keys(r) for part in gathered for r in part), key=lambda r: r["seed"])
-    measured = measured_costs(base)                 # seed 0 is rank 0's: its model is here
     s = summarize(results)
     _print(s, measured, len(results))
     plot_quantization_accuracy(s["quantization_delta"], s["quantization"]["fp32"], A.BITS, len(results),

@@ -36,6 +36,7 @@ from ..precision import (
 )
 from ..plotting.precision import plot_format_layouts, plot_gradient_exponent_histogram, plot_loss_curves, plot_loss_scale_trace
 from ..plotting.zero import plot_zero_memory
+from .jobs import run_jobs
 from .zero import STRATEGIES, measure
 
 TITLE = "Mixed precision"
@@ -145,8 +146,8 @@ def loss_curve_runs(comm) -> dict | None:
     """The runs of :data:`RUNS`, spread over the ranks other than rank 0 (which meanwhile
     measures the rest of the chapter alone); every run on rank 0, None on the others."""
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
-    mine = {label: train(dtype, fp16_section=section) for i, (label, (dtype, section)) in enumerate(RUNS.items())
-            if (i + 1) % size == rank}
+    labels = [label for i, label in enumerate(RUNS) if (i + 1) % size == rank]
+    mine = dict(zip(labels, run_jobs([(train, RUNS[label][0], 100, RUNS[label][1]) for label in labels])))
     if size == 1:
         return mine
     # why: rank 0 prints the table and draws the curves of every run

@@ -17,6 +17,7 @@ from ..model import GPT, GPTConfig, one_rank_shapes
 from ..peft import compare as P
 from ..peft import get_peft_model, lora_layers, merge_and_unload
 from ..plotting.peft import plot_comparison, plot_costs
+from .jobs import run_jobs
 from ..tensor import no_grad
 from ..training.data import TASK_ALPHABET
 
@@ -96,7 +97,8 @@ def _print(summary: dict, costs: dict, traffic: dict, merged: float, world: int)
 def run(comm, out_dir) -> dict:
     pretrained = _pretrained(comm)
     jobs = [(label, seed) for seed in range(SEEDS) for label in P.METHODS]
-    mine = [P.finetune(label, seed, pretrained) for k, (label, seed) in enumerate(jobs) if k % comm.size == comm.rank]
+    mine = run_jobs([(P.finetune, label, seed, pretrained) for k, (label, seed) in enumerate(jobs)
+                     if k % comm.size == comm.rank])
     traffic = {label: P.traffic(comm, label, pretrained) for label in TRAFFIC}
     # why: rank 0 prints the tables and draws the figures from every rank's runs
     gathered = dist.gather_object(comm, mine)
