@@ -26,6 +26,7 @@ from ..model import GPT, GPTConfig
 from ..tensor import no_grad
 from ..training.trainer import Trainer
 from ..plotting.distill import plot_distill_vs_hard, plot_stream_bytes, plot_sweeps
+from .jobs import run_jobs
 
 TITLE = "Knowledge distillation: soft targets, Patient KD, teacher ranks"
 
@@ -60,22 +61,28 @@ def token_accuracy(trainer) -> float:
     return hits / total
 
 
-def _teacher(comm) -> FrozenTeacher:
-    """Trained on rank 0 and broadcast, so every rank distils from the same frozen teacher."""
-    model = GPT(GPTConfig(**TEACHER, vocab_size=14), seed=100)
-    flat = np.zeros(model.num_parameters(), dtype=np.float32)
+def _teacher(comm) -> np.ndarray:
+    """The teacher's weights, one flat array: trained on rank 0 and broadcast, so every rank
+    distils from the same frozen teacher (:func:`_frozen`)."""
+    flat = np.zeros(_teacher_model().num_parameters(), dtype=np.float32)
     if comm.rank == 0:
         run = Trainer(config(TEACHER, TEACHER_STEPS, seed=100, lr=3e-3), device=Device())
         run.fit(progress=False)
-        model = run.model
-        flat = np.concatenate([p.data.ravel() for p in model.parameters()])
+        flat = np.concatenate([p.data.ravel() for p in run.model.parameters()])
     # why: the other ranks need the trained teacher's weights to distil their share of the students
-    flat = dist.broadcast(comm, flat, root=0)
-    if comm.rank != 0:
-        i = 0
-        for p in model.parameters():
-            p.data[...] = flat[i:i + p.size].reshape(p.shape)
-            i += p.size
+    return dist.broadcast(comm, flat, root=0)
+
+
+def _teacher_model() -> GPT:
+    return GPT(GPTConfig(**TEACHER, vocab_size=14), seed=100)
+
+
+def _frozen(flat: np.ndarray) -> FrozenTeacher:
+    """The frozen teacher with the weights :func:`_teacher` trained."""
+    model, i = _teacher_model(), 0
+    for p in model.parameters():
+        p.data[...] = flat[i:i + p.size].reshape(p.shape)
+        i += p.size
     return FrozenTeacher(model, Device())
 
 
@@ -87,13 +94,15 @@ def _experiments():
     return jobs
 
 
-def _run_job(teacher, label, seed, d):
+def _run_job(flat, label, seed, d):
+    """One student: hard labels (``d`` None) or distilled from the teacher of weights ``flat``
+    (a job of :func:`minidist.demo.jobs.run_jobs`: a worker process's in the in-process tour)."""
     if d is None:
         tr = Trainer(config(STUDENT, STUDENT_STEPS, seed))
         tr.fit(progress=False)
         curve = [h["loss"] for h in tr.history]
     else:
-        tr = distil_with(teacher, config(STUDENT, STUDENT_STEPS, seed, distillation=d))
+        tr = distil_with(_frozen(flat), config(STUDENT, STUDENT_STEPS, seed, distillation=d))
         curve = [h["ce"] for h in tr.history]
     return {"label": label, "seed": seed, "val_loss": tr.final["val_loss"], "exact_match": tr.final["exact_match"],
             "token_accuracy": token_accuracy(tr), "curve": curve}
@@ -120,9 +129,9 @@ def run(comm, out_dir) -> dict:
     # rank 0 also trains the teacher, so it takes its share of the jobs last in the deal
     jobs = [job for i, job in enumerate(_experiments()) if (i + 1) % comm.size == comm.rank]
     # the hard-label students need no teacher: they train while rank 0 trains it
-    mine = [_run_job(None, *job) for job in jobs if job[2] is None]
-    teacher = _teacher(comm)
-    mine += [_run_job(teacher, *job) for job in jobs if job[2] is not None]
+    mine = run_jobs([(_run_job, None, *job) for job in jobs if job[2] is None])
+    flat = _teacher(comm)
+    mine += run_jobs([(_run_job, flat, *job) for job in jobs if job[2] is not None])
     # why: rank 0 prints the tables and draws the figures from every rank's runs
     gathered = dist.gather_object(comm, mine)
     stream = _stream_bytes(comm)

@@ -37,6 +37,8 @@ def job_processes(workers: int | None = None):
     n = workers or max(1, min(4, os.cpu_count() or 1))
     pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker)
+    for _ in range(n):            # start the workers now: they import minidist while the first chapters run
+        pool.submit(int)
     _POOL["pool"] = pool
     try:
         yield pool
