@@ -31,8 +31,8 @@ def log_softmax(x, axis: int = -1) -> Tensor:
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 
-# Elementwise chains run over blocks of this many bytes per array: GELU's backward touches
-# five such blocks (x, g, dx and two scratch), which stay in a core's L2 cache (1-2 MB)
+# Elementwise chains run over blocks of this many bytes per array: GELU's forward touches
+# four such blocks (x, y, dGELU/dx and one scratch), about a core's L2 cache (0.5-2 MB),
 # instead of streaming megabyte-sized temporaries through memory once per arithmetic step.
 BLOCK_BYTES = 256 * 1024
 
@@ -77,17 +77,16 @@ def gelu(x) -> Tensor:
     grad = x.requires_grad and is_grad_enabled()
     d = np.empty(xd.shape, dtype=xd.dtype) if grad else None     # dGELU/dx, for backward
     df = d.reshape(-1) if grad else None
-    if grad:
-        t = np.empty(min(BLOCK_BYTES // xf.itemsize, xf.size), dtype=xd.dtype)   # per-block scratch
-        dinner = np.empty_like(t)
+    if grad:   # one block of scratch; the tanh is kept in y's block, which it becomes
+        dinner = np.empty(min(BLOCK_BYTES // xf.itemsize, xf.size), dtype=xd.dtype)
     for blk in _blocks(xf.size, xf.itemsize):
         xb = xf[blk]
         if grad:
             di = np.multiply(xb, xb, out=dinner[:xb.size])            # x·x, for x³ and d(inner)/dx
-            tb = _gelu_tanh(xb, out=t[:xb.size], square=di)
+            tb = _gelu_tanh(xb, out=yf[blk], square=di)
             _gelu_derivative(xb, tb, di, df[blk])                     # turns tb into 1 + t
-            np.multiply(tb, xb, out=yf[blk])                          # y = (1 + t)·x·0.5
-            yf[blk] *= 0.5
+            tb *= xb                                                  # y = (1 + t)·x·0.5
+            tb *= 0.5
         else:
             yb = _gelu_tanh(xb, out=yf[blk])
             yb += 1.0
