@@ -29,9 +29,6 @@ matplotlib.use("Agg")                      # files only: no display on a cluster
 import matplotlib.pyplot as plt  # noqa: E402
 
 DPI = 110
-# zlib level of the PNG files: Pillow's default (6) took 40% of a figure's time in the tour for
-# files 10-15% smaller than level 3's; the pixels are the same at every level
-PNG = {"compress_level": 3}
 
 
 def save(fig, path, rect=None, dpi: int = DPI, tight: bool = True):
@@ -56,7 +53,7 @@ def save(fig, path, rect=None, dpi: int = DPI, tight: bool = True):
 def _write(fig, path, rect, dpi, tight):
     if tight:
         fig.tight_layout(**({"rect": rect} if rect is not None else {}))
-    fig.savefig(path, dpi=dpi, pil_kwargs=dict(PNG))
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
