@@ -311,8 +311,9 @@ def print_profile(cfg, B, T, ours_wall, ours_cpu):
     # The timers (two clock reads and a dict update per op, forward and backward) cost the
     # step time of their own, charged to every family but BLAS's few large calls: measured
     # as the timed step minus the same step untimed (alternating), and left out here.
-    print(f"  the timers' own cost: {(total - untimed) * 1e3:.0f} ms (the step untimed, alternating with the "
-          f"timed ones: {untimed * 1e3:.0f} ms); inside BLAS {blas / untimed:.1%} of the untimed step")
+    print(f"  the step untimed, alternating with the timed ones: {untimed * 1e3:.0f} ms (timed minus untimed "
+          f"{(total - untimed) * 1e3:+.0f} ms: the timers' cost, plus the machine's noise); inside BLAS "
+          f"{blas / untimed:.1%} of the untimed step")
     print(f"  the limit: 6·N·D = 6 × {n_params / 1e6:.2f}M parameters × {B * T} tokens = {flops_6nd / 1e9:.1f} GFLOP "
           f"at this machine's sgemm rate ({B * T}x{C}x{4 * C}, best of 20: {rate / 1e9:.1f} GFLOP per CPU s) = "
           f"{flops_6nd / rate * 1e3:.0f} ms/step, {B * T * rate / flops_6nd:,.0f} tokens/s; minidist's step is "
