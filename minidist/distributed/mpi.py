@@ -262,8 +262,9 @@ class MPIComm(Communicator):
     # -- transport ------------------------------------------------------------------------
     def _poll(self, test, peer, verb):
         """``test()`` until it returns something true, and return that: polls for ``SPIN_S``,
-        then sleeps between polls (doubling up to ``MAX_SLEEP_S``) so that a rank sharing this
-        core can run; past ``timeout`` a hang becomes CommTimeoutError naming both ranks."""
+        then yields the core between polls until ``YIELD_S``, then sleeps between polls
+        (doubling up to ``MAX_SLEEP_S``), so that a rank sharing this core can run; past
+        ``timeout`` a hang becomes CommTimeoutError naming both ranks."""
         done = test()
         if done:
             return done
