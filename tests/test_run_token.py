@@ -83,3 +83,10 @@ def test_let_others_run_hands_the_token_on_for_the_wait():
 def test_let_others_run_outside_spawn_does_nothing():
     with dist.let_others_run():
         assert dist.all_reduce(dist.single_rank_comm(), np.ones(2)).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two"])
+def test_a_bad_running_ranks_is_named(monkeypatch, bad):
+    monkeypatch.setenv("MINIDIST_RUNNING_RANKS", bad)
+    with pytest.raises(ValueError, match=f"MINIDIST_RUNNING_RANKS must be a whole number >= 1.*got '{bad}'"):
+        dist.spawn(lambda comm: comm.rank, 2)

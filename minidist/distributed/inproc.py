@@ -37,7 +37,7 @@ time handing the lock around (in the kernel) than computing. So a rank holds the
 receive, or in a rendezvous send): then the next rank whose message has arrived takes it.
 Each rank's work is unchanged, and so is every number (which rank runs when never changed
 what a rank computes or its simulated clock); a 64-rank ZeRO-3 step of a tiny GPT went from
-4.2 s to 2.2 s of wall time (``benchmarks/bench_scaling.py``). ``MINIDIST_RUNNING_RANKS=N``
+4.2 s to about 2 s of wall time (``benchmarks/bench_scaling.py``). ``MINIDIST_RUNNING_RANKS=N``
 lets N ranks run at once (NumPy's BLAS releases the GIL: two ranks' matrix products can use
 two cores). A rank that waits for something other than a message (a ``threading.Barrier``
 between ranks, its own threads) keeps the token; a rank that waits for the token longer than
@@ -65,6 +65,19 @@ TOKEN_WAIT_S = 0.5
 _RUNNING = threading.local()         # in a rank's thread: .world (its _World) and .holds (the token)
 
 
+def _running_ranks() -> int:
+    """How many ranks may run at once: ``MINIDIST_RUNNING_RANKS`` (default 1)."""
+    text = os.environ.get("MINIDIST_RUNNING_RANKS", "1")
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"MINIDIST_RUNNING_RANKS must be a whole number >= 1 (how many in-process ranks may run "
+                         f"at once), got {text!r}; unset it for one at a time")
+    return n
+
+
 class _World:
     """Mailboxes shared by the threads of one ``spawn``, who has failed or finished, and what
     every blocked rank is waiting for (to see a deadlock as soon as it happens)."""
@@ -87,7 +100,7 @@ class _World:
         self.failed: tuple[int, BaseException] | None = None
         self.finished = [False] * size
         self.blocked: dict[int, tuple] = {}       # world rank -> (can_go() -> bool, what it waits in)
-        self.token = threading.Semaphore(max(1, int(os.environ.get("MINIDIST_RUNNING_RANKS", "1"))))
+        self.token = threading.Semaphore(_running_ranks())
 
     def run(self) -> None:
         """The calling rank thread (re)takes the run token, or gives up after TOKEN_WAIT_S."""
