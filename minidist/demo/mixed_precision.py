@@ -147,7 +147,8 @@ def loss_curve_runs(comm) -> dict | None:
     measures the rest of the chapter alone); every run on rank 0, None on the others."""
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
     labels = [label for i, label in enumerate(RUNS) if (i + 1) % size == rank]
-    mine = dict(zip(labels, run_jobs([(train, RUNS[label][0], 100, RUNS[label][1]) for label in labels])))
+    mine = dict(zip(labels, run_jobs([(functools.partial(train, RUNS[label][0], fp16_section=RUNS[label][1]),)
+                                      for label in labels])))
     if size == 1:
         return mine
     # why: rank 0 prints the table and draws the curves of every run
