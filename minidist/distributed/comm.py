@@ -25,7 +25,6 @@ Tags: plain ``send``/``recv`` use the caller's tag (0 ≤ tag < 16384); collecti
 """
 from __future__ import annotations
 
-import contextlib
 import typing
 import zlib
 
@@ -124,6 +123,91 @@ class CollectiveCall:
             return out
         work = Work(out, self.t_end, self.comm.device)
         return work if async_op else work.wait()
+
+
+def _input_signature(x) -> tuple[int, str, tuple, int]:
+    """A collective input's element count, dtype name, shape and shape code (:func:`shape_code`):
+    what every message of the call carries for the receivers' check. The names and codes
+    are looked up in tables filled on first use (``str(dtype)`` and a CRC cost microseconds,
+    on every collective call)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    dtype, shape = x.dtype, x.shape
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    code = _SHAPE_CODES.get(shape)
+    if code is None:
+        if len(_SHAPE_CODES) >= _SHAPE_CODES_MAX:
+            _SHAPE_CODES.clear()
+        code = _SHAPE_CODES[shape] = shape_code(shape)
+    return x.size, name, shape, code
+
+
+_DTYPE_NAMES: dict = {}
+_SHAPE_CODES: dict = {}        # shape -> shape_code(shape); cleared when it reaches the bound
+_SHAPE_CODES_MAX = 4096
+
+
+class CollectiveScope:
+    """What ``with comm.collective(op, algorithm, x):`` enters (a class rather than a
+    generator-based context manager: every collective call, nested ones included, passes
+    here). Entering checks the call (debug mode), starts it when the compute stream issues
+    it and makes it the rank's current call; leaving records it in the message log and the
+    trace. A collective entered inside another (a ring all-reduce's reduce-scatter) is a
+    *phase* of the outer one: its messages carry the outer labels, and it is not recorded."""
+
+    __slots__ = ("comm", "op", "algorithm", "x", "root", "reduce_op", "stream", "wire_dtype",
+                 "bytes_per_element", "tag", "call", "outer", "mark")
+
+    def __init__(self, comm, op, algorithm, x, root, reduce_op, stream, wire_dtype, bytes_per_element, tag):
+        self.comm, self.op, self.algorithm, self.x, self.root = comm, op, algorithm, x, root
+        self.reduce_op, self.stream, self.wire_dtype = reduce_op, stream, wire_dtype
+        self.bytes_per_element, self.tag = bytes_per_element, tag
+
+    def __enter__(self) -> CollectiveCall:
+        comm = self.comm
+        outer = self.outer = comm._coll
+        if outer is not None:   # a collective composed of others, e.g. ring all-reduce
+            call = CollectiveCall(comm, outer.op, outer.algorithm, outer.stream,
+                                  outer.bytes_per_element, outer.tag, phase=self.op, nested=True)
+            call.count, call.dtype, call.shape_code, call.shape = outer.count, outer.dtype, outer.shape_code, outer.shape
+            comm._coll = self.call = call
+            return call
+        op, root, bytes_per_element, stream, x = self.op, self.root, self.bytes_per_element, self.stream, self.x
+        if root is not None and not (isinstance(root, (int, np.integer)) and 0 <= root < comm.size):
+            raise ValueError(f"{op}: root={root!r} is not a rank of this communicator of size {comm.size}; "
+                             f"give a root in [0, {comm.size - 1}]")
+        if self.wire_dtype is not None:
+            bytes_per_element = DTYPE_BYTES[self.wire_dtype]
+        if comm.debug:
+            check_same_collective(comm, op, self.algorithm, x, root, self.reduce_op)
+        clock = comm.device.clock
+        # issued by the compute stream: the first message leaves when both streams are free
+        clock.wait(stream, clock.now("compute"))
+        call = CollectiveCall(comm, op, self.algorithm, stream, bytes_per_element, self.tag)
+        if x is not None:
+            call.count, call.dtype, call.shape, call.shape_code = _input_signature(x)
+        self.mark = comm.log.mark()
+        comm._coll = self.call = call
+        return call
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        comm, call = self.comm, self.call
+        comm._coll = self.outer
+        call.t_end = t_end = comm.device.clock.now(call.stream)
+        if call.nested or exc_type is not None:
+            return False
+        log = comm.log
+        sent, received, messages = log.traffic_since(self.mark)
+        log.collectives.append(CollectiveRecord(
+            comm._me, call.op, call.algorithm, tuple(comm._world_ranks), call.t_start, t_end, sent, received,
+            messages))
+        trace = comm.device.trace
+        if trace.enabled:
+            trace.complete(f"{call.op}[{call.algorithm}]", "comm", call.stream, call.t_start, t_end,
+                           {"bytes_sent": sent, "group": list(comm._world_ranks)})
+        return False
 
 
 class Communicator:
@@ -319,49 +403,11 @@ class Communicator:
         return self.split(0, self.rank)
 
     # -- collectives ----------------------------------------------------------------------
-    @contextlib.contextmanager
     def collective(self, op, algorithm, x=None, *, root=None, reduce_op=None, stream="comm",
-                   wire_dtype=None, bytes_per_element=None, tag=0):
-        """Context of one collective call: labels its messages, times it, checks it (debug)."""
-        outer = self._coll
-        if outer is not None:   # a collective composed of others, e.g. ring all-reduce
-            call = CollectiveCall(self, outer.op, outer.algorithm, outer.stream,
-                                  outer.bytes_per_element, outer.tag, phase=op, nested=True)
-            call.count, call.dtype, call.shape_code, call.shape = outer.count, outer.dtype, outer.shape_code, outer.shape
-            self._coll = call
-            try:
-                yield call
-            finally:
-                self._coll = outer
-                call.t_end = self.device.clock.now(call.stream)
-            return
-        if root is not None and not (isinstance(root, (int, np.integer)) and 0 <= root < self.size):
-            raise ValueError(f"{op}: root={root!r} is not a rank of this communicator of size {self.size}; "
-                             f"give a root in [0, {self.size - 1}]")
-        if wire_dtype is not None:
-            bytes_per_element = DTYPE_BYTES[wire_dtype]
-        if self.debug:
-            check_same_collective(self, op, algorithm, x, root, reduce_op)
-        clock = self.device.clock
-        # issued by the compute stream: the first message leaves when both streams are free
-        clock.wait(stream, clock.now("compute"))
-        call = CollectiveCall(self, op, algorithm, stream, bytes_per_element, tag)
-        if x is not None:
-            call.count, call.dtype = int(np.size(x)), str(np.asarray(x).dtype)
-            call.shape = tuple(np.shape(x))
-            call.shape_code = shape_code(call.shape)
-        mark = self.log.mark()
-        self._coll = call
-        try:
-            yield call
-        finally:
-            self._coll = None
-        call.t_end = clock.now(stream)
-        sent, received, messages = self.log.traffic_since(mark)
-        self.log.collectives.append(CollectiveRecord(
-            self.world_rank(), op, algorithm, self.group, call.t_start, call.t_end, sent, received, messages))
-        self.device.trace.complete(f"{op}[{algorithm}]", "comm", stream, call.t_start, call.t_end,
-                                   {"bytes_sent": sent, "group": list(self.group)})
+                   wire_dtype=None, bytes_per_element=None, tag=0) -> CollectiveScope:
+        """Context of one collective call: labels its messages, times it, checks it (debug).
+        ``with comm.collective(...) as call:`` — see :class:`CollectiveScope`."""
+        return CollectiveScope(self, op, algorithm, x, root, reduce_op, stream, wire_dtype, bytes_per_element, tag)
 
     def exchange_objects(self, obj) -> list:
         """Collective: every rank's ``obj`` (picklable) in rank order, on the control channel —

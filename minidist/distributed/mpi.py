@@ -48,7 +48,7 @@ from mpi4py import MPI
 
 from ..device import Device
 from .collectives import ALGORITHMS
-from .comm import CTRL_TAG, Communicator, Header
+from .comm import CTRL_TAG, Communicator, Header, _tuple_new
 from .errors import CommError, CommTimeoutError
 from .log import MessageLog
 from . import watchdog
@@ -63,7 +63,8 @@ YIELD_S = 1e-3           # and yields the core between polls this long before it
 MIN_SLEEP_S, MAX_SLEEP_S = 2e-6, 200e-6
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))   # off Unix: the shortest sleep
 _TIMER_SLACK_NS = 1000   # Linux rounds a sleep up by the thread's timer slack (50 µs by default)
-_HEADER = struct.Struct(f"<{HEADER_LEN}d")
+# the two simulated times as float64, then 14 integers as int64 (no float round trip to undo)
+_HEADER = struct.Struct(f"<2d{HEADER_LEN - 2}q")
 _NO_DIMS = (0,) * MAX_NDIM
 _DTYPES = [np.dtype(t) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
                                  "uint64", "uint32", "uint16", "uint8", "bool", "complex128", "complex64")]
@@ -106,11 +107,15 @@ class _Incoming:
     ``out`` when the header matches it, else into a scratch buffer, so that a refused message
     is still taken off the wire. :func:`_advance_posted` moves every posted receive on while
     its rank waits for something else: MPI's rule that a send completes once its receive is
-    *posted* holds, not only once it is waited for."""
+    *posted* holds, not only once it is waited for. The frame's length is not asked of MPI:
+    the header's dtype and shape give it."""
+
+    __slots__ = ("comm", "source", "tag", "out", "on_header", "error", "frame", "reqs", "stage",
+                 "header", "dtype", "shape", "nbytes", "inline", "target")
 
     def __init__(self, comm, source, tag, out, on_header):
         self.comm, self.source, self.tag, self.out, self.on_header = comm, source, tag, out, on_header
-        self.error, self.status = None, MPI.Status()
+        self.error = None
         # posted now, into room for the largest frame: no frame is ever truncated
         self.frame = np.empty(HEADER_BYTES + INLINE_BYTES, np.uint8)
         self.reqs, self.stage = [comm._mpi.Irecv([self.frame, MPI.BYTE], source, tag)], 1
@@ -118,9 +123,8 @@ class _Incoming:
     def advance(self) -> bool:
         """One non-blocking step; True once the whole message is here."""
         if self.stage == 1:
-            if not self.reqs[0].Test(self.status):
+            if not self.reqs[0].Test():
                 return False
-            self.frame = self.frame[:self.status.Get_count(MPI.BYTE)]
             self._read_header()
         if self.stage == 2:
             if not MPI.Request.Testall(self.reqs):
@@ -132,7 +136,7 @@ class _Incoming:
         c, out = self.comm, self.out
         self.header, dtype, shape = c._unpack(self.frame)
         size = math.prod(shape)
-        self.dtype, self.shape = dtype, shape
+        self.dtype, self.shape, self.nbytes = dtype, shape, size * dtype.itemsize
         try:
             self.on_header(self.header)
             if out is not None and (out.dtype != dtype or out.size != size):
@@ -140,25 +144,29 @@ class _Incoming:
                                  f"{c.world_rank(self.source)} sent {dtype} of shape {shape}")
         except Exception as exc:    # noqa: BLE001 - raised by result(), in the receiving call
             self.error = exc
-        self.inline = size * dtype.itemsize <= INLINE_BYTES     # the payload came in the frame
+        self.inline = self.nbytes <= INLINE_BYTES     # the payload came in the frame
         if self.inline:
             self.stage = 3
             return
         if self.error is None and out is not None and out.flags.c_contiguous:
             self.target = out
         else:
-            self.target = np.empty(size * dtype.itemsize, np.uint8)
+            self.target = np.empty(self.nbytes, np.uint8)
         self.reqs, self.stage = [c._bulk.Irecv(_bytes(self.target), self.source, self.tag)], 2
 
     def result(self):
         """``(array, header)``, or the refusal the header check raised."""
         if self.error is not None:
             raise self.error
-        out = self.out
+        out, nbytes = self.out, self.nbytes
         if self.inline:     # a copy: a view would keep the whole frame's room alive
-            payload = self.frame[HEADER_BYTES:].view(self.dtype).reshape(self.shape)
+            body = self.frame[HEADER_BYTES:HEADER_BYTES + nbytes]
             if out is None:
-                return payload.copy(), self.header
+                return body.view(self.dtype).reshape(self.shape).copy(), self.header
+            if nbytes and out.flags.c_contiguous:       # the header matched: out holds nbytes
+                memoryview(out).cast("B")[:] = memoryview(body)
+                return out, self.header
+            payload = body.view(self.dtype).reshape(self.shape)
         elif self.target is out:
             return out, self.header
         else:
@@ -235,13 +243,17 @@ class MPIComm(Communicator):
 
     # -- headers ------------------------------------------------------------------------
     def _pack(self, header: Header, x: np.ndarray, frame) -> None:
-        """Write ``header`` and ``x``'s dtype and shape as the 16 float64 at the start of ``frame``."""
-        if x.ndim > MAX_NDIM or x.dtype not in _DTYPE_CODE:
+        """Write ``header`` and ``x``'s dtype and shape as the 16 numbers at the start of ``frame``."""
+        code, ndim = _DTYPE_CODE.get(x.dtype), x.ndim
+        if code is None or ndim > MAX_NDIM:
             raise TypeError(f"the MPI backend sends arrays of <= {MAX_NDIM} dims of {[str(d) for d in _DTYPES]}, "
                             f"got {x.dtype} of shape {x.shape}")
-        _HEADER.pack_into(frame, 0, header.t_start, header.arrival, header.nbytes, self._learn(header.op),
-                          self._learn(header.algorithm), header.step, _DTYPE_CODE[x.dtype], x.ndim,
-                          *x.shape, *_NO_DIMS[x.ndim:], header.shape_code, header.count,
+        codes = self._codes
+        op, algorithm = codes.get(header.op), codes.get(header.algorithm)
+        _HEADER.pack_into(frame, 0, header.t_start, header.arrival, header.nbytes,
+                          self._learn(header.op) if op is None else op,
+                          self._learn(header.algorithm) if algorithm is None else algorithm,
+                          header.step, code, ndim, *x.shape, *_NO_DIMS[ndim:], header.shape_code, header.count,
                           _DTYPE_NAME_CODE.get(header.dtype, -1))
 
     def _learn(self, name: str) -> int:
@@ -252,12 +264,12 @@ class MPIComm(Communicator):
         return code
 
     def _unpack(self, frame):
-        v = _HEADER.unpack_from(frame)      # Python floats at once (no NumPy scalars)
-        op, algorithm, ndim, dtype = int(v[3]), int(v[4]), int(v[7]), int(v[15])
-        names = self._names
-        header = Header(v[0], v[1], int(v[2]), names.get(op) or f"#{op}", names.get(algorithm) or f"#{algorithm}", int(v[5]),
-                        int(v[14]), _DTYPE_NAMES[dtype] if dtype >= 0 else "", int(v[13]))
-        return header, _DTYPES[int(v[6])], tuple(int(n) for n in v[8:8 + ndim])
+        v = _HEADER.unpack_from(frame)      # Python floats and ints at once (no NumPy scalars)
+        names, op, algorithm, dtype = self._names, v[3], v[4], v[15]
+        header = _tuple_new(Header, (v[0], v[1], v[2], names.get(op) or f"#{op}",
+                                     names.get(algorithm) or f"#{algorithm}", v[5], v[14],
+                                     _DTYPE_NAMES[dtype] if dtype >= 0 else "", v[13]))
+        return header, _DTYPES[v[6]], v[8:8 + v[7]]
 
     # -- transport ------------------------------------------------------------------------
     def _poll(self, test, peer, verb):
@@ -291,8 +303,12 @@ class MPIComm(Communicator):
         if x.nbytes <= INLINE_BYTES:      # one message: the frame [header | payload]
             frame = np.empty(HEADER_BYTES + x.nbytes, np.uint8)
             self._pack(header, x, frame)
-            frame[HEADER_BYTES:] = x.reshape(-1).view(np.uint8)
-            reqs = [self._mpi.Isend([frame, MPI.BYTE], dest, wire_tag)]
+            if x.nbytes:                  # a memoryview copy: a tenth of a NumPy slice assignment's cost
+                memoryview(frame)[HEADER_BYTES:] = memoryview(x).cast("B")
+            req = self._mpi.Isend([frame, MPI.BYTE], dest, wire_tag)
+            if req.Test():                # sent eagerly (the usual case): nothing left to wait for
+                return None
+            reqs = [req]
         else:                             # the header's frame, then the payload in place
             h = np.empty(HEADER_BYTES, np.uint8)
             self._pack(header, x, h)
@@ -300,9 +316,12 @@ class MPIComm(Communicator):
         return lambda: self._wait(reqs, dest, "send to")    # the closure keeps the buffers alive
 
     def _post_recv(self, source, wire_tag, out, first_in_line, on_header):
-        if self._coll is not None:      # so that a header naming my own collective decodes
-            self._learn(self._coll.op)
-            self._learn(self._coll.algorithm)
+        call = self._coll
+        if call is not None:            # so that a header naming my own collective decodes
+            codes = self._codes
+            if call.op not in codes or call.algorithm not in codes:
+                self._learn(call.op)
+                self._learn(call.algorithm)
         incoming = _Incoming(self, source, wire_tag, out, on_header)
         _POSTED.append(incoming)
 
