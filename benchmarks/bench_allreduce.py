@@ -14,6 +14,11 @@ Run:  mpirun -n 4 python benchmarks/bench_allreduce.py [--algorithm ring] [--siz
    time the median of several calls, the slowest rank's); the table gives the median over the
    repeats, the ratio's median and [min, max] over the repeats, and the bus bandwidth of
    nccl-tests (``busbw = algbw · 2(p−1)/p``, ``algbw = bytes/time``). Results are checked equal.
+   Beside them, the **bare ring**: the same ring (reduce-scatter, then all-gather) written on
+   mpi4py's ``Isend``/``Irecv`` alone, waiting by ``sched_yield`` as minidist does, with no
+   header, log, clock or checks: what any Python ring pays on this machine, the floor under
+   minidist's ratio (at 64 KB its own ratio to ``MPI_Allreduce`` is near 3 on 4 ranks sharing
+   2 cores: MPICH's all-reduce there is a shared-memory collective, not point-to-point).
 
 Wall-clock times on the real machine, not the simulated α-β times of the message log. On a
 machine with fewer cores than ranks every number depends on how the ranks share the cores:
@@ -22,6 +27,7 @@ compare ratios from one job, never times from different jobs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -123,6 +129,33 @@ def _timed(world, fn, reps):
     return world.allreduce(float(np.median(times)), op=MPI.MAX)
 
 
+def _exchange(world, send, dest, recv, source) -> None:
+    """MPI_Sendrecv as the bare ring does it: both posted, then polled, yielding the core."""
+    from mpi4py import MPI
+
+    reqs = [world.Irecv(recv, source, 77), world.Isend(send, dest, 77)]
+    while not MPI.Request.Testall(reqs):
+        os.sched_yield()
+
+
+def bare_ring_all_reduce(world, x: np.ndarray) -> np.ndarray:
+    """The ring all-reduce of ``x`` (sum) on mpi4py's point-to-point and nothing else: p−1
+    reduce-scatter steps, then p−1 all-gather steps, over p chunks (the last zero-padded)."""
+    p, r, n = world.Get_size(), world.Get_rank(), x.size
+    c = -(-n // p)
+    buf = np.zeros(p * c, dtype=x.dtype)
+    buf[:n] = x.reshape(-1)
+    buf = buf.reshape(p, c)
+    tmp = np.empty(c, dtype=x.dtype)
+    right, left = (r + 1) % p, (r - 1) % p
+    for s in range(p - 1):          # reduce-scatter: pass a running sum right, add the left's
+        _exchange(world, buf[(r - s - 1) % p], right, tmp, left)
+        buf[(r - s - 2) % p] += tmp
+    for s in range(p - 1):          # all-gather: pass the reduced chunks around
+        _exchange(world, buf[(r - s) % p], right, buf[(r - s - 1) % p], left)
+    return buf.reshape(-1)[:n].reshape(x.shape)
+
+
 def all_reduce_rows(comm, sizes, algorithm: str, repeats: int, reps: int) -> list[dict]:
     """Per size: minidist's and MPI's all-reduce seconds and their ratio, per repeat."""
     from mpi4py import MPI
@@ -134,15 +167,18 @@ def all_reduce_rows(comm, sizes, algorithm: str, repeats: int, reps: int) -> lis
         ours = dist.all_reduce(comm, x, algorithm=algorithm)           # warm-up + correctness
         world.Allreduce(x, ref)
         assert np.allclose(ours, ref, rtol=1e-4, atol=1e-4), "minidist and MPI disagree"
+        assert np.allclose(bare_ring_all_reduce(world, x), ref, rtol=1e-4, atol=1e-4), "the bare ring and MPI disagree"
         n = max(3, min(reps, int(2e8 // nbytes)))
-        t_ours, t_mpi = [], []
+        t_ours, t_bare, t_mpi = [], [], []
         for _ in range(repeats):                                       # side by side, every repeat
             comm.log.clear()
             t_ours.append(_timed(world, lambda x=x: dist.all_reduce(comm, x, algorithm=algorithm), n))
+            t_bare.append(_timed(world, lambda x=x: bare_ring_all_reduce(world, x), n))
             t_mpi.append(_timed(world, lambda x=x, ref=ref: world.Allreduce(x, ref), n))
         comm.log.clear()
-        rows.append({"bytes": nbytes, "minidist": t_ours, "mpi": t_mpi,
-                     "ratio": [a / b for a, b in zip(t_ours, t_mpi)]})
+        rows.append({"bytes": nbytes, "minidist": t_ours, "bare": t_bare, "mpi": t_mpi,
+                     "ratio": [a / b for a, b in zip(t_ours, t_mpi)],
+                     "bare_ratio": [a / b for a, b in zip(t_bare, t_mpi)]})
         if comm.rank == 0:
             print(_row_line(rows[-1], comm.size), flush=True)
     return rows
@@ -150,8 +186,9 @@ def all_reduce_rows(comm, sizes, algorithm: str, repeats: int, reps: int) -> lis
 
 def _row_line(row, p) -> str:
     nbytes, factor = row["bytes"], 2 * (p - 1) / p
-    ours, mpi = float(np.median(row["minidist"])), float(np.median(row["mpi"]))
-    return (f"{nbytes:>10} {ours * 1e3:>10.3f}ms {mpi * 1e3:>10.3f}ms {spread(row['ratio']):>20} "
+    ours, bare, mpi = (float(np.median(row[k])) for k in ("minidist", "bare", "mpi"))
+    return (f"{nbytes:>10} {ours * 1e3:>10.3f}ms {bare * 1e3:>10.3f}ms {mpi * 1e3:>10.3f}ms "
+            f"{spread(row['ratio']):>20} {spread(row['bare_ratio']):>20} "
             f"{nbytes / ours * factor / 1e9:>9.3f} GB/s {nbytes / mpi * factor / 1e9:>7.3f} GB/s")
 
 
@@ -176,14 +213,15 @@ def main(comm, args):
             print(f"{name:<22} {spread(values):>22} {extra:>27}")
         print(f"\nall-reduce of float32 on {comm.size} ranks, minidist '{args.algorithm}' vs MPI_Allreduce "
               f"(each repeat: median of calls, slowest rank; {args.repeats} repeats side by side)")
-        print(f"{'bytes':>10} {'minidist':>12} {'MPI':>12} {'ratio med [min, max]':>20} "
-              f"{'busbw minidist':>14} {'busbw MPI':>12}")
+        print(f"{'bytes':>10} {'minidist':>12} {'bare ring':>12} {'MPI':>12} {'minidist/MPI':>20} "
+              f"{'bare ring/MPI':>20} {'busbw minidist':>14} {'busbw MPI':>12}")
     rows = all_reduce_rows(comm, sizes, args.algorithm, args.repeats, args.reps)
     if comm.rank == 0:
         for nbytes, target in TARGETS.items():
             for row in rows:
                 if row["bytes"] == nbytes:
-                    print(f"ratio at {nbytes >> 10} KB: {spread(row['ratio'])} (target <= {target:g})")
+                    print(f"ratio at {nbytes >> 10} KB: {spread(row['ratio'])} (target <= {target:g}); "
+                          f"the bare ring's: {spread(row['bare_ratio'])}")
         large = [np.median(row["ratio"]) for row in rows if row["bytes"] >= LARGE]
         if large:
             print(f"ratio at >= {LARGE >> 20} MB: median {np.median(large):.2f}, worst size {max(large):.2f} "
