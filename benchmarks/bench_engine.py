@@ -329,6 +329,8 @@ def main(args):
     print(f"GPT {args.layers}L/{args.width}w/{args.heads}h, seq {T}, batch {B}, {args.threads} thread(s)"
           + (f" (OPENBLAS_THREAD_TIMEOUT={timeout})" if timeout and args.threads > 1 else "")
           + f", {args.steps} steps × {args.repeats} side-by-side repetitions")
+    import minidist
+    minidist.set_num_threads(args.threads)     # BLAS and the ops' elementwise work, as torch.set_num_threads
     try:
         import torch
         torch.set_num_threads(args.threads)

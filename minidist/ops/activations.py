@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ..tensor import Tensor, as_tensor, is_grad_enabled, make_result
+from .intra_op import num_threads, parallel_for
 
 
 def softmax(x, axis: int = -1) -> Tensor:
@@ -68,6 +69,7 @@ def gelu(x) -> Tensor:
     elementwise steps; the steps and their order are the ones backward used to run, so
     the gradient is the same to the last bit. Both directions walk the tensor in L2-sized
     blocks (``_blocks``); the arithmetic is the same, step for step, as on the whole array.
+    With intra-op threads (:mod:`minidist.ops.intra_op`) the blocks are shared out among them.
     """
     x = as_tensor(x)
     xd = x.data
@@ -77,24 +79,37 @@ def gelu(x) -> Tensor:
     grad = x.requires_grad and is_grad_enabled()
     d = np.empty(xd.shape, dtype=xd.dtype) if grad else None     # dGELU/dx, for backward
     df = d.reshape(-1) if grad else None
-    if grad:   # one block of scratch; the tanh is kept in y's block, which it becomes
-        dinner = np.empty(min(BLOCK_BYTES // xf.itemsize, xf.size), dtype=xd.dtype)
-    for blk in _blocks(xf.size, xf.itemsize):
-        xb = xf[blk]
-        if grad:
-            di = np.multiply(xb, xb, out=dinner[:xb.size])            # x·x, for x³ and d(inner)/dx
-            tb = _gelu_tanh(xb, out=yf[blk], square=di)
-            _gelu_derivative(xb, tb, di, df[blk])                     # turns tb into 1 + t
-            tb *= xb                                                  # y = (1 + t)·x·0.5
-            tb *= 0.5
-        else:
-            yb = _gelu_tanh(xb, out=yf[blk])
-            yb += 1.0
-            yb *= xb
-            yb *= 0.5
+    blocks = list(_blocks(xf.size, xf.itemsize))
+
+    def run(first, last, piece):                           # blocks[first:last]; threads: see intra_op
+        if grad:   # one block of scratch; the tanh is kept in y's block, which it becomes
+            dinner = np.empty(min(BLOCK_BYTES // xf.itemsize, xf.size), dtype=xd.dtype)
+        for blk in blocks[first:last]:
+            xb = xf[blk]
+            if grad:
+                di = np.multiply(xb, xb, out=dinner[:xb.size])            # x·x, for x³ and d(inner)/dx
+                tb = _gelu_tanh(xb, out=yf[blk], square=di)
+                _gelu_derivative(xb, tb, di, df[blk])                     # turns tb into 1 + t
+                tb *= xb                                                  # y = (1 + t)·x·0.5
+                tb *= 0.5
+            else:
+                yb = _gelu_tanh(xb, out=yf[blk])
+                yb += 1.0
+                yb *= xb
+                yb *= 0.5
+    parallel_for(len(blocks), run)
 
     def backward(g, needs):
-        return (np.multiply(d, g, out=np.empty_like(d)),)
+        out = np.empty_like(d)
+        if num_threads() > 1 and g.shape == d.shape and g.dtype == d.dtype and g.flags.c_contiguous:
+            gf, of = g.reshape(-1), out.reshape(-1)       # the same products, block by block
+
+            def times(first, last, piece):
+                for blk in blocks[first:last]:
+                    np.multiply(df[blk], gf[blk], out=of[blk])
+            parallel_for(len(blocks), times)
+            return (out,)
+        return (np.multiply(d, g, out=out),)
     return make_result(y, (x,), backward, "gelu", saved=[xd], flops=12 * x.size)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from ..autocast import cast_input
 from ..tensor import Tensor, as_tensor, make_result
 from .blas_threads import one_blas_thread
+from .intra_op import parallel_for
 from .linalg import _charge
 
 def causal_mask(T: int, dtype, transposed: bool = False, keys: int | None = None) -> np.ndarray:
@@ -166,22 +167,29 @@ def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
     passes = [slice(b, min(b + nb, B)) for b in range(0, B, nb)]
     p_all = np.empty(B * nh * Tk * T, dtype=dt)               # the probabilities, block after block
     p_blk = _cut(p_all, blocks)
-    for (q0, q1, r1), pj in zip(blocks, p_blk):               # queries q0:q1 see keys :r1
-        w = q1 - q0
+    masks = []
+    for q0, q1, r1 in blocks:                                 # queries q0:q1 see keys :r1
+        w, mask = q1 - q0, None
         if mask_t is not None:                                # the mask of rows q0:r1 (the rows above see
             mask = _scores(np.empty(nb * nh * (r1 - q0) * w, dtype=dt), slice(0, nb), nh, r1 - q0, w)
             mask[...] = mask_t[q0:r1, q0:q1]                  # every query), laid out as the scores
-        for sq in passes:                                     # a few sequences: the block fits in L2
-            sh = _scores(pj, sq, nh, Tk, w)                   # (n, nh, keys, w)
-            s = np.matmul(kd[sq, :, :r1], np.swapaxes(qs[sq, :, q0:q1], -1, -2), out=sh[:, :, :r1])
-            if mask_t is not None:
-                s[:, :, q0:] += mask[:len(s)]
-            _rows(s, w)[...] -= _rows(s.max(axis=-2, keepdims=True), w)
-            np.exp(s, out=s)
-            z = np.matmul(ones[:, :r1], s)                    # Σ over keys: (n, nh, 1, w)
-            _rows(s, w)[...] *= _rows(np.divide(1.0, z, out=z), w)
-            sh[:, :, r1:] = 0.0                               # keys after the block's last query
-    del qs
+        masks.append(mask)
+
+    def scores(first, last, piece):                           # passes[first:last]: see intra_op
+        for (q0, q1, r1), pj, mask in zip(blocks, p_blk, masks):
+            w = q1 - q0
+            for sq in passes[first:last]:                     # a few sequences: the block fits in L2
+                sh = _scores(pj, sq, nh, Tk, w)               # (n, nh, keys, w)
+                s = np.matmul(kd[sq, :, :r1], np.swapaxes(qs[sq, :, q0:q1], -1, -2), out=sh[:, :, :r1])
+                if mask is not None:
+                    s[:, :, q0:] += mask[:len(s)]
+                _rows(s, w)[...] -= _rows(s.max(axis=-2, keepdims=True), w)
+                np.exp(s, out=s)
+                z = np.matmul(ones[:, :r1], s)                # Σ over keys: (n, nh, 1, w)
+                _rows(s, w)[...] *= _rows(np.divide(1.0, z, out=z), w)
+                sh[:, :, r1:] = 0.0                           # keys after the block's last query
+    parallel_for(len(passes), scores)
+    qs = None                                                 # the scaled Q is not kept
     p_all = cast_input(p_all)                                 # operand of P V (rounded under autocast)
     p_blk = _cut(p_all, blocks)
     keep = None
@@ -200,10 +208,13 @@ def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
     else:
         pd_blk = p_blk
     y = _empty_bthd(B, nh, T, hs, dt)                         # (B, nh, T, hs)
-    for (q0, q1, r1), pdj in zip(blocks, pd_blk):             # Y = P V over the keys each block sees
-        for sq in passes:
-            pd = _scores(pdj, sq, nh, Tk, q1 - q0)[:, :, :r1]
-            np.matmul(np.swapaxes(pd, -1, -2), vd[sq, :, :r1], out=y[sq, :, q0:q1])
+
+    def values(first, last, piece):
+        for (q0, q1, r1), pdj in zip(blocks, pd_blk):         # Y = P V over the keys each block sees
+            for sq in passes[first:last]:
+                pd = _scores(pdj, sq, nh, Tk, q1 - q0)[:, :, :r1]
+                np.matmul(np.swapaxes(pd, -1, -2), vd[sq, :, :r1], out=y[sq, :, q0:q1])
+    parallel_for(len(passes), values)
     mm = 2 * B * nh * T * Tk * hs                             # one of the two products (as if no block skipped)
 
     def backward(g, needs):
@@ -211,7 +222,6 @@ def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
         dq = _empty_bthd(B, nh, T, hs, g.dtype)
         dk, dv = (_empty_bthd(B, nh, Tk, hs, g.dtype) for _ in range(2))
         w0 = blocks[0][1] - blocks[0][0]                      # the widest block
-        ds_buf, tmp = (np.empty(nb * nh * Tk * w0, dtype=g.dtype) for _ in range(2))   # one pass's, reused
 
         def scratch(buf, n, r1, w):
             """A pass's (n, nh, r1, w) dP in ``buf``: laid out as ``_scores`` lays out P, or
@@ -219,10 +229,16 @@ def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
             if w < KEYS_FIRST_MIN_WIDTH:
                 return buf.reshape(nb, nh, Tk, w0)[:n, :, :r1, :w]
             return _scores(buf, slice(0, n), nh, r1, w)
-        for i in reversed(range(len(blocks))):                # the last block sees every key: it sets dV, dK
-            (q0, q1, r1), pj, pdj = blocks[i], p_blk[i], pd_blk[i]
+
+        def gradients(first, last, piece):                    # passes[first:last]: see intra_op
+            ds_buf, tmp = (np.empty(nb * nh * Tk * w0, dtype=g.dtype) for _ in range(2))   # one pass's, reused
+            for i in reversed(range(len(blocks))):            # the last block sees every key: it sets dV, dK
+                _gradients(blocks[i], p_blk[i], pd_blk[i], passes[first:last], ds_buf, tmp)
+
+        def _gradients(block, pj, pdj, my_passes, ds_buf, tmp):
+            q0, q1, r1 = block
             w = q1 - q0
-            for sq in passes:
+            for sq in my_passes:
                 n, gq = len(range(B)[sq]), g[sq, :, q0:q1]
                 ds = np.matmul(vd[sq, :, :r1], np.swapaxes(gq, -1, -2), out=scratch(ds_buf, n, r1, w))  # dPᵀ = V dYᵀ
                 if keep is not None:                                                # dropout backward
@@ -240,6 +256,7 @@ def _attention(q, k, v, is_causal, dropout_p, rng) -> Tensor:
                 else:                                                               # add this block's queries
                     dv[sq, :, :r1] += np.matmul(pdb[:, :, :r1], gq)
                     dk[sq, :, :r1] += np.matmul(ds, qd[sq, :, q0:q1])
+        parallel_for(len(passes), gradients)
         # S = scale · Q Kᵀ: the scale multiplies both gradients (applied to the buffers
         # behind dq, dk, which are contiguous in their (B, T, nh, hs) layout)
         np.multiply(dq.base, scale, out=dq.base)
