@@ -34,7 +34,8 @@ from .all_reduce import all_reduce
 from .all_to_all import all_to_all, barrier
 from .broadcast import broadcast
 from .collectives import ALGORITHMS, COLLECTIVES, algorithms
-from .comm import Communicator, Request, Work
+from .call import Work
+from .comm import Communicator, Request
 from .errors import (
     CollectiveMismatchError,
     CommError,

@@ -15,9 +15,10 @@ This base class owns everything that must be identical on both backends:
   each other, and so do its receives (stream ``"comm.in"``), so a root receiving from
   ``p−1`` ranks pays ``(p−1)·(α + nβ)`` as in Thakur et al.'s model.
 * **the message log** (:mod:`minidist.distributed.log`) and one trace event per message;
-* **collective calls** (:meth:`Communicator.collective`): the debug-mode check that all
-  ranks entered the same collective, the "issued by the compute stream" start time, and
-  the :class:`Work` handle that lets compute wait for the simulated completion.
+* **collective calls** (:meth:`Communicator.collective`, written out in :mod:`.call`): the
+  debug-mode check that all ranks entered the same collective, the "issued by the compute
+  stream" start time, and the :class:`~minidist.distributed.call.Work` handle that lets
+  compute wait for the simulated completion.
 
 Backends (:mod:`.inproc`, :mod:`.mpi`) only move ``(array, Header)`` pairs.
 Tags: plain ``send``/``recv`` use the caller's tag (0 ≤ tag < 16384); collectives use
@@ -26,14 +27,12 @@ Tags: plain ``send``/``recv`` use the caller's tag (0 ≤ tag < 16384); collecti
 from __future__ import annotations
 
 import typing
-import zlib
 
 import numpy as np
 
-from ..memory import DTYPE_BYTES
-from .debug import check_same_collective
+from .call import CollectiveCall, CollectiveScope
 from .errors import CollectiveMismatchError
-from .log import CollectiveRecord, MessageEntry
+from .log import MessageEntry
 
 COLL_TAG = 1 << 14            # collectives' messages use COLL_TAG + tag
 CTRL_TAG = (1 << 15) - 1      # debug signatures and split: never logged, never timed
@@ -51,15 +50,10 @@ class Header(typing.NamedTuple):
     step: int
     count: int = -1       # elements of the sender's collective input (-1: none, e.g. a non-root broadcast)
     dtype: str = ""       # and their dtype: receivers compare both with their own, always
-    shape_code: int = -1  # and their shape, as a number (:func:`shape_code`)
+    shape_code: int = -1  # and their shape, as a number (:func:`minidist.distributed.call.shape_code`)
 
 
 _tuple_new = tuple.__new__      # Header(*fields) without the named tuple's Python-level __new__
-
-
-def shape_code(shape) -> int:
-    """A shape as one number that fits a float64 header slot exactly (its CRC-32)."""
-    return zlib.crc32(repr(tuple(int(n) for n in shape)).encode())
 
 
 class Request:
@@ -86,128 +80,6 @@ class _Sent(Request):
 
 
 SENT = _Sent()       # one for all: a backend's ``_post_send`` returns None for such a send
-
-
-class Work:
-    """Handle of a collective started with ``async_op=True`` (torch.distributed's Work).
-
-    The data is computed eagerly; only *simulated* time is deferred: ``wait()`` makes the
-    rank's compute stream wait until the collective's completion time on the comm stream.
-    """
-
-    def __init__(self, result, completion_time: float, device):
-        self.result = result
-        self.completion_time = completion_time
-        self._device = device
-
-    def wait(self):
-        self._device.clock.wait("compute", self.completion_time)
-        return self.result
-
-
-class CollectiveCall:
-    """State of one collective in progress on one rank: labels for the log, current step."""
-
-    def __init__(self, comm, op, algorithm, stream, bytes_per_element, tag, phase="", nested=False):
-        self.comm, self.op, self.algorithm, self.stream = comm, op, algorithm, stream
-        self.bytes_per_element, self.tag, self.phase, self.nested = bytes_per_element, tag, phase, nested
-        self.step = 0
-        self.inport = stream + ".in"       # the incoming link of ``stream`` (Communicator._complete_recv)
-        self.t_start = self.t_end = comm.device.clock.now(stream)
-        self.count, self.dtype, self.shape_code = -1, "", -1     # this rank's input (Communicator.collective)
-        self.shape = None
-
-    def result(self, out, async_op: bool = False):
-        """Return ``out`` after making compute wait (blocking) or as a :class:`Work` (async)."""
-        if self.nested:
-            return out
-        work = Work(out, self.t_end, self.comm.device)
-        return work if async_op else work.wait()
-
-
-def _input_signature(x) -> tuple[int, str, tuple, int]:
-    """A collective input's element count, dtype name, shape and shape code (:func:`shape_code`):
-    what every message of the call carries for the receivers' check. The names and codes
-    are looked up in tables filled on first use (``str(dtype)`` and a CRC cost microseconds,
-    on every collective call)."""
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    dtype, shape = x.dtype, x.shape
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype)
-    code = _SHAPE_CODES.get(shape)
-    if code is None:
-        if len(_SHAPE_CODES) >= _SHAPE_CODES_MAX:
-            _SHAPE_CODES.clear()
-        code = _SHAPE_CODES[shape] = shape_code(shape)
-    return x.size, name, shape, code
-
-
-_DTYPE_NAMES: dict = {}
-_SHAPE_CODES: dict = {}        # shape -> shape_code(shape); cleared when it reaches the bound
-_SHAPE_CODES_MAX = 4096
-
-
-class CollectiveScope:
-    """What ``with comm.collective(op, algorithm, x):`` enters (a class rather than a
-    generator-based context manager: every collective call, nested ones included, passes
-    here). Entering checks the call (debug mode), starts it when the compute stream issues
-    it and makes it the rank's current call; leaving records it in the message log and the
-    trace. A collective entered inside another (a ring all-reduce's reduce-scatter) is a
-    *phase* of the outer one: its messages carry the outer labels, and it is not recorded."""
-
-    __slots__ = ("comm", "op", "algorithm", "x", "root", "reduce_op", "stream", "wire_dtype",
-                 "bytes_per_element", "tag", "call", "outer", "mark")
-
-    def __init__(self, comm, op, algorithm, x, root, reduce_op, stream, wire_dtype, bytes_per_element, tag):
-        self.comm, self.op, self.algorithm, self.x, self.root = comm, op, algorithm, x, root
-        self.reduce_op, self.stream, self.wire_dtype = reduce_op, stream, wire_dtype
-        self.bytes_per_element, self.tag = bytes_per_element, tag
-
-    def __enter__(self) -> CollectiveCall:
-        comm = self.comm
-        outer = self.outer = comm._coll
-        if outer is not None:   # a collective composed of others, e.g. ring all-reduce
-            call = CollectiveCall(comm, outer.op, outer.algorithm, outer.stream,
-                                  outer.bytes_per_element, outer.tag, phase=self.op, nested=True)
-            call.count, call.dtype, call.shape_code, call.shape = outer.count, outer.dtype, outer.shape_code, outer.shape
-            comm._coll = self.call = call
-            return call
-        op, root, bytes_per_element, stream, x = self.op, self.root, self.bytes_per_element, self.stream, self.x
-        if root is not None and not (isinstance(root, (int, np.integer)) and 0 <= root < comm.size):
-            raise ValueError(f"{op}: root={root!r} is not a rank of this communicator of size {comm.size}; "
-                             f"give a root in [0, {comm.size - 1}]")
-        if self.wire_dtype is not None:
-            bytes_per_element = DTYPE_BYTES[self.wire_dtype]
-        if comm.debug:
-            check_same_collective(comm, op, self.algorithm, x, root, self.reduce_op)
-        clock = comm.device.clock
-        # issued by the compute stream: the first message leaves when both streams are free
-        clock.wait(stream, clock.now("compute"))
-        call = CollectiveCall(comm, op, self.algorithm, stream, bytes_per_element, self.tag)
-        if x is not None:
-            call.count, call.dtype, call.shape, call.shape_code = _input_signature(x)
-        self.mark = comm.log.mark()
-        comm._coll = self.call = call
-        return call
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        comm, call = self.comm, self.call
-        comm._coll = self.outer
-        call.t_end = t_end = comm.device.clock.now(call.stream)
-        if call.nested or exc_type is not None:
-            return False
-        log = comm.log
-        sent, received, messages = log.traffic_since(self.mark)
-        log.collectives.append(CollectiveRecord(
-            comm._me, call.op, call.algorithm, tuple(comm._world_ranks), call.t_start, t_end, sent, received,
-            messages))
-        trace = comm.device.trace
-        if trace.enabled:
-            trace.complete(f"{call.op}[{call.algorithm}]", "comm", call.stream, call.t_start, t_end,
-                           {"bytes_sent": sent, "group": list(comm._world_ranks)})
-        return False
 
 
 class Communicator:
