@@ -14,6 +14,8 @@ from minidist.ops import intra_op
 from minidist.tensor import Tensor
 
 
+pytestmark = pytest.mark.timeout(120)
+
 @pytest.fixture
 def threads(monkeypatch):
     """Set the intra-op count alone (OpenBLAS's count untouched: its own splits change GEMM bits)."""
