@@ -72,6 +72,7 @@ SMALL_SEND = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.mpi
 def test_an_eager_mpi_send_returns_a_completed_request(tmp_path):
     script = tmp_path / "small_send.py"
     script.write_text(SMALL_SEND)
