@@ -17,7 +17,12 @@ and checked, and only then is the large payload received — straight into ``out
 given. Both sides know which way a message goes from its size, so no flag travels. A posted
 receive moves on through these stages whenever its rank waits for anything
 (:class:`_Incoming`), so a send completes once its receive is posted, as MPI promises, even
-if the receiver first waits for its own send.
+if the receiver first waits for its own send. A frame that MPI sends at once (eagerly: up to
+about 8 KB with the ``mpich`` wheel on one machine) completes when it is posted, and ``isend``
+returns the completed request. Every message costs Python, not MPI: the header is packed
+with :mod:`struct`, the payload copied by ``memoryview``, and nothing is asked of MPI that the
+header already says (its length), so a send and its wait take about 8 µs and a receive about
+9 µs on two ranks (``benchmarks/bench_allreduce.py`` prints the cost per message).
 
 Waiting never busy-waits for long: a wait polls for ``SPIN_S`` (a message from a rank on
 another core arrives within it), then gives the core away between polls (``sched_yield``:
@@ -75,7 +80,7 @@ _DTYPE_NAME_CODE = {name: i for i, name in enumerate(_DTYPE_NAMES)}
 
 
 def _code(name: str) -> int:
-    """A collective/algorithm name as a number that fits a float64 header slot exactly."""
+    """A collective/algorithm name as a number for its int64 header slot (the name's CRC-32)."""
     return zlib.crc32(name.encode())
 
 
