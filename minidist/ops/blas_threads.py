@@ -7,9 +7,12 @@ machine, 64 products of 128×32×128 took 50-60 ms of CPU time on 2 threads agai
 on one. Inside ``with one_blas_thread():`` OpenBLAS uses one thread; the count is put back
 when the last of the threads that entered leaves (the in-process backend's ranks are
 threads of one process, and the count is the library's, so it is reference-counted under a
-lock). GEMM results do not depend on the thread count (OpenBLAS splits the rows and columns
-of the output, never the sums), so no number changes. Without OpenBLAS found next to NumPy,
-or with one thread already, it does nothing.
+lock). Attention's numbers are those of one thread whatever the count. For its small
+products that is also what two threads give (tests/test_engine_blas_threads.py); for large
+float32 products it need not be: OpenBLAS takes other kernels on one thread and on several,
+and measured on a 2-core AMD EPYC a (1024×256)·(256×768) float32 product differs in its last
+bits between one thread and two (float64 products did not). Without OpenBLAS found next to
+NumPy, or with one thread already, it does nothing.
 """
 from __future__ import annotations
 
