@@ -88,6 +88,21 @@ def minidist_runner(cfg, B, T, accounting=True):
     return (lambda: minidist_step(model, opt, x, y, dev)), dev
 
 
+def one_thread_ops(step):
+    """``step`` with minidist's intra-op threads off while it runs (BLAS keeps its count):
+    what ``minidist.set_num_threads`` adds beyond the BLAS threads."""
+    from minidist.ops import intra_op
+
+    def run():
+        saved = intra_op._STATE["threads"]
+        intra_op._STATE["threads"] = 1
+        try:
+            return step()
+        finally:
+            intra_op._STATE["threads"] = saved
+    return run
+
+
 # -- PyTorch ----------------------------------------------------------------------------------
 def torch_setup(cfg, B, T):
     import torch
@@ -342,7 +357,9 @@ def main(args):
     runners = {"minidist": ours_step, "off": bare_step}
     if torch is not None:
         runners["torch"] = torch_runner(cfg, B, T)
-    rows = []                          # per run: (wall, cpu) ratio, accounting overhead (wall, cpu), our step
+    if args.threads > 1:               # the same step with the ops' own threads off (BLAS still on n)
+        runners["one-thread ops"] = one_thread_ops(minidist_runner(cfg, B, T, accounting=True)[0])
+    rows, gains = [], []               # per run: (wall, cpu) ratio, accounting overhead (wall, cpu), our step
     for r in range(args.repeats):
         t = side_by_side(runners, args.steps)
         nan = (float("nan"),) * 2
@@ -351,6 +368,11 @@ def main(args):
         print(f"  run {r + 1}: minidist {B * T / ours:6.0f} tokens/s, PyTorch {B * T / theirs:6.0f} tokens/s: "
               f"ratio {theirs / ours:.2f}x (CPU time {theirs_c / ours_c:.2f}x); accounting off "
               f"{B * T / bare:6.0f} tokens/s: accounting {ours / bare - 1:+.1%} (CPU time {ours_c / bare_c - 1:+.1%})")
+        if "one-thread ops" in t:
+            single = t["one-thread ops"][0]
+            gains.append(single / ours - 1)
+            print(f"         the ops' elementwise work on one thread: {B * T / single:6.0f} tokens/s "
+                  f"(intra-op threads save {1 - ours / single:.1%} of the step)")
     top = sorted(dev.flops_by_op.items(), key=lambda kv: -kv[1])[:5]
     print("counted FLOPs by op (top 5, all steps): "
           + ", ".join(f"{k} {v / 1e9:.2f}G" for k, v in top))
@@ -363,6 +385,9 @@ def main(args):
     print(f"ratio minidist/PyTorch over {args.repeats} runs: wall {stat(cols[0], times)}; "
           f"CPU time {stat(cols[1], times)}")
     print(f"accounting overhead: wall {stat(cols[2], percent)}; CPU time {stat(cols[3], percent)}")
+    if gains:
+        print(f"intra-op threads (minidist.set_num_threads({args.threads})): the step is "
+              f"{stat(gains, percent)} slower with the ops' elementwise work on one thread")
     ours_wall, ours_cpu = float(np.median(cols[4])), float(np.median(cols[5]))
     if not args.no_profile:
         print_profile(cfg, B, T, ours_wall, ours_cpu)
