@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from .blas_threads import _library
 
@@ -75,7 +74,10 @@ def set_num_threads(n: int) -> None:
         lib[1](n)
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int):
+    """The shared pool of ``workers`` threads, started on first use (``import minidist`` starts none)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     with _LOCK:
         pool = _STATE["pool"]
         if pool is None:
