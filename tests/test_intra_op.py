@@ -4,6 +4,7 @@ with a KV cache, a ragged last block, dropout) and GELU, and a whole GPT trainin
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -164,3 +165,23 @@ def test_a_training_step_is_bit_identical_on_one_two_and_three_threads(threads, 
         assert other[0] == base[0]
         for a, b in zip(base[1], other[1]):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork is POSIX")
+def test_a_forked_child_starts_its_own_pool(threads):
+    import os
+    threads(2)
+    intra_op.parallel_for(2, lambda a, b, k: None)              # the parent's pool is running
+    with warnings.catch_warnings():                              # 3.12+: fork in a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:                                                 # the child: the parent's threads are gone
+        code = 1
+        try:
+            seen = []
+            intra_op.parallel_for(2, lambda a, b, k: seen.append(k))
+            code = 0 if sorted(seen) == [0, 1] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -91,6 +91,15 @@ def _mark_worker() -> None:
     _WORKER.inside = True
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there; start a new pool on use."""
+    _STATE["pool"], _STATE["workers"] = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def pieces(n: int, parts: int) -> list[tuple[int, int]]:
     """``range(n)`` as ``parts`` contiguous ``(start, stop)`` pieces, the first ones one longer."""
     size, extra = divmod(n, parts)
