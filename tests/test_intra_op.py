@@ -12,6 +12,7 @@ import pytest
 import minidist
 from minidist import functional as F
 from minidist.ops import intra_op
+from minidist.ops.blas_threads import blas_threads
 from minidist.tensor import Tensor
 
 
@@ -79,6 +80,19 @@ def test_an_error_in_a_worker_piece_is_raised_by_the_call(threads):
 def test_set_num_threads_refuses_what_is_not_a_count(bad):
     with pytest.raises(ValueError, match="whole number of threads >= 1"):
         minidist.set_num_threads(bad)
+
+
+@pytest.mark.skipif(blas_threads() is None, reason="OpenBLAS not found next to NumPy")
+def test_set_num_threads_sets_the_ops_and_blas_counts(monkeypatch):
+    monkeypatch.setitem(intra_op._STATE, "threads", intra_op.num_threads())
+    before = blas_threads()
+    try:
+        minidist.set_num_threads(3)
+        assert minidist.num_threads() == 3 and blas_threads() == 3
+        minidist.set_num_threads(1)
+        assert minidist.num_threads() == 1 and blas_threads() == 1
+    finally:
+        intra_op._library()[1](before)
 
 
 def test_a_bad_environment_count_is_refused_with_its_name():

@@ -21,7 +21,8 @@ another thread costs more than it saves (measured on 2 cores: layer norm 1.7 →
 The count is 1 (off) unless a program asks: :func:`set_num_threads` (``minidist.ops.
 set_num_threads(2)``, which also sets OpenBLAS's count, as ``torch.set_num_threads`` sets
 MKL's) or the environment variable ``MINIDIST_NUM_THREADS``. Off by default because the
-in-process backend already runs its ranks as threads of one process. A piece's code must do
+in-process backend already runs its ranks as threads of one process. The count is the
+process's, as OpenBLAS's and PyTorch's are: in-process ranks share it and share the pool. A piece's code must do
 NumPy work only: no autograd, no device accounting (both belong to the calling thread).
 """
 from __future__ import annotations
