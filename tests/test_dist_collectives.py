@@ -131,3 +131,61 @@ def test_split_makes_groups_ordered_by_key():
     assert [r[0] for r in res] == [2, 1, 1, 0, 0]
     assert [int(r[3][0]) for r in res] == [6, 4, 6, 4, 6]
     assert [r[4] for r in res] == [True, False, False, False, False]
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 5])
+def test_zero_d_inputs_and_one_number_per_rank_keep_their_shapes(p):
+    """A 0-d input (a NumPy scalar or array) comes back 0-d from every reducing and
+    broadcasting collective and gathers to (p,); an all-to-all of one number per rank (blocks
+    of shape (p,), MPI_Alltoall with count 1) delivers rank j's number to row j."""
+    def main(comm):
+        r = comm.rank
+        got = {("all_reduce", a): dist.all_reduce(comm, np.float64(r + 1), algorithm=a)
+               for a in dist.algorithms("all_reduce")}
+        got.update({("broadcast", a): dist.broadcast(comm, np.array(7.0 if r == 0 else 0.0), algorithm=a)
+                    for a in dist.algorithms("broadcast")})
+        got["reduce", "binomial"] = dist.reduce(comm, np.array(float(r)), root=0)
+        got["gather", "binomial"] = dist.gather(comm, np.array(float(r)), root=0)
+        got.update({("all_to_all", a): dist.all_to_all(comm, np.arange(comm.size) + 10.0 * r, algorithm=a)
+                    for a in dist.algorithms("all_to_all")})
+        return got
+
+    for r, got in enumerate(dist.spawn(main, p, timeout=10)):
+        for (name, alg), value in got.items():
+            where = f"{name}[{alg}] on rank {r} of {p}"
+            if name == "all_reduce":
+                assert value.shape == () and value == p * (p + 1) / 2, where
+            elif name == "broadcast":
+                assert value.shape == () and value == 7.0, where
+            elif name == "reduce" and r == 0:
+                assert value.shape == () and value == p * (p - 1) / 2, where
+            elif name == "gather" and r == 0:
+                assert value.shape == (p,) and list(value) == list(range(p)), where
+            elif name == "all_to_all":
+                np.testing.assert_array_equal(value, 10.0 * np.arange(p) + r, err_msg=where)
+
+
+def test_recv_into_something_it_cannot_write_is_refused_and_strided_out_is_filled():
+    def main(comm):
+        if comm.rank == 0:
+            for _ in range(4):
+                comm.send(np.arange(4.0), 1)
+            return None
+        errors = []
+        for bad in (np.float64(0.0), np.zeros(4)[::-1].copy().view(), np.zeros(4, np.float32)):
+            if bad.dtype == np.float64 and isinstance(bad, np.ndarray):
+                bad.setflags(write=False)
+            try:
+                comm.recv(0, out=bad)
+            except (TypeError, ValueError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        strided = np.zeros((4, 2))[:, 0]              # not contiguous: filled through its own layout
+        comm.recv(0, out=strided)
+        return errors, strided.copy()
+
+    errors, strided = dist.spawn(main, 2, timeout=10)[1]
+    assert len(errors) == 3, errors
+    assert errors[0].startswith("TypeError: recv(out=...) needs a NumPy array") and "a[j:j+1]" in errors[0]
+    assert "read-only" in errors[1]
+    assert errors[2] == "ValueError: recv into a float32 buffer of 4 elements but rank 0 sent float64 of shape (4,)"
+    np.testing.assert_array_equal(strided, np.arange(4.0))

@@ -35,6 +35,8 @@ PROGRAM = textwrap.dedent('''
             out["broadcast/" + a] = dist.broadcast(comm, odd if r == 1 else np.zeros(37), root=1, algorithm=a)
         for a in dist.algorithms("all_to_all"):
             out["all_to_all/" + a] = dist.all_to_all(comm, x.reshape(p, 6), algorithm=a)
+            out["all_to_all_1d/" + a] = dist.all_to_all(comm, x[:p], algorithm=a)   # one number per rank
+        out["all_reduce_0d/ring"] = dist.all_reduce(comm, np.float64(x[0]))      # a 0-d input stays 0-d
         with comm.collective("custom_shift", "naive"):      # a collective written outside minidist.distributed
             out["custom_shift/naive"] = comm.sendrecv(x[:3], (r + 1) % p, (r - 1) % p)
         sub = comm.split(color=r % 2, key=-r)
@@ -61,6 +63,10 @@ PROGRAM = textwrap.dedent('''
             y = odd.copy() if r == 1 else np.empty(37); W.Bcast(y, root=1); return y
         if kind == "all_to_all":
             y = np.empty((p, 6)); W.Alltoall(x.reshape(p, 6), y); return y
+        if kind == "all_to_all_1d":
+            y = np.empty(p); W.Alltoall(np.ascontiguousarray(x[:p]), y); return y
+        if kind == "all_reduce_0d":
+            return np.float64(W.allreduce(float(x[0])))
         return None
 
     if __name__ == "__main__":
@@ -104,7 +110,9 @@ def test_mpi_matches_mpi4py_and_in_process_log(p, tmp_path):
     # 1. equal to mpi4py's Allreduce, Reduce_scatter_block, Allgather, Bcast, Alltoall
     for r, run in enumerate(runs):
         assert run["backend"] == "mpi"
-        assert len(run["diffs"]) == 2 * 5 + 3 + 3 + 3 + 2
+        assert len(run["diffs"]) == 2 * 5 + 3 + 3 + 3 + 2 + 2 + 1
+        assert np.shape(run["results"]["all_reduce_0d/ring"]) == ()
+        assert np.shape(run["results"]["all_to_all_1d/pairwise"]) == (p,)
         for name, diff in run["diffs"].items():
             tol = 0.0 if name.startswith(("all_reduce_max", "all_gather", "broadcast", "all_to_all")) else 1e-12
             assert diff <= tol, (r, name, diff)
@@ -115,6 +123,7 @@ def test_mpi_matches_mpi4py_and_in_process_log(p, tmp_path):
     spec.loader.exec_module(module)
     local = dist.spawn(lambda comm: (module.program(comm), comm.log.to_records()), p, timeout=10)
     for r, (out, log) in enumerate(local):
+        assert np.shape(out["all_reduce_0d/ring"]) == () and np.shape(out["all_to_all_1d/pairwise"]) == (p,)
         for name, value in out.items():
             np.testing.assert_array_equal(np.asarray(runs[r]["results"][name]), value, err_msg=name)
         assert runs[r]["log"] == log

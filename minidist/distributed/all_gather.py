@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .halving_doubling import doubling, fold_in, fold_out
-from .ops import pick
+from .ops import contiguous, pick
 
 
 def ring_schedule(p: int, r: int) -> list[tuple[int, int, int]]:
@@ -68,7 +68,7 @@ ALGORITHMS = {"ring": _ring, "recursive_doubling": _recursive_doubling, "bruck":
 def all_gather(comm, chunk, algorithm: str = "ring", *, async_op: bool = False, **opts):
     """Concatenate every rank's ``chunk`` (flattened) in rank order, on every rank."""
     impl = pick(ALGORITHMS, "all_gather", algorithm)
-    chunk = np.ascontiguousarray(chunk)
+    chunk = contiguous(chunk)
     with comm.collective("all_gather", algorithm, chunk, **opts) as call:
         buf = np.empty((comm.size, chunk.size), dtype=chunk.dtype)    # (p, c)
         buf[comm.rank] = chunk.reshape(-1)

@@ -28,6 +28,7 @@ from .halving_doubling import doubling, fold_in, fold_out, halving
 from .ops import (
     as_chunks,
     check_op,
+    contiguous,
     finish,
     fold_layout,
     old_rank,
@@ -134,7 +135,7 @@ def all_reduce(comm, x, op: str = "sum", algorithm: str = "ring", *, async_op: b
     """
     check_op(op)
     impl = pick(ALGORITHMS, "all_reduce", algorithm)
-    x = np.ascontiguousarray(x)
+    x = contiguous(x)
     with comm.collective("all_reduce", algorithm, x, reduce_op=op, **opts) as call:
         out = impl(comm, x, op) if comm.size > 1 else x.copy()
         out = finish(out, op, comm.size)

@@ -26,11 +26,14 @@ def _pairwise(comm, blocks):
     p, r = comm.size, comm.rank
     out = np.empty_like(blocks)                            # (p, ...)
     out[r] = blocks[r]
+    # rows of (p, m) views: a row is an array even when a block is one number (blocks of
+    # shape (p,)), where blocks[j] would be a NumPy scalar and out[j] a copy, not a view
+    rows, into = blocks.reshape(p, blocks[0].size), out.reshape(p, blocks[0].size)
     for s in range(1, p):
         comm.call.step = s - 1
         dst, src = (r + s) % p, (r - s) % p
         # why: one direct message per pair; the shift s makes every rank busy every step
-        comm.sendrecv(blocks[dst], dst, src, out=out[src])
+        comm.sendrecv(rows[dst], dst, src, out=into[src])
     return out
 
 

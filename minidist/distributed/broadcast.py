@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .all_gather import all_gather
-from .ops import as_chunks, pick, unchunk
+from .ops import as_chunks, contiguous, pick, unchunk
 from .scatter_gather import scatter
 
 
@@ -72,7 +72,7 @@ def broadcast(comm, x, root: int = 0, algorithm: str = "binomial", *, async_op: 
     """Copy ``x`` from ``root`` to every rank. ``opts``: stream, wire_dtype, bytes_per_element, tag."""
     impl = pick(ALGORITHMS, "broadcast", algorithm)
     if comm.rank == root:
-        x = np.ascontiguousarray(x)
+        x = contiguous(x)
     elif x is None and algorithm == "scatter_allgather":
         raise ValueError("broadcast(algorithm='scatter_allgather') needs x with the root's shape on every rank")
     with comm.collective("broadcast", algorithm, None, root=root, **opts) as call:

@@ -33,6 +33,7 @@ import numpy as np
 from .call import CollectiveCall, CollectiveScope
 from .errors import CollectiveMismatchError
 from .log import MessageEntry
+from .ops import contiguous
 
 COLL_TAG = 1 << 14            # collectives' messages use COLL_TAG + tag
 CTRL_TAG = (1 << 15) - 1      # debug signatures and split: never logged, never timed
@@ -149,7 +150,8 @@ class Communicator:
         # so the common case is written flat: one clock call, no per-message helper objects
         if type(dest) is not int or not 0 <= dest < self.size or dest == self.rank:
             self._check_peer(dest)       # raises, or accepts a NumPy integer
-        x = np.ascontiguousarray(x)
+        if type(x) is not np.ndarray or not x.flags.c_contiguous:
+            x = contiguous(x)            # a 0-d array stays 0-d (np.ascontiguousarray makes it 1-d)
         call, device = self._coll, self.device
         clock = device.clock
         if call is None:     # a plain send is issued by the compute stream: it starts after it
@@ -181,6 +183,8 @@ class Communicator:
         step = call.step if call is not None else 0      # the step that posted it: its log label
         if not 0 <= tag < COLL_TAG:
             self._wire_tag(tag)          # raises
+        if out is not None and (type(out) is not np.ndarray or not out.flags.writeable):
+            self._check_out(out)         # raises, or accepts an ndarray subclass
         key = (source, tag if call is None else tag + COLL_TAG)
         line = self._posted.get(key)
         if line is None:
@@ -247,6 +251,15 @@ class Communicator:
             raise ValueError(f"peer rank {r!r} is not in this communicator of size {self.size}")
         if r == self.rank:
             raise ValueError(f"rank {self.rank} cannot send to or receive from itself")
+
+    @staticmethod
+    def _check_out(out):
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"recv(out=...) needs a NumPy array to write the message into, got "
+                            f"{type(out).__name__}; for one number pass a 1-element slice such as a[j:j+1]")
+        if not out.flags.writeable:
+            raise ValueError("recv(out=...) got a read-only array: the message cannot be written into it; "
+                             "pass a writeable array (or out=None for a new one)")
 
     def _describe_wait(self, peer: int, verb: str) -> str:
         c = self._coll

@@ -261,13 +261,13 @@ class InProcessComm(Communicator):
                                              self._what("receive from", source, wire_tag, posted))
             on_header(header)
             if out is not None:
-                if out.size != payload.size:
-                    raise ValueError(f"recv into a buffer of {out.size} elements but rank "
-                                     f"{key[1]} sent {payload.size}")
+                if out.size != payload.size or out.dtype != payload.dtype:     # as the MPI backend
+                    raise ValueError(f"recv into a {out.dtype} buffer of {out.size} elements but rank "
+                                     f"{key[1]} sent {payload.dtype} of shape {payload.shape}")
                 if out.shape == payload.shape:    # the rings' case: a third of the cost of reshaping
                     out[...] = payload
-                else:
-                    out.reshape(-1)[...] = payload.reshape(-1)
+                else:                             # into out's own layout (a reshape of a strided out copies)
+                    out[...] = payload.reshape(out.shape)
                 payload = out
             return payload, header
 

@@ -21,6 +21,14 @@ import numpy as np
 REDUCE_OPS = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
 
 
+def contiguous(x) -> np.ndarray:
+    """``x`` as a C-ordered array of its own shape, copied only if it is not one already
+    (``np.ascontiguousarray`` would also turn a 0-d array into shape (1,), and a collective
+    returns arrays of its input's shape)."""
+    a = np.asarray(x)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def check_op(op: str) -> None:
     if op not in REDUCE_OPS:
         raise ValueError(f"unknown reduction op {op!r}; choose one of {sorted(REDUCE_OPS)}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import check_op, finish, pick, reduce_into
+from .ops import check_op, contiguous, finish, pick, reduce_into
 
 
 def _linear(comm, x, root, op):
@@ -52,7 +52,7 @@ def reduce(comm, x, root: int = 0, op: str = "sum", algorithm: str = "binomial",
     """Reduce every rank's ``x`` with ``op`` onto ``root``. ``opts``: stream, wire_dtype, bytes_per_element, tag."""
     check_op(op)
     impl = pick(ALGORITHMS, "reduce", algorithm)
-    x = np.ascontiguousarray(x)
+    x = contiguous(x)
     with comm.collective("reduce", algorithm, x, root=root, reduce_op=op, **opts) as call:
         out = impl(comm, x, root, op) if comm.size > 1 else x.copy()
         if out is not None:

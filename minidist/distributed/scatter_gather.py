@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ops import pick
+from .ops import contiguous, pick
 
 
 def _subtree(vr: int, p: int) -> int:
@@ -108,7 +108,7 @@ def scatter(comm, chunks, root: int = 0, algorithm: str = "binomial", *, async_o
 def gather(comm, x, root: int = 0, algorithm: str = "binomial", *, async_op: bool = False, **opts):
     """Collect every rank's ``x`` at ``root`` as a stacked ``(p, *x.shape)`` array."""
     impl = pick(GATHER_ALGORITHMS, "gather", algorithm)
-    x = np.ascontiguousarray(x)
+    x = contiguous(x)
     with comm.collective("gather", algorithm, x, root=root, **opts) as call:
         out = impl(comm, x, root) if comm.size > 1 else x[None].copy()
     return call.result(out, async_op)
