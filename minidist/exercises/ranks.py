@@ -12,9 +12,12 @@ missed rank 0, or counted rank 3 twice, is named as such.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .. import distributed as dist
+from ..distributed.log import MessageEntry
 from .grading import Wrong, as_array, expected_got
 
 # minidist's own collectives (and the modules that implement them): the collectives exercises forbid
@@ -25,14 +28,40 @@ COLLECTIVES = ("minidist.distributed.all_reduce", "minidist.distributed.reduce_s
 RANK_TIMEOUT = 5.0       # seconds a rank waits for a message before the grader calls it a hang
 
 
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    """One message a rank sent: the peer (world rank) and bytes of its log entry, and the dtype
+    of the array it was sent from (the log has bytes only: 8·k bytes are k float64 or 2·k
+    float32 elements, and a check must not take one for the other). ``dtype`` is None where
+    the messages could not be matched to their arrays (a sub-communicator's, say)."""
+
+    peer: int
+    nbytes: int
+    dtype: np.dtype | None
+    entry: MessageEntry
+
+
 def run_on_ranks(fn, inputs) -> tuple[list, list]:
-    """``fn(comm, inputs[rank])`` on ``len(inputs)`` ranks: (results, sends of each rank).
-    Raises :class:`Wrong` if a rank's function modified its input array."""
+    """``fn(comm, inputs[rank])`` on ``len(inputs)`` ranks: (results, each rank's :class:`Sent`
+    messages). Raises :class:`Wrong` if a rank's function modified its input array."""
     def main(comm):
         mark = comm.log.mark()
         x = inputs[comm.rank].copy()
-        out = fn(comm, x)
-        return out, comm.log.since(mark).messages(direction="send"), np.array_equal(x, inputs[comm.rank])
+        dtypes, isend = [], comm.isend
+
+        def recording_isend(*args, **kwargs):      # every send, sendrecv and batch goes through isend
+            dtypes.append(np.asarray(args[0] if args else kwargs.get("x")).dtype)
+            return isend(*args, **kwargs)
+        comm.isend = recording_isend
+        try:
+            out = fn(comm, x)
+        finally:
+            del comm.isend
+        entries = comm.log.since(mark).messages(direction="send")
+        if len(dtypes) != len(entries):
+            dtypes = [None] * len(entries)
+        sends = [Sent(e.peer, e.nbytes, d, e) for e, d in zip(entries, dtypes)]
+        return out, sends, np.array_equal(x, inputs[comm.rank])
 
     runs = dist.spawn(main, len(inputs), timeout=RANK_TIMEOUT)
     changed = [r for r, run in enumerate(runs) if not run[2]]
@@ -161,7 +190,8 @@ def check_ring_traffic(sends, p: int, n: int, steps: int, exact_chunk: bool, nam
     its right neighbour (rank+1) % p. Wrong patterns are named (gather-to-root, whole vector,
     wrong neighbour, extra or missing steps, rows of an unflattened array)."""
     dtype = np.dtype(dtype)
-    if dtype.itemsize < 8 and all(len(sends[r]) == steps and
+    if dtype.itemsize < 8 and all(e.dtype in (None, np.float64) for r in range(p) for e in sends[r]) and \
+            all(len(sends[r]) == steps and
                                   all(e.nbytes % 8 == 0 and e.nbytes // 8 in ({-(-n // p)} if exact_chunk else
                                                                               {n // p, -(-n // p)}) for e in sends[r])
                                   for r in range(p)) and all(e.peer == (r + 1) % p for r in range(p) for e in sends[r]):

@@ -110,7 +110,7 @@ def _check_traffic(sol, p, c, dtype=np.float64):
     _, sends = run_on_ranks(sol.all_gather, _inputs(p, c, 11, dtype))
     steps = p.bit_length() - 1
     width = dtype
-    if all(e.nbytes == 8 * (1 << k) * c for r in range(p) for k, e in enumerate(sends[r])):
+    if all(e.nbytes == 8 * (1 << k) * c and e.dtype in (None, np.float64) for r in range(p) for k, e in enumerate(sends[r])):
         width = np.float64                  # a float64 buffer: the same elements, 8 bytes each
     for r in range(p):
         got = [(e.peer, elements(e, width)) for e in sends[r]]
