@@ -40,6 +40,7 @@ from . import functional as F
 from .autocast import autocast_dtype
 from .device import current_device
 from .memory import nbytes
+from .moe import dropless
 from .tensor import Tensor, no_grad
 
 
@@ -133,7 +134,8 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     """``idx`` (B, P) token ids followed by ``max_new_tokens`` sampled ones, (B, P + n): what
     :meth:`minidist.model.GPT.generate` does (nanoGPT's and Hugging Face's arguments).
 
-    Runs in eval mode (no dropout) under ``no_grad``; the model's mode is restored. ``seed``
+    Runs in eval mode (no dropout) under ``no_grad``, mixture-of-experts layers without
+    capacity drops (:func:`minidist.moe.dropless`); the model's mode is restored. ``seed``
     seeds the sampling (the same seed gives the same tokens with and without the cache);
     under tensor parallelism every rank must draw the same token, so sampling needs one.
     On the active device each step is a ``prefill`` or ``decode`` span (:meth:`Device.phase`).
@@ -156,7 +158,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     was_training = model.training
     model.eval()
     try:
-        with no_grad():
+        with no_grad(), dropless(model):      # MoE: no capacity drops, else a cache would change the tokens
             for step in range(max_new_tokens):
                 L = idx.shape[1]
                 if cache is not None and 0 < len(cache) == L - 1 and L <= block:

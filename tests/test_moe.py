@@ -174,3 +174,41 @@ def test_bad_moe_input_is_refused_naming_the_key(moe, extra, key):
     with pytest.raises(ConfigError) as e:
         load_config(cfg, world_size=2)
     assert e.value.key == key, str(e.value)
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, top_k=5, seed=3)])
+def test_generation_drops_no_token_so_the_kv_cache_does_not_change_the_text(sampling):
+    """A decode step routes a group of B tokens, the uncached forward the B·T of its window:
+    with a capacity they drop different tokens (shown first), so generation routes without
+    drops (moe.dropless) and gives the same tokens with and without the cache."""
+    from minidist.model import KVCache
+    from minidist.moe import dropless
+    from minidist.tensor import no_grad
+    cfg = GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=16,
+                    moe={"num_experts": 2, "top_k": 1, "capacity_factor": 1.0})
+    model = GPT(cfg, seed=1, dtype=np.float64)
+    for p in model.parameters():
+        p.data[...] *= 30                       # confident, unbalanced routing: experts overflow
+    model.eval()
+    idx = np.random.default_rng(0).integers(0, 11, (1, 9))
+
+    def last_logits_cached_and_whole():
+        with no_grad():
+            whole, _ = model(idx)
+            cache = KVCache()
+            model(idx[:, :8], kv_cache=cache)
+            step, _ = model(idx[:, 8:], kv_cache=cache)
+        return step.data[:, -1], whole.data[:, -1], statistics(model)
+
+    cached, whole, _ = last_logits_cached_and_whole()
+    assert np.abs(cached - whole).max() > 1.0           # with capacity: the cache changes the logits
+    with dropless(model):
+        cached, whole, stats = last_logits_cached_and_whole()
+    np.testing.assert_allclose(cached, whole, rtol=1e-10, atol=1e-10)
+    assert all(s["dropped"] == 0 for s in stats.values())
+    assert all(layer.drop_tokens for layer in moe_layers(model).values())      # restored
+
+    a = model.generate(idx[:, :3], 12, use_cache=True, **sampling)
+    b = model.generate(idx[:, :3], 12, use_cache=False, **sampling)
+    np.testing.assert_array_equal(a, b)
+    assert all(layer.drop_tokens for layer in moe_layers(model).values())

@@ -21,6 +21,12 @@ Public API (what the demo chapter, the exercises and the notebooks use):
   uncoefficiented floats). :func:`statistics` sums them over a model's layers and groups;
   the :class:`~minidist.training.trainer.Trainer` records, per step, ``history[s]["moe"]``
   = ``{layer id: {"load": [...], "dropped": n}}`` summed over the step's micro-batches.
+* **Generation routes without drops.** :func:`dropless` (``layer.drop_tokens = False``, the
+  name of DeepSpeed-MoE's switch; Megatron-LM's dropless MoE) gives every expert a slot for
+  every token of a group (C = T). :func:`minidist.inference.generate` decodes under it: a
+  decode step's group is the B new tokens, the uncached forward's the B·T of the whole
+  window, and with a capacity the two would drop different tokens, so the cache would change
+  the generated text. Training keeps its capacity.
 * **Routing as data.** :func:`route` (probabilities → experts, slots, drops) and
   :func:`capacity` run without any model (for figures and exercises).
 * **All-to-all bytes.** Per MoE layer and group an ep rank makes four all-to-alls (two in
@@ -46,13 +52,30 @@ Public API (what the demo chapter, the exercises and the notebooks use):
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .layer import Expert, MoEConfig, MoEMLP
 from .router import Routing, capacity, route, top_k
 
-__all__ = ["Expert", "MoEConfig", "MoEMLP", "Routing", "accumulate", "capacity", "moe_layers", "route", "statistics",
-           "top_k"]
+__all__ = ["Expert", "MoEConfig", "MoEMLP", "Routing", "accumulate", "capacity", "dropless", "moe_layers", "route",
+           "statistics", "top_k"]
+
+
+@contextlib.contextmanager
+def dropless(model):
+    """Within the block every MoE layer of ``model`` drops no token (``drop_tokens = False``:
+    each expert has a slot for every token of its group); the layers' settings come back after."""
+    layers = [m for m in model.modules() if isinstance(m, MoEMLP)]
+    saved = [m.drop_tokens for m in layers]
+    for m in layers:
+        m.drop_tokens = False
+    try:
+        yield model
+    finally:
+        for m, before in zip(layers, saved):
+            m.drop_tokens = before
 
 
 def moe_layers(model) -> dict:

@@ -110,6 +110,7 @@ class MoEMLP(Module):
         for p in self.experts.parameters():
             p.expert = True
         self.dropout = layers.dropout(dropout, seed)        # on the combined output, where the dense MLP has it
+        self.drop_tokens = True              # False: room for every token (generation: see moe.dropless)
         self.stats: list[dict] = []          # one entry per group of the last forward
         self.loss = None                     # the last forward's aux + z losses (a Tensor), mean over groups
 
@@ -147,7 +148,8 @@ class MoEMLP(Module):
         E, k = moe.num_experts, moe.top_k
         logits = self.router(x)                                      # (T, E)
         probs = F.softmax(logits, axis=-1)
-        r = route(probs.data, k, moe.capacity_factor)
+        # dropless: capacity factor E/k gives C = T, a slot in every expert for every token
+        r = route(probs.data, k, moe.capacity_factor if self.drop_tokens else E / k)
         C = r.capacity
         # dispatch: slot (e, c) holds its token, or zeros (row T) where no token took it
         zero = np.zeros((1, h), dtype=x.data.dtype)
