@@ -47,3 +47,31 @@ def test_an_expert_parallel_checkpoint_loads_on_one_rank_and_trains_on_alike(tmp
         trainer.train_step(step)
     want = [h["loss"] for h in job[0].history][2:]
     np.testing.assert_allclose([h["loss"] for h in trainer.history][2:], want, rtol=1e-9)
+
+
+def test_a_mixture_of_experts_checkpoint_refuses_other_routing_or_another_model(tmp_path):
+    """The model.moe keys are checked as the model's other keys are: the experts' number and
+    placement make the model (weights-only loads refuse them too), the routing (top_k, capacity,
+    the losses' coefficients, the groups) makes the trajectory (a resume refuses it)."""
+    from minidist.checkpoint import CheckpointError, check_compatible
+    from minidist.training.config import load_config
+    train(CONFIG, 1, save=tmp_path / "a", interval=2)
+    ckpt = read_checkpoint(tmp_path / "a" / "step_00000002")
+    check_compatible(ckpt, load_config(copy.deepcopy(CONFIG)), 1)              # the same config: accepted
+    for key, value in [("top_k", 1), ("capacity_factor", 2.0), ("aux_loss_coef", 0.5), ("group_size", 8)]:
+        cfg = copy.deepcopy(CONFIG)
+        cfg["model"]["moe"][key] = value
+        with pytest.raises(CheckpointError, match=f"'model.moe.{key}' = .*but this run has {value}; use the saved "
+                                                  f"value to resume; to start a new run from its weights only"):
+            check_compatible(ckpt, load_config(cfg), 1)
+        check_compatible(ckpt, load_config(cfg), 1, weights_only=True)          # the same weights: they load
+    dense = copy.deepcopy(CONFIG)
+    del dense["model"]["moe"]
+    for weights_only in (False, True):
+        with pytest.raises(CheckpointError, match=r"'model.moe.num_experts' = 4, but this run has nothing "
+                                                  r"\(no model.moe section\); use the saved value \(the model must"):
+            check_compatible(ckpt, load_config(dense), 1, weights_only=weights_only)
+    fewer = copy.deepcopy(CONFIG)
+    fewer["model"]["moe"]["every_n_layers"] = 2
+    with pytest.raises(CheckpointError, match="'model.moe.every_n_layers' = 1, but this run has 2"):
+        check_compatible(ckpt, load_config(fewer), 1, weights_only=True)

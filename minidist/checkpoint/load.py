@@ -33,10 +33,13 @@ from .reshard import assemble
 # config keys that must be the same to load (the rest — world size, ZeRO stage, offload,
 # buckets, steps, batch sizes, learning rate — may change)
 # the model: must match even to load the weights alone (--load-weights-only)
-MODEL_KEYS = ("model.block_size", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_embd", "model.bias")
+MODEL_KEYS = ("model.block_size", "model.vocab_size", "model.n_layer", "model.n_head", "model.n_embd", "model.bias",
+              "model.moe.num_experts", "model.moe.every_n_layers")      # None: no mixture of experts
 # what else decides the trajectory: must match to resume (the layout, steps and lr may change)
 TRAJECTORY_KEYS = ("dtype", "fp16.enabled", "bf16.enabled", "optimizer.type", "seed", "data.dataset",
-                   "data.seq_len", "data.n_digits", "data.val_fraction", "model.dropout", "gradient_clipping")
+                   "data.seq_len", "data.n_digits", "data.val_fraction", "model.dropout", "gradient_clipping",
+                   "model.moe.top_k", "model.moe.capacity_factor", "model.moe.aux_loss_coef",
+                   "model.moe.z_loss_coef", "model.moe.group_size")
 MUST_MATCH = MODEL_KEYS + TRAJECTORY_KEYS
 
 
@@ -69,6 +72,14 @@ def _get(cfg: dict, key: str):
     return cfg
 
 
+def _shown(cfg: dict, key: str) -> str:
+    """A config value for a message; a key whose optional section is absent says so."""
+    section = key.rsplit(".", 1)[0]
+    if "." in section and _get(cfg, section) is None:
+        return f"nothing (no {section} section)"
+    return repr(_get(cfg, key))
+
+
 def _global_batch(cfg: dict, world_size: int) -> int:
     par = cfg["parallel"]
     dp = world_size // (par["tensor"] * par["pipeline"])
@@ -87,8 +98,8 @@ def check_compatible(ckpt: Checkpoint, cfg: dict, world_size: int | None = None,
         if key.split(".")[0] not in cfg:
             continue                                       # a section this version does not have
         if _get(saved, key) != _get(cfg, key):
-            raise CheckpointError(where, f"was saved with config key '{key}' = {_get(saved, key)!r}, but this "
-                                         f"run has {_get(cfg, key)!r}; use the saved value"
+            raise CheckpointError(where, f"was saved with config key '{key}' = {_shown(saved, key)}, but this "
+                                         f"run has {_shown(cfg, key)}; use the saved value"
                                          + (" (the model must match to load its weights)" if key in MODEL_KEYS
                                             else " to resume" + switch))
     if weights_only:
