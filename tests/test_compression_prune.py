@@ -202,3 +202,21 @@ def test_unstructured_pruning_saves_no_bytes_and_no_flops_without_sparse_kernels
     linear_bytes = 4 * sum(lin.weight.size for _, _, _, lin in linear_layers(model))
     assert all(d == linear_bytes for d, _ in table.values())
     assert table[0.0][1] > table[0.5][1] > linear_bytes > table[0.75][1]     # CSR pays off only past 50 %
+
+
+def test_bad_fractions_criteria_and_missing_batches_are_refused_by_name():
+    """A negative fraction would slice the ranking from its end (prune the strongest units),
+    and an unknown criterion used to fall back on magnitude without a word."""
+    model = GPT(CFG, seed=7)
+    pairs = structured.unit_pairs(model)
+    for bad in (-0.25, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=f"structured pruning fraction must be in \\[0, 1\\].*got {bad}"):
+            structured.structured_masks(pairs, bad)
+    for bad in ("Taylor", "random", ""):
+        with pytest.raises(ValueError, match=f"pruning criterion must be one of \\['magnitude', 'taylor'\\], got {bad!r}"):
+            prune.prune_weights(copy_model(model), 0.5, bad)
+    with pytest.raises(ValueError, match="criterion='taylor' scores .* on data: give batches="):
+        prune.prune_weights(copy_model(model), 0.5, "taylor")
+    trainer = _trainer(steps=1)
+    with pytest.raises(ValueError, match="pruning criterion must be one of"):
+        prune.iterative_prune(trainer, [0.5], 1, criterion="l2")

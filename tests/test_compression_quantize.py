@@ -185,6 +185,16 @@ def test_bad_arguments_are_refused():
         quantize(np.ones(8), 4, granularity="channel")
     with pytest.raises(ValueError, match="bits must be 2…8"):
         quantize(np.ones(8), 9)
+    with pytest.raises(ValueError, match=r"bits must be 2…8 \(an integer\), got 4.5"):
+        quantize(np.ones(8), 4.5)                 # would hold codes up to 9 under a 4-bit label
+    for bad in (-8, 0, 2.0):
+        with pytest.raises(ValueError, match=f"group_size {bad!r} must divide in_features 16 \\(a positive integer"):
+            quantize(np.ones((16, 2)), 4, granularity="group", group_size=bad)
+    for value in (np.nan, np.inf, -np.inf):
+        x = np.ones((8, 2))
+        x[3, 1] = value
+        with pytest.raises(ValueError, match=f"1 non-finite value\\(s\\) \\(first at flat index 7: {value}\\)"):
+            quantize(x, 8, granularity="channel")
 
 
 # -- NF4 -------------------------------------------------------------------------------------------

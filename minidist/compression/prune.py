@@ -109,11 +109,24 @@ class Pruning:
         apply_masks(self.params, self.masks)
 
 
+CRITERIA = ("magnitude", "taylor")
+
+
+def _scores(model, params, criterion: str, batches) -> dict:
+    """The criterion's scores, refusing an unknown criterion and Taylor scoring without batches."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"pruning criterion must be one of {list(CRITERIA)}, got {criterion!r}")
+    if criterion == "magnitude":
+        return magnitude_scores(params)
+    if batches is None:
+        raise ValueError("criterion='taylor' scores |w·∂L/∂w| on data: give batches=[(x, y), ...] "
+                         "(or use criterion='magnitude', which needs none)")
+    return taylor_scores(model, params, batches)
+
+
 def prune_weights(model, sparsity: float, criterion: str = "magnitude", scope: str = "layer", batches=None) -> Pruning:
     """Score (``"magnitude"`` or ``"taylor"`` on ``batches``), mask and zero the weights."""
-    params = prunable(model)
-    scores = taylor_scores(model, params, batches) if criterion == "taylor" else magnitude_scores(params)
-    return Pruning(model, masks_from_scores(scores, sparsity, scope))
+    return Pruning(model, masks_from_scores(_scores(model, prunable(model), criterion, batches), sparsity, scope))
 
 
 # -- L1-regularised training ---------------------------------------------------------------------------
@@ -153,7 +166,7 @@ def iterative_prune(trainer, schedule, steps_per_stage: int, criterion: str = "m
     keep = {n: np.ones(p.shape, bool) for n, p in params.items()}
     rows = []
     for s in schedule:
-        scores = taylor_scores(trainer.model, params, batches) if criterion == "taylor" else magnitude_scores(params)
+        scores = _scores(trainer.model, params, criterion, batches)
         scores = {n: np.where(keep[n], v, -1.0) for n, v in scores.items()}   # already pruned: first
         keep = masks_from_scores(scores, s, scope)
         pruning = Pruning(trainer.model, keep)

@@ -53,8 +53,8 @@ GRANULARITIES = ("tensor", "channel", "group")
 
 def int_range(bits: int, scheme: str) -> tuple[int, int]:
     """``(qmin, qmax)`` of the codes: symmetric and log leave out −2^(b−1)."""
-    if not 2 <= int(bits) <= 8:
-        raise ValueError(f"bits must be 2…8, got {bits}")
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be 2…8 (an integer), got {bits!r}")
     qmax = 2 ** (bits - 1) - 1
     return (-qmax if scheme in ("symmetric", "log") else -qmax - 1), qmax
 
@@ -71,8 +71,9 @@ def _rows(x: np.ndarray, granularity: str, group_size: int | None) -> np.ndarray
     if granularity == "channel":
         return x.T                                                  # (out, in): a row per output column
     n_in, n_out = x.shape
-    if not group_size or n_in % group_size:
-        raise ValueError(f"group_size {group_size} must divide in_features {n_in}")
+    if not isinstance(group_size, (int, np.integer)) or isinstance(group_size, bool) or group_size < 1 \
+            or n_in % group_size:
+        raise ValueError(f"group_size {group_size!r} must divide in_features {n_in} (a positive integer)")
     return x.T.reshape(n_out * (n_in // group_size), group_size)   # (out·in/g, g), column-major groups
 
 
@@ -213,6 +214,11 @@ def quantize(x, bits: int = 8, scheme: str = "symmetric", granularity: str = "te
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
     x = np.asarray(x)
+    int_range(bits, scheme)                                        # refuses bad bits before any work
+    if x.dtype.kind in "fc" and not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(-1)))
+        raise ValueError(f"quantize: the tensor holds {bad.size} non-finite value(s) (first at flat index {bad[0]}: "
+                         f"{x.reshape(-1)[bad[0]]}); a NaN or inf would make its group's scale NaN or inf")
     rows = _rows(x, granularity, group_size)
     q, scale, zp = _SCHEME_FNS[scheme](rows, bits)
     return QuantizedTensor(

@@ -82,7 +82,11 @@ def unit_pairs(model) -> list[UnitPair]:
 
 
 def structured_masks(pairs, fraction: float) -> dict:
-    """name → keep-mask over the pair's units: the lowest-norm ``round(fraction·count)`` go."""
+    """name → keep-mask over the pair's units: the lowest-norm ``round(fraction·count)`` go
+    (at most count − 1: a pair keeps one unit). ``fraction`` in [0, 1]."""
+    if not 0.0 <= fraction <= 1.0:          # NaN fails this too
+        raise ValueError(f"structured pruning fraction must be in [0, 1] (the share of heads or channels to "
+                         f"remove), got {fraction!r}")
     masks = {}
     for pair in pairs:
         n = pair.count
