@@ -109,7 +109,10 @@ def sample(logits, temperature: float = 1.0, top_k: int | None = None, rng=None)
     logits = np.asarray(logits)                                             # (B, V)
     if temperature == 0:
         return logits.argmax(axis=-1)                                       # (B,)
-    z = logits / temperature
+    # shifted before the division: a tiny temperature sends the others to -inf, the largest stays 0
+    # (logits / temperature first would overflow to inf, and inf - inf is NaN)
+    with np.errstate(over="ignore"):
+        z = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     if top_k is not None and top_k < z.shape[-1]:
         kth = np.partition(z, z.shape[-1] - top_k, axis=-1)[:, -top_k][:, None]   # k-th largest: (B, 1)
         z = np.where(z < kth, -np.inf, z)
@@ -147,10 +150,15 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     if seed is None and temperature > 0 and model.layers.size > 1:
         raise ValueError(f"sampling on {model.layers.size} tensor-parallel ranks needs a seed, so that every rank "
                          f"draws the same token; give seed=... (or temperature=0 for greedy decoding)")
-    idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx, dtype=np.int64)
-    if idx.ndim != 2 or idx.shape[1] == 0:
+    ids = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+    if ids.ndim != 2 or ids.shape[1] == 0:
         raise ValueError(f"generate expects a prompt of token ids of shape (batch, time) with time >= 1, "
-                         f"got shape {idx.shape}")
+                         f"got shape {ids.shape}")
+    idx = ids.astype(np.int64)
+    vocab = model.config.vocab_size
+    if ids.size and (ids.dtype.kind not in "iuf" or not np.array_equal(idx, ids) or idx.min() < 0 or idx.max() >= vocab):
+        raise ValueError(f"generate expects token ids, integers in [0, vocab_size = {vocab}), got {ids.dtype} "
+                         f"values from {ids.min()!r} to {ids.max()!r}")
     rng = np.random.default_rng(seed)
     dev = current_device()
     block = model.config.block_size

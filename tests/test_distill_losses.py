@@ -132,6 +132,9 @@ def test_kd_loss_rejects_a_teacher_of_another_vocabulary():
     zs, zt, y = _data()
     with pytest.raises(ValueError, match="share the vocabulary"):
         kd_loss(zs, zt[..., :-1], y, 2.0, 0.5)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"temperature must be a finite number > 0, got {bad}"):
+            kd_loss(zs, zt, y, bad, 0.5)
 
 
 def test_pkd_mappings_follow_sun_et_al():

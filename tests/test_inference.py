@@ -220,3 +220,19 @@ def test_bad_arguments_and_pipeline_stages_are_refused():
     assert set(dist.spawn(_tp_unseeded, 2)) == {"sampling on 2 tensor-parallel ranks needs a seed, so that every "
                                                 "rank draws the same token; give seed=... (or temperature=0 for "
                                                 "greedy decoding)"}
+
+
+def test_prompts_that_are_not_token_ids_are_refused_and_a_tiny_temperature_is_greedy():
+    model = _model()
+    V = model.config.vocab_size
+    for bad in (PROMPT + 0.5, np.full((1, 3), V), np.full((1, 3), -1), np.ones((1, 3), dtype=bool)):
+        with pytest.raises(ValueError, match=r"generate expects token ids, integers in \[0, vocab_size = "):
+            model.generate(bad, 2)
+    np.testing.assert_array_equal(model.generate(PROMPT.astype(float), 3, temperature=0), model.generate(PROMPT, 3, temperature=0))
+    # a subnormal temperature: logits / T would overflow and give NaN probabilities; it samples greedily
+    from minidist.inference import sample
+    logits = np.array([[0.5, 2.0, -1.0, 1.9], [3.0, -3.0, 0.0, 2.9]])
+    rng = np.random.default_rng(0)
+    for t in (5e-324, 1e-300, 1e-12):
+        np.testing.assert_array_equal(sample(logits, t, None, rng), logits.argmax(axis=-1))
+        np.testing.assert_array_equal(sample(logits, t, 2, rng), logits.argmax(axis=-1))

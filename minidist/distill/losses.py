@@ -96,8 +96,8 @@ def kd_loss(student_logits, teacher_logits, targets, temperature: float = 2.0, a
 
     Backward, per target row:  ∂/∂z_s = [α·T·(q_s − p_t) + (1−α)·(softmax(z_s) − onehot(y))] / N.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (temperature > 0 and np.isfinite(temperature)):        # NaN fails both
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     s = as_tensor(student_logits)
