@@ -73,3 +73,23 @@ def test_mpirun_8_ranks_3d_equals_in_process(tmp_path):
     train(cfg, 8, save=tmp_path / "inproc")
     assert_same_state(tmp_path / "inproc", tmp_path / "mpi")
     assert read_checkpoint(tmp_path / "mpi").manifest["losses"] == read_checkpoint(tmp_path / "inproc").manifest["losses"]
+
+
+def test_a_context_parallel_checkpoint_counts_its_global_batch_without_the_cp_ranks(tmp_path):
+    """CP ranks share sequences, they are no data-parallel ranks: a TP2 × CP2 run on 4 ranks
+    with micro-batch 4 trains on 4·2 = 8 sequences a step. It resumes on one rank with micro-batch
+    4 (within 1e-12 in float64), and a resume on 2 data-parallel ranks of micro-batch 4 (16
+    sequences: another trajectory) is refused."""
+    from minidist.checkpoint import CheckpointError, check_compatible
+    from minidist.training.config import load_config
+    one = {**BASE, "dtype": "float64", "train_micro_batch_size_per_gpu": 4}
+    cp = {**one, "parallel": {"tensor": 2, "sequence_parallel": True, "context": {"size": 2}},
+          "zero_optimization": {"stage": 2}}
+    straight = train(cp, 4, save=tmp_path / "a", interval=2)
+    ckpt = read_checkpoint(tmp_path / "a" / "step_00000002")
+    check_compatible(ckpt, load_config(one, 1), 1)
+    with pytest.raises(CheckpointError, match="global batch of 8 sequences .* this run's is 16"):
+        check_compatible(ckpt, load_config(one, 2), 2)
+    resumed = train(one, 1, load=tmp_path / "a" / "step_00000002")
+    np.testing.assert_allclose([h["loss"] for h in resumed[0].history][2:],
+                               [h["loss"] for h in straight[0].history][2:], rtol=1e-12)

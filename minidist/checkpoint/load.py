@@ -82,7 +82,8 @@ def _shown(cfg: dict, key: str) -> str:
 
 def _global_batch(cfg: dict, world_size: int) -> int:
     par = cfg["parallel"]
-    dp = world_size // (par["tensor"] * par["pipeline"])
+    cp = (par.get("context") or {}).get("size", 1)        # context-parallel ranks share their sequences
+    dp = world_size // (par["tensor"] * par["pipeline"] * cp)
     return cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * dp
 
 
