@@ -201,11 +201,22 @@ def refusal(a: str, b: str) -> tuple[str, str] | None:
 
 
 def cell(a: str, b: str) -> str:
-    """"works", "—" (not a pair) or the refusal message, for features ``a`` and ``b``."""
+    """"works", "—" (not a pair) or the refusal message, for features ``a`` and ``b``. A
+    feature that needs another (:data:`NEEDS`) runs only beside it: the pair is refused when
+    the other feature is refused with every one it could run beside (SP needs TP, and TP is
+    refused with PEFT: SP with PEFT cannot run either)."""
     if exclusive(a, b):
         return "—"
     r = refusal(a, b)
-    return r[1] if r else "works"
+    if r:
+        return r[1]
+    for x, y in ((a, b), (b, a)):
+        needed = NEEDS[x][0] if x in NEEDS else ()
+        if needed and y not in needed:
+            blocked = [refusal(n, y) for n in needed]
+            if all(blocked):
+                return blocked[0][1]
+    return "works"
 
 
 def check(cfg: dict, world_size: int) -> None:
