@@ -167,3 +167,27 @@ def test_zero3_prefetch_budget_follows_deepspeed():
     for r in runs.values():
         assert max_abs_diff(r["params"][0], runs["off"]["params"][0]) == 0.0
         assert r["history"][0]["bytes_sent"] == runs["off"]["history"][0]["bytes_sent"]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("world,tp", [(1, 1), (2, 2)], ids=["one-rank", "tp2-dp1"])
+def test_offload_on_one_data_parallel_rank_moves_the_optimizer_to_the_host(stage, world, tp):
+    """DeepSpeed's single-GPU ZeRO-Offload: with one data-parallel rank (one rank, or TP2 on 2
+    ranks) the optimizer's states and step still go to the host, as the formulas say
+    (optimizer 0 B on the device, K·Ψ on the host), with the same arithmetic as without."""
+    cfg = config(stage, offload_optimizer={"device": "cpu"})
+    cfg["parallel"] = {"tensor": tp}
+    plain = config(0)
+    plain["parallel"] = {"tensor": tp}
+    if world == 1:
+        runs, refs = [train_steps(cfg, None, 2)], [train_steps(plain, None, 2)]
+    else:
+        runs, refs = dist.spawn(train_steps, world, cfg, 2), dist.spawn(train_steps, world, plain, 2)
+    for run, ref in zip(runs, refs):
+        assert run["strategy"] == f"zero{stage}"
+        assert run["model_states"]["optimizer_states"] == 0
+        want = run["expected_model_states"]
+        assert {c: run["model_states"][c] for c in want} == want
+        assert sum(run["host"].values()) > 0 and sum(ref["host"].values()) == 0
+        for got, want in zip(run["params"], ref["params"]):
+            assert max_abs_diff(got, want) <= 1e-6

@@ -26,6 +26,8 @@ config::
 from __future__ import annotations
 
 from ..defaults import zero_strategy
+from ..device import current_device
+from ..distributed.inproc import single_rank_comm
 from .data.base import LocalStrategy
 from .data.ddp import DDP
 from .data.buckets import Bucket, element_bytes, make_buckets, padded_elements, shard_elements
@@ -48,8 +50,13 @@ def strategy_name(cfg: dict) -> str:
 def build_strategy(cfg: dict, model, optimizer, comm, precision=None):
     """The strategy object of this rank for a validated config (``comm`` None = one rank).
     ``precision``: the :class:`~minidist.precision.Precision` of an fp16/bf16 run, or None."""
-    name = strategy_name(cfg) if comm is not None else LocalStrategy.name
     z = cfg["zero_optimization"]
+    if comm is None and z["stage"] and z["offload_optimizer"]["device"] == "cpu":
+        # ZeRO-Offload on one data-parallel rank (DeepSpeed's single-GPU case: the optimizer's
+        # states and step on the host): the ZeRO strategy over a world of one, on this rank's device
+        comm = single_rank_comm()
+        comm.device = current_device()
+    name = strategy_name(cfg) if comm is not None else LocalStrategy.name
     clip = cfg.get("gradient_clipping", 0.0)
     if name == LocalStrategy.name:
         return LocalStrategy(model, optimizer, comm, clip=clip, precision=precision)
