@@ -183,6 +183,15 @@ def test_zb_v_memory_limit_and_times():
         zb_v(4, 8, max_in_flight=3)
 
 
+def test_numpy_integer_sizes_build_the_same_schedule_with_python_ints():
+    import numpy as np
+    for name in ("1f1b", "interleaved_1f1b", "zb_v"):
+        v = 2 if name == "interleaved_1f1b" else 1
+        got = build_schedule(name, np.int64(2), np.int32(4), virtual_stages=np.int64(v))
+        want = build_schedule(name, 2, 4, virtual_stages=v)
+        assert got.actions == want.actions and type(got.ranks) is int and type(got.micro_batches) is int
+
+
 def test_aliases_and_unknown_names():
     assert build_schedule("Schedule1F1B", 2, 4).name == "1f1b"
     assert build_schedule("ScheduleZBVZeroBubble", 2, 4).name == "zb_v"

@@ -6,7 +6,10 @@ the helpers here are shared with :mod:`.zb_h1_split`.
 """
 from __future__ import annotations
 
+import operator
 import re
+
+import numpy as np
 
 from ..defaults import ONE_F_ONE_B
 from ..parallel.pipeline import Action, Schedule, ScheduleError, validate
@@ -95,6 +98,17 @@ def action_words(text: str) -> str:
                                                                             "never comes — ")
 
 
+def _micro_batch(item) -> int | None:
+    """The micro-batch of an action as a Python int (a NumPy integer is one: np.arange gives
+    them), or None when it is no integer (a bool, a float, a string) or the item no pair."""
+    if not isinstance(item, (list, tuple)) or len(item) != 2 or isinstance(item[1], (bool, np.bool_)):
+        return None
+    try:
+        return operator.index(item[1])
+    except TypeError:
+        return None
+
+
 def to_schedule(got, name: str, p: int, m: int, ops: str) -> Schedule:
     """The student's lists of (op, micro-batch) pairs as a one-chunk-per-rank Schedule, or
     :class:`Wrong` saying what is malformed."""
@@ -106,11 +120,11 @@ def to_schedule(got, name: str, p: int, m: int, ops: str) -> Schedule:
     for r, prog in enumerate(got):
         acts = []
         for item in prog:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2 and item[0] in ops
-                    and isinstance(item[1], int) and not isinstance(item[1], bool)):
+            micro = _micro_batch(item)
+            if not (isinstance(item, (list, tuple)) and len(item) == 2 and item[0] in ops and micro is not None):
                 raise Wrong(f"{where}: rank {r}'s program holds {item!r}; each action is a pair (op, micro-batch) "
-                            f"with op one of {', '.join(repr(o) for o in ops)}")
-            acts.append(Action(item[0], item[1], r))
+                            f"with op one of {', '.join(repr(o) for o in ops)} and the micro-batch an integer")
+            acts.append(Action(item[0], micro, r))
         actions.append(acts)
     return Schedule(name, p, m, list(range(p)), actions)
 

@@ -30,6 +30,8 @@ module                  what a student finds there
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ...defaults import (DUALPIPE_V, GPIPE, INTERLEAVED_1F1B, NAIVE, ONE_F_ONE_B, SCHEDULES, ZB_H1, ZB_H2, ZB_V,
                          normalize_schedule)
 from .fill_drain import gpipe, naive
@@ -53,6 +55,9 @@ def build_schedule(name: str, ranks: int, micro_batches: int, virtual_stages: in
     times (T_F, T_B, T_W) of one stage, equal when None; only ``zb_v``'s order depends on
     them (the others are fixed orders), and the schedule keeps them for its Gantt chart."""
     canonical = normalize_schedule(name)
+    # NumPy integers (a sweep over np.arange) as Python ints: the actions and their JSON hold ints
+    ranks, micro_batches, virtual_stages = (int(v) if isinstance(v, np.integer) else v
+                                            for v in (ranks, micro_batches, virtual_stages))
     times = EQUAL_TIMES if times is None else check_times(canonical, times)
     if canonical == INTERLEAVED_1F1B:
         s = interleaved_1f1b(ranks, micro_batches, virtual_stages)
