@@ -105,20 +105,20 @@ class Trainer:
             partition = tensor_parallel.CheckpointPartition(self.grid.tp) if ac["partition_activations"] else None
             self.model.set_recompute(Recompute(ac["granularity"], ac["method"], ac["num_layers"],
                                                ac["cpu_checkpointing"], partition))
-            self.optimizer = self.build_optimizer([p for p in self.model.parameters() if p.requires_grad])
-            if hasattr(self.optimizer, "whole_tensor_squares") and tp > 1:   # LAMB's norms span the tp slices
-                self.optimizer.whole_tensor_squares = whole_tensor_squares(self.grid.tp)
             self.n_params = self.model.num_parameters()          # what this rank holds
             self.precision = precision_from_config(cfg)          # None for fp32 training
             if self.precision is not None and model_parallel:
                 self.precision = tensor_parallel.TensorParallelPrecision(self.precision, comm)
-            # experts averaged over grid.dp, the rest over grid.dp_ep (a pipeline stage may hold no expert)
-            if ep > 1 and any(expert_parallel.is_expert(p) for p in self.model.parameters()):
+            if ep > 1:
+                # experts averaged over grid.dp, the rest over grid.dp_ep; on every rank, also a pipeline
+                # stage that holds no expert: it takes part in the joint overflow verdict and clipping
+                # norm (collectives over the world and grid.mp) with nothing of its own to add
                 self.strategy = expert_parallel.build_expert_strategy(
-                    build_strategy, cfg, self.model, self.build_optimizer, self.dp_comm,
+                    build_strategy, cfg, self.model, self._optimizer, self.dp_comm,
                     self.grid.dp if self.grid.dp.size > 1 else None, self.precision, world=comm)
                 self.optimizer = self.strategy.optimizer
             else:
+                self.optimizer = self._optimizer([p for p in self.model.parameters() if p.requires_grad])
                 self.strategy = build_strategy(cfg, self.model, self.optimizer, self.dp_comm, self.precision)
             if self.pipeline is not None:    # ZeRO-3 gathers each chunk's parameters around its actions
                 self.pipeline.attach(self.strategy)
@@ -138,6 +138,17 @@ class Trainer:
     def build_optimizer(self, params):
         """The optimizer of ``params`` (the trainable ones), from the ``optimizer`` section."""
         return optim.build(self.cfg["optimizer"]["type"], params, **self.cfg["optimizer"]["params"])
+
+    def _optimizer(self, params):
+        """:meth:`build_optimizer`, told how this rank's slices make whole tensors: under tensor
+        parallelism LAMB's trust ratio ‖w‖/‖u‖ sums every tp slice's squares (You et al. 2020
+        take it per tensor). Every optimizer the trainer builds goes through here — under expert
+        parallelism there are two (the experts' and the rest's, :mod:`minidist.parallel.expert`),
+        and each needs it, or each tp rank would scale its slice by its own ratio."""
+        opt = self.build_optimizer(params)
+        if hasattr(opt, "whole_tensor_squares") and self.grid is not None and self.grid.tp_size > 1:
+            opt.whole_tensor_squares = whole_tensor_squares(self.grid.tp)
+        return opt
 
     # -- one step -----------------------------------------------------------------------------
     def batch(self, step: int, micro: int):

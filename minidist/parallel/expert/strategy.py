@@ -22,12 +22,22 @@ pipeline stage both gather and release around every action.
 
 **Clipping** is over every parameter, as on one rank (torch's ``clip_grad_norm_``): before
 either strategy steps, the experts' squared gradient norm is taken from their reduced
-gradients (which the in-flight reductions already hold) and summed over ``grid.ep`` (each ep
-rank holds other experts); the non-expert strategy adds it to its own, and both clip by the
-one norm. **Mixed precision** takes one verdict the same way: the experts' overflow flag
+gradients (which the in-flight reductions already hold), summed over ``grid.dp`` when they are
+shards, over ``grid.ep`` (each ep rank holds other experts) and last over ``grid.mp`` (the
+other tp slices and pipeline stages); the non-expert strategy adds it to its own, and both clip
+by the one norm. **Mixed precision** takes one verdict the same way: the experts' overflow flag
 (their reduced gradients, rounded to the format) is agreed over the world before the steps;
 the non-expert strategy's check adds it, its step moves the one loss scaler, and the experts'
 step follows that verdict (DeepSpeed-MoE's optimizer checks every parameter group at once).
+
+**A pipeline stage that holds no expert** (``every_n_layers`` > 1) has no experts' part
+(``experts`` is None), but it is an :class:`ExpertDataParallel` all the same: the verdict's
+all-reduce spans the world and the norm's spans ``grid.mp``, which reach the other stages, so
+every rank must make them, in the same order, or one stage's norm would be summed with another
+stage's experts' and the next collective would wait forever. It adds nothing to either (a
+false flag, zero squares) and takes both results, so that it skips and clips with the stages
+that hold experts. That is why the experts' norm crosses ``grid.mp`` last: the sums inside a
+stage (``grid.dp``, ``grid.ep``) are made by the stages that hold experts only.
 """
 from __future__ import annotations
 
@@ -63,7 +73,8 @@ def is_expert(p) -> bool:
 
 class ExpertDataParallel:
     """``dense``: the strategy of the non-expert parameters over the whole data-parallel group;
-    ``experts``: the same kind of strategy over the expert-data-parallel group."""
+    ``experts``: the same kind of strategy over the expert-data-parallel group, or None on a
+    pipeline stage that holds no expert (it still makes the joint collectives: see the module)."""
 
     def __init__(self, dense, experts, ep_group=None, world=None):
         self.dense, self.experts, self.ep_group, self.world = dense, experts, ep_group, world
@@ -74,17 +85,20 @@ class ExpertDataParallel:
         self.model_states: dict | None = None
         self._expert_squares, self._norm = 0.0, None
         if dense.clip > 0:                           # one norm over both groups (see the module)
-            dense.clip_, experts.clip_ = self._clip_dense, self._clip_experts
+            dense.clip_ = self._clip_dense
+            if experts is not None:
+                experts.clip_ = self._clip_experts
         self._expert_overflow = self._verdict = False
         if dense.precision is not None:              # one overflow verdict, one loss scaler (see the module)
-            for part, role in ((dense, "dense"), (experts, "experts")):
+            for part, role in zip(self.parts, ("dense", "experts")):
                 part.precision = JointVerdict(part.precision, self, role)
                 if part.mp is not None:
                     part.mp.precision = part.precision
 
     @property
     def parts(self):
-        return (self.dense, self.experts)
+        """The strategies this rank runs: the non-expert one, then the experts' (if it holds any)."""
+        return (self.dense,) if self.experts is None else (self.dense, self.experts)
 
     # -- the protocol ---------------------------------------------------------------------------
     def begin_micro(self, micro: int, n_micro: int) -> None:
@@ -112,7 +126,8 @@ class ExpertDataParallel:
         gradient (the experts' are released only at their own step, which comes second), but
         at the first step the experts' optimizer states are created after it, by that second
         step: those are read from the experts' snapshot, taken when they exist."""
-        d, e = self.dense.model_states, self.experts.model_states
+        d = self.dense.model_states
+        e = self.experts.model_states if self.experts is not None else None
         if d is None or e is None:
             return d
         states = dict(d, optimizer_states=max(d["optimizer_states"], e["optimizer_states"]))
@@ -126,6 +141,8 @@ class ExpertDataParallel:
         find them — reduced, and in mixed precision rounded to the format (in place: the step's own
         rounding then changes nothing)."""
         e = self.experts
+        if e is None:                                # a pipeline stage without experts
+            return [], [], False
         if isinstance(e, ZeRO1):                     # ZeRO-1/2: my reduced chunks, summed over grid.dp
             grads, params, sharded = [e.grad_shards[b.index] for b in e.buckets], None, True
         elif isinstance(e, DDP):                     # the buckets' averages, before DDP copies them back
@@ -148,16 +165,26 @@ class ExpertDataParallel:
         return bool(flag[0] > 0)
 
     def expert_squares(self) -> float:
-        """Σ g² of every expert's reduced (unscaled) gradient, over the whole model (a collective over grid.ep)."""
+        """Σ g² of every expert's reduced (unscaled) gradient, over the whole model (collectives over
+        grid.dp when sharded and grid.ep inside the stage, then over grid.mp: see the module)."""
         e = self.experts
-        grads, params, sharded = self.reduced_expert_grads()
-        if e.precision is not None:                  # what the step will clip: unscaled in fp32, as unscale_ does
-            inv = np.float32(1.0 / e.precision.loss_scale)
-            grads = [None if g is None else g.astype(np.float32) * inv for g in grads]
-        sq = np.array([_squares(e, grads, sharded, params)])
-        if self.ep_group is not None and self.ep_group.size > 1:
-            # why: each ep rank holds other experts; the norm is over all of them
-            sq = dist.all_reduce(self.ep_group, sq, op="sum", algorithm="ring")
+        sq = np.zeros(1)                             # a stage without experts adds nothing
+        if e is not None:
+            grads, params, sharded = self.reduced_expert_grads()
+            if e.precision is not None:              # what the step will clip: unscaled in fp32, as unscale_ does
+                inv = np.float32(1.0 / e.precision.loss_scale)
+                grads = [None if g is None else g.astype(np.float32) * inv for g in grads]
+            sq[0] = e.local_squared_norm(grads, params)
+            if sharded and e.world_size > 1:
+                # why: each rank of grid.dp holds a shard of these experts' gradients
+                sq = dist.all_reduce(e.comm, sq, op="sum", algorithm="ring")
+            if self.ep_group is not None and self.ep_group.size > 1:
+                # why: each ep rank holds other experts; the norm is over all of them
+                sq = dist.all_reduce(self.ep_group, sq, op="sum", algorithm="ring")
+        if self.dense.norm_group is not None:
+            # why: the other tp slices and pipeline stages hold the rest (a stage may hold none:
+            # it still takes part, or the stages' collectives over grid.mp would not pair up)
+            sq = dist.all_reduce(self.dense.norm_group, sq, op="sum", algorithm="ring")
         return float(sq[0])
 
     def _clip_dense(self, grads, sharded: bool, params=None) -> None:
@@ -173,7 +200,7 @@ class ExpertDataParallel:
 
     def full_parameters(self) -> dict:
         """This rank's parameters, whole over their data-parallel groups (a collective)."""
-        return {**self.dense.full_parameters(), **self.experts.full_parameters()}
+        return {name: value for s in self.parts for name, value in s.full_parameters().items()}
 
     # -- the formulas -----------------------------------------------------------------------------
     def expected_model_states(self) -> dict:
@@ -188,18 +215,26 @@ class ExpertDataParallel:
                     for s in self.parts)
         ring = lambda group: 2 * (group.size - 1) * 8 if group is not None and group.size > 1 else 0   # noqa: E731
         joint = ring(self.ep_group) if self.dense.clip > 0 else 0
+        if self.experts is None:                     # a stage without experts: only the norm's all-reduce over grid.mp
+            joint = ring(self.dense.norm_group) if self.dense.clip > 0 else 0
         if self.dense.precision is not None:
             joint += ring(self.world) - (self.experts.scalar_all_reduce_bytes() if isinstance(self.experts, ZeRO1) else 0)
         return parts + joint
 
     # -- ZeRO-3 on a pipeline stage: both parts gather and release their units around every action --
+    # (a part alone in its group — the experts when ep equals the data-parallel degree — is a
+    # LocalStrategy: it holds its parameters whole and has nothing to gather)
     def _attach_both(self, chunks: dict) -> None:
         for s in self.parts:
-            s.attach_pipeline(chunks)
+            if hasattr(s, "attach_pipeline"):
+                s.attach_pipeline(chunks)
 
     @contextlib.contextmanager
     def _action_of_both(self, action):
-        with self.dense.pipeline_action(action), self.experts.pipeline_action(action):
+        with contextlib.ExitStack() as stack:        # the dense part's units first, released last
+            for s in self.parts:
+                if hasattr(s, "pipeline_action"):
+                    stack.enter_context(s.pipeline_action(action))
             yield
 
     def __getattr__(self, name):
@@ -217,11 +252,14 @@ def build_expert_strategy(build_strategy, cfg: dict, model, build_optimizer, den
                           precision=None, world=None):
     """The two strategies of a model with experts: ``build_strategy(cfg, view, optimizer, comm,
     precision)`` once over each group (``None``: a group of one rank); ``world``: every rank (the
-    overflow verdict is agreed over it)."""
+    overflow verdict is agreed over it). A model (pipeline stage) without experts gets the first
+    only, and the joint collectives all the same."""
     dense_view = ParameterView(model, lambda p: not is_expert(p))
     expert_view = ParameterView(model, is_expert)
     dense = build_strategy(cfg, dense_view, build_optimizer(dense_view.parameters()), dense_comm, precision)
-    experts = build_strategy(cfg, expert_view, build_optimizer(expert_view.parameters()), expert_comm, precision)
+    experts = None
+    if expert_view.parameters():
+        experts = build_strategy(cfg, expert_view, build_optimizer(expert_view.parameters()), expert_comm, precision)
     ep = getattr(model.layers, "expert_parallel", None)
     return ExpertDataParallel(dense, experts, ep.group if ep is not None else None, world)
 
