@@ -196,3 +196,36 @@ def test_cli_prints_and_json_carries_the_per_rank_table(capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "Per pipeline rank" in text and "36.1 kB" in text and "36.4 kB" in text   # totals sent
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_zero_traffic_row_counts_one_reduce_scatter_per_step_under_a_pipeline(stage, capsys):
+    """Under a pipeline the data-parallel reduction waits for the flush: ZeRO-2 sends r·Ψ/pp
+    twice a step (reduce-scatter, all-gather), ZeRO-3 r·Ψ/pp·(2m + 1) (a gather per micro-batch's
+    forward and backward, one reduce-scatter), r = (d−1)/d — as the per-pipeline-rank table counts
+    (its stages hold the tied embedding twice, so it is compared per parameter), not per micro-batch."""
+    from minidist.estimate.comm import comm_volume
+    psi, d, m = 8000.0, 2, 4
+    r = (d - 1) / d
+    flat = comm_volume(psi, dp=d, stage=stage, precision="fp16", pp=1, micro_batches=m)["dp_elements"]
+    piped = comm_volume(psi, dp=d, stage=stage, precision="fp16", pp=2, micro_batches=m)["dp_elements"]
+    assert flat == (r * psi * (m + 1) if stage == 2 else 3 * r * psi * m)
+    assert piped == (2 * r * psi / 2 if stage == 2 else r * psi / 2 * (2 * m + 1))
+    argv = ["--layers", "2", "--hidden", "16", "--heads", "2", "--seq", "16", "--vocab", "75", "--dp", "2",
+            "--pp", "2", "--precision", "fp16", "--zero", str(stage), "--micro-batch", "2", "--micro-batches", "4",
+            "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    top = out["comm"][0]["dp_bytes"] / (out["params"] / 2)                       # bytes per parameter of a stage
+    table = [x["bytes_sent"]["data_parallel"] / x["params"] for x in out["per_pipeline_rank"][0]["ranks"]]
+    assert top == pytest.approx(2 * r * 2 if stage == 2 else r * (2 * m + 1) * 2)
+    assert len(table) == 2 and all(t == pytest.approx(top, rel=0.05) for t in table), (table, top)
+
+
+def test_params_given_beside_a_shape_are_named_as_given(capsys):
+    argv = ["--params", "1.3B", "--dp", "8", "--zero", "1", "--layers", "24", "--hidden", "2048", "--heads", "16",
+            "--seq", "1024", "--vocab", "50257"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "(parameters from --params = 1,300,000,000; the model shape's GPT-2 count" in text
+    assert "= 1,313,626,112 sizes the per-pipeline-rank table)" in text

@@ -53,8 +53,11 @@ def ring_factor(n: int) -> float:
     return (n - 1) / n
 
 
-def dp_comm_elements(params: float, dp: int, strategy: str, grad_accum: int = 1) -> dict:
-    """Elements one data-parallel rank sends and receives per step (root = rank 0 for the parameter server)."""
+def dp_comm_elements(params: float, dp: int, strategy: str, grad_accum: int = 1, pipeline: bool = False) -> dict:
+    """Elements one data-parallel rank sends and receives per step (root = rank 0 for the parameter server).
+    ``pipeline``: under pipeline parallelism the data-parallel reduction waits for the flush, so
+    ZeRO-2 and ZeRO-3 reduce-scatter once per step, not once per micro-batch (ZeRO-3 still
+    gathers for every micro-batch's forward and backward)."""
     n, psi, r = dp, params, ring_factor(dp)
     if strategy == PARAMETER_SERVER:
         # gather gradients to the root, broadcast the updated parameters back (flat/linear)
@@ -62,10 +65,10 @@ def dp_comm_elements(params: float, dp: int, strategy: str, grad_accum: int = 1)
                 "root_sent": (n - 1) * psi, "root_received": (n - 1) * psi}
     if strategy in (DDP, ZERO1):
         vol = 2 * r * psi                           # once per step, after accumulation
-    elif strategy == ZERO2:
-        vol = r * psi * grad_accum + r * psi        # reduce-scatter per micro-batch + one all-gather
-    elif strategy == ZERO3:
-        vol = 3 * r * psi * grad_accum              # 2 all-gathers + 1 reduce-scatter per micro-batch
+    elif strategy == ZERO2:                         # reduce-scatter per micro-batch (per step under a
+        vol = r * psi * (1 if pipeline else grad_accum) + r * psi     # pipeline) + one all-gather
+    elif strategy == ZERO3:                         # 2 all-gathers per micro-batch + the reduce-scatters
+        vol = r * psi * (2 * grad_accum + (1 if pipeline else grad_accum))
     else:
         raise ValueError(f"unknown data-parallel strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     return {"sent": vol, "received": vol}
@@ -89,7 +92,7 @@ def comm_volume(params: float, dp: int = 1, stage: int = 0, precision: str = "fp
     width = 4 if precision == "fp32" else 2          # gradients, parameters and activations on the wire
     strategy = strategy or zero_strategy(stage)
     psi = params / (tp * pp)
-    dp_el = dp_comm_elements(psi, dp, strategy, micro_batches)
+    dp_el = dp_comm_elements(psi, dp, strategy, micro_batches, pipeline=pp > 1)
     out = {"strategy": strategy, "dp": dp, "tp": tp, "pp": pp, "sp": sp, "bytes_per_element": width,
            "dp_elements": dp_el["sent"], "dp_bytes": dp_el["sent"] * width}
     if strategy == PARAMETER_SERVER:

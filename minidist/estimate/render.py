@@ -46,7 +46,12 @@ def render(r: dict) -> str:
         rows.append(row + [fmt_bytes(c["dp_bytes"])])
     out.append(_table(rows))
     if r["params_from_shape"]:
-        out.append(f"(parameters from the GPT-2 count 12Lh^2 + 13Lh + (V+s)h + 2h = {r['params']:,.0f})")
+        count = r["params_from_shape"]["total"]
+        if a.get("params") is not None:      # both given: --params sizes these rows, the shape the per-rank table
+            out.append(f"(parameters from --params = {r['params']:,.0f}; the model shape's GPT-2 count "
+                       f"12Lh^2 + 13Lh + (V+s)h + 2h = {count:,.0f} sizes the per-pipeline-rank table)")
+        else:
+            out.append(f"(parameters from the GPT-2 count 12Lh^2 + 13Lh + (V+s)h + 2h = {count:,.0f})")
     c = r["comm"][0]
     if c["tp_bytes"] is not None and (a["tp"] > 1 or a["pp"] > 1):
         out.append(f"tensor-parallel traffic/rank/step: {fmt_bytes(c['tp_bytes'])}; "
