@@ -32,6 +32,7 @@ from .estimate.context import context_bytes_per_step
 from .estimate.grid3d import estimate_for_config
 from .estimate.moe_grid import tp_bytes_change
 from .memory import DTYPE_BYTES
+from .parallel.data.zero3 import rerun_blocks
 from .parallel.expert import accounting as expert_accounting
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
@@ -49,6 +50,7 @@ def rank_report(trainer) -> dict:
     # under a pipeline the gradients are reduced once, after the flush (ZeRO-3 counts its gathers per micro-batch)
     micro = trainer.accumulation if trainer.pipeline is None or getattr(s, "chunk_units", None) else 1
     expected_bytes = s.expected_bytes_sent(micro) if hasattr(s, "shard") else s.expected_bytes_sent()
+    expected_bytes -= scalars_in_other_rows(trainer)
     tp = _tp_rank_summary(trainer) if trainer.grid is not None and trainer.grid.tp_size > 1 else None
     cp = context_summary(trainer) if trainer.grid is not None and trainer.grid.cp_size > 1 else None
     moe = expert_accounting.rank_summary(trainer)        # experts: load, drops, memory, all-to-all bytes
@@ -83,6 +85,25 @@ def rank_report(trainer) -> dict:
     }
 
 
+def scalars_in_other_rows(trainer) -> int:
+    """Bytes of the strategy's one-element all-reduces (:meth:`~minidist.parallel.data.base.LocalStrategy.scalar_groups`)
+    that the report measures in another row, so not in the data-parallel one: those on a group of
+    the tensor-parallel group's ranks (``grid.mp`` with one pipeline stage, the world with one
+    data-parallel replica: the ``tensor_parallel`` section counts every collective on them) and
+    those on the pipeline's tied-embedding pair (``grid.mp`` of a two-stage pipeline without tp:
+    :func:`pipeline_bytes_per_step` counts them). Under expert parallelism: each part's."""
+    g, s = trainer.grid, trainer.strategy
+    if g is None:
+        return 0
+    elsewhere = set()
+    if g.tp_size > 1:
+        elsewhere.add(g.tp.group)
+    if trainer.pipeline is not None and trainer.pipeline.tied_group is not None:
+        elsewhere.add(trainer.pipeline.tied_group.group)
+    parts = s.parts if "dense" in vars(s) else (s,)      # (an ExpertDataParallel: its two strategies)
+    return sum(2 * (c.size - 1) * 8 for part in parts for c in part.scalar_groups() if c.group in elsewhere)
+
+
 def tp_bytes_with_experts(trainer, moe: dict, dense: int) -> int | None:
     """The tensor-parallel bytes formula of a rank with MoE blocks: the dense model's ``dense``
     plus, per micro-batch, what its MoE blocks' collectives on slot buffers send in place of
@@ -111,6 +132,12 @@ def context_summary(trainer) -> dict:
     expected = context_bytes_per_step(par["context"]["algorithm"], trainer.grid.cp_size, c.n_layer,
                                       trainer.micro_batch, trainer.dataset.seq_len, c.n_embd, trainer.accumulation,
                                       w, trainer.grid.tp_size, trainer.cfg["activation_checkpointing"]["granularity"])
+    held = getattr(trainer.model, "layer_ids", None)
+    if trainer.cfg["activation_checkpointing"]["granularity"] == "full" and held is not None:
+        # the formula re-sends every layer's forward; a unit whose input needs no gradient is not
+        # recomputed (fine-tuning's first unit: minidist.parallel.data.zero3.rerun_blocks)
+        skipped = len(held) - len(rerun_blocks(trainer.model))
+        expected["bytes_per_step"] -= skipped * expected["per_layer_recomputed"] * trainer.accumulation
     return {"cp": trainer.grid.cp_size, "algorithm": par["context"]["algorithm"],
             "tokens_per_rank": trainer.dataset.seq_len // trainer.grid.cp_size, "bytes_sent_per_step": sent,
             "bytes_sent_per_step_expected": expected["bytes_per_step"],

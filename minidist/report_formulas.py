@@ -19,8 +19,13 @@ def formulas(trainer) -> dict:
     precision, the model's dtype (4 or 8 bytes) and K = 8 in fp32.
 
     ``bytes_sent_per_step`` adds to the textbook volume the one-element all-reduces the
-    run makes (ring, float64: ``2·(p−1)·8`` bytes each): the gradient norm when ZeRO clips,
-    the overflow flag when a ZeRO stage or the parameter server trains in mixed precision.
+    run makes in the data-parallel row (ring, float64: ``2·(n−1)·8`` bytes over n ranks): the
+    gradient norm over the p ranks when ZeRO clips its shards, and the mixed-precision overflow
+    flag — over the p ranks when a ZeRO stage or the parameter server checks its own part of the
+    gradients, over the whole world under tensor parallelism (every rank of the grid skips alike:
+    :class:`~minidist.parallel.tensor.build.TensorParallelPrecision`, whatever the strategy).
+    The norm's part over ``grid.mp`` runs on the tp group here (one pipeline stage), as does
+    the flag when the world is the tp group: the ``tensor_parallel`` section counts those.
     Under the parameter server the row is a worker's (no optimizer state) and ``root`` the
     root's. Under a pipeline one row fits no rank (each stage holds its own blocks and a copy
     of the tied embedding): ``model_states`` and ``bytes_sent_per_step`` are None and
@@ -44,7 +49,12 @@ def formulas(trainer) -> dict:
         # fine-tuning (minidist.peft): Ψ is what trains; the frozen weights are parameters only
         psi = s.numel if cfg["peft"] is not None else trainer.n_params
         rows = [_textbook(trainer, s, psi, p)]
-        scalars = ((stage > 0 and cfg["gradient_clipping"] > 0) + (trainer.precision is not None and dp != DDP)) * ring(p)
+        scalars = (stage > 0 and cfg["gradient_clipping"] > 0) * ring(p)
+        if trainer.precision is not None:
+            tp = trainer.grid.tp_size if trainer.grid is not None else 1
+            # under tensor parallelism the flag is agreed over the world (the tensor_parallel section counts it
+            # when the world is the tp group); otherwise over the group where ZeRO's or the server's ranks differ
+            scalars += ring(trainer.world_size) * (trainer.world_size > tp) if tp > 1 else ring(p) * (dp != DDP)
     else:                               # the non-expert parameters over grid.dp_ep, the experts over grid.dp
         parts = (s.dense, experts)
         # a group of one rank: a plain local strategy (no shards, no offload: minidist.parallel.build_strategy)

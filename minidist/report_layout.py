@@ -14,6 +14,9 @@ all-to-alls): under a pipeline each stage holds only its own MoE blocks.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .defaults import PARAMETER_SERVER
 from .estimate.grid3d import estimate_for_config
 from .estimate.moe import moe_for_config
 from .estimate.pipeline import pipeline_bubble
@@ -55,6 +58,7 @@ def recomputed_all_to_all(experts: dict, recomputed: int) -> tuple[int, int]:
 def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None = None) -> dict:
     """Measured beside estimated, per rank of a tensor/pipeline/expert-parallel run (:mod:`minidist.estimate`)."""
     est = est or estimate_for_config(trainer.cfg, trainer.world_size, trainer.model_config.vocab_size)
+    ps = parameter_server_bytes(trainer)
     rows = []
     for r in ranks:
         e = est["ranks"][r["coords"]["pp"]]
@@ -63,7 +67,7 @@ def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None 
                "model_states": {k: measured.get(k, 0) for k in STATES},
                "model_states_estimate": {k: e["model_states"][k] for k in STATES},
                "bytes_sent_per_step": r["bytes_sent_last_step"],
-               "bytes_sent_per_step_estimate": e["bytes_sent"]["total"]}
+               "bytes_sent_per_step_estimate": e["bytes_sent"]["total"] + (ps(r["coords"], e) if ps else 0)}
         if e.get("experts") is not None:    # a stage without MoE blocks measures none (its moe section is None)
             moe = r.get("moe") or {}
             _, again = recomputed_all_to_all(e["experts"], len(moe.get("recomputed_blocks", [])))
@@ -73,7 +77,10 @@ def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None 
         rows.append(row)
     g = trainer.grid
     grid = {"dp": g.dp_size, "tp": g.tp_size, "pp": g.pp_size}
-    out = {"grid": grid, "ranks": rows, "notes": est.get("notes", [])}
+    out = {"grid": grid, "ranks": rows, "notes": list(est.get("notes", []))}
+    if ps:
+        out["notes"].append("parameter server: its bytes sent per step are the linear reduce and broadcast's (the "
+                            "root (p-1)·Ψ, a worker Ψ), with the clipping norm on the roots only")
     if g.ep.size > 1:                    # the ep ranks are data-parallel ranks too: two gradient groups
         grid["ep"] = g.ep.size
         out["data_parallel_groups"] = {"experts": g.dp.size, "others": g.dp_ep.size}
@@ -82,6 +89,32 @@ def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None 
                     "step_split"):
             out[key] = pipeline.get(key)
     return out
+
+
+def parameter_server_bytes(trainer):
+    """None, or under the parameter server (``data_parallel`` of stage 0, no expert parallelism)
+    over p = dp · cp > 1 ranks a function ``(coords, estimate rank) → bytes`` to add to the
+    estimate's bytes per step, which predicts the data-parallel traffic as DDP's
+    (:func:`minidist.estimate.grid3d.estimate_for_config`): the server's linear reduce and
+    broadcast instead (:class:`~minidist.parallel.data.ParameterServer`: the root — the group's
+    first rank, dp = cp = 0 — sends (p−1)·Ψ, a worker Ψ, Ψ the trainable elements of the
+    pipeline rank at w bytes; equal to the ring all-reduce's 2(p−1)/p·Ψ only at p = 2), and a
+    worker takes no clipping norm (only the root updates), so it makes no all-reduce over
+    ``grid.mp`` (tp · pp ranks) for it."""
+    cfg, g = trainer.cfg, trainer.grid
+    p = g.dp_size * g.cp_size
+    if cfg["zero_optimization"]["stage"] or cfg["parallel"]["data_parallel"] != PARAMETER_SERVER \
+            or g.ep.size > 1 or p == 1:
+        return None
+    w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
+    mp = g.tp_size * g.pp_size
+    norm = 2 * (mp - 1) * 8 if cfg["gradient_clipping"] > 0 and mp > 1 else 0
+
+    def change(coords: dict, e: dict) -> int:
+        root = coords.get("dp", 0) == 0 and coords.get("cp", 0) == 0
+        sent = (p - 1) * e["params"] * w if root else e["params"] * w
+        return sent - e["bytes_sent"]["data_parallel"] - (0 if root else norm)
+    return change
 
 
 def format_layout(report: dict) -> str:

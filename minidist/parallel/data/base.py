@@ -214,8 +214,43 @@ class LocalStrategy:
         the element is padded to p, so 2·(p−1) float64 messages."""
         return 2 * (self.world_size - 1) * 8 if self.world_size > 1 else 0
 
+    # the overflow flag travels over the strategy's own group (ZeRO: each rank checks its shard;
+    # the parameter server: before its reduce); DDP and one rank check gradients every rank holds whole
+    overflow_over_comm = False
+
+    def scalar_groups(self) -> list:
+        """The communicators of the step's one-element all-reduces, as :meth:`clip_` and the
+        overflow check run them: the clipping norm over the model-parallel group (``norm_group``,
+        see :meth:`count_in_norm`) and, for gradient shards (ZeRO), over the strategy's group;
+        the mixed-precision overflow flag over the whole grid under tensor/pipeline parallelism
+        (:class:`~minidist.parallel.tensor.build.TensorParallelPrecision`: every rank of the
+        grid skips alike), else over the strategy's group where its ranks see different
+        gradients. Groups of one rank send nothing and are left out."""
+        out = []
+        if self.clip > 0 and self.clips_here():
+            out += [self.norm_group] + ([self.comm] if self.stage > 0 else [])
+        if self.precision is not None:
+            from ..tensor.build import TensorParallelPrecision      # (tensor imports nothing of data)
+            if isinstance(self.precision, TensorParallelPrecision):
+                out.append(self.precision.world)
+            elif self.overflow_over_comm:
+                out.append(self.comm)
+        return [g for g in out if g is not None and g.size > 1]
+
+    def clips_here(self) -> bool:
+        """Whether this rank takes the clipping norm (the parameter server: only its root)."""
+        return True
+
+    def scalar_bytes(self) -> int:
+        """Bytes of the step's one-element all-reduces (:meth:`scalar_groups`): a float64 ring
+        all-reduce over n ranks sends 2·(n−1)·8 bytes (DeepSpeed and Megatron-LM all-reduce
+        the norm and the overflow flag as one element too)."""
+        return sum(2 * (g.size - 1) * 8 for g in self.scalar_groups())
+
     def expected_bytes_sent(self) -> int:
-        return 0
+        """One data-parallel rank: only the one-element all-reduces over the grid (clipping
+        norm, overflow flag) under tensor/pipeline parallelism."""
+        return self.scalar_bytes()
 
 
 def _bytes(p) -> int:

@@ -73,6 +73,9 @@ class DDP(LocalStrategy):
         super().step()
 
     def expected_bytes_sent(self) -> int:
-        """Ring all-reduce of every bucket: 2·(p−1)·c_b elements each."""
+        """Ring all-reduce of every bucket: 2·(p−1)·c_b elements each; and the one-element
+        all-reduces over the grid (:meth:`LocalStrategy.scalar_bytes`: the clipping norm over
+        ``grid.mp``, the overflow flag over the world, under tensor/pipeline parallelism)."""
         p = self.world_size
-        return sum(2 * (p - 1) * b.chunk * b.bytes_per_element for b in self.buckets) if p > 1 else 0
+        return (sum(2 * (p - 1) * b.chunk * b.bytes_per_element for b in self.buckets) if p > 1 else 0) \
+            + self.scalar_bytes()

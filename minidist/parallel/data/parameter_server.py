@@ -27,6 +27,7 @@ ROOT = 0
 
 class ParameterServer(LocalStrategy):
     name = PARAMETER_SERVER
+    overflow_over_comm = True         # agreed before the reduce: each rank holds only its own gradients
 
     def __init__(self, model, optimizer, comm, algorithm: str = "linear", clip: float = 0.0, precision=None):
         super().__init__(model, optimizer, comm, clip, precision)
@@ -79,9 +80,13 @@ class ParameterServer(LocalStrategy):
         return out
 
     def expected_bytes_sent(self) -> int:
-        """Linear reduce and broadcast: a worker sends Ψ, the root (p−1)·Ψ."""
+        """Linear reduce and broadcast: a worker sends Ψ, the root (p−1)·Ψ; and the one-element
+        all-reduces (:meth:`LocalStrategy.scalar_bytes`: the overflow flag, and on the root the
+        clipping norm over ``grid.mp``)."""
         p, n = self.world_size, self.numel * self.flat.bytes_per_element
-        if p == 1:
-            return 0
-        flag = self.scalar_all_reduce_bytes() if self.precision is not None else 0
-        return ((p - 1) * n if self.rank == ROOT else n) + flag
+        return ((p - 1) * n if self.rank == ROOT else n if p > 1 else 0) + self.scalar_bytes()
+
+    def clips_here(self) -> bool:
+        """Only the root updates, so only the root clips (and joins the norm's all-reduce over
+        ``grid.mp``, whose other ranks are roots too); a worker receives the clipped result."""
+        return self.rank == ROOT

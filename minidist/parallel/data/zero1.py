@@ -45,6 +45,7 @@ from .offload import HostOptimizer
 class ZeRO1(LocalStrategy):
     name = ZERO1
     stage = 1
+    overflow_over_comm = True         # each rank checks only its reduced chunk
 
     def __init__(self, model, optimizer, comm, reduce_bucket_size: int = REDUCE_BUCKET_SIZE,
                  allgather_bucket_size: int = ALLGATHER_BUCKET_SIZE, overlap_comm: bool = False,
@@ -246,13 +247,7 @@ class ZeRO1(LocalStrategy):
         """Stage 1 holds the whole gradient, w·Ψ (stage 2 overrides: w·S)."""
         return self.buckets[0].bytes_per_element * self.numel
 
-    def scalar_bytes(self) -> int:
-        """The one-element all-reduces of a step: the gradient norm (clipping; over grid.mp too
-        under tensor/pipeline parallelism), the overflow flag (mixed precision)."""
-        mp = 2 * (self.norm_group.size - 1) * 8 if self.norm_group is not None else 0   # the norm over grid.mp
-        return (self.clip > 0) * mp + ((self.clip > 0) + (self.precision is not None)) * self.scalar_all_reduce_bytes()
-
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """Ring reduce-scatter + all-gather: (p−1)·S elements each (stage 2/3 override)."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
-        return 2 * (p - 1) * self.shard * w + self.scalar_bytes() if p > 1 else 0
+        return (2 * (p - 1) * self.shard * w if p > 1 else 0) + self.scalar_bytes()

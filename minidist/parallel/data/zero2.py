@@ -58,5 +58,5 @@ class ZeRO2(ZeRO1):
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
         """A reduce-scatter per micro-step, one all-gather per step."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
-        return (micro_batches + 1) * (p - 1) * self.shard * w + self.scalar_bytes() if p > 1 else 0
+        return ((micro_batches + 1) * (p - 1) * self.shard * w if p > 1 else 0) + self.scalar_bytes()
 

@@ -383,16 +383,38 @@ class ZeRO3(ZeRO2):
         stage: every micro-batch's forward and backward gather G, one reduce-scatter after the flush: (p−1)·(2·m·G + S)."""
         p, w = self.world_size, self.buckets[0].bytes_per_element
         if p == 1:
-            return 0
+            return self.scalar_bytes()
         if self.chunk_units is not None:
             return (p - 1) * (2 * micro_batches * self.gathered_per_micro_batch() + self.shard) * w + self.scalar_bytes()
         return micro_batches * (p - 1) * (3 * self.shard + 2 * self.frozen_shard() + self.recomputed()) * w + self.scalar_bytes()
 
     def recomputed(self) -> int:
-        """R: Σ of the per-rank chunks of the blocks full recomputation re-runs (model.Recompute)."""
-        rc, ids = getattr(getattr(self.model, "model", self.model), "recompute", None), self.unit_names  # (a view's model)
-        again = {f"h.{i}" for g, on in rc.units([int(n[2:]) for n in ids if n[:2] == "h."]) if on for i in g} if rc else ()
-        return sum(b.chunk for u, name in enumerate(ids) if name in again for b, _ in self.unit_parts(u))
+        """R: Σ of the per-rank chunks of the blocks full recomputation re-runs (:func:`rerun_blocks`)."""
+        again = {f"h.{i}" for i in rerun_blocks(getattr(self.model, "model", self.model))}   # (a view's model)
+        return sum(b.chunk for u, name in enumerate(self.unit_names) if name in again for b, _ in self.unit_parts(u))
+
+
+def rerun_blocks(model) -> list:
+    """The ids of the blocks whose forward full recomputation runs again in backward: those of
+    the checkpointed units (:meth:`minidist.model.Recompute.units`) whose input needs a gradient.
+    :func:`minidist.recompute.checkpoint` runs a unit plainly, keeping its activations, when no
+    input requires a gradient — under fine-tuning (:mod:`minidist.peft`) the frozen embeddings'
+    output feeds the first unit, which so is never recomputed (its adapters still get their
+    gradients through the kept graph). A pipeline stage without the embeddings receives an
+    input that needs a gradient."""
+    rc = getattr(model, "recompute", None)
+    ids = getattr(model, "layer_ids", None)
+    if rc is None or ids is None:
+        return []
+    named = list(model.named_parameters())
+    embeds = [p for n, p in named if n.startswith(("transformer.wte.", "transformer.wpe."))]
+    grad = not getattr(model, "pre_process", True) or any(p.requires_grad for p in embeds)
+    out = []
+    for unit, saved in rc.units(list(ids)):
+        if saved and grad:
+            out += unit
+        grad = grad or any(p.requires_grad for i in unit for p in model.transformer.h[i].parameters())
+    return out
 
 
 def _released(dtype) -> np.ndarray:
