@@ -1,0 +1,61 @@
+"""The report's formula rows hold for triples of features, as tests/test_composition.py checks
+them for pairs (its ``formula_rows``): every row the report prints beside a measurement equals
+the measurement. The triples are those where a pair's row was right for a reason the third
+feature takes away:
+
+* the mixed-precision overflow flag is agreed over the whole grid under tensor/pipeline
+  parallelism, whatever the data-parallel strategy (also with one replica, and over dp × cp);
+* the clipping norm's all-reduce over ``grid.mp`` is measured in the data-parallel row when
+  ``grid.mp`` is neither the tp group nor the pipeline's tied-embedding pair (tp × pp), and in
+  their rows when it is one of them (it was counted in both, or in none);
+* the parameter server over p = dp · cp > 2 ranks sends the linear reduce and broadcast, not
+  the ring all-reduce the layout's estimate predicts (the two agree at p = 2 only), and its
+  workers take no clipping norm;
+* under fine-tuning full recomputation does not re-run a unit whose input needs no gradient
+  (the frozen embeddings feed the first one): ZeRO-3 does not gather it again, ring attention
+  does not send its forward again.
+
+Triples of expert parallelism are left to tests/test_expert_parallel.py and the MoE tests."""
+import pytest
+
+from minidist import distributed as dist
+from minidist.testing import train_steps
+from test_composition import cell_config, formula_rows
+
+pytestmark = [pytest.mark.timeout(60)]
+
+TRIPLES = [
+    ("ZeRO-1", "TP", "fp16"),                   # the flag over the world, not over dp (+32 B)
+    ("ZeRO-3", "SP", "bf16"),
+    ("DDP", "TP", "bf16"),                       # DDP's flag: over the world, not none (+48 B)
+    ("DDP", "PP", "bf16"),
+    ("TP", "PP", "bf16"),                        # one replica: the flag alone in the data-parallel row
+    ("TP", "bf16", "CP"),                        # the flag over tp × cp
+    ("parameter server", "TP", "fp16"),
+    ("TP", "PP", "clipping"),                    # the norm over tp × pp: neither the tp row nor the tied pair
+    ("ZeRO-1", "TP", "clipping"),                # the norm over grid.mp = grid.tp: in the tp row only
+    ("ZeRO-2", "PP", "clipping"),                # the norm over grid.mp = the tied pair: in the pipeline's
+    ("parameter server", "PP", "clipping"),      # the workers take no norm
+    ("parameter server", "TP", "CP"),            # p = 4: the root sends 3Ψ, a worker Ψ
+    ("ZeRO-3", "full recompute", "PEFT (LoRA)"),
+    ("full recompute", "PEFT (LoRA)", "CP"),
+]
+
+
+@pytest.mark.parametrize("names", TRIPLES, ids=["+".join(t) for t in TRIPLES])
+def test_the_reports_formula_rows_hold_for_triples(names):
+    cfg, world = cell_config(names)
+    runs = dist.spawn(train_steps, world, cfg, timeout=45)
+    assert formula_rows(runs) == []
+
+
+def test_a_peft_run_recomputes_only_the_units_whose_input_needs_a_gradient():
+    """The formulas' R: with the embeddings frozen the first checkpointed unit runs plainly
+    (minidist.recompute.checkpoint), so it is not counted; one block per unit, the second is."""
+    from minidist.parallel.data.zero3 import rerun_blocks
+    cfg, world = cell_config(("ZeRO-3", "full recompute", "PEFT (LoRA)"))
+    one = {**cfg, "activation_checkpointing": {**cfg["activation_checkpointing"], "num_layers": 1, "method": "uniform"}}
+    for c, want in ((cfg, []), (one, [1])):
+        runs = dist.spawn(train_steps, world, c, timeout=45)
+        assert rerun_blocks(runs[0]["trainer"].model) == want
+        assert formula_rows(runs) == []
