@@ -56,3 +56,17 @@ def test_full_recomputation_of_a_moe_block_under_tensor_parallelism_leaves_its_t
     assert formula_rows(runs) == []                         # the job-level row and the strategy's still exact
     tp_line = next(x for x in format_data_parallel(rep).splitlines() if x.startswith("TP bytes"))
     assert tp_line.split()[-2] == "-"
+
+
+def test_a_pipeline_stage_without_experts_sends_the_experts_flag_and_norm_the_layout_counts():
+    """Under PP × EP with MoE every 2nd block, stage 1 holds no expert but joins the experts'
+    world-wide overflow flag (fp16) and their grid.mp norm (clipping): the per-rank layout
+    estimate counts both on every rank, as measured."""
+    cfg = config(("PP", "EP", "fp16", "clipping"), 4)
+    assert cfg["model"]["moe"]["every_n_layers"] == 2
+    runs, rep = report(cfg, 4)
+    assert [r["trainer"].strategy.experts is None for r in runs] == [False, False, True, True]
+    rows = rep["layout"]["ranks"]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["bytes_sent_per_step"] == row["bytes_sent_per_step_estimate"], row

@@ -305,6 +305,8 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
                 sent["scalars"] += _expert_scalars(wid["mixed"], clip, world, mp, dp // ep, ep, zero_stage)
                 shard += e_shard
                 figures["model_states"] = e_states
+            elif ep > 1:                   # a stage without experts joins their world-wide flag and grid.mp norm
+                sent["scalars"] += (scalar_bytes(world) if wid["mixed"] else 0) + (scalar_bytes(mp) if clip else 0)
             figures["model_states"]["total"] = sum(figures["model_states"].values())
         states["total"] = sum(states.values())
         sent["total"] = sum(sent.values())
