@@ -71,6 +71,8 @@ def test_every_schedule_is_a_valid_program(name, p, m):
         if name == "zb_h1" and m >= p:                   # bubble (p−1)(T_F+T_B−T_W): a third of 1F1B's
             assert b == pytest.approx((p - 1) / (3 * m + p - 1))
             assert max(tl.peak_in_flight) == p           # 1F1B's memory
+        if name in ("zb_h1", "zb_h2") and m < p:         # fewer micro-batches idle more than the formula
+            assert b > (p - 1) / (3 * m + p - 1)
         if name == "zb_h2":
             assert b <= h1 + 1e-12
             assert max(tl.peak_in_flight) <= 2 * p - 1
@@ -181,6 +183,12 @@ def test_zb_v_memory_limit_and_times():
             build_schedule("zb_v", 2, 4, times=bad)
     with pytest.raises(ValueError, match="at least the 4 micro-batches"):
         zb_v(4, 8, max_in_flight=3)
+
+
+def test_zero_bubble_with_fewer_micro_batches_than_ranks_idles_more_than_its_formula():
+    """README: (p−1)/(3m+p−1) holds for m ≥ p; p = 2, m = 1 runs F, F, B, B, W in a chain: 0.4."""
+    for name in ("zb_h1", "zb_h2"):
+        assert simulate(build_schedule(name, 2, 1)).bubble_fraction == pytest.approx(0.4)
 
 
 def test_numpy_integer_sizes_build_the_same_schedule_with_python_ints():
