@@ -167,7 +167,8 @@ def scalar_bytes_on_tp(trainer) -> int | None:
         return None
     one = 2 * (grid.tp_size - 1) * 8
     mixed_on_tp = trainer.precision is not None and trainer.world_size == grid.tp_size
-    return one * ((cfg["gradient_clipping"] > 0 and grid.mp.group == grid.tp.group) + mixed_on_tp)
+    clips = cfg["gradient_clipping"] > 0 and getattr(trainer.strategy, "clips_here", lambda: True)()
+    return one * ((clips and grid.mp.group == grid.tp.group) + mixed_on_tp)    # (a server's workers never clip)
 
 
 def rank_summary(trainer) -> dict:
