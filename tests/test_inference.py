@@ -228,7 +228,8 @@ def test_prompts_that_are_not_token_ids_are_refused_and_a_tiny_temperature_is_gr
     for bad in (PROMPT + 0.5, np.full((1, 3), V), np.full((1, 3), -1), np.ones((1, 3), dtype=bool)):
         with pytest.raises(ValueError, match=r"generate expects token ids, integers in \[0, vocab_size = "):
             model.generate(bad, 2)
-    np.testing.assert_array_equal(model.generate(PROMPT.astype(float), 3, temperature=0), model.generate(PROMPT, 3, temperature=0))
+    np.testing.assert_array_equal(model.generate(PROMPT.astype(float), 3, temperature=0),
+                                  model.generate(PROMPT, 3, temperature=0))
     # a subnormal temperature: logits / T would overflow and give NaN probabilities; it samples greedily
     from minidist.inference import sample
     logits = np.array([[0.5, 2.0, -1.0, 1.9], [3.0, -3.0, 0.0, 2.9]])
