@@ -33,6 +33,7 @@ the module's attributes (its statistics) are left as the forward left them.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -43,16 +44,65 @@ from .nn import Dropout, Module
 from .tensor import Tensor, as_tensor, is_grad_enabled, make_result, no_grad
 
 
+def _reachable(fn, depth: int = 2) -> list:
+    """What ``fn`` may run or draw from: itself when it is a Module, a bound method's object, a
+    ``functools.partial``'s function and arguments, a function's closure and default values
+    (nested functions ``depth`` levels down). A lambda that calls a Dropout module it closes
+    over draws from that module's stream, which the recompute must replay."""
+    if depth < 0:
+        return []
+    if isinstance(fn, (Module, np.random.Generator)):
+        return [fn]
+    found = []
+    if isinstance(getattr(fn, "__self__", None), Module):
+        found.append(fn.__self__)
+    if isinstance(fn, functools.partial):
+        for x in (fn.func, *fn.args, *fn.keywords.values()):
+            found += _reachable(x, depth - 1)
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c)]
+    for x in cells + list(getattr(fn, "__defaults__", None) or ()):
+        if isinstance(x, (Module, np.random.Generator)):
+            found.append(x)
+        elif callable(x) or isinstance(x, functools.partial):
+            found += _reachable(x, depth - 1)
+    return found
+
+
+def _filled(cell) -> bool:
+    try:
+        return cell.cell_contents is not _EMPTY
+    except ValueError:                               # a closure variable not assigned yet
+        return False
+
+
+_EMPTY = object()
+
+
+def _modules(fn) -> list:
+    """The Modules ``fn`` reaches (:func:`_reachable`), each with its submodules, once."""
+    seen, out = set(), []
+    for owner in _reachable(fn):
+        if isinstance(owner, Module):
+            for m in owner.modules():
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    out.append(m)
+    return out
+
+
 def _dropout_rngs(fn) -> list:
-    """The dropout streams ``fn`` may draw from: a Module's, or a bound method's module's."""
-    owner = getattr(fn, "__self__", fn)
-    return [m.rng for m in owner.modules() if isinstance(m, Dropout)] if isinstance(owner, Module) else []
+    """The dropout streams ``fn`` may draw from: its Dropout modules' (:func:`_modules`)."""
+    return [m.rng for m in _modules(fn) if isinstance(m, Dropout)]
+
+
+def _generators(fn) -> list:
+    """NumPy Generators ``fn`` closes over or is given (``F.dropout(x, p, rng=g)`` in a lambda)."""
+    return list({id(g): g for g in _reachable(fn) if isinstance(g, np.random.Generator)}.values())
 
 
 def _side_loss_modules(fn) -> list:
     """The modules of ``fn`` that leave a ``loss`` attribute (a MoE layer's aux + z losses)."""
-    owner = getattr(fn, "__self__", fn)
-    return [m for m in owner.modules() if "loss" in vars(m)] if isinstance(owner, Module) else []
+    return [m for m in _modules(fn) if "loss" in vars(m)]
 
 
 def _stand_in(loss: Tensor, anchor: Tensor, cell: list) -> Tensor:
@@ -78,16 +128,22 @@ def _rng_state(rng):
 
 
 @contextlib.contextmanager
-def _replay(states):
-    """Dropout keys and streams as they were at the checkpointed forward; restored after."""
+def _replay(states, generators=()):
+    """Dropout keys and streams, and the Generators' states (``(generator, state)``), as they
+    were at the checkpointed forward; restored after."""
     now = [_rng_state(inner) for inner, _, _ in states]
+    later = [(g, g.bit_generator.state) for g, _ in generators]
     for inner, key, seq in states:
         inner.key, inner._sequential.bit_generator.state = key, seq
+    for g, state in generators:
+        g.bit_generator.state = state
     try:
         yield
     finally:
         for inner, key, seq in now:
             inner.key, inner._sequential.bit_generator.state = key, seq
+        for g, state in later:
+            g.bit_generator.state = state
 
 
 @contextlib.contextmanager
@@ -139,23 +195,44 @@ class _Partitioned:
 
 
 def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
-    """``fn(*inputs)`` keeping only ``inputs`` for backward (``fn`` returns one Tensor). When
+    """``fn(*inputs)`` keeping only ``inputs`` for backward (``fn`` returns one Tensor; arguments
+    that are no arrays, an axis or a flag, are passed through as given). The dropout streams it
+    draws from are replayed in the recompute: its Dropout modules' when ``fn`` is a Module, a
+    bound method, a ``functools.partial`` or a function closing over them, and the NumPy
+    Generators it closes over (:func:`_reachable`). When
     ``fn`` is a Module its parameters are parents of the op, so that a split backward can
     defer their gradients; a plain function's parameters get their gradients in backward too.
     ``cpu``: keep the inputs in the host pool; ``partition``: shard the (replicated) inputs
     over the tensor-parallel ranks while they wait (see the classes above)."""
-    inputs = tuple(as_tensor(x) for x in inputs)
+    # the arrays are the op's inputs; other arguments (an axis, a flag, None) are passed as given,
+    # as torch.utils.checkpoint does
+    args = list(inputs)
+    where = [i for i, x in enumerate(args) if isinstance(x, (Tensor, np.ndarray))]
+    inputs = tuple(as_tensor(args[i]) for i in where)
+    user_fn = fn
+
+    def fn(*tensors):
+        call = list(args)
+        for i, t in zip(where, tensors):
+            call[i] = t
+        out = user_fn(*call)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"checkpoint(fn, ...): fn must return one Tensor, got {type(out).__name__}; "
+                            f"checkpoint a function that returns the tensor to keep, and compute the rest outside")
+        return out
+
     if not is_grad_enabled() or not any(x.requires_grad for x in inputs):
-        return fn(*inputs)
+        return user_fn(*[inputs[where.index(i)] if i in where else x for i, x in enumerate(args)])
     fmt, device = autocast_dtype(), current_device()
-    states = [_rng_state(r) for r in _dropout_rngs(fn)]
-    sided = _side_loss_modules(fn)
+    states = [_rng_state(r) for r in _dropout_rngs(user_fn)]
+    generators = [(g, g.bit_generator.state) for g in _generators(user_fn)]
+    sided = _side_loss_modules(user_fn)
     before = [m.loss for m in sided]
     with no_grad():
         out = fn(*inputs)                                          # no graph: nothing saved
     # the side losses this forward left (a module it did not run keeps its old one)
     sided = [m for m, old in zip(sided, before) if m.loss is not old and isinstance(m.loss, Tensor)]
-    params = tuple(p for p in fn.parameters() if p.requires_grad) if isinstance(fn, Module) else ()
+    params = tuple(p for p in user_fn.parameters() if p.requires_grad) if isinstance(user_fn, Module) else ()
     work = []                                                      # a deferred W pass, if any
     parts = [_Partitioned(partition, x.data, fmt) for x in inputs] if partition is not None else None
     kept = [p.chunk for p in parts] if parts else [x.data for x in inputs]
@@ -172,7 +249,7 @@ def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
         detached = [Tensor(v, requires_grad=x.requires_grad) for v, x in zip(values, inputs)]
         # why: the forward's activations were not kept; run it again, as it ran, to get them back
         kept_state = [dict(vars(m)) for m in sided]
-        with _replay(states), recomputing(device), autocast(fmt):
+        with _replay(states, generators), recomputing(device), autocast(fmt):
             again = fn(*detached)
         got = [(m.loss, cell[0]) for m, cell in zip(sided, cells) if cell]
         if got:                                                    # the side losses' gradients join here

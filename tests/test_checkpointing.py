@@ -298,3 +298,48 @@ def test_cpu_checkpointing_moves_2sbh_per_layer_to_the_host_and_partition_keeps_
     for (device, host), gathers, _ in dist.spawn(_checkpoint_bytes, t, False, True):
         assert device == w * s * b * h / t and host == 0                   # one chunk of each checkpoint
         assert gathers > 0                                                 # gathered back in backward
+
+
+def test_checkpoint_of_plain_functions_replays_their_dropout_and_passes_other_arguments():
+    """A lambda closing over a Dropout module, or over a NumPy Generator it hands F.dropout,
+    draws the same mask in the recompute (the gradients are those of the forward's mask);
+    arguments that are no arrays (an axis, a probability, a flag, None) pass through as given;
+    a function that returns no Tensor is refused by name."""
+    from minidist import functional as F
+    from minidist.nn import Dropout
+    from minidist.recompute import checkpoint
+    from minidist.tensor import Tensor
+
+    rng = np.random.default_rng(0)
+    xd, wd = rng.standard_normal((4, 6)), rng.standard_normal((6, 6))
+
+    def grads(make_fn, use_checkpoint, *extra):
+        x, w = Tensor(xd.copy(), requires_grad=True), Tensor(wd.copy(), requires_grad=True)
+        fn = make_fn(w)
+        y = checkpoint(fn, x, *extra) if use_checkpoint else fn(x, *extra)
+        (y * y).sum().backward()
+        return y.data, x.grad, w.grad
+
+    def over_dropout(w):
+        drop = Dropout(0.5, seed=3)                  # a fresh stream for each run
+        return lambda x: drop(F.linear(x, w))
+
+    def over_generator(w):
+        g = np.random.default_rng(5)
+        return lambda x: F.dropout(F.linear(x, w), 0.5, rng=g)
+
+    makers = {
+        "closure over a Dropout module": over_dropout,
+        "closure over a Generator": over_generator,
+        "an axis and a flag": lambda w: (lambda x, axis, keep: F.softmax(F.linear(x, w), axis=axis) * (2.0 if keep else 1.0)),
+        "None for a bias": lambda w: (lambda x, b: F.linear(x, w, b)),
+    }
+    extras = {"an axis and a flag": (0, True), "None for a bias": (None,)}
+    for name, make in makers.items():
+        plain = grads(make, False, *extras.get(name, ()))
+        ckpt = grads(make, True, *extras.get(name, ()))
+        for a, b in zip(plain, ckpt):
+            assert np.array_equal(a, b), name
+    with pytest.raises(TypeError, match="fn must return one Tensor, got tuple"):
+        x = Tensor(xd, requires_grad=True)
+        checkpoint(lambda t: (t * 2.0, t), x)

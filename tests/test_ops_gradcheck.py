@@ -120,3 +120,35 @@ def test_no_grad_records_nothing():
     with no_grad():
         y = F.linear(Tensor(np.ones((1, 2))), w)
     assert not y.requires_grad and y._ctx is None
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16", "fp8_e4m3"])
+def test_max_along_an_axis_under_autocast_sends_the_gradient_to_the_maximum(fmt):
+    """Under autocast the reduced output is rounded; the backward's mask comes from the input's
+    own maximum, not from that rounded value (which equals no element: 0/0 everywhere)."""
+    from minidist.autocast import autocast
+    x = Tensor(np.array([[0.1, 0.3, 0.2], [0.7, 0.5, 0.6]], dtype=np.float32), requires_grad=True)
+    with autocast(fmt):
+        y = F.max(x, axis=-1)
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [[0, 1, 0], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, -0.5, float("nan")])
+def test_attention_refuses_a_dropout_probability_outside_0_1(p):
+    from minidist import distributed as dist
+    from minidist.parallel.context.ring import ring_attention
+    q = Tensor(np.random.default_rng(0).standard_normal((1, 2, 4, 3)))
+    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
+        F.scaled_dot_product_attention(q, q, q, dropout_p=p, rng=np.random.default_rng(0))
+    errors = dist.spawn(lambda c: _refusal(lambda: ring_attention(q, q, q, c, dropout_p=p, rng=np.random.default_rng(0))),
+                        2, timeout=10)
+    assert all(e.startswith("dropout probability must be in [0, 1)") for e in errors), errors
+
+
+def _refusal(call) -> str:
+    try:
+        call()
+    except ValueError as exc:
+        return str(exc)
+    return "accepted"

@@ -127,6 +127,13 @@ def _gelu_derivative(xb, tb, di, db):
     db *= 0.5
 
 
+def check_dropout_p(p) -> None:
+    """A dropout probability must be in [0, 1): 1 would scale by 1/0, above 1 by a negative
+    number, below 0 would keep everything and scale it down. NaN fails the test too."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+
+
 def dropout(x, p: float = 0.0, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
 
@@ -135,8 +142,7 @@ def dropout(x, p: float = 0.0, training: bool = True, rng: np.random.Generator |
     saved for backward (1 byte per element).
     """
     x = as_tensor(x)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    check_dropout_p(p)
     if not training or p == 0.0:
         return x
     rng = rng if rng is not None else np.random.default_rng()

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..autocast import cast_input
 from ..tensor import Tensor, as_tensor, make_result
+from .activations import check_dropout_p
 from .blas_threads import one_blas_thread
 from .intra_op import parallel_for
 from .linalg import _charge
@@ -133,6 +134,7 @@ def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: flo
     Tk = T in training, Tk > T with a KV cache (the queries are the last T positions).
     Forward and backward run BLAS on one thread: their B·nh products are too small to split
     (:mod:`minidist.ops.blas_threads`)."""
+    check_dropout_p(dropout_p)
     with one_blas_thread():
         return _attention(q, k, v, is_causal, dropout_p, rng)
 

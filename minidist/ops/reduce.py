@@ -38,7 +38,9 @@ def max(a, axis=None, keepdims=False) -> Tensor:
     out = np.max(a.data, axis=axis, keepdims=keepdims)
 
     def backward(g, needs):
-        mask = a.data == _expand(out, a.shape, axis, keepdims)
+        # the maximum again, from the input: ``out`` may have been rounded in place under autocast,
+        # and then it equals no element (every gradient 0/0)
+        mask = a.data == np.max(a.data, axis=axis, keepdims=True)
         count = mask.sum(axis=axis, keepdims=True)
         return (mask * _expand(g, a.shape, axis, keepdims) / count,)
     return make_result(out, (a,), backward, "max", saved=[a.data], flops=a.size)

@@ -51,6 +51,7 @@ import numpy as np
 
 from ...autocast import autocast_dtype, cast_input
 from ...memory import DTYPE_BYTES
+from ...ops.activations import check_dropout_p
 from ...ops.attention import causal_mask
 from ...tensor import Tensor, as_tensor, make_result
 from .layout import chunks_of, positions, ring_schedule, split_problem
@@ -92,6 +93,7 @@ def ring_attention(q, k, v, group, is_causal: bool = True, layout: str = "zigzag
     (flash) attention."""
     q, k, v = as_tensor(q), as_tensor(k), as_tensor(v)
     check_qkv(q, k, v, "ring attention")
+    check_dropout_p(dropout_p)
     cp, r = group.size, group.rank
     B, nh, Tl, hs = q.shape
     T = Tl * cp
