@@ -91,7 +91,8 @@ def scalars_in_other_rows(trainer) -> int:
     the tensor-parallel group's ranks (``grid.mp`` with one pipeline stage, the world with one
     data-parallel replica: the ``tensor_parallel`` section counts every collective on them) and
     those on the pipeline's tied-embedding pair (``grid.mp`` of a two-stage pipeline without tp:
-    :func:`pipeline_bytes_per_step` counts them). Under expert parallelism: each part's."""
+    :func:`pipeline_bytes_per_step` counts them). Under expert parallelism: the joint verdict's
+    and norm's too (:meth:`~minidist.parallel.expert.ExpertDataParallel.scalar_groups`)."""
     g, s = trainer.grid, trainer.strategy
     if g is None:
         return 0
@@ -100,8 +101,7 @@ def scalars_in_other_rows(trainer) -> int:
         elsewhere.add(g.tp.group)
     if trainer.pipeline is not None and trainer.pipeline.tied_group is not None:
         elsewhere.add(trainer.pipeline.tied_group.group)
-    parts = s.parts if "dense" in vars(s) else (s,)      # (an ExpertDataParallel: its two strategies)
-    return sum(2 * (c.size - 1) * 8 for part in parts for c in part.scalar_groups() if c.group in elsewhere)
+    return sum(2 * (c.size - 1) * 8 for c in s.scalar_groups() if c.group in elsewhere)
 
 
 def tp_bytes_with_experts(trainer, moe: dict, dense: int) -> int | None:

@@ -34,8 +34,9 @@ def formulas(trainer) -> dict:
     Under expert parallelism (:class:`~minidist.parallel.expert.ExpertDataParallel`) the row is
     the sum of two textbook rows: the non-expert Ψ over grid.dp_ep and this rank's E/ep experts
     over grid.dp (each with its own padding-free shard Ψ/p), plus the joint one-element
-    all-reduces: the clipping norm over grid.ep and the overflow verdict over the world (in
-    place of a ZeRO experts' group's own)."""
+    all-reduces: the clipping norm over grid.ep (and grid.dp for shards), and the experts' overflow
+    flag over the world beside the other parameters' own check (over the world under tensor
+    parallelism: two flags; the experts' part takes the verdict and sends none of its own)."""
     cfg = trainer.cfg
     precision = trainer.precision.dtype if trainer.precision is not None else "fp32"
     w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
@@ -62,9 +63,13 @@ def formulas(trainer) -> dict:
         clip = cfg["gradient_clipping"] > 0
         scalars = (stage > 0 and clip) * sum(ring(part.world_size) for part in parts) \
             + clip * ring(s.ep_group.size if s.ep_group is not None else 1)
-        if trainer.precision is not None:   # one verdict over the world; a ZeRO experts' group takes none of its own
-            scalars += ring(s.dense.world_size) * (dp != DDP) + ring(s.world.size if s.world is not None else 1) \
-                + ring(experts.world_size) * (dp == PARAMETER_SERVER)
+        if trainer.precision is not None:
+            # the experts' flag over the world, then the other parameters' own check (as without experts:
+            # over the world under tensor parallelism, over their group for ZeRO and the server); the
+            # experts' part takes that verdict and sends no flag of its own
+            tp = trainer.grid.tp_size
+            scalars += ring(s.world.size if s.world is not None else 1) \
+                + (ring(trainer.world_size) * (trainer.world_size > tp) if tp > 1 else ring(s.dense.world_size) * (dp != DDP))
     keys = ("parameters", "gradients", "optimizer_states", "total", "host")
     total = lambda rows, k: sum(r[k] for r in rows)             # noqa: E731
     out = {"bytes_per_element": w, "precision": precision, "K": rows[0]["K"],

@@ -80,7 +80,8 @@ def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None 
     out = {"grid": grid, "ranks": rows, "notes": list(est.get("notes", []))}
     if ps:
         out["notes"].append("parameter server: its bytes sent per step are the linear reduce and broadcast's (the "
-                            "root (p-1)·Ψ, a worker Ψ), with the clipping norm on the roots only")
+                            "root (p-1)·Ψ, a worker Ψ; under expert parallelism a server for the experts "
+                            "and one for the rest), with the clipping norm on the roots only")
     if g.ep.size > 1:                    # the ep ranks are data-parallel ranks too: two gradient groups
         grid["ep"] = g.ep.size
         out["data_parallel_groups"] = {"experts": g.dp.size, "others": g.dp_ep.size}
@@ -92,28 +93,39 @@ def layout_report(trainer, ranks: list, pipeline: dict | None, est: dict | None 
 
 
 def parameter_server_bytes(trainer):
-    """None, or under the parameter server (``data_parallel`` of stage 0, no expert parallelism)
-    over p = dp · cp > 1 ranks a function ``(coords, estimate rank) → bytes`` to add to the
-    estimate's bytes per step, which predicts the data-parallel traffic as DDP's
-    (:func:`minidist.estimate.grid3d.estimate_for_config`): the server's linear reduce and
-    broadcast instead (:class:`~minidist.parallel.data.ParameterServer`: the root — the group's
-    first rank, dp = cp = 0 — sends (p−1)·Ψ, a worker Ψ, Ψ the trainable elements of the
-    pipeline rank at w bytes; equal to the ring all-reduce's 2(p−1)/p·Ψ only at p = 2), and a
-    worker takes no clipping norm (only the root updates), so it makes no all-reduce over
-    ``grid.mp`` (tp · pp ranks) for it."""
+    """None, or under the parameter server (``data_parallel`` of stage 0) a function
+    ``(coords, estimate rank) → bytes`` to add to the estimate's bytes per step, which predicts
+    the data-parallel traffic as DDP's (:func:`minidist.estimate.grid3d.estimate_for_config`):
+    the server's linear reduce and broadcast instead (:class:`~minidist.parallel.data.ParameterServer`:
+    over p ranks the root — the group's first rank — sends (p−1)·Ψ, a worker Ψ, Ψ the trainable
+    elements of the pipeline rank at w bytes; equal to the ring all-reduce's 2(p−1)/p·Ψ only at
+    p = 2), and a worker takes no clipping norm (only the root updates), so it makes no
+    all-reduce over ``grid.mp`` (tp · pp ranks) for it. Without experts p = dp · cp (root:
+    dp = cp = 0). Under expert parallelism two servers: the other parameters' over the dp · ep
+    ranks (root: dp = ep = 0), whose overflow flag — agreed over that group before the reduce —
+    the estimate leaves out without tensor/pipeline parallelism (there the flag spans the world,
+    as it predicts), and the experts' over grid.dp (root: dp = 0), whose norm and flag are the
+    joint ones (:class:`~minidist.parallel.expert.ExpertDataParallel`) the estimate counts."""
     cfg, g = trainer.cfg, trainer.grid
-    p = g.dp_size * g.cp_size
-    if cfg["zero_optimization"]["stage"] or cfg["parallel"]["data_parallel"] != PARAMETER_SERVER \
-            or g.ep.size > 1 or p == 1:
+    ep = g.ep.size
+    p = g.dp_size * g.cp_size * ep             # the other parameters' group (grid.dp_ep; grid.dp_cp without experts)
+    if cfg["zero_optimization"]["stage"] or cfg["parallel"]["data_parallel"] != PARAMETER_SERVER or p == 1:
         return None
     w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
     mp = g.tp_size * g.pp_size
-    norm = 2 * (mp - 1) * 8 if cfg["gradient_clipping"] > 0 and mp > 1 else 0
+    ring = lambda n: 2 * (n - 1) * 8 if n > 1 else 0          # noqa: E731  one float64 ring all-reduce
+    norm = ring(mp) if cfg["gradient_clipping"] > 0 else 0
+    flag = ring(p) if trainer.precision is not None and mp == 1 else 0
+
+    def server(n: int, psi: int, root: bool) -> int:
+        return 0 if n == 1 else (n - 1) * psi * w if root else psi * w
 
     def change(coords: dict, e: dict) -> int:
-        root = coords.get("dp", 0) == 0 and coords.get("cp", 0) == 0
-        sent = (p - 1) * e["params"] * w if root else e["params"] * w
-        return sent - e["bytes_sent"]["data_parallel"] - (0 if root else norm)
+        root = coords.get("dp", 0) == 0 and coords.get("cp", 0) == 0 and coords.get("ep", 0) == 0
+        experts = (e.get("experts") or {}) if ep > 1 else {}
+        psi_e = experts.get("expert_parameters_per_rank", 0) if "data_parallel_bytes" in experts else 0
+        sent = server(p, e["params"] - psi_e, root) + server(g.dp_size, psi_e, coords.get("dp", 0) == 0)
+        return sent + flag - e["bytes_sent"]["data_parallel"] - (0 if root else norm)
     return change
 
 

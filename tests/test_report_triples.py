@@ -13,9 +13,16 @@ feature takes away:
   workers take no clipping norm;
 * under fine-tuning full recomputation does not re-run a unit whose input needs no gradient
   (the frozen embeddings feed the first one): ZeRO-3 does not gather it again, ring attention
-  does not send its forward again.
+  does not send its forward again;
+* under expert parallelism the experts' overflow flag (over the world) comes beside the other
+  parameters' own check — two flags over the world under tensor/pipeline parallelism, the
+  server's over its group — and the experts' norm crosses ``grid.mp`` beside the other
+  parameters' (on a pipeline stage without experts too), each counted in the row that
+  measures its group (the tp row when ``grid.mp`` is the tp group, the pipeline's when it is
+  the tied pair).
 
-Triples of expert parallelism are left to tests/test_expert_parallel.py and the MoE tests."""
+Every triple with expert parallelism holds too (188 of them at the time of writing); the ones
+below are those whose rows were wrong."""
 import pytest
 
 from minidist import distributed as dist
@@ -39,6 +46,20 @@ TRIPLES = [
     ("parameter server", "TP", "CP"),            # p = 4: the root sends 3Ψ, a worker Ψ
     ("ZeRO-3", "full recompute", "PEFT (LoRA)"),
     ("full recompute", "PEFT (LoRA)", "CP"),
+    ("PP", "fp16", "EP"),                        # two flags over the world: the experts' and the others'
+    ("PP", "bf16", "EP"),
+    ("PP", "clipping", "EP"),                    # the stage without experts: both norms on the tied pair
+    ("TP", "fp16", "EP"),
+    ("TP", "bf16", "EP"),
+    ("SP", "fp16", "EP"),
+    ("SP", "bf16", "EP"),
+    ("tp_comm_overlap", "fp16", "EP"),
+    ("tp_comm_overlap", "bf16", "EP"),
+    ("TP", "clipping", "EP"),                    # the experts' norm over grid.mp = grid.tp: in the tp row
+    ("SP", "clipping", "EP"),
+    ("tp_comm_overlap", "clipping", "EP"),
+    ("parameter server", "fp16", "EP"),          # the server's flag over dp × ep: the layout's estimate
+    ("parameter server", "bf16", "EP"),
 ]
 
 

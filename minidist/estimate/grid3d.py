@@ -302,6 +302,7 @@ def estimate_3d(n_layer: int, n_embd: int, n_head: int, vocab: int, block_size: 
                                                            wid, m, pp, bucket_size)
                 states = {k: states[k] + e_states[k] for k in STATES}
                 sent["data_parallel"] += e_sent
+                figures["data_parallel_bytes"] = e_sent      # the experts' part of it (their group: dp/ep ranks)
                 sent["scalars"] += _expert_scalars(wid["mixed"], clip, world, mp, dp // ep, ep, zero_stage)
                 shard += e_shard
                 figures["model_states"] = e_states

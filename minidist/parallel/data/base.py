@@ -220,22 +220,32 @@ class LocalStrategy:
 
     def scalar_groups(self) -> list:
         """The communicators of the step's one-element all-reduces, as :meth:`clip_` and the
-        overflow check run them: the clipping norm over the model-parallel group (``norm_group``,
-        see :meth:`count_in_norm`) and, for gradient shards (ZeRO), over the strategy's group;
-        the mixed-precision overflow flag over the whole grid under tensor/pipeline parallelism
+        overflow check run them: the clipping norm's (:meth:`norm_groups`) and the overflow
+        flag's (:meth:`flag_groups`). Groups of one rank send nothing and are left out."""
+        return [g for g in self.norm_groups() + self.flag_groups() if g is not None and g.size > 1]
+
+    def norm_groups(self) -> list:
+        """Where :meth:`clip_` all-reduces the squared norm: over the model-parallel group
+        (``norm_group``, see :meth:`count_in_norm`) and, for gradient shards (ZeRO), over the
+        strategy's group; nothing where this rank does not clip (:meth:`clips_here`). Groups of
+        one rank (None) included."""
+        if self.clip > 0 and self.clips_here():
+            return [self.norm_group] + ([self.comm] if self.stage > 0 else [])
+        return []
+
+    def flag_groups(self, precision=None) -> list:
+        """Where the mixed-precision overflow check of ``precision`` (default: this strategy's)
+        all-reduces its flag: over the whole grid under tensor/pipeline parallelism
         (:class:`~minidist.parallel.tensor.build.TensorParallelPrecision`: every rank of the
         grid skips alike), else over the strategy's group where its ranks see different
-        gradients. Groups of one rank send nothing and are left out."""
-        out = []
-        if self.clip > 0 and self.clips_here():
-            out += [self.norm_group] + ([self.comm] if self.stage > 0 else [])
-        if self.precision is not None:
-            from ..tensor.build import TensorParallelPrecision      # (tensor imports nothing of data)
-            if isinstance(self.precision, TensorParallelPrecision):
-                out.append(self.precision.world)
-            elif self.overflow_over_comm:
-                out.append(self.comm)
-        return [g for g in out if g is not None and g.size > 1]
+        gradients (``overflow_over_comm``). Groups of one rank (None) included."""
+        precision = self.precision if precision is None else precision
+        if precision is None:
+            return []
+        from ..tensor.build import TensorParallelPrecision      # (tensor imports nothing of data)
+        if isinstance(precision, TensorParallelPrecision):
+            return [precision.world]
+        return [self.comm] if self.overflow_over_comm else []
 
     def clips_here(self) -> bool:
         """Whether this rank takes the clipping norm (the parameter server: only its root)."""

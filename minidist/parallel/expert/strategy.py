@@ -207,19 +207,36 @@ class ExpertDataParallel:
         parts = [s.expected_model_states() for s in self.parts]
         return {k: sum(p[k] for p in parts) for k in parts[0]}
 
+    def scalar_groups(self) -> list:
+        """The communicators of the step's one-element all-reduces, as this rank runs them:
+        the experts' overflow flag over the world (:meth:`expert_overflow`) and the non-expert
+        part's own check (its precision's, inside :class:`JointVerdict`: over the world under
+        tensor/pipeline parallelism, over its group for ZeRO and the parameter server); the
+        experts' squared norm over grid.dp (shards), grid.ep (on a stage that holds experts) and
+        grid.mp (:meth:`expert_squares`, on every rank) and the non-expert part's norm
+        (:meth:`_clip_dense`: over grid.mp, and grid.dp_ep for shards, where that part clips).
+        The experts' part sends none of its own: it takes the verdict and the norm the others
+        agreed (:meth:`_clip_experts`, :class:`JointVerdict`)."""
+        d, e, out = self.dense, self.experts, []
+        if d.precision is not None:
+            out += [self.world] + d.flag_groups(getattr(d.precision, "inner", d.precision))
+        if d.clip > 0:
+            if e is not None:
+                out += ([e.comm] if isinstance(e, ZeRO1) else []) + [self.ep_group]
+            out += [d.norm_group] + d.norm_groups()
+        return [g for g in out if g is not None and g.size > 1]
+
+    def scalar_bytes(self) -> int:
+        """Bytes of the step's one-element all-reduces (:meth:`scalar_groups`): 2·(n−1)·8 each."""
+        return sum(2 * (g.size - 1) * 8 for g in self.scalar_groups())
+
     def expected_bytes_sent(self, micro_batches: int = 1) -> int:
-        """Both strategies' gradient traffic, with the one-float64 ring all-reduces of the joint
-        norm (over grid.ep) and verdict (over the world, in place of the experts' own over grid.dp).
-        The all-to-alls are the model's (:func:`.dispatch.all_to_all_bytes`)."""
-        parts = sum(s.expected_bytes_sent(micro_batches) if hasattr(s, "shard") else s.expected_bytes_sent()
-                    for s in self.parts)
-        ring = lambda group: 2 * (group.size - 1) * 8 if group is not None and group.size > 1 else 0   # noqa: E731
-        joint = ring(self.ep_group) if self.dense.clip > 0 else 0
-        if self.experts is None:                     # a stage without experts: only the norm's all-reduce over grid.mp
-            joint = ring(self.dense.norm_group) if self.dense.clip > 0 else 0
-        if self.dense.precision is not None:
-            joint += ring(self.world) - (self.experts.scalar_all_reduce_bytes() if isinstance(self.experts, ZeRO1) else 0)
-        return parts + joint
+        """Both strategies' gradient traffic, with the one-float64 ring all-reduces this rank
+        really makes (:meth:`scalar_groups`: the joint verdict and norm, in place of the parts'
+        own). The all-to-alls are the model's (:func:`.dispatch.all_to_all_bytes`)."""
+        parts = sum((s.expected_bytes_sent(micro_batches) if hasattr(s, "shard") else s.expected_bytes_sent())
+                    - s.scalar_bytes() for s in self.parts)
+        return parts + self.scalar_bytes()
 
     # -- ZeRO-3 on a pipeline stage: both parts gather and release their units around every action --
     # (a part alone in its group — the experts when ep equals the data-parallel degree — is a

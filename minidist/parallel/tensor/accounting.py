@@ -159,16 +159,15 @@ def recomputed_bytes(trainer, b: int, s: int, w: int) -> int:
 
 
 def scalar_bytes_on_tp(trainer) -> int | None:
-    """The step's one-element all-reduces (float64, ring) that run on ``grid.tp``: the clipping norm's
-    (over ``grid.mp``) and the mixed-precision overflow flag's (over the world) where that group is
-    ``grid.tp``; None under LAMB (its per-tensor norms over tp: not modelled)."""
+    """The step's one-element all-reduces (float64, ring) that run on ``grid.tp``: those of the
+    strategy's (``scalar_groups``: the clipping norm's over ``grid.mp``, the mixed-precision
+    overflow flag's over the world, under expert parallelism the experts' norm over ``grid.mp``
+    too) whose group is ``grid.tp`` (a parameter server's workers take no norm); None under
+    LAMB (its per-tensor norms over tp: not modelled)."""
     cfg, grid = trainer.cfg, trainer.grid
     if cfg["optimizer"]["type"].lower() == "lamb":
         return None
-    one = 2 * (grid.tp_size - 1) * 8
-    mixed_on_tp = trainer.precision is not None and trainer.world_size == grid.tp_size
-    clips = cfg["gradient_clipping"] > 0 and getattr(trainer.strategy, "clips_here", lambda: True)()
-    return one * ((clips and grid.mp.group == grid.tp.group) + mixed_on_tp)    # (a server's workers never clip)
+    return sum(2 * (g.size - 1) * 8 for g in trainer.strategy.scalar_groups() if g.group == grid.tp.group)
 
 
 def rank_summary(trainer) -> dict:
