@@ -267,3 +267,26 @@ def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
     for m, cell in zip(sided, cells):
         m.loss = _stand_in(m.loss, result, cell)
     return result
+
+
+def rerun_blocks(model) -> list:
+    """The ids of the blocks whose forward full recomputation runs again in backward: those of
+    the checkpointed units (:meth:`minidist.model.Recompute.units`) whose input needs a gradient.
+    :func:`minidist.recompute.checkpoint` runs a unit plainly, keeping its activations, when no
+    input requires a gradient — under fine-tuning (:mod:`minidist.peft`) the frozen embeddings'
+    output feeds the first unit, which so is never recomputed (its adapters still get their
+    gradients through the kept graph). A pipeline stage without the embeddings receives an
+    input that needs a gradient."""
+    rc = getattr(model, "recompute", None)
+    ids = getattr(model, "layer_ids", None)
+    if rc is None or ids is None:
+        return []
+    named = list(model.named_parameters())
+    embeds = [p for n, p in named if n.startswith(("transformer.wte.", "transformer.wpe."))]
+    grad = not getattr(model, "pre_process", True) or any(p.requires_grad for p in embeds)
+    out = []
+    for unit, saved in rc.units(list(ids)):
+        if saved and grad:
+            out += unit
+        grad = grad or any(p.requires_grad for i in unit for p in model.transformer.h[i].parameters())
+    return out

@@ -32,7 +32,7 @@ from .estimate.context import context_bytes_per_step
 from .estimate.grid3d import estimate_for_config
 from .estimate.moe_grid import tp_bytes_change
 from .memory import DTYPE_BYTES
-from .parallel.data.zero3 import rerun_blocks
+from .recompute import rerun_blocks
 from .parallel.expert import accounting as expert_accounting
 from .parallel.pipeline.engine import pipeline_report
 from .parallel.tensor.accounting import rank_summary as _tp_rank_summary
@@ -135,7 +135,7 @@ def context_summary(trainer) -> dict:
     held = getattr(trainer.model, "layer_ids", None)
     if trainer.cfg["activation_checkpointing"]["granularity"] == "full" and held is not None:
         # the formula re-sends every layer's forward; a unit whose input needs no gradient is not
-        # recomputed (fine-tuning's first unit: minidist.parallel.data.zero3.rerun_blocks)
+        # recomputed (fine-tuning's first unit: minidist.recompute.rerun_blocks)
         skipped = len(held) - len(rerun_blocks(trainer.model))
         expected["bytes_per_step"] -= skipped * expected["per_layer_recomputed"] * trainer.accumulation
     return {"cp": trainer.grid.cp_size, "algorithm": par["context"]["algorithm"],

@@ -73,7 +73,7 @@ def test_the_reports_formula_rows_hold_for_triples(names):
 def test_a_peft_run_recomputes_only_the_units_whose_input_needs_a_gradient():
     """The formulas' R: with the embeddings frozen the first checkpointed unit runs plainly
     (minidist.recompute.checkpoint), so it is not counted; one block per unit, the second is."""
-    from minidist.parallel.data.zero3 import rerun_blocks
+    from minidist.recompute import rerun_blocks
     cfg, world = cell_config(("ZeRO-3", "full recompute", "PEFT (LoRA)"))
     one = {**cfg, "activation_checkpointing": {**cfg["activation_checkpointing"], "num_layers": 1, "method": "uniform"}}
     for c, want in ((cfg, []), (one, [1])):

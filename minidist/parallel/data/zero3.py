@@ -58,6 +58,7 @@ import numpy as np
 
 from ... import distributed as dist
 from ...defaults import STAGE3_MAX_LIVE_PARAMETERS, STAGE3_PREFETCH_BUCKET_SIZE, ZERO3
+from ...recompute import rerun_blocks
 from ...tensor import make_result
 from .buckets import Bucket
 from .zero2 import ZeRO2
@@ -392,29 +393,6 @@ class ZeRO3(ZeRO2):
         """R: Σ of the per-rank chunks of the blocks full recomputation re-runs (:func:`rerun_blocks`)."""
         again = {f"h.{i}" for i in rerun_blocks(getattr(self.model, "model", self.model))}   # (a view's model)
         return sum(b.chunk for u, name in enumerate(self.unit_names) if name in again for b, _ in self.unit_parts(u))
-
-
-def rerun_blocks(model) -> list:
-    """The ids of the blocks whose forward full recomputation runs again in backward: those of
-    the checkpointed units (:meth:`minidist.model.Recompute.units`) whose input needs a gradient.
-    :func:`minidist.recompute.checkpoint` runs a unit plainly, keeping its activations, when no
-    input requires a gradient — under fine-tuning (:mod:`minidist.peft`) the frozen embeddings'
-    output feeds the first unit, which so is never recomputed (its adapters still get their
-    gradients through the kept graph). A pipeline stage without the embeddings receives an
-    input that needs a gradient."""
-    rc = getattr(model, "recompute", None)
-    ids = getattr(model, "layer_ids", None)
-    if rc is None or ids is None:
-        return []
-    named = list(model.named_parameters())
-    embeds = [p for n, p in named if n.startswith(("transformer.wte.", "transformer.wpe."))]
-    grad = not getattr(model, "pre_process", True) or any(p.requires_grad for p in embeds)
-    out = []
-    for unit, saved in rc.units(list(ids)):
-        if saved and grad:
-            out += unit
-        grad = grad or any(p.requires_grad for i in unit for p in model.transformer.h[i].parameters())
-    return out
 
 
 def _released(dtype) -> np.ndarray:
