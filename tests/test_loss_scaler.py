@@ -88,6 +88,12 @@ def test_static_scaler_never_changes():
         StaticLossScaler(0)
 
 
+def test_a_floor_above_the_initial_scale_is_refused_as_the_config_refuses_it():
+    with pytest.raises(ValueError, match=r"init_scale=4 is below min_scale=8; raise init_scale or lower min_scale"):
+        DynamicLossScaler(init_scale=4, min_scale=8)
+    assert DynamicLossScaler(init_scale=8, min_scale=8).loss_scale == 8
+
+
 def test_has_overflow():
     ok = [np.ones(3, np.float32), None, np.zeros((2, 2))]
     assert not has_overflow(ok)

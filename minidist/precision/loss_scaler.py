@@ -126,6 +126,9 @@ class DynamicLossScaler:
         for name, value, ok in checks:
             if not ok:
                 raise ValueError(f"DynamicLossScaler: bad {name}={value!r}")
+        if min_scale > init_scale:             # as the config path (fp16.min_loss_scale) refuses it
+            raise ValueError(f"DynamicLossScaler: init_scale={init_scale!r} is below min_scale={min_scale!r}; "
+                             f"raise init_scale or lower min_scale")
         self.cur_scale = float(init_scale)
         self.cur_iter = 0
         self.last_overflow_iter = -1
