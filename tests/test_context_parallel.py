@@ -249,13 +249,16 @@ def test_the_attention_functions_refuse_shapes_they_cannot_split():
     def bad(comm):
         q = Tensor(np.zeros((1, 3, 5, 2)))
         out = []
+        empty = Tensor(np.zeros((1, 3, 0, 2)))          # no position on a rank: nothing to attend
         for call in (lambda: ring_attention(q, q, q, comm), lambda: ulysses_attention(q, q, q, comm),
-                     lambda: ring_attention(q, Tensor(np.zeros((1, 3, 4, 2))), q, comm)):
+                     lambda: ring_attention(q, Tensor(np.zeros((1, 3, 4, 2))), q, comm),
+                     lambda: ring_attention(empty, empty, empty, comm)):
             with pytest.raises(ValueError) as e:
                 call()
             out.append(str(e.value))
         return out
-    ring, ulysses, shapes = dist.spawn(bad, 2)[0]
+    ring, ulysses, shapes, none = dist.spawn(bad, 2)[0]
+    assert "sequence length 0 is shorter than the 4 chunks" in none
     assert "not divisible by 4" in ring and "multiple of 4" in ring
     assert "3 heads are not divisible by cp = 2" in ulysses and "'ring'" in ulysses
     assert "of one shape" in shapes

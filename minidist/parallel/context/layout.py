@@ -47,6 +47,9 @@ def chunks_of(rank: int, cp: int, layout: str) -> tuple:
 def split_problem(seq: int, cp: int, layout: str) -> str | None:
     """Why a sequence of ``seq`` positions cannot be cut for ``cp`` ranks, or None."""
     n = n_chunks(cp, layout)
+    if seq < n:                                  # 0 included: a chunk of no position has nothing to attend
+        return (f"the sequence length {seq} is shorter than the {n} chunks ring attention cuts it into "
+                f"({layout} layout, cp = {cp}); use at least {n} positions, a multiple of {n}")
     if seq % n == 0:
         return None
     why = "2 · cp chunks (zigzag: rank r holds chunks r and 2·cp − 1 − r)" if layout == "zigzag" else "cp chunks"
