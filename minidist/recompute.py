@@ -159,6 +159,12 @@ def recomputing(device):
         device.label_prefix = prefix
 
 
+def is_recomputing(device) -> bool:
+    """Whether ``device`` is running a recomputed forward (inside :func:`recomputing`): a
+    backward, whatever the forward hooks see (ZeRO-3 prefetches no forward order then)."""
+    return device is not None and device.label_prefix == "recompute "
+
+
 class _Offloaded:
     """DeepSpeed's ``cpu_checkpointing``: the checkpoint lives in the host pool, copied there
     after the forward (device → host) and back before the recompute (host → device), each
@@ -221,7 +227,11 @@ def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
                             f"checkpoint a function that returns the tensor to keep, and compute the rest outside")
         return out
 
-    if not is_grad_enabled() or not any(x.requires_grad for x in inputs):
+    trainable = isinstance(user_fn, Module) and any(p.requires_grad for p in user_fn.parameters())
+    # nothing to differentiate: a plain run. A Module with trainable parameters is checkpointed even
+    # when no input needs a gradient (fine-tuning's first block behind the frozen embeddings; torch's
+    # reentrant checkpoint keeps nothing there, Hugging Face's PEFT calls enable_input_require_grads)
+    if not is_grad_enabled() or not (trainable or any(x.requires_grad for x in inputs)):
         return user_fn(*[inputs[where.index(i)] if i in where else x for i, x in enumerate(args)])
     fmt, device = autocast_dtype(), current_device()
     states = [_rng_state(r) for r in _dropout_rngs(user_fn)]
@@ -271,12 +281,11 @@ def checkpoint(fn, *inputs, cpu: bool = False, partition=None) -> Tensor:
 
 def rerun_blocks(model) -> list:
     """The ids of the blocks whose forward full recomputation runs again in backward: those of
-    the checkpointed units (:meth:`minidist.model.Recompute.units`) whose input needs a gradient.
-    :func:`minidist.recompute.checkpoint` runs a unit plainly, keeping its activations, when no
-    input requires a gradient — under fine-tuning (:mod:`minidist.peft`) the frozen embeddings'
-    output feeds the first unit, which so is never recomputed (its adapters still get their
-    gradients through the kept graph). A pipeline stage without the embeddings receives an
-    input that needs a gradient."""
+    the checkpointed units (:meth:`minidist.model.Recompute.units`) with something to
+    differentiate, an input that needs a gradient or a trainable parameter of their own.
+    :func:`checkpoint` runs a unit plainly, keeping its activations, when neither holds: under
+    fine-tuning (:mod:`minidist.peft`) a unit of frozen blocks behind the frozen embeddings. A
+    pipeline stage without the embeddings receives an input that needs a gradient."""
     rc = getattr(model, "recompute", None)
     ids = getattr(model, "layer_ids", None)
     if rc is None or ids is None:
@@ -286,7 +295,8 @@ def rerun_blocks(model) -> list:
     grad = not getattr(model, "pre_process", True) or any(p.requires_grad for p in embeds)
     out = []
     for unit, saved in rc.units(list(ids)):
-        if saved and grad:
+        trainable = any(p.requires_grad for i in unit for p in model.transformer.h[i].parameters())
+        if saved and (grad or trainable):
             out += unit
-        grad = grad or any(p.requires_grad for i in unit for p in model.transformer.h[i].parameters())
+        grad = grad or trainable
     return out

@@ -11,9 +11,10 @@ feature takes away:
 * the parameter server over p = dp · cp > 2 ranks sends the linear reduce and broadcast, not
   the ring all-reduce the layout's estimate predicts (the two agree at p = 2 only), and its
   workers take no clipping norm;
-* under fine-tuning full recomputation does not re-run a unit whose input needs no gradient
-  (the frozen embeddings feed the first one): ZeRO-3 does not gather it again, ring attention
-  does not send its forward again;
+* under fine-tuning full recomputation re-runs every unit with trainable adapters, the first
+  one too, whose input (the frozen embeddings') needs no gradient: ZeRO-3 gathers it again,
+  ring attention sends its forward again; a unit per block holds only its shards at the step
+  (the recompute of one block prefetched the next one's parameters, in forward order);
 * under expert parallelism the experts' overflow flag (over the world) comes beside the other
   parameters' own check — two flags over the world under tensor/pipeline parallelism, the
   server's over its group — and the experts' norm crosses ``grid.mp`` beside the other
@@ -70,13 +71,15 @@ def test_the_reports_formula_rows_hold_for_triples(names):
     assert formula_rows(runs) == []
 
 
-def test_a_peft_run_recomputes_only_the_units_whose_input_needs_a_gradient():
-    """The formulas' R: with the embeddings frozen the first checkpointed unit runs plainly
-    (minidist.recompute.checkpoint), so it is not counted; one block per unit, the second is."""
+@pytest.mark.parametrize("peft", [False, True], ids=["full-training", "peft"])
+def test_full_recomputation_under_zero3_reruns_every_trainable_unit_and_keeps_shards_only(peft):
+    """The formulas' R: every checkpointed unit with trainable parameters is recomputed — under
+    fine-tuning the first one too, though the frozen embeddings feed it — and with a unit per
+    block ZeRO-3 holds only its shards at the step (formula_rows covers the model states)."""
     from minidist.recompute import rerun_blocks
-    cfg, world = cell_config(("ZeRO-3", "full recompute", "PEFT (LoRA)"))
+    cfg, world = cell_config(("ZeRO-3", "full recompute") + (("PEFT (LoRA)",) if peft else ()))
     one = {**cfg, "activation_checkpointing": {**cfg["activation_checkpointing"], "num_layers": 1, "method": "uniform"}}
-    for c, want in ((cfg, []), (one, [1])):
+    for c in (cfg, one):
         runs = dist.spawn(train_steps, world, c, timeout=45)
-        assert rerun_blocks(runs[0]["trainer"].model) == want
+        assert rerun_blocks(runs[0]["trainer"].model) == [0, 1]
         assert formula_rows(runs) == []

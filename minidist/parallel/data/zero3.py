@@ -58,7 +58,7 @@ import numpy as np
 
 from ... import distributed as dist
 from ...defaults import STAGE3_MAX_LIVE_PARAMETERS, STAGE3_PREFETCH_BUCKET_SIZE, ZERO3
-from ...recompute import rerun_blocks
+from ...recompute import is_recomputing, rerun_blocks
 from ...tensor import make_result
 from .buckets import Bucket
 from .zero2 import ZeRO2
@@ -229,7 +229,8 @@ class ZeRO3(ZeRO2):
 
         def hook(module, args):
             self.ensure(i)
-            if not self.in_backward:              # (a block recomputed in B: its backward comes next)
+            # recomputed in backward (a pipeline's B, or checkpointing): its backward comes next, not a forward
+            if not self.in_backward and not is_recomputing(self.device):
                 self.prefetch_ahead(self.next_in_forward[i])        # overlaps unit i's forward
             if not root and (self.frozen_buckets[i] is not None or self.chunk_units is not None) and args:
                 return (self._release_after_backward(args[0], i),) + tuple(args[1:])
@@ -395,6 +396,5 @@ class ZeRO3(ZeRO2):
         return sum(b.chunk for u, name in enumerate(self.unit_names) if name in again for b, _ in self.unit_parts(u))
 
 
-def _released(dtype) -> np.ndarray:
-    """What a parameter's ``data`` is while it is not gathered: nothing (0 elements)."""
+def _released(dtype) -> np.ndarray:      # what a parameter's data is while not gathered: nothing
     return np.empty(0, dtype=dtype)
