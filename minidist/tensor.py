@@ -73,6 +73,13 @@ class Node:
         self.backward = None
 
 
+# What a tensor's ``_ctx`` becomes once backward has run through its op and freed it: no
+# parents (the graph above can go), no backward, so that a second backward through it raises
+# (PyTorch's "Trying to backward through the graph a second time") instead of taking the tensor
+# for a leaf and dropping the gradients silently
+_RELEASED = Node((), None, "released", None, ())
+
+
 class Tensor:
     """An ndarray with an optional gradient and a link to the op that produced it."""
 
@@ -212,7 +219,7 @@ class Tensor:
                 deferred.append((node, g, later))
             elif not retain_graph:
                 node.release()
-                t._ctx = None
+                t._ctx = _RELEASED
         return WeightGradWork(deferred) if defer_weight_grad else None
 
     # Operators (x + y, x @ w, x.sum(), x.T, …) are ops, so they live in minidist.ops, which

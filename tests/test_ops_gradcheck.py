@@ -152,3 +152,35 @@ def _refusal(call) -> str:
     except ValueError as exc:
         return str(exc)
     return "accepted"
+
+
+def test_a_second_backward_through_a_freed_graph_raises_instead_of_dropping_gradients():
+    """As PyTorch: backward frees the graph; going through it again without retain_graph=True
+    is an error (it used to take the freed tensor for a leaf and add nothing to x.grad)."""
+    x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    h = x * 2.0
+    loss = h.sum()
+    loss.backward()
+    for again in (lambda: (h * 3.0).sum().backward(), loss.backward):
+        with pytest.raises(RuntimeError, match="backward through the graph a second time; pass retain_graph=True"):
+            again()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0])
+    y = x * 2.0
+    y.sum().backward(retain_graph=True)
+    (y * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0 + 2.0 + 6.0, 2.0 + 2.0 + 6.0])
+
+
+def test_a_bias_of_the_wrong_length_is_refused_naming_the_shapes():
+    x, w = Tensor(np.zeros((2, 6))), Tensor(np.zeros((6, 8)))
+    for n in (4, 16):                             # both divide the rows: they used to be tiled silently
+        with pytest.raises(ValueError, match=rf"linear: bias has shape \({n},\) but the weight \(6, 8\) gives 8"):
+            F.linear(x, w, Tensor(np.arange(float(n))))
+    with pytest.raises(ValueError, match=r"layer_norm: bias shape \(3,\) != normalised shape \(6,\)"):
+        F.layer_norm(x, Tensor(np.ones(6)), Tensor(np.ones(3)))
+
+
+def test_the_gradient_of_x_to_the_power_zero_is_zero_at_zero():
+    x = Tensor(np.array([0.0, 2.0, -1.5]), requires_grad=True)
+    (x ** 0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 0.0])

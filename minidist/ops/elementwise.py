@@ -83,6 +83,8 @@ def pow(a, p: float) -> Tensor:
     out = a.data ** p
 
     def backward(g, needs):
+        if p == 0:              # d(x⁰)/dx = 0 everywhere, x = 0 too (0·0⁻¹ would be 0·inf = NaN)
+            return (np.zeros_like(g),)
         return (g * p * a.data ** (p - 1),)
     return make_result(out, (a,), backward, "pow", saved=[a.data], flops=a.size)
 

@@ -81,6 +81,9 @@ def linear(x, weight, bias=None) -> Tensor:
     out = np.matmul(x2, wd)                                    # (B*T, out)
     if bias is not None:
         bias = as_tensor(bias)
+        if bias.shape != (weight.shape[1],):          # broadcast_rows would tile a bias that divides the rows
+            raise ValueError(f"linear: bias has shape {bias.shape} but the weight {weight.shape} gives "
+                             f"{weight.shape[1]} output features; the bias must have shape ({weight.shape[1]},)")
         broadcast_rows(np.add, out, bias.data, out)
     out = out.reshape(*x.shape[:-1], weight.shape[1])           # (..., out)
     m, k, n = x2.shape[0], weight.shape[0], weight.shape[1]

@@ -18,6 +18,8 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
         raise ValueError("layer_norm: bias without weight is not supported")
     if weight is not None and weight.shape != x.shape[-1:]:
         raise ValueError(f"layer_norm: weight shape {weight.shape} != normalised shape {x.shape[-1:]}")
+    if bias is not None and bias.shape != x.shape[-1:]:
+        raise ValueError(f"layer_norm: bias shape {bias.shape} != normalised shape {x.shape[-1:]}")
     xc = x.data - x.data.mean(axis=-1, keepdims=True)       # (..., C) centred
     y = np.multiply(xc, xc)                                  # (..., C) scratch: xc², later the output
     var = y.mean(axis=-1, keepdims=True)
