@@ -71,3 +71,22 @@ def test_lamb_under_tensor_parallelism_with_experts_takes_whole_tensor_trust_rat
     for r in out["runs"]:
         for part in r["trainer"].strategy.parts:
             assert part.optimizer.whole_tensor_squares is not None
+
+
+def test_the_loss_of_an_expert_parallel_pipeline_is_the_mean_over_every_replica():
+    """The run's per-step loss (what the CLI and the report print) under PP × EP is the mean over
+    the dp × ep replicas, as without expert parallelism on the same ranks (it was summed over
+    the ep replicas and divided by grid.dp only: twice the loss)."""
+    from minidist import distributed as dist
+    from minidist.train import run
+    base = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8,
+                      "moe": {"num_experts": 4, "top_k": 2}},
+            "data": {"seq_len": 8}, "steps": 2, "eval_iters": 1, "seed": 1, "dtype": "float64",
+            "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2}
+    losses = {}
+    for ep in (1, 2):
+        cfg = {**base, "parallel": {"pipeline": 2, "expert": ep}}
+        trainers = dist.spawn(lambda comm, cfg=cfg: run(cfg, comm, False)[0], 4, timeout=60)
+        losses[ep] = [[h["loss"] for h in t.history] for t in trainers]
+        assert all(r == losses[ep][0] for r in losses[ep])           # every rank holds the job's loss
+    np.testing.assert_allclose(losses[2][0], losses[1][0], rtol=1e-12)

@@ -124,7 +124,7 @@ class PipelineEngine:
                           for h in trainer.history], dtype=np.float64)
         # why: the loss of the global batch is the mean over the dp replicas of their stages' parts
         total = dist.all_reduce(trainer.comm, local, op="sum", algorithm="ring")
-        for h, v in zip(trainer.history, total / self.grid.dp_size):
+        for h, v in zip(trainer.history, total / trainer.dp_size):     # replicas: dp (× ep under experts)
             h["rank_loss"], h["loss"] = h["loss"], float(v)
 
     def whole_model(self) -> GPT:
