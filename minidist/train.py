@@ -249,8 +249,10 @@ def main(argv=None) -> int:
         from mpi4py import MPI   # here, not at the top: importing mpi4py initialises MPI, wanted only under mpirun
         world = MPI.COMM_WORLD.Get_size()
         if args.world_size not in (None, world):
-            ap.error(f"--world-size {args.world_size} but mpirun started {world} processes: under mpirun the "
-                     f"world is MPI's; drop --world-size or use mpirun -n {args.world_size}")
+            if dist.launch_rank() == 0:         # every rank sees the same conflict: one of them says it
+                ap.error(f"--world-size {args.world_size} but mpirun started {world} processes: under mpirun the "
+                         f"world is MPI's; drop --world-size or use mpirun -n {args.world_size}")
+            return 2
     args.world_size = world or args.world_size or 1
     if args.world_size > 1:   # ranks share the cores: BLAS threads inside each would spin against them
         single_threaded_blas()

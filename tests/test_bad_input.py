@@ -297,3 +297,4 @@ def test_mpirun_world_size_flag_disagreeing_with_mpi_is_refused(tmp_path):
                 timeout=50)
     assert r.returncode != 0
     assert "--world-size 4 but mpirun started 2 processes" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("mpirun started 2 processes") == 1         # said once, by rank 0
