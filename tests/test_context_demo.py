@@ -35,3 +35,16 @@ def test_the_chapter_on_four_ranks_and_the_readme_quotes_it(tmp_path, capsys):
         assert line in readme, f"the README's context-parallel section is stale: {line!r}"
     for name in ("13_zigzag_timeline.png", "13_ring_vs_ulysses.png", "13_activation_memory.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_on_three_ranks_the_chapters_with_fixed_layouts_run_on_the_ranks_that_fit(tmp_path, capsys):
+    """The tour on 3 ranks: the context chapter runs on ranks 0 and 1 (its cuts need a power of
+    two), the mixture-of-experts chapter (4 experts over 4 ranks, DualPipeV on 2 × 2) says it
+    needs 4 ranks and skips itself; neither fails the tour."""
+    from minidist.demo.__main__ import run_tour
+    results = dist.spawn(run_tour, 3, ["moe", "context"], tmp_path, timeout=100)
+    printed = capsys.readouterr().out
+    assert "the mixture-of-experts chapter needs 4 ranks and the tour has 3: skipped" in printed
+    assert "causal ring on 2 ranks" in printed and results[0]["moe"] == {}
+    assert max(results[0]["context"]["training"].values()) <= 1e-9
+    assert results[2]["context"] == {}                    # the rank outside the context chapter's two

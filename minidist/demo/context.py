@@ -30,6 +30,7 @@ from ..parallel.context import (ContextParallelLayers, block_attention, merge_bl
                                 ulysses_attention, work)
 from ..plotting.context import plot_activation_memory, plot_ring_vs_ulysses, plot_zigzag_timeline
 from ..tensor import Tensor
+from .world import first_ranks, largest_power_of_two
 from ..training.trainer import Trainer
 
 TITLE = "Context parallelism: ring attention and Ulysses"
@@ -187,6 +188,10 @@ def training(comm) -> dict:
 
 
 def run(comm, out_dir) -> dict:
+    # the cuts need a power of two of ranks (s = 512 and the sweep's lengths in 2·cp chunks): 2 of 3 ranks
+    comm = first_ranks(comm, largest_power_of_two(comm.size), "context")
+    if comm is None:
+        return {}
     cp = comm.size
     eq, bal, sw, mem, tr = equality(comm), balance(comm), sweep(comm), memory(comm), training(comm)
     # why: rank 0 draws every rank's timeline

@@ -27,6 +27,7 @@ from ..moe import route
 from ..parallel.expert import all_to_all_bytes
 from ..plotting.moe import plot_all_to_all_timeline, plot_dualpipe_overlap, plot_load_balance, plot_routing
 from ..training.trainer import Trainer
+from .world import first_ranks
 
 TITLE = "Mixture of experts and expert parallelism"
 
@@ -166,6 +167,9 @@ def _summary(ov: dict) -> dict:
 
 
 def run(comm, out_dir) -> dict:
+    comm = first_ranks(comm, 4, "mixture-of-experts")   # E = 4 experts over 4 ranks; DualPipeV on 2 × 2
+    if comm is None:
+        return {}
     ro, a2a, lb, ov = routing(), all_to_all(comm), load_balance(comm), overlap(comm)
     if comm.rank != 0:
         return {}
