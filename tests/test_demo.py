@@ -31,6 +31,13 @@ def test_demo_under_mpirun(tmp_path):
     assert (tmp_path / "01_memory_timeline.png").exists()
 
 
+@pytest.mark.mpi
+def test_demo_under_mpirun_refuses_a_world_size_mpi_did_not_start_once(tmp_path):
+    proc = run_mpi(2, ["-m", "minidist.demo", "--world-size", "4", "--chapters", "memory", "--out", tmp_path],
+                   timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("--world-size 4 but mpirun started 2 processes") == 1
+
+
 def test_demo_rejects_an_unknown_chapter():
     out = subprocess.run([sys.executable, "-m", "minidist.demo", "--chapters", "zer0"],
                          capture_output=True, text=True, timeout=60)

@@ -96,15 +96,24 @@ def main(argv=None) -> int:
     names = [n for n, _ in CHAPTERS]
     ap = argparse.ArgumentParser(prog="python -m minidist.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="figures", help="directory for the figures (default: figures/)")
-    ap.add_argument("--world-size", type=int, default=4, help="in-process ranks when not under mpirun")
+    ap.add_argument("--world-size", type=int, default=None, help="in-process ranks when not under mpirun (default 4)")
     ap.add_argument("--chapters", default=",".join(names), help=f"comma-separated subset of {names}")
     args = ap.parse_args(argv)
     chosen = [c.strip() for c in args.chapters.split(",") if c.strip()]
     unknown = sorted(set(chosen) - set(names))
     if unknown:
         ap.error(f"unknown chapter(s) {unknown}; choose from {names}")
-    if args.world_size < 1:
+    if args.world_size is not None and args.world_size < 1:
         ap.error(f"--world-size must be >= 1, got {args.world_size}")
+    if dist.is_mpi_launch() and args.world_size is not None:
+        from mpi4py import MPI       # here: importing mpi4py initialises MPI, wanted only under mpirun
+        world = MPI.COMM_WORLD.Get_size()
+        if args.world_size != world:         # as python -m minidist.train: said once, by rank 0
+            if dist.launch_rank() == 0:
+                ap.error(f"--world-size {args.world_size} but mpirun started {world} processes: under mpirun the "
+                         f"world is MPI's; drop --world-size or use mpirun -n {args.world_size}")
+            return 2
+    args.world_size = args.world_size or 4
     tune_process()  # a command owns its process: it may retune malloc and the GC; import minidist must not
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
