@@ -307,3 +307,25 @@ def test_prefix_methods_with_context_parallelism_are_refused_naming_the_way_out(
         with pytest.raises(ConfigError, match="peft.peft_type.*use peft_type LORA with parallel.context"):
             load_config({**cfg, "peft": peft}, 2)
     assert load_config({**cfg, "peft": {"peft_type": "LORA", "r": 2}}, 2)["peft"]["peft_type"] == "LORA"
+
+
+def test_target_modules_take_every_layer_by_its_short_or_qualified_name_and_the_api_checks_them():
+    """As Hugging Face PEFT matches names (the whole name or its suffix): 'mlp.c_fc' and
+    'attn.c_attn' are as good as 'c_fc' and 'c_attn' in a config; get_peft_model checks its
+    section as a config's (a name of no layer froze the whole model without a word, r = 0
+    divided by zero)."""
+    h = 16
+    shapes = {"attn.c_attn": (h, 3 * h), "attn.c_proj": (h, h), "mlp.c_fc": (h, 4 * h), "mlp.c_proj": (4 * h, h)}
+    for targets, names in ((["mlp.c_fc"], ["mlp.c_fc"]), (["attn.c_attn"], ["attn.c_attn"]),
+                           (["c_proj"], ["attn.c_proj", "mlp.c_proj"]), ("c_attn", ["attn.c_attn"])):
+        cfg = config(None, peft={"peft_type": "LORA", "r": 2, "target_modules": targets})
+        assert load_config(cfg, 1)["peft"]["target_modules"] == ([targets] if isinstance(targets, str) else targets)
+        model = get_peft_model(GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16), seed=0),
+                               {"peft_type": "LORA", "r": 2, "target_modules": targets})
+        got = sorted((layer.lora_A.shape[0], layer.lora_B.shape[1]) for layer in lora_layers(model))
+        assert got == sorted(shapes[n] for n in names for _ in range(2)), (targets, got)   # 2 blocks
+    for peft, key in (({"peft_type": "LORA", "target_modules": ["q_proj"]}, "peft.target_modules"),
+                      ({"peft_type": "LORA", "r": 0}, "peft.r"), ({"peft_type": "LORA", "rr": 3}, "peft.rr")):
+        with pytest.raises(ConfigError) as e:
+            get_peft_model(GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16), seed=0), peft)
+        assert e.value.key == key

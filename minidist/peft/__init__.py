@@ -32,6 +32,7 @@ import numpy as np
 from ..defaults import ADAPTER, LORA, PEFT_DEFAULTS, PREFIX_TUNING
 from ..memory import nbytes
 from ..nn import Module
+from ..training.config_peft import check_peft
 from .adapter import Adapter, add_adapters
 from .costs import lora_matrices
 from .lora import LoRALinear, lora_layers, merge_and_unload
@@ -45,8 +46,12 @@ LORA_DROPOUT_SITE = 1_000_000   # dropout sites of LoRA layers: above the model'
 def get_peft_model(model: Module, peft: dict, seed: int = 0) -> Module:
     """Freeze ``model`` and add the trainable parameters of ``peft`` (a ``peft`` section: any
     key left out takes its default), in place; returns ``model``. Every rank that calls it
-    with the same ``seed`` draws the same new parameters."""
-    peft = {**PEFT_DEFAULTS, **peft}
+    with the same ``seed`` draws the same new parameters. ``peft`` is checked as a config's
+    section is (:func:`minidist.training.config_peft.check_peft`): a target that names no layer,
+    r = 0 or an unknown key is refused by name."""
+    if set(peft) != set(PEFT_DEFAULTS):      # a user's section (a run's config holds every key, checked)
+        peft = check_peft({"zero_optimization": {"stage": 0}, "parallel": {"context": {"size": 1}},
+                           "activation_checkpointing": {"granularity": "none"}}, peft)
     for p in model.parameters():
         p.requires_grad = False
     rng = np.random.default_rng((seed, PEFT_STREAM))

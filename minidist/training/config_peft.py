@@ -22,6 +22,10 @@ _REPLACED_TYPES = {
 }
 
 
+# the four linear layers of a block by their names in it (minidist.peft.costs.lora_matrices)
+BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
 def _positive_int(key: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
         raise ConfigError(f"peft.{key}", f"must be a positive integer, got {value!r}")
@@ -59,8 +63,8 @@ def check_peft(cfg: dict, given) -> dict:
         targets = p["target_modules"] = [targets]
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise ConfigError("peft.target_modules", f"expected a list of layer names such as ['c_attn'], got {targets!r}")
-    for t in targets:
-        if not any(name == t or name.endswith("." + t) for name in LORA_TARGETS):
+    for t in targets:                # matched as Hugging Face PEFT matches: the whole name or its suffix
+        if not any(name == t or name.endswith("." + t) for name in BLOCK_LINEARS):
             raise ConfigError("peft.target_modules", f"{t!r} is no linear layer of a block; the GPT's are "
                                                      f"{', '.join(LORA_TARGETS)} ('c_proj' names both projections)")
     if p["bnb_4bit_quant_type"] != "nf4":
