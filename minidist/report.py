@@ -295,6 +295,15 @@ def format_distillation(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _number_format(report, f) -> str:
+    """The run's number format and K: the formulas' fp32 row counts 4-byte words (K = 8 with Adam);
+    a float64 run stores 8 bytes each, so its K is twice that."""
+    precision = f.get("precision", "fp32")
+    if precision == "fp32" and report["config"].get("dtype") == "float64" and f.get("K") is not None:
+        return f"float64, K = {2 * f['K']:g}"
+    return f"{precision}, K = {f.get('K')}"
+
+
 def format_data_parallel(report: dict) -> str:
     """A small table: per rank, measured model states and bytes per step beside the formula."""
     f = report["data_parallel"]["formula"]
@@ -307,7 +316,7 @@ def format_data_parallel(report: dict) -> str:
     strategy = report["data_parallel"]["strategy"]
     lines = [f"{layout}: data parallel {strategy} over {dp} replica(s) of {report['world_size']} rank(s), "
              f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "
-             f"({f.get('precision', 'fp32')}, K = {f.get('K')})",
+             f"({_number_format(report, f)})",
              f"{'rank':>4} {'params B':>10} {'grads B':>10} {'optim B':>10} {'host B':>10} {'sent/step B':>12}"]
     for note, row in (("  (workers)" if f.get("root") else "", f), ("  (the root)", f.get("root"))):
         fm = row and row["model_states"]

@@ -134,3 +134,12 @@ def test_mixed_precision_run_reports_loss_scale_and_k12(tmp_path, capsys, fmt):
         assert r["data_parallel"]["bytes_sent_per_step"] == per_step[-1]
     printed = capsys.readouterr().out
     assert f"mixed precision: {fmt}" in printed and "K = 12" in printed
+
+
+@pytest.mark.parametrize("dtype,label", [("float32", "(fp32, K = 8)"), ("float64", "(float64, K = 16)")])
+def test_the_data_parallel_header_names_the_runs_number_format(tmp_path, capsys, dtype, label):
+    """Adam keeps two moments per parameter: K = 8 bytes in float32, 16 in float64 (the header
+    said 'fp32, K = 8' for both)."""
+    assert main(["--config", write(tmp_path, {"dtype": dtype}), "--world-size", "2", "--quiet"]) == 0
+    header = next(x for x in capsys.readouterr().out.splitlines() if "data parallel" in x and "Ψ = " in x)
+    assert header.endswith(label), header
