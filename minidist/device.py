@@ -205,6 +205,18 @@ def current_device() -> "Device | None":
     return _current.get()
 
 
+@contextlib.contextmanager
+def off_device():
+    """No device active inside the block, whatever this thread has activated: nothing the ops
+    do there is charged (FLOPs, clock, memory, trace). Evaluation runs so, on one rank as on
+    many (an in-process or MPI rank keeps its device active for its whole run)."""
+    token = _current.set(None)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
 class Device:
     """One rank's simulated accelerator: memory pool, host pool, streams, FLOPs, trace.
 

@@ -39,6 +39,8 @@ def run(config, comm=None, progress=True, save=None, save_interval=0, loaded=Non
     ``save``/``save_interval``: where and how often to checkpoint (Megatron's flags). A config
     with a ``peft`` section fine-tunes (:class:`~minidist.peft.trainer.PeftTrainer`): the
     checkpoint's weights are loaded before the method freezes them and adds its own."""
+    if isinstance(config, (str, os.PathLike)):      # a path, as Trainer takes one
+        config = _read_config(config)
     if (config or {}).get("peft") is not None:      # fine-tuning: the base's weights go in before the method
         trainer = PeftTrainer(config, comm, pretrained=pretrained_weights(loaded) if loaded is not None else None)
     else:
@@ -81,11 +83,12 @@ def _distill_main(config, args, mpi, device, ckpt) -> int:
         report = dist.spawn(_distill_rank_main, args.world_size, config, not args.quiet, ckpt, device=device)[0]
     if report is None:                                       # not rank 0
         return 0
+    if args.report:                  # written before anything is printed: a reader gone (| head) loses no file
+        write_report(report, args.report)
     print(f"done: teacher then student on {report['world_size']} rank(s), student final loss "
           f"{report['steps'][-1]['loss']:.4f}")
     print(format_distillation(report))
     if args.report:
-        write_report(report, args.report)
         print(f"report written to {args.report}")
     return 0
 
@@ -103,7 +106,7 @@ def _read_config(path):
         return {}
     try:
         with open(path) as f:
-            return json.load(f)
+            config = json.load(f)
     except json.JSONDecodeError as e:
         raise UsageError("--config", f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
                                       f"fix the file (JSON needs double quotes and no trailing commas)") from None
@@ -111,6 +114,10 @@ def _read_config(path):
         raise UsageError("--config", f"{path} is not a text file; give a JSON config") from None
     except OSError as e:
         raise UsageError("--config", f"cannot read {path}: {e.strerror}; give an existing JSON file") from None
+    if not isinstance(config, dict):      # null or a string would be read as "no config" or as a path
+        raise ConfigError("<root>", f"the config must be a JSON object, got {type(config).__name__} "
+                                    f"{str(config)[:60]!r} in {path}")
+    return config
 
 
 def _check_output(flag: str, path) -> None:
@@ -260,6 +267,7 @@ def main(argv=None) -> int:
         config = _read_config(args.config)
         cfg = load_config(config, args.world_size)    # fail fast, on every rank, before any message
         make_dataset(data_config(cfg))
+        make_dataset(data_config(cfg), split="val")     # a val split too short for seq_len: said before launch
         _check_output("--report", args.report)
         _check_output("--trace", args.trace)
         if not mpi:
@@ -290,6 +298,8 @@ def main(argv=None) -> int:
     trainer, report = result
     if report is None:                                       # not rank 0
         return 0
+    if args.report:                  # written before anything is printed: a reader gone (| head) loses no file
+        write_report(report, args.report)
     rr = report["ranks"][0]
     fin = report["final"]
     line = ", ".join(f"{k} {v:.4f}" for k, v in fin.items())
@@ -302,7 +312,6 @@ def main(argv=None) -> int:
               f"at the last step, {skipped} of {len(trainer.history)} steps skipped on overflow")
     print(format_data_parallel(report))
     if args.report:
-        write_report(report, args.report)
         print(f"report written to {args.report}")
     if args.trace:
         print(f"trace of {report['world_size']} rank(s) written to {args.trace} (open it in https://ui.perfetto.dev)")
@@ -313,7 +322,9 @@ def quiet_broken_pipe(entry):
     """Run ``entry()``; a reader that closed the pipe (``… | head -1``) ends it quietly, as
     the Python documentation recommends for command-line tools."""
     try:
-        return entry()
+        status = entry()
+        sys.stdout.flush()                                # here, not at exit: a closed pipe is caught below
+        return status
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())             # no second error when Python flushes stdout

@@ -100,6 +100,10 @@ CATALOG = [
     ("unknown_nested_key", "config", cfg(zero_optimization__stag=1), ["zero_optimization.stag", "did you mean"]),
     ("section_not_object", "config", cfg(fp16=True), ["'fp16'", "expected an object"]),
     ("root_not_object", "config", "[1, 2]", ["<root>", "JSON object"]),
+    ("root_null", "config", "null", ["<root>", "JSON object, got NoneType"]),          # was taken as no config
+    ("root_string", "config", '"base.json"', ["<root>", "JSON object, got str"]),      # was taken as a path
+    ("val_split_too_short", "config", {**cfg(), "data": {"dataset": "english", "seq_len": 8, "val_fraction": 1e-6}},
+     ["data.seq_len", "val split", "data.val_fraction"]),                               # was a traceback
     ("not_json", "config", "{steps: 3}", ["--config", "not valid JSON", "line 1"]),
     ("zero_stage_4", "config", cfg(zero_optimization__stage=4), ["zero_optimization.stage", "choose one of"]),
     ("dtype_float16", "config", cfg(dtype="float16"), ["'dtype'", "choose one of"]),

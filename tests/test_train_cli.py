@@ -143,3 +143,37 @@ def test_the_data_parallel_header_names_the_runs_number_format(tmp_path, capsys,
     assert main(["--config", write(tmp_path, {"dtype": dtype}), "--world-size", "2", "--quiet"]) == 0
     header = next(x for x in capsys.readouterr().out.splitlines() if "data parallel" in x and "Ψ = " in x)
     assert header.endswith(label), header
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_reader_that_closes_the_pipe_loses_no_report_and_no_exit_status(tmp_path, unbuffered):
+    """``python -m minidist.train … | head -1``: the report is written before anything is printed,
+    and a closed stdout ends the run quietly with status 0 (it lost the report unbuffered and
+    exited 120 buffered)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": unbuffered}
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "minidist.train", "--config", write(tmp_path, {}), "--quiet",
+                             "--report", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()                                   # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=100) == 0, err
+    assert "BrokenPipeError" not in err and json.loads(report.read_text())["world_size"] == 1
+
+
+def test_evaluation_is_not_charged_to_the_device_on_any_number_of_ranks(tmp_path):
+    """Validation runs off the simulated device (its FLOPs, clock and trace), as on one rank:
+    rank 0's counted FLOPs and simulated time do not change with eval_iters on 2 ranks."""
+    seen = {}
+    for iters in (1, 4):
+        out = tmp_path / f"r{iters}.json"
+        assert main(["--config", write(tmp_path, {"eval_iters": iters}), "--world-size", "2", "--quiet",
+                     "--report", str(out)]) == 0
+        r0 = json.loads(out.read_text())["ranks"][0]
+        seen[iters] = (r0["matmul_flops"], r0["sim_time"])
+    assert seen[1] == seen[4]
+
+
+def test_run_takes_a_config_path_as_the_trainer_does(tmp_path):
+    from minidist.train import run
+    trainer, _ = run(write(tmp_path, {}), None, False)
+    assert len(trainer.history) == CONFIG["steps"]

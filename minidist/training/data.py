@@ -105,8 +105,10 @@ class TextDataset:
         n_train = int(len(ids) * (1.0 - val_fraction))
         self.data = ids[:n_train] if split == "train" else ids[n_train:]     # (N,)
         if len(self.data) <= self.seq_len + 1:
+            fix = (f"use a shorter data.seq_len, or a data.val_fraction that leaves the {split} split more than "
+                   f"seq_len + 1 characters (it is {val_fraction!r} of {len(ids)})")
             raise ValueError(f"data.seq_len={seq_len} is too long for the {split} split of "
-                             f"{name!r} ({len(self.data)} characters); use a shorter data.seq_len")
+                             f"{name!r} ({len(self.data)} characters); {fix}")
 
     def _windows(self, starts: np.ndarray):
         offs = starts[:, None] + np.arange(self.seq_len)                    # (B, T)

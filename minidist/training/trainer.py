@@ -33,7 +33,7 @@ from .. import distributed as dist
 from .. import optim
 from .config import ConfigError, data_config, load_config
 from .data import TextDataset, greedy_decode, make_dataset, shard_batch
-from ..device import Device
+from ..device import Device, off_device
 from ..model import GPT, GPTConfig, Recompute, one_rank_parameters, split_of
 from .. import moe
 from ..parallel import build_strategy
@@ -236,7 +236,7 @@ class Trainer:
         model = self.eval_model()
         model.eval()
         out = {}
-        with no_grad(), autocast(self.autocast_dtype):
+        with no_grad(), autocast(self.autocast_dtype), off_device():    # (a rank's thread keeps its device on)
             if isinstance(self.val_dataset, TextDataset):
                 losses = [float(model(x, y)[1].data)
                           for x, y in self.val_dataset.eval_batches(self.micro_batch, self.cfg["eval_iters"])]
