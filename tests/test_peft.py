@@ -329,3 +329,10 @@ def test_target_modules_take_every_layer_by_its_short_or_qualified_name_and_the_
         with pytest.raises(ConfigError) as e:
             get_peft_model(GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16), seed=0), peft)
         assert e.value.key == key
+
+
+def test_a_refused_fine_tuning_method_is_named_by_its_own_type():
+    """The support matrix's row is named after LoRA; a refusal names the config's method."""
+    cfg = config(None, peft={"peft_type": "ADAPTER", "bottleneck_size": 4}, parallel={"tensor": 2})
+    with pytest.raises(ConfigError, match=r"PEFT \(ADAPTER\) \(peft\) with TP \(parallel.tensor\)"):
+        load_config(cfg, 2)

@@ -219,6 +219,15 @@ def cell(a: str, b: str) -> str:
     return "works"
 
 
+def _label(name: str, cfg: dict) -> str:
+    """A feature's name in a refusal: the table's, or for fine-tuning the config's own method (the
+    table's row is named after LoRA, and stands for every method)."""
+    peft = cfg.get("peft")
+    if name == "PEFT (LoRA)" and isinstance(peft, dict) and peft.get("peft_type"):
+        return f"PEFT ({str(peft['peft_type']).upper()})"
+    return name
+
+
 def check(cfg: dict, world_size: int) -> None:
     """Refuse (ConfigError naming the keys and the way out) the first refused pair or unmet
     need among the features ``cfg`` turns on."""
@@ -231,8 +240,8 @@ def check(cfg: dict, world_size: int) -> None:
         if r:
             first, message = r
             second = b if first == a else a
-            raise ConfigError(FEATURES[first].key, f"{first} ({FEATURES[first].key}) with {second} "
-                                                   f"({FEATURES[second].key}): {message}")
+            raise ConfigError(FEATURES[first].key, f"{_label(first, cfg)} ({FEATURES[first].key}) with "
+                                                   f"{_label(second, cfg)} ({FEATURES[second].key}): {message}")
     for triple, message in REFUSED_TRIPLES.items():
         if all(t in on for t in triple):
             raise ConfigError(FEATURES[triple[0]].key, f"{' with '.join(triple)}: {message}")
