@@ -163,17 +163,22 @@ def _check_memory(cfg, world: int) -> None:
               f"will be slow", file=sys.stderr)
 
 
-def _note_unused(config: dict, cfg: dict) -> None:
-    """Say which keys the user set that this layout does not use (rank 0 only)."""
+def _note_unused(config: dict, cfg: dict, dataset=None) -> None:
+    """Say which keys the user set that this layout (or this dataset) does not use (rank 0 only)."""
     par, given = cfg["parallel"], config.get("parallel") or {}
     unused = [(k, why) for k, why in (("make_vocab_size_divisible_by", "pads the vocabulary only under "
                                        "parallel.tensor > 1"),
                                       ("schedule", "only a pipeline (parallel.pipeline > 1) runs a schedule"),
                                       ("virtual_stages", "only a pipeline (parallel.pipeline > 1) has stages"))
               if k in given and (par["tensor"] == 1 if k == "make_vocab_size_divisible_by" else par["pipeline"] == 1)]
+    notes = [f"parallel.{key} has no effect here: {why}" for key, why in unused]
+    given_seq = (config.get("data") or {}).get("seq_len")
+    if dataset is not None and given_seq is not None and given_seq != dataset.seq_len:
+        notes.append(f"data.seq_len {given_seq} has no effect here: the {cfg['data']['dataset']!r} task's "
+                     f"sequences are {dataset.seq_len} tokens long (its n_digits sets them)")
     if dist.launch_rank() == 0:
-        for key, why in unused:
-            print(f"note: parallel.{key} has no effect here: {why}", file=sys.stderr)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _checkpoint_args(args, cfg) -> dict:
@@ -266,7 +271,7 @@ def main(argv=None) -> int:
     try:
         config = _read_config(args.config)
         cfg = load_config(config, args.world_size)    # fail fast, on every rank, before any message
-        make_dataset(data_config(cfg))
+        dataset = make_dataset(data_config(cfg))
         make_dataset(data_config(cfg), split="val")     # a val split too short for seq_len: said before launch
         _check_output("--report", args.report)
         _check_output("--trace", args.trace)
@@ -277,7 +282,7 @@ def main(argv=None) -> int:
             raise UsageError(flag, "a fine-tuning run (peft section) starts from --load DIR --load-weights-only and "
                                    "does not write or resume checkpoints here; drop " + flag)
         ckpt = _checkpoint_args(args, cfg)
-        _note_unused(config, cfg)
+        _note_unused(config, cfg, dataset)
         if (cfg["distillation"] or {}).get("teacher", {}).get("load"):
             read_teacher(cfg)                   # a missing or damaged teacher checkpoint: refused before launch
     except (ConfigError, UsageError, CheckpointError, ValueError, OSError) as e:

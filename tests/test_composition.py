@@ -238,6 +238,11 @@ def test_settings_a_layout_does_not_use_are_noted(tmp_path, capsys):
     assert train_main(["--config", str(cfg), "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "parallel.schedule has no effect" in err and "parallel.make_vocab_size_divisible_by has no effect" in err
+    assert "data.seq_len" not in err                     # the text corpus takes its seq_len
+    cfg.write_text(json.dumps({"model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16}, "steps": 1,
+                               "eval_iters": 1, "data": {"dataset": "copy", "n_digits": 2, "seq_len": 8}}))
+    assert train_main(["--config", str(cfg), "--quiet"]) == 0      # a task's length follows from n_digits
+    assert "data.seq_len 8 has no effect here: the 'copy' task's sequences are 5 tokens" in capsys.readouterr().err
 
 
 def _progress(comm, cfg):
