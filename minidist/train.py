@@ -172,6 +172,9 @@ def _note_unused(config: dict, cfg: dict, dataset=None) -> None:
                                       ("virtual_stages", "only a pipeline (parallel.pipeline > 1) has stages"))
               if k in given and (par["tensor"] == 1 if k == "make_vocab_size_divisible_by" else par["pipeline"] == 1)]
     notes = [f"parallel.{key} has no effect here: {why}" for key, why in unused]
+    if "auto_cast" in (config.get("fp16") or {}):
+        notes.append("fp16.auto_cast has no effect here: an fp16 run already rounds every op's inputs and "
+                     "outputs to fp16 (minidist.autocast), whatever the key says")
     given_seq = (config.get("data") or {}).get("seq_len")
     if dataset is not None and given_seq is not None and given_seq != dataset.seq_len:
         notes.append(f"data.seq_len {given_seq} has no effect here: the {cfg['data']['dataset']!r} task's "

@@ -242,7 +242,13 @@ def test_settings_a_layout_does_not_use_are_noted(tmp_path, capsys):
     cfg.write_text(json.dumps({"model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16}, "steps": 1,
                                "eval_iters": 1, "data": {"dataset": "copy", "n_digits": 2, "seq_len": 8}}))
     assert train_main(["--config", str(cfg), "--quiet"]) == 0      # a task's length follows from n_digits
-    assert "data.seq_len 8 has no effect here: the 'copy' task's sequences are 5 tokens" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "data.seq_len 8 has no effect here: the 'copy' task's sequences are 5 tokens" in err
+    assert "fp16.auto_cast" not in err
+    cfg.write_text(json.dumps({"model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 8}, "steps": 1,
+                               "eval_iters": 1, "data": {"seq_len": 8}, "fp16": {"enabled": True, "auto_cast": True}}))
+    assert train_main(["--config", str(cfg), "--quiet"]) == 0
+    assert "fp16.auto_cast has no effect here" in capsys.readouterr().err
 
 
 def _progress(comm, cfg):
