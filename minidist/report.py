@@ -314,7 +314,7 @@ def format_data_parallel(report: dict) -> str:
     layout = f"tensor {tp} × pipeline {pp} × data {dp}" + (f" (dp {dp // ep} × ep {ep})" if ep > 1 else "") \
         + (f" × context {cp}" if cp > 1 else "")
     strategy = report["data_parallel"]["strategy"]
-    lines = [f"{layout}: data parallel {strategy} over {dp} replica(s) of {report['world_size']} rank(s), "
+    lines = [f"{layout}: data parallel {strategy} over {dp} replica(s), {report['world_size']} rank(s) in all, "
              f"Ψ = {report['model']['n_params']:,} parameters × {f['bytes_per_element']} B "
              f"({_number_format(report, f)})",
              f"{'rank':>4} {'params B':>10} {'grads B':>10} {'optim B':>10} {'host B':>10} {'sent/step B':>12}"]
