@@ -135,6 +135,7 @@ CHECKS = [
     ("gradient accumulation, k = 4: who communicates every micro-batch",
      _check([(1e9, 8, s, 4) for s in (DDP, ZERO1, ZERO2, ZERO3)], "k = 4")),
     ("parameter server: a worker sends Ψ; n = 1 sends nothing",
-     _check([(1e9, 8, PARAMETER_SERVER, 1), (1e9, 1, DDP, 1), (1e9, 1, ZERO3, 2)], "edge cases")),
+     _check([(1e9, 8, PARAMETER_SERVER, 1), (1e9, 1, PARAMETER_SERVER, 1), (1e9, 1, DDP, 1), (1e9, 1, ZERO3, 2)],
+            "edge cases")),
     ("held out: Ψ, n and k of the grader's, every strategy", held_out),
 ]

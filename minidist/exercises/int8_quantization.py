@@ -219,5 +219,8 @@ CHECKS = [
     ("asymmetric: scale and zero point", _values(_run_asym, [-1.0, 0.5, 3.0, 0.25], "x = [-1, 0.5, 3, 0.25]")),
     ("asymmetric: exact ties round half to even", _values(_run_asym, ASYM_TIES, "ties (scale exactly 1/16)")),
     ("asymmetric: an all-positive x still represents 0", _values(_run_asym, [0.5, 1.0, 2.0, 4.0], "x = [0.5, 1, 2, 4]")),
+    ("an all-zero x gets scale 1.0 (no division by a zero range)",
+     lambda sol: (_run_sym(sol, np.zeros(3, np.float32), "symmetric, an all-zero x = [0, 0, 0]"),
+                  _run_asym(sol, np.zeros(3, np.float32), "asymmetric, an all-zero x = [0, 0, 0]"))),
     ("held out: shapes, float32/float64, shifted and one-signed tensors", held_out),
 ]

@@ -150,6 +150,22 @@ def check_lora(sol, L, h, n_head, r, targets):
            _lora_mistakes(L, h, r, targets), n_head)
 
 
+def check_name_rule(sol):
+    """PEFT's rule by name alone: a target matches a layer whose name equals it or ends with
+    "." + target ("proj" matches nothing: "c_proj" does not end with ".proj"), and a layer two
+    targets match is adapted once. Counted by the formula: a GPT refuses a target of no layer."""
+    for targets in (["proj"], ["c_proj", "attn.c_proj"], ["c_fc", "c_fc"]):
+        args = (2, 8, 2, list(targets))
+        what = f"lora_count{tuple(args)}"
+        with on_case(sol, what):
+            got = sol.lora_count(*args)
+        want = C.lora_parameters(*args)
+        if got != want:
+            raise Wrong(f"{what}: expected {want}, you counted {got!r}. A layer is adapted when its name equals a "
+                        f"target or ends with '.' + target ('proj' matches no layer: 'c_proj' does not end with "
+                        f"'.proj'), and once, however many targets match it")
+
+
 def check_adapter(sol, L, h, n_head, m):
     _check(sol, "adapter_count", (L, h, m), {"peft_type": "ADAPTER", "bottleneck_size": m},
            _adapter_mistakes(L, h, m), n_head)
@@ -179,6 +195,7 @@ CHECKS = [
     ("LoRA on c_attn only (PEFT's default for GPT-2)", lambda sol: check_lora(sol, 2, 16, 4, 4, ["c_attn"])),
     ("LoRA on every linear layer, \"c_proj\" naming both", lambda sol: check_lora(sol, 3, 8, 2, 2,
                                                                                  ["c_attn", "c_proj", "c_fc"])),
+    ("PEFT's name rule: a whole name or a '.'-suffix, each layer once", check_name_rule),
     ("Houlsby adapters, bottleneck 4", lambda sol: check_adapter(sol, 2, 16, 4, 4)),
     ("P-tuning v2, 5 prefix positions", lambda sol: check_prefix(sol, 3, 12, 3, 5)),
     ("prefix-tuning while training (the reparameterisation)", lambda sol: check_prefix(sol, 2, 8, 2, 3, 6)),

@@ -93,10 +93,11 @@ def reference():
 
 # -- typical mistakes: each a complete wrong implementation -------------------------------------------
 def _masks(scores, sparsity, scope, k_rule=round, largest=False, pruned_true=False, keep_fraction=False,
-           threshold=False, late_ties=False, layer_instead=False):
+           threshold=False, late_ties=False, layer_instead=False, sorted_names=False):
     if keep_fraction:
         sparsity = 1 - sparsity
-    groups = [[n] for n in scores] if scope == "layer" or layer_instead else [list(scores)]
+    names_in_order = sorted(scores) if sorted_names else list(scores)
+    groups = [[n] for n in scores] if scope == "layer" or layer_instead else [names_in_order]
     out = {}
     for names in groups:
         flat = np.concatenate([scores[n].reshape(-1) for n in names])
@@ -121,7 +122,11 @@ MASK_MISTAKES = [
     ({"pruned_true": True}, "your masks are inverted: True means KEEP the weight, False means prune it"),
     ({"keep_fraction": True}, "you kept a fraction `sparsity` of the weights: sparsity is the fraction PRUNED"),
     ({"k_rule": np.floor}, "you pruned floor(sparsity · n) weights (int() truncates): k = round(sparsity · n)"),
+    ({"k_rule": lambda v: np.floor(v + 0.5)}, "you rounded sparsity · n half up: round() takes a half to the EVEN "
+                                               "integer (Python's round, np.round): 2.5 → 2"),
     ({"k_rule": np.ceil}, "you pruned ceil(sparsity · n) weights: k = round(sparsity · n)"),
+    ({"sorted_names": True}, "you ranked the tensors in the order of their sorted names: the global ranking "
+                             "concatenates them in the dict's own order, so ties fall to the tensor that comes first"),
     ({"threshold": True}, "you pruned by a threshold (score <= the k-th smallest): every weight tied at the "
                           "threshold goes, more than k; rank and take exactly k"),
     ({"late_ties": True}, "ties go the wrong way: among equal scores the LOWER position is pruned first "
@@ -207,6 +212,8 @@ def gpt_weights_and_grads(seed: int, n_batches: int = 3):
 
 SMALL = {"a": np.array([[0.5, -0.1, 0.3], [-0.7, 0.05, 0.2]]), "b": np.array([0.01, -0.02, 0.9, 0.4, -0.03])}
 TIED = {"a": np.array([0.2, 0.1, 0.1, 0.3, 0.1, 0.5]), "b": np.array([[0.1, 0.4], [0.1, 0.6]])}
+HALF = {"w": np.array([0.3, -0.1, 0.5, 0.2, -0.4])}                  # s·n = 0.5 · 5 = 2.5: round() gives 2
+UNSORTED = {"b": np.array([0.1, 0.9]), "a": np.array([0.1, 0.8])}   # the ranking's order is the dict's, b first
 
 
 def _magnitude_case(weights, sparsity, scope, what):
@@ -235,6 +242,10 @@ CHECKS = [
     ("exactly round(sparsity · n) pruned", _magnitude_case(SMALL, 0.25, "layer", "sparsity 0.25 (k = round(s·n))")),
     ("ties: the lower position first, no threshold", _magnitude_case(TIED, 0.3, "global", "tied scores, sparsity 0.3, "
                                                                                           "global")),
+    ("half of 5 weights: round(2.5) = 2, half to even", _magnitude_case(HALF, 0.5, "layer", "sparsity 0.5 of 5 "
+                                                                                         "weights (s·n = 2.5)")),
+    ("global ties follow the dict's order, not the names'", _magnitude_case(UNSORTED, 0.25, "global",
+                                                                           "tied scores in {'b': …, 'a': …}, global")),
     ("Taylor: Σ_b |w · g_b| on a GPT's gradients", check_taylor),
     ("held out: another GPT, other sparsities, both scopes", held_out),
 ]
