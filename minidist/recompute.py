@@ -69,13 +69,12 @@ def _reachable(fn, depth: int = 2) -> list:
 
 
 def _filled(cell) -> bool:
+    """Whether a closure cell holds a value (reading an empty one raises ValueError)."""
     try:
-        return cell.cell_contents is not _EMPTY
+        _ = cell.cell_contents
     except ValueError:                               # a closure variable not assigned yet
         return False
-
-
-_EMPTY = object()
+    return True
 
 
 def _modules(fn) -> list:
