@@ -55,7 +55,7 @@ def build_strategy(cfg: dict, model, optimizer, comm, precision=None):
         # ZeRO-Offload on one data-parallel rank (DeepSpeed's single-GPU case: the optimizer's
         # states and step on the host): the ZeRO strategy over a world of one, on this rank's device
         comm = single_rank_comm()
-        comm.device = current_device()
+        comm.device = current_device() or comm.device
     name = strategy_name(cfg) if comm is not None else LocalStrategy.name
     clip = cfg.get("gradient_clipping", 0.0)
     if name == LocalStrategy.name:
