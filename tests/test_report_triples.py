@@ -83,3 +83,20 @@ def test_full_recomputation_under_zero3_reruns_every_trainable_unit_and_keeps_sh
         runs = dist.spawn(train_steps, world, c, timeout=45)
         assert rerun_blocks(runs[0]["trainer"].model) == [0, 1]
         assert formula_rows(runs) == []
+
+
+@pytest.mark.parametrize("parallel,world", [({"tensor": 2, "pipeline": 2, "schedule": "zb_v"}, 4),
+                                            ({"tensor": 2, "pipeline": 3, "schedule": "1f1b"}, 6)],
+                         ids=["tp2-zb_v", "tp2-pp3"])
+def test_the_report_of_a_tensor_parallel_stage_without_the_token_table(parallel, world):
+    """Under TP × PP a stage that holds neither the embedding nor the LM head (the middle of
+    pp 3, the V schedule's second rank) builds no token table; its report still gives the padded
+    vocabulary (from the config) and its rows still hold (it raised on ``None · int``)."""
+    cfg = {"model": {"n_layer": 3 if parallel["pipeline"] == 3 else 4, "n_embd": 16, "n_head": 4, "block_size": 8},
+           "data": {"dataset": "english", "seq_len": 8}, "steps": 1, "eval_iters": 1,
+           "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 4, "parallel": parallel}
+    runs = dist.spawn(train_steps, world, cfg, timeout=45)
+    assert any(r["trainer"].model.layers.padded_vocab_size is None for r in runs)     # the case itself
+    assert formula_rows(runs) == []
+    from minidist.report import rank_report
+    assert {rank_report(r["trainer"])["tensor_parallel"]["padded_vocab_size"] for r in runs} == {76}

@@ -30,6 +30,8 @@ import math
 
 import numpy as np
 
+from ..split import padded_vocab_size
+
 
 def layer_activation_items(b: int, s: int, h: int, a: int, t: int = 1, sp: bool = False,
                            w: int = 4, w32: int | None = None) -> dict:
@@ -183,10 +185,12 @@ def rank_summary(trainer) -> dict:
     cp = grid.cp_size                     # under context parallelism the tp messages carry s/cp tokens
     b, s = trainer.micro_batch, trainer.dataset.seq_len // cp
     by_op, scalars = tp_bytes_by_op(trainer), scalar_bytes_on_tp(trainer)
-    items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, layers.padded_vocab_size, t, sp, w, w32,
+    # a pipeline stage between the first and the last builds no token table (its layers know no V)
+    vocab_padded = padded_vocab_size(c.vocab_size, t, layers.divisible_by)
+    items = model_activation_items(c.n_layer, b, s, c.n_embd, c.n_head, vocab_padded, t, sp, w, w32,
                                    loss_scalars=2 if lowp else 1)
     return {
-        "tp": t, "sequence_parallel": sp, "vocab_size": c.vocab_size, "padded_vocab_size": layers.padded_vocab_size,
+        "tp": t, "sequence_parallel": sp, "vocab_size": c.vocab_size, "padded_vocab_size": vocab_padded,
         "make_vocab_size_divisible_by": layers.divisible_by,
         "bytes_sent_per_step": sum(by_op.values()), "bytes_sent_per_step_by_op": by_op,
         # the whole model's formulas; under the pipeline a rank holds only its blocks (the
