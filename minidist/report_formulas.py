@@ -10,6 +10,7 @@ import numpy as np
 
 from .defaults import DDP, PARAMETER_SERVER, SINGLE, zero_strategy
 from .estimate import comm_volume, model_state_memory
+from .estimate.memory import optimizer_key
 
 __all__ = ["formulas"]
 
@@ -102,7 +103,7 @@ def _textbook(trainer, strategy, psi: int, p: int, local: bool = False) -> dict:
     w = 2 if trainer.precision is not None else np.dtype(cfg["dtype"]).itemsize
     scale = np.dtype(cfg["dtype"]).itemsize / 4    # the estimate counts fp32 as 4 bytes (float64: 8)
     stage = 0 if local else cfg["zero_optimization"]["stage"]
-    opt = cfg["optimizer"]["type"].lower()
+    opt = optimizer_key(cfg["optimizer"])          # SGD without momentum keeps no state
     offload = cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu" and not local
     mem = model_state_memory(psi, dp=p, stage=stage, precision=precision, optimizer=opt, offload=offload)
     dp = DDP if local else cfg["parallel"]["data_parallel"] if stage == 0 else zero_strategy(stage)

@@ -35,7 +35,7 @@ from .activations import activation_memory, checkpointed_layers
 from .comm import comm_volume
 from .context import context_activation_memory, context_bytes_per_step
 from .flops import gpt2_param_count, training_flops
-from .memory import model_state_memory
+from .memory import model_state_memory, optimizer_key
 from .moe import block_weights_per_token
 from .pipeline import peak_in_flight, pipeline_bubble
 
@@ -108,7 +108,8 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
     offload = str((zero.get("offload_optimizer") or {}).get("device", "none")).lower() in ("cpu", "nvme")
     precision = ("bf16" if (config.get("bf16") or {}).get("enabled")
                  else "fp16" if (config.get("fp16") or {}).get("enabled") else "fp32")
-    optimizer = str(_get(config, "optimizer.type", used)).lower()
+    optimizer = optimizer_key({"type": _get(config, "optimizer.type", used),     # "sgd_plain": momentum 0
+                               "params": (config.get("optimizer") or {}).get("params")})
     tp = int(_get(config, "parallel.tensor", used))
     pp = int(_get(config, "parallel.pipeline", used))
     sp = bool(_get(config, "parallel.sequence_parallel", used))

@@ -66,7 +66,7 @@ from ..parallel.tensor.accounting import collective_bytes, step_collectives
 from ..parallel.tensor import padded_vocab_size
 from ..training.config import sequence_length
 from .context import context_bytes_per_step
-from .memory import OPTIMIZER_BYTES, bytes_per_param
+from .memory import OPTIMIZER_BYTES, bytes_per_param, optimizer_key
 from .moe_grid import all_to_all_of_rank, is_expert_name, moe_block_ids, moe_mlp_parameters, tp_bytes_change
 from .pipeline import check_pipeline, pipeline_bubble
 
@@ -334,9 +334,7 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
     precision = "bf16" if cfg["bf16"]["enabled"] else "fp16" if cfg["fp16"]["enabled"] else "fp32"
     schedule = normalize_schedule(par["schedule"])
     opt = cfg["optimizer"]
-    moments = OPTIMIZER_BYTES[opt["type"].lower()] // 4          # fp32 arrays per element: m, v (Adam)
-    if opt["type"].lower() == "sgd" and not opt["params"].get("momentum"):
-        moments = 0                                               # plain SGD keeps no state
+    moments = OPTIMIZER_BYTES[optimizer_key(opt)] // 4      # fp32 arrays per element: m, v (Adam); plain SGD none
     notes = []
     if zero["offload_optimizer"]["device"] != "none":
         notes.append("optimizer offload not modelled: device optimizer states are predicted as without it")

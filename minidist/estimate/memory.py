@@ -39,7 +39,7 @@ models.
 from __future__ import annotations
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
+OPTIMIZERS = ("adam", "adamw", "lamb", "sgd", "sgd_plain")
 
 # Bytes per parameter of optimizer state, split into (fp32 master weights, moments).
 # K = master + moments, in the ZeRO paper's notation.
@@ -48,10 +48,18 @@ OPTIMIZERS = ("adam", "adamw", "lamb", "sgd")
 #     sgd with momentum:   one fp32 momentum buffer -> 4 + 4 = 8
 #   fp32 training: the parameters already are fp32, no master copy
 #     adam / adamw / lamb: m and v -> K = 8 ; sgd with momentum -> K = 4
+#   "sgd_plain": SGD without momentum (PyTorch's default, momentum 0) keeps no state: K = 4 mixed, 0 fp32
 OPTIMIZER_BYTES = {
     # optimizer: (moments bytes per parameter)
-    "adam": 8, "adamw": 8, "lamb": 8, "sgd": 4,
+    "adam": 8, "adamw": 8, "lamb": 8, "sgd": 4, "sgd_plain": 0,
 }
+
+
+def optimizer_key(optimizer: dict) -> str:
+    """The estimator's name for a config's ``optimizer`` section: its type, lower case, and
+    ``"sgd_plain"`` for SGD whose momentum is 0 (the default, as in PyTorch: no momentum buffer)."""
+    name = str(optimizer["type"]).lower()
+    return "sgd_plain" if name == "sgd" and not (optimizer.get("params") or {}).get("momentum") else name
 
 
 def _check(name: str, value, allowed) -> str:
