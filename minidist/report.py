@@ -119,6 +119,24 @@ def tp_bytes_with_experts(trainer, moe: dict, dense: int) -> int | None:
     return dense + trainer.accumulation * change
 
 
+def attention_backward_blocks(model) -> list:
+    """The ids of the blocks whose attention core runs a backward: those whose q, k, v need a
+    gradient, because the block's input does (a trainable parameter upstream, or a pipeline
+    stage's received input) or its LayerNorm or ``c_attn`` holds a trainable parameter (LoRA on
+    ``c_attn``). Under fine-tuning with frozen embeddings the first blocks before any adapter
+    run none (ADAPTER, or LoRA on ``c_fc`` only: block 0)."""
+    named = list(model.named_parameters())
+    grad = not getattr(model, "pre_process", True) or any(
+        p.requires_grad for n, p in named if n.startswith(("transformer.wte.", "transformer.wpe.")))
+    out = []
+    for i in getattr(model, "layer_ids", None) or []:
+        block = list(model.transformer.h[i].named_parameters())
+        if grad or any(p.requires_grad for n, p in block if n.startswith(("ln_1.", "attn.c_attn."))):
+            out.append(i)
+        grad = grad or any(p.requires_grad for _, p in block)
+    return out
+
+
 def context_summary(trainer) -> dict:
     """The report's ``context_parallel`` section of one rank: the bytes its attention sent on
     ``grid.cp`` in the last step beside :func:`minidist.estimate.context.context_bytes_per_step`,
@@ -133,11 +151,16 @@ def context_summary(trainer) -> dict:
                                       trainer.micro_batch, trainer.dataset.seq_len, c.n_embd, trainer.accumulation,
                                       w, trainer.grid.tp_size, trainer.cfg["activation_checkpointing"]["granularity"])
     held = getattr(trainer.model, "layer_ids", None)
-    if trainer.cfg["activation_checkpointing"]["granularity"] == "full" and held is not None:
-        # the formula re-sends every layer's forward; a unit whose input needs no gradient is not
-        # recomputed (fine-tuning's first unit: minidist.recompute.rerun_blocks)
-        skipped = len(held) - len(rerun_blocks(trainer.model))
-        expected["bytes_per_step"] -= skipped * expected["per_layer_recomputed"] * trainer.accumulation
+    if held is not None:
+        # the formula runs every layer's attention backward (and, recomputing, its forward again);
+        # under fine-tuning a block whose q, k, v need no gradient runs neither, and full
+        # recomputation re-runs only the units with something to differentiate (rerun_blocks)
+        granularity = trainer.cfg["activation_checkpointing"]["granularity"]
+        backward = attention_backward_blocks(trainer.model)
+        recomputed = {"none": 0, "selective": len(backward), "full": len(rerun_blocks(trainer.model))}[granularity]
+        expected["bytes_per_step"] -= trainer.accumulation * (
+            (len(held) - len(backward)) * expected["per_layer_backward"]
+            + (len(held) - recomputed) * expected["per_layer_recomputed"])
     return {"cp": trainer.grid.cp_size, "algorithm": par["context"]["algorithm"],
             "tokens_per_rank": trainer.dataset.seq_len // trainer.grid.cp_size, "bytes_sent_per_step": sent,
             "bytes_sent_per_step_expected": expected["bytes_per_step"],

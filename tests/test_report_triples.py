@@ -100,3 +100,31 @@ def test_the_report_of_a_tensor_parallel_stage_without_the_token_table(parallel,
     assert formula_rows(runs) == []
     from minidist.report import rank_report
     assert {rank_report(r["trainer"])["tensor_parallel"]["padded_vocab_size"] for r in runs} == {76}
+
+
+@pytest.mark.parametrize("granularity", ["none", "selective", "full"])
+@pytest.mark.parametrize("algorithm", ["ring", "ulysses"])
+@pytest.mark.parametrize("peft", [{"peft_type": "ADAPTER", "bottleneck_size": 4},
+                                  {"peft_type": "LORA", "r": 2, "target_modules": ["c_fc"]},
+                                  {"peft_type": "LORA", "r": 2}], ids=["adapter", "lora-c_fc", "lora-c_attn"])
+def test_context_parallel_row_under_fine_tuning_counts_the_attention_backwards_that_run(peft, algorithm, granularity):
+    """Behind the frozen embeddings, a block whose LayerNorm and ``c_attn`` are frozen and whose
+    input needs no gradient runs no attention backward (an adapter after attention, LoRA on
+    ``c_fc``: block 0), so context parallelism sends nothing for it in backward, nor its
+    recomputed forward under selective recomputation: the report's row counts the blocks that
+    run (``report.attention_backward_blocks``), not every layer."""
+    from minidist.report import attention_backward_blocks, build_report, rank_report
+    cfg = {"model": {"n_layer": 3, "n_embd": 16, "n_head": 4, "block_size": 4, "dropout": 0.0},
+           "data": {"dataset": "english", "seq_len": 4}, "steps": 1, "eval_iters": 1,
+           "train_micro_batch_size_per_gpu": 2, "peft": peft,
+           "activation_checkpointing": {"granularity": granularity},
+           "parallel": {"context": {"size": 2, "algorithm": algorithm}}}
+    runs = dist.spawn(train_steps, 2, cfg, timeout=45)
+    for r in runs:
+        r["trainer"].final, r["trainer"].wall_time = {}, 0.0
+    assert attention_backward_blocks(runs[0]["trainer"].model) == ([0, 1, 2] if "target_modules" not in peft
+                                                                     and peft["peft_type"] == "LORA" else [1, 2])
+    rep = build_report(runs[0]["trainer"], [rank_report(r["trainer"]) for r in runs])
+    for r in rep["ranks"]:
+        c = r["context_parallel"]
+        assert c["bytes_sent_per_step"] == c["bytes_sent_per_step_expected"] > 0
