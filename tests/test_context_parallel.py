@@ -318,3 +318,23 @@ def test_ring_cp2_with_dp2_under_mpirun_equals_one_rank_and_in_process(tmp_path)
         tr = inproc[r]["trainer"]
         assert info["coords"] == {"dp": r // 2, "cp": r % 2, "pp": 0, "tp": 0}
         assert info["cp"] == [[c.op, c.bytes_sent] for c in tr.comm.log.collectives if c.group == tr.grid.cp.group]
+
+
+@pytest.mark.parametrize("method,num_layers", [("block", 1), ("block", 2), ("uniform", 2)])
+def test_the_estimators_cp_bytes_follow_the_recompute_method(method, num_layers):
+    """Full recomputation with Megatron's ``block`` method re-runs only the first ``num_layers``
+    blocks, so only they send their attention's forward again; ``estimate()`` and the layout's
+    estimate (grid3d) count those, and equal what the run sends (they counted every layer)."""
+    from minidist.estimate import estimate
+    from minidist.estimate.grid3d import estimate_for_config
+    cfg = {"model": {"n_layer": 3, "n_embd": 16, "n_head": 4, "block_size": 4, "dropout": 0.0},
+           "data": {"dataset": "english", "seq_len": 4}, "steps": 1, "eval_iters": 1,
+           "train_micro_batch_size_per_gpu": 2, "parallel": {"context": {"size": 2, "algorithm": "ring"}},
+           "activation_checkpointing": {"granularity": "full", "method": method, "num_layers": num_layers}}
+    runs = dist.spawn(train_steps, 2, cfg, timeout=60)
+    t = runs[0]["trainer"]
+    sent = context_summary(t)["bytes_sent_per_step"]
+    assert estimate(cfg, 2)["context"]["bytes_per_step"] == sent
+    assert estimate_for_config(t.cfg, 2, t.model_config.vocab_size)["ranks"][0]["bytes_sent"]["context_parallel"] == sent
+    every = context_bytes_per_step("ring", 2, 3, 2, 4, 16, 1, 4, checkpointing="full")["bytes_per_step"]
+    assert (sent < every) == (method == "block" and num_layers < 3)         # the case itself

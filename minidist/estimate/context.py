@@ -78,22 +78,29 @@ def attention_elements(algorithm: str, cp: int, micro_batch: int, seq: int, hidd
 
 def context_bytes_per_step(algorithm: str, cp: int, layers: int, micro_batch: int, seq: int, hidden: int,
                            micro_batches: int = 1, bytes_per_element: int = 2, tp: int = 1,
-                           checkpointing: str = "none", accumulator_bytes: int | None = None) -> dict:
+                           checkpointing: str = "none", accumulator_bytes: int | None = None,
+                           recomputed_layers: int | None = None) -> dict:
     """Bytes one rank sends per optimizer step for context parallelism: every layer's
     attention, forward and backward, for every micro-batch (and the recomputed forward
     under activation checkpointing). ``bytes_per_element``: the activations' format on the
     wire (q, k, v, outputs and their gradients; 2 under fp16/bf16). ``accumulator_bytes``:
     the ring's partial dK, dV, by default ``max(bytes_per_element, 4)`` — fp32 accumulators
-    under mixed precision, the model's own dtype otherwise."""
+    under mixed precision, the model's own dtype otherwise. ``recomputed_layers``: the layers
+    whose forward runs again, by default every one under ``selective`` or ``full`` (full
+    recomputation of Megatron's ``block`` method re-runs only its first ``num_layers``:
+    ``layers`` minus the second number of :func:`.activations.checkpointed_layers`)."""
     e = attention_elements(algorithm, cp, micro_batch, seq, hidden, tp)
     acc = max(bytes_per_element, 4) if accumulator_bytes is None else accumulator_bytes
     recomputed = e["forward"] if checkpointing in ("selective", "full") else 0
+    if recomputed_layers is None:
+        recomputed_layers = layers
     backward = (e["backward"] - e["backward_gradients"]) * bytes_per_element + e["backward_gradients"] * acc
-    per_layer = (e["forward"] + recomputed) * bytes_per_element + backward
+    per_layer = e["forward"] * bytes_per_element + backward
     return {"algorithm": algorithm, "cp": cp, "per_layer_forward": e["forward"] * bytes_per_element,
             "per_layer_backward": backward,
             "per_layer_recomputed": recomputed * bytes_per_element,
-            "bytes_per_step": per_layer * layers * micro_batches}
+            "bytes_per_step": (per_layer * layers + recomputed * bytes_per_element * recomputed_layers)
+            * micro_batches}
 
 
 def context_activation_memory(seq: int, micro_batch: int, hidden: int, heads: int, layers: int, cp: int,
