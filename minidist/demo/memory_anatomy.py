@@ -34,8 +34,8 @@ def measure_step(cfg: GPTConfig, batch: int, seq: int, seed: int = 0) -> dict:
         marks.append((len(dev.memory.timeline), "optimizer step"))
         opt.step()
         peak = dict(dev.memory.peak_by_category)
+        marks.append((len(dev.memory.timeline), "zero_grad"))   # gradients are still held here
         opt.zero_grad()
-        marks.append((len(dev.memory.timeline), "zero_grad"))
     return {"device": dev, "model": model, "marks": marks, "peak_by_category": peak,
             "n_params": model.num_parameters(), "tokens": batch * seq}
 
