@@ -13,7 +13,7 @@ time. ``n`` is the bytes of the full vector (all-reduce, reduce-scatter input, b
 reduce), of the gathered result (all-gather, gather/scatter) or of one rank's blocks
 (all-to-all). The formulas are exact for the simulation when ``p`` is a power of two and
 ``p`` divides the element count; otherwise padding and MPICH's fold add a little
-(``+2·(α + nβ)`` for folded recursive doubling, as written below).
+(``+2·(α + n/β)`` for folded recursive doubling, as written below).
 
 ``SENT`` gives the textbook bytes *sent by the busiest rank* — what tests compare with the
 message log — and ``FORMULA`` the same as text for tables.
