@@ -46,6 +46,19 @@ def test_world_growth_prose_states_what_the_right_plot_shows():
         assert table["ring"][p] == min(t[p] for t in table.values())
 
 
+def test_exercise_2_has_a_definite_answer_with_the_notebooks_preset():
+    text = _cell("markdown", "Rabenseifner beats").source
+    nbytes = int(re.search(r"for a (\d+) MiB all-reduce", text).group(1)) << 20
+    wins = [p for p in range(2, 257) if cost.time("all_reduce", "rabenseifner", nbytes, p, SPEC)
+            < cost.time("all_reduce", "recursive_doubling", nbytes, p, SPEC)]
+    assert wins and wins == list(range(wins[0], 257))          # one threshold, and it wins for every larger p
+    assert wins[0] == 8
+    # and the question's "never for 1 MiB": n/β < α
+    assert (1 << 20) / SPEC.beta < SPEC.alpha
+    assert not any(cost.time("all_reduce", "rabenseifner", 1 << 20, p, SPEC)
+                   < cost.time("all_reduce", "recursive_doubling", 1 << 20, p, SPEC) for p in range(2, 257))
+
+
 def test_beta_is_a_bandwidth_so_bytes_divide_by_it():
     sources = "".join(c.source for c in NB.cells)
     assert "nβ" not in sources and "n/β" in sources
