@@ -246,9 +246,10 @@ class DropoutRNG:
 
 
 class Dropout(Module):
-    """Dropout whose masks come from a :class:`DropoutRNG` (seeded, keyed per step by the trainer)."""
+    """Dropout whose masks come from a :class:`DropoutRNG` (seeded, keyed per step by the trainer);
+    ``p`` 0.5 by default, as ``torch.nn.Dropout``."""
 
-    def __init__(self, p=0.0, seed=0):
+    def __init__(self, p=0.5, seed=0):
         super().__init__()
         self.p = p
         self.rng = DropoutRNG(seed)

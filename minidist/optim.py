@@ -31,6 +31,10 @@ class Optimizer:
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
+        if any(isinstance(p, dict) for p in params):
+            raise TypeError(f"{type(self).__name__}: parameter groups (dicts as in torch.optim) are not supported; "
+                            f"minidist's optimizers hold one group: pass the parameters themselves, and build a "
+                            f"second optimizer for parameters that need other hyper-parameters (e.g. weight_decay 0)")
         self.param_groups = [{"params": params, **group}]
         self.state: dict[int, dict] = {}        # id(param) -> {"step": int, name: ndarray}
         self._handles: dict[int, list] = {}
@@ -208,13 +212,23 @@ class AdamW(Adam):
 
 class LAMB(Adam):
     """LAMB (You et al. 2020, Algorithm 2): the bias-corrected Adam direction r plus decoupled
-    decay, u = r + λ·p, scaled per tensor by the trust ratio ‖p‖ / ‖u‖ (φ the identity, no
-    clipping; 1 when either norm is 0; no global gradient-norm pre-normalisation).
-    Needs whole-tensor norms, so it is not shardable by ZeRO."""
+    decay, u = r + λ·p, scaled per tensor by the trust ratio ‖p‖ / ‖u‖ (1 when either norm is
+    0; no global gradient-norm pre-normalisation). By default φ is the identity, as in the
+    paper: no clipping. DeepSpeed's FusedLamb clips the ratio to [``min_coeff``,
+    ``max_coeff``] (its defaults 0.01 and 10) and takes ``eps`` 1e-8: give those three
+    hyper-parameters to run its arithmetic. Needs whole-tensor norms, so it is not shardable
+    by ZeRO."""
 
-    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0}
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0,
+                "max_coeff": float("inf"), "min_coeff": 0.0}
     shardable = False
     decoupled = True     # the decay is added to the Adam direction below, never to the gradient
+
+    def _check(self, group):
+        super()._check(group)
+        if not 0 <= group["min_coeff"] <= group["max_coeff"] or group["max_coeff"] <= 0:
+            raise ValueError(f"LAMB needs 0 <= min_coeff <= max_coeff and max_coeff > 0 (the trust ratio's "
+                             f"clip), got min_coeff {group['min_coeff']} and max_coeff {group['max_coeff']}")
 
     def __init__(self, params, **hyper):
         super().__init__(params, **hyper)
@@ -240,18 +254,41 @@ class LAMB(Adam):
         else:
             w_norm, r_norm = float(np.linalg.norm(param)), float(np.linalg.norm(r))
         trust = w_norm / r_norm if w_norm > 0 and r_norm > 0 else 1.0
+        if w_norm > 0 and r_norm > 0:                  # DeepSpeed's FusedLamb clips the ratio itself only
+            trust = min(max(trust, group["min_coeff"]), group["max_coeff"])
         param -= group["lr"] * trust * r
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "lamb": LAMB}
 
 
-def build(name: str, params, **hyper) -> Optimizer:
-    """An optimizer from a DeepSpeed-style ``optimizer.type`` name (case-insensitive)."""
+# DeepSpeed's own keys of ``optimizer.params`` for Adam and AdamW (runtime/config.py), with its
+# defaults: ``adam_w_mode`` (decoupled weight decay) and ``torch_adam`` (torch.optim's Adam or
+# AdamW in place of FusedAdam: the same arithmetic here).
+DEEPSPEED_KEYS = {"adam": {"adam_w_mode": True, "torch_adam": False},
+                  "adamw": {"adam_w_mode": True, "torch_adam": False}}
+
+
+def resolve(name: str, hyper: dict) -> tuple[type, dict]:
+    """The class and hyper-parameters a DeepSpeed-style ``optimizer`` section names. As in
+    DeepSpeed's engine (``_configure_basic_optimizer``), ``"Adam"`` decays decoupled, as AdamW,
+    unless ``adam_w_mode`` is false (then ``weight_decay`` is torch.optim.Adam's L2 penalty);
+    ``"AdamW"`` always decays decoupled. Adam's default ``weight_decay`` stays 0."""
     key = str(name).lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"optimizer.type {name!r} is not supported; choose one of "
                          f"{sorted(k.capitalize() if k != 'adamw' else 'AdamW' for k in OPTIMIZERS)}")
+    hyper = dict(hyper)
+    options = {k: hyper.pop(k, v) for k, v in DEEPSPEED_KEYS.get(key, {}).items()}
     if "betas" in hyper:
         hyper["betas"] = tuple(hyper["betas"])
-    return OPTIMIZERS[key](params, **hyper)
+    if key == "adam" and options["adam_w_mode"] and hyper.get("weight_decay"):
+        key = "adamw"                          # with no decay the two are the same arithmetic
+    return OPTIMIZERS[key], hyper
+
+
+def build(name: str, params, **hyper) -> Optimizer:
+    """An optimizer from a DeepSpeed-style ``optimizer.type`` name (case-insensitive) and its
+    ``optimizer.params`` (:func:`resolve`)."""
+    cls, hyper = resolve(name, hyper)
+    return cls(params, **hyper)

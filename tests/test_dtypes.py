@@ -32,7 +32,7 @@ OPS = {   # op → a call on a (2, 3, 4) tensor x of the dtype under test
     "cross_entropy": lambda x: F.cross_entropy(F.reshape(x, (6, 4)), IDS.reshape(-1) % 4),
     "embedding": lambda x: F.embedding(IDS, F.reshape(x, (6, 4))),
     "attention": lambda x: F.scaled_dot_product_attention(F.reshape(x, (2, 1, 3, 4)), F.reshape(x, (2, 1, 3, 4)),
-                                                           F.reshape(x, (2, 1, 3, 4))),
+                                                           F.reshape(x, (2, 1, 3, 4)), is_causal=True),
     "0-d times a Python float": lambda x: F.sum(x) * 0.5,
     "Python float minus 0-d": lambda x: 1.0 - F.mean(x),
 }

@@ -63,7 +63,7 @@ def test_attention_is_the_same_on_one_blas_thread_or_two(two_threads, monkeypatc
         if not wrap:           # the products on two BLAS threads
             monkeypatch.setattr(blas_threads, "_library", lambda: None)
         ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
-        y = F.scaled_dot_product_attention(*ts)
+        y = F.scaled_dot_product_attention(*ts, is_causal=True)
         y.backward(g)
         out.append([y.data] + [t.grad for t in ts])
     for a, b in zip(*out):

@@ -37,7 +37,7 @@ def attend(block, dropout_p, monkeypatch, B=3, T=18, nh=2, hs=5):
     g = np.random.default_rng(2).standard_normal((B, nh, T, hs))
     dev = Device()
     with dev:
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, rng=np.random.default_rng(3))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, rng=np.random.default_rng(3))
         saved = dev.memory.current["activations"]
         y.backward(g)
     return [y.data, q.grad, k.grad, v.grad], saved
@@ -56,6 +56,6 @@ def test_blocked_causal_attention_equals_one_block(dropout_p, monkeypatch):
 def test_blocked_causal_attention_gradcheck(monkeypatch):
     monkeypatch.setattr(attention, "CAUSAL_BLOCK", 2)
     inputs = [Tensor(np.random.default_rng(s).standard_normal((1, 2, 5, 3)), requires_grad=True) for s in range(3)]
-    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3,  # noqa: E731
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.3,  # noqa: E731
                                                            rng=np.random.default_rng(4))
     assert gc.gradcheck(fn, inputs) < 1e-6

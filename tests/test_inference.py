@@ -45,15 +45,15 @@ def _run(model, n, fmt=None, **kw):
 def test_attention_with_a_cache_is_causal_from_the_bottom_right_and_its_gradients_check():
     rng = np.random.default_rng(0)
     q, k, v = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 9, 5)), rng.normal(size=(2, 3, 9, 5))
-    y = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v))
+    y = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), is_causal=True)
     np.testing.assert_allclose(y.data, attention_reference(q, k, v), rtol=1e-12, atol=1e-14)
     # the last 4 of 9 positions: the same as those rows of the full causal attention over 9 queries
     full = attention_reference(np.concatenate([rng.normal(size=(2, 3, 5, 5)), q], axis=2), k, v)
     np.testing.assert_allclose(y.data, full[:, :, 5:], rtol=1e-12, atol=1e-14)
     inputs = [Tensor(a, requires_grad=True) for a in (q[:1, :2, :2], k[:1, :2, :5], v[:1, :2, :5])]
-    assert gradcheck(lambda a, b, c: F.scaled_dot_product_attention(a, b, c), inputs) < 1e-6
+    assert gradcheck(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True), inputs) < 1e-6
     with pytest.raises(ValueError, match="Tk >= T when causal"):
-        F.scaled_dot_product_attention(Tensor(k), Tensor(q), Tensor(q))
+        F.scaled_dot_product_attention(Tensor(k), Tensor(q), Tensor(q), is_causal=True)
 
 
 # -- tokens -----------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ CASES = {
     "layer_norm": (lambda x, w, b: F.layer_norm(x, w, b), [T(2, 3, 6), T(6), T(6)]),
     "gelu": (lambda a: F.gelu(a), [T(4, 5)]),
     "embedding": (lambda w: F.embedding(np.array([[1, 3, 1]]), w), [T(5, 4)]),
-    "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [T(2, 2, 5, 3), T(2, 2, 5, 3), T(2, 2, 5, 3)]),
+    "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                  [T(2, 2, 5, 3), T(2, 2, 5, 3), T(2, 2, 5, 3)]),
     "cross_entropy_ignore": (lambda z: F.cross_entropy(z, np.array([1, -1, 4, 0]), ignore_index=-1), [T(4, 5)]),
 }
 
@@ -140,7 +141,7 @@ def test_attention_refuses_a_dropout_probability_outside_0_1(p):
     from minidist.parallel.context.ring import ring_attention
     q = Tensor(np.random.default_rng(0).standard_normal((1, 2, 4, 3)))
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
-        F.scaled_dot_product_attention(q, q, q, dropout_p=p, rng=np.random.default_rng(0))
+        F.scaled_dot_product_attention(q, q, q, is_causal=True, dropout_p=p, rng=np.random.default_rng(0))
     errors = dist.spawn(lambda c: _refusal(lambda: ring_attention(q, q, q, c, dropout_p=p, rng=np.random.default_rng(0))),
                         2, timeout=10)
     assert all(e.startswith("dropout probability must be in [0, 1)") for e in errors), errors

@@ -221,6 +221,61 @@ def test_lamb_is_not_shardable_and_adam_is():
     assert not optim.LAMB.shardable and optim.Adam.shardable and optim.SGD.shardable
 
 
+@pytest.mark.parametrize("min_coeff,max_coeff,scale,want_trust", [(0.01, 10.0, 100.0, 10.0),   # ‖θ‖/‖u‖ = 100
+                                                                  (0.01, 10.0, 1e-4, 0.01),    # 1e-4: clipped up
+                                                                  (0.01, 10.0, 1.0, 1.0)])     # inside: untouched
+def test_lamb_clips_the_trust_ratio_as_deepspeeds_fused_lamb(min_coeff, max_coeff, scale, want_trust):
+    """DeepSpeed's FusedLamb (``"type": "Lamb"``) clips ‖θ‖/‖u‖ to [min_coeff, max_coeff]:
+    θ = scale·1 and a ±1 gradient give u = ±1 at step 1 (eps aside), ratio = scale."""
+    p = Parameter(np.full(4, scale))
+    opt = optim.LAMB([p], lr=1e-2, eps=1e-12, min_coeff=min_coeff, max_coeff=max_coeff)
+    p.grad = np.array([1.0, -1.0, 1.0, -1.0])
+    opt.step()
+    np.testing.assert_allclose(p.data, scale - 1e-2 * want_trust * np.sign([1.0, -1.0, 1.0, -1.0]), rtol=1e-9,
+                               atol=1e-9 * scale)
+    plain = Parameter(np.full(4, 100.0))                   # the paper's φ = identity by default: ratio 100
+    default = optim.LAMB([plain], lr=1e-2, eps=1e-12)
+    plain.grad = np.array([1.0, -1.0, 1.0, -1.0])
+    default.step()
+    np.testing.assert_allclose(plain.data, 100.0 - np.sign([1.0, -1.0, 1.0, -1.0]), rtol=1e-9)
+    with pytest.raises(ValueError, match="min_coeff <= max_coeff"):
+        optim.LAMB([p], min_coeff=2.0, max_coeff=1.0)
+
+
+@pytest.mark.parametrize("params,decoupled", [({"weight_decay": 0.5}, True),                # DeepSpeed's default
+                                              ({"weight_decay": 0.5, "adam_w_mode": False}, False),
+                                              ({"weight_decay": 0.5, "torch_adam": True}, True),
+                                              ({"weight_decay": 0.0}, False)])
+def test_a_deepspeed_adam_section_decays_as_deepspeed_does(params, decoupled):
+    """DeepSpeed runs ``"type": "Adam"`` as AdamW (decoupled decay) unless ``adam_w_mode`` is
+    false, then torch.optim.Adam's L2 (runtime/engine.py, ``_configure_basic_optimizer``). Step
+    1 from θ = 1 with g = ±1e-3, lr 0.1, wd 0.5: decoupled θ·(1 − 0.05) ∓ 0.1, L2 the sign of
+    g + 0.5θ (+) everywhere: θ − 0.1."""
+    from minidist.training.config import load_config
+    cfg = load_config({"optimizer": {"type": "Adam", "params": {"lr": 0.1, **params}}})
+    p = Parameter(np.ones(3))
+    opt = optim.build("Adam", [p], **cfg["optimizer"]["params"])
+    p.grad = np.array([1e-3, 0.0, -1e-3])
+    opt.step()
+    wd = params["weight_decay"]
+    want = (1 - 0.1 * wd) - 0.1 * np.sign(p.grad) if decoupled else \
+        1 - 0.1 * np.sign(p.grad + wd * 1.0) * (np.abs(p.grad + wd) > 0)
+    np.testing.assert_allclose(p.data, want, rtol=0, atol=1e-5)          # eps 1e-8 beside |g| = 1e-3
+    assert opt.decoupled == (decoupled and wd > 0)
+
+
+def test_deepspeed_keys_other_optimizers_lack_are_refused_by_name():
+    from minidist.training.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="'optimizer.params.bias_correction'.*Adam has no hyper-parameter"):
+        load_config({"optimizer": {"type": "Adam", "params": {"bias_correction": False}}})
+    with pytest.raises(ConfigError, match="'optimizer.params.adam_w_mode'.*SGD has no"):
+        load_config({"optimizer": {"type": "SGD", "params": {"adam_w_mode": True}}})
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config({"optimizer": {"type": "AdamW", "params": {"torch_adam": 1}}})
+    with pytest.raises(ConfigError, match="min_coeff <= max_coeff"):
+        load_config({"optimizer": {"type": "Lamb", "params": {"min_coeff": 3.0, "max_coeff": 2.0}}})
+
+
 # -- bad input --------------------------------------------------------------------------------
 def test_bad_hyper_parameters_are_named():
     p = [Parameter(np.zeros(2))]
@@ -232,3 +287,11 @@ def test_bad_hyper_parameters_are_named():
         optim.AdamW(p, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="AdamW"):
         optim.build("adamax", p)
+
+
+def test_torch_style_parameter_groups_are_refused_by_name():
+    """torch.optim takes a list of dicts (parameter groups); minidist's optimizers hold one
+    group, and say so instead of failing at step() on a dict without ``grad``."""
+    a, b = Parameter(np.zeros(2)), Parameter(np.zeros(3))
+    with pytest.raises(TypeError, match="parameter groups .* not supported"):
+        optim.AdamW([{"params": [a], "weight_decay": 0.0}, {"params": [b]}])

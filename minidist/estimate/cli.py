@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero", type=_zero, default="all", help="ZeRO stage 0-3 or 'all' (default all)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16",
                    help="training precision; fp16/bf16 = mixed precision with fp32 master weights")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="default adam (K=12 mixed); sgd keeps a momentum buffer, sgd_plain (momentum 0) none")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="default adam (K=12 mixed); sgd keeps a momentum buffer, sgd_plain (momentum 0) none")
     p.add_argument("--offload", action="store_true", help="ZeRO-Offload: optimizer on the host")
     p.add_argument("--json", action="store_true", help="print the same numbers as JSON")
     shape = p.add_argument_group("model shape (refines activation and FLOP figures)")

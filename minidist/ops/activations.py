@@ -59,8 +59,10 @@ def _gelu_tanh(xd: np.ndarray, out: np.ndarray, square: np.ndarray | None = None
     return np.tanh(t, out=t)
 
 
-def gelu(x) -> Tensor:
-    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — Hendrycks & Gimpel 2016, GPT-2's form.
+def gelu(x, approximate: str = "tanh") -> Tensor:
+    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) — Hendrycks & Gimpel 2016, GPT-2's form:
+    torch's ``F.gelu(x, approximate="tanh")``. torch's default, ``approximate="none"`` (the
+    exact x·Φ(x) with erf), is not built and is refused by name; the two differ by up to ~5e-4.
 
     What a GPU keeps for backward is the input alone (as PyTorch does), and that is what is
     charged. When a gradient will be wanted, the forward — which has the tanh at hand —
@@ -71,6 +73,9 @@ def gelu(x) -> Tensor:
     blocks (``_blocks``); the arithmetic is the same, step for step, as on the whole array.
     With intra-op threads (:mod:`minidist.ops.intra_op`) the blocks are shared out among them.
     """
+    if approximate != "tanh":
+        raise ValueError(f"gelu: approximate={approximate!r} is not built; minidist's GELU is GPT-2's tanh form, "
+                         f"torch's approximate='tanh' (torch's default 'none' uses erf): pass approximate='tanh'")
     x = as_tensor(x)
     xd = x.data
     xf = xd.reshape(-1)                                    # flat view (a copy only if strided)
@@ -134,7 +139,7 @@ def check_dropout_p(p) -> None:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
 
 
-def dropout(x, p: float = 0.0, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
+def dropout(x, p: float = 0.5, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
     """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
 
     ``rng``: where the uniform draws come from (anything with ``random(shape)``: a NumPy

@@ -128,11 +128,11 @@ def _empty_bthd(B, nh, T, hs, dtype) -> np.ndarray:
     return np.empty((B, T, nh, hs), dtype=dtype).swapaxes(1, 2)
 
 
-def scaled_dot_product_attention(q, k, v, is_causal: bool = True, dropout_p: float = 0.0,
+def scaled_dot_product_attention(q, k, v, is_causal: bool = False, dropout_p: float = 0.0,
                                  rng: np.random.Generator | None = None) -> Tensor:
-    """q: (B, nh, T, hs), k, v: (B, nh, Tk, hs) → (B, nh, T, hs). Causal by default (GPT);
-    Tk = T in training, Tk > T with a KV cache (the queries are the last T positions).
-    Forward and backward run BLAS on one thread: their B·nh products are too small to split
+    """q: (B, nh, T, hs), k, v: (B, nh, Tk, hs) → (B, nh, T, hs). Not causal by default, as
+    torch's (GPT passes ``is_causal=True``). Tk = T in training, Tk > T with a KV cache (the
+    queries are the last T positions). Forward and backward run BLAS on one thread: their B·nh products are too small to split
     (:mod:`minidist.ops.blas_threads`)."""
     check_dropout_p(dropout_p)
     with one_blas_thread():

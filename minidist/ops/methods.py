@@ -32,7 +32,7 @@ OPERATORS = {
     "mean": lambda self, axis=None, keepdims=False: mean(self, axis, keepdims),
     "max": lambda self, axis=None, keepdims=False: max(self, axis, keepdims),
     "exp": lambda self: exp(self), "log": lambda self: log(self), "tanh": lambda self: tanh(self),
-    "split": lambda self, size, axis=-1: split(self, size, axis),
+    "split": lambda self, size, axis=0: split(self, size, axis),
     "T": property(lambda self: transpose(self, -1, -2)),
 }
 

@@ -33,8 +33,12 @@ def getitem(a, idx) -> Tensor:
     return make_result(out, (a,), backward, "getitem")
 
 
-def split(a, split_size: int, axis: int = -1) -> list[Tensor]:
-    """Split into chunks of ``split_size`` along ``axis`` (``torch.split``)."""
+def split(a, split_size: int, axis: int = 0) -> list[Tensor]:
+    """Split into chunks of ``split_size`` along ``axis`` (``torch.split``; the first axis by
+    default, as torch's ``dim=0``; the last may be shorter)."""
+    if isinstance(split_size, bool) or not isinstance(split_size, (int, np.integer)) or split_size < 1:
+        raise ValueError(f"split: split_size is the size of each chunk (torch.split's split_size_or_sections as "
+                         f"an int) and must be a positive integer, got {split_size!r}")
     a = as_tensor(a)
     n = a.shape[axis]
     bounds = list(range(0, n, split_size))

@@ -54,10 +54,8 @@ class PeftTrainer(Trainer):
         peft, opt = self.cfg["peft"], self.cfg["optimizer"]
         if peft is None or not peft["paged_optimizer"]:
             return super().build_optimizer(params)
-        hyper = dict(opt["params"])
-        if "betas" in hyper:
-            hyper["betas"] = tuple(hyper["betas"])
-        return paged(optim.OPTIMIZERS[opt["type"].lower()])(params, **hyper)
+        cls, hyper = optim.resolve(opt["type"], opt["params"])
+        return paged(cls)(params, **hyper)
 
 
 def pretrained_weights(checkpoint) -> dict:

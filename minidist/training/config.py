@@ -13,7 +13,7 @@ import math
 
 from ..defaults import DEFAULTS, PARAMETER_SERVER, TASK_DIGITS, normalize_schedule
 from ..device import get_spec
-from ..optim import OPTIMIZERS
+from ..optim import DEEPSPEED_KEYS, OPTIMIZERS
 from ..parallel.tensor.build import config_problem as tensor_config_problem
 from ..parallel.pipeline import config_problem as pipeline_config_problem
 from ..parallel.context import config_problem as context_config_problem
@@ -109,34 +109,39 @@ def _check_ranges(cfg: dict) -> None:
 # optimizer hyper-parameters: a check and what it asks for
 _HYPER_RANGES = {"lr": (lambda v: v >= 0, ">= 0"), "eps": (lambda v: v > 0, "> 0"),
                  "weight_decay": (lambda v: v >= 0, ">= 0"), "momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-                 "dampening": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+                 "dampening": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+                 "max_coeff": (lambda v: v > 0, "> 0"), "min_coeff": (lambda v: v >= 0, ">= 0")}
 
 
 def _check_optimizer_params(cfg: dict) -> None:
     """``optimizer.params`` against the optimizer's own hyper-parameters (PyTorch's names)."""
     opt, key = cfg["optimizer"], "optimizer.params"
     params, cls = opt["params"], OPTIMIZERS[opt["type"].lower()]
+    known = {**cls.defaults, **DEEPSPEED_KEYS.get(opt["type"].lower(), {})}     # adam_w_mode, torch_adam
     if not isinstance(params, dict):
         raise ConfigError(key, f"expected an object such as {{\"lr\": 0.001}}, got {params!r}")
     for name, value in params.items():
         path = f"{key}.{name}"
-        if name not in cls.defaults:
-            close = difflib.get_close_matches(name, list(cls.defaults), n=1)
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(path, f"{opt['type']} has no hyper-parameter {name!r}; {hint}known: {sorted(cls.defaults)}")
+            raise ConfigError(path, f"{opt['type']} has no hyper-parameter {name!r}; {hint}known: {sorted(known)}")
         if name == "betas":
             ok = (isinstance(value, list) and len(value) == 2
                   and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value))
             if not ok:
                 raise ConfigError(path, f"expected two numbers in [0, 1) such as [0.9, 0.999], got {value!r}")
-        elif isinstance(cls.defaults[name], bool):
+        elif isinstance(known[name], bool):
             if not isinstance(value, bool):
                 raise ConfigError(path, f"expected true or false, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(path, f"expected a number, got {value!r}")
         elif name in _HYPER_RANGES and not _HYPER_RANGES[name][0](value):
             raise ConfigError(path, f"must be {_HYPER_RANGES[name][1]}, got {value!r}")
-    merged = {**cls.defaults, **params}
+    merged = {**known, **params}
+    if merged.get("min_coeff", 0) > merged.get("max_coeff", 1):
+        raise ConfigError(f"{key}.min_coeff", f"the trust ratio's clip needs min_coeff <= max_coeff, got "
+                                              f"{merged['min_coeff']} > {merged['max_coeff']}")
     if merged.get("nesterov") and (merged["momentum"] <= 0 or merged["dampening"] != 0):
         raise ConfigError(f"{key}.nesterov", "Nesterov momentum needs momentum > 0 and dampening 0 (as in PyTorch)")
 

@@ -25,8 +25,32 @@ _CHOICES = {
 }
 
 # keys other frameworks have that minidist spells differently: what to write instead
-_REPLACED = {"parallel.micro_batches": "the pipeline's micro-batches per step are gradient_accumulation_steps "
-                                      "(as in DeepSpeed's pipeline engine); set gradient_accumulation_steps instead"}
+_REPLACED = {
+    "parallel.micro_batches": "the pipeline's micro-batches per step are gradient_accumulation_steps "
+                              "(as in DeepSpeed's pipeline engine); set gradient_accumulation_steps instead",
+    # Megatron-LM's argument names (per GPU, as minidist's keys)
+    "micro_batch_size": "Megatron's micro_batch_size (per GPU) is train_micro_batch_size_per_gpu here",
+    "global_batch_size": "Megatron's global_batch_size is DeepSpeed's train_batch_size here (micro-batch × "
+                         "gradient_accumulation_steps × data-parallel ranks)",
+    "tensor_model_parallel_size": "Megatron's tensor_model_parallel_size is parallel.tensor here",
+    "pipeline_model_parallel_size": "Megatron's pipeline_model_parallel_size is parallel.pipeline here",
+    "context_parallel_size": "Megatron's context_parallel_size is parallel.context.size here",
+    "expert_model_parallel_size": "Megatron's expert_model_parallel_size is parallel.expert here",
+    "sequence_parallel": "Megatron's sequence_parallel is parallel.sequence_parallel here",
+    "virtual_pipeline_model_parallel_size": "Megatron's virtual_pipeline_model_parallel_size is "
+                                            "parallel.virtual_stages here",
+    "parallel.tensor_model_parallel_size": "Megatron's tensor_model_parallel_size is parallel.tensor here",
+    "parallel.pipeline_model_parallel_size": "Megatron's pipeline_model_parallel_size is parallel.pipeline here",
+    "parallel.context_parallel_size": "Megatron's context_parallel_size is parallel.context.size here",
+    "parallel.expert_model_parallel_size": "Megatron's expert_model_parallel_size is parallel.expert here",
+    "parallel.virtual_pipeline_model_parallel_size": "Megatron's virtual_pipeline_model_parallel_size is "
+                                                     "parallel.virtual_stages here",
+    # DeepSpeed keys of features minidist does not build
+    "zero_optimization.offload_param": "parameter offload (ZeRO-Infinity's offload_param) is not built; "
+                                       "zero_optimization.offload_optimizer moves the optimizer (ZeRO-Offload)",
+    "data_types": "DeepSpeed's data_types (grad_accum_dtype) is not built: gradients accumulate in the "
+                  "parameters' format (bf16: in bf16), and dtype sets the parameters' format",
+}
 
 _POSITIVE_INTS = {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "steps",
                   "eval_iters", "zero_optimization.reduce_bucket_size",
