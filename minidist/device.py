@@ -257,6 +257,30 @@ class Device:
         self.param_arrays: set[int] = set()
         self._tokens: list = []
 
+    @contextlib.contextmanager
+    def rolled_back(self, log=None):
+        """What runs inside leaves no record here: the clock's streams, the trace, the FLOP
+        counts, the memory peaks and timelines (and ``log``, a rank's message log, when given)
+        are put back as they were. Evaluation runs so (``Trainer.evaluate``): its collectives —
+        ZeRO-3's gathers, the pipeline's whole model, tensor parallelism's forward — go through
+        the rank's communicators, which share this device and log. Everything allocated inside
+        must be freed inside."""
+        streams, events = dict(self.clock.streams), len(self.trace.events)
+        counts = (self.flops, self.matmul_flops, dict(self.flops_by_op))
+        pools = [(pool, pool._records()) for pool in (self.memory, self.host)]
+        mark = log.mark() if log is not None else None
+        try:
+            yield
+        finally:
+            self.clock.streams.clear()
+            self.clock.streams.update(streams)
+            del self.trace.events[events:]
+            self.flops, self.matmul_flops, self.flops_by_op = counts
+            for pool, records in pools:
+                pool._put_back(records)
+            if log is not None:
+                log.rollback(mark)
+
     # -- context --------------------------------------------------------------------------
     def __enter__(self) -> "Device":
         self._tokens.append(_current.set(self))

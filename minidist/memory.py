@@ -80,6 +80,16 @@ class MemoryTracker:
         # timeline rows: (time_s, category, delta_bytes, total_after)
         self.timeline: list[tuple[float, str, int, int]] = []
 
+    # -- a block that leaves no record ----------------------------------------------------
+    def _records(self) -> tuple:
+        return (self.peak, dict(self.peak_by_category), dict(self.max_by_category), len(self.timeline))
+
+    def _put_back(self, records: tuple) -> None:
+        """The peaks and the timeline as ``_records`` took them; what was allocated in between
+        has been freed (the current bytes are those of then)."""
+        self.peak, self.peak_by_category, self.max_by_category, n = records
+        del self.timeline[n:]
+
     # -- allocation -----------------------------------------------------------------------
     def alloc(self, nbytes: int, category: str, name: str = "") -> int | None:
         """Account ``nbytes`` under ``category``; returns a handle for :meth:`free`."""

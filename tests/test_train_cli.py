@@ -173,6 +173,26 @@ def test_evaluation_is_not_charged_to_the_device_on_any_number_of_ranks(tmp_path
     assert seen[1] == seen[4]
 
 
+@pytest.mark.parametrize("layout,world", [({"zero_optimization": {"stage": 3}}, 2),
+                                          ({"parallel": {"tensor": 2}}, 2),
+                                          ({"parallel": {"pipeline": 2}, "gradient_accumulation_steps": 2}, 4)],
+                         ids=["zero3", "tp2", "pp2-dp2"])
+def test_evaluations_messages_are_not_on_the_clock_or_in_the_log(tmp_path, layout, world):
+    """Evaluating every step (eval_interval 1) or only at the end changes nothing a step
+    measures: ZeRO-3's gathers, tensor parallelism's forward and the pipeline's whole-model
+    broadcast in evaluation are taken back out of the clock, the trace and the message log
+    (Device.rolled_back); only the val loss printed differs."""
+    seen = {}
+    for interval in (0, 1):
+        out = tmp_path / f"r{interval}.json"
+        assert main(["--config", write(tmp_path, {**layout, "eval_interval": interval, "steps": 3}),
+                     "--world-size", str(world), "--quiet", "--report", str(out)]) == 0
+        rep = json.loads(out.read_text())
+        seen[interval] = ([(s["loss"], s["sim_time"]) for s in rep["steps"]],
+                          [(r["sim_time"], r["comm"], r["memory"]) for r in rep["ranks"]])
+    assert seen[0] == seen[1]
+
+
 def test_run_takes_a_config_path_as_the_trainer_does(tmp_path):
     from minidist.train import run
     trainer, _ = run(write(tmp_path, {}), None, False)

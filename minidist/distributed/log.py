@@ -83,6 +83,11 @@ class MessageLog:
         """A position in the log; ``since(mark)`` returns what was logged after it."""
         return len(self.entries), len(self.collectives)
 
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget what was logged after ``mark`` (:meth:`minidist.device.Device.rolled_back`)."""
+        del self.entries[mark[0]:]
+        del self.collectives[mark[1]:]
+
     def since(self, mark: tuple[int, int]) -> MessageLog:
         return MessageLog(self.entries[mark[0]:], self.collectives[mark[1]:])
 

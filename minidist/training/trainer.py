@@ -232,7 +232,13 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        """Validation loss (and exact-match accuracy for synthetic tasks); not on the sim clock."""
+        """Validation loss (and exact-match accuracy for synthetic tasks): nothing of it is on the
+        simulated device — its ops run off it, and its messages (the pipeline's whole model,
+        ZeRO-3's gathers, tensor parallelism) are taken back out of the clock, trace and log."""
+        with self.device.rolled_back(self.comm.log if self.comm is not None else None):
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         model = self.eval_model()
         model.eval()
         out = {}
