@@ -212,3 +212,26 @@ def test_generation_drops_no_token_so_the_kv_cache_does_not_change_the_text(samp
     b = model.generate(idx[:, :3], 12, use_cache=False, **sampling)
     np.testing.assert_array_equal(a, b)
     assert all(layer.drop_tokens for layer in moe_layers(model).values())
+
+
+def test_generation_ignores_group_size_and_routes_every_token_as_without_groups():
+    """Training groups ``group_size`` tokens; a decode step has B tokens, which need not be a
+    multiple of it (it raised). Without capacity the groups change only the balance losses,
+    which decoding does not use, so generation routes one group: the same tokens with and
+    without the cache, and as the same model without ``group_size``."""
+    from minidist.model import KVCache
+    from minidist.moe import dropless
+    from minidist.tensor import no_grad
+    moe = {"num_experts": 4, "top_k": 2, "group_size": 7}
+    grouped = GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=16, moe=moe), seed=1,
+                  dtype=np.float64)
+    plain = GPT(GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=16,
+                          moe={k: v for k, v in moe.items() if k != "group_size"}), seed=1, dtype=np.float64)
+    idx = np.random.default_rng(0).integers(0, 11, (3, 5))
+    a = grouped.generate(idx, 6, temperature=0.0)
+    np.testing.assert_array_equal(a, plain.generate(idx, 6, temperature=0.0))
+    np.testing.assert_array_equal(a, grouped.generate(idx, 6, temperature=0.0, use_cache=False))
+    with no_grad(), dropless(grouped):
+        grouped(idx[:, :4], kv_cache=KVCache())                    # 12 tokens: not a multiple of 7
+    with pytest.raises(ValueError, match="group_size 7 does not divide"):
+        grouped(idx[:, :4])                                        # training's routing still checks

@@ -127,7 +127,9 @@ class MoEMLP(Module):
         """(B, S, h) → (B, S, h): every group's tokens through their experts, weighted."""
         B, S, h = x.shape
         xt = x.reshape(B * S, h)                                     # (B·S, h): tokens in batch order
-        n = B * S if self.moe.group_size is None else self.moe.group_size
+        # dropless (generation, moe.dropless): no capacity, so the groups would change only the
+        # balance losses, which decoding does not use; one group of any number of tokens
+        n = B * S if self.moe.group_size is None or not self.drop_tokens else self.moe.group_size
         if (B * S) % n:
             raise ValueError(f"model.moe.group_size {n} does not divide the {B * S} tokens of this micro-batch "
                              f"({B} × {S}); choose a divisor of micro-batch × seq_len")
