@@ -93,3 +93,21 @@ def test_a_context_parallel_checkpoint_counts_its_global_batch_without_the_cp_ra
     resumed = train(one, 1, load=tmp_path / "a" / "step_00000002")
     np.testing.assert_allclose([h["loss"] for h in resumed[0].history][2:],
                                [h["loss"] for h in straight[0].history][2:], rtol=1e-12)
+
+
+def test_another_split_of_the_same_global_batch_is_refused_naming_the_accumulation(tmp_path):
+    """Micro-step j of step s draws its data for s·k + j (k = gradient_accumulation_steps), so
+    micro-batch 4 × 2 micro-steps is not micro-batch 8 × 1 after a resume, though both are 8
+    sequences a step: the resumed run followed neither (4.2988 at step 3 against 4.2858 and
+    4.2897). It is refused, naming the key; the same split resumes within 1e-12."""
+    from minidist.checkpoint import CheckpointError, check_compatible
+    from minidist.training.config import load_config
+    eight = {**BASE, "dtype": "float64", "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1}
+    straight = train(eight, 1, save=tmp_path / "a", interval=2)
+    ckpt = read_checkpoint(tmp_path / "a" / "step_00000002")
+    split = {**eight, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}
+    with pytest.raises(CheckpointError, match="gradient_accumulation_steps = 1 to resume"):
+        check_compatible(ckpt, load_config(split, 1), 1)
+    resumed = train({**eight, "train_micro_batch_size_per_gpu": 4}, 2, load=tmp_path / "a" / "step_00000002")
+    np.testing.assert_allclose([h["loss"] for h in resumed[0].history][2:],
+                               [h["loss"] for h in straight[0].history][2:], rtol=1e-12)

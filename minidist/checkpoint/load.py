@@ -91,7 +91,8 @@ def check_compatible(ckpt: Checkpoint, cfg: dict, world_size: int | None = None,
     """Refuse a checkpoint this config cannot continue: another model always; to resume (not
     ``weights_only``) also anything that changes the trajectory — dtype, precision, optimizer
     and its hyper-parameters but lr, seed, data, dropout, clipping, the global batch
-    (micro-batch × accumulation × data-parallel degree) — naming the key and the way out."""
+    (micro-batch × accumulation × data-parallel degree) and its split into micro-steps (the data
+    of micro-step j of step s are drawn for s·k + j) — naming the key and the way out."""
     saved = ckpt.manifest["config"]
     where = os.path.join(ckpt.step_dir, MANIFEST)
     switch = "; to start a new run from its weights only, add --load-weights-only"
@@ -116,6 +117,13 @@ def check_compatible(ckpt: Checkpoint, cfg: dict, world_size: int | None = None,
             raise CheckpointError(where, f"was trained on a global batch of {before} sequences (micro-batch × "
                                          f"accumulation × data-parallel degree), this run's is {now}; keep "
                                          f"{before} to resume" + switch)
+        k_before, k_now = saved["gradient_accumulation_steps"], cfg["gradient_accumulation_steps"]
+        if k_before != k_now:      # the data of micro-step j of step s are drawn for (s·k + j): another k, other data
+            raise CheckpointError(where, f"was trained in {k_before} micro-step(s) of {before // k_before} sequences "
+                                         f"(gradient_accumulation_steps = {k_before}), this run splits the same "
+                                         f"global batch into {k_now} of {now // k_now}: its data order (and dropout "
+                                         f"masks) would follow neither run; keep gradient_accumulation_steps = "
+                                         f"{k_before} to resume" + switch)
     if ckpt.step > cfg["steps"]:
         raise CheckpointError(where, f"is at step {ckpt.step}, past this run's steps = {cfg['steps']}; "
                                      f"raise 'steps' to continue training")
