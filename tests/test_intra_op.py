@@ -105,6 +105,17 @@ def test_a_bad_environment_count_is_refused_with_its_name():
     assert ok.stdout.strip() == "3"
 
 
+def test_the_environment_count_sets_blas_threads_as_set_num_threads_does():
+    """README: ``MINIDIST_NUM_THREADS=n`` does what ``set_num_threads(n)`` does, BLAS included
+    (it only split the elementwise ops: OpenBLAS kept its own count)."""
+    code = ("import minidist; from minidist.ops.blas_threads import blas_threads; "
+            "minidist.num_threads(); print(blas_threads())")
+    for n in ("3", "1"):
+        env = {"MINIDIST_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": "2", "PATH": ""}
+        ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert ok.stdout.strip() in (n, "None"), ok.stderr             # None: NumPy's BLAS is not OpenBLAS
+
+
 def _attention(q, k, v, causal, dropout, seed):
     qt, kt, vt = (Tensor(a.copy(), requires_grad=True) for a in (q, k, v))
     y = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, dropout_p=dropout,

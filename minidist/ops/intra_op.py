@@ -56,6 +56,9 @@ def num_threads() -> int:
     n = _STATE["threads"]
     if n is None:
         n = _STATE["threads"] = _from_env()
+        lib = _library() if ENV in os.environ else None
+        if lib is not None:                   # as set_num_threads(n): BLAS runs on n threads too
+            lib[1](n)
     return n
 
 
