@@ -20,6 +20,10 @@ Figures: ``10_grid_map.png`` — 8 ranks as DP 2 × TP 2 × PP 2, which rank hol
 and shard, and the three groups of one rank; ``10_layouts.png`` — the six layouts' memory,
 bytes and step time per rank.
 
+On another world the chapter runs the layouts whose dp splits the global batch's 4 sequences
+(:func:`batch_layouts`; 8 ranks: not DP 8, said so), on the first ranks that hold one
+(:func:`ranks_used`; 3 ranks: DP 3 does not split 4 sequences, so the first 2).
+
 Why the bubble measured is a little above the theory: the formula assumes equal stages, but
 the last stage also runs the LM head and the loss (the chapter prints each stage's busy
 time), and the other stages wait for it.
@@ -39,6 +43,7 @@ from ..parallel.grid import GridShape
 from ..parallel.pipeline.engine import bubble_from_ranks
 from ..plotting.grid import plot_grid_map, plot_layouts, rank_map
 from ..training.trainer import Trainer
+from .world import first_ranks
 
 TITLE = "3D parallelism (DP × TP × PP)"
 
@@ -62,6 +67,19 @@ def layouts(world: int, n_head: int = MODEL["n_head"], n_layer: int = MODEL["n_l
     out = [(world // (t * p), t, p) for t in range(1, world + 1) for p in range(1, world + 1)
            if world % (t * p) == 0 and n_head % t == 0 and n_layer % p == 0 and SEQ % t == 0]
     return sorted(out, key=lambda x: (-x[0], max(x[1], x[2]), -x[1]))
+
+
+def batch_layouts(world: int) -> list:
+    """The layouts of ``world`` ranks that split the global batch evenly: dp divides
+    ``GLOBAL_MICRO`` sequences per micro-step (DP 8 would leave half its ranks without one)."""
+    return [lay for lay in layouts(world) if GLOBAL_MICRO % lay[0] == 0]
+
+
+def ranks_used(world: int) -> int:
+    """How many of the tour's ranks the chapter runs on: the most, up to ``world``, that hold a
+    layout of :func:`batch_layouts` (3 ranks: DP 3 does not split 4 sequences, and 3 is neither
+    a divisor of the heads nor of the layers, so the first 2 ranks); 0 below 2 ranks."""
+    return max((n for n in range(2, world + 1) if batch_layouts(n)), default=0)
 
 
 def label(dp: int, tp: int, pp: int) -> str:
@@ -181,8 +199,15 @@ def print_summary(rows: list, ref: dict, compute_only_ms: float) -> None:
 
 def run(comm, out_dir) -> dict:
     out_dir = Path(out_dir)
-    world = comm.size
-    chosen = layouts(world) if world > 1 else []
+    tour = comm.size
+    world = ranks_used(tour)
+    chosen = batch_layouts(world) if world else []
+    skipped = [lay for lay in layouts(world) if lay not in chosen] if world else []
+    if world and world < tour:
+        # why: the layouts run on the first ``world`` ranks; the others sit the chapter out
+        comm = first_ranks(comm, world, "3D")
+        if comm is None:
+            return {}
     ref = reference() if comm.rank == 0 and chosen else None      # one rank: only rank 0 compares
     results = {lay: measure(comm, *lay) for lay in chosen}
     if comm.rank != 0:
@@ -196,6 +221,13 @@ def run(comm, out_dir) -> dict:
     if not chosen:
         print("the layouts need at least 2 ranks; run the tour with --world-size 4")
         return {**out, "files": [str(f) for f in files]}
+    if world < tour:
+        print(f"\nthe layouts run on the first {world} of the tour's {tour} ranks: no DP × TP × PP layout of "
+              f"{tour} ranks splits the global batch of {GLOBAL_MICRO} sequences over dp, the {MODEL['n_head']} "
+              f"heads over tp and the {MODEL['n_layer']} layers over pp")
+    for dp, tp, pp in skipped:
+        print(f"\nDP {dp} × TP {tp} × PP {pp} is not run: {dp} data-parallel ranks do not split the global batch "
+              f"of {GLOBAL_MICRO} sequences per micro-step evenly")
     rows = [summarise(*lay, results[lay], ref) for lay in chosen]
     tokens = GLOBAL_MICRO * MICRO_STEPS * SEQ
     flops = training_flops(ref["n_params"], tokens, MODEL["n_layer"], MODEL["n_embd"], SEQ)["flops"]
@@ -210,7 +242,8 @@ def run(comm, out_dir) -> dict:
           "which assumes equal stages: the last stage also runs the LM head and the loss, and the others wait for it)")
     files.append(plot_layouts(rows, out_dir / "10_layouts.png", compute_only=compute_only_ms,
                               one_rank=ref["step_s"] * MS_PER_S,
-                              title=f"Every DP × TP × PP layout of {world} ranks: one step of the same tiny GPT "
+                              title=f"{'The' if skipped else 'Every'} DP × TP × PP layout{'s' if skipped else ''} "
+                                    f"of {world} ranks: one step of the same tiny GPT "
                                     f"and global batch, measured beside the estimate"))
-    return {**out, "layouts": rows, "reference_step_ms": ref["step_s"] * MS_PER_S,
-            "compute_only_ms": compute_only_ms, "files": [str(f) for f in files]}
+    return {**out, "layouts": rows, "reference_step_ms": ref["step_s"] * MS_PER_S, "ranks_used": world,
+            "skipped": skipped, "compute_only_ms": compute_only_ms, "files": [str(f) for f in files]}

@@ -11,7 +11,8 @@ depend on the weights), one prompt of the shipped corpus continued to the block 
 4. prefill and decode steps on the simulated timeline (figure 11_generation_timeline);
 5. tensor-parallel decoding on the tour's ranks: the cache split by heads, the same tokens as
    one rank, and the bytes each decode step sends, from the message log, beside the count of
-   its collectives.
+   its collectives. TP ``t`` runs on the most ranks that form whole groups of ``t`` (3 ranks:
+   TP 2 on the first 2, no TP 4; the chapter says so).
 """
 from __future__ import annotations
 
@@ -92,12 +93,22 @@ def one_rank(cfg: GPTConfig, ids) -> dict:
     }
 
 
-def tensor_parallel(comm, t: int, cfg: GPTConfig, ids) -> dict:
+def tp_ranks(world: int, t: int) -> int:
+    """The ranks TP ``t`` decodes on: the most of ``world`` that form whole groups of ``t``
+    (3 ranks, TP 2: the first 2; the third sits it out)."""
+    return t * (world // t)
+
+
+def tensor_parallel(comm, t: int, cfg: GPTConfig, ids) -> dict | None:
     """Generate on groups of ``t`` ranks (a fresh device and log each): tokens, the cache per
-    rank after each step, and the bytes each decode step sent beside the formula."""
+    rank after each step, and the bytes each decode step sent beside the formula. Uses the
+    first :func:`tp_ranks` ranks; None on the others."""
     fresh = comm.dup()
     fresh.device, fresh.log = Device(comm.device.spec, rank=comm.rank), MessageLog()
-    group = fresh.split(comm.rank // t, comm.rank)
+    # why: a group per t consecutive ranks; a rank past the last whole group joins none
+    group = fresh.split(comm.rank // t if comm.rank < tp_ranks(comm.size, t) else None, comm.rank)
+    if group is None:
+        return None
     layers = TensorParallelLayers(group)
     model = GPT(cfg, seed=0, layers=layers)
     out, spans = generate_on(group.device, model, ids, NEW, **SAMPLING)
@@ -111,15 +122,16 @@ def tensor_parallel(comm, t: int, cfg: GPTConfig, ids) -> dict:
 def run(comm, out_dir) -> dict:
     cfg, tok = config(), tokenizer()
     ids = tok.encode(PROMPT)[None, :]                                        # (1, P)
-    tps = [t for t in (2, 4) if comm.size % t == 0 and N_HEAD % t == 0]
-    tp = [tensor_parallel(comm, t, cfg, ids) for t in tps]
-    # why: rank 0 sets every rank's tokens beside one rank's
-    everyone = dist.gather_object(comm, [r["tokens"] for r in tp])
+    tps = [t for t in (2, 4) if t <= comm.size and N_HEAD % t == 0]
+    tp = [tensor_parallel(comm, t, cfg, ids) for t in tps]                  # rank 0 takes part in every one
+    # why: rank 0 sets every rank's tokens beside one rank's (None: a rank that sat a TP run out)
+    everyone = dist.gather_object(comm, [None if r is None else r["tokens"] for r in tp])
     if comm.rank != 0:
         return {"tp": tp}
     one = one_rank(cfg, ids)                                                 # the reference, on rank 0 only
     for i, r in enumerate(tp):
-        r["same_tokens"] = all(np.array_equal(ranks[i], one["tokens"]) for ranks in everyone)
+        r["ranks"] = tp_ranks(comm.size, r["t"])
+        r["same_tokens"] = all(np.array_equal(ranks[i], one["tokens"]) for ranks in everyone if ranks[i] is not None)
     L = NEW + len(PROMPT) - 1                                                # the last token's context
     last = {k: v["measured"][-1] for k, v in one["flops"].items()}
     terms = forward_matmul_flops(cfg, 1, L)
@@ -145,6 +157,12 @@ def run(comm, out_dir) -> dict:
         for r in tp:
             print(f"{r['t']:>3} {str(r['same_tokens']):>12} {r['cache']['measured'][-1]:>13} "
                   f"{'/'.join(map(str, r['bytes_per_decode_step'])):>19} {r['bytes_formula']:>10} {r['prefill_bytes']:>15}")
+    for r in tp:
+        if r["ranks"] < comm.size:
+            print(f"TP {r['t']} decodes on the first {r['ranks']} of the tour's {comm.size} ranks; the others sit it out")
+    for t in (2, 4):
+        if t not in tps:
+            print(f"TP {t} decoding is not run: it needs {t} ranks and the tour has {comm.size}")
     cache = {"fp32": one["cache"]["fp32"], "bf16 autocast": one["cache"]["bf16"]}
     cache.update({f"fp32, per rank of TP {r['t']}": r["cache"] for r in tp})
     paths = [

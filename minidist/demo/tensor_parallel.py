@@ -10,6 +10,9 @@ Everything shown is measured on the tiny GPT, on the tour's ranks:
 3. the bytes each rank sends per layer, by collective: TP's two all-reduces forward and two
    backward, SP's all-gathers and reduce-scatters of the same volume plus the re-gather of
    the column-parallel inputs (figure 05_layer_collectives).
+
+TP ``t`` runs on the most of the tour's ranks that form whole groups of ``t`` (4 ranks: DP 2 ×
+TP 2 and TP 4; 3 ranks: TP 2 on the first 2, and no TP 4), the others sitting it out.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from ..model import GPT, GPTConfig, parameter_splits
 from ..parallel.tensor import accounting, shard_state_dict
 from ..plotting.tensor import plot_activation_bytes, plot_layer_collectives, plot_weight_shards
 from ..training.trainer import Trainer
+from .world import first_ranks
 
 TITLE = "Tensor and sequence parallelism"
 
@@ -71,16 +75,26 @@ def _run(comm, tp: int, sp: bool, n_layer: int = L, micro: int = B):
     return t
 
 
+def tp_ranks(world: int, tp: int) -> int:
+    """The ranks a TP ``tp`` run uses: the most of ``world`` that form whole tp groups
+    (4 ranks: DP 2 × TP 2; 3 ranks: TP 2 on the first 2, the third sits it out)."""
+    return tp * (world // tp)
+
+
 def run(comm, out_dir) -> dict:
     world = comm.size
-    tps = [t for t in (2, 4) if world % t == 0 and A % t == 0]
+    tps = [t for t in (2, 4) if t <= world and A % t == 0]
+    # why: a communicator of the first ranks that fit each tp (None on the ranks left out)
+    groups = {t: first_ranks(comm, tp_ranks(world, t), "tensor") for t in tps}
     modes = [(1, False)] + [(t, sp) for t in tps for sp in (False, True)]
     rows, layer_rows = [], {}
     V = None
     for tp, sp in modes:
         label = "none" if tp == 1 else f"TP {tp}" + (" + SP" if sp else "")
-        dp = world // tp if tp > 1 else 1
-        trainer = _run(comm, tp, sp) if tp > 1 else _run(None, 1, False)
+        dp = tp_ranks(world, tp) // tp if tp > 1 else 1
+        if tp > 1 and groups[tp] is None:
+            continue                                      # this rank is not one of the first tp_ranks
+        trainer = _run(groups[tp], tp, sp) if tp > 1 else _run(None, 1, False)
         V = trainer.model_config.vocab_size
         Vp = trainer.model.layers.padded_vocab_size if tp > 1 else V
         measured = int(trainer.device.memory.curves()[1]["activations"].max())
@@ -95,7 +109,7 @@ def run(comm, out_dir) -> dict:
             two = accounting.tp_bytes_by_op(trainer)
             row["tp_bytes"] = sum(two.values())
             row["tp_bytes_formula"] = accounting.step_bytes(L, B, S, H, tp, sp, w=W)
-            one = accounting.tp_bytes_by_op(_run(comm, tp, sp, n_layer=1))
+            one = accounting.tp_bytes_by_op(_run(groups[tp], tp, sp, n_layer=1))
             layer_rows[label] = {op: two[op] - one.get(op, 0) for op in two}
         rows.append(row)
     if comm.rank == 0:
@@ -105,9 +119,16 @@ def run(comm, out_dir) -> dict:
         for r in rows:
             print(f"{r['label']:<12} {r['measured']:>19} {r['formula']:>10.0f} {r['paper']:>15.0f} "
                   f"{r.get('tp_bytes', 0):>15} {r.get('tp_bytes_formula', 0):>10} {r.get('max_rel_diff', 0):>13.1e}")
-        print("per layer per micro-batch, bytes sent by each rank: "
-              + "; ".join(f"{k}: " + ", ".join(f"{op} {v}" for op, v in sorted(d.items()))
-                          for k, d in layer_rows.items()))
+        for t in (2, 4):
+            if t in tps and tp_ranks(world, t) < world:
+                print(f"TP {t} runs on the first {tp_ranks(world, t)} of the tour's {world} ranks "
+                      f"(DP {tp_ranks(world, t) // t} × TP {t}); the others sit it out")
+            elif t not in tps:
+                print(f"TP {t} is not run: it needs {t} ranks and the tour has {world}")
+        if layer_rows:
+            print("per layer per micro-batch, bytes sent by each rank: "
+                  + "; ".join(f"{k}: " + ", ".join(f"{op} {v}" for op, v in sorted(d.items()))
+                              for k, d in layer_rows.items()))
         t_fig = max(tps) if tps else 2
         plot_weight_shards(ownership(t_fig), t_fig, out_dir / "05_weight_shards.png")
         plot_activation_bytes(rows, out_dir / "05_activation_bytes.png")
