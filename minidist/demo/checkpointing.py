@@ -301,7 +301,8 @@ def run(comm, out_dir) -> dict:
              plot_recompute_timeline({"none": runs["one rank", "none"], "full": runs["one rank", "full"],
                                       "full + cpu_checkpointing": extra["one rank, full + cpu_checkpointing"]},
                                      out_dir / "07_recompute_timeline.png"),
-             plot_overlap_timelines(overlap, MICRO_BATCHES, out_dir / "07_overlap_timelines.png")]
+             plot_overlap_timelines(overlap, MICRO_BATCHES, out_dir / "07_overlap_timelines.png",
+                                    world_size=comm.size)]
     print("figures: " + ", ".join(Path(f).name for f in files))
     result["files"] = [str(f) for f in files]
     return result

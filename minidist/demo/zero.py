@@ -146,7 +146,8 @@ def run(comm, out_dir) -> dict:
     print("  once the next unit's gather hides behind this unit's compute, a larger budget only costs memory")
     result["prefetch_budgets"] = {k: {"parameters_peak": r["parameters_peak"], "sim_time": r["sim_time"]}
                                   for k, r in budgets.items()}
-    plot_zero_memory(fig_rows, out_dir / "03_zero_memory.png", capacity=capacity)
+    plot_zero_memory(fig_rows, out_dir / "03_zero_memory.png", capacity=capacity,
+                     title=f"Per-rank model states and traffic, {comm.size} ranks")
     plot_step_timeline(z3.trace.events, out_dir / "03_zero3_timeline.png",
                        title="One ZeRO-3 step on rank 0: prefetched all-gathers, reduce-scatters in backward")
     export_chrome_trace(z3_events, out_dir / "03_zero3_trace.json")      # every rank's streams

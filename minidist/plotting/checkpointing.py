@@ -167,13 +167,15 @@ def _overlap_panel(ax, pair: dict, title: str, micro_batches: int = 0) -> None:
     ax.tick_params(axis="x", labelsize=8)
 
 
-def plot_overlap_timelines(overlap: dict, micro_batches: int, path, title=None):
+def plot_overlap_timelines(overlap: dict, micro_batches: int, path, title=None, world_size: int | None = None):
     """A panel per mechanism, each its off and on runs of rank 0 on one time axis: DDP
     (``overlap_comm``, under ``no_sync`` but in the last micro-batch), ZeRO-3 prefetch,
     ``tp_comm_overlap`` under TP 2 and TP 2 + SP. ``overlap``: {name: {"off", "on"}}, each run
-    {"events", "step_us"} (DDP also "spans": each micro-batch's compute span)."""
-    panels = [(DDP, f"DDP on 4 ranks, {micro_batches} micro-batches: overlap_comm off / on"),
-              (ZERO3, "ZeRO-3 on 4 ranks: stage3_prefetch_bucket_size 0 (off) / DeepSpeed's default (on)"),
+    {"events", "step_us"} (DDP also "spans": each micro-batch's compute span). ``world_size``:
+    the ranks DDP and ZeRO-3 ran on, for their panels' titles."""
+    on = f" on {world_size} ranks" if world_size else ""
+    panels = [(DDP, f"DDP{on}, {micro_batches} micro-batches: overlap_comm off / on"),
+              (ZERO3, f"ZeRO-3{on}: stage3_prefetch_bucket_size 0 (off) / DeepSpeed's default (on)"),
               ("tp", "TP 2: tp_comm_overlap off / on (dX's all-reduce under dW)"),
               ("tp+sp", "TP 2 + SP: tp_comm_overlap off / on (all-gather under dX, reduce-scatter under dW)")]
     panels = [(k, t) for k, t in panels if overlap.get(k)]

@@ -14,7 +14,7 @@ from . import save  # noqa: E402
 STATES = ("parameters", "gradients", "optimizer_states")
 
 
-def plot_zero_memory(rows: dict, path, title="Per-rank model states and traffic, 4 ranks", capacity=None):
+def plot_zero_memory(rows: dict, path, title="Per-rank model states and traffic", capacity=None):
     """Left: stacked bars of measured device bytes per state (and host bytes, hatched) per
     strategy, with the formula as a black tick. Right: bytes sent per rank per step,
     measured bars beside the formula.
