@@ -239,3 +239,12 @@ def test_validator_catches_broken_programs():
                                         [Action("B", 0, 1), Action("F", 0, 1)]])
     with pytest.raises(ScheduleError, match="deadlock"):
         validate(dead)
+
+
+@pytest.mark.parametrize("p,m,advice", [(2, 1, "use 2"), (4, 3, "use 4"), (4, 5, "use 4 or 8")])
+def test_interleaved_names_the_micro_batch_counts_that_run(p, m, advice):
+    """m must be a multiple of p: the message offers the nearest multiples (one when m < p; it
+    said "use 2 or 2")."""
+    from minidist.parallel.pipeline.interleaved import interleaved_1f1b
+    with pytest.raises(ValueError, match=f"{advice}$"):
+        interleaved_1f1b(p, m)

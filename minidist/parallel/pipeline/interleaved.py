@@ -25,7 +25,8 @@ def interleaved_1f1b(ranks: int, micro_batches: int, virtual_stages: int = 2) ->
     p, m, v = ranks, micro_batches, virtual_stages
     if m % p:
         raise ValueError(f"schedule {INTERLEAVED_1F1B!r} needs micro-batches (gradient_accumulation_steps = {m}) "
-                         f"to be a multiple of the pipeline ranks ({p}); use {max(p, m - m % p)} or {m - m % p + p}")
+                         f"to be a multiple of the pipeline ranks ({p}); use "
+                         + (f"{m - m % p} or {m - m % p + p}" if m > p else f"{p}"))
     total = m * v
 
     def order(k: int, backward: bool) -> tuple:
