@@ -102,8 +102,14 @@ def out_of_memory(comm, capacity: float) -> dict:
         try:
             out[name] = f"fits (peak {measure(comm, STRATEGIES[name], spec)['peak'] / 2**10:.0f} KiB)"
         except OutOfMemoryError as e:      # every rank holds the same bytes: all fail at the same point
-            out[name] = "out of memory: " + str(e).split(";")[0][:120]
+            out[name] = "out of memory: " + oom_summary(e)
     return out
+
+
+def oom_summary(e: OutOfMemoryError) -> str:
+    """The error's first clause — what it tried to allocate, for which tensor, with how much in
+    use — without the breakdown by category and the advice that follow (never cut mid-name)."""
+    return str(e).split(" [")[0]
 
 
 def run(comm, out_dir) -> dict:
