@@ -20,6 +20,11 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 BASE = "#333333"
 
 
+def _seeds(n_seeds: int) -> str:
+    """What a suptitle says of the seeds: their number, and what the whiskers span when there are some."""
+    return "1 seed" if n_seeds == 1 else f"{n_seeds} seeds; whiskers: smallest to largest seed"
+
+
 def _errorbar(ax, x, stats: list, label: str, i: int, **kw):
     mean = np.array([st["mean"] for st in stats])
     err = [mean - [st["min"] for st in stats], np.array([st["max"] for st in stats]) - mean]
@@ -69,7 +74,7 @@ def plot_quantization_accuracy(delta: dict, fp32: dict, bits, n_seeds: int, path
     _delta_bars(cx, list(qat), list(qat.values()), COLORS[3:3 + len(qat)], 1e-3)
     cx.set_ylabel("held-out loss − dense model's (10⁻³ nats)")
     cx.set_title("QAT vs PTQ after the same extra steps")
-    fig.suptitle(f"{title} ({n_seeds} seeds; whiskers: smallest to largest seed)")
+    fig.suptitle(f"{title} ({_seeds(n_seeds)})")
     return save(fig, path)
 
 
@@ -124,7 +129,7 @@ def plot_pruning_accuracy(one_shot: dict, trained: dict, base: dict, sparsities,
         a.set_xticks(sorted(sparsities), [f"{s:.0%}" for s in sorted(sparsities)])
         a.legend(fontsize=7.5)
     ax.set_ylabel("held-out loss − dense model's (nats, symlog)")
-    fig.suptitle(f"{title} ({n_seeds} seeds; whiskers: smallest to largest seed)")
+    fig.suptitle(f"{title} ({_seeds(n_seeds)})")
     return save(fig, path)
 
 

@@ -102,6 +102,7 @@ def plot_generation_timeline(runs: dict, path, cached: str | None = None,
     unit, scale = _unit(spans[-1]["t_end"])
     _spans(mid, 0, spans, scale)
     mid.set_yticks([0], [cached])
+    mid.set_xlabel(f"simulated time ({unit})")
     mid.set_title(f"{cached}, zoomed in: {len(spans) - 1} decode steps after the prefill", fontsize=10)
     t = [p["t_end"] * scale for p in spans]
     mem.step([0] + t, [0] + [p["kv_cache_bytes"] / 2**10 for p in spans], where="post", color=COLORS[0],
