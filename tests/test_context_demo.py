@@ -48,3 +48,14 @@ def test_on_three_ranks_the_chapters_with_fixed_layouts_run_on_the_ranks_that_fi
     assert "causal ring on 2 ranks" in printed and results[0]["moe"] == {}
     assert max(results[0]["context"]["training"].values()) <= 1e-9
     assert results[2]["context"] == {}                    # the rank outside the context chapter's two
+
+
+def test_on_eight_ranks_the_context_chapter_runs_on_as_many_as_the_heads(tmp_path, capsys):
+    """Ulysses gives each rank whole heads of the chapter's 4-head model, so on 8 ranks the
+    chapter runs on the first 4 (it raised on cp = 8) and the other four sit it out."""
+    from minidist.demo.__main__ import run_tour
+    results = dist.spawn(run_tour, 8, ["context"], tmp_path, timeout=150)
+    printed = capsys.readouterr().out
+    assert "causal ring on 4 ranks" in printed
+    assert max(results[0]["context"]["training"].values()) <= 1e-9
+    assert all(r["context"] == {} for r in results[4:])

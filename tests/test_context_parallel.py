@@ -320,8 +320,10 @@ def test_ring_cp2_with_dp2_under_mpirun_equals_one_rank_and_in_process(tmp_path)
         assert info["cp"] == [[c.op, c.bytes_sent] for c in tr.comm.log.collectives if c.group == tr.grid.cp.group]
 
 
-@pytest.mark.parametrize("method,num_layers", [("block", 1), ("block", 2), ("uniform", 2)])
-def test_the_estimators_cp_bytes_follow_the_recompute_method(method, num_layers):
+@pytest.mark.parametrize("granularity,method,num_layers", [("full", "block", 1), ("full", "block", 2),
+                                                          ("full", "uniform", 2), ("selective", "uniform", 1),
+                                                          ("none", "uniform", 1)])
+def test_the_estimators_cp_bytes_follow_the_recompute_method(granularity, method, num_layers, capsys):
     """Full recomputation with Megatron's ``block`` method re-runs only the first ``num_layers``
     blocks, so only they send their attention's forward again; ``estimate()`` and the layout's
     estimate (grid3d) count those, and equal what the run sends (they counted every layer)."""
@@ -330,11 +332,16 @@ def test_the_estimators_cp_bytes_follow_the_recompute_method(method, num_layers)
     cfg = {"model": {"n_layer": 3, "n_embd": 16, "n_head": 4, "block_size": 4, "dropout": 0.0},
            "data": {"dataset": "english", "seq_len": 4}, "steps": 1, "eval_iters": 1,
            "train_micro_batch_size_per_gpu": 2, "parallel": {"context": {"size": 2, "algorithm": "ring"}},
-           "activation_checkpointing": {"granularity": "full", "method": method, "num_layers": num_layers}}
+           "activation_checkpointing": {"granularity": granularity, "method": method, "num_layers": num_layers}}
     runs = dist.spawn(train_steps, 2, cfg, timeout=60)
     t = runs[0]["trainer"]
     sent = context_summary(t)["bytes_sent_per_step"]
     assert estimate(cfg, 2)["context"]["bytes_per_step"] == sent
     assert estimate_for_config(t.cfg, 2, t.model_config.vocab_size)["ranks"][0]["bytes_sent"]["context_parallel"] == sent
-    every = context_bytes_per_step("ring", 2, 3, 2, 4, 16, 1, 4, checkpointing="full")["bytes_per_step"]
+    every = context_bytes_per_step("ring", 2, 3, 2, 4, 16, 1, 4, checkpointing=granularity)["bytes_per_step"]
     assert (sent < every) == (method == "block" and num_layers < 3)         # the case itself
+    assert estimate_main(["--layers", "3", "--hidden", "16", "--heads", "4", "--seq", "4", "--vocab", "75",
+                          "--micro-batch", "2", "--cp", "2", "--precision", "fp32", "--checkpointing", granularity,
+                          "--checkpointing-method", method, "--checkpointing-layers", str(num_layers),
+                          "--json"]) == 0                              # the command line counts the same
+    assert json.loads(capsys.readouterr().out)["context"]["bytes"]["bytes_per_step"] == sent

@@ -188,8 +188,9 @@ def training(comm) -> dict:
 
 
 def run(comm, out_dir) -> dict:
-    # the cuts need a power of two of ranks (s = 512 and the sweep's lengths in 2·cp chunks): 2 of 3 ranks
-    comm = first_ranks(comm, largest_power_of_two(comm.size), "context")
+    # the cuts need a power of two of ranks (s = 512 and the sweep's lengths in 2·cp chunks): 2 of 3 ranks;
+    # Ulysses gives each rank whole heads, so at most the training model's n_head ranks: 4 of 8
+    comm = first_ranks(comm, min(largest_power_of_two(comm.size), MODEL["n_head"]), "context")
     if comm is None:
         return {}
     cp = comm.size

@@ -243,7 +243,8 @@ def compute(a: argparse.Namespace) -> dict:
         out["context"] = {
             "cp": a.cp, "algorithm": a.cp_algorithm,
             "bytes": context_bytes_per_step(a.cp_algorithm, a.cp, a.layers, a.micro_batch, a.seq, a.hidden, m, w,
-                                            a.tp, a.checkpointing),
+                                            a.tp, a.checkpointing, method=a.checkpointing_method,
+                                            num_layers=a.checkpointing_layers),
             "activations": {mode: context_activation_memory(a.seq, a.micro_batch, a.hidden, a.heads, a.layers,
                                                             a.cp, a.cp_algorithm, a.tp, a.sp, mode, w, a.vocab)
                             for mode in CHECKPOINTING}}

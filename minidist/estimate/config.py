@@ -174,7 +174,7 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
         "pipeline": bubble,
         "context": None if cp == 1 else context_bytes_per_step(
             cp_algorithm, cp, L, b, seq, h, micro_batches, 4 if precision == "fp32" else 2, tp, checkpointing,
-            recomputed_layers=L - checkpointed_layers(L, checkpointing, method, num_layers)[1]),
+            method=method, num_layers=num_layers),
         "time": {"compute_s_per_step": compute_s, "step_s_with_bubble": step_s,
                  "dp_comm_s_per_step": comm["dp_bytes"] / spec.beta, "mfu": mfu},
     }

@@ -37,7 +37,7 @@ per query row and head) and, with dropout, a 1-byte mask of its queries' rows.
 """
 from __future__ import annotations
 
-from .activations import activation_memory
+from .activations import activation_memory, checkpointed_layers
 
 ALGORITHMS = ("ring", "ulysses")
 
@@ -79,21 +79,21 @@ def attention_elements(algorithm: str, cp: int, micro_batch: int, seq: int, hidd
 def context_bytes_per_step(algorithm: str, cp: int, layers: int, micro_batch: int, seq: int, hidden: int,
                            micro_batches: int = 1, bytes_per_element: int = 2, tp: int = 1,
                            checkpointing: str = "none", accumulator_bytes: int | None = None,
-                           recomputed_layers: int | None = None) -> dict:
+                           method: str = "uniform", num_layers: int = 1) -> dict:
     """Bytes one rank sends per optimizer step for context parallelism: every layer's
     attention, forward and backward, for every micro-batch (and the recomputed forward
     under activation checkpointing). ``bytes_per_element``: the activations' format on the
     wire (q, k, v, outputs and their gradients; 2 under fp16/bf16). ``accumulator_bytes``:
     the ring's partial dK, dV, by default ``max(bytes_per_element, 4)`` — fp32 accumulators
-    under mixed precision, the model's own dtype otherwise. ``recomputed_layers``: the layers
-    whose forward runs again, by default every one under ``selective`` or ``full`` (full
-    recomputation of Megatron's ``block`` method re-runs only its first ``num_layers``:
-    ``layers`` minus the second number of :func:`.activations.checkpointed_layers`)."""
+    under mixed precision, the model's own dtype otherwise. The forward runs again in every
+    layer under ``selective``, and under ``full`` in the layers Megatron's ``method`` and
+    ``num_layers`` checkpoint (``block``: the first ``num_layers`` only;
+    :func:`.activations.checkpointed_layers`)."""
     e = attention_elements(algorithm, cp, micro_batch, seq, hidden, tp)
     acc = max(bytes_per_element, 4) if accumulator_bytes is None else accumulator_bytes
     recomputed = e["forward"] if checkpointing in ("selective", "full") else 0
-    if recomputed_layers is None:
-        recomputed_layers = layers
+    recomputed_layers = layers - checkpointed_layers(layers, checkpointing, method, num_layers)[1] \
+        if checkpointing == "full" else layers
     backward = (e["backward"] - e["backward_gradients"]) * bytes_per_element + e["backward_gradients"] * acc
     per_layer = e["forward"] * bytes_per_element + backward
     return {"algorithm": algorithm, "cp": cp, "per_layer_forward": e["forward"] * bytes_per_element,

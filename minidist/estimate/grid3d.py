@@ -65,7 +65,6 @@ from ..parallel.pipeline import build_schedule
 from ..parallel.tensor.accounting import collective_bytes, step_collectives
 from ..parallel.tensor import padded_vocab_size
 from ..training.config import sequence_length
-from .activations import checkpointed_layers
 from .context import context_bytes_per_step
 from .memory import OPTIMIZER_BYTES, bytes_per_param, optimizer_key
 from .moe_grid import all_to_all_of_rank, is_expert_name, moe_block_ids, moe_mlp_parameters, tp_bytes_change
@@ -364,8 +363,7 @@ def estimate_for_config(cfg: dict, world_size: int, vocab_size: int) -> dict:
         attn = context_bytes_per_step(par["context"]["algorithm"], cp, held,
                                       cfg["train_micro_batch_size_per_gpu"], sequence_length(cfg)[0], model["n_embd"],
                                       cfg["gradient_accumulation_steps"], w, tp, ac["granularity"],
-                                      recomputed_layers=held - checkpointed_layers(
-                                          held, ac["granularity"], ac["method"], ac["num_layers"])[1])["bytes_per_step"]
+                                      method=ac["method"], num_layers=ac["num_layers"])["bytes_per_step"]
         for rank in out["ranks"]:
             rank["bytes_sent"]["context_parallel"] = attn
             rank["bytes_sent"]["total"] += attn
