@@ -250,8 +250,8 @@ def format_recompute(report: dict) -> str:
         f"{'recomputed FLOPs per step':<26} {m['recompute_flops_per_step']:>12.4g} "
         f"{e['recompute_flops_per_step_per_rank']:>12.4g}",
         "(measured peak: during backward, one recomputed unit's activations on top of the checkpoints, fp32 "
-        "LayerNorm inputs and per-token statistics included; estimate: Korthikanti's 16-bit terms at the end "
-        "of forward. FLOPs: matmuls, estimate 6·N·D + attention with N all parameters)"])
+        "LayerNorm inputs and per-token statistics included; estimate: Korthikanti's terms in the run's precision "
+        "at the end of forward. FLOPs: matmuls, estimate 6·N·D + attention with N all parameters)"])
 
 
 def distill_rank_report(run) -> dict:
@@ -368,7 +368,7 @@ def format_data_parallel(report: dict) -> str:
 
 def format_tensor_parallel(report: dict) -> str:
     """Rank 0's tensor-parallel figures: measured, the engine's formula, and the estimator's
-    (Korthikanti et al. 2022: 16-bit activations with 1-byte dropout masks; layers only for traffic)."""
+    (Korthikanti et al. 2022 in the run's precision, with 1-byte dropout masks; layers only for traffic)."""
     tp, est = report["ranks"][0]["tensor_parallel"], report.get("estimate") or {}
     pad = (f"vocabulary {tp['vocab_size']} padded to {tp['padded_vocab_size']} (Megatron's "
            f"make_vocab_size_divisible_by {tp['make_vocab_size_divisible_by']} × t {tp['tp']}; padded logits masked)"
@@ -383,8 +383,8 @@ def format_tensor_parallel(report: dict) -> str:
         f"{'activation peak B':<22} {tp['activations_peak']:>10} {fmt(exp):>10} {fmt(act_est):>10}",
         f"{'TP bytes sent/step':<22} {tp['bytes_sent_per_step']:>10} {fmt(tp['bytes_sent_per_step_expected']):>10} "
         f"{fmt(tp_est):>10}",
-        "(formula: the engine's inventory and every TP collective; estimate: Korthikanti's 16-bit terms "
-        "with dropout masks, layer traffic only)"])
+        "(formula: the engine's inventory and every TP collective; estimate: Korthikanti's terms in the run's "
+        "precision with dropout masks, layer traffic only)"])
 
 
 def write_report(report: dict, path) -> None:

@@ -396,6 +396,15 @@ def test_parse_count():
     (["--params", "1B", "--layers", "10", "--pp", "4"], "--layers 10", "divides layers"),
     (["--params", "1B", "--heads", "6", "--tp", "4"], "--heads 6", "tensor-parallel degree"),
     (["--params", "1B", "--mfu", "2"], "--mfu", "(0, 1]"),
+    # what the trainer refuses, the command line refuses too (each was accepted, exit 0)
+    (["--layers", "2", "--hidden", "16", "--heads", "2", "--vocab", "50", "--seq", "8", "--experts", "4",
+      "--capacity-factor", "inf"], "--capacity-factor", "finite number"),          # was an OverflowError
+    (["--layers", "2", "--hidden", "16", "--heads", "2", "--vocab", "50", "--seq", "8", "--experts", "4",
+      "--cp", "2"], "--experts with --cp", "use --cp 1"),
+    (["--params", "1B", "--optimizer", "lamb", "--zero", "1"], "--optimizer lamb with --zero 1", "use --zero 0"),
+    (["--params", "1B", "--offload", "--zero", "0"], "--offload with --zero 0", "use --zero 1, 2 or 3"),
+    (["--pp", "2", "--schedule", "1f1b", "--virtual-stages", "2", "--micro-batches", "4"], "--virtual-stages 2",
+     "use --schedule interleaved_1f1b"),
 ])
 def test_cli_bad_input_names_the_flag_and_the_fix(argv, flag, fix, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -437,3 +446,59 @@ def test_sgd_without_momentum_is_charged_no_state(extra, momentum):
     grid = estimate_for_config(t.cfg, 2, t.model_config.vocab_size)["ranks"][0]["model_states"]
     if "offload_optimizer" not in extra["zero_optimization"]:            # grid3d: offload not modelled (a note)
         assert grid["optimizer_states"] == measured["optimizer_states"]
+
+
+def test_cli_marks_the_interleaved_schedule_it_was_given(capsys):
+    """--schedule interleaved_1f1b with the default --virtual-stages 1 marks v = 1 as chosen
+    (it marked v = 2, a bubble of 15.8% for the 27.3% the config path gives)."""
+    assert main(["--pp", "4", "--schedule", "interleaved_1f1b", "--micro-batches", "8"]) == 0
+    chosen = [line for line in capsys.readouterr().out.splitlines() if "<-" in line]
+    assert len(chosen) == 1 and "interleaved_1f1b (v=1)" in chosen[0]
+    from minidist.estimate import estimate
+    e = estimate({"model": {"n_layer": 4, "n_embd": 32, "n_head": 4},
+                  "parallel": {"pipeline": 4, "schedule": "interleaved_1f1b"}, "gradient_accumulation_steps": 8}, 4)
+    assert f"{100 * e['pipeline']['bubble_fraction']:.1f}%" in chosen[0]
+
+
+def test_cli_recomputed_flops_of_a_mixture_of_experts_count_the_experts(capsys):
+    """Full recomputation re-runs the MoE blocks' expert slots; the command line counted a dense
+    block's 12h² (1.70 MFLOP against the run's 2.77 MFLOP); it now equals the config path."""
+    from minidist.estimate import estimate
+    cfg = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 2, "block_size": 8, "vocab_size": 75,
+                     "moe": {"num_experts": 4, "top_k": 2}},
+           "data": {"seq_len": 8}, "train_micro_batch_size_per_gpu": 2,
+           "activation_checkpointing": {"granularity": "full"}, "zero_optimization": {"stage": 0}}
+    assert main(["--layers", "2", "--hidden", "16", "--heads", "2", "--seq", "8", "--vocab", "75",
+                 "--micro-batch", "2", "--precision", "fp32", "--zero", "0", "--experts", "4", "--top-k", "2",
+                 "--checkpointing", "full", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["flops_per_step"]["recompute_flops"]
+    assert got == pytest.approx(estimate(cfg, 1)["flops"]["recompute_flops"], rel=1e-12)
+    dense = json.loads((main(["--layers", "2", "--hidden", "16", "--heads", "2", "--seq", "8", "--vocab", "75",
+                              "--micro-batch", "2", "--precision", "fp32", "--zero", "0", "--checkpointing", "full",
+                              "--json"]), capsys.readouterr().out)[1])["flops_per_step"]["recompute_flops"]
+    assert got > dense                                                   # the case itself
+
+
+def test_cli_notes_what_a_flag_does_not_change(capsys):
+    assert main(["--layers", "2", "--hidden", "16", "--heads", "2", "--seq", "8", "--vocab", "75", "--offload",
+                 "--top-k", "1", "--make-vocab-size-divisible-by", "128"]) == 0
+    err = capsys.readouterr().err
+    assert "per-pipeline-rank table is not shown with --offload" in err
+    assert "--top-k/--capacity-factor/--every-n-layers has no effect without --experts" in err
+    assert "--make-vocab-size-divisible-by has no effect with --tp 1" in err
+
+
+@pytest.mark.parametrize("precision,extra", [("fp32", {}), ("bf16", {"bf16": {"enabled": True}})])
+def test_the_reports_tp_estimate_column_is_the_command_line_with_the_runs_precision(precision, extra, capsys):
+    """README (tensor parallelism): the report's estimate column is `python -m minidist.estimate
+    --tp N [--sp] --precision P` with the run's precision (it said 16-bit activations: an fp32
+    run's estimate has 4-byte ones)."""
+    from minidist.estimate import estimate
+    cfg = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 2, "block_size": 8}, "data": {"seq_len": 8},
+           "train_micro_batch_size_per_gpu": 1, "parallel": {"tensor": 2, "sequence_parallel": True}, **extra}
+    e = estimate(cfg, 4)
+    assert main(["--layers", "2", "--hidden", "16", "--heads", "2", "--seq", "8", "--vocab", "75", "--tp", "2",
+                 "--sp", "--dp", "2", "--precision", precision, "--zero", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["activations"]["none"]["total"] == e["activations"]["total"]
+    assert out["comm"][0]["tp_bytes"] == e["comm"]["tp_bytes"]

@@ -33,14 +33,14 @@ import sys
 from ..defaults import DEFAULT_DEVICE, DEFAULT_SCHEDULE, INTERLEAVED_1F1B, SCHEDULES, normalize_schedule
 from ..parallel.pipeline import V_SCHEDULES
 from ..device import PRESETS
-from .activations import CHECKPOINTING, METHODS, activation_memory, checkpointed_layers
+from .activations import CHECKPOINTING, METHODS, activation_memory
 from .comm import comm_volume
 from .context import ALGORITHMS as CP_ALGORITHMS, context_activation_memory, context_bytes_per_step, context_problem
 from .flops import gpt2_param_count, training_flops, training_time
 from .grid3d import estimate_3d
 from .memory import OPTIMIZER_BYTES, OPTIMIZERS, bytes_per_param, model_state_memory
 from .pipeline import check_pipeline, peak_in_flight, pipeline_bubble, runnable
-from .moe import moe_estimate
+from .moe import moe_estimate, recomputed_weights
 from .render import fmt_bytes, render  # noqa: F401  (fmt_bytes: re-exported)
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
@@ -192,10 +192,33 @@ def _check_shape(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--ep splits the experts of a mixture of experts: give --experts E")
     if a.experts and not (a.layers and a.hidden):
         p.error("--experts needs the model shape --layers and --hidden (and --seq for the all-to-all bytes)")
-    if a.experts and not a.capacity_factor > 0:
-        p.error(f"--capacity-factor must be > 0, got {a.capacity_factor}")
+    if a.experts and not 0 < a.capacity_factor < float("inf"):
+        p.error(f"--capacity-factor must be a finite number > 0, got {a.capacity_factor}")
+    if a.experts and a.cp > 1:
+        p.error("--experts with --cp > 1: a routing group is the tokens one rank holds, and context parallelism "
+                "would split every sequence's group (the trainer refuses it too); use --cp 1")
+    if a.optimizer == "lamb" and a.zero not in ("all", 0):
+        p.error(f"--optimizer lamb with --zero {a.zero}: LAMB needs whole-tensor norms and cannot update a ZeRO "
+                f"shard; use --zero 0, or adam, adamw or sgd")
+    if a.offload and a.zero == 0:
+        p.error("--offload with --zero 0: ZeRO-Offload moves the optimizer of a ZeRO stage 1-3 to the host; "
+                "use --zero 1, 2 or 3 (or all)")
+    if a.virtual_stages > 1 and a.schedule != INTERLEAVED_1F1B:
+        p.error(f"--virtual-stages {a.virtual_stages} with --schedule {a.schedule}: only {INTERLEAVED_1F1B} "
+                f"takes chunks per rank (the V schedules have 2 of their own); use --schedule {INTERLEAVED_1F1B}")
     if a.pp == 1 and a.schedule != DEFAULT_SCHEDULE:
         print(f"note: --schedule {a.schedule} has no effect with --pp 1 (no pipeline)", file=sys.stderr)
+    if a.offload and a.layers and a.hidden and a.heads and a.seq and a.vocab:
+        print("note: the per-pipeline-rank table is not shown with --offload (it does not model the optimizer on "
+              "the host); the model-state rows above do", file=sys.stderr)
+    unused = [(flag, why) for flag, why, given in (
+        ("--top-k/--capacity-factor/--every-n-layers", "without --experts",
+         not a.experts and (a.top_k, a.capacity_factor, a.every_n_layers) != (2, 1.25, 1)),
+        ("--cp-algorithm", "with --cp 1", a.cp == 1 and a.cp_algorithm != "ring"),
+        ("--make-vocab-size-divisible-by", "with --tp 1", a.tp == 1 and a.make_vocab_size_divisible_by != 1))
+        if given]
+    for flag, why in unused:
+        print(f"note: {flag} has no effect {why}", file=sys.stderr)
 
 
 def compute(a: argparse.Namespace) -> dict:
@@ -203,7 +226,8 @@ def compute(a: argparse.Namespace) -> dict:
     m = a.micro_batches
     # every schedule that can run m micro-batches, side by side; interleaved_1f1b with
     # --virtual-stages, or v=2 to show its effect; the chosen one first checked (a clear error)
-    v_shown = a.virtual_stages if a.virtual_stages > 1 else 2
+    # (the chosen interleaved_1f1b keeps its own v, 1 included: the row marked chosen is the one run)
+    v_shown = a.virtual_stages if a.virtual_stages > 1 or a.schedule == INTERLEAVED_1F1B else 2
     pipeline = None
     if a.pp > 1:
         check_pipeline(a.schedule, a.pp, m, a.virtual_stages)
@@ -251,10 +275,11 @@ def compute(a: argparse.Namespace) -> dict:
     step_tokens = a.micro_batch * (a.seq or 0) * m * a.dp
     kw = {"layers": a.layers, "hidden": a.hidden, "seq": a.seq, "checkpointing": a.checkpointing}
     if a.layers and a.hidden:
-        per_stage = a.layers // a.pp
-        whole = checkpointed_layers(per_stage, a.checkpointing, a.checkpointing_method, a.checkpointing_layers)[1]
-        kw.update(recomputed_fraction=(per_stage - whole) / per_stage if a.checkpointing == "full" else 1.0,
-                  block_params=12 * a.hidden ** 2 * a.layers)
+        experts = {"num_experts": a.experts, "top_k": a.top_k, "capacity_factor": a.capacity_factor,
+                   "every_n_layers": a.every_n_layers} if a.experts else None
+        fraction, block = recomputed_weights(a.layers, a.pp, a.hidden, a.checkpointing, a.checkpointing_method,
+                                             a.checkpointing_layers, experts, a.micro_batch * (local_seq or 1))
+        kw.update(recomputed_fraction=fraction, block_params=block)
     out["flops_per_step"] = training_flops(params, step_tokens, **kw) if a.seq else None
     out["flops_total"] = out["time"] = None
     if a.tokens:

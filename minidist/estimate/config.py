@@ -36,7 +36,7 @@ from .comm import comm_volume
 from .context import context_activation_memory, context_bytes_per_step
 from .flops import gpt2_param_count, training_flops
 from .memory import model_state_memory, optimizer_key
-from .moe import block_weights_per_token
+from .moe import recomputed_weights
 from .pipeline import peak_in_flight, pipeline_bubble
 
 def _lookup(tree: dict, dotted: str):
@@ -143,13 +143,9 @@ def estimate(config: dict, world_size: int = 1, mfu: float = 1.0) -> dict:
                        micro_batch=b, micro_batches=micro_batches, sp=sp,
                        checkpointing=checkpointing, v=v if schedule == INTERLEAVED_1F1B else 1)
     tokens = b * seq * micro_batches * dp               # tokens per optimizer step, all ranks
-    recomputed = 1.0 if method == "uniform" else (L // pp - whole) / (L // pp)
-    block_params = 12 * h * h * L
     moe = (config.get("model") or {}).get("moe")
-    if moe is not None and checkpointing == "full" and recomputed > 0:   # the recomputed blocks' experts' slots
-        per = L // pp
-        ids = [s * per + j for s in range(pp) for j in range(per - whole)]
-        block_params = block_weights_per_token(ids, h, moe, moe.get("group_size") or b * seq) / recomputed
+    recomputed, block_params = recomputed_weights(L, pp, h, checkpointing, method, num_layers, moe,
+                                                  (moe or {}).get("group_size") or b * seq)
     flops = training_flops(params, tokens, L, h, seq, checkpointing, recomputed, block_params=block_params)
     spec = get_spec(device)
     compute_s = flops["flops"] / world_size / (spec.flops * mfu)

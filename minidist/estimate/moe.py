@@ -22,6 +22,7 @@ import math
 
 from ..defaults import MOE_DEFAULTS
 from ..moe.router import capacity
+from .activations import checkpointed_layers
 from .memory import model_state_memory
 
 
@@ -86,6 +87,22 @@ def block_weights_per_token(layer_ids, hidden: int, moe: dict | None, tokens_per
     C = capacity(T, m["top_k"], E, m["capacity_factor"])
     sparse = 4 * h * h + h * E + 8 * h * h * E * C / T
     return float(sum(sparse if i % m["every_n_layers"] == 0 else dense for i in layer_ids))
+
+
+def recomputed_weights(layers: int, pp: int, hidden: int, checkpointing: str, method: str, num_layers: int,
+                       moe: dict | None, tokens_per_group: int) -> tuple[float, float]:
+    """``(recomputed_fraction, block_params)`` for :func:`.flops.training_flops`: the share of a
+    stage's layers full recomputation re-runs (Megatron's ``block`` method: its first
+    ``num_layers``), and the weights per token their forward multiplies again, scaled to all
+    layers — 12h² per dense block, a MoE block's slots (:func:`block_weights_per_token`)."""
+    per = layers // pp
+    whole = checkpointed_layers(per, checkpointing, method, num_layers)[1]
+    fraction = (per - whole) / per if checkpointing == "full" else 1.0
+    block = 12 * hidden * hidden * layers
+    if moe is not None and checkpointing == "full" and fraction > 0:   # the recomputed blocks' experts' slots
+        ids = [s * per + j for s in range(pp) for j in range(per - whole)]
+        block = block_weights_per_token(ids, hidden, moe, tokens_per_group) / fraction
+    return fraction, block
 
 
 def moe_for_config(cfg: dict, world_size: int, seq_len: int) -> dict | None:
