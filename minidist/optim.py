@@ -269,26 +269,28 @@ DEEPSPEED_KEYS = {"adam": {"adam_w_mode": True, "torch_adam": False},
                   "adamw": {"adam_w_mode": True, "torch_adam": False}}
 
 
-def resolve(name: str, hyper: dict) -> tuple[type, dict]:
-    """The class and hyper-parameters a DeepSpeed-style ``optimizer`` section names. As in
+def resolve(name: str, hyper: dict, deepspeed: bool = False) -> tuple[type, dict]:
+    """The class and hyper-parameters ``optimizer.type`` and ``optimizer.params`` name
+    (case-insensitive), as torch.optim reads them: ``"Adam"``'s ``weight_decay`` is an L2
+    penalty. ``deepspeed``: as a DeepSpeed config means them (the trainer's): there, as in
     DeepSpeed's engine (``_configure_basic_optimizer``), ``"Adam"`` decays decoupled, as AdamW,
-    unless ``adam_w_mode`` is false (then ``weight_decay`` is torch.optim.Adam's L2 penalty);
+    unless ``adam_w_mode`` is false, and ``torch_adam`` is accepted (the same arithmetic here);
     ``"AdamW"`` always decays decoupled. Adam's default ``weight_decay`` stays 0."""
     key = str(name).lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"optimizer.type {name!r} is not supported; choose one of "
                          f"{sorted(k.capitalize() if k != 'adamw' else 'AdamW' for k in OPTIMIZERS)}")
     hyper = dict(hyper)
-    options = {k: hyper.pop(k, v) for k, v in DEEPSPEED_KEYS.get(key, {}).items()}
+    options = {k: hyper.pop(k, v) for k, v in DEEPSPEED_KEYS.get(key, {}).items()} if deepspeed else {}
     if "betas" in hyper:
         hyper["betas"] = tuple(hyper["betas"])
-    if key == "adam" and options["adam_w_mode"] and hyper.get("weight_decay"):
+    if key == "adam" and options.get("adam_w_mode") and hyper.get("weight_decay"):
         key = "adamw"                          # with no decay the two are the same arithmetic
     return OPTIMIZERS[key], hyper
 
 
-def build(name: str, params, **hyper) -> Optimizer:
-    """An optimizer from a DeepSpeed-style ``optimizer.type`` name (case-insensitive) and its
-    ``optimizer.params`` (:func:`resolve`)."""
-    cls, hyper = resolve(name, hyper)
+def build(name: str, params, deepspeed: bool = False, **hyper) -> Optimizer:
+    """An optimizer from its ``optimizer.type`` name and hyper-parameters (:func:`resolve`:
+    torch.optim's meaning, or with ``deepspeed`` a DeepSpeed config's, as the trainer builds it)."""
+    cls, hyper = resolve(name, hyper, deepspeed)
     return cls(params, **hyper)

@@ -254,7 +254,7 @@ def test_a_deepspeed_adam_section_decays_as_deepspeed_does(params, decoupled):
     from minidist.training.config import load_config
     cfg = load_config({"optimizer": {"type": "Adam", "params": {"lr": 0.1, **params}}})
     p = Parameter(np.ones(3))
-    opt = optim.build("Adam", [p], **cfg["optimizer"]["params"])
+    opt = optim.build("Adam", [p], deepspeed=True, **cfg["optimizer"]["params"])     # as the trainer builds it
     p.grad = np.array([1e-3, 0.0, -1e-3])
     opt.step()
     wd = params["weight_decay"]
@@ -262,6 +262,8 @@ def test_a_deepspeed_adam_section_decays_as_deepspeed_does(params, decoupled):
         1 - 0.1 * np.sign(p.grad + wd * 1.0) * (np.abs(p.grad + wd) > 0)
     np.testing.assert_allclose(p.data, want, rtol=0, atol=1e-5)          # eps 1e-8 beside |g| = 1e-3
     assert opt.decoupled == (decoupled and wd > 0)
+    torch_like = optim.build("Adam", [Parameter(np.ones(3))], lr=0.1, weight_decay=wd)   # torch.optim's meaning
+    assert not torch_like.decoupled
 
 
 def test_deepspeed_keys_other_optimizers_lack_are_refused_by_name():

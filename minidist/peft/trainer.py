@@ -54,7 +54,7 @@ class PeftTrainer(Trainer):
         peft, opt = self.cfg["peft"], self.cfg["optimizer"]
         if peft is None or not peft["paged_optimizer"]:
             return super().build_optimizer(params)
-        cls, hyper = optim.resolve(opt["type"], opt["params"])
+        cls, hyper = optim.resolve(opt["type"], opt["params"], deepspeed=True)
         return paged(cls)(params, **hyper)
 
 

@@ -137,7 +137,8 @@ class Trainer:
 
     def build_optimizer(self, params):
         """The optimizer of ``params`` (the trainable ones), from the ``optimizer`` section."""
-        return optim.build(self.cfg["optimizer"]["type"], params, **self.cfg["optimizer"]["params"])
+        return optim.build(self.cfg["optimizer"]["type"], params, deepspeed=True,     # a DeepSpeed config's Adam
+                           **self.cfg["optimizer"]["params"])
 
     def _optimizer(self, params):
         """:meth:`build_optimizer`, told how this rank's slices make whole tensors: under tensor
