@@ -235,6 +235,18 @@ def _launch(config, cfg, args, mpi, ckpt):
                       device=cfg["device"])[0]
 
 
+def _startup_errors(problems: list) -> str:
+    """The start-up checks' errors of every rank (None: the rank's checks passed), said once:
+    plainly when every rank found the same, else naming the ranks of each."""
+    said = {}
+    for rank, p in enumerate(problems):
+        said.setdefault(p, []).append(rank)
+    if len(said) == 1:
+        return f"error: {problems[0]}"
+    return "\n".join(f"error on rank(s) {', '.join(map(str, ranks))} of {len(problems)}: {p}"
+                     for p, ranks in said.items() if p is not None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m minidist.train", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="DeepSpeed-style JSON config file (default: all defaults)")
@@ -289,8 +301,19 @@ def main(argv=None) -> int:
         if (cfg["distillation"] or {}).get("teacher", {}).get("load"):
             read_teacher(cfg)                   # a missing or damaged teacher checkpoint: refused before launch
     except (ConfigError, UsageError, CheckpointError, ValueError, OSError) as e:
-        if dist.launch_rank() == 0:             # every rank found the same: one of them says it
-            print(f"error: {e}", file=sys.stderr, flush=True)
+        problem = e
+    else:
+        problem = None
+    if mpi:
+        # the checks ran on every rank, and a rank may fail alone (a file its node lacks): agree
+        # first, so that no rank goes on into the run's collectives and waits for one that left
+        problems = MPI.COMM_WORLD.allgather(None if problem is None else str(problem))
+        if any(p is not None for p in problems):
+            if dist.launch_rank() == 0:
+                print(_startup_errors(problems), file=sys.stderr, flush=True)
+            return 2
+    elif problem is not None:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
         return 2
     if cfg["distillation"] is not None:
         try:

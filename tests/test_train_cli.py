@@ -197,3 +197,23 @@ def test_run_takes_a_config_path_as_the_trainer_does(tmp_path):
     from minidist.train import run
     trainer, _ = run(write(tmp_path, {}), None, False)
     assert len(trainer.history) == CONFIG["steps"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("bad", [0, 1])
+def test_a_start_up_check_failing_on_one_mpi_rank_ends_the_job_naming_it(tmp_path, bad):
+    """Under mpirun the start-up checks run on every rank, and one may fail alone (a relative
+    --config path its node lacks): the ranks agree before any collective, rank 0 names the
+    rank(s) and the error, and every rank exits 2 (the others waited in MPI forever)."""
+    from _mpi import run_mpi
+    good, other = tmp_path / "good", tmp_path / "other"
+    good.mkdir()
+    other.mkdir()
+    (good / "tiny.json").write_text(json.dumps(CONFIG))
+    wrapper = tmp_path / "wrap.py"
+    wrapper.write_text("import os, sys\n"
+                       f"if os.environ.get('PMI_RANK') == '{bad}':\n    os.chdir({str(other)!r})\n"
+                       "from minidist.train import main\nsys.exit(main(sys.argv[1:]))\n")
+    proc = run_mpi(2, [wrapper, "--config", "tiny.json", "--quiet"], timeout=60, cwd=good)
+    assert proc.returncode == 2, proc.stderr
+    assert f"error on rank(s) {bad} of 2: argument --config: cannot read tiny.json" in proc.stderr
