@@ -105,3 +105,48 @@ def test_importing_dist_does_not_initialise_mpi():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert out.stdout.split() == ["False", "None"], out.stderr
+
+
+# -- wrong programs that gave wrong numbers without a word -----------------------------------------
+def _skipped_broadcast(comm):
+    if comm.rank == 0:
+        dist.broadcast(comm, np.arange(4.0), root=0)               # rank 1 skips this one
+    return dist.broadcast(comm, np.full(2, 7.0) if comm.rank == 0 else np.zeros(2), root=0)
+
+
+def _other_op(comm):
+    return dist.all_reduce(comm, np.array([1.0, 5.0]) * (comm.rank + 1), op="sum" if comm.rank == 0 else "max")
+
+
+def _other_root(comm):
+    return dist.broadcast(comm, np.full(3, float(comm.rank)), root=comm.rank)
+
+
+@pytest.mark.parametrize("program,words", [
+    (_skipped_broadcast, "rank 1 called broadcast with float64 of shape (2,) but rank 0 with 4 element(s)"),
+    (_other_op, "called all_reduce with op='max' but rank 0 with op='sum'"),           # got half sum, half max
+    (_other_root, "never received, the first of broadcast"),                            # each kept its own
+], ids=["skipped-broadcast", "other-op", "other-root"])
+def test_a_skipped_call_another_op_or_root_is_an_error_not_wrong_numbers(program, words):
+    """A receiver's broadcast buffer is checked against the root's array, every message carries
+    the collective's root and reduction op, and a collective's message that no rank received is
+    reported when the ranks return (each of these returned wrong numbers, exit 0)."""
+    with pytest.raises(dist.CollectiveMismatchError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        dist.spawn(program, 2, timeout=NEVER)
+
+
+def test_a_rank_s_os_error_names_the_rank_in_its_text():
+    def main(comm):
+        if comm.rank == 1:
+            open("/nonexistent-dir/shard.bin")
+        return comm.rank
+
+    with pytest.raises(FileNotFoundError) as info:
+        dist.spawn(main, 3, timeout=NEVER)
+    assert "[rank 1 of 3]" in str(info.value) and info.value.rank == 1
+
+
+def test_a_misspelt_p2p_mode_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("MINIDIST_P2P", "rendevous")
+    with pytest.raises(ValueError, match="MINIDIST_P2P='rendevous'"):
+        dist.spawn(lambda comm: None, 2)

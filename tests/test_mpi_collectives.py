@@ -146,3 +146,24 @@ def test_mpi_wrong_program_aborts_with_a_clear_error(mode, tmp_path):
         assert "CollectiveMismatchError" in err and "world rank(s) [1] called all_gather" in err
     else:
         assert "CollectiveMismatchError" in err and "called different collectives" in err
+
+
+OTHER_OP = textwrap.dedent("""
+    import numpy as np
+    from minidist import distributed as dist
+
+    def main(comm):
+        return dist.all_reduce(comm, np.array([1.0, 5.0]) * (comm.rank + 1), op="sum" if comm.rank == 0 else "max")
+
+    dist.run_main(main, timeout=30)
+""")
+
+
+def test_mpi_ranks_giving_another_reduction_op_abort_naming_it(tmp_path):
+    """The root and reduction op ride in the header's algorithm slot (above its CRC-32): ranks
+    that disagree are stopped under MPI too (they returned half a sum, half a max)."""
+    script = tmp_path / "op.py"
+    script.write_text(OTHER_OP)
+    proc = run_mpi(2, [script], timeout=60)
+    assert proc.returncode != 0
+    assert "CollectiveMismatchError" in proc.stderr and "with op='max' but rank 0 with op='sum'" in proc.stderr

@@ -75,6 +75,9 @@ def broadcast(comm, x, root: int = 0, algorithm: str = "binomial", *, async_op: 
         x = contiguous(x)
     elif x is None and algorithm == "scatter_allgather":
         raise ValueError("broadcast(algorithm='scatter_allgather') needs x with the root's shape on every rank")
-    with comm.collective("broadcast", algorithm, None, root=root, **opts) as call:
+    # a receiver's buffer, when given, must match the root's array: its size, dtype and shape
+    # ride in every message's header and are checked (a rank that skipped a broadcast, or
+    # passed another buffer, would take another call's data without a word)
+    with comm.collective("broadcast", algorithm, None if x is None else np.asarray(x), root=root, **opts) as call:
         out = impl(comm, x, root) if comm.size > 1 else np.array(x, copy=True)
     return call.result(out, async_op)

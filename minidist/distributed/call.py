@@ -19,6 +19,7 @@ import numpy as np
 from ..memory import DTYPE_BYTES
 from .debug import check_same_collective
 from .log import CollectiveRecord
+from .ops import REDUCE_OPS
 
 
 def shape_code(shape) -> int:
@@ -54,6 +55,7 @@ class CollectiveCall:
         self.t_start = self.t_end = comm.device.clock.now(stream)
         self.count, self.dtype, self.shape_code = -1, "", -1     # this rank's input (Communicator.collective)
         self.shape = None
+        self.variant = 0                   # its root and reduction op, as one number (:func:`variant`)
 
     def result(self, out, async_op: bool = False):
         """Return ``out`` after making compute wait (blocking) or as a :class:`Work` (async)."""
@@ -61,6 +63,29 @@ class CollectiveCall:
             return out
         work = Work(out, self.t_end, self.comm.device)
         return work if async_op else work.wait()
+
+
+_REDUCE_NAMES = tuple(REDUCE_OPS)
+
+
+def variant(root, reduce_op) -> int:
+    """A collective's root and reduction op as one number that rides in every message's header
+    (0: neither): ``root + 1`` in the low 16 bits, the op's place in ``REDUCE_OPS`` + 1 above.
+    Ranks that disagree on either would otherwise exchange the right-sized messages and compute
+    a wrong result without a word."""
+    code = 0 if root is None else int(root) + 1
+    if reduce_op is not None:
+        name = str(getattr(reduce_op, "value", reduce_op))
+        code |= (_REDUCE_NAMES.index(name) + 1 if name in _REDUCE_NAMES else 15) << 16
+    return code
+
+
+def describe_variant(code: int) -> str:
+    """The root and op a :func:`variant` number stands for, for a message."""
+    root, op = (code & 0xFFFF) - 1, code >> 16
+    parts = ([f"root={root}"] if root >= 0 else []) + \
+        ([f"op={_REDUCE_NAMES[op - 1]!r}" if op <= len(_REDUCE_NAMES) else "another op"] if op else [])
+    return ", ".join(parts) or "no root or op"
 
 
 def _input_signature(x) -> tuple[int, str, tuple, int]:
@@ -110,6 +135,7 @@ class CollectiveScope:
             call = CollectiveCall(comm, outer.op, outer.algorithm, outer.stream,
                                   outer.bytes_per_element, outer.tag, phase=self.op, nested=True)
             call.count, call.dtype, call.shape_code, call.shape = outer.count, outer.dtype, outer.shape_code, outer.shape
+            call.variant = outer.variant
             comm._coll = self.call = call
             return call
         op, root, bytes_per_element, stream, x = self.op, self.root, self.bytes_per_element, self.stream, self.x
@@ -124,6 +150,8 @@ class CollectiveScope:
         # issued by the compute stream: the first message leaves when both streams are free
         clock.wait(stream, clock.now("compute"))
         call = CollectiveCall(comm, op, self.algorithm, stream, bytes_per_element, self.tag)
+        if root is not None or self.reduce_op is not None:
+            call.variant = variant(root, self.reduce_op)
         if x is not None:
             call.count, call.dtype, call.shape, call.shape_code = _input_signature(x)
         self.mark = comm.log.mark()

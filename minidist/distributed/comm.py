@@ -30,7 +30,7 @@ import typing
 
 import numpy as np
 
-from .call import CollectiveCall, CollectiveScope
+from .call import CollectiveCall, CollectiveScope, describe_variant
 from .errors import CollectiveMismatchError
 from .log import MessageEntry
 from .ops import contiguous
@@ -52,6 +52,7 @@ class Header(typing.NamedTuple):
     count: int = -1       # elements of the sender's collective input (-1: none, e.g. a non-root broadcast)
     dtype: str = ""       # and their dtype: receivers compare both with their own, always
     shape_code: int = -1  # and their shape, as a number (:func:`minidist.distributed.call.shape_code`)
+    variant: int = 0      # and the collective's root and reduction op (:func:`minidist.distributed.call.variant`)
 
 
 _tuple_new = tuple.__new__      # Header(*fields) without the named tuple's Python-level __new__
@@ -157,12 +158,12 @@ class Communicator:
         if call is None:     # a plain send is issued by the compute stream: it starts after it
             clock.wait("comm", clock.now("compute"))
             stream, op, algorithm, step, phase = "comm", "send", "p2p", 0, ""
-            nbytes, count, dtype, code = int(x.nbytes), -1, "", -1
+            nbytes, count, dtype, code, variant = int(x.nbytes), -1, "", -1, 0
         else:
             stream, op, algorithm, step, phase = call.stream, call.op, call.algorithm, call.step, call.phase
             bpe = call.bytes_per_element
             nbytes = int(x.size * bpe) if bpe else int(x.nbytes)
-            count, dtype, code = call.count, call.dtype, call.shape_code
+            count, dtype, code, variant = call.count, call.dtype, call.shape_code, call.variant
         t0, t1 = clock.send(stream, device.spec.message_time(nbytes))   # one outgoing port: sends queue
         peer = self._world_ranks[dest]
         self.log.add(MessageEntry(self._me, op, algorithm, step, phase, "send", peer, nbytes, t0, t1, tag))
@@ -172,7 +173,7 @@ class Communicator:
                            {"op": op, "algorithm": algorithm, "step": step})
         if not 0 <= tag < COLL_TAG:
             self._wire_tag(tag)          # raises
-        header = _tuple_new(Header, (t0, t1, nbytes, op, algorithm, step, count, dtype, code))   # Header(...)
+        header = _tuple_new(Header, (t0, t1, nbytes, op, algorithm, step, count, dtype, code, variant))
         finish = self._post_send(x, dest, tag if call is None else tag + COLL_TAG, header)
         return SENT if finish is None else Request(finish)
 
@@ -217,6 +218,11 @@ class Communicator:
                 f"but received from rank {self.world_rank(source)} a message of "
                 f"{header.op}(algorithm={header.algorithm!r}) step {header.step}: the ranks called "
                 f"different collectives. Rerun with debug=True for a report of every rank.")
+        if header.variant != call.variant:
+            raise CollectiveMismatchError(
+                f"rank {self.world_rank()} called {call.op} with {describe_variant(call.variant)} but rank "
+                f"{self.world_rank(source)} with {describe_variant(header.variant)}: every rank must give the "
+                f"same root and reduction op (rerun with debug=True to see every rank's call)")
         if header.count >= 0 and call.count >= 0 and (header.count != call.count or header.dtype != call.dtype
                                                       or header.shape_code != call.shape_code):
             theirs = f"{header.count} element(s) of {header.dtype}" + \

@@ -61,7 +61,7 @@ from .log import MessageLog
 from . import watchdog
 
 ABORT_GRACE_S = 0.25      # see abort_job
-HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm, step, dtype, ndim, shape[0..4],
+HEADER_LEN = 16          # t_start, arrival, nbytes, op, algorithm (root, op above), step, dtype, ndim, shape[0..4],
 MAX_NDIM = 5             # and the collective's input: shape code, element count, dtype
 HEADER_BYTES = 8 * HEADER_LEN   # 128: the payload that follows it in a frame stays 16-byte aligned
 INLINE_BYTES = 32 << 10  # payloads up to this ride in the header's frame (one copy each side, ~µs)
@@ -276,7 +276,7 @@ class MPIComm(Communicator):
         op, algorithm = codes.get(header.op), codes.get(header.algorithm)
         _HEADER.pack_into(frame, 0, header.t_start, header.arrival, header.nbytes,
                           self._learn(header.op) if op is None else op,
-                          self._learn(header.algorithm) if algorithm is None else algorithm,
+                          (self._learn(header.algorithm) if algorithm is None else algorithm) | header.variant << 32,
                           header.step, code, ndim, *x.shape, *_NO_DIMS[ndim:], header.shape_code, header.count,
                           _DTYPE_NAME_CODE.get(header.dtype, -1))
 
@@ -289,10 +289,11 @@ class MPIComm(Communicator):
 
     def _unpack(self, frame):
         v = _HEADER.unpack_from(frame)      # Python floats and ints at once (no NumPy scalars)
-        names, op, algorithm, dtype = self._names, v[3], v[4], v[15]
+        names, op, dtype = self._names, v[3], v[15]
+        algorithm, variant = v[4] & 0xFFFFFFFF, v[4] >> 32        # the CRC-32 of its name; root and op above it
         header = _tuple_new(Header, (v[0], v[1], v[2], names.get(op) or f"#{op}",
                                      names.get(algorithm) or f"#{algorithm}", v[5], v[14],
-                                     _DTYPE_NAMES[dtype] if dtype >= 0 else "", v[13]))
+                                     _DTYPE_NAMES[dtype] if dtype >= 0 else "", v[13], variant))
         return header, _DTYPES[v[6]], v[8:8 + v[7]]
 
     # -- transport ------------------------------------------------------------------------
