@@ -40,9 +40,10 @@ def textbook_in_flight(name, p, m, v=1):
         return [1] * p
     if name == "gpipe":
         return [m] * p
-    if name == "1f1b" or (name == "interleaved_1f1b" and v == 1):
+    if name == "1f1b":
         return [min(p - r, m) for r in range(p)]
-    if name == "interleaved_1f1b":                        # Korthikanti et al. 2022 §4.2.3 on rank 0
+    if name == "interleaved_1f1b":                        # Korthikanti et al. 2022 §4.2.3 on rank 0; v = 1 too:
+        # one chunk per rank still warms up 2(p−r−1) forwards, not 1F1B's p−r−1 (the estimate said 1F1B's)
         return [m] * p if m == p else [p + (p - 1) / v - 2 * r / v for r in range(p)]
     if name == "zb_h1":
         return [min(p, m)] * p
@@ -57,7 +58,7 @@ def cases():
     for p in RANKS:
         for m in range(1, 4 * p + 2):
             for name in runnable(p, m):
-                for v in ((2, 3) if name == "interleaved_1f1b" else (1,)):
+                for v in ((1, 2, 3) if name == "interleaved_1f1b" else (1,)):
                     yield name, p, m, v
 
 
@@ -169,3 +170,11 @@ def test_the_config_estimate_uses_the_pass_times_the_schedule_is_built_for():
     got = estimate(cfg, 4)["pipeline"]["bubble_fraction"]
     assert got == pipeline_bubble("zb_v", 4, 8, 1, 1.0, 2.0, 1.0)["bubble_fraction"]
     assert got != pipeline_bubble("zb_v", 4, 8)["bubble_fraction"]
+
+
+def test_the_interleaved_refusal_offers_the_counts_that_run():
+    from minidist.estimate.pipeline import check_pipeline
+    with pytest.raises(ValueError, match="use 4$"):                  # it said "use 4 or 4"
+        check_pipeline("interleaved_1f1b", 4, 3)
+    with pytest.raises(ValueError, match="use 4 or 8$"):
+        check_pipeline("interleaved_1f1b", 4, 5)

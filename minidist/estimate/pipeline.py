@@ -81,7 +81,7 @@ def check_pipeline(schedule: str, p: int, m: int, v: int = 1) -> str:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if schedule == INTERLEAVED_1F1B and m % p:
         raise ValueError(f"{INTERLEAVED_1F1B!r} needs micro-batches m ({m}) divisible by the pipeline ranks "
-                         f"p ({p}); use {max(p, m - m % p)} or {m - m % p + p}")
+                         f"p ({p}); use " + (f"{m - m % p} or {m - m % p + p}" if m > p else f"{p}"))
     if schedule == DUALPIPE_V and m < 2 * p:
         raise ValueError(f"{schedule!r} needs at least 2 × pipeline ranks = {2 * p} micro-batches, got m = {m}")
     return schedule
@@ -130,12 +130,12 @@ def peak_in_flight_per_rank(schedule: str, p: int, m: int, v: int = 1, times=(1.
         return [1.0] * p
     if schedule == GPIPE:
         return [float(m)] * p                    # all forwards before any backward
-    if schedule == INTERLEAVED_1F1B and v > 1:
+    if schedule == INTERLEAVED_1F1B:             # v = 1 included: its warm-up is still 2(p−r−1), not 1F1B's
         if m == p:                               # Megatron: every forward is warm-up
             return [float(m)] * p
         # Megatron's warm-up on rank r, 2(p−r−1) + (v−1)·p chunk forwards, + 1 in steady state
-        return [(2 * (p - r - 1) + (v - 1) * p + 1) / v for r in range(p)]
-    if schedule in (ONE_F_ONE_B, INTERLEAVED_1F1B):
+        return [min(2 * (p - r - 1) + (v - 1) * p + 1, m * v) / v for r in range(p)]
+    if schedule == ONE_F_ONE_B:
         return [float(min(p - r, m)) for r in range(p)]
     if schedule == ZB_H1:
         return [float(min(p, m))] * p            # p−r warm-up forwards, W held back r cycles
