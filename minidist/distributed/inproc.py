@@ -55,7 +55,8 @@ import time
 from ..defaults import DEFAULT_DEVICE
 from ..device import Device
 from .comm import COLL_TAG, CTRL_TAG, Communicator
-from .errors import CollectiveMismatchError, CommError, CommTimeoutError, DeadlockError, PeerFailedError
+from .errors import (CollectiveMismatchError, CommError, CommTimeoutError, DeadlockError, PeerFailedError,
+                     undelivered, with_rank)
 from .log import MessageLog
 
 
@@ -309,39 +310,6 @@ class InProcessComm(Communicator):
                              self.timeout, self.debug)
 
 
-def _with_rank(exc: BaseException, rank: int, size: int) -> BaseException:
-    """Prefix the exception's message with the rank that raised it (keeps its type)."""
-    prefix = f"[rank {rank} of {size}] "
-    if isinstance(exc, OSError) and exc.strerror is not None:
-        exc.strerror = prefix + exc.strerror      # str(OSError) reads errno, strerror, filename: not args
-    elif exc.args and isinstance(exc.args[0], str):
-        exc.args = (prefix + exc.args[0],) + exc.args[1:]
-    else:
-        exc.args = (prefix + " ".join(map(str, exc.args)),)
-    if prefix.strip() not in str(exc):           # an exception whose str() ignores its args
-        exc.add_note(prefix.strip())
-    exc.rank = rank
-    return exc
-
-
-def _undelivered(world) -> str | None:
-    """What the mailboxes still hold once every rank has returned: a collective's messages that
-    no receive took (a rank skipped or repeated a collective, or gave it another root), or None.
-    A plain send nobody received is the program's own affair, as in MPI."""
-    left = [(key, box) for key, box in world.boxes.items() if key[3] >= COLL_TAG and key[3] != CTRL_TAG and box]
-    if not left:
-        return None
-    lines = []
-    for (_ctx, src, dst, _tag), box in sorted(left, key=lambda kb: (kb[0][1], kb[0][2]))[:4]:
-        header = box[0][1] if isinstance(box[0], tuple) and len(box[0]) == 2 else None
-        what = (f"{header.op}(algorithm={header.algorithm!r}) step {header.step}"
-                if hasattr(header, "op") else "a message")
-        lines.append(f"rank {src} sent {len(box)} message(s) to rank {dst} that it never received, the first "
-                     f"of {what}")
-    return ("; ".join(lines) + ": a rank skipped or repeated a collective, or called it with another root "
-            "(every rank must make the same collective calls); rerun with debug=True to compare every call")
-
-
 def spawn(fn, world_size: int = 4, *args, device=DEFAULT_DEVICE, timeout: float = 60.0,
           debug: bool = False, rendezvous: bool | None = None, **kwargs) -> list:
     """Run ``fn(comm, *args, **kwargs)`` on ``world_size`` thread ranks; results in rank order.
@@ -388,8 +356,8 @@ def spawn(fn, world_size: int = 4, *args, device=DEFAULT_DEVICE, timeout: float 
         t.join()
     if world.failed is not None:
         r, exc = world.failed
-        raise _with_rank(exc, r, world_size)
-    problem = _undelivered(world)
+        raise with_rank(exc, r, world_size)
+    problem = undelivered(world.boxes, COLL_TAG, CTRL_TAG)
     if problem is not None:
         raise CollectiveMismatchError(problem)
     return results

@@ -9,8 +9,9 @@ Zero-bubble schedules (Qi et al. 2023, "Zero Bubble Pipeline Parallelism") run t
 different times; :func:`linear_input_grad` and :func:`linear_weight_grad` are the two
 halves, and :meth:`minidist.Tensor.backward` with ``defer_weight_grad=True`` calls them apart.
 FLOPs: a (m×k)·(k×n) product costs 2·m·n·k. Under ``autocast`` both operands are rounded
-to the low-precision format first (:func:`cast_input`): the float32 product of rounded
-operands is what a tensor core computes (exact products, fp32 accumulation). Every product
+to the low-precision format first (:func:`cast_input`), and so is ``linear``'s bias (as
+``torch.autocast``'s ``F.linear``): the float32 product of rounded operands is what a tensor
+core computes (exact products, fp32 accumulation). Every product
 is an ``np.matmul`` call, never ``@`` (the same ufunc), so that a profiler can time the BLAS
 part by swapping this module's ``np.matmul`` (benchmarks/bench_engine.py does).
 """
@@ -84,7 +85,7 @@ def linear(x, weight, bias=None) -> Tensor:
         if bias.shape != (weight.shape[1],):          # broadcast_rows would tile a bias that divides the rows
             raise ValueError(f"linear: bias has shape {bias.shape} but the weight {weight.shape} gives "
                              f"{weight.shape[1]} output features; the bias must have shape ({weight.shape[1]},)")
-        broadcast_rows(np.add, out, bias.data, out)
+        broadcast_rows(np.add, out, cast_input(bias.data), out)    # rounded too, as torch.autocast's linear
     out = out.reshape(*x.shape[:-1], weight.shape[1])           # (..., out)
     m, k, n = x2.shape[0], weight.shape[0], weight.shape[1]
 
