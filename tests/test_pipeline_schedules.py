@@ -248,3 +248,14 @@ def test_interleaved_names_the_micro_batch_counts_that_run(p, m, advice):
     from minidist.parallel.pipeline.interleaved import interleaved_1f1b
     with pytest.raises(ValueError, match=f"{advice}$"):
         interleaved_1f1b(p, m)
+
+
+@pytest.mark.parametrize("p,m", [(4, 4), (4, 6), (4, 7), (4, 8), (3, 5), (2, 3)])
+def test_zb_h2_idles_inside_a_ranks_span_only_below_2p_minus_1(p, m):
+    """README: from m ≥ 2p−1 ZB-H2 leaves no idle unit inside any rank's span (its bubble
+    formula holds from m ≥ p); at p = m = 4 the ranks idle 3, 2, 1, 0 inside theirs."""
+    from minidist.parallel.pipeline import build_schedule, simulate
+    tl = simulate(build_schedule("zb_h2", p, m))
+    inside = [max(e for _, _, e in ev) - min(s for _, s, _ in ev) - busy for ev, busy in zip(tl.events, tl.busy)]
+    want = [0.0] * p if m >= 2 * p - 1 else [float(p - 1 - r) for r in range(p)]
+    assert inside == pytest.approx(want, abs=1e-12)
