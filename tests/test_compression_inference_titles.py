@@ -48,3 +48,17 @@ def test_generation_timeline_labels_every_time_axis(tmp_path, monkeypatch):
     # the zoom on the cached run (4 µs) has its own unit, shared with the KV-cache panel below it
     assert mid.get_title().startswith("KV cache, zoomed in") and mid.get_xlabel() == "simulated time (ns)"
     assert mem.get_xlabel().startswith("simulated time (ns)")
+
+
+@pytest.mark.parametrize("n_seeds, want", [(1, "(1 seed)"), (3, "(3 seeds; whiskers: smallest to largest)")])
+def test_the_fine_tuning_comparison_counts_its_seeds(tmp_path, monkeypatch, n_seeds, want):
+    """The fine-tuning figure (chapter 14) as the ones above: "1 seed", not "1 seeds"."""
+    import minidist.plotting.peft as peft_plots
+    figs = _capture(monkeypatch, peft_plots)
+    states = {"parameters": 100, "gradients": 10, "optimizer_states": 20, "host": 0}
+    summary = {m: {"share": ST, "model_states": states, "peak_bytes": {"mean": 200.0}, "step_time": ST,
+                   "held_out_loss": ST, "exact_match": ST} for m in ("LoRA", "full")}
+    results = [{"method": m, "losses": [2.0, 1.5]} for m in summary for _ in range(n_seeds)]
+    peft_plots.plot_comparison(summary, results, n_seeds, tmp_path / "c.png")
+    titles = [ax.get_title() for ax in figs[0].axes]
+    assert sum(t.endswith(want) for t in titles) >= 2 and "1 seeds" not in " ".join(titles)

@@ -65,7 +65,8 @@ def plot_comparison(summary: dict, results: list, n_seeds: int, path,
                         np.array([summary[k][key]["max"] for k in labels]) - mean])
         _bars(ax, labels, mean, err=err)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{ylabel.split(' (')[0]} ({n_seeds} seeds; whiskers: smallest to largest)")
+        spread = f"{n_seeds} seeds; whiskers: smallest to largest" if n_seeds > 1 else "1 seed"
+        ax.set_title(f"{ylabel.split(' (')[0]} ({spread})")
     ax = axes[1, 2]
     for i, label in enumerate(labels):
         curves = np.array([r["losses"] for r in results if r["method"] == label])
@@ -73,7 +74,7 @@ def plot_comparison(summary: dict, results: list, n_seeds: int, path,
     ax.set_yscale("log")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("training loss (nats, log)")
-    ax.set_title("training loss (mean over seeds)")
+    ax.set_title("training loss (mean over seeds)" if n_seeds > 1 else "training loss (1 seed)")
     ax.legend(fontsize=7)
     fig.suptitle(title)
     return save(fig, path, rect=(0, 0, 1, 0.97))
