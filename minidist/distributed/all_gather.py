@@ -6,10 +6,10 @@ give a chunk of the same size. ``n`` below is the size of the gathered result.
 * ``ring`` — ``p−1`` steps; in step s rank r forwards chunk ``r−s`` to ``r+1``:
   ``(p−1)·(α + (n/p)β)``, ``(p−1)/p·n`` bytes per rank.
 * ``recursive_doubling`` — partners at distance 1, 2, 4, … swap everything they hold:
-  ``log p·α + (p−1)/p·nβ`` (Thakur et al. 2005 §4.2); other p via MPICH's fold.
+  ``log p·α + (p−1)/p·n/β`` (Thakur et al. 2005 §4.2); other p via MPICH's fold.
 * ``bruck`` — ``⌈log p⌉`` rounds for *any* p: in round k send the first ``min(2^k, p−2^k)``
   chunks I hold to rank ``r−2^k``, receive as many from ``r+2^k``, then rotate
-  (Bruck et al. 1997): ``⌈log p⌉·α + (p−1)/p·nβ``.
+  (Bruck et al. 1997): ``⌈log p⌉·α + (p−1)/p·n/β``.
 """
 from __future__ import annotations
 

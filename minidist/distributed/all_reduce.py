@@ -6,11 +6,11 @@ input's shape; the input is never modified.
   NCCL does on one node): ``2(p−1)·(α + (n/p)β)``, ``2(p−1)/p·n`` bytes per rank —
   bandwidth-optimal, but ``2(p−1)`` latencies.
 * ``recursive_doubling`` — log p rounds swapping the *whole* vector with the rank at
-  distance 1, 2, 4, …: ``log p·(α + nβ)``; best for short messages.
+  distance 1, 2, 4, …: ``log p·(α + n/β)``; best for short messages.
 * ``rabenseifner`` — recursive-halving reduce-scatter + recursive-doubling all-gather
-  (Rabenseifner 2004): ``2 log p·α + 2(p−1)/p·nβ``; MPICH's choice for long messages.
+  (Rabenseifner 2004): ``2 log p·α + 2(p−1)/p·n/β``; MPICH's choice for long messages.
 * ``reduce_broadcast`` — the naive composition: binomial reduce to rank 0, binomial
-  broadcast back: ``2⌈log p⌉·(α + nβ)``.
+  broadcast back: ``2⌈log p⌉·(α + n/β)``.
 * ``tree`` — a binary tree (children 2r+1, 2r+2) with the array cut into ``segments``
   pieces that are pipelined up (reduce) and back down (broadcast), as in NCCL's tree
   all-reduce: a segment can travel down one branch while the next comes up another.

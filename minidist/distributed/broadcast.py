@@ -4,12 +4,12 @@ Three algorithms, from naive to the one MPICH uses for long messages
 (Thakur, Rabenseifner & Gropp 2005, §4.1):
 
 * ``linear`` — the root sends the whole array to every other rank, one after the other:
-  ``(p−1)·(α + nβ)``. Simple, and the root's link is the bottleneck.
+  ``(p−1)·(α + n/β)``. Simple, and the root's link is the bottleneck.
 * ``binomial`` — a binomial tree: in round k every rank that has the data sends it to the
-  rank ``2^k`` further on, so the informed set doubles: ``⌈log p⌉·(α + nβ)``.
+  rank ``2^k`` further on, so the informed set doubles: ``⌈log p⌉·(α + n/β)``.
   Every non-root rank receives exactly ``n`` bytes.
 * ``scatter_allgather`` (van de Geijn) — binomial *scatter* of ``p`` chunks, then ring
-  *all-gather*: ``(⌈log p⌉ + p − 1)·α + 2·(p−1)/p·nβ``, bandwidth-optimal for long arrays.
+  *all-gather*: ``(⌈log p⌉ + p − 1)·α + 2·(p−1)/p·n/β``, bandwidth-optimal for long arrays.
 
 ``x`` on non-root ranks: an array of the root's shape and dtype (its contents are ignored,
 as in ``torch.distributed.broadcast``); ``linear`` and ``binomial`` also accept ``None``.

@@ -13,7 +13,7 @@ This base class owns everything that must be identical on both backends:
   arrival time travels *with* the message, so the receiver needs no global clock.
   Each rank has one outgoing and one incoming port (full duplex): its sends queue behind
   each other, and so do its receives (stream ``"comm.in"``), so a root receiving from
-  ``p−1`` ranks pays ``(p−1)·(α + nβ)`` as in Thakur et al.'s model.
+  ``p−1`` ranks pays ``(p−1)·(α + n/β)`` as in Thakur et al.'s model.
 * **the message log** (:mod:`minidist.distributed.log`) and one trace event per message;
 * **collective calls** (:meth:`Communicator.collective`, written out in :mod:`.call`): the
   debug-mode check that all ranks entered the same collective, the "issued by the compute

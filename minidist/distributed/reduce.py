@@ -2,10 +2,10 @@
 (source notes' operator 2).
 
 * ``linear`` — every rank sends its array to the root, which adds them up one by one:
-  ``(p−1)·(α + nβ)`` at the root (the naive "parameter server").
+  ``(p−1)·(α + n/β)`` at the root (the naive "parameter server").
 * ``binomial`` — a binomial tree, the mirror image of the binomial broadcast: in round k
   the ranks whose bit k is set send their partial sum to the rank ``2^k`` below and drop
-  out: ``⌈log p⌉·(α + nβ)``; every non-root rank sends exactly ``n`` bytes once.
+  out: ``⌈log p⌉·(α + n/β)``; every non-root rank sends exactly ``n`` bytes once.
 
 Reduction arithmetic is not charged to the simulated clock (Thakur et al.'s γ = 0).
 Returns the result on the root and ``None`` elsewhere; the input is never modified.

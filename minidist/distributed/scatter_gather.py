@@ -4,7 +4,7 @@ Both come in two algorithms (Thakur, Rabenseifner & Gropp 2005, §4):
 
 * ``linear`` — the root talks to every rank in turn: ``(p−1)·(α + (n/p)β)``.
 * ``binomial`` — a binomial tree: a rank forwards (scatter) or collects (gather) the blocks
-  of its whole subtree, so there are only ``⌈log p⌉`` rounds: ``⌈log p⌉·α + (p−1)/p·nβ``.
+  of its whole subtree, so there are only ``⌈log p⌉`` rounds: ``⌈log p⌉·α + (p−1)/p·n/β``.
 
 Conventions: ``scatter(comm, chunks, root)`` takes on the root an array of shape
 ``(p, ...)`` (or a list of ``p`` equal-shape arrays) and returns ``chunks[rank]``;
