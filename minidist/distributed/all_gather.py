@@ -4,7 +4,7 @@ gather). Returns the **flattened** concatenation ``(p·chunk.size,)``; every ran
 give a chunk of the same size. ``n`` below is the size of the gathered result.
 
 * ``ring`` — ``p−1`` steps; in step s rank r forwards chunk ``r−s`` to ``r+1``:
-  ``(p−1)·(α + (n/p)β)``, ``(p−1)/p·n`` bytes per rank.
+  ``(p−1)·(α + n/(pβ))``, ``(p−1)/p·n`` bytes per rank.
 * ``recursive_doubling`` — partners at distance 1, 2, 4, … swap everything they hold:
   ``log p·α + (p−1)/p·n/β`` (Thakur et al. 2005 §4.2); other p via MPICH's fold.
 * ``bruck`` — ``⌈log p⌉`` rounds for *any* p: in round k send the first ``min(2^k, p−2^k)``

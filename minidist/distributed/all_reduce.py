@@ -3,7 +3,7 @@
 input's shape; the input is never modified.
 
 * ``ring`` — reduce-scatter then all-gather around the ring (Patarasuk & Yuan 2009, what
-  NCCL does on one node): ``2(p−1)·(α + (n/p)β)``, ``2(p−1)/p·n`` bytes per rank —
+  NCCL does on one node): ``2(p−1)·(α + n/(pβ))``, ``2(p−1)/p·n`` bytes per rank —
   bandwidth-optimal, but ``2(p−1)`` latencies.
 * ``recursive_doubling`` — log p rounds swapping the *whole* vector with the rank at
   distance 1, 2, 4, …: ``log p·(α + n/β)``; best for short messages.

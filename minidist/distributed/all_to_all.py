@@ -6,7 +6,7 @@ equal-shape arrays); block ``j`` goes to rank ``j``. Returns ``(p, ...)`` where 
 came from rank ``j`` (MPI_Alltoall). ``n`` below is one rank's ``p`` blocks together.
 
 * ``pairwise`` — step s = 1…p−1: send block ``r+s`` to rank ``r+s``, receive from ``r−s``:
-  ``(p−1)·(α + (n/p)β)`` (Thakur et al. 2005 §4.6, any p).
+  ``(p−1)·(α + n/(pβ))`` (Thakur et al. 2005 §4.6, any p).
 * ``bruck`` — ``⌈log p⌉`` rounds; in round k every block whose index has bit k set moves
   ``2^k`` ranks on: ``⌈log p⌉·α + ≈ n/2·log p·β``, fewer messages, more bytes
   (Bruck et al. 1997); the choice for short messages.

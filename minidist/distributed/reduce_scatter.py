@@ -6,11 +6,11 @@ The flattened input is cut into ``p`` chunks of ``c = ceil(n/p)`` elements, zero
 
 * ``ring`` — ``p−1`` steps around the ring ``r → r+1``; in step s rank r passes on the
   partial sum of chunk ``r−s−1`` and adds its own data to chunk ``r−s−2`` it receives:
-  ``(p−1)·(α + (n/p)β)``, ``(p−1)/p·n`` bytes per rank (Patarasuk & Yuan 2009).
+  ``(p−1)·(α + n/(pβ))``, ``(p−1)/p·n`` bytes per rank (Patarasuk & Yuan 2009).
 * ``recursive_halving`` — ``log p`` rounds exchanging n/2, n/4, … with partners at distance
   p/2, p/4, …: ``log p·α + (p−1)/p·n/β`` (Thakur et al. 2005 §4.5); other p via the fold.
 * ``pairwise`` — step s: send chunk ``r+s`` straight to its owner ``r+s``, receive my chunk
-  from ``r−s``: ``(p−1)·(α + (n/p)β)``, good for any p, no forwarding.
+  from ``r−s``: ``(p−1)·(α + n/(pβ))``, good for any p, no forwarding.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Both come in two algorithms (Thakur, Rabenseifner & Gropp 2005, §4):
 
-* ``linear`` — the root talks to every rank in turn: ``(p−1)·(α + (n/p)β)``.
+* ``linear`` — the root talks to every rank in turn: ``(p−1)·(α + n/(pβ))``.
 * ``binomial`` — a binomial tree: a rank forwards (scatter) or collects (gather) the blocks
   of its whole subtree, so there are only ``⌈log p⌉`` rounds: ``⌈log p⌉·α + (p−1)/p·n/β``.
 
