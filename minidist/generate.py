@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="re-run the whole context for every token")
     args = ap.parse_args(argv)
     try:
-        check_generate_args(args.max_new_tokens, args.temperature, args.top_k)
+        check_generate_args(args.max_new_tokens, args.temperature, args.top_k, args.seed)
         model, tokenizer, ckpt = load_generator(args.load)
         idx = encode_prompt(args.prompt, tokenizer, model.config.block_size)
     except ValueError as e:       # GenerateError, CheckpointError, ConfigError and the argument checks

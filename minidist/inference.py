@@ -123,9 +123,14 @@ def sample(logits, temperature: float = 1.0, top_k: int | None = None, rng=None)
     return np.minimum(picked, z.shape[-1] - 1)
 
 
-def check_generate_args(max_new_tokens, temperature, top_k) -> None:
+def check_generate_args(max_new_tokens, temperature, top_k, seed=None) -> None:
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)):
+        raise ValueError(f"temperature must be a number >= 0 (0: greedy, 1: the model's distribution), "
+                         f"got {temperature!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be an integer >= 0 (or None: a fresh draw each call), got {seed!r}")
     if not np.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy, 1: the model's distribution), got {temperature!r}")
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1):
@@ -143,7 +148,7 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: i
     under tensor parallelism every rank must draw the same token, so sampling needs one.
     On the active device each step is a ``prefill`` or ``decode`` span (:meth:`Device.phase`).
     """
-    check_generate_args(max_new_tokens, temperature, top_k)
+    check_generate_args(max_new_tokens, temperature, top_k, seed)
     if not (model.pre_process and model.post_process and model.layer_ids == list(range(model.config.n_layer))):
         raise ValueError("this model holds one pipeline stage; generate with the whole model "
                          "(the pipeline engine's whole_model(), or one rank's GPT)")

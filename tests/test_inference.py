@@ -237,3 +237,20 @@ def test_prompts_that_are_not_token_ids_are_refused_and_a_tiny_temperature_is_gr
     for t in (5e-324, 1e-300, 1e-12):
         np.testing.assert_array_equal(sample(logits, t, None, rng), logits.argmax(axis=-1))
         np.testing.assert_array_equal(sample(logits, t, 2, rng), logits.argmax(axis=-1))
+
+
+@pytest.mark.parametrize("kwargs,words", [({"seed": -1}, "seed must be an integer >= 0"),
+                                          ({"seed": 1.5}, "seed must be an integer >= 0"),
+                                          ({"temperature": None}, "temperature must be a number"),
+                                          ({"temperature": "0.5"}, "temperature must be a number")])
+def test_generate_refuses_a_bad_seed_or_temperature_by_name(kwargs, words):
+    """They reached NumPy (default_rng, isfinite) and failed there without naming the argument."""
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8), seed=0)
+    with pytest.raises(ValueError, match=words):
+        model.generate(np.zeros((1, 2), dtype=np.int64), 3, **kwargs)
+
+
+def test_the_generate_command_refuses_a_negative_seed(capsys):
+    from minidist.generate import main
+    assert main(["--load", "/nonexistent", "--prompt", "a", "--seed", "-1"]) == 2
+    assert "seed must be an integer >= 0" in capsys.readouterr().err
