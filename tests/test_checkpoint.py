@@ -107,3 +107,19 @@ def test_consolidate_mixed_precision_gives_fp32_masters(tmp_path):
         assert master.dtype == np.float32
         assert np.array_equal(quantize(master, "bf16"), model[name]), name
     assert any(not np.array_equal(state[n], model[n]) for n in state)   # the masters carry more bits
+
+
+def test_consolidate_refuses_to_write_inside_the_checkpoint_it_reads(tmp_path, capsys):
+    """An output path inside the checkpoint (a shard, the manifest) was written over: the
+    checkpoint was then reported truncated. It is refused, naming the way out."""
+    import os
+
+    from minidist.checkpoint.__main__ import main
+    train(config(), 1, save=tmp_path / "c")
+    step = sorted(d for d in os.listdir(tmp_path / "c") if d.startswith("step_"))[-1]
+    shard = tmp_path / "c" / step / "rank_00000.npz"
+    before = shard.read_bytes()
+    assert main(["consolidate", str(tmp_path / "c"), str(shard)]) == 2
+    assert "inside the checkpoint being read" in capsys.readouterr().err
+    assert shard.read_bytes() == before
+    assert main(["consolidate", str(tmp_path / "c"), str(tmp_path / "full.npz")]) == 0

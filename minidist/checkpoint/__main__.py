@@ -12,11 +12,15 @@ from .consolidate import consolidate, describe
 from .format import CheckpointError
 
 
-def _check_out(out: str) -> None:
+def _check_out(out: str, source: str) -> None:
     folder = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise CheckpointError(out, "cannot be written (a folder, or its folder is missing or read-only); "
                                    "give a file path such as state.npz in a writable folder")
+    inside = os.path.realpath(out)
+    if os.path.commonpath([inside, os.path.realpath(source)]) == os.path.realpath(source):
+        raise CheckpointError(out, f"is inside the checkpoint being read ({source}): writing there would overwrite "
+                                   f"its shards, manifest or 'latest'; give a path outside it")
 
 
 def main(argv=None) -> int:
@@ -32,7 +36,7 @@ def main(argv=None) -> int:
         if args.command == "inspect":
             text = describe(args.dir)
         else:
-            _check_out(args.out)
+            _check_out(args.out, args.dir)
             state = consolidate(args.dir, args.out)
             text = f"wrote {len(state)} parameters ({sum(a.size for a in state.values()):,} elements) to {args.out}"
     except CheckpointError as e:
