@@ -261,3 +261,18 @@ def test_double_quantization_of_the_block_constants():
     assert t.nbytes() * 8 / w.size == pytest.approx(4 + 8 / 64 + 32 / (64 * 256) + 32 / w.size)
     assert nf4.quantize_nf4(w, double_quant=False).nbytes() * 8 / w.size == 4.5
     assert np.abs(t.dequantize() - w).max() < 0.2 * np.abs(w).max()
+
+
+@pytest.mark.parametrize("change,words", [(lambda w: (w.__setitem__((3, 5), np.nan), w)[1], "non-finite"),
+                                          (lambda w: (w.__setitem__((0, 0), np.inf), w)[1], "non-finite")])
+def test_nf4_refuses_non_finite_weights_by_name(change, words):
+    """One NaN made every dequantized weight NaN (through the double quantization's mean)."""
+    w = change(np.random.default_rng(0).normal(size=(32, 24)).astype(np.float32))
+    with pytest.raises(ValueError, match=words):
+        nf4.quantize_nf4(w)
+
+
+@pytest.mark.parametrize("block_size", [0, -64, 1.5])
+def test_nf4_refuses_a_block_size_that_is_not_a_positive_integer(block_size):
+    with pytest.raises(ValueError, match="block_size must be a positive integer"):
+        nf4.quantize_nf4(np.ones((8, 8), np.float32), block_size=block_size)

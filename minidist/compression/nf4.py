@@ -150,6 +150,12 @@ def quantize_nf4(w, block_size: int = BLOCK_SIZE, double_quant: bool = True) -> 
     w = np.asarray(w, np.float32)
     if w.ndim != 2:
         raise ValueError(f"quantize_nf4 expects a 2-D weight (in_features, out_features), got shape {w.shape}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"quantize_nf4: block_size must be a positive integer (QLoRA's 64), got {block_size!r}")
+    if not np.isfinite(w).all():          # one NaN would reach every block through the double quantization
+        bad = np.flatnonzero(~np.isfinite(w.reshape(-1)))
+        raise ValueError(f"quantize_nf4: the weight holds {bad.size} non-finite value(s) (the first at flat index "
+                         f"{bad[0]}): a NaN or inf has no 4-bit code; fix or drop the weight before quantizing")
     flat = w.T.reshape(-1)                                                          # torch's (out, in) order
     blocks = _blocks(flat, block_size)                                              # (n_blocks, 64)
     c1 = _absmax(blocks)
