@@ -172,6 +172,10 @@ CHECKS = [
     ("negative numbers round like positive ones", _values([-(1 + U / 2), -(1 + 0.7 * U), -1025.5, -0.0], "signs")),
     ("carry out of the mantissa bumps the exponent", _values([2 - 2.0 ** -12, 1 - 2.0 ** -13, 65519.0, 4095.9], "carry")),
     ("overflow to inf; inf and NaN kept", _values([65520.0, 1e6, -7e4, np.inf, -np.inf, np.nan], "overflow")),
+    # NaNs whose mantissa is all low, all set or negative: adding the rounding bias carries them
+    # into inf or ±0 unless NaN is kept aside (np.nan alone, 0x7fc00000, rounds to NaN anyway)
+    ("every NaN stays NaN, whatever its payload", _values(
+        np.array([0x7F800001, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFC00001], dtype=np.uint32).view(np.float32), "NaN payloads")),
     ("subnormals: grid step 2**-24 below 2**-14", _values(
         [2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -25, 1e-8, 2.0 ** -15 + 2.0 ** -24, 5e-6, -1.5 * 2.0 ** -24],
         "subnormals")),
