@@ -239,3 +239,16 @@ def test_the_first_steps_snapshot_holds_the_experts_optimizer_states(case):
     for tr in trainers:
         want = est["ranks"][tr.grid.coords["pp"]]["model_states"]
         assert {k: tr.strategy.model_states[k] for k in STATES} == {k: want[k] for k in STATES}, tr.grid.coords
+
+
+def test_the_experts_estimate_charges_plain_sgd_no_state():
+    """moe_for_config reads the optimizer as the other estimates do (optimizer_key): SGD with
+    momentum 0 keeps no state (it charged a momentum buffer)."""
+    from minidist.estimate.moe import moe_for_config
+    from minidist.training.config import load_config
+    base = {"model": {"n_layer": 2, "n_embd": 16, "n_head": 2, "block_size": 8, "moe": {"num_experts": 4}},
+            "data": {"seq_len": 8}}
+    plain = load_config({**base, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}}, 2)
+    momentum = load_config({**base, "optimizer": {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}}}, 2)
+    assert moe_for_config(plain, 2, 8)["model_states"]["optimizer_states"] == 0
+    assert moe_for_config(momentum, 2, 8)["model_states"]["optimizer_states"] > 0

@@ -23,7 +23,7 @@ import math
 from ..defaults import MOE_DEFAULTS
 from ..moe.router import capacity
 from .activations import checkpointed_layers
-from .memory import model_state_memory
+from .memory import model_state_memory, optimizer_key
 
 
 def moe_layer_count(layers: int, every_n_layers: int = 1) -> int:
@@ -120,7 +120,7 @@ def moe_for_config(cfg: dict, world_size: int, seq_len: int) -> dict | None:
     est = moe_estimate(cfg["model"]["n_layer"], cfg["model"]["n_embd"], m["num_experts"], m["top_k"],
                        m["capacity_factor"], par["expert"], m["every_n_layers"], group, tokens // group,
                        cfg["gradient_accumulation_steps"], dp, cfg["zero_optimization"]["stage"],
-                       "fp16" if mixed else "fp32", cfg["optimizer"]["type"].lower(),
+                       "fp16" if mixed else "fp32", optimizer_key(cfg["optimizer"]),
                        par["tensor"], cfg["model"]["bias"], itemsize)
     if not mixed and cfg["dtype"] == "float64":        # the formulas count fp32 as 4 bytes: float64 is twice that
         est["model_states"] = {k: 2 * v for k, v in est["model_states"].items()}
